@@ -1,0 +1,45 @@
+"""Fixtures shared by the whole suite: the real embedding model and the real Redis."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REDIS_URL = os.environ.get("UNIROUTE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The shipped MiniLM, loaded once for the session (no hub access)."""
+    from router_core.embedding import load_embedder
+
+    return load_embedder("accurate")
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the real shared Redis; fails under CI=true when it is unreachable, skips otherwise."""
+    if not _redis_reachable(REDIS_URL):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis unreachable at {REDIS_URL} and CI=true")
+        pytest.skip(f"Redis unreachable at {REDIS_URL}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix unique to the test, so tests never collide on the shared server."""
+    return f"uniroute-test:{uuid.uuid4().hex[:8]}:"
