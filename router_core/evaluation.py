@@ -1,0 +1,431 @@
+"""The paper's evaluation protocol for routing among LLMs never seen in training.
+
+One trial: the LLMs are split into a training pool and a test pool (default 1/3 test), the
+prompts into train / validation / test (60 / 10 / 30). Routers are fitted on the training
+prompts (and, for the learned map, the training LLMs' labels on them). The test LLMs are
+known only through their labels on the validation prompts (the representative set). Each
+router then routes the test prompts among the TEST LLMs for a sweep of lambda, from 0 to the
+value where the cheapest model is always chosen, tracing a deferral curve of (mean cost, mean
+score): the rule sees each test LLM's mean cost on the validation prompts, the curve counts the
+realised cost of each (prompt, LLM). Metrics per curve, with cost divided by the test pool's most expensive model's mean
+cost so x runs over [0, 1]:
+
+- area:   integral of the curve over x in [0, 1]; the curve is held flat left of its cheapest
+          point and right of its dearest one, and linear in between (randomising between two
+          neighbouring lambdas achieves every point of the segment).
+- area50: the same over x in [0, 0.5], divided by 0.5 (mean score over the cheaper half).
+- qnc:    quality-neutral cost, the least x at which the curve reaches the score of the test
+          pool's best single LLM; None if it never does.
+- peak:   the best score on the curve.
+
+Hyper-parameters (K, shrinkage prior, k of K-NN) are chosen per trial without touching test
+prompts or test LLMs (see `_choose`): the TRAINING LLMs route among themselves on the training
+prompts, two-fold cross-fitted (fit on one half, score on the other, swap), with their Psi taken
+from the validation prompts exactly as the test LLMs' will be; the largest summed area wins and
+is refitted on all training prompts.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from router_core.clustering import assign, fit_kmeans
+from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
+from router_core.policy import normalise_costs, route
+from router_core.profiles import cluster_profiles, soft_profiles
+
+METHODS = ("zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map", "oracle")
+# Differences reported with their intervals: each UniRoute variant against each baseline.
+PAIRS = tuple((a, b) for a in ("uniroute_kmeans", "uniroute_learned_map") for b in ("knn", "zero_router"))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Protocol settings. `clusters`/`prior`/`knn_k` fixed to a value skip their search."""
+
+    trials: int = 20
+    test_models_fraction: float = 1 / 3
+    train_fraction: float = 0.6
+    validation_fraction: float = 0.1
+    seed: int = 0
+    clusters: int | None = None
+    cluster_grid: tuple[int, ...] = (3, 5, 10, 20, 40, 80)
+    prior: float | None = None
+    prior_grid: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    knn_k: int | None = None
+    knn_grid: tuple[int, ...] = (5, 10, 20, 40, 80, 160)
+    learned_map: LearnedMapConfig = field(default_factory=LearnedMapConfig)
+    n_lambdas: int = 200
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A deferral curve: normalised mean cost x (ascending) and mean score y."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class TrialResult:
+    """One trial: each method's curve and metrics, the settings chosen, the test LLMs."""
+
+    curves: dict[str, Curve]
+    metrics: dict[str, dict[str, float | None]]
+    settings: dict[str, int | float]
+    test_models: list[int]
+
+
+@dataclass
+class EvalReport:
+    """All trials, per-method summaries, paired differences, and how often each setting won."""
+
+    trials: list[TrialResult]
+    summary: dict[str, dict]
+    paired: dict[str, dict[str, float | list[float]]]
+    settings: dict[str, dict[str, int]]
+
+
+# ---------------------------------------------------------------- curve metrics
+
+
+def lambda_grid(gamma: np.ndarray, cost: np.ndarray, n: int) -> np.ndarray:
+    """Sorted lambdas from 0 to just past the last switch (the cheapest model always wins).
+
+    Between 0 and the largest breakpoint, lambdas are quantiles of all pairwise breakpoints
+    (gamma_i - gamma_j) / (c_j - c_i), so the grid is dense where decisions actually change.
+    """
+    g = np.asarray(gamma, dtype=np.float64)
+    dc = cost[None, :] - cost[:, None]  # (M, M): c_j - c_i
+    dg = g[:, :, None] - g[:, None, :]  # (n, M, M): gamma_i - gamma_j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bp = dg / dc[None]
+    bp = bp[np.isfinite(bp) & (bp > 0) & (dc[None] > 0)]
+    if bp.size == 0:
+        return np.zeros(1)
+    top = bp.max()
+    inner = np.quantile(bp, np.linspace(0.0, 1.0, max(n - 2, 1)))
+    return np.unique(np.concatenate([[0.0], inner, [top * (1 + 1e-9) + 1e-12]]))
+
+
+def deferral_curve(
+    gamma: np.ndarray, route_cost: np.ndarray, score: np.ndarray, spend: np.ndarray, c_max: float, n_lambdas: int
+) -> Curve:
+    """Route every prompt for each lambda; return (mean spend / c_max, mean score) per lambda.
+
+    gamma (n, M) expected losses, route_cost (M,) normalised costs the rule sees, score and
+    spend (n, M) the realised score and cost of each (prompt, model).
+    """
+    lams = lambda_grid(gamma, route_cost, n_lambdas)
+    choice = route(gamma[None], route_cost, lams[:, None, None])  # (L, n)
+    rows = np.arange(gamma.shape[0])[None, :]
+    x = spend[rows, choice].mean(axis=1) / c_max
+    y = score[rows, choice].mean(axis=1)
+    order = np.lexsort((y, x))
+    return Curve(x[order], y[order])
+
+
+def area_under(curve: Curve, upto: float = 1.0) -> float:
+    """Mean score over normalised cost [0, upto]: flat outside the curve, linear inside."""
+    x0 = np.concatenate([[0.0], curve.x])
+    x1 = np.concatenate([curve.x, [max(upto, float(curve.x[-1]))]])
+    y0 = np.concatenate([[curve.y[0]], curve.y])
+    y1 = np.concatenate([curve.y, [curve.y[-1]]])
+    a, b = np.clip(x0, 0.0, upto), np.clip(x1, 0.0, upto)  # each segment's part inside [0, upto]
+    width = x1 - x0
+    slope = np.divide(y1 - y0, width, out=np.zeros_like(width), where=width > 0)
+    ya, yb = y0 + slope * (a - x0), y0 + slope * (b - x0)
+    return float(np.sum((b - a) * (ya + yb) / 2) / upto)
+
+
+def quality_neutral_cost(curve: Curve, target: float) -> float | None:
+    """Least normalised cost at which the (linear) curve reaches `target`; None if never."""
+    hit = np.flatnonzero(curve.y >= target - 1e-12)
+    if hit.size == 0:
+        return None
+    j = hit[0]
+    if j == 0:
+        return float(curve.x[0])
+    x0, x1, y0, y1 = curve.x[j - 1], curve.x[j], curve.y[j - 1], curve.y[j]
+    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0))
+
+
+def curve_metrics(curve: Curve, best_single: float) -> dict[str, float | None]:
+    """area, area50, qnc, peak of one curve (see the module docstring)."""
+    return {
+        "area": area_under(curve),
+        "area50": area_under(curve, 0.5),
+        "qnc": quality_neutral_cost(curve, best_single),
+        "peak": float(curve.y.max()),
+    }
+
+
+def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and two-sided 95% Student-t interval of independent trial values."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean())
+    if v.size < 2:
+        return m, m, m
+    half = float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return m, m - half, m + half
+
+
+# ---------------------------------------------------------------- routers (gamma estimators)
+
+
+def knn_gamma(query: np.ndarray, ref: np.ndarray, ref_loss: np.ndarray, k: int) -> np.ndarray:
+    """Mean loss of each model over the k most similar reference prompts (NaN skipped; a model
+    with no labelled neighbour falls back to its mean over the whole reference set)."""
+    k = min(k, ref.shape[0])
+    sims = query @ ref.T
+    nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (n, k)
+    neigh = ref_loss[nn]  # (n, k, M)
+    obs = ~np.isnan(neigh)
+    total = np.where(obs, neigh, 0.0).sum(axis=1)
+    count = obs.sum(axis=1)
+    fallback = np.broadcast_to(np.nanmean(ref_loss, axis=0), total.shape)
+    return np.divide(total, count, out=fallback.copy(), where=count > 0)
+
+
+@dataclass
+class _Split:
+    """Everything a router may see in one (pool, prompts) setting."""
+
+    fit_emb: np.ndarray  # prompts the router is fitted on
+    fit_loss: np.ndarray  # training LLMs' losses on them (learned map only)
+    val_emb: np.ndarray  # representative prompts
+    val_loss: np.ndarray  # candidate LLMs' losses on them
+    query_emb: np.ndarray  # prompts to route
+
+
+def _uniroute_gammas(
+    s: _Split, k: int, priors: tuple[float, ...], lm: LearnedMapConfig | None, seed: int
+) -> dict:
+    """gamma for K-means (and, if `lm`, the learned map and its "theta") at each prior, for one K."""
+    centroids = fit_kmeans(s.fit_emb, k, seed=seed)
+    val_lab, _ = assign(centroids, s.val_emb)
+    q_lab, _ = assign(centroids, s.query_emb)
+    out = {}
+    for prior in priors:
+        psi, _ = cluster_profiles(val_lab, s.val_loss, k, prior)
+        out[("uniroute_kmeans", prior)] = psi[:, q_lab].T
+    if lm is not None:
+        theta = out["theta"] = fit_learned_map(s.fit_emb, s.fit_loss, centroids, replace(lm, seed=seed))
+        w_val, w_q = soft_assign(theta, s.val_emb), soft_assign(theta, s.query_emb)
+        for prior in priors:
+            psi, _ = soft_profiles(w_val, s.val_loss, prior)
+            out[("uniroute_learned_map", prior)] = w_q @ psi.T
+    return out
+
+
+# ---------------------------------------------------------------- one trial
+
+
+def _split_indices(n: int, fractions: tuple[float, float], rng: np.random.Generator) -> list[np.ndarray]:
+    perm = rng.permutation(n)
+    a = int(round(fractions[0] * n))
+    b = a + max(1, int(round(fractions[1] * n)))
+    return [np.sort(perm[:a]), np.sort(perm[a:b]), np.sort(perm[b:])]
+
+
+def _choose(
+    emb: np.ndarray, loss: np.ndarray, score: np.ndarray, spend: np.ndarray,
+    train_p: np.ndarray, val_p: np.ndarray, train_m: np.ndarray, cfg: EvalConfig, rng: np.random.Generator,
+) -> dict[str, int | float]:
+    """Pick K and prior (per UniRoute variant) and knn's k with the training LLMs only.
+
+    Two-fold cross-fitting over the training prompts: fit on one half, score on the other,
+    and swap; a candidate's score is its summed area. Psi always comes from the validation
+    prompts, as it will for the test LLMs. The learned map, costlier to fit, reuses the K
+    chosen for K-means and picks only its prior.
+    """
+    # Only prompts where every training LLM is labelled can be scored.
+    usable = train_p[~np.isnan(loss[np.ix_(train_p, train_m)]).any(axis=1)]
+    halves = np.array_split(rng.permutation(usable), 2)
+    folds = [(np.sort(halves[f]), np.sort(halves[1 - f])) for f in (0, 1)]
+    val_loss = loss[np.ix_(val_p, train_m)]
+    route_cost = normalise_costs(np.nanmean(spend[np.ix_(val_p, train_m)], axis=0))
+    seed = int(rng.integers(1 << 31))
+
+    def area(gamma: np.ndarray, hold: np.ndarray) -> float:
+        h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
+        c_max = h_spend.mean(axis=0).max() or 1.0
+        return area_under(deferral_curve(gamma, route_cost, h_score, h_spend, c_max, cfg.n_lambdas // 2))
+
+    def crossfit(k: int, priors: tuple[float, ...], lm: LearnedMapConfig | None) -> Counter:
+        total: Counter = Counter()
+        for fit, hold in folds:
+            split = _Split(emb[fit], loss[np.ix_(fit, train_m)], emb[val_p], val_loss, emb[hold])
+            for key, gamma in _uniroute_gammas(split, k, priors, lm, seed).items():
+                if key != "theta":
+                    total[key] += area(gamma, hold)
+        return total
+
+    ks = (cfg.clusters,) if cfg.clusters else tuple(k for k in cfg.cluster_grid if k <= len(halves[1]) // 2) or (1,)
+    priors = (cfg.prior,) if cfg.prior is not None else cfg.prior_grid
+    km = {(k, prior): v for k in ks for (_, prior), v in crossfit(k, priors, None).items()}
+    k_best, prior_km = max(km, key=km.get)
+    lm_scores = {prior: v for (method, prior), v in crossfit(k_best, priors, cfg.learned_map).items()
+                 if method == "uniroute_learned_map"}
+    knn_ks = (cfg.knn_k,) if cfg.knn_k else cfg.knn_grid
+    # K-NN fits nothing on the training prompts: score it on all of them.
+    knn = {k: area(knn_gamma(emb[usable], emb[val_p], val_loss, k), usable) for k in knn_ks}
+    return {"uniroute_kmeans.clusters": k_best, "uniroute_kmeans.prior": prior_km,
+            "uniroute_learned_map.clusters": k_best, "uniroute_learned_map.prior": max(lm_scores, key=lm_scores.get),
+            "knn.k": max(knn, key=knn.get)}
+
+
+@dataclass(frozen=True)
+class TrialSplit:
+    """Which LLMs and prompts play which part in one trial (sorted index arrays)."""
+
+    train_models: np.ndarray
+    test_models: np.ndarray
+    train_prompts: np.ndarray
+    val_prompts: np.ndarray
+    test_prompts: np.ndarray  # only prompts every test LLM has a label on
+
+
+@dataclass
+class Routers:
+    """What the routers decided from a split, before any test label is read."""
+
+    gammas: dict[str, np.ndarray]  # method -> expected loss (n_test_prompts, n_test_models)
+    route_cost: np.ndarray  # (n_test_models,) normalised costs the rule sees
+    theta: np.ndarray  # the learned map
+    settings: dict[str, int | float]
+
+
+def draw_split(scores: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> TrialSplit:
+    """Random LLM pools (at least 2 test, 1 training LLM) and a train/val/test prompt split."""
+    n, m = scores.shape
+    models = rng.permutation(m)
+    n_test = min(m - 1, max(2, int(round(cfg.test_models_fraction * m))))
+    test_m, train_m = np.sort(models[:n_test]), np.sort(models[n_test:])
+    train_p, val_p, test_p = _split_indices(n, (cfg.train_fraction, cfg.validation_fraction), rng)
+    test_p = test_p[~np.isnan(scores[np.ix_(test_p, test_m)]).any(axis=1)]
+    if test_p.size == 0:
+        raise ValueError("no test prompt has labels for every test LLM")
+    if np.isnan(scores[np.ix_(val_p, test_m)]).all(axis=0).any():
+        raise ValueError("a test LLM has no label on the validation prompts")
+    return TrialSplit(train_m, test_m, train_p, val_p, test_p)
+
+
+def fit_routers(
+    emb: np.ndarray, scores: np.ndarray, costs: np.ndarray, split: TrialSplit, cfg: EvalConfig,
+    rng: np.random.Generator,
+) -> Routers:
+    """Fit every router and estimate gamma on the test prompts. Reads the test LLMs' labels
+    and costs on the validation prompts only; the training LLMs' on train/val prompts."""
+    loss = 1.0 - scores
+    tr_m, te_m = split.train_models, split.test_models
+    chosen = _choose(emb, loss, scores, costs, split.train_prompts, split.val_prompts, tr_m, cfg, rng)
+    val_loss = loss[np.ix_(split.val_prompts, te_m)]
+    s = _Split(emb[split.train_prompts], loss[np.ix_(split.train_prompts, tr_m)],
+               emb[split.val_prompts], val_loss, emb[split.test_prompts])
+    seed = int(rng.integers(1 << 31))
+    n_q = split.test_prompts.size
+    gammas = {
+        "zero_router": np.broadcast_to(np.nanmean(val_loss, axis=0), (n_q, te_m.size)),
+        "knn": knn_gamma(s.query_emb, s.val_emb, val_loss, int(chosen["knn.k"])),
+    }
+    theta = None
+    for method in ("uniroute_kmeans", "uniroute_learned_map"):
+        k, prior = int(chosen[f"{method}.clusters"]), float(chosen[f"{method}.prior"])
+        lm = cfg.learned_map if method == "uniroute_learned_map" else None
+        fitted = _uniroute_gammas(s, k, (prior,), lm, seed)
+        gammas[method] = fitted[(method, prior)]
+        theta = fitted.get("theta", theta)
+    route_cost = normalise_costs(np.nanmean(costs[np.ix_(split.val_prompts, te_m)], axis=0))
+    return Routers(gammas, route_cost, theta, chosen)
+
+
+def run_trial(
+    emb: np.ndarray, scores: np.ndarray, costs: np.ndarray, cfg: EvalConfig, rng: np.random.Generator
+) -> TrialResult:
+    """One random split of LLMs and prompts; curves and metrics of every method."""
+    split = draw_split(scores, cfg, rng)
+    routers = fit_routers(emb, scores, costs, split, cfg, rng)
+    q_score = scores[np.ix_(split.test_prompts, split.test_models)]
+    q_spend = costs[np.ix_(split.test_prompts, split.test_models)]
+    c_max = q_spend.mean(axis=0).max() or 1.0
+    gammas = {**routers.gammas, "oracle": 1.0 - q_score}  # the oracle knows the test labels
+    best_single = float(q_score.mean(axis=0).max())
+    curves = {name: deferral_curve(gammas[name], routers.route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
+              for name in METHODS}
+    metrics = {name: curve_metrics(c, best_single) for name, c in curves.items()}
+    return TrialResult(curves, metrics, routers.settings, split.test_models.tolist())
+
+
+# ---------------------------------------------------------------- many trials
+
+
+def evaluate(
+    emb: np.ndarray,
+    scores: np.ndarray,
+    costs: np.ndarray,
+    cfg: EvalConfig = EvalConfig(),
+    progress: Callable[[int], None] | None = None,
+) -> EvalReport:
+    """Run `cfg.trials` seeded trials; summarise each method with means and 95% intervals.
+
+    emb (n, d) L2-normalised prompt embeddings, scores (n, M) in [0, 1] with NaN = unlabelled,
+    costs (n, M) non-negative realised cost of each model on each prompt.
+    """
+    emb = np.asarray(emb, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float64)
+    costs = np.asarray(costs, dtype=np.float64)
+    if emb.ndim != 2 or scores.ndim != 2 or emb.shape[0] != scores.shape[0] or costs.shape != scores.shape:
+        raise ValueError(f"emb (n, d), scores (n, M), costs (n, M) disagree: {emb.shape} {scores.shape} {costs.shape}")
+    if scores.shape[1] < 3:
+        raise ValueError("need at least 3 LLMs: 2 to route among at test time and 1 to train on")
+    if cfg.trials < 1:
+        raise ValueError("trials must be >= 1")
+    if not 0 < cfg.test_models_fraction < 1:
+        raise ValueError("test models fraction must be strictly between 0 and 1")
+    if np.isnan(costs).any() or (costs < 0).any():
+        raise ValueError("every (prompt, model) needs a known, non-negative cost; "
+                         "a model-cost table prices models that lack per-prompt costs")
+    rng = np.random.default_rng(cfg.seed)
+    trials = []
+    for i in range(cfg.trials):
+        trials.append(run_trial(emb, scores, costs, cfg, np.random.default_rng(rng.integers(1 << 63))))
+        if progress:
+            progress(i + 1)
+    return summarise(trials)
+
+
+def summarise(trials: list[TrialResult]) -> EvalReport:
+    """Means, intervals and paired differences across trials."""
+    summary = {}
+    for name in METHODS:
+        rows = [t.metrics[name] for t in trials]
+        area, lo, hi = mean_ci(np.array([r["area"] for r in rows]))
+        qncs = [r["qnc"] for r in rows]
+        summary[name] = {
+            "area": area,
+            "area_ci": [lo, hi],
+            "area50": float(np.mean([r["area50"] for r in rows])),
+            # Mean over the trials that reach the target; None if fewer than half of them do.
+            "qnc": float(np.mean([q for q in qncs if q is not None])) if sum(q is not None for q in qncs) * 2 >= len(qncs) else None,
+            "qnc_reached": sum(q is not None for q in qncs),
+            "peak": float(np.mean([r["peak"] for r in rows])),
+        }
+    paired = {}
+    for a, b in PAIRS:
+        diff = np.array([t.metrics[a]["area"] - t.metrics[b]["area"] for t in trials])
+        mean, lo, hi = mean_ci(diff)
+        paired[f"{a} - {b}"] = {"area_diff": mean, "ci": [lo, hi], "wins": int((diff > 0).sum())}
+    keys = sorted({k for t in trials for k in t.settings})
+    settings = {k: {str(v): c for v, c in sorted(Counter(t.settings[k] for t in trials).items())} for k in keys}
+    return EvalReport(trials, summary, paired, settings)
+
+
+def mean_curve(curves: list[Curve], grid: np.ndarray) -> np.ndarray:
+    """Average of curves on a common cost grid (flat outside each curve), for plotting."""
+    return np.mean([np.interp(grid, c.x, c.y) for c in curves], axis=0)

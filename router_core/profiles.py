@@ -1,0 +1,57 @@
+"""Psi: each LLM's error rate per prompt cluster, estimated from a labelled prompt set.
+
+Estimation rule (the same for hard and soft clusters). For model h and cluster k, with
+cluster weights w_ik (one-hot for K-means, soft for the learned map) and losses l_ih
+(NaN = not labelled, skipped):
+
+    count_hk = sum_i w_ik [l_ih observed]
+    Psi_hk   = (sum_i w_ik l_ih + prior * mean_h) / (count_hk + prior)
+
+where mean_h is h's overall mean loss on the set. This is the posterior mean of a Beta prior
+centred on the model's own mean carrying `prior` pseudo-prompts: a cluster seen a few times
+moves only part of the way from the model's average, an empty cluster falls back to it, and
+the result is never NaN. `prior` is a hyper-parameter; `uniroute eval` picks it on the
+training LLMs and training/validation prompts (never on test data), see docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def soft_profiles(weights: np.ndarray, losses: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
+    """Psi from cluster weights (n, K) and losses (n, M): (errors (M, K), weighted counts (M, K))."""
+    w = np.asarray(weights, dtype=np.float64)
+    loss = np.asarray(losses, dtype=np.float64)
+    if w.ndim != 2 or loss.ndim != 2 or w.shape[0] != loss.shape[0]:
+        raise ValueError(f"weights (n, K) and losses (n, M) must share n, got {w.shape} and {loss.shape}")
+    if prior < 0:
+        raise ValueError(f"prior must be >= 0, got {prior}")
+    observed = ~np.isnan(loss)
+    n_obs = observed.sum(axis=0)
+    if np.any(n_obs == 0):
+        raise ValueError("every model needs at least one labelled prompt to build its profile")
+    filled = np.where(observed, loss, 0.0)
+    mean = filled.sum(axis=0) / n_obs  # (M,)
+    num, den = shrunk_sums(w, filled, observed.astype(np.float64), mean, prior)
+    # den is 0 only for an empty cluster with prior 0: fall back to the model's mean there.
+    errors = np.divide(num, den, out=np.broadcast_to(mean[:, None], den.shape).copy(), where=den > 0)
+    return errors, den - prior
+
+
+def shrunk_sums(weights, filled, observed, mean, prior: float):
+    """Numerator and denominator of the shrunk estimate, (M, K) each.
+
+    Written with matrix operators only, so the learned map can run the very same rule on
+    torch tensors and differentiate through it.
+    """
+    return filled.T @ weights + prior * mean[:, None], observed.T @ weights + prior
+
+
+def cluster_profiles(
+    labels: np.ndarray, losses: np.ndarray, k: int, prior: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Psi for hard clusters: `labels` (n,) in [0, k) -> (errors (M, k), counts (M, k))."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or (lab.size and (lab.min() < 0 or lab.max() >= k)):
+        raise ValueError(f"labels must be a 1-d array of cluster ids in [0, {k})")
+    return soft_profiles(np.eye(k)[lab], losses, prior)

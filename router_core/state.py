@@ -1,0 +1,135 @@
+"""The router's learned state: how prompts map to clusters, saved as npz + json.
+
+A state holds what is fitted once on training prompts (centroids, and theta for the learned
+map) plus what is needed to reproduce the prompt features (embedder spec, max_chars). The
+LLMs' profiles Psi are not part of it: they are computed per LLM from the representative set
+with `cluster_weights` and `profiles.soft_profiles`, so LLMs come and go without a refit.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_core import clustering
+from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
+
+METHODS = ("uniroute_kmeans", "uniroute_learned_map")
+_ARRAYS, _META = "state.npz", "state.json"
+
+
+@dataclass
+class RouterState:
+    """Fitted cluster map. `prior` is the Psi shrinkage (pseudo-counts) to use with it."""
+
+    embedder: str
+    max_chars: int
+    centroids: np.ndarray  # (K, d) float32, unit norm
+    theta: np.ndarray | None = None  # (K, d) float32, learned map only
+    method: str = "uniroute_kmeans"
+    prior: float = 1.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        self.centroids = np.ascontiguousarray(self.centroids, dtype=np.float32)
+        if self.centroids.ndim != 2:
+            raise ValueError("centroids must be (K, d)")
+        if (self.method == "uniroute_learned_map") != (self.theta is not None):
+            raise ValueError("theta is required by, and only by, the learned map")
+        if self.theta is not None:
+            self.theta = np.ascontiguousarray(self.theta, dtype=np.float32)
+            if self.theta.shape != self.centroids.shape:
+                raise ValueError(f"theta {self.theta.shape} must match centroids {self.centroids.shape}")
+
+    @property
+    def k(self) -> int:
+        """Number of clusters."""
+        return int(self.centroids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension the state expects."""
+        return int(self.centroids.shape[1])
+
+    def cluster_weights(self, emb: np.ndarray) -> np.ndarray:
+        """Cluster weights (n, K): one-hot nearest centroid (K-means) or Phi (learned map)."""
+        emb = self._check(emb)
+        if self.theta is not None:
+            return soft_assign(self.theta, emb)
+        labels, _ = clustering.assign(self.centroids, emb)
+        return np.eye(self.k, dtype=np.float32)[labels]
+
+    def assign(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid of each prompt and its cosine similarity (for logs and displays)."""
+        return clustering.assign(self.centroids, self._check(emb))
+
+    def _check(self, emb: np.ndarray) -> np.ndarray:
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"embeddings must be (n, {self.dim}) for this state, got {emb.shape}")
+        return emb
+
+    def save(self, directory: str | Path) -> None:
+        """Write state.npz (arrays) and state.json (everything else) into `directory`."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {"centroids": self.centroids}
+        if self.theta is not None:
+            arrays["theta"] = self.theta
+        np.savez(d / _ARRAYS, **arrays)
+        meta = {"embedder": self.embedder, "max_chars": self.max_chars, "method": self.method,
+                "prior": self.prior, "k": self.k, "dim": self.dim, "metadata": self.metadata}
+        (d / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "RouterState":
+        """Read a state written by `save`; a missing or damaged state raises ValueError."""
+        d = Path(directory)
+        try:
+            meta = json.loads((d / _META).read_text())
+            with np.load(d / _ARRAYS) as z:
+                arrays = {name: z[name] for name in z.files}
+            return cls(embedder=str(meta["embedder"]), max_chars=int(meta["max_chars"]),
+                       centroids=arrays["centroids"], theta=arrays.get("theta"),
+                       method=str(meta["method"]), prior=float(meta.get("prior", 1.0)),
+                       metadata=dict(meta.get("metadata", {})))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"no valid router state in {d}: {exc}") from exc
+
+
+def build_state(
+    prompts: list[str],
+    embedder: Any,
+    k: int,
+    seed: int = 0,
+    method: str = "uniroute_kmeans",
+    *,
+    embedder_spec: str,
+    max_chars: int,
+    losses: np.ndarray | None = None,
+    prior: float = 1.0,
+    learned_map: LearnedMapConfig = LearnedMapConfig(),
+    metadata: dict[str, Any] | None = None,
+) -> RouterState:
+    """Fit a state on training prompts. The learned map also needs `losses` (n, M) of the
+    training LLMs on those prompts (1 - score, NaN = unlabelled)."""
+    from router_core.embedding import embed_for_routing
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method == "uniroute_learned_map" and losses is None:
+        raise ValueError("the learned map needs the training LLMs' labels on the prompts")
+    emb = embed_for_routing(embedder, prompts, max_chars)
+    centroids = clustering.fit_kmeans(emb, k, seed=seed)
+    theta = None
+    if method == "uniroute_learned_map":
+        theta = fit_learned_map(emb, losses, centroids, replace(learned_map, seed=seed))
+    meta = {"n_prompts": len(prompts), "seed": seed,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(metadata or {})}
+    return RouterState(embedder_spec, max_chars, centroids, theta, method, prior, meta)

@@ -1,0 +1,121 @@
+"""Gateways served by uvicorn on real sockets, in front of real HTTP upstreams.
+
+The replay upstream answers as the 11 RouterBench LLMs did; the demo's model set (recorded
+labels on the representative prompts as profiles, mean recorded cost as price) is registered
+in each gateway unless a test asks for other models.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.commands.demo import ROUTERBENCH_DIR, demo_models
+from app.config import CostConfig, ModelConfig, Settings
+from app.main import create_app
+from app.replay_upstream import create_replay_app
+from models_registry.repset import load_repset
+from router_core.datasets import RoutingDataset, load_routerbench, load_routerbench_responses
+from tests.support.fault_upstream import FaultUpstream
+from tests.support.servers import serve
+
+
+@pytest.fixture(scope="session")
+def routerbench() -> RoutingDataset:
+    return load_routerbench(ROUTERBENCH_DIR)
+
+
+@pytest.fixture(scope="session")
+def test_split_ids() -> list[str]:
+    """Ids of RouterBench's test-split prompts (ids do not name their split; the files do)."""
+    return [pid for path in sorted(ROUTERBENCH_DIR.glob("*_test.csv")) for pid in load_routerbench(path).ids]
+
+
+@pytest.fixture(scope="session")
+def replay_url() -> Iterator[str]:
+    """The replay upstream with no added latency, as an OpenAI base URL."""
+    app = create_replay_app(load_routerbench_responses(ROUTERBENCH_DIR), latency_scale=0.0)
+    with serve(app) as url:
+        yield url + "/v1"
+
+
+@pytest.fixture(scope="session")
+def repset_ids() -> list[str]:
+    return [item.id for item in load_repset(Settings().repset_path).items]
+
+
+@pytest.fixture(scope="session")
+def demo_configs(routerbench, repset_ids, replay_url, tmp_path_factory) -> list[ModelConfig]:
+    return demo_models(routerbench, repset_ids, replay_url, tmp_path_factory.mktemp("scores"))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> str:
+    """One embedding cache for every gateway of the session (the representative set is embedded once)."""
+    return str(tmp_path_factory.mktemp("embed-cache"))
+
+
+@pytest.fixture
+def fault_upstream() -> Iterator[tuple[FaultUpstream, str]]:
+    upstream = FaultUpstream()
+    with serve(upstream.app) as url:
+        yield upstream, url + "/v1"
+
+
+def wait_ready(base_url: str, timeout_s: float = 120.0) -> None:
+    """Block until the gateway's /readyz says ready; fail with its reason otherwise."""
+    deadline = time.monotonic() + timeout_s
+    body: dict = {}
+    while time.monotonic() < deadline:
+        r = httpx.get(base_url + "/readyz", timeout=5)
+        body = r.json()
+        if r.status_code == 200:
+            return
+        if body.get("status") == "failed":
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"gateway not ready: {body}")
+
+
+GatewayFactory = Callable[..., contextlib.AbstractContextManager[str]]
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, shared_cache: str, demo_configs) -> GatewayFactory:
+    """`with make_gateway(**settings) as base_url:` a ready gateway (demo models unless `models=` given)."""
+
+    @contextlib.contextmanager
+    def factory(**overrides) -> Iterator[str]:
+        fields = {"sqlite_path": str(tmp_path / f"registry-{time.monotonic_ns()}.db"),
+                  "cache_dir": shared_cache, "models": demo_configs}
+        fields.update(overrides)
+        with serve(create_app(Settings(**fields))) as url:
+            wait_ready(url)
+            yield url
+
+    return factory
+
+
+@pytest.fixture
+def demo_gateway(make_gateway) -> Iterator[str]:
+    with make_gateway() as url:
+        yield url
+
+
+@pytest.fixture
+def model_config(tmp_path: Path, repset_ids) -> Callable[..., ModelConfig]:
+    """A ModelConfig scoring `score` on every representative prompt (so its error is 1 - score everywhere)."""
+
+    def make(name: str, base_url: str, *, upstream_model: str | None = None, score: float = 0.8,
+             per_request: float = 1.0) -> ModelConfig:
+        path = tmp_path / f"scores-{abs(hash(name))}.json"
+        path.write_text(json.dumps({pid: score for pid in repset_ids}))
+        return ModelConfig(name=name, base_url=base_url, upstream_model=upstream_model or name,
+                           cost=CostConfig(per_request=per_request), scores_file=str(path))
+
+    return make

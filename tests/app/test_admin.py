@@ -1,0 +1,166 @@
+"""The admin API: register an LLM the router has never seen, profile it through its real HTTP
+upstream, and route to it at once; keys guard the API and never leak."""
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+
+from app.config import Settings
+from models_registry.repset import load_repset
+from router_core.datasets import load_routerbench_responses
+from router_core.grading import grade
+from app.commands.demo import ROUTERBENCH_DIR
+
+ADMIN = "admin-secret-key"
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+
+
+def admin(base_url: str, method: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.request(method, base_url + "/admin" + path, headers=AUTH, timeout=30, **kwargs)
+
+
+def wait_job(base_url: str, job_id: str, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = admin(base_url, "GET", f"/jobs/{job_id}").json()
+        if job["state"] != "running":
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still running: {job}")
+
+
+@pytest.fixture(scope="module")
+def newcomer(routerbench) -> str:
+    """The RouterBench LLM registered during the test: the one whose accuracy ranks in the middle
+    (strong on some clusters, weak on others)."""
+    acc = np.nanmean(routerbench.scores, axis=0)
+    return routerbench.models[int(np.argsort(acc)[len(acc) // 2])]
+
+
+def test_unseen_model_is_profiled_and_routed_to_at_once(make_gateway, demo_configs, replay_url, routerbench,
+                                                        newcomer, test_split_ids):
+    others = [m for m in demo_configs if m.name != newcomer]
+    with make_gateway(models=others, admin_key=ADMIN) as gw:
+        assert newcomer not in [m.id for m in OpenAI(base_url=gw + "/v1", api_key="x").models.list()]
+        j = routerbench.models.index(newcomer)
+        price = float(np.nanmean(routerbench.costs[:, j]))
+        r = admin(gw, "POST", "/models", json={"name": newcomer, "base_url": replay_url,
+                                                "upstream_model": newcomer, "cost": {"per_request": price}})
+        assert r.status_code == 202, r.text
+        job = wait_job(gw, r.json()["job_id"])
+        assert job["state"] == "done" and job["done"] == job["total"] and job["errors"] == 0
+
+        shown = admin(gw, "GET", f"/models/{newcomer}").json()
+        assert shown["state"] == "ready"
+        assert "api_key" not in shown or shown.get("api_key") is None
+        clusters = shown["profile"]["clusters"]
+        assert {"error", "count"} <= set(clusters[0])
+        assert newcomer in [m.id for m in OpenAI(base_url=gw + "/v1", api_key="x").models.list()]
+
+        # Grades of its real answers agree with RouterBench's recorded labels.
+        repset = load_repset(Settings().repset_path)
+        row = {pid: i for i, pid in enumerate(routerbench.ids)}
+        responses = load_routerbench_responses(ROUTERBENCH_DIR)[newcomer]
+        agree = [grade(it.grader, responses.get(it.prompt, ""), it.reference) == routerbench.scores[row[it.id], j]
+                 for it in repset.items]
+        assert np.mean(agree) >= 0.95
+
+        # It receives prompts of the clusters where its predicted error beats every other model's
+        # once costs are out of the question.
+        errors = np.array([c["error"] for c in clusters])
+        others_best = np.min([[c["error"] for c in admin(gw, "GET", f"/models/{m.name}").json()["profile"]["clusters"]]
+                              for m in others], axis=0)
+        strong = np.flatnonzero(errors < others_best)
+        routed = []
+        for pid in test_split_ids[:300]:
+            d = httpx.post(gw + "/v1/route", json={"model": "uniroute:0", "messages": [
+                {"role": "user", "content": routerbench.prompts[row[pid]]}]}, timeout=30).json()
+            routed.append((d["cluster"], d["model"]))
+        in_strong = [m for k, m in routed if k in set(strong.tolist())]
+        if in_strong:
+            assert all(m == newcomer for m in in_strong)
+        assert all(m != newcomer for k, m in routed if k not in set(strong.tolist()))
+
+
+def test_precomputed_scores_register_without_calling_the_upstream(make_gateway, fault_upstream, repset_ids):
+    upstream, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        scores = {pid: 1.0 for pid in repset_ids[:50]}
+        r = admin(gw, "POST", "/models", json={"name": "pre", "base_url": url, "cost": {"per_request": 1},
+                                                "scores": scores})
+        assert r.status_code == 202 and r.json()["job_id"] is None
+        assert admin(gw, "GET", "/models/pre").json()["state"] == "ready"
+        assert sum(upstream.calls.values()) == 0
+        bad = admin(gw, "POST", "/models", json={"name": "bad", "base_url": url, "cost": {"per_request": 1},
+                                                  "scores": {"not-a-prompt": 1.0}})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "scores"
+
+
+def test_admin_api_needs_the_admin_key_and_is_off_without_one(make_gateway):
+    with make_gateway(admin_key=ADMIN, api_keys=["client-key"]) as gw:
+        assert httpx.get(gw + "/admin/models", timeout=5).status_code == 401
+        wrong = httpx.get(gw + "/admin/models", headers={"authorization": "Bearer client-key"}, timeout=5)
+        assert wrong.status_code == 401
+        assert admin(gw, "GET", "/models").status_code == 200
+    with make_gateway() as gw:
+        assert admin(gw, "GET", "/models").status_code == 404
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"name": "x", "base_url": "ftp://host/v1", "cost": {"per_request": 1}}, "base_url"),
+    ({"name": "x", "base_url": "http://h/v1", "cost": {}}, "cost"),
+    ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": -1}}, "cost.per_request"),
+    ({"name": "x", "base_url": "http://h/v1"}, "cost"),
+    ({"name": "", "base_url": "http://h/v1", "cost": {"per_request": 1}}, "name"),
+    ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "api_key_env": "not a name"}, "api_key_env"),
+])
+def test_bad_registrations_are_400(make_gateway, body, param):
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        r = admin(gw, "POST", "/models", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param
+
+
+def test_patch_disable_and_delete_change_routing(make_gateway, fault_upstream, model_config):
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("a", url, score=0.9), model_config("b", url, score=0.5)],
+                      admin_key=ADMIN) as gw:
+        route = lambda: httpx.post(gw + "/v1/route", json={"model": "uniroute:0", "messages": [
+            {"role": "user", "content": "hi"}]}, timeout=10).json()["model"]
+        assert route() == "a"
+        assert admin(gw, "PATCH", "/models/a", json={"enabled": False}).json()["state"] == "disabled"
+        assert route() == "b"
+        admin(gw, "PATCH", "/models/a", json={"enabled": True})
+        assert route() == "a"
+        patched = admin(gw, "PATCH", "/models/a", json={"cost": {"per_request": 50}}).json()
+        assert patched["cost"]["per_request"] == 50
+        assert admin(gw, "DELETE", "/models/a").status_code == 200
+        assert admin(gw, "GET", "/models/a").status_code == 404
+        assert route() == "b"
+
+
+def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, caplog):
+    secret = "sk-very-secret-value-123"
+    monkeypatch.setenv("UNIROUTE_TEST_UPSTREAM_KEY", secret)
+    upstream, url = fault_upstream
+    caplog.set_level(logging.DEBUG)
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "keyed", "base_url": url, "upstream_model": "keyed",
+                                                "api_key_env": "UNIROUTE_TEST_UPSTREAM_KEY",
+                                                "cost": {"per_request": 1}})
+        job = wait_job(gw, r.json()["job_id"])
+        assert job["state"] == "done"
+        reply = OpenAI(base_url=gw + "/v1", api_key="x").chat.completions.with_raw_response.create(
+            model="uniroute", messages=[{"role": "user", "content": "hi"}])
+        outputs = [admin(gw, "GET", "/models").text, admin(gw, "GET", "/models/keyed").text,
+                   admin(gw, "GET", f"/jobs/{job['id']}").text, httpx.get(gw + "/metrics").text,
+                   reply.http_response.text, str(reply.headers), caplog.text]
+    assert upstream.received[-1].headers["authorization"] == f"Bearer {secret}"
+    for text in outputs:
+        assert secret not in text
+    assert "UNIROUTE_TEST_UPSTREAM_KEY" in outputs[1]

@@ -1,0 +1,97 @@
+"""Bad input gets OpenAI-style errors with the right status, and the gateway keeps serving."""
+from __future__ import annotations
+
+import httpx
+import pytest
+from openai import OpenAI
+
+GOOD = {"model": "uniroute", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def post(base_url: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.post(base_url + path, timeout=30, **kwargs)
+
+
+def assert_openai_error(r: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"] and err["type"]
+    if param is not None:
+        assert err["param"] == param
+    return err
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/route"])
+def test_malformed_json_is_400(demo_gateway, path):
+    r = post(demo_gateway, path, content=b'{"model": "uniroute", "messages": [', headers={"content-type": "application/json"})
+    err = assert_openai_error(r, 400)
+    assert err["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"model": "uniroute"}, "messages"),
+    ({"model": "uniroute", "messages": []}, "messages"),
+    ({"model": "uniroute", "messages": "hello"}, "messages"),
+    ({"model": "uniroute", "messages": [{"content": "no role"}]}, "messages.0.role"),
+    ({"model": 42, "messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({**GOOD, "stream": "yes"}, "stream"),
+    ({**GOOD, "uniroute": {"cost_weight": -1}}, "uniroute.cost_weight"),
+    ({**GOOD, "uniroute": {"cost_weight": "high"}}, "uniroute.cost_weight"),
+    ({**GOOD, "uniroute": {"unknown": 1}}, "uniroute.unknown"),
+    ({**GOOD, "model": "uniroute:abc"}, "model"),
+    ({**GOOD, "model": "uniroute:-2"}, "model"),
+    ({**GOOD, "uniroute": {"models": ["no-such-model"]}}, "uniroute.models"),
+])
+def test_wrong_fields_are_400_naming_the_parameter(demo_gateway, body, param):
+    assert_openai_error(post(demo_gateway, "/v1/chat/completions", json=body), 400, param)
+
+
+def test_a_json_array_body_is_400(demo_gateway):
+    assert_openai_error(post(demo_gateway, "/v1/chat/completions", json=[GOOD]), 400)
+
+
+def test_unknown_model_is_404(demo_gateway):
+    err = assert_openai_error(post(demo_gateway, "/v1/chat/completions", json={**GOOD, "model": "gpt-17"}), 404, "model")
+    assert err["code"] == "model_not_found"
+
+
+def test_huge_body_is_413(make_gateway):
+    with make_gateway(max_body_bytes=10_000) as gw:
+        huge = {**GOOD, "messages": [{"role": "user", "content": "x" * 50_000}]}
+        assert_openai_error(post(gw, "/v1/chat/completions", json=huge), 413)
+
+        # The same without Content-Length (chunked upload): counted as it arrives.
+        def chunks():
+            yield b'{"model": "uniroute", "messages": [{"role": "user", "content": "'
+            for _ in range(20):
+                yield b"y" * 1000
+            yield b'"}]}'
+
+        assert_openai_error(post(gw, "/v1/chat/completions", content=chunks()), 413)
+        assert post(gw, "/v1/chat/completions", json=GOOD).status_code == 200
+
+
+def test_prompt_over_the_length_limit_is_413(make_gateway):
+    with make_gateway(max_prompt_chars=1000) as gw:
+        long = {**GOOD, "messages": [{"role": "user", "content": "z" * 2000}]}
+        assert_openai_error(post(gw, "/v1/chat/completions", json=long), 413)
+
+
+def test_token_id_prompt_cannot_be_routed(demo_gateway):
+    assert_openai_error(post(demo_gateway, "/v1/completions", json={"model": "uniroute", "prompt": [1, 2, 3]}),
+                        400, "prompt")
+
+
+def test_no_routable_model_is_503(make_gateway):
+    with make_gateway(models=[]) as gw:
+        err = assert_openai_error(post(gw, "/v1/chat/completions", json=GOOD), 503)
+        assert err["code"] == "no_routable_model"
+
+
+def test_gateway_keeps_serving_after_bad_input(demo_gateway):
+    for body in (b"{", b"[]", b'{"model": 1}', b"\xff\xfe"):
+        post(demo_gateway, "/v1/chat/completions", content=body)
+    reply = OpenAI(base_url=demo_gateway + "/v1", api_key="x").chat.completions.create(**GOOD)
+    assert reply.choices[0].message.content

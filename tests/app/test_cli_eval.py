@@ -1,0 +1,71 @@
+"""`uniroute eval` and `uniroute build-state` from the shell, on real (small) data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from router_core.state import RouterState
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ROOT / "app" / "resources" / "routerbench_zs" / "mbpp_test.csv"
+
+
+def _uniroute(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=600)
+
+
+def test_eval_json_stdout_is_exactly_one_object_and_the_plot_is_drawn(tmp_path, shared_cache):
+    plot = tmp_path / "curves.png"
+    run = _uniroute("eval", "--data", str(SMALL), "--trials", "2", "--clusters", "3", "--json", "-",
+                    "--plot", str(plot), "--cache-dir", shared_cache)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)  # the whole of stdout is one JSON document
+    assert (result["n_prompts"], result["n_models"], result["trials"]) == (128, 11, 2)
+    assert set(result["methods"]) == {"zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map", "oracle"}
+    for m in result["methods"].values():
+        assert m["area_ci"][0] <= m["area"] <= m["area_ci"][1]
+        assert {"area50", "qnc", "peak"} <= set(m)
+    assert "uniroute_learned_map - knn" in result["paired"]
+    assert "area" in run.stderr and "trials" in run.stderr  # table and progress on stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_without_costs_asks_for_a_cost_table(tmp_path, capsys):
+    data = tmp_path / "tiny.json"
+    data.write_text(json.dumps([{"question": f"q{i}", "scores": {"a": 1, "b": 0, "c": 1}} for i in range(5)]))
+    assert main(["eval", "--data", str(data), "--trials", "1"]) == 2
+    assert "model-cost table" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--trials", "0", "--trials must be at least 1"),
+    ("--test-models-fraction", "1.5", "strictly between 0 and 1"),
+    ("--plot", "curves.pdf", ".png"),
+])
+def test_eval_rejects_bad_options_in_one_line(flag, value, message, capsys):
+    assert main(["eval", "--data", str(SMALL), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_build_state_writes_a_loadable_state(tmp_path, shared_cache):
+    out = tmp_path / "state"
+    code = main(["build-state", "--data", str(SMALL), "--format", "routerbench", "--clusters", "4",
+                 "--cache-dir", shared_cache, "--out", str(out)])
+    assert code == 0
+    state = RouterState.load(out)
+    assert (state.k, state.method, state.embedder) == (4, "uniroute_kmeans", "accurate")
+    assert state.metadata["training_set"] == ["mbpp_test.csv"] and state.metadata["n_prompts"] == 128
+
+
+def test_build_state_rejects_more_clusters_than_prompts(tmp_path, capsys):
+    assert main(["build-state", "--data", str(SMALL), "--clusters", "500", "--out", str(tmp_path)]) == 2
+    assert "--clusters must be between 1 and the number of prompts (128)" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""A gateway restarted mid-profiling resumes the job and asks only the prompts not yet graded."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import httpx
+
+from app.config import Settings
+from app.main import create_app
+from tests.app.conftest import wait_ready
+from tests.app.test_admin import ADMIN, admin, wait_job
+from tests.support.servers import serve
+
+
+def test_restart_mid_profiling_resumes_without_asking_again(tmp_path, shared_cache, fault_upstream):
+    upstream, url = fault_upstream
+    settings = Settings(sqlite_path=str(tmp_path / "registry.db"), cache_dir=shared_cache, admin_key=ADMIN,
+                        profile_concurrency=4)
+    # Each answer takes 20 ms: the job is well under way, not finished, when the gateway stops.
+    with serve(create_app(settings)) as gw:
+        wait_ready(gw)
+        r = admin(gw, "POST", "/models", json={"name": "slow", "base_url": url, "upstream_model": "slow:delay=0.02",
+                                                "cost": {"per_request": 1}})
+        job_id = r.json()["job_id"]
+        while admin(gw, "GET", f"/jobs/{job_id}").json()["done"] < 40:
+            time.sleep(0.05)
+    first_run = Counter(req.body["messages"][0]["content"] for req in upstream.received)
+    with serve(create_app(settings)) as gw:
+        wait_ready(gw)
+        stored = admin(gw, "GET", f"/jobs/{job_id}").json()["done"]
+        assert 40 <= stored < sum(first_run.values()) + 1
+        job = wait_job(gw, job_id)
+        assert job["state"] == "done" and job["done"] == job["total"]
+        assert admin(gw, "GET", "/models/slow").json()["state"] == "ready"
+        assert httpx.post(gw + "/v1/route", json={"model": "uniroute", "messages": [
+            {"role": "user", "content": "hi"}]}, timeout=10).json()["model"] == "slow"
+    asked = Counter(req.body["messages"][0]["content"] for req in upstream.received)
+    # Only the answers in flight at the stop (at most the job's concurrency) were asked twice.
+    assert sum(n - 1 for n in asked.values() if n > 1) <= 4
+    assert len(asked) == job["total"]

@@ -1,0 +1,73 @@
+"""Two gateway processes' worth of gateways on one real Redis: a model registered on one is
+routed to through the other within a second; both keep routing while Redis is away, and both
+resync when it returns."""
+from __future__ import annotations
+
+import time
+
+import httpx
+from openai import OpenAI
+
+ADMIN = "replica-admin-key"
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+PROMPT = "Which gas do plants take in for photosynthesis? A. oxygen B. carbon dioxide C. helium D. neon"
+
+
+def routed_model(base_url: str) -> str:
+    """The model the gateway picks at cost weight 0 for PROMPT (dry run)."""
+    r = httpx.post(base_url + "/v1/route", json={"model": "uniroute:0", "messages": [
+        {"role": "user", "content": PROMPT}]}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["model"]
+
+
+def answered_by(base_url: str) -> str:
+    """The model that answered PROMPT for real, through the openai SDK."""
+    client = OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="uniroute:0", messages=[{"role": "user", "content": PROMPT}])
+    assert raw.parse().choices[0].message.content
+    return raw.headers["x-uniroute-model"]
+
+
+def poll(predicate, timeout_s: float, what: str) -> float:
+    """Seconds until `predicate()` holds (checked every 10 ms), or fail naming `what`."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout_s, f"{what}: not within {timeout_s} s"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_replicas_share_new_models_and_ride_out_a_redis_outage(make_gateway, demo_configs, replay_url,
+                                                                 repset_ids, private_redis):
+    shared = {"redis_url": private_redis.url, "redis_prefix": "replicas:", "admin_key": ADMIN}
+    with make_gateway(models=demo_configs, **shared) as first, make_gateway(models=[], **shared) as second:
+        assert routed_model(second) != "newcomer"
+        # Right on every representative prompt and cheap: the best choice for any prompt.
+        body = {"name": "newcomer", "base_url": replay_url, "upstream_model": demo_configs[0].upstream_model,
+                "cost": {"per_request": 1e-9}, "scores": {pid: 1.0 for pid in repset_ids}}
+        r = httpx.post(first + "/admin/models", json=body, headers=AUTH, timeout=10)
+        assert r.status_code == 202, r.text
+        took = poll(lambda: routed_model(second) == "newcomer", 1.0, "second replica routes to the new model")
+        assert took < 1.0
+        assert answered_by(second) == "newcomer"
+
+        # Persist what Redis holds, then take it away: both replicas route from their snapshots.
+        private_redis.save_and_kill()
+        for gateway in (first, second):
+            assert answered_by(gateway) == "newcomer"
+        down = httpx.patch(first + "/admin/models/newcomer", json={"enabled": False}, headers=AUTH, timeout=10)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "registry_unavailable"
+
+        # Back again: a change made through one replica reaches the other.
+        private_redis.start()
+
+        def disable_on_second() -> bool:
+            return httpx.patch(second + "/admin/models/newcomer", json={"enabled": False}, headers=AUTH,
+                               timeout=10).status_code == 200
+
+        poll(disable_on_second, 15.0, "second replica writes after Redis returns")
+        poll(lambda: routed_model(first) != "newcomer", 5.0, "first replica sees the change after resync")
+        listed = httpx.get(first + "/admin/models/newcomer", headers=AUTH, timeout=10).json()
+        assert listed["state"] == "disabled"

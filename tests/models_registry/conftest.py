@@ -1,0 +1,34 @@
+"""Registry fixtures: real SQLite files in tmp_path, the shared Redis (keys removed after)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from models_registry.redis_store import RedisRegistry
+from models_registry.sqlite import SQLiteRegistry
+
+
+@pytest.fixture
+def shared_redis(redis_url: str, redis_prefix: str):
+    """(url, prefix) on the shared Redis; every key under the prefix is deleted afterwards."""
+    yield redis_url, redis_prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{redis_prefix}*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def registry(request, tmp_path: Path):
+    """A started registry of each backend (Redis on the shared server, under a unique prefix)."""
+    if request.param == "sqlite":
+        reg = SQLiteRegistry(tmp_path / "registry.db")
+    else:
+        url, prefix = request.getfixturevalue("shared_redis")
+        reg = RedisRegistry(url, prefix=prefix)
+    await reg.start()
+    yield reg
+    await reg.close()

@@ -1,0 +1,100 @@
+"""Records: validation with a named field, exact JSON round trips, costs, independent copies."""
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from models_registry.records import Answer, JobRecord, ModelCost, ModelRecord, RegistryValidationError
+from tests.models_registry.helpers import make_record
+
+
+def new(**overrides) -> ModelRecord:
+    args = dict(name="m", base_url="https://api.example.com/v1", upstream_model="m", api_key_env=None,
+                cost=ModelCost(1.0, 2.0))
+    args.update(overrides)
+    return ModelRecord.new(**args)
+
+
+def test_expected_cost_adds_token_prices_per_million_and_the_per_request_price():
+    cost = ModelCost(input_per_mtok=2.0, output_per_mtok=6.0, per_request=0.001)
+    assert cost.expected(1000, 500) == pytest.approx(0.002 + 0.003 + 0.001)
+    assert ModelCost().expected(10**6, 10**6) == 0.0
+
+
+@pytest.mark.parametrize("name", ["meta/llama-2-70b-chat", "gpt-4o", "org/model:8b", "x" * 128])
+def test_names_without_whitespace_up_to_128_chars_are_accepted(name):
+    assert new(name=name).name == name
+
+
+@pytest.mark.parametrize("name", ["", "two words", "tab\tname", "new\nline", "x" * 129])
+def test_bad_names_are_refused_naming_the_field(name):
+    with pytest.raises(RegistryValidationError) as err:
+        new(name=name)
+    assert err.value.field == "name"
+
+
+@pytest.mark.parametrize("url", ["ftp://host/v1", "host:8000/v1", "http://", "http:///v1", "https://h:notaport/v1", ""])
+def test_base_urls_must_be_http_or_https_with_a_host(url):
+    with pytest.raises(RegistryValidationError) as err:
+        new(base_url=url)
+    assert err.value.field == "base_url"
+    assert "base_url" in str(err.value)
+
+
+@pytest.mark.parametrize("field", ["input_per_mtok", "output_per_mtok", "per_request"])
+@pytest.mark.parametrize("value", [-0.01, math.inf, math.nan, "1"])
+def test_costs_must_be_finite_numbers_not_below_zero(field, value):
+    with pytest.raises(RegistryValidationError) as err:
+        ModelCost(**{field: value})
+    assert err.value.field == f"cost.{field}"
+
+
+@pytest.mark.parametrize("env", ["sk-live-123abc", "OPENAI KEY", "1ST"])
+def test_api_key_env_must_be_a_variable_name_so_a_pasted_key_is_refused(env):
+    with pytest.raises(RegistryValidationError) as err:
+        new(api_key_env=env)
+    assert err.value.field == "api_key_env"
+
+
+def test_a_profile_outside_the_unit_cube_or_with_mismatched_counts_is_refused():
+    record = make_record()
+    record.profile.errors[0] = 1.5
+    with pytest.raises(RegistryValidationError, match="profile.errors"):
+        record.validate()
+    record = make_record()
+    record.profile.counts.pop()
+    with pytest.raises(RegistryValidationError, match="profile.counts"):
+        record.validate()
+
+
+def test_model_record_survives_a_json_round_trip_exactly():
+    record = make_record(seed=3)
+    back = ModelRecord.from_dict(orjson.loads(orjson.dumps(record.to_dict())))
+    assert back == record
+    assert isinstance(back.cost, ModelCost) and back.profile.errors == record.profile.errors
+
+
+def test_from_dict_ignores_fields_it_does_not_know():
+    record = make_record()
+    assert ModelRecord.from_dict(record.to_dict() | {"added_by_a_newer_version": 1}) == record
+
+
+def test_job_and_answer_round_trip():
+    job = JobRecord(id="j1", model="m", state="running", done=3, total=400, errors=1, spend=0.25,
+                    started_at=1.5, updated_at=2.5, error=None, owner="replica-a")
+    assert JobRecord.from_dict(orjson.loads(orjson.dumps(job.to_dict()))) == job
+    answer = Answer(prompt_id="arc-challenge.test.1", score=1.0, cost=1e-5, output_tokens=2, error=None)
+    assert Answer.from_dict(orjson.loads(orjson.dumps(answer.to_dict()))) == answer
+
+
+def test_a_copy_shares_nothing_mutable_with_its_original():
+    record = make_record()
+    before = record.to_dict()
+    copy = record.copy()
+    copy.profile.errors[0] = 0.99
+    copy.profile.counts.append(1.0)
+    copy.cost.per_request = 9.0
+    copy.state = "disabled"
+    assert record.to_dict() == before

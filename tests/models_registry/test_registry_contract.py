@@ -1,0 +1,167 @@
+"""The Registry contract, run against both backends (a real SQLite file, the real Redis)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from models_registry.base import Registry, RegistryUnavailable
+from models_registry.records import Answer, JobRecord, RegistryValidationError
+from tests.models_registry.helpers import make_record, reopen
+
+
+def job(job_id: str, model: str, started_at: float, state: str = "running") -> JobRecord:
+    return JobRecord(id=job_id, model=model, state=state, done=0, total=400, errors=0, spend=0.0,
+                     started_at=started_at, updated_at=started_at, error=None, owner="owner-a")
+
+
+async def test_both_backends_implement_the_registry_protocol(registry):
+    assert isinstance(registry, Registry)
+    assert registry.available
+
+
+async def test_put_model_stores_every_field_and_bumps_the_revision(registry):
+    record = make_record(seed=5)
+    before = time.time()
+    await registry.put_model(record)
+    assert record.revision == 1 and record.updated_at >= before
+    stored = await registry.get_model(record.name)
+    assert stored == record
+    record.cost.per_request = 0.5
+    await registry.put_model(record)
+    assert record.revision == 2
+    assert (await registry.get_model(record.name)).cost.per_request == 0.5
+    assert [r.name for r in await registry.list_models()] == [record.name]
+
+
+async def test_an_invalid_record_is_refused_and_nothing_is_written(registry):
+    record = make_record()
+    record.base_url = "ftp://nowhere"
+    with pytest.raises(RegistryValidationError):
+        await registry.put_model(record)
+    assert await registry.get_model(record.name) is None
+    assert registry.snapshot() == {}
+
+
+async def test_snapshot_gives_copies_so_editing_one_changes_nothing_until_written(registry):
+    await registry.put_model(make_record("a"))
+    mine = registry.snapshot()["a"]
+    mine.profile.errors[0] = 0.999
+    mine.enabled = False
+    assert registry.snapshot()["a"].enabled is True
+    assert registry.snapshot()["a"].profile.errors[0] != 0.999
+    await registry.put_model(mine)
+    assert registry.snapshot()["a"].enabled is False
+
+
+async def test_a_snapshot_keeps_showing_the_moment_it_was_taken(registry):
+    await registry.put_model(make_record("a"))
+    earlier = registry.snapshot()
+    await registry.put_model(make_record("b"))
+    await registry.delete_model("a")
+    assert list(earlier) == ["a"] and earlier["a"].name == "a"
+    assert list(registry.snapshot()) == ["b"] and len(registry.snapshot()) == 1
+
+
+async def test_on_change_hears_each_put_and_delete_by_name(registry):
+    heard: list[str] = []
+    registry.on_change(heard.append)
+    await registry.put_model(make_record("a"))
+    await registry.put_model(make_record("b"))
+    await registry.delete_model("a")
+    assert heard == ["a", "b", "a"]
+    assert set(registry.snapshot()) == {"b"}
+
+
+async def test_delete_model_says_whether_there_was_one(registry):
+    await registry.put_model(make_record("a"))
+    assert await registry.delete_model("a") is True
+    assert await registry.delete_model("a") is False
+    assert await registry.get_model("a") is None
+
+
+async def test_jobs_round_trip_and_list_oldest_first_per_model(registry):
+    await registry.put_job(job("j2", "a", 20.0))
+    await registry.put_job(job("j1", "a", 10.0))
+    await registry.put_job(job("j3", "b", 15.0))
+    assert [j.id for j in await registry.list_jobs()] == ["j1", "j3", "j2"]
+    assert [j.id for j in await registry.list_jobs("a")] == ["j1", "j2"]
+    updated = job("j1", "a", 10.0, state="done")
+    updated.done, updated.spend = 400, 1.25
+    await registry.put_job(updated)
+    assert await registry.get_job("j1") == updated
+    assert await registry.get_job("nope") is None
+
+
+async def test_record_answer_upserts_per_prompt_and_keeps_versions_apart(registry):
+    await registry.record_answer("a", "v1", Answer("p1", 0.0, 0.01, 3, error="HTTP 502"))
+    await registry.record_answer("a", "v1", Answer("p1", 1.0, 0.02, 4))
+    await registry.record_answer("a", "v1", Answer("p2", 0.0, 0.03, 5))
+    await registry.record_answer("a", "v2", Answer("p1", 0.0, 0.04, 6))
+    got = await registry.answers("a", "v1")
+    assert got == {"p1": Answer("p1", 1.0, 0.02, 4), "p2": Answer("p2", 0.0, 0.03, 5)}
+    assert list(await registry.answers("a", "v2")) == ["p1"]
+    assert await registry.answers("a", "v3") == {}
+
+
+async def test_clear_answers_forgets_every_version_of_that_model_only(registry):
+    for model in ("a", "a:b"):  # a name with ":" must not alias another model's answers
+        for version in ("v1", "v2"):
+            await registry.record_answer(model, version, Answer("p1", 1.0, 0.0, 1))
+    await registry.clear_answers("a")
+    assert await registry.answers("a", "v1") == {} and await registry.answers("a", "v2") == {}
+    assert list(await registry.answers("a:b", "v1")) == ["p1"]
+    assert list(await registry.answers("a:b", "v2")) == ["p1"]
+
+
+async def test_a_lock_excludes_everyone_until_released(registry):
+    assert await registry.acquire_lock("job:1", "a", 30)
+    assert not await registry.acquire_lock("job:1", "b", 30)
+    assert not await registry.acquire_lock("job:1", "a", 30)
+    assert not await registry.release_lock("job:1", "b")
+    assert not await registry.acquire_lock("job:1", "b", 30)
+    assert await registry.release_lock("job:1", "a")
+    assert await registry.acquire_lock("job:1", "b", 30)
+
+
+async def test_a_lock_expires_after_its_ttl_unless_its_owner_refreshes_it(registry):
+    ttl = 0.5  # generous: a loaded machine must not let a refreshed lock lapse
+    assert await registry.acquire_lock("job:1", "a", ttl)
+    assert not await registry.refresh_lock("job:1", "b", ttl)
+    start = time.monotonic()
+    while time.monotonic() - start < 1.5 * ttl:  # refreshed past its first TTL, it is still held
+        assert await registry.refresh_lock("job:1", "a", ttl)
+        assert not await registry.acquire_lock("job:1", "b", ttl)
+        await asyncio.sleep(0.05)
+    last_refresh = time.monotonic()
+    while not await registry.acquire_lock("job:1", "b", 30):
+        assert time.monotonic() - last_refresh < 3, "the lock did not expire"
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - last_refresh >= 0.8 * ttl  # not (much) before its TTL
+    assert not await registry.refresh_lock("job:1", "a", 30)
+
+
+async def test_everything_written_is_there_for_a_new_instance(registry):
+    await registry.put_model(make_record("a", seed=1))
+    await registry.put_model(make_record("b", seed=2))
+    await registry.delete_model("b")
+    await registry.put_job(job("j1", "a", 1.0))
+    await registry.record_answer("a", "v1", Answer("p1", 1.0, 0.1, 2))
+    other = reopen(registry)
+    await other.start()
+    try:
+        assert other.snapshot() == registry.snapshot()
+        assert list(other.snapshot()) == ["a"]
+        assert await other.get_job("j1") == await registry.get_job("j1")
+        assert await other.answers("a", "v1") == {"p1": Answer("p1", 1.0, 0.1, 2)}
+    finally:
+        await other.close()
+
+
+async def test_writes_after_close_raise_registry_unavailable(registry):
+    await registry.put_model(make_record("a"))
+    await registry.close()
+    with pytest.raises(RegistryUnavailable):
+        await registry.put_model(make_record("b"))
+    assert list(registry.snapshot()) == ["a"]

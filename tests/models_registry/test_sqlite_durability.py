@@ -1,0 +1,93 @@
+"""The SQLite registry keeps every committed write through a crash, and refuses clearly when
+its file cannot be used."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models_registry.base import RegistryUnavailable
+from models_registry.sqlite import SQLiteRegistry
+from tests.models_registry.helpers import make_record
+from tests.models_registry.sqlite_writer import K, NAMES, answer, write_index
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_a_writer_killed_mid_write_loses_nothing_it_reported_committed(tmp_path):
+    db = tmp_path / "registry.db"
+    child = subprocess.Popen([sys.executable, "-m", "tests.models_registry.sqlite_writer", str(db)],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    committed: list[int] = []
+    try:
+        for line in child.stdout:
+            committed.append(int(line))
+            if len(committed) == 60:
+                break  # the child is already inside its next write
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert len(committed) == 60, f"the writer stopped early (exit {child.returncode})"
+
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+    registry = SQLiteRegistry(db)
+    await registry.start()
+    try:
+        stored = {r.name: r for r in await registry.list_models()}
+        assert set(stored) == {f"model-{n}" for n in range(NAMES)}
+        for name, record in stored.items():
+            # whatever revision survived, its content is exactly the write that made it
+            expected = make_record(name, k=K, seed=write_index(name, record.revision))
+            assert record.profile == expected.profile
+            last_reported = max(i for i in committed if f"model-{i % NAMES}" == name)
+            assert write_index(name, record.revision) >= last_reported
+        for i in committed:
+            got = await registry.answers(f"model-{i % NAMES}", "v1")
+            assert got[f"p{i}"] == answer(i)
+        assert registry.snapshot() == stored
+    finally:
+        await registry.close()
+
+
+async def test_a_path_that_is_a_directory_gives_registry_unavailable_naming_it(tmp_path):
+    registry = SQLiteRegistry(tmp_path)  # a directory, not a database file
+    with pytest.raises(RegistryUnavailable, match=str(tmp_path)):
+        await registry.start()
+    assert not registry.available
+
+
+async def test_a_file_that_is_not_a_database_gives_registry_unavailable(tmp_path):
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("these are not the tables you are looking for\n" * 100)
+    with pytest.raises(RegistryUnavailable, match="not a database"):
+        await SQLiteRegistry(bogus).start()
+
+
+async def test_two_registries_on_one_file_exclude_each_other_with_locks(tmp_path):
+    a, b = SQLiteRegistry(tmp_path / "r.db"), SQLiteRegistry(tmp_path / "r.db")
+    await a.start()
+    await b.start()
+    try:
+        assert await a.acquire_lock("job:1", "a", 30)
+        assert not await b.acquire_lock("job:1", "b", 30)
+        assert await a.release_lock("job:1", "a")
+        assert await b.acquire_lock("job:1", "b", 30)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_parent_directory_is_created(tmp_path):
+    registry = SQLiteRegistry(tmp_path / "deep" / "er" / "registry.db")
+    await registry.start()
+    await registry.put_model(make_record())
+    await registry.close()
+    assert (tmp_path / "deep" / "er" / "registry.db").is_file()

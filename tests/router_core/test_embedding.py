@@ -1,0 +1,111 @@
+"""The real MiniLM embedder, its on-disk cache, and the routing embedding rule."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from router_core.embedding import ACCURATE_MODEL_ID, CachedEmbedder, embed_for_routing, load_embedder
+from router_core.text import routing_text
+
+TEXTS = [
+    "What is the boiling point of water at sea level?",
+    "Write a Python function that reverses a linked list.",
+    "Which planet is known as the red planet?",
+]
+
+
+class CountingEmbedder:
+    """Delegates to the real embedder and records how many texts it was asked to encode."""
+
+    def __init__(self, inner):
+        self.inner, self.model_id, self.dim, self.max_chars = inner, inner.model_id, inner.dim, inner.max_chars
+        self.encoded: list[str] = []
+
+    def encode(self, texts):
+        self.encoded.extend(texts)
+        return self.inner.encode(texts)
+
+
+def test_accurate_embedder_is_minilm_with_unit_float32_rows(embedder):
+    assert embedder.model_id == ACCURATE_MODEL_ID and embedder.dim == 384
+    assert embedder.max_chars == 1024  # 256 word pieces
+    emb = embedder.encode(TEXTS)
+    assert emb.shape == (3, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert embedder.encode([]).shape == (0, 384)
+
+
+def test_encoding_is_deterministic_and_independent_of_the_batch(embedder):
+    together = embedder.encode(TEXTS)
+    alone = np.vstack([embedder.encode([t]) for t in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_similar_questions_are_nearer_than_unrelated_ones(embedder):
+    a, b, c = embedder.encode(["How do I reverse a list in Python?",
+                               "Python: reverse the order of a list",
+                               "Who painted the Mona Lisa?"])
+    assert a @ b > a @ c + 0.3
+
+
+def test_embed_for_routing_encodes_the_tail_of_long_prompts(embedder):
+    long_prompt = "Example question about biology. Answer: B\n\n" * 60 + TEXTS[2]
+    got = embed_for_routing(embedder, [long_prompt, TEXTS[0]], max_chars=200)
+    want = embedder.encode([routing_text(long_prompt, 200), TEXTS[0]])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    head = embedder.encode([long_prompt[:200]])[0]
+    assert got[0] @ embedder.encode([TEXTS[2]])[0] > head @ embedder.encode([TEXTS[2]])[0]
+
+
+def test_cache_embeds_each_text_once_and_returns_the_same_vectors(embedder, tmp_path):
+    spy = CountingEmbedder(embedder)
+    cached = CachedEmbedder(spy, tmp_path)
+    first = cached.encode(TEXTS + [TEXTS[0]])
+    assert sorted(spy.encoded) == sorted(TEXTS)  # the repeated text is encoded once
+    second = cached.encode(list(reversed(TEXTS)))
+    assert len(spy.encoded) == 3  # all hits
+    np.testing.assert_allclose(first[:3], embedder.encode(TEXTS), atol=1e-5)
+    np.testing.assert_array_equal(second, first[2::-1])
+    assert first[3].tobytes() == first[0].tobytes()
+
+
+def test_cache_survives_a_new_instance_on_the_same_directory(embedder, tmp_path):
+    CachedEmbedder(embedder, tmp_path).encode(TEXTS)
+    spy = CountingEmbedder(embedder)
+    again = CachedEmbedder(spy, tmp_path).encode(TEXTS + ["a text not seen before"])
+    assert spy.encoded == ["a text not seen before"]
+    np.testing.assert_allclose(again[:3], embedder.encode(TEXTS), atol=1e-5)
+
+
+def test_two_cache_handles_write_concurrently_without_losing_vectors(embedder, tmp_path):
+    handles = [CachedEmbedder(embedder, tmp_path), CachedEmbedder(embedder, tmp_path)]
+    texts = [[f"question number {i} from writer {w}" for i in range(20)] for w in range(2)]
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            handles[w].encode(texts[w])
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    spy = CountingEmbedder(embedder)
+    CachedEmbedder(spy, tmp_path).encode(texts[0] + texts[1])
+    assert spy.encoded == []
+
+
+def test_fast_embedder_is_refused_with_a_pointer_to_issue_5():
+    with pytest.raises(ValueError, match="not available yet.*issue 5"):
+        load_embedder("fast")
+
+
+def test_an_unknown_local_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot load embedding model"):
+        load_embedder(str(tmp_path / "no-model-here"))

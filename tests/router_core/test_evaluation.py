@@ -1,0 +1,135 @@
+"""The evaluation protocol on synthetic data with known answers."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from router_core.evaluation import (
+    METHODS, Curve, EvalConfig, area_under, deferral_curve, draw_split, evaluate, fit_routers,
+    quality_neutral_cost,
+)
+from router_core.learned_map import LearnedMapConfig
+from router_core.policy import route
+
+FAST = EvalConfig(trials=2, cluster_grid=(4, 8), prior_grid=(0.0, 4.0), knn_grid=(5, 20),
+                  learned_map=LearnedMapConfig(steps=30), n_lambdas=60)
+
+
+def centred_data(n=600, n_centres=4, n_models=6, d=24, seed=0, noise=0.1):
+    """Prompts around a few centres; each model is right or wrong depending only on the centre."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(d)[:n_centres]
+    which = rng.integers(n_centres, size=n)
+    emb = centres[which] + noise * rng.normal(size=(n, d)) / np.sqrt(d)
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    right = rng.integers(2, size=(n_centres, n_models)).astype(float)
+    right[:, -1] = 1.0  # one model always right, so every prompt has a correct answer
+    costs = np.broadcast_to(np.linspace(0.1, 1.0, n_models), (n, n_models)).copy()
+    return emb, right[which], costs, which
+
+
+def test_flat_curve_area_is_its_height_and_area50_too():
+    c = Curve(np.array([0.3, 0.6]), np.array([0.7, 0.7]))
+    assert area_under(c) == pytest.approx(0.7)
+    assert area_under(c, 0.5) == pytest.approx(0.7)
+
+
+def test_curve_is_held_flat_left_and_right_and_linear_between():
+    c = Curve(np.array([0.2, 0.6]), np.array([0.5, 0.9]))
+    # 0.2 * 0.5 + 0.4 * 0.7 + 0.4 * 0.9
+    assert area_under(c) == pytest.approx(0.1 + 0.28 + 0.36)
+    # [0, 0.2] at 0.5, then 0.5 -> 0.8 over [0.2, 0.5]; divided by 0.5
+    assert area_under(c, 0.5) == pytest.approx((0.1 + 0.3 * 0.65) / 0.5)
+
+
+def test_qnc_interpolates_and_is_none_when_never_reached():
+    c = Curve(np.array([0.1, 0.5]), np.array([0.6, 0.8]))
+    assert quality_neutral_cost(c, 0.7) == pytest.approx(0.3)
+    assert quality_neutral_cost(c, 0.6) == pytest.approx(0.1)
+    assert quality_neutral_cost(c, 0.81) is None
+
+
+def test_lambda_sweep_ends_at_the_cheapest_model_and_starts_at_least_loss():
+    rng = np.random.default_rng(0)
+    gamma = rng.uniform(size=(100, 4))
+    cost = np.array([0.2, 1.0, 0.05, 0.5])
+    score = rng.uniform(size=(100, 4))
+    spend = np.broadcast_to(cost, (100, 4))
+    curve = deferral_curve(gamma, cost, score, spend, 1.0, 50)
+    assert curve.x[0] == pytest.approx(0.05) and curve.y[0] == pytest.approx(score[:, 2].mean())
+    at_zero = route(gamma, cost, 0.0)
+    assert curve.x[-1] == pytest.approx(spend[np.arange(100), at_zero].mean())
+
+
+def test_kmeans_router_matches_the_oracle_when_correctness_depends_only_on_the_centre():
+    emb, scores, costs, _ = centred_data()
+    cfg = replace(FAST, clusters=4, prior=0.0, trials=3)
+    report = evaluate(emb, scores, costs, cfg)
+    for t in report.trials:
+        assert t.metrics["uniroute_kmeans"]["area"] == pytest.approx(t.metrics["oracle"]["area"], abs=1e-9)
+    assert report.summary["uniroute_kmeans"]["area"] > report.summary["zero_router"]["area"] + 0.05
+
+
+def test_a_model_better_everywhere_is_always_picked_at_lambda_zero():
+    emb, _, costs, _ = centred_data(seed=1)
+    scores = (np.random.default_rng(1).uniform(size=costs.shape) < 0.3).astype(float)
+    scores[:, 0] = 1.0  # model 0 is right everywhere, the others on 30% of prompts; it is the dearest
+    costs[:, 0] = 2.0
+    rng = np.random.default_rng(3)
+    split = draw_split(scores, FAST, rng)
+    if 0 not in split.test_models:  # force model 0 into the test pool
+        split = replace(split, test_models=np.sort(np.r_[0, split.test_models[1:]]),
+                        train_models=np.setdiff1d(split.train_models, [0]))
+    routers = fit_routers(emb, scores, costs, split, replace(FAST, prior=4.0, knn_k=20), rng)
+    best = int(np.flatnonzero(split.test_models == 0)[0])
+    for name in ("zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map"):
+        assert (route(routers.gammas[name], routers.route_cost, 0.0) == best).all(), name
+        cheapest = int(np.argmin(routers.route_cost))
+        assert (route(routers.gammas[name], routers.route_cost, 1e6) == cheapest).all(), name
+
+
+def test_test_llm_labels_outside_validation_never_change_theta_or_any_decision():
+    emb, scores, costs, _ = centred_data(seed=2)
+    split = draw_split(scores, FAST, np.random.default_rng(5))
+    changed = scores.copy()
+    hidden = np.setdiff1d(np.arange(scores.shape[0]), split.val_prompts)
+    changed[np.ix_(hidden, split.test_models)] = 1.0 - changed[np.ix_(hidden, split.test_models)]
+    a = fit_routers(emb, scores, costs, split, FAST, np.random.default_rng(9))
+    b = fit_routers(emb, changed, costs, split, FAST, np.random.default_rng(9))
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.settings == b.settings
+    lams = np.linspace(0, 2, 21)[:, None, None]
+    for name in a.gammas:
+        np.testing.assert_array_equal(route(a.gammas[name][None], a.route_cost, lams),
+                                      route(b.gammas[name][None], b.route_cost, lams))
+
+
+def test_report_has_every_method_intervals_and_paired_differences():
+    emb, scores, costs, _ = centred_data(seed=4)
+    report = evaluate(emb, scores, costs, FAST)
+    assert set(report.summary) == set(METHODS)
+    for s in report.summary.values():
+        assert s["area_ci"][0] <= s["area"] <= s["area_ci"][1]
+        assert 0.0 <= s["area"] <= 1.0
+    assert set(report.paired) == {"uniroute_kmeans - knn", "uniroute_kmeans - zero_router",
+                                  "uniroute_learned_map - knn", "uniroute_learned_map - zero_router"}
+    assert report.summary["oracle"]["area"] >= max(s["area"] for s in report.summary.values()) - 1e-12
+
+
+def test_trials_are_reproducible_from_the_seed():
+    emb, scores, costs, _ = centred_data(seed=6)
+    a, b = evaluate(emb, scores, costs, FAST), evaluate(emb, scores, costs, FAST)
+    assert a.summary == b.summary
+
+
+def test_too_few_models_is_a_clear_error():
+    emb, scores, costs, _ = centred_data(n_models=2)
+    with pytest.raises(ValueError, match="at least 3 LLMs"):
+        evaluate(emb, scores, costs, FAST)
+
+
+def test_unknown_costs_are_a_clear_error():
+    emb, scores, costs, _ = centred_data()
+    costs[3, 1] = np.nan
+    with pytest.raises(ValueError, match="needs a known, non-negative cost"):
+        evaluate(emb, scores, costs, FAST)

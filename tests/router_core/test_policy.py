@@ -1,0 +1,52 @@
+"""The routing rule: argmin gamma + lam * cost, ties to the cheaper model, vectorised."""
+import numpy as np
+import pytest
+
+from router_core.policy import normalise_costs, rank, route
+
+
+def test_lambda_zero_picks_the_model_with_least_expected_loss():
+    gamma = np.array([[0.3, 0.1, 0.5], [0.2, 0.4, 0.05]])
+    assert route(gamma, np.array([0.1, 1.0, 0.5]), 0.0).tolist() == [1, 2]
+
+
+def test_large_lambda_always_picks_the_cheapest_model():
+    rng = np.random.default_rng(0)
+    gamma = rng.uniform(size=(50, 6))
+    cost = np.array([0.4, 0.9, 0.05, 1.0, 0.3, 0.6])
+    assert (route(gamma, cost, 100.0) == 2).all()
+
+
+def test_ties_in_the_objective_go_to_the_cheaper_model():
+    gamma = np.array([[0.2, 0.2, 0.2]])
+    cost = np.array([0.5, 0.1, 0.9])
+    assert route(gamma, cost, 0.0).tolist() == [1]
+    assert rank(gamma, cost, 0.0).tolist() == [[1, 0, 2]]
+
+
+def test_rank_orders_all_models_by_objective_and_starts_with_route():
+    rng = np.random.default_rng(1)
+    gamma, cost = rng.uniform(size=(40, 5)), rng.uniform(size=5)
+    order = rank(gamma, cost, 0.3)
+    obj = gamma + 0.3 * cost
+    assert (np.diff(np.take_along_axis(obj, order, axis=1), axis=1) >= 0).all()
+    assert (order[:, 0] == route(gamma, cost, 0.3)).all()
+
+
+def test_per_prompt_costs_and_a_lambda_stack_broadcast():
+    gamma = np.array([[0.1, 0.3], [0.1, 0.3]])
+    cost = np.array([[1.0, 0.0], [0.1, 0.0]])  # model 0 is dear on prompt 0 only
+    choices = route(gamma[None], cost, np.array([0.0, 0.5])[:, None, None])
+    assert choices.tolist() == [[0, 0], [1, 0]]
+
+
+def test_normalise_costs_divides_by_the_dearest_models_mean_cost():
+    assert normalise_costs(np.array([1.0, 4.0, 2.0])).tolist() == [0.25, 1.0, 0.5]
+    per_prompt = normalise_costs(np.array([[1.0, 2.0], [3.0, 6.0]]))
+    assert per_prompt.tolist() == [[0.25, 0.5], [0.75, 1.5]]
+    assert normalise_costs(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_negative_costs_are_rejected():
+    with pytest.raises(ValueError, match="non-negative"):
+        normalise_costs(np.array([1.0, -1.0]))
