@@ -9,7 +9,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.auth import require_admin_key
@@ -115,7 +115,7 @@ def existing(gw: Gateway, name: str) -> ModelRecord:
 
 
 @router.post("/models", status_code=202)
-async def register_model(body: RegisterIn, request: Request) -> ORJSONResponse:
+async def register_model(body: RegisterIn, request: Request) -> JSONResponse:
     """Register a model and profile it (or take precomputed `scores`); 202 with the job."""
     gw = gateway_of(request)
     gw.require_ready()
@@ -140,9 +140,9 @@ async def register_model(body: RegisterIn, request: Request) -> ORJSONResponse:
         record.state = "ready"
         record.profiled_at = time.time()
         await writing(gw.registry.put_model(record))
-        return ORJSONResponse({"job_id": None, "model": record.name}, status_code=202)
+        return JSONResponse({"job_id": None, "model": record.name}, status_code=202)
     job = await writing(gw.jobs.start(record))
-    return ORJSONResponse({"job_id": job.id, "model": record.name}, status_code=202)
+    return JSONResponse({"job_id": job.id, "model": record.name}, status_code=202)
 
 
 @router.get("/models")
@@ -187,7 +187,7 @@ async def delete_model(name: str, request: Request) -> dict:
 
 
 @router.post("/models/{name:path}/reprofile", status_code=202)
-async def reprofile_model(name: str, request: Request) -> ORJSONResponse:
+async def reprofile_model(name: str, request: Request) -> JSONResponse:
     """Ask the representative prompts again from scratch."""
     gw = gateway_of(request)
     gw.require_ready()
@@ -197,7 +197,7 @@ async def reprofile_model(name: str, request: Request) -> ORJSONResponse:
             raise APIError(409, f"model {name!r} is being profiled by job {job.id}", code="job_running")
     await writing(gw.registry.clear_answers(name))
     job = await writing(gw.jobs.start(record))
-    return ORJSONResponse({"job_id": job.id, "model": name}, status_code=202)
+    return JSONResponse({"job_id": job.id, "model": name}, status_code=202)
 
 
 @router.get("/jobs/{job_id}")

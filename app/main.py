@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -84,8 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await gateway.close()
 
-    app = FastAPI(title="uniroute", version="0.1.0", lifespan=lifespan,
-                  default_response_class=ORJSONResponse)
+    app = FastAPI(title="uniroute", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(openai_api.router)
     app.include_router(admin.router)
@@ -96,14 +95,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz(request: Request) -> ORJSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """Ready once the embedding model, the router state and the representative set are loaded."""
         gw: Gateway = request.app.state.gateway
         if gw.ready.is_set():
-            return ORJSONResponse({"status": "ready", "routable_models": len(gw.table.records),
+            return JSONResponse({"status": "ready", "routable_models": len(gw.table.records),
                                    "registry_available": gw.registry.available})
         status = "failed" if gw.load_error else "loading"
-        return ORJSONResponse({"status": status, "error": gw.load_error}, status_code=503)
+        return JSONResponse({"status": status, "error": gw.load_error}, status_code=503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

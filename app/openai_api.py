@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import ORJSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from app.auth import require_client_key
@@ -252,7 +252,7 @@ def candidate_json(c: Candidate) -> dict:
 
 
 @router.post("/v1/route")
-async def route_dry_run(request: Request) -> ORJSONResponse:
+async def route_dry_run(request: Request) -> JSONResponse:
     """The decision a chat (or completions) request would get, calling no upstream."""
     body = await read_body(request)
     gw = gateway_of(request)
@@ -267,14 +267,14 @@ async def route_dry_run(request: Request) -> ORJSONResponse:
     if target.decision is None:
         record = target.records[0]
         headers = routing_headers(target, record, gw)
-        return ORJSONResponse({
+        return JSONResponse({
             "model": record.name, "cluster": -1,
             "predicted_error": float(headers["x-uniroute-predicted-error"]),
             "expected_cost": float(headers["x-uniroute-expected-cost"]),
             "cost_weight": None, "candidates": [],
         })
     d = target.decision
-    return ORJSONResponse({
+    return JSONResponse({
         "model": d.model, "cluster": d.cluster, "predicted_error": d.predicted_error,
         "expected_cost": d.expected_cost, "cost_weight": d.cost_weight,
         "candidates": [candidate_json(c) for c in d.candidates],
@@ -282,7 +282,7 @@ async def route_dry_run(request: Request) -> ORJSONResponse:
 
 
 @router.get("/v1/models")
-async def list_models(request: Request) -> ORJSONResponse:
+async def list_models(request: Request) -> JSONResponse:
     """The router names, then the registered models that can be called by name."""
     gw = gateway_of(request)
     now = int(time.time())
@@ -291,4 +291,4 @@ async def list_models(request: Request) -> ORJSONResponse:
         if record.enabled:
             data.append({"id": record.name, "object": "model", "created": int(record.created_at),
                          "owned_by": "uniroute-registry"})
-    return ORJSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": data})

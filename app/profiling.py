@@ -260,6 +260,8 @@ class JobRunner:
         prompt = JUDGE_PROMPT.format(prompt=item.prompt, reference=item.reference, answer=text)
         body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 5}
         reply = await self.gw.forwarder.send("/chat/completions", body, [judge], {}, stream=False)
+        if reply.status >= 400:
+            raise APIError(502, f"the judge {judge.name} answered HTTP {reply.status}", code="judge_failed")
         verdict = answer_text(reply.json or {}).strip().upper()
         return 1.0 if verdict.startswith("CORRECT") else 0.0
 

@@ -25,11 +25,11 @@ def test_restart_mid_profiling_resumes_without_asking_again(tmp_path, shared_cac
         job_id = r.json()["job_id"]
         while admin(gw, "GET", f"/jobs/{job_id}").json()["done"] < 40:
             time.sleep(0.05)
-    first_run = Counter(req.body["messages"][0]["content"] for req in upstream.received)
+    asked_before_restart = len(upstream.received)
     with serve(create_app(settings)) as gw:
         wait_ready(gw)
-        stored = admin(gw, "GET", f"/jobs/{job_id}").json()["done"]
-        assert 40 <= stored < sum(first_run.values()) + 1
+        # The same job goes on from what was stored (the resumed job may already be asking more).
+        assert admin(gw, "GET", f"/jobs/{job_id}").json()["done"] >= 40
         job = wait_job(gw, job_id)
         assert job["state"] == "done" and job["done"] == job["total"]
         assert admin(gw, "GET", "/models/slow").json()["state"] == "ready"
@@ -39,3 +39,4 @@ def test_restart_mid_profiling_resumes_without_asking_again(tmp_path, shared_cac
     # Only the answers in flight at the stop (at most the job's concurrency) were asked twice.
     assert sum(n - 1 for n in asked.values() if n > 1) <= 4
     assert len(asked) == job["total"]
+    assert 40 <= asked_before_restart < job["total"]
