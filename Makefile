@@ -27,8 +27,12 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
+# Speed is measured here, never asserted in tests; the figures land in docs/benchmarks.md.
 bench: install
 	$(PY) -m benchmarks.routing_decision
+	$(PY) -m benchmarks.gateway --embedder fast --write-docs
+	$(PY) -m benchmarks.gateway --embedder accurate --write-docs
+	$(PY) -m benchmarks.time_to_routable --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache

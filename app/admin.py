@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.auth import require_admin_key
+from app.budget import key_scope
 from app.errors import APIError
 from app.gateway import Gateway
 from models_registry.base import RegistryUnavailable
@@ -211,3 +212,51 @@ async def get_job(job_id: str, request: Request) -> dict:
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, request: Request) -> dict:
     return job_json(await writing(gateway_of(request).jobs.cancel(job_id)))
+
+
+@router.get("/calibration")
+async def calibration(request: Request, models: str | None = None) -> dict:
+    """The λ curve of the routable models (or of `models`, comma-separated) on the representative
+    set: per point the λ range, expected score and cost per request, and traffic shares."""
+    gw = gateway_of(request)
+    _, table = gw.require_ready()
+    allowed = None
+    if models is not None:
+        allowed = frozenset(m.strip() for m in models.split(",") if m.strip())
+        if not allowed:
+            raise APIError(400, "models must name at least one model (comma-separated)", param="models",
+                           code="invalid_models")
+        unknown = sorted(allowed - set(table.names))
+        if unknown:
+            raise APIError(400, f"models names models that are not routable: {', '.join(unknown)}",
+                           param="models", code="model_not_found")
+    curve = table.calibration(allowed)
+    if curve is None:
+        raise APIError(503, "no routable model: register and profile a model first", code="no_routable_model")
+    return curve.to_dict()
+
+
+@router.get("/budget")
+async def budget(request: Request) -> dict:
+    """The budget guard: per scope (a client key's fingerprint, or `all`), this window's spend,
+    its target and the λ floor the guard sets now."""
+    gw = gateway_of(request)
+    guard = gw.budget
+    if guard is None:
+        return {"enabled": False, "target": None, "window_s": None, "scopes": []}
+    scopes = [key_scope(k) for k in gw.settings.api_keys] or [key_scope(None)]
+    curve = gw.table.calibration()
+    states = [await guard.state(scope, curve) for scope in scopes]
+    return {"enabled": True, "target": guard.target, "window_s": guard.window_s,
+            "scopes": [s.to_dict() for s in states]}
+
+
+@router.get("/drift")
+async def drift(request: Request) -> dict:
+    """Share of the recent routed prompts far from every cluster (threshold learned on the
+    training prompts): when it grows well above `expected_share`, re-cluster."""
+    router_ = gateway_of(request).router
+    if router_ is None or router_.drift is None:
+        return {"enabled": False, "reason": "the router state records no drift threshold (rebuild it with "
+                                            "`uniroute build-state`)" if router_ is not None else "not ready"}
+    return {"enabled": True, **router_.drift.snapshot()}

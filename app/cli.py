@@ -15,6 +15,7 @@ COMMANDS = [
     "dataset",
     "eval",
     "build_state",
+    "calibrate",
 ]
 
 

@@ -7,10 +7,11 @@ the YAML file named by `UNIROUTE_CONFIG`, then the defaults below. Nested fields
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -19,7 +20,11 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from app.targets import KINDS, RoutingTarget
+
 RESOURCES = Path(__file__).parent / "resources"
+# A policy is asked for as `uniroute:<name>`: a name must not read as a number or a target.
+_POLICY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 class CostConfig(BaseModel):
@@ -43,6 +48,62 @@ class ModelConfig(BaseModel):
     scores_file: str | None = None
 
 
+class TargetFields(BaseModel):
+    """At most one routing target: a cost weight λ, a budget (expected cost per request, in the
+    models' cost unit) or a quality (fraction of the best single model's expected score)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cost_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget: float | None = Field(None, ge=0, allow_inf_nan=False)
+    quality: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> "TargetFields":
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one target, not {' and '.join(given)}")
+        return self
+
+    def target(self, policy: str | None = None) -> RoutingTarget | None:
+        """The target given, if any."""
+        for kind in KINDS:
+            value = getattr(self, kind)
+            if value is not None:
+                return RoutingTarget(kind, float(value), policy)
+        return None
+
+
+class PolicyConfig(TargetFields):
+    """A named policy (`uniroute:<name>`): exactly one target."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "PolicyConfig":
+        if self.target() is None:
+            raise ValueError("a policy needs one of cost_weight, budget, quality")
+        return self
+
+
+DEFAULT_POLICIES = {
+    "economy": PolicyConfig(quality=0.9),
+    "balanced": PolicyConfig(quality=0.97),
+    "best": PolicyConfig(cost_weight=0.0),
+}
+
+
+class BudgetConfig(BaseModel):
+    """The online budget guard: a spend target per time window, per client key when keys are
+    configured (else for the whole gateway). No target: the guard is off."""
+
+    target: float | None = Field(None, gt=0, allow_inf_nan=False)
+    window_s: float = Field(3600.0, gt=0)
+
+
+# The router states that come with uniroute, both fitted on the vendored RouterBench training
+# prompts (K = 10): `fast` embeds with a static model distilled from MiniLM, `accurate` with MiniLM
+# itself. Routing quality is the same on our evaluations (docs/evaluation.md), so fast is the default.
+SHIPPED_STATES = {"fast": RESOURCES / "state" / "fast", "accurate": RESOURCES / "state" / "accurate"}
+
+
 class Timeouts(BaseModel):
     """Upstream timeouts in seconds. `read_s` bounds the wait for the first byte and between chunks."""
 
@@ -61,15 +122,26 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    # Router state (clusters, learned map) built by `uniroute build-state`.
-    state_dir: str = str(RESOURCES / "state")
+    # Router state (clusters, learned map) built by `uniroute build-state`: a folder, or the name
+    # of a shipped state ("fast", "accurate"; see SHIPPED_STATES).
+    state_dir: str = "fast"
     cache_dir: str = ".uniroute/cache"
     repset_path: str = str(RESOURCES / "repset" / "routerbench_mc.jsonl")
     sqlite_path: str = ".uniroute/registry.db"
     redis_url: str | None = None
     redis_prefix: str = "uniroute:"
+    # Micro-batching of prompt embeddings: prompts per embedding call, and how long a prompt may
+    # wait for others (0: never held back; a batch forms from what queued while the model ran).
+    embed_max_batch: int = Field(64, ge=1, le=1024)
+    embed_batch_wait_ms: float = Field(0.0, ge=0, le=50)
+    # torch threads for the embedding model. One leaves the other core to the event loop and
+    # the network; two threads on two busy cores ran a prompt 7x slower here (oversubscription).
+    embed_threads: int | None = Field(1, ge=1)
 
     default_cost_weight: float = Field(0.2, ge=0)
+    # Named targets, asked for as `uniroute:<name>` and listed in /v1/models.
+    policies: dict[str, PolicyConfig] = DEFAULT_POLICIES
+    budget: BudgetConfig = BudgetConfig()
     api_keys: Annotated[list[str], NoDecode] = []
     admin_key: str | None = None
 
@@ -95,12 +167,26 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("state_dir")
+    @classmethod
+    def _shipped_state(cls, value: str) -> str:
+        return str(SHIPPED_STATES.get(value, value))
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         # An env var holds keys comma-separated; the YAML file holds a list.
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _policy_names(cls, value: dict[str, PolicyConfig]) -> dict[str, PolicyConfig]:
+        for name in value:
+            if not _POLICY_NAME.fullmatch(name) or name in KINDS or _is_number(name):
+                raise ValueError(f"policy name {name!r} must be a word (letters, digits, _ . -, starting "
+                                 f"with a letter) that is not a number or one of {', '.join(KINDS)}")
         return value
 
     @classmethod
@@ -117,3 +203,11 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

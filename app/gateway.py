@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from app.batching import MicroBatcher
+from app.budget import open_guard
 from app.config import ModelConfig, Settings
 from app.errors import APIError
 from app.forwarding import Forwarder, Health
@@ -26,8 +28,8 @@ from app.routing import ModelTable, Router, build_table
 from models_registry.factory import open_registry
 from models_registry.records import ModelCost, ModelRecord
 from models_registry.repset import load_repset
-from router_core.embedding import CachedEmbedder, embed_for_routing, load_embedder
-from router_core.state import RouterState
+from router_core.embedding import CachedEmbedder, embed_for_routing
+from router_core.state import RouterState, state_embedder
 
 log = logging.getLogger("uniroute")
 
@@ -47,6 +49,7 @@ class Gateway:
             redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, prefix=settings.redis_prefix
         )
         self.health = Health(settings.cooldown_failures, settings.cooldown_s, self.metrics)
+        self.budget = open_guard(settings.budget, settings.redis_url, settings.redis_prefix, self.metrics)
         self.client: httpx.AsyncClient | None = None
         self.forwarder: Forwarder | None = None
         self.router: Router | None = None
@@ -58,6 +61,7 @@ class Gateway:
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-embed")
         self._loader: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
+        self._batcher: MicroBatcher | None = None
         self.jobs = JobRunner(
             self, JobOptions(settings.profile_concurrency, settings.profile_max_tokens, settings.profile_spend_cap),
             settings.judge_model,
@@ -84,6 +88,10 @@ class Gateway:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.jobs.close()
+        if self.budget is not None:
+            await self.budget.close()
+        if self._batcher is not None:
+            await self._batcher.close()
         if self.client is not None:
             await self.client.aclose()
         await self.registry.close()
@@ -94,8 +102,11 @@ class Gateway:
         try:
             t0 = time.perf_counter()
             state = await asyncio.to_thread(RouterState.load, s.state_dir)
-            embedder = await asyncio.to_thread(load_embedder, state.embedder)
+            embedder = await asyncio.to_thread(state_embedder, state, s.state_dir, s.embed_threads)
             self.router = Router(state, embedder)
+            self._batcher = MicroBatcher(
+                self.router.weights, self._embed_pool, s.embed_max_batch, s.embed_batch_wait_ms / 1000,
+                self.metrics.embed_batch_size.observe)
             repset = await asyncio.to_thread(load_repset, s.repset_path)
             # The representative set is embedded once per machine (disk cache); request prompts
             # are not written to disk, they only pass through the router's in-memory LRU.
@@ -106,6 +117,7 @@ class Gateway:
             weights = state.cluster_weights(emb)
             self.repset = RepsetClusters(repset, weights, state_version(state), state.prior)
             await self._register_configured(s.models)
+            await self._reprofile_stale()
             self.refresh()
             self.ready.set()
             self._sweeper = asyncio.create_task(self.jobs.sweep())
@@ -119,10 +131,17 @@ class Gateway:
             log.exception("router failed to load")
 
     async def weights(self, texts: list[str]) -> np.ndarray:
-        """(n, K) cluster weights, computed off the event loop."""
-        assert self.router is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._embed_pool, self.router.weights, texts)
+        """(n, K) cluster weights: recent texts from the router's LRU, the others embedded off the
+        event loop, micro-batched with other requests' prompts."""
+        router = self.router
+        assert router is not None and self._batcher is not None
+        rows = [router.lookup(t) for t in texts]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            computed = await asyncio.gather(*(self._batcher.submit(texts[i]) for i in missing))
+            for i, row in zip(missing, computed):
+                rows[i] = row
+        return np.stack(rows) if rows else np.zeros((0, router.n_clusters))
 
     def refresh(self) -> None:
         """Rebuild the routable-model table from the registry's snapshot."""
@@ -130,7 +149,7 @@ class Gateway:
         k = self.router.n_clusters if self.router else 0
         version = self.repset.state_version if self.repset else None
         current = [r for r in records if r.profile is not None and r.profile.state_version == version]
-        self.table = build_table(current, k, self.settings.expected_output_tokens)
+        self.table = build_table(current, k, self.settings.expected_output_tokens, self.repset)
         counts: dict[str, int] = {"profiling": 0, "ready": 0, "failed": 0, "disabled": 0}
         for r in records:
             counts[r.state] = counts.get(r.state, 0) + 1
@@ -143,6 +162,26 @@ class Gateway:
             detail = f": {self.load_error}" if self.load_error else "; retry shortly"
             raise APIError(503, f"the router is not ready{detail}", code="not_ready")
         return self.router, self.table
+
+    async def _reprofile_stale(self) -> None:
+        """Recompute, from their stored graded answers, the profiles made under another router
+        state (other clusters): answers depend on the representative set only, so nothing is asked again."""
+        assert self.repset is not None
+        version = self.repset.repset.version
+        for record in self.registry.snapshot().values():
+            if record.profile is None or record.profile.state_version == self.repset.state_version:
+                continue
+            graded = await self.registry.answers(record.name, version)
+            scores = {pid: a.score for pid, a in graded.items() if a.error is None}
+            if not scores:
+                log.warning("model %s was profiled under another router state and has no stored answers "
+                            "for this representative set: reprofile it to route to it", record.name)
+                continue
+            out_tokens = [a.output_tokens for a in graded.values() if a.error is None and a.output_tokens]
+            record.profile = self.repset.profile(scores, sum(out_tokens) / len(out_tokens) if out_tokens else 0.0)
+            await self.registry.put_model(record)
+            log.info("re-profiled %s under router state %s from %d stored answers",
+                     record.name, self.repset.state_version, len(scores))
 
     async def _register_configured(self, models: list[ModelConfig]) -> None:
         """Register the config file's models the registry does not hold yet."""

@@ -26,6 +26,9 @@ class Metrics:
         self.routing_seconds = Histogram(
             "uniroute_routing_seconds", "Time to embed a prompt and choose a model.",
             buckets=_FAST, registry=r)
+        self.embed_batch_size = Histogram(
+            "uniroute_embed_batch_size", "Prompts per embedding call (micro-batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.upstream_seconds = Histogram(
             "uniroute_upstream_seconds", "Upstream time to response headers, by model.",
             ["model"], buckets=_SLOW, registry=r)
@@ -65,3 +68,25 @@ class Metrics:
             ["model"], registry=r)
         self.profiling_spend = Counter(
             "uniroute_profiling_cost", "Cost spent profiling, by model.", ["model"], registry=r)
+        # Cost control (README: Cost control).
+        self.target_unmet = Counter(
+            "uniroute_target_unmet",
+            "Routed requests whose budget or quality target the calibration curve could not meet, by kind.",
+            ["kind"], registry=r)
+        self.budget_target = Gauge(
+            "uniroute_budget_target", "The budget guard's spend target per window.", registry=r)
+        self.budget_spend = Gauge(
+            "uniroute_budget_window_spend", "Spend in the budget guard's current window, by scope.",
+            ["scope"], registry=r)
+        self.budget_spent = Counter(
+            "uniroute_budget_spent", "Spend counted by the budget guard, by scope.", ["scope"], registry=r)
+        self.budget_cost_weight = Gauge(
+            "uniroute_budget_cost_weight", "The cost weight floor the budget guard sets now, by scope.",
+            ["scope"], registry=r)
+        self.drift_share = Gauge(
+            "uniroute_drift_far_share",
+            "Share of the recent routed prompts farther from every centroid than the drift threshold.",
+            registry=r)
+        self.drift_prompts = Counter(
+            "uniroute_drift_prompts", "Routed prompts by distance to the nearest centroid (far: above the "
+            "drift threshold).", ["far"], registry=r)

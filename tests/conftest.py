@@ -22,6 +22,32 @@ def embedder():
     return load_embedder("accurate")
 
 
+@pytest.fixture(scope="session")
+def default_state():
+    """(state, its embedder) of the gateway's default router state, as the gateway loads them."""
+    from app.config import Settings
+    from router_core.state import RouterState, state_embedder
+
+    directory = Settings().state_dir
+    state = RouterState.load(directory)
+    return state, state_embedder(state, directory)
+
+
+@pytest.fixture(scope="session")
+def fast_dir(tmp_path_factory):
+    """The `fast` static embedder, distilled once for the session from the shipped MiniLM."""
+    from router_core.embedding import FAST_DIRNAME, distill_fast
+
+    return distill_fast(tmp_path_factory.mktemp("fast") / FAST_DIRNAME)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> str:
+    """One embedding cache for every gateway of the session, in any test folder (the
+    representative set is embedded once)."""
+    return str(tmp_path_factory.mktemp("embed-cache"))
+
+
 def _redis_reachable(url: str) -> bool:
     import redis
 

@@ -63,7 +63,7 @@ def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | No
 
 
 def _run(args: argparse.Namespace) -> int:
-    from router_core.embedding import load_embedder
+    from router_core.embedding import FAST_DIRNAME, load_embedder
     from router_core.state import build_state
     from router_core.text import DEFAULT_MAX_CHARS
 
@@ -76,7 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--prior must be >= 0")
     max_chars = args.max_chars or DEFAULT_MAX_CHARS
     try:
-        embedder = load_embedder(args.embedder, args.cache_dir)
+        # A fast state carries its own static model: its vector space is that distillation's.
+        embedder = load_embedder(args.embedder, args.cache_dir, fast_dir=Path(args.out) / FAST_DIRNAME)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load embedder {args.embedder!r}: {exc}") from None
     print(f"embedding {len(prompts)} prompts with {args.embedder}", file=sys.stderr)

@@ -54,12 +54,6 @@ def demo_configs(routerbench, repset_ids, replay_url, tmp_path_factory) -> list[
     return demo_models(routerbench, repset_ids, replay_url, tmp_path_factory.mktemp("scores"))
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory) -> str:
-    """One embedding cache for every gateway of the session (the representative set is embedded once)."""
-    return str(tmp_path_factory.mktemp("embed-cache"))
-
-
 @pytest.fixture
 def fault_upstream() -> Iterator[tuple[FaultUpstream, str]]:
     upstream = FaultUpstream()
@@ -67,7 +61,7 @@ def fault_upstream() -> Iterator[tuple[FaultUpstream, str]]:
         yield upstream, url + "/v1"
 
 
-def wait_ready(base_url: str, timeout_s: float = 120.0) -> None:
+def wait_ready(base_url: str, timeout_s: float = 300.0) -> None:
     """Block until the gateway's /readyz says ready; fail with its reason otherwise."""
     deadline = time.monotonic() + timeout_s
     body: dict = {}

@@ -101,9 +101,19 @@ def test_two_cache_handles_write_concurrently_without_losing_vectors(embedder, t
     assert spy.encoded == []
 
 
-def test_fast_embedder_is_refused_with_a_pointer_to_issue_5():
-    with pytest.raises(ValueError, match="not available yet.*issue 5"):
-        load_embedder("fast")
+def test_fast_embedder_is_a_unit_norm_static_model_that_keeps_meaning(fast_dir):
+    fast = load_embedder("fast", fast_dir=fast_dir, build_fast=False)
+    emb = fast.encode(TEXTS + ["At what temperature does water boil at sea level?"])
+    assert emb.dtype == np.float32 and emb.shape == (4, 256)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    sims = emb[3] @ emb[:3].T
+    assert int(np.argmax(sims)) == 0  # the paraphrase is nearest its original
+    assert fast.model_id.startswith("fast-minilm-256-")
+
+
+def test_a_missing_fast_model_is_refused_when_it_must_not_be_rebuilt(tmp_path):
+    with pytest.raises(ValueError, match="build-state --embedder fast"):
+        load_embedder("fast", fast_dir=tmp_path / "nothing", build_fast=False)
 
 
 def test_an_unknown_local_model_path_is_a_clear_error(tmp_path):

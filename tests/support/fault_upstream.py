@@ -143,7 +143,7 @@ class ReceivedRequest:
     headers: dict[str, str]
 
 
-class _CutResponse(StreamingResponse):
+class CutResponse(StreamingResponse):
     """Sends its parts, then returns without ending the body.
 
     uvicorn closes the connection when an app returns with its response unfinished (logging
@@ -212,12 +212,12 @@ class FaultUpstream:
             if fault.cut_after is None:
                 return json_response(response_body(request, answer))
             body = orjson.dumps(response_body(request, answer))
-            return _CutResponse([body[: len(body) // 2]], media_type="application/json",
+            return CutResponse([body[: len(body) // 2]], media_type="application/json",
                                 headers={"content-length": str(len(body))})
         events = [sse_event(chunk) for _, chunk in stream_chunks(request, answer)]
         if fault.cut_after is None:
             return StreamingResponse([*events, SSE_DONE], media_type="text/event-stream")
-        return _CutResponse(events[: fault.cut_after], media_type="text/event-stream")
+        return CutResponse(events[: fault.cut_after], media_type="text/event-stream")
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="uniroute fault-injecting test upstream", docs_url=None, redoc_url=None,

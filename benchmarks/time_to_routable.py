@@ -1,0 +1,122 @@
+"""Time-to-routable: `python -m benchmarks.time_to_routable [--latency-ms 1000] [--concurrency 8 32]`.
+
+How long a new LLM takes from `POST /admin/models` to `ready` (profiled on the default
+representative set, routable), against an upstream stub answering every request after a fixed
+latency (1 s by default), at each profiling concurrency (`UNIROUTE_PROFILE_CONCURRENCY`, one
+gateway process each). The bound is N x latency / concurrency for the set's N prompts: the time
+the prompts take in flight, nothing else; the ratio measured / bound says what the rest costs
+(grading, registry writes, Ψ). Requests go in whole waves, so ceil(N / concurrency) x latency
+(`waves_bound_s`) is the least any run can take: above the bound when N is not a multiple.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks import report
+from benchmarks.services import DEFAULT_CACHE_DIR, Service, log, repset_ids, start_gateway, start_stub
+
+MODEL = "newcomer"
+POLL_S = 0.05
+
+
+def time_one(gateway: Service, admin_key: str, stub_url: str, timeout_s: float) -> dict:
+    """Register a model on the stub; seconds until the admin API shows it `ready`, and its job's figures."""
+    headers = {"authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30.0) as client:
+        started = time.perf_counter()
+        r = client.post("/admin/models", json={"name": MODEL, "base_url": stub_url + "/v1",
+                                               "cost": {"per_request": 1.0}})
+        if r.status_code != 202:
+            raise RuntimeError(f"POST /admin/models answered {r.status_code}: {r.text}")
+        while True:
+            shown = client.get(f"/admin/models/{MODEL}").json()
+            elapsed = time.perf_counter() - started
+            if shown["state"] == "ready":
+                break
+            if shown["state"] == "failed" or elapsed > timeout_s:
+                raise RuntimeError(f"{MODEL} is {shown['state']} after {elapsed:.1f} s: {shown.get('error')}")
+            time.sleep(POLL_S)
+    job = shown["jobs"][-1]
+    return {"measured_s": elapsed, "prompts": job["total"], "errors": job["errors"]}
+
+
+def measure(latency_ms: float, concurrencies: list[int], cache_dir: str, workdir: Path) -> dict:
+    """Every concurrency against one stub, each with a fresh gateway and registry."""
+    host = report.machine()
+    n = len(repset_ids())
+    runs = []
+    with start_stub(workdir, delay_ms=latency_ms) as stub:
+        for c in concurrencies:
+            bound = n * latency_ms / 1000 / c
+            admin_key = secrets.token_urlsafe(16)
+            log(f"concurrency {c}: starting a gateway, then profiling {n} prompts (bound {bound:.1f} s) ...")
+            with start_gateway(workdir, env={"UNIROUTE_PROFILE_CONCURRENCY": str(c), "UNIROUTE_ADMIN_KEY": admin_key},
+                               cache_dir=cache_dir, name=f"gateway-c{c}") as gateway:
+                run = time_one(gateway, admin_key, stub.url, timeout_s=max(60.0, 5 * bound))
+            run.update(concurrency=c, bound_s=bound, ratio=run["measured_s"] / bound,
+                       waves_bound_s=math.ceil(n / c) * latency_ms / 1000)
+            log(f"  ready in {run['measured_s']:.2f} s; bound {bound:.2f} s; ratio {run['ratio']:.3f}; "
+                f"{run['errors']} failed prompts")
+            runs.append(run)
+    return {"benchmark": "time_to_routable", "latency_ms": latency_ms, "prompts": n, "runs": runs,
+            "machine": host}
+
+
+def table(result: dict) -> str:
+    """The markdown table of the runs."""
+    rows = [[str(r["concurrency"]), str(r["prompts"]), report.fmt(r["bound_s"], 2), report.fmt(r["waves_bound_s"], 2),
+             report.fmt(r["measured_s"], 2), report.fmt(r["ratio"], 3), str(r["errors"])] for r in result["runs"]]
+    return report.markdown_table(
+        ["profile concurrency", "prompts N", "bound N x latency / concurrency (s)",
+         "whole waves ceil(N / concurrency) x latency (s)", "measured (s)", "ratio measured / bound",
+         "failed prompts"], rows)
+
+
+def docs_section(result: dict) -> str:
+    """The section of docs/benchmarks.md this run writes."""
+    return "\n\n".join([
+        "## Time-to-routable",
+        f"`{result['command']}`. {report.machine_line(result['machine'])}",
+        f"`POST /admin/models` until the model shows `ready`, profiled on the default representative set "
+        f"({result['prompts']} prompts), against the stub answering after {result['latency_ms']:g} ms, each "
+        f"concurrency with a fresh gateway process.",
+        table(result),
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.time_to_routable", description=__doc__.splitlines()[0])
+    p.add_argument("--latency-ms", type=float, help="the stub's latency per answer (default 1000; quick 200)")
+    p.add_argument("--concurrency", type=int, nargs="+", help="profiling concurrencies (default 8 32; quick 32)")
+    p.add_argument("--quick", action="store_true", help="a short run for sanity checks")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="the gateway's embedding cache")
+    p.add_argument("--json", metavar="FILE|-", help="write the result as JSON; '-' prints one object on stdout")
+    p.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
+    args = p.parse_args(argv)
+    latency_ms = args.latency_ms or (200.0 if args.quick else 1000.0)
+    concurrencies = args.concurrency or ([32] if args.quick else [8, 32])
+    if latency_ms <= 0 or min(concurrencies) < 1:
+        p.error("--latency-ms must be > 0 and --concurrency >= 1")
+    with tempfile.TemporaryDirectory(prefix="uniroute-ttr-") as tmp:
+        result = measure(latency_ms, concurrencies, args.cache_dir, Path(tmp))
+    result["command"] = "python -m benchmarks.time_to_routable " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.json:
+        report.emit_json(result, args.json)
+    if args.json != "-":
+        print(table(result))
+    if args.write_docs:
+        report.write_docs_section("benchmarks.time_to_routable", docs_section(result))
+        log(f"wrote {report.DOCS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Drift: how many recent prompts lie far from every cluster the router knows.
+
+A prompt's distance is its cosine distance to the nearest centroid (1 - cosine similarity; the
+embeddings and centroids are unit vectors). The threshold is learned on the training prompts the
+clusters were fitted on: the distance that `DRIFT_QUANTILE` of them stay within, stored in the
+router state. Traffic whose share of far prompts grows well above 1 - DRIFT_QUANTILE has moved
+away from what the clusters (and so the profiles) describe: time to re-cluster.
+"""
+from __future__ import annotations
+
+from threading import Lock
+
+import numpy as np
+
+from router_core import clustering
+
+DRIFT_QUANTILE = 0.99
+
+
+def nearest_distance(centroids: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """(n,) cosine distance of each embedding to its nearest centroid."""
+    _, sims = clustering.assign(centroids, emb)
+    return 1.0 - sims.astype(np.float64)
+
+
+def drift_threshold(distances: np.ndarray, quantile: float = DRIFT_QUANTILE) -> float:
+    """The distance `quantile` of the training prompts stay within."""
+    return float(np.quantile(np.asarray(distances, dtype=np.float64), quantile))
+
+
+class DriftMonitor:
+    """The share of the last `window` prompts farther than `threshold`, plus running totals.
+    Thread-safe: prompts are observed where they are embedded."""
+
+    def __init__(self, threshold: float, window: int = 1000) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.threshold = float(threshold)
+        self.window = window
+        self._far = np.zeros(window, dtype=bool)
+        self._next = 0
+        self._seen = 0
+        self._far_total = 0
+        self._lock = Lock()
+
+    def observe(self, distances: np.ndarray) -> np.ndarray:
+        """Record prompts' distances; returns which of them are far."""
+        far = np.asarray(distances, dtype=np.float64) > self.threshold
+        with self._lock:
+            tail = far[-self.window:]
+            slots = (self._next + np.arange(len(tail))) % self.window
+            self._far[slots] = tail
+            self._next = int((self._next + len(tail)) % self.window)
+            self._seen += len(far)
+            self._far_total += int(far.sum())
+        return far
+
+    def snapshot(self) -> dict:
+        """Threshold, window, the recent prompts and how many of them are far, and totals."""
+        with self._lock:
+            # Slots fill from 0, so the first min(seen, window) slots are the recent prompts.
+            recent = min(self._seen, self.window)
+            recent_far = int(self._far[:recent].sum())
+            seen, far_total = self._seen, self._far_total
+        return {"threshold": self.threshold, "window": self.window, "recent": recent, "recent_far": recent_far,
+                "far_share": recent_far / recent if recent else 0.0, "expected_share": round(1 - DRIFT_QUANTILE, 6),
+                "seen": seen, "far": far_total}

@@ -1,0 +1,174 @@
+"""The online budget guard, driven by a stream of RouterBench requests whose token counts are the
+replay upstream's usage: it keeps each window's spend within 5% of its target, alone or shared by
+two replicas through the real Redis, and leaves λ alone when there is room.
+
+The stream: the 400 representative prompts (their cluster weights are the gateway's), shuffled,
+arriving as a Poisson process of 400 per one-hour window over two windows, on a simulated clock.
+Each request is routed by the gateway's rule (`Router.decide`) with λ = max(0, the guard's floor)
+— the client asks for the best model whatever it costs — its answer's usage comes from the replay
+upstream over HTTP, and its cost is those tokens times the model's prices. Prices are per token,
+each model's RouterBench recorded cost over its replayed tokens on a sample of prompts, so costs
+follow real answer lengths rather than the curve's estimates.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import defaultdict
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from app.budget import ALL, BudgetGuard, MemoryStore, RedisStore, planned_cost
+from app.commands.calibrate import demo_records, repset_clusters
+from app.config import BudgetConfig, Settings
+from app.routing import Router, build_table, estimate_tokens
+from models_registry.records import ModelCost
+from models_registry.repset import load_repset
+from router_core.embedding import CachedEmbedder
+
+WINDOW_S = 3600.0
+PER_WINDOW = 400
+START = 1000 * WINDOW_S  # on a window boundary
+PRICING_SAMPLE = 40
+
+
+class Clock:
+    """A settable clock for the guard."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def market(routerbench, default_state, shared_cache, replay_url):
+    """(table priced per token, representative prompt texts, their cluster weights, usage lookup)."""
+    settings = Settings()
+    state, embedder = default_state
+    clusters = repset_clusters(state, load_repset(settings.repset_path), CachedEmbedder(embedder, shared_cache))
+    records = demo_records(routerbench, clusters)
+    texts = [item.prompt for item in clusters.repset.items]
+    http = httpx.Client(base_url=replay_url, timeout=30)
+    usages: dict[tuple[int, str], tuple[int, int]] = {}
+
+    def usage(i: int, model: str) -> tuple[int, int]:
+        if (i, model) not in usages:
+            body = http.post("/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": texts[i]}]}).json()
+            usages[i, model] = (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        return usages[i, model]
+
+    row = {pid: i for i, pid in enumerate(routerbench.ids)}
+    column = {name: j for j, name in enumerate(routerbench.models)}
+    for record in records:
+        recorded = sum(routerbench.costs[row[pid], column[record.name]] for pid in clusters.ids[:PRICING_SAMPLE])
+        tokens = sum(sum(usage(i, record.name)) for i in range(PRICING_SAMPLE))
+        per_mtok = 1e6 * recorded / tokens
+        record.cost = ModelCost(input_per_mtok=per_mtok, output_per_mtok=per_mtok)
+    table = build_table(records, state.k, settings.expected_output_tokens, clusters)
+    yield table, texts, clusters.weights, usage
+    http.close()
+
+
+def stream(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times, prompt indices): Poisson arrivals over two windows."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(WINDOW_S / PER_WINDOW, size=3 * PER_WINDOW)
+    times = START + np.cumsum(gaps)
+    times = times[times < START + 2 * WINDOW_S]
+    return times, rng.permutation(np.resize(np.arange(PER_WINDOW), len(times)))
+
+
+async def replay(market, guards: list[BudgetGuard] | None, clock: Clock) -> tuple[dict[int, float], list[float]]:
+    """Route the stream (the replicas taking turns), bill each answer; spend per window and the floors set."""
+    table, texts, weights, usage = market
+    curve = table.calibration()
+    spend: dict[int, float] = defaultdict(float)
+    floors: list[float] = []
+    for k, (t, i) in enumerate(zip(*stream())):
+        clock.now = t
+        guard = guards[k % len(guards)] if guards else None
+        lam = 0.0
+        if guard is not None:
+            floor = (await guard.state(ALL, curve)).cost_weight
+            floors.append(floor)
+            lam = max(lam, floor)
+        decision = Router.decide(weights[i], table, lam, estimate_tokens(len(texts[i])))
+        record = table.records[table.index(decision.model)]
+        cost = record.cost.expected(*usage(i, decision.model))
+        if guard is not None:
+            await guard.record(ALL, cost, planned_cost(curve, lam))
+        spend[math.floor(t / WINDOW_S)] += cost
+    return dict(spend), floors
+
+
+@pytest.fixture(scope="module")
+def unguarded(market) -> dict[int, float]:
+    """Spend per window with no guard."""
+    spend, _ = asyncio.run(replay(market, None, Clock()))
+    return spend
+
+
+def memory_guard(target: float, clock: Clock) -> BudgetGuard:
+    return BudgetGuard(BudgetConfig(target=target, window_s=WINDOW_S), MemoryStore(clock), clock=clock)
+
+
+async def test_guard_keeps_each_windows_spend_within_5_percent_of_its_target(market, unguarded):
+    target = 0.5 * float(np.mean(list(unguarded.values())))
+    clock = Clock()
+    spend, floors = await replay(market, [memory_guard(target, clock)], clock)
+    print(f"\nunguarded spend per window {unguarded}; target {target:.5f}; guarded {spend}")
+    assert len(spend) == 2
+    for window, spent in spend.items():
+        assert abs(spent - target) <= 0.05 * target, (window, spent, target)
+    assert max(floors) > 0  # it had to raise λ
+
+
+async def test_guard_leaves_the_cost_weight_alone_when_there_is_room(market, unguarded):
+    clock = Clock()
+    spend, floors = await replay(market, [memory_guard(2 * max(unguarded.values()), clock)], clock)
+    assert set(floors) == {0.0}
+    assert spend == pytest.approx(unguarded)
+
+
+@pytest.mark.redis
+async def test_two_replicas_sharing_redis_keep_the_shared_window_within_5_percent(
+        market, unguarded, redis_url, redis_prefix):
+    target = 0.5 * float(np.mean(list(unguarded.values())))
+    clock = Clock()
+    config = BudgetConfig(target=target, window_s=WINDOW_S)
+    guards = [BudgetGuard(config, RedisStore(redis_url, redis_prefix), clock=clock) for _ in range(2)]
+    try:
+        spend, _ = await replay(market, guards, clock)
+        print(f"\nshared through Redis: target {target:.5f}; spend per window {spend}")
+        for window, spent in spend.items():
+            assert abs(spent - target) <= 0.05 * target, (window, spent, target)
+        # each replica sees the other's requests: the last window's counts are the stream's
+        last = max(spend)
+        state = await guards[0].state(ALL, market[0].calibration())
+        times, _ = stream()
+        assert state.requests == int(np.sum(np.floor(times / WINDOW_S) == last))
+        assert state.spent == pytest.approx(spend[last])
+    finally:
+        for guard in guards:
+            await guard.close()
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{redis_prefix}budget:*"))
+        assert keys and all(0 < client.ttl(k) <= 2 * WINDOW_S for k in keys)
+        client.delete(*keys)
+
+
+async def test_guard_goes_on_from_local_counts_while_redis_is_away():
+    clock = Clock()
+    guard = BudgetGuard(BudgetConfig(target=1.0, window_s=WINDOW_S), RedisStore("redis://127.0.0.1:1", "x:"),
+                        clock=clock)
+    await guard.record(ALL, 0.25, 0.2)
+    clock.now += 10
+    state = await guard.state(ALL, None)
+    assert (state.spent, state.requests) == (0.25, 1)
+    await guard.close()

@@ -1,0 +1,95 @@
+"""Each benchmark runs end to end in its quickest mode, as a user runs it (`python -m ...` with
+`--json -`), and prints exactly one JSON object of the documented shape with finite, positive
+figures. Speed itself is never asserted here: the benchmarks print it."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    """One embedding cache for the module's gateways: the representative set is embedded once."""
+    return str(tmp_path_factory.mktemp("bench-cache"))
+
+
+def run_benchmark(module: str, *args: str, expect_rc: int = 0) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIROUTE_")}
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == expect_rc, done.stderr[-3000:]
+    return done
+
+
+def json_out(done: subprocess.CompletedProcess) -> dict:
+    """stdout is exactly one JSON object (progress went to stderr)."""
+    return json.loads(done.stdout)
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_gateway_benchmark_prints_overhead_throughput_and_embedder_figures(cache_dir):
+    out = json_out(run_benchmark("gateway", "--quick", "--concurrency", "1", "4", "--seconds", "10",
+                                 "--cache-dir", cache_dir, "--json", "-"))
+    assert out["embedder"] == "fast"  # the default, as the gateway's
+    assert set(out["overhead_ms"]) == {"p50", "p95", "p99"}
+    # Routing embeds every prompt: the gateway adds time at every percentile.
+    assert all(positive(out["overhead_ms"][p]) for p in ("p50", "p95", "p99"))
+    for key in ("rps", "direct_rps", "embedder_batch_rps", "embedder_single_rps", "embedder_single_ms",
+                "routed_fraction", "gateway_peak_rss_mb"):
+        assert positive(out[key]), key
+    assert [(c["concurrency"], c["prompt"]) for c in out["cases"]] == [(1, "short"), (4, "short")]
+    for case in out["cases"]:
+        assert case["gateway"]["errors"] == {} and case["direct"]["errors"] == {}
+        assert case["gateway"]["ok"] == case["gateway"]["requests"] > 0
+        assert positive(case["gateway_cpu_percent"]) and positive(case["gateway_rss_peak_mb"])
+        assert case["gateway_overhead_observed"] == case["gateway"]["requests"]
+    assert out["machine"]["nproc"] >= 1 and out["machine"]["cpu_model"]
+
+
+def test_gateway_benchmark_refuses_a_missing_state_and_says_how_to_build_one(tmp_path):
+    done = run_benchmark("gateway", "--embedder", "fast", "--state-dir", str(tmp_path), "--json", "-", expect_rc=2)
+    assert done.stdout == ""
+    assert "uniroute build-state --embedder fast" in done.stderr
+
+
+def test_gateway_benchmark_refuses_a_state_built_with_the_other_embedder():
+    shipped = ROOT / "app" / "resources" / "state" / "accurate"
+    done = run_benchmark("gateway", "--embedder", "fast", "--state-dir", str(shipped), expect_rc=2)
+    assert "built with embedder 'accurate'" in done.stderr
+
+
+def test_time_to_routable_prints_measured_time_against_its_bound(cache_dir):
+    out = json_out(run_benchmark("time_to_routable", "--latency-ms", "20", "--concurrency", "32",
+                                 "--cache-dir", cache_dir, "--json", "-"))
+    assert out["prompts"] == 400 and out["latency_ms"] == 20
+    (run,) = out["runs"]
+    assert run["concurrency"] == 32 and run["prompts"] == 400 and run["errors"] == 0
+    assert run["bound_s"] == pytest.approx(400 * 0.020 / 32)
+    assert run["waves_bound_s"] == pytest.approx(13 * 0.020)  # 400 prompts are 13 waves of 32
+    assert positive(run["measured_s"]) and run["ratio"] == pytest.approx(run["measured_s"] / run["bound_s"])
+
+
+def test_soak_counts_and_explains_every_failure(cache_dir):
+    # Half the flaky upstream's requests fail or are cut, so a short soak surely meets faults.
+    out = json_out(run_benchmark("soak", "--minutes", "0.1", "--clients", "4", "--segments", "2",
+                                 "--fail-rate", "0.3", "--cut-rate", "0.2", "--cache-dir", cache_dir, "--json", "-"))
+    assert out["requests"] > 0 and out["unexplained"] == 0
+    assert out["ok"] + sum(f["count"] for f in out["failures"]) == out["requests"]
+    assert all(f["expected"] for f in out["failures"])
+    assert out["injected"]["flaky"]["failed"] > 0
+    assert out["gateway_metrics"]["upstream_failures"]
+    rss = out["rss_mb"]
+    assert positive(rss["start"]) and positive(rss["end"]) and rss["peak"] >= max(rss["start"], rss["end"])
+    assert math.isfinite(rss["growth"]) and len(out["timeline"]) >= 1
