@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from router_core.datasets import RouterBenchRow, read_routerbench_rows
+from router_core.datasets import RouterBenchRow, jsonl_records, read_routerbench_rows
 from router_core.grading import chosen_option, grade
 
 JUDGE = "llm_judge"
@@ -82,21 +82,12 @@ def load_repset(path: str | Path) -> RepresentativeSet:
     except OSError as exc:
         raise RepsetError(f"cannot read the representative set {p}: {exc.strerror}") from None
     try:
-        # JSON strings hold no raw newline, so "\n" alone separates items (splitlines would
-        # also split inside a prompt holding U+2028).
-        lines = content.decode("utf-8").split("\n")
+        text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RepsetError(f"{p}: not UTF-8 text: {exc}") from None
     items: list[RepItem] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RepsetError(f"{where}: not JSON: {exc.msg}") from None
+    for where, record in jsonl_records(text, p, RepsetError):
         item = _item(record, where)
         if item.id in seen:
             raise RepsetError(f"{where}: id {item.id!r} appears twice")

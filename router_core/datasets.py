@@ -21,7 +21,7 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -188,23 +188,31 @@ def read_model_costs(path: str | Path) -> dict[str, float]:
 # ---------------------------------------------------------------- canonical JSONL
 
 
+def jsonl_records(text: str, source: str | Path, error: type[ValueError]) -> Iterator[tuple[str, Any]]:
+    """("file:line", parsed JSON) for each non-blank line of JSON Lines `text`; a line that is not
+    JSON raises `error` naming it."""
+    # JSON strings hold no raw newline, so "\n" alone separates records (splitlines would also
+    # split inside a string holding U+2028).
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{where}: not JSON: {exc.msg}") from None
+
+
 def load_jsonl(path: str | Path) -> RoutingDataset:
     """Read canonical JSONL (see the module docstring). Ids must be unique."""
     p = Path(path)
     ids, prompts, tasks, score_rows, cost_rows = [], [], [], [], []
     seen: set[str] = set()
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise DatasetError(f"cannot read {p}: {exc.strerror}") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{where}: not JSON: {exc.msg}") from None
+    for where, rec in jsonl_records(text, p, DatasetError):
         if not isinstance(rec, dict):
             raise DatasetError(f"{where}: expected a JSON object")
         pid, prompt, scores = rec.get("id"), rec.get("prompt"), rec.get("scores")

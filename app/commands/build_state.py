@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.commands.eval import DEFAULT_CACHE, UsageError
+from app.commands.eval import DEFAULT_CACHE, UsageError, reporting_usage_errors
 
 DEFAULT_CLUSTERS = 10
 DEFAULT_PRIOR = 4.0
@@ -36,11 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"uniroute build-state: error: {exc}", file=sys.stderr)
-        return 2
+    return reporting_usage_errors("build-state", _run)(args)
 
 
 def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | None]:

@@ -19,14 +19,19 @@ def pool():
         yield executor
 
 
-async def test_concurrent_prompts_share_calls_and_get_their_own_rows(embedder, pool):
-    calls: list[int] = []
+def recording(embedder, calls: list[int]):
+    """The embedder's encode, noting each call's batch size in `calls`."""
 
     def encode(texts: list[str]) -> np.ndarray:
         calls.append(len(texts))
         return embedder.encode(texts)
 
-    batcher = MicroBatcher(encode, pool, max_batch=16)
+    return encode
+
+
+async def test_concurrent_prompts_share_calls_and_get_their_own_rows(embedder, pool):
+    calls: list[int] = []
+    batcher = MicroBatcher(recording(embedder, calls), pool, max_batch=16)
     rows = await asyncio.gather(*(batcher.submit(p) for p in PROMPTS))
     await batcher.close()
     assert sum(calls) == len(PROMPTS) and max(calls) == 16 and len(calls) <= 4
@@ -51,12 +56,7 @@ async def test_a_failed_call_fails_its_waiters_and_the_batcher_goes_on(embedder,
 
 async def test_a_wait_lets_stragglers_join_the_batch(embedder, pool):
     calls: list[int] = []
-
-    def encode(texts: list[str]) -> np.ndarray:
-        calls.append(len(texts))
-        return embedder.encode(texts)
-
-    batcher = MicroBatcher(encode, pool, max_wait_s=0.5)
+    batcher = MicroBatcher(recording(embedder, calls), pool, max_wait_s=0.5)
 
     async def late(i: int) -> np.ndarray:
         await asyncio.sleep(0.01 * i)
