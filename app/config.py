@@ -122,6 +122,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # How long an idle client connection stays open. Longer than clients keep theirs (httpx and
+    # so the openai SDK: 5 s): with equal times, a client reusing a connection as the server
+    # closes it loses its request (seen as ReadError in the soak benchmark at uvicorn's 5 s).
+    keep_alive_s: int = Field(75, ge=1)
     # Router state (clusters, learned map) built by `uniroute build-state`: a folder, or the name
     # of a shipped state ("fast", "accurate"; see SHIPPED_STATES).
     state_dir: str = "fast"

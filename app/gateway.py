@@ -39,6 +39,9 @@ def state_version(state: RouterState) -> str:
     return hashlib.sha256(np.ascontiguousarray(state.centroids).tobytes()).hexdigest()[:12]
 
 
+UPSTREAM_KEEPALIVE_S = 2.0
+
+
 class Gateway:
     """Everything a request handler needs, created once per app."""
 
@@ -74,7 +77,12 @@ class Gateway:
             connect=s.timeouts.connect_s, read=s.timeouts.read_s, write=s.timeouts.write_s, pool=s.timeouts.pool_s
         )
         self.client = httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_connections=512, max_keepalive_connections=128)
+            timeout=timeout,
+            # An idle upstream connection is dropped well before servers close theirs (uvicorn,
+            # which vLLM and many others run on, closes after 5 s): reusing one at that moment
+            # loses the request to a race.
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128,
+                                keepalive_expiry=UPSTREAM_KEEPALIVE_S),
         )
         self.forwarder = Forwarder(self.client, self.metrics, self.health, s.retries, s.deadline_s)
         await self.registry.start()

@@ -334,14 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="uniroute-bench-") as tmp:
         result = measure(plan, state_dir, args.cache_dir, Path(tmp))
-    result["command"] = "python -m benchmarks.gateway " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.json:
-        report.emit_json(result, args.json)
-    if args.json != "-":
-        print(table(result["cases"], result["embedder_throughput"]))
-    if args.write_docs:
-        report.write_docs_section(f"benchmarks.gateway.{plan.embedder}", docs_section(result))
-        log(f"wrote {report.DOCS_PATH}")
+    report.publish(result, "gateway", argv, args.json, lambda r: table(r["cases"], r["embedder_throughput"]),
+                   (f"benchmarks.gateway.{plan.embedder}", docs_section) if args.write_docs else None)
     return 0
 
 

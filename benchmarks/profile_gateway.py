@@ -12,7 +12,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import threading
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +26,12 @@ from benchmarks.workload import chat_request
 WATCHED = ("app/", "router_core/", "models_registry/", "fastapi/", "starlette/", "uvicorn/", "httpx/",
            "httpcore/", "pydantic/", "prometheus_client/", "numpy/", "model2vec/", "sentence_transformers/",
            "torch/", "asyncio/", "uvloop/", "h11/", "httptools/")
+
+
+def py_spy() -> str:
+    """py-spy beside this interpreter (a venv's bin is often not on PATH), else from PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else (shutil.which("py-spy") or "py-spy")
 
 
 def fold(raw: str) -> tuple[int, Counter[str]]:
@@ -66,15 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             config = write_config(workdir, stub_models(stub.url))
             with start_gateway(workdir, config=config, state_dir=str(state_dir)) as gateway:
                 out = workdir / "profile.txt"
-                spy = ["py-spy", "record", "--format", "raw", "--rate", "200", "--duration",
+                spy = [py_spy(), "record", "--format", "raw", "--rate", "200", "--duration",
                        str(int(args.seconds)), "--pid", str(gateway.pid), "--output", str(out)]
                 log(f"sampling the gateway (pid {gateway.pid}) for {args.seconds:.0f} s at {args.clients} clients ...")
-                sampler = threading.Thread(target=subprocess.run, args=(spy,),
-                                           kwargs={"check": True, "capture_output": True})
-                sampler.start()
+                sampler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 result = run(run_load(gateway.url, lambda i: chat_request("uniroute", "short", i),
                                       concurrency=args.clients, max_requests=10**9, max_seconds=args.seconds + 2))
-                sampler.join()
+                _, err = sampler.communicate()
+                if sampler.returncode != 0:
+                    print(f"py-spy failed: {err.strip()}", file=sys.stderr)
+                    return 1
                 raw = out.read_text()
     total, inclusive = fold(raw)
     ok = sum(o.ok for o in result.outcomes)

@@ -9,7 +9,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -100,3 +100,18 @@ def emit_json(result: dict, target: str) -> None:
     else:
         Path(target).write_text(text + "\n")
 
+
+def publish(result: dict, module: str, argv: list[str] | None, json_target: str | None,
+            text: Callable[[dict], str], docs: tuple[str, Callable[[dict], str]] | None) -> None:
+    """Finish a benchmark run: record its command line, write its JSON (`--json`), print its table
+    unless the JSON went to stdout, and rewrite its section of docs/benchmarks.md when `docs` =
+    (section key, markdown of the result) is given (`--write-docs`)."""
+    result["command"] = f"python -m benchmarks.{module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    if json_target:
+        emit_json(result, json_target)
+    if json_target != "-":
+        print(text(result))
+    if docs is not None:
+        key, markdown = docs
+        write_docs_section(key, markdown(result))
+        print(f"wrote {DOCS_PATH}", file=sys.stderr)

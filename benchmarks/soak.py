@@ -178,16 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fail-rate and --cut-rate must be >= 0 and add up to at most 1")
     with tempfile.TemporaryDirectory(prefix="uniroute-soak-") as tmp:
         result = measure(args, Path(tmp))
-    result["command"] = "python -m benchmarks.soak " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.json:
-        report.emit_json(result, args.json)
-    if args.json != "-":
-        print(summary(result))
-    if args.write_docs:
-        report.write_docs_section("benchmarks.soak", "\n\n".join([
-            "## Soak", f"`{result['command']}`. {report.machine_line(result['machine'])}", summary(result)]))
-        log(f"wrote {report.DOCS_PATH}")
+    report.publish(result, "soak", argv, args.json, summary,
+                   ("benchmarks.soak", docs_section) if args.write_docs else None)
     return 1 if result["unexplained"] else 0
+
+
+def docs_section(result: dict) -> str:
+    """The soak's section of docs/benchmarks.md."""
+    return "\n\n".join(["## Soak", f"`{result['command']}`. {report.machine_line(result['machine'])}",
+                         summary(result)])
 
 
 if __name__ == "__main__":

@@ -107,14 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--latency-ms must be > 0 and --concurrency >= 1")
     with tempfile.TemporaryDirectory(prefix="uniroute-ttr-") as tmp:
         result = measure(latency_ms, concurrencies, args.cache_dir, Path(tmp))
-    result["command"] = "python -m benchmarks.time_to_routable " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.json:
-        report.emit_json(result, args.json)
-    if args.json != "-":
-        print(table(result))
-    if args.write_docs:
-        report.write_docs_section("benchmarks.time_to_routable", docs_section(result))
-        log(f"wrote {report.DOCS_PATH}")
+    report.publish(result, "time_to_routable", argv, args.json, table,
+                   ("benchmarks.time_to_routable", docs_section) if args.write_docs else None)
     return 0
 
 

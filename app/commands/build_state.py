@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.commands.eval import DEFAULT_CACHE, UsageError, reporting_usage_errors
+from app.commands import one_line_errors
+from app.commands.eval import DEFAULT_CACHE, UsageError
 
 DEFAULT_CLUSTERS = 10
 DEFAULT_PRIOR = 4.0
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return reporting_usage_errors("build-state", _run)(args)
+    return one_line_errors("build-state", UsageError, 2, "error: ")(_run)(args)
 
 
 def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | None]:

@@ -10,11 +10,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from app.commands import one_line_errors
 
 DEFAULT_CACHE = Path.home() / ".cache" / "uniroute" / "embeddings"
 
@@ -41,21 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def reporting_usage_errors(command: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """`func` with a UsageError reported as one line on stderr and exit status 2, not a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except UsageError as exc:
-            print(f"uniroute {command}: error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def run(args: argparse.Namespace) -> int:
-    return reporting_usage_errors("eval", _run)(args)
+    return one_line_errors("eval", UsageError, 2, "error: ")(_run)(args)
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -14,6 +14,8 @@ import time
 import httpx
 from tqdm import tqdm
 
+from app.commands import one_line_errors
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="register, list, show and remove models through the admin API")
@@ -77,17 +79,8 @@ def follow(args: argparse.Namespace, job_id: str) -> dict:
             job = call(args, "GET", f"/jobs/{job_id}")
 
 
-def run_safely(func):
-    """Report admin API errors as one line and exit 1, not a traceback."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except AdminError as exc:
-            print(f"uniroute models: {exc}", file=sys.stderr)
-            return 1
-
-    return wrapped
+# Admin API errors are reported as one line, exit status 1.
+run_safely = one_line_errors("models", AdminError, 1)
 
 
 @run_safely

@@ -32,4 +32,4 @@ def serve(settings: Settings) -> None:
     """Serve the gateway until interrupted (uvloop and httptools when installed)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False)
+                log_level=settings.log_level, access_log=False, timeout_keep_alive=settings.keep_alive_s)
