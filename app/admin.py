@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from app.auth import require_admin_key
 from app.budget import key_scope
 from app.errors import APIError
-from app.gateway import Gateway
+from app.gateway import Gateway, gateway_of
 from models_registry.base import RegistryUnavailable
 from models_registry.records import JobRecord, ModelCost, ModelRecord, RegistryValidationError
 
@@ -64,10 +64,6 @@ class PatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cost: CostIn | None = None
     enabled: bool | None = None
-
-
-def gateway_of(request: Request) -> Gateway:
-    return request.app.state.gateway
 
 
 def model_json(record: ModelRecord, detail: bool = False) -> dict:

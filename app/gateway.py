@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from starlette.requests import Request
 
 from app.batching import MicroBatcher
 from app.budget import open_guard
@@ -40,6 +41,11 @@ def state_version(state: RouterState) -> str:
 
 
 UPSTREAM_KEEPALIVE_S = 2.0
+
+
+def gateway_of(request: Request) -> "Gateway":
+    """The gateway serving a request (set on the app at start-up)."""
+    return request.app.state.gateway
 
 
 class Gateway:
@@ -179,17 +185,15 @@ class Gateway:
         for record in self.registry.snapshot().values():
             if record.profile is None or record.profile.state_version == self.repset.state_version:
                 continue
-            graded = await self.registry.answers(record.name, version)
-            scores = {pid: a.score for pid, a in graded.items() if a.error is None}
-            if not scores:
+            profile = self.repset.profile_from_answers(await self.registry.answers(record.name, version))
+            if profile is None:
                 log.warning("model %s was profiled under another router state and has no stored answers "
                             "for this representative set: reprofile it to route to it", record.name)
                 continue
-            out_tokens = [a.output_tokens for a in graded.values() if a.error is None and a.output_tokens]
-            record.profile = self.repset.profile(scores, sum(out_tokens) / len(out_tokens) if out_tokens else 0.0)
+            record.profile = profile
             await self.registry.put_model(record)
             log.info("re-profiled %s under router state %s from %d stored answers",
-                     record.name, self.repset.state_version, len(scores))
+                     record.name, self.repset.state_version, profile.n_prompts)
 
     async def _register_configured(self, models: list[ModelConfig]) -> None:
         """Register the config file's models the registry does not hold yet."""

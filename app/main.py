@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import admin, openai_api
 from app.config import Settings
 from app.errors import APIError, error_body, install_error_handlers
-from app.gateway import Gateway
+from app.gateway import Gateway, gateway_of
 
 log = logging.getLogger("uniroute")
 
@@ -97,17 +97,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         """Ready once the embedding model, the router state and the representative set are loaded."""
-        gw: Gateway = request.app.state.gateway
+        gw = gateway_of(request)
         if gw.ready.is_set():
             return JSONResponse({"status": "ready", "routable_models": len(gw.table.records),
-                                   "registry_available": gw.registry.available})
+                                 "registry_available": gw.registry.available})
         status = "failed" if gw.load_error else "loading"
         return JSONResponse({"status": status, "error": gw.load_error}, status_code=503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         """Prometheus exposition of the gateway's metrics."""
-        gw: Gateway = request.app.state.gateway
+        gw = gateway_of(request)
         gw.health.cooling()  # expire finished cooldowns so the gauge is current
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

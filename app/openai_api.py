@@ -22,7 +22,7 @@ from app.auth import bearer, require_client_key
 from app.budget import GuardState, key_scope, planned_cost
 from app.config import KINDS, Settings, TargetFields
 from app.errors import APIError
-from app.gateway import Gateway
+from app.gateway import Gateway, gateway_of
 from app.prompts import chat_routing_text, completion_routing_text
 from app.routing import Candidate, Decision, Router, estimate_tokens
 from app.targets import Resolution, RoutingTarget, resolve
@@ -72,10 +72,6 @@ class CompletionBody(BaseModel):
     prompt: str | list
     stream: StrictBool = False
     uniroute: RoutingOptions | None = None
-
-
-def gateway_of(request: Request) -> Gateway:
-    return request.app.state.gateway
 
 
 async def read_body(request: Request) -> dict:
@@ -175,7 +171,8 @@ def client_scope(gw: Gateway, request: Request) -> str:
 
 async def choose(gw: Gateway, model: str, options: RoutingOptions | None, text: str | None,
                  scope: str) -> Target:
-    """Route the prompt, or look up the named model. `text` is None where the prompt can't be embedded."""
+    """Route the prompt, or look up the named model. `text` is None only for a named model, whose
+    prompt is not read."""
     target = parse_router_model(model, gw.settings)
     if target is None:
         record = gw.registry.snapshot().get(model)
@@ -192,8 +189,7 @@ async def choose(gw: Gateway, model: str, options: RoutingOptions | None, text: 
                            param="uniroute.models", code="model_not_found")
         allowed = set(options.models)
     _, table = gw.require_ready()
-    if text is None:
-        text = ""
+    assert text is not None  # every routed request's prompt is read (see the callers)
     if not table.records:
         raise APIError(503, "no routable model: register and profile a model first", code="no_routable_model")
     start = time.perf_counter()

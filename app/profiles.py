@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models_registry.records import Profile
+from models_registry.records import Answer, Profile
 from models_registry.repset import RepresentativeSet
 from router_core.profiles import soft_profiles
 
@@ -48,3 +48,13 @@ class RepsetClusters:
             repset_version=self.repset.version,
             state_version=self.state_version,
         )
+
+    def profile_from_answers(self, graded: dict[str, Answer]) -> Profile | None:
+        """Ψ of a model from its stored graded answers (failed ones left out), with its mean answer
+        length; None when no answer was graded."""
+        good = [a for a in graded.values() if a.error is None]
+        if not good:
+            return None
+        out_tokens = [a.output_tokens for a in good if a.output_tokens]
+        return self.profile({a.prompt_id: a.score for a in good},
+                            sum(out_tokens) / len(out_tokens) if out_tokens else 0.0)

@@ -209,15 +209,12 @@ class JobRunner:
         if over_cap.is_set() and job.done < job.total:
             await self._finish(job, "failed", f"spend cap {cap:g} reached after {job.done} prompts")
             return
-        graded = await self.registry.answers(record.name, repset.version)
-        scores = {pid: a.score for pid, a in graded.items() if a.error is None}
-        if not scores:
+        profile = self.gw.repset.profile_from_answers(await self.registry.answers(record.name, repset.version))
+        if profile is None:
             await self._finish(job, "failed", "no prompt was answered")
             return
-        out_tokens = [a.output_tokens for a in graded.values() if a.error is None and a.output_tokens]
-        avg_out = sum(out_tokens) / len(out_tokens) if out_tokens else 0.0
         record = self.registry.snapshot().get(job.model) or record
-        record.profile = self.gw.repset.profile(scores, avg_out)
+        record.profile = profile
         record.profiled_at = time.time()
         record.spend = job.spend
         record.state = "ready"

@@ -157,8 +157,8 @@ class Router:
     def __init__(self, state: RouterState, embedder: Embedder, lru_size: int = 4096) -> None:
         self.state = state
         self.embedder = embedder
-        self._lru: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._distance: dict[bytes, float] = {}
+        # key -> (cluster weights (K,), distance to the nearest centroid)
+        self._lru: OrderedDict[bytes, tuple[np.ndarray, float]] = OrderedDict()
         self._lru_size = lru_size
         self._lock = Lock()
         threshold = state.drift_threshold
@@ -176,10 +176,11 @@ class Router:
         """(K,) cluster weights of a recently routed text, or None; never embeds, never blocks long."""
         key = self._key(text)
         with self._lock:
-            row = self._lru.get(key)
-            if row is not None:
-                self._lru.move_to_end(key)
-            return row
+            entry = self._lru.get(key)
+            if entry is None:
+                return None
+            self._lru.move_to_end(key)
+            return entry[0]
 
     def weights(self, texts: list[str]) -> np.ndarray:
         """(n, K) cluster weights of `texts` (one-hot for K-means, soft for the learned map)."""
@@ -188,12 +189,12 @@ class Router:
         missing: list[int] = []
         with self._lock:
             for i, key in enumerate(keys):
-                row = self._lru.get(key)
-                if row is None:
+                entry = self._lru.get(key)
+                if entry is None:
                     missing.append(i)
                 else:
                     self._lru.move_to_end(key)
-                    out[i] = row
+                    out[i] = entry[0]
         if missing:
             emb = embed_for_routing(
                 self.embedder, [texts[i] for i in missing], self.state.max_chars
@@ -203,16 +204,16 @@ class Router:
             with self._lock:
                 for i, row, dist in zip(missing, rows, distances):
                     out[i] = row
-                    self._lru[keys[i]] = row
-                    self._distance[keys[i]] = float(dist)
+                    self._lru[keys[i]] = (row, float(dist))
                 while len(self._lru) > self._lru_size:
-                    self._distance.pop(self._lru.popitem(last=False)[0], None)
+                    self._lru.popitem(last=False)
         return out
 
     def distance(self, text: str) -> float | None:
         """Distance to the nearest centroid of a recently routed text, or None."""
         with self._lock:
-            return self._distance.get(self._key(text))
+            entry = self._lru.get(self._key(text))
+            return None if entry is None else entry[1]
 
     @staticmethod
     def decide(
