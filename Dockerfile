@@ -45,22 +45,17 @@ WORKDIR /home/uniroute
 # with, and embed the representative set into the cache the gateway reads. A broken model fails
 # the build here, and a container is ready seconds after it starts.
 RUN python - <<'EOF'
-from app.config import SHIPPED_STATES, Settings
-from models_registry.repset import load_repset
-from router_core.embedding import CachedEmbedder, embed_for_routing
-from router_core.state import RouterState, state_embedder
+from app.runtime.config import Settings
+from router_core.router import UniRouter
+from router_core.shipped import SHIPPED_STATES
 
 settings = Settings()
-prompts = [item.prompt for item in load_repset(settings.repset_path).items]
-for name, directory in SHIPPED_STATES.items():
-    state = RouterState.load(directory)
-    embedder = CachedEmbedder(state_embedder(state, directory), settings.cache_dir)
-    vectors = embed_for_routing(embedder, prompts, state.max_chars)
-    embedder.close()
-    norms = (vectors ** 2).sum(axis=1)
-    assert vectors.shape == (len(prompts), embedder.dim) and abs(norms - 1).max() < 1e-3, (name, vectors.shape)
-    print(f"state {name} ({embedder.model_id}): {len(prompts)} representative prompts embedded into "
-          f"{settings.cache_dir}")
+for name in SHIPPED_STATES:
+    router = UniRouter.load(name, settings.repset_path, cache_dir=settings.cache_dir)
+    weights = router.repset.weights
+    assert weights.shape == (len(router.repset.ids), router.n_clusters) and (weights.sum(axis=1) > 0.99).all(), name
+    print(f"state {name} ({router.embedder.model_id}): {len(router.repset.ids)} representative prompts embedded "
+          f"into {settings.cache_dir}")
 EOF
 VOLUME ["/var/lib/uniroute"]
 EXPOSE 8000

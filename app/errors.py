@@ -1,87 +1,24 @@
-"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the right status."""
+"""Errors the gateway's parts raise for a client to see, free of HTTP: the edge (app.api.errors)
+turns each kind into a status and OpenAI's error format."""
 from __future__ import annotations
 
-import logging
+from typing import Literal
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("uniroute")
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    502: "upstream_error",
-    503: "service_unavailable",
-    504: "upstream_timeout",
-}
+ErrorKind = Literal["invalid", "not_found", "conflict", "too_large", "unavailable", "upstream", "upstream_timeout"]
 
 
-class APIError(Exception):
-    """An error the client should see, in OpenAI's format."""
+class GatewayError(Exception):
+    """A failure to report to the client: what kind it is, what happened, and optionally the
+    machine-readable `code` and the request `param` at fault."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
         self.message = message
-        self.type = type or _TYPES.get(status, "api_error")
-        self.param = param
         self.code = code
-
-    def body(self) -> dict:
-        """The JSON body OpenAI clients expect."""
-        return error_body(self.message, self.type, self.param, self.code)
+        self.param = param
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
-    """`{"error": {...}}` as OpenAI sends it."""
+    """`{"error": {...}}` as OpenAI sends it (also inside a stream's error event)."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def error_response(err: APIError) -> JSONResponse:
-    """The HTTP response for an APIError."""
-    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves the gateway in OpenAI's format, including FastAPI's own."""
-
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
-        if param:
-            message = f"{param}: {message}"
-        return error_response(APIError(400, message, param=param, code="invalid_value"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(APIError(exc.status_code, str(exc.detail)))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(APIError(500, "internal error in the gateway", type="api_error"))

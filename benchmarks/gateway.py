@@ -1,7 +1,7 @@
 """Gateway overhead and throughput: `python -m benchmarks.gateway [--embedder fast|accurate] [--json -]`.
 
 In one run, side by side, the same requests go straight to an upstream stub (5 ms, answering at
-once otherwise) and through the gateway in front of it (`python -m app.cli serve`, its own
+once otherwise) and through the gateway in front of it (`python -m app.cli.main serve`, its own
 process, three models registered on the stub, every request routed with model `uniroute`), at
 1, 10 and 50 concurrent clients, for short (~30 tokens), medium (~250) and long (~2,000)
 prompts. No two requests share a prompt, so every routed request is embedded (no cache hit).
@@ -62,9 +62,9 @@ OVERHEAD_METRIC = "uniroute_overhead_seconds"
 BATCH_METRIC = "uniroute_embed_batch_size"  # prompts per embedding call (micro-batching)
 PCTS = ("p50", "p95", "p99")
 # The shipped state's training prompts: what `build-state` is given to make a state like it.
-BUILD_HINT = ("uniroute build-state --embedder fast --data app/resources/routerbench_zs/arc_challenge_train.csv "
-              "--data app/resources/routerbench_zs/winograde_train.csv "
-              "--data app/resources/routerbench_zs/mbpp_train.csv --out DIR")
+BUILD_HINT = ("uniroute build-state --embedder fast --data app/demo/data/routerbench_zs/arc_challenge_train.csv "
+              "--data app/demo/data/routerbench_zs/winograde_train.csv "
+              "--data app/demo/data/routerbench_zs/mbpp_train.csv --out DIR")
 
 
 class UsageError(Exception):
@@ -100,7 +100,7 @@ def stub_models(stub_url: str) -> list[StubModel]:
 def resolve_state(embedder: str, state_dir: str | None) -> Path:
     """The router state directory to serve: the shipped state of `embedder` unless `state_dir` is
     given; UsageError if that is missing or was built with another embedder."""
-    from app.config import SHIPPED_STATES
+    from router_core.shipped import SHIPPED_STATES
     from router_core.state import RouterState
 
     if state_dir is None:
@@ -120,13 +120,16 @@ def embedder_throughput(state_dir: Path, sizes: tuple[str, ...], min_seconds: fl
                         min_calls: int) -> dict[str, dict]:
     """Per prompt size: the gateway's embedder alone, batch 1 (prompts/s and per-call p50 ms)
     and batch 64 (prompts/s), through `embed_for_routing` like the gateway, on fresh prompts."""
-    from app.config import Settings
+    from app.runtime.config import Settings
     from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
     from router_core.state import RouterState
 
+    import torch
+
     state = RouterState.load(state_dir)
-    # As the gateway loads it (its default `embed_threads`), so both figures are comparable.
-    embedder = load_embedder(state.embedder, None, state_dir / FAST_DIRNAME, False, Settings().embed_threads)
+    # As the gateway runs it (its default `embed_threads`), so both figures are comparable.
+    torch.set_num_threads(Settings().embed_threads)
+    embedder = load_embedder(state.embedder, None, state_dir / FAST_DIRNAME, False)
     out: dict[str, dict] = {}
     index = 10_000_000  # prompts unlike any the load generator sends
     for size in sizes:

@@ -9,10 +9,10 @@ can be explained by what bounds it.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
-import shutil
 from collections import Counter
 from pathlib import Path
 

@@ -1,10 +1,11 @@
 """Routing-decision latency: `python -m benchmarks.routing_decision`.
 
 Times the gateway's decision for 1 prompt and for a batch of 1,000 prompts over 100 candidate
-models, from a ready embedding for the K-means and the learned-map cluster weights, and from
-text (embedding included, the same for both) for the shipped state's method. The decision is the same code path as the gateway:
-cluster_weights -> gamma = W @ Psi.T -> policy.rank. Prompts are real RouterBench prompts
-(the vendored subset); Psi and costs are random (their values do not change the timing).
+models, from ready cluster weights for the K-means and the learned-map states, and from text
+(embedding included, the same for both) for the shipped state's method. It is the gateway's
+code path: `UniRouter.decide_batch` (gamma = W @ Psi.T, costs, policy.rank, error intervals)
+and `UniRouter.route`. Prompts are real RouterBench prompts (the demo's subset); Psi and prices
+are random (their values do not change the timing).
 """
 from __future__ import annotations
 
@@ -12,14 +13,11 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = ROOT / "app" / "resources" / "state"
-DATA_DIR = ROOT / "app" / "resources" / "routerbench_zs"
+from app.demo import ROUTERBENCH_DIR
 
 
 def _times(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -38,46 +36,61 @@ def _report(label: str, batch: int, times: list[float]) -> None:
           f"per prompt {q[0] / batch * 1e3:9.1f} us  (n={len(times)})")
 
 
+def random_models(k: int, n: int, rng: np.random.Generator) -> list:
+    """`n` models with random profiles over `k` clusters and random per-request prices."""
+    from router_core.pricing import Price
+    from router_core.profiles import Profile
+    from router_core.router import RoutedModel
+
+    return [RoutedModel(f"m{j:03d}", Price(per_request=float(rng.uniform(0.01, 1.0))),
+                        Profile(list(rng.uniform(size=k)), [20.0] * k, 0.5, 400, 200.0, "bench", "bench"))
+            for j in range(n)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m benchmarks.routing_decision", description=__doc__.splitlines()[0])
+    p.add_argument("--state", default="fast", help="a shipped state (fast, accurate) or a state folder")
     p.add_argument("--models", type=int, default=100)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=50, help="timed runs per case without embedding")
     p.add_argument("--embed-repeats", type=int, default=3, help="timed runs per case with embedding")
     args = p.parse_args(argv)
 
-    from router_core import policy
     from router_core.datasets import load_routerbench
-    from router_core.embedding import embed_for_routing, load_embedder
-    from router_core.state import RouterState
+    from router_core.pricing import estimate_tokens
+    from router_core.router import UniRouter
+    from router_core.shipped import state_path
+    from router_core.state import RouterState, state_embedder
 
-    state = RouterState.load(STATE_DIR)
-    embedder = load_embedder(state.embedder)  # no cache: the embedding is timed for real
-    prompts = load_routerbench(DATA_DIR).prompts
+    directory = state_path(args.state)
+    state = RouterState.load(directory)
+    embedder = state_embedder(state, directory)  # no cache: the embedding is timed for real
+    prompts = load_routerbench(ROUTERBENCH_DIR).prompts
     rng = np.random.default_rng(0)
     texts = [prompts[i] for i in rng.choice(len(prompts), size=args.batch, replace=args.batch > len(prompts))]
-    psi = rng.uniform(size=(args.models, state.k))
-    cost = policy.normalise_costs(rng.uniform(0.01, 1.0, size=args.models))
-    emb_all = embed_for_routing(embedder, texts, state.max_chars)
+    models = random_models(state.k, args.models, rng)
+    tokens = estimate_tokens(np.array([len(t) for t in texts], dtype=np.float64))
     states = {"uniroute_kmeans": RouterState(state.embedder, state.max_chars, state.centroids),
               "uniroute_learned_map": RouterState(state.embedder, state.max_chars, state.centroids,
                                                   theta=state.theta if state.theta is not None else 30 * state.centroids,
                                                   method="uniroute_learned_map")}
-    print(f"state: K={state.k}, d={state.dim}, embedder {state.embedder} (max_chars {state.max_chars}); "
-          f"{args.models} models; threads: {os.cpu_count()} cores", file=sys.stderr)
+    print(f"state {args.state}: K={state.k}, d={state.dim}, embedder {state.embedder} (max_chars {state.max_chars}); "
+          f"{args.models} models; {os.cpu_count()} cores", file=sys.stderr)
     for method, st in states.items():
-        def decide(emb: np.ndarray, st: RouterState = st) -> np.ndarray:
-            return policy.rank(st.cluster_weights(emb) @ psi.T, cost, 0.1)
-
+        router = UniRouter(st, embedder)
+        router.set_models(models)
+        resolution = router.resolve(None)
+        weights = router.weights(texts)
         for batch in (1, args.batch):
-            emb, batch_texts = emb_all[:batch], texts[:batch]
-            _report(f"{method}: decision from embedding", batch, _times(lambda: decide(emb), args.repeats))
+            w, tok, batch_texts = weights[:batch], tokens[:batch], texts[:batch]
+            _report(f"{method}: decision from cluster weights", batch,
+                    _times(lambda: router.decide_batch(w, resolution, tok), args.repeats))
             # Embedding dominates and is the same for both methods: time it with the state's own.
             if method == state.method:
                 reps = max(args.embed_repeats, 20) if batch == 1 else args.embed_repeats
-                _report(f"{method}: embedding + decision", batch,
-                        _times(lambda: decide(embed_for_routing(embedder, batch_texts, st.max_chars)), reps))
+                fresh = UniRouter(st, embedder, lru_size=0)  # no LRU hit: every prompt is embedded
+                fresh.set_models(models)
+                _report(f"{method}: embedding + decision", batch, _times(lambda: fresh.route(batch_texts), reps))
     return 0
 
 

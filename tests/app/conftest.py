@@ -15,12 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.commands.demo import ROUTERBENCH_DIR, demo_models
-from app.config import CostConfig, ModelConfig, Settings
-from app.main import create_app
-from app.replay_upstream import create_replay_app
-from models_registry.repset import load_repset
-from router_core.datasets import RoutingDataset, load_routerbench, load_routerbench_responses
+from app.api.main import create_app
+from app.demo import ROUTERBENCH_DIR
+from app.demo.models import demo_configs as build_demo_configs
+from app.demo.replay_upstream import create_replay_app
+from app.runtime.config import ModelConfig, PriceIn, Settings
+from router_core.datasets import (
+    RoutingDataset,
+    load_routerbench,
+    load_routerbench_responses,
+)
+from router_core.repset import load_repset
 from tests.support.fault_upstream import FaultUpstream
 from tests.support.servers import serve
 
@@ -51,7 +56,7 @@ def repset_ids() -> list[str]:
 
 @pytest.fixture(scope="session")
 def demo_configs(routerbench, repset_ids, replay_url, tmp_path_factory) -> list[ModelConfig]:
-    return demo_models(routerbench, repset_ids, replay_url, tmp_path_factory.mktemp("scores"))
+    return build_demo_configs(routerbench, repset_ids, replay_url, tmp_path_factory.mktemp("scores"))
 
 
 @pytest.fixture
@@ -110,6 +115,6 @@ def model_config(tmp_path: Path, repset_ids) -> Callable[..., ModelConfig]:
         path = tmp_path / f"scores-{abs(hash(name))}.json"
         path.write_text(json.dumps({pid: score for pid in repset_ids}))
         return ModelConfig(name=name, base_url=base_url, upstream_model=upstream_model or name,
-                           cost=CostConfig(per_request=per_request), scores_file=str(path))
+                           cost=PriceIn(per_request=per_request), scores_file=str(path))
 
     return make

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
-from app.config import Settings
-from models_registry.repset import load_repset
+from app.demo import ROUTERBENCH_DIR
+from app.runtime.config import Settings
 from router_core.datasets import load_routerbench_responses
 from router_core.grading import grade
-from app.commands.demo import ROUTERBENCH_DIR
+from router_core.repset import load_repset
 
 ADMIN = "admin-secret-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}

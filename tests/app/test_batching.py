@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.batching import MicroBatcher
+from app.routing.batching import MicroBatcher
 
 PROMPTS = [f"Question {i}: which planet is {i} steps from the sun?" for i in range(40)]
 

@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 import redis
 
-from app.budget import ALL, BudgetGuard, MemoryStore, RedisStore, planned_cost
-from app.commands.calibrate import demo_records, repset_clusters
-from app.config import BudgetConfig, Settings
-from app.routing import Router, build_table, estimate_tokens
-from models_registry.records import ModelCost
-from models_registry.repset import load_repset
+from app.costs.budget import ALL, BudgetGuard, MemoryStore, RedisStore, planned_cost
+from app.demo.models import demo_models
+from app.runtime.config import BudgetConfig, Settings
 from router_core.embedding import CachedEmbedder
+from router_core.pricing import Price, estimate_tokens
+from router_core.repset import load_repset
+from router_core.router import UniRouter
+from router_core.targets import RoutingTarget
 
 WINDOW_S = 3600.0
 PER_WINDOW = 400
@@ -47,12 +48,14 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def market(routerbench, default_state, shared_cache, replay_url):
-    """(table priced per token, representative prompt texts, their cluster weights, usage lookup)."""
+    """(router with the demo models priced per token, representative prompt texts, their cluster
+    weights, usage lookup)."""
     settings = Settings()
     state, embedder = default_state
-    clusters = repset_clusters(state, load_repset(settings.repset_path), CachedEmbedder(embedder, shared_cache))
-    records = demo_records(routerbench, clusters)
-    texts = [item.prompt for item in clusters.repset.items]
+    repset = load_repset(settings.repset_path)
+    router = UniRouter(state, embedder, repset, repset_embedder=CachedEmbedder(embedder, shared_cache))
+    clusters = router.repset
+    texts = [item.prompt for item in repset.items]
     http = httpx.Client(base_url=replay_url, timeout=30)
     usages: dict[tuple[int, str], tuple[int, int]] = {}
 
@@ -65,13 +68,12 @@ def market(routerbench, default_state, shared_cache, replay_url):
 
     row = {pid: i for i, pid in enumerate(routerbench.ids)}
     column = {name: j for j, name in enumerate(routerbench.models)}
-    for record in records:
-        recorded = sum(routerbench.costs[row[pid], column[record.name]] for pid in clusters.ids[:PRICING_SAMPLE])
-        tokens = sum(sum(usage(i, record.name)) for i in range(PRICING_SAMPLE))
+    for model in demo_models(routerbench, clusters.ids):
+        recorded = sum(routerbench.costs[row[pid], column[model.name]] for pid in clusters.ids[:PRICING_SAMPLE])
+        tokens = sum(sum(usage(i, model.name)) for i in range(PRICING_SAMPLE))
         per_mtok = 1e6 * recorded / tokens
-        record.cost = ModelCost(input_per_mtok=per_mtok, output_per_mtok=per_mtok)
-    table = build_table(records, state.k, settings.expected_output_tokens, clusters)
-    yield table, texts, clusters.weights, usage
+        router.add_model(model.name, Price(input_per_mtok=per_mtok, output_per_mtok=per_mtok), scores=model.scores)
+    yield router, texts, clusters.weights, usage
     http.close()
 
 
@@ -86,8 +88,10 @@ def stream(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 async def replay(market, guards: list[BudgetGuard] | None, clock: Clock) -> tuple[dict[int, float], list[float]]:
     """Route the stream (the replicas taking turns), bill each answer; spend per window and the floors set."""
-    table, texts, weights, usage = market
-    curve = table.calibration()
+    router, texts, weights, usage = market
+    curve = router.calibration()
+    prices = {m.name: m.price for m in router.models}
+    unweighted = router.resolve(RoutingTarget("cost_weight", 0.0))
     spend: dict[int, float] = defaultdict(float)
     floors: list[float] = []
     for k, (t, i) in enumerate(zip(*stream())):
@@ -98,9 +102,8 @@ async def replay(market, guards: list[BudgetGuard] | None, clock: Clock) -> tupl
             floor = (await guard.state(ALL, curve)).cost_weight
             floors.append(floor)
             lam = max(lam, floor)
-        decision = Router.decide(weights[i], table, lam, estimate_tokens(len(texts[i])))
-        record = table.records[table.index(decision.model)]
-        cost = record.cost.expected(*usage(i, decision.model))
+        decision = router.decide(weights[i], unweighted, estimate_tokens(len(texts[i])), min_cost_weight=lam)
+        cost = prices[decision.model].expected(*usage(i, decision.model))
         if guard is not None:
             await guard.record(ALL, cost, planned_cost(curve, lam))
         spend[math.floor(t / WINDOW_S)] += cost

@@ -1,10 +1,11 @@
 """Budgets and quality targets, turned into λ by the curve measured on the representative set,
 hold on RouterBench prompts the curve never saw.
 
-The gateway's own table is built in process the way `uniroute demo` registers its models (their
-RouterBench labels on the 400 representative prompts as profiles, their mean recorded cost per
-request as price) over the shipped router state; each held-out prompt is routed by
-`Router.decide` with the λ the target resolves to, and scored with its RouterBench label.
+The router is built in process with the public API (`UniRouter`, the gateway's own decision
+path) and the models `uniroute demo` registers (their RouterBench labels on the 400
+representative prompts as scores, their mean recorded cost per request as price) over the
+shipped router state; the held-out prompts are routed with `UniRouter.route` for the target,
+and scored with their RouterBench labels.
 
 Held-out prompts: RouterBench's test split (`test_split_ids`) of the tasks the representative
 set covers (arc-challenge, winogrande), minus the representative prompts: n = 417. mbpp is left
@@ -28,13 +29,13 @@ import math
 import numpy as np
 import pytest
 
-from app.commands.calibrate import demo_table
-from app.config import Settings
-from app.prompts import chat_routing_text
-from app.routing import Router, estimate_tokens
-from app.targets import RoutingTarget, resolve
-from models_registry.repset import MC_TASKS, load_repset
-from router_core.embedding import CachedEmbedder, embed_for_routing
+from app.demo.models import add_demo_models
+from app.routing.prompts import chat_routing_text
+from app.runtime.config import Settings
+from router_core.embedding import CachedEmbedder
+from router_core.repset import MC_TASKS, load_repset
+from router_core.router import UniRouter
+from router_core.targets import RoutingTarget
 
 pytestmark = pytest.mark.slow
 
@@ -44,41 +45,36 @@ TARGETS = [RoutingTarget("quality", q) for q in (0.90, 0.95, 0.99)] + [
 
 @pytest.fixture(scope="module")
 def held_out(routerbench, default_state, shared_cache, test_split_ids):
-    """(table, held-out dataset rows, their cluster weights, estimated prompt tokens, n_rep)."""
-    settings = Settings()
+    """(router with the demo models, held-out dataset rows, their routing texts, n_rep)."""
     state, embedder = default_state
-    repset = load_repset(settings.repset_path)
-    cached = CachedEmbedder(embedder, shared_cache)
-    table = demo_table(routerbench, state, repset, cached)
+    repset = load_repset(Settings().repset_path)
+    router = UniRouter(state, embedder, repset, repset_embedder=CachedEmbedder(embedder, shared_cache))
+    add_demo_models(router, routerbench)
     represented = {item.id for item in repset.items}
     row = {pid: i for i, pid in enumerate(routerbench.ids)}
     rows = [row[pid] for pid in test_split_ids
             if pid not in represented and pid in row and routerbench.tasks[row[pid]] in MC_TASKS]
     texts = [chat_routing_text([{"role": "user", "content": routerbench.prompts[i]}]) for i in rows]
-    weights = state.cluster_weights(embed_for_routing(cached, texts, state.max_chars))
-    tokens = [estimate_tokens(len(t)) for t in texts]
-    return table, rows, weights, tokens, len(repset.items)
+    return router, rows, texts, len(repset.items)
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"{t.kind}={t.value:g}")
 def test_target_holds_on_held_out_prompts_within_sampling_error(held_out, routerbench, target):
-    table, rows, weights, tokens, n_rep = held_out
+    router, rows, texts, n_rep = held_out
     n = len(rows)
     assert n == 417
-    res = resolve(target, table.calibration())
-    assert res.met
+    decisions = router.route(texts, **{target.kind: target.value})
+    res = decisions[0].target
+    assert res.met and all(d.target == res for d in decisions)
     column = {name: j for j, name in enumerate(routerbench.models)}
-    scores, costs = np.empty(n), np.empty(n)
-    for i, (r, w, tok) in enumerate(zip(rows, weights, tokens)):
-        decision = Router.decide(w, table, res.cost_weight, tok)
-        scores[i] = routerbench.scores[r, column[decision.model]]
-        # demo models are priced per request: what the gateway bills is the expected cost
-        costs[i] = decision.expected_cost
+    scores = np.array([routerbench.scores[r, column[d.model]] for r, d in zip(rows, decisions)])
+    # demo models are priced per request: what the gateway bills is the expected cost
+    costs = np.array([d.expected_cost for d in decisions])
     score, cost = scores.mean(), costs.mean()
     s = res.expected_score
     score_tol = 3 * math.sqrt(s * (1 - s) * (1 / n + 1 / n_rep))
     cost_tol = 3 * costs.std(ddof=1) * math.sqrt(1 / n + 1 / n_rep)
-    curve = table.calibration()
+    curve = router.calibration()
     best_realised = routerbench.scores[rows, column[curve.best_model]].mean()
     print(f"\n{target.kind}={target.value:g}: λ={res.cost_weight:.4g} | score expected {s:.4f} realised {score:.4f} "
           f"(tolerance {score_tol:.4f}) | cost/request expected {res.expected_cost:.6f} realised {cost:.6f} "

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
+from app.cli.main import main
+from app.demo import ROUTERBENCH_DIR
 from router_core.state import RouterState
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ROOT / "app" / "resources" / "routerbench_zs" / "mbpp_test.csv"
+SMALL = ROUTERBENCH_DIR / "mbpp_test.csv"
 
 
 def _uniroute(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=600)
 
 

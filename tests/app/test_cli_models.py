@@ -5,7 +5,7 @@ import json
 
 import httpx
 
-from app.cli import main
+from app.cli.main import main
 from tests.app.test_admin import ADMIN
 
 

@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from app.cli import main
-from app.config import Settings
-from app.main import create_app
-from models_registry.repset import load_repset
+from app.api.main import create_app
+from app.cli.main import main
+from app.runtime.config import Settings
 from router_core.calibration import Calibration
+from router_core.repset import load_repset
 from router_core.state import RouterState
 from tests.app.conftest import wait_ready
 from tests.support.servers import serve

@@ -19,7 +19,7 @@ from tests.support.redis_server import free_port
 def test_demo_serves_routed_answers_and_the_admin_api(tmp_path, shared_cache):
     port, upstream_port = free_port(), free_port()
     env = {**os.environ, "UNIROUTE_ADMIN_KEY": "demo-admin", "UNIROUTE_CACHE_DIR": shared_cache}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "--port", str(port), "--upstream-port",
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "demo", "--port", str(port), "--upstream-port",
                              str(upstream_port), "--latency-scale", "0", "--workdir", str(tmp_path / "demo")],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

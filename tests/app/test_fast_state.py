@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 from openai import OpenAI
 
-from app.cli import main
-from app.commands.demo import ROUTERBENCH_DIR
+from app.cli.main import main
+from app.demo import ROUTERBENCH_DIR
 from router_core.embedding import FAST_DIRNAME
 from router_core.state import RouterState
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from app.profiling import JUDGE_PROMPT
-from app.replay_upstream import create_replay_app
-from models_registry.repset import RepItem, write_repset
+from app.demo.replay_upstream import create_replay_app
+from app.profiling.jobs import JUDGE_PROMPT
+from router_core.repset import RepItem, write_repset
 from tests.app.test_admin import ADMIN, admin, wait_job
 from tests.support.servers import serve
 

@@ -29,8 +29,8 @@ import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.runtime.config import Settings
 from tests.app.conftest import wait_ready
 from tests.support.servers import serve
 

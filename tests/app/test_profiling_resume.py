@@ -6,8 +6,8 @@ from collections import Counter
 
 import httpx
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.runtime.config import Settings
 from tests.app.conftest import wait_ready
 from tests.app.test_admin import ADMIN, admin, wait_job
 from tests.support.servers import serve

@@ -16,9 +16,9 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from app.commands import replay_upstream as replay_command
-from app.replay_upstream import (
-    DEFAULT_DATA_DIR,
+from app.cli import replay_upstream as replay_command
+from app.demo import ROUTERBENCH_DIR
+from app.demo.replay_upstream import (
     LATENCY,
     STAND_IN_MARK,
     ReplayBook,
@@ -40,7 +40,7 @@ ROUTERBENCH_MODELS = {
 def csv_rows(name: str) -> list[dict[str, str]]:
     """The rows of one vendored CSV, read independently of the loader under test."""
     csv.field_size_limit(sys.maxsize)
-    with open(DEFAULT_DATA_DIR / f"{name}.csv", newline="", encoding="utf-8") as f:
+    with open(ROUTERBENCH_DIR / f"{name}.csv", newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -64,7 +64,7 @@ def recorded(name: str, index: int) -> tuple[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def responses() -> dict[str, dict[str, str]]:
-    return load_routerbench_responses(DEFAULT_DATA_DIR)
+    return load_routerbench_responses(ROUTERBENCH_DIR)
 
 
 @pytest.fixture(scope="module")

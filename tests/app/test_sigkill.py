@@ -38,11 +38,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def gateway_process(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m app.cli serve` on a free port; yields (process, base URL) once it is ready.
+    """`python -m app.cli.main serve` on a free port; yields (process, base URL) once it is ready.
     Leaving the block kills the process if it still runs."""
     port = free_port()
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

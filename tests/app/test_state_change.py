@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from app.config import Settings
+from app.runtime.config import Settings
 from router_core.embedding import FAST_DIRNAME
 from router_core.state import RouterState
 from tests.app.test_admin import ADMIN, admin, wait_job

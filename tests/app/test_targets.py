@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.targets import RoutingTarget, resolve
+from app.runtime.config import Settings
 from router_core.calibration import calibrate
+from router_core.targets import RoutingTarget, resolve
 
 
 @pytest.fixture

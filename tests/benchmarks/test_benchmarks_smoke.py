@@ -1,6 +1,7 @@
 """Each benchmark runs end to end in its quickest mode, as a user runs it (`python -m ...` with
 `--json -`), and prints exactly one JSON object of the documented shape with finite, positive
-figures. Speed itself is never asserted here: the benchmarks print it."""
+figures (positive where noise cannot make them otherwise). Speed itself is never asserted
+here: the benchmarks print it."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from router_core.shipped import SHIPPED_STATES
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -35,8 +38,12 @@ def json_out(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout)
 
 
+def finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    return finite(value) and value > 0
 
 
 def test_gateway_benchmark_prints_overhead_throughput_and_embedder_figures(cache_dir):
@@ -44,8 +51,9 @@ def test_gateway_benchmark_prints_overhead_throughput_and_embedder_figures(cache
                                  "--cache-dir", cache_dir, "--json", "-"))
     assert out["embedder"] == "fast"  # the default, as the gateway's
     assert set(out["overhead_ms"]) == {"p50", "p95", "p99"}
-    # Routing embeds every prompt: the gateway adds time at every percentile.
-    assert all(positive(out["overhead_ms"][p]) for p in ("p50", "p95", "p99"))
+    # A difference of two percentiles measured apart: noise can make it negative on a loaded
+    # machine, so only its being a number is checked (the benchmark prints the figure).
+    assert all(finite(out["overhead_ms"][p]) for p in ("p50", "p95", "p99"))
     for key in ("rps", "direct_rps", "embedder_batch_rps", "embedder_single_rps", "embedder_single_ms",
                 "routed_fraction", "gateway_peak_rss_mb"):
         assert positive(out[key]), key
@@ -65,7 +73,7 @@ def test_gateway_benchmark_refuses_a_missing_state_and_says_how_to_build_one(tmp
 
 
 def test_gateway_benchmark_refuses_a_state_built_with_the_other_embedder():
-    shipped = ROOT / "app" / "resources" / "state" / "accurate"
+    shipped = SHIPPED_STATES["accurate"]
     done = run_benchmark("gateway", "--embedder", "fast", "--state-dir", str(shipped), expect_rc=2)
     assert "built with embedder 'accurate'" in done.stderr
 
@@ -93,3 +101,12 @@ def test_soak_counts_and_explains_every_failure(cache_dir):
     rss = out["rss_mb"]
     assert positive(rss["start"]) and positive(rss["end"]) and rss["peak"] >= max(rss["start"], rss["end"])
     assert math.isfinite(rss["growth"]) and len(out["timeline"]) >= 1
+
+
+def test_routing_decision_benchmark_times_both_methods_with_and_without_embedding():
+    done = run_benchmark("routing_decision", "--models", "5", "--batch", "20", "--repeats", "2",
+                         "--embed-repeats", "1")
+    lines = done.stdout.splitlines()
+    for method in ("uniroute_kmeans", "uniroute_learned_map"):
+        assert any(line.startswith(f"{method}: decision from cluster weights") for line in lines), done.stdout
+    assert sum("embedding + decision" in line for line in lines) == 2  # batch 1 and batch 20

@@ -27,10 +27,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from app.cli import build_parser
-from app.config import Settings
-from app.main import create_app
-from models_registry.repset import load_repset
+from app.api.main import create_app
+from app.cli.main import build_parser
+from app.runtime.config import Settings
+from router_core.repset import load_repset
 from tests.app.conftest import wait_ready
 from tests.support.fault_upstream import FaultUpstream, closed_port
 from tests.support.servers import serve

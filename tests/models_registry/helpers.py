@@ -7,15 +7,17 @@ from collections.abc import Callable
 
 import pytest
 
-from models_registry.records import ModelCost, ModelRecord, Profile
+from models_registry.records import ModelRecord
 from models_registry.redis_store import RedisRegistry
 from models_registry.sqlite import SQLiteRegistry
+from router_core.pricing import Price
+from router_core.profiles import Profile
 
 
 def make_record(name: str = "meta/llama-2-70b-chat", k: int = 4, seed: int = 0) -> ModelRecord:
     """A ready record with a K-cluster profile whose numbers depend on `seed`."""
     record = ModelRecord.new(name=name, base_url="http://127.0.0.1:9/v1", upstream_model=name,
-                             api_key_env="UPSTREAM_KEY", cost=ModelCost(0.5, 1.5, 0.0001))
+                             api_key_env="UPSTREAM_KEY", cost=Price(0.5, 1.5, 0.0001))
     record.profile = Profile(errors=[((seed * 31 + j * 7) % 97) / 97 for j in range(k)],
                              counts=[float(seed + j) + 0.25 for j in range(k)], accuracy=0.61 + seed * 1e-4,
                              n_prompts=400, avg_output_tokens=3.5, repset_version="abc123def456",

@@ -14,7 +14,7 @@ import pytest
 from models_registry.base import RegistryUnavailable
 from models_registry.sqlite import SQLiteRegistry
 from tests.models_registry.helpers import make_record
-from tests.models_registry.sqlite_writer import K, NAMES, answer, write_index
+from tests.models_registry.sqlite_writer import NAMES, K, answer, write_index
 
 ROOT = Path(__file__).resolve().parents[2]
 

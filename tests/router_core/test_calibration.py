@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from router_core import policy
-from router_core.calibration import Calibration, breakpoints, calibrate, per_prompt_normalised
+from router_core.calibration import (
+    Calibration,
+    breakpoints,
+    calibrate,
+    per_prompt_normalised,
+)
 
 
 def brute_force(weights, psi, costs, lam):

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main as cli_main
+from app.cli.main import main as cli_main
+from app.demo import ROUTERBENCH_DIR
 from router_core.datasets import (
     DatasetError,
     load_dataset,
@@ -24,7 +25,6 @@ from router_core.datasets import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-ROUTERBENCH_DIR = ROOT / "app" / "resources" / "routerbench_zs"
 ROUTERDC_DIR = ROOT.parent / "shared" / "data" / "routerdc_7llm"
 needs_routerdc = pytest.mark.skipif(not ROUTERDC_DIR.is_dir(), reason="../shared/data/routerdc_7llm is absent")
 

@@ -3,7 +3,12 @@ share of recent prompts beyond it."""
 import numpy as np
 import pytest
 
-from router_core.drift import DRIFT_QUANTILE, DriftMonitor, drift_threshold, nearest_distance
+from router_core.drift import (
+    DRIFT_QUANTILE,
+    DriftMonitor,
+    drift_threshold,
+    nearest_distance,
+)
 from router_core.state import RouterState, build_state
 
 

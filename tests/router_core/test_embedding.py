@@ -6,7 +6,12 @@ import threading
 import numpy as np
 import pytest
 
-from router_core.embedding import ACCURATE_MODEL_ID, CachedEmbedder, embed_for_routing, load_embedder
+from router_core.embedding import (
+    ACCURATE_MODEL_ID,
+    CachedEmbedder,
+    embed_for_routing,
+    load_embedder,
+)
 from router_core.text import routing_text
 
 TEXTS = [

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from router_core.evaluation import (
-    METHODS, Curve, EvalConfig, area_under, deferral_curve, draw_split, evaluate, fit_routers,
+    METHODS,
+    Curve,
+    EvalConfig,
+    area_under,
+    deferral_curve,
+    draw_split,
+    evaluate,
+    fit_routers,
     quality_neutral_cost,
 )
 from router_core.learned_map import LearnedMapConfig

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from app.demo import ROUTERBENCH_DIR
 from router_core.datasets import read_routerbench_rows
 from router_core.grading import chosen_option, grade
-
-ROUTERBENCH_DIR = Path(__file__).resolve().parents[2] / "app" / "resources" / "routerbench_zs"
 
 
 @pytest.mark.parametrize("answer, option", [

@@ -1,14 +1,11 @@
 """routing_text keeps the tail of long prompts, cut at a word boundary."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from app.demo import ROUTERBENCH_DIR
 from router_core.datasets import load_routerbench
 from router_core.text import DEFAULT_MAX_CHARS, routing_text
-
-ROUTERBENCH_DIR = Path(__file__).resolve().parents[2] / "app" / "resources" / "routerbench_zs"
 
 
 def test_short_text_is_returned_unchanged():

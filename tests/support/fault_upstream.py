@@ -46,13 +46,13 @@ from dataclasses import dataclass
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
-from app.errors import APIError, install_error_handlers
-from app.replay_upstream import (
+from app.api.errors import APIError, install_error_handlers
+from app.demo.replay_upstream import (
     SSE_DONE,
     Answer,
     CompletionRequest,
+    CutResponse,
     add_completion_routes,
     json_response,
     model_object,
@@ -141,20 +141,6 @@ class ReceivedRequest:
     model: str
     body: dict
     headers: dict[str, str]
-
-
-class CutResponse(StreamingResponse):
-    """Sends its parts, then returns without ending the body.
-
-    uvicorn closes the connection when an app returns with its response unfinished (logging
-    one line, "ASGI callable returned without completing response."): the client sees the
-    TCP connection drop mid-body, with no traceback in the logs.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for part in self.body_iterator:
-            await send({"type": "http.response.body", "body": part, "more_body": True})
 
 
 class FaultUpstream:

@@ -15,7 +15,13 @@ from fastapi import FastAPI
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.support.fault_upstream import Fault, FaultUpstream, closed_port, parse_fault, split_model
+from tests.support.fault_upstream import (
+    Fault,
+    FaultUpstream,
+    closed_port,
+    parse_fault,
+    split_model,
+)
 from tests.support.servers import ServerStartError, serve
 
 HI = [{"role": "user", "content": "hi"}]

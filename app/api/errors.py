@@ -1,0 +1,105 @@
+"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the right status,
+for errors raised here at the edge (APIError) and for the gateway's domain errors (GatewayError)."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import ErrorKind, GatewayError, error_body
+
+log = logging.getLogger("uniroute")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "upstream_timeout",
+}
+
+
+_STATUS: dict[ErrorKind, int] = {
+    "invalid": 400,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "unavailable": 503,
+    "upstream": 502,
+    "upstream_timeout": 504,
+}
+
+
+class APIError(Exception):
+    """An error the client should see, in OpenAI's format."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES.get(status, "api_error")
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        """The JSON body OpenAI clients expect."""
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def from_domain(err: GatewayError) -> APIError:
+    """The HTTP error for a domain error."""
+    return APIError(_STATUS[err.kind], err.message, param=err.param, code=err.code)
+
+
+def error_response(err: APIError) -> JSONResponse:
+    """The HTTP response for an APIError."""
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves the gateway in OpenAI's format, including FastAPI's own."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(GatewayError)
+    async def _domain_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(from_domain(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = first.get("msg", "invalid request")
+        if param:
+            message = f"{param}: {message}"
+        return error_response(APIError(400, message, param=param, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(APIError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(APIError(500, "internal error in the gateway", type="api_error"))

@@ -1,0 +1,88 @@
+"""The OpenAI request bodies as the gateway reads them: only the fields routing needs are
+validated, everything else passes to the upstream untouched."""
+from __future__ import annotations
+
+import orjson
+from fastapi import Request
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
+
+from app.api.errors import APIError
+from app.routing.service import policy_target
+from app.runtime.config import Settings, TargetFields
+from router_core.targets import RoutingTarget
+
+
+class RoutingOptions(TargetFields):
+    """The body's `uniroute` field: at most one target (cost_weight, budget, quality, or a named
+    policy), and the models allowed."""
+
+    policy: str | None = None
+    models: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _policy_alone(self) -> "RoutingOptions":
+        if self.policy is not None and self.target() is not None:
+            raise ValueError(f"give one target, not policy and {self.target().kind}")
+        return self
+
+    def routing_target(self, settings: Settings) -> RoutingTarget | None:
+        """The target asked for, if any (a policy's is looked up in the config)."""
+        if self.policy is not None:
+            return policy_target(self.policy, settings, "uniroute.policy")
+        return self.target()
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list | None = None
+
+
+class ChatBody(BaseModel):
+    """What the gateway reads of a chat request."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: StrictBool = False
+    uniroute: RoutingOptions | None = None
+
+
+class CompletionBody(BaseModel):
+    """What the gateway reads of a completions request."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    prompt: str | list
+    stream: StrictBool = False
+    uniroute: RoutingOptions | None = None
+
+
+async def read_body(request: Request) -> dict:
+    """The request's JSON object, or a 400 saying what is wrong with it."""
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def validate(model: type[BaseModel], body: dict) -> BaseModel:
+    """Validate the fields the gateway reads; errors name the offending parameter."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param,
+                       code="invalid_value") from None

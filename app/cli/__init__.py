@@ -1,0 +1,59 @@
+"""The `uniroute` command line (app/cli/main.py) and what its subcommands share: one-line
+errors, the embedding cache's default place, and the admin API client."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+Command = Callable[[argparse.Namespace], int]
+
+DEFAULT_CACHE = Path.home() / ".cache" / "uniroute" / "embeddings"
+
+
+class UsageError(Exception):
+    """A mistake in the command's input: reported in one line, exit status 2."""
+
+
+class AdminError(Exception):
+    """The admin API answered with an error, or could not be reached."""
+
+
+def one_line_errors(command: str, error: type[Exception], status: int,
+                    label: str = "") -> Callable[[Command], Command]:
+    """A decorator: `error` raised by the command is printed as one line on stderr,
+    "uniroute <command>: <label><message>", and the command exits with `status`, not a traceback."""
+
+    def decorate(func: Command) -> Command:
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return func(args)
+            except error as exc:
+                print(f"uniroute {command}: {label}{exc}", file=sys.stderr)
+                return status
+
+        return run
+
+    return decorate
+
+
+def admin_call(url: str, admin_key: str | None, method: str, path: str, body: dict | None = None,
+               params: dict | None = None, timeout: float = 30.0) -> dict:
+    """One call to a running gateway's admin API (`path` under /admin); AdminError with the
+    gateway's own message when it answers an error."""
+    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+    try:
+        r = httpx.request(method, url.rstrip("/") + "/admin" + path, json=body, params=params, headers=headers,
+                          timeout=timeout)
+    except httpx.TransportError as exc:
+        raise AdminError(f"cannot reach the gateway at {url}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text
+        raise AdminError(f"HTTP {r.status_code}: {message}")
+    return r.json()

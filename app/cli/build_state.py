@@ -1,0 +1,89 @@
+"""`uniroute build-state`: fit the router state (clusters, optional learned map) on training prompts.
+
+The state is what the gateway loads at start-up (`state.npz` + `state.json`). Only prompts are
+needed for K-means; the learned map also reads the dataset's labels, i.e. the training LLMs'
+correctness on those prompts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from app.cli import DEFAULT_CACHE, UsageError, one_line_errors
+from router_core.datasets import FORMATS
+from router_core.state import METHODS
+
+DEFAULT_CLUSTERS = 10
+DEFAULT_PRIOR = 4.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-state", help="fit the router state (clusters) on training prompts")
+    p.add_argument("--data", required=True, action="append",
+                   help="dataset file or directory; repeat to concatenate several")
+    p.add_argument("--format", default=None, choices=FORMATS)
+    p.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS, help="K (default %(default)s)")
+    p.add_argument("--embedder", default="accurate", help="accurate | fast | sentence-transformers name or path")
+    p.add_argument("--max-chars", type=int, default=None, help="characters of each prompt's tail to embed")
+    p.add_argument("--method", default="uniroute_kmeans", choices=METHODS)
+    p.add_argument("--prior", type=float, default=DEFAULT_PRIOR,
+                   help="Psi shrinkage pseudo-counts stored with the state (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache directory")
+    p.add_argument("--out", required=True, help="directory to write state.npz and state.json into")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return one_line_errors("build-state", UsageError, 2, "error: ")(_run)(args)
+
+
+def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | None]:
+    """Prompts of all datasets, and their losses when every part has the same models."""
+    from router_core.datasets import load_dataset
+
+    prompts: list[str] = []
+    losses, models = [], None
+    for path in paths:
+        try:
+            data = load_dataset(path, fmt)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load {path}: {exc}") from None
+        prompts += list(data.prompts)
+        if models is None:
+            models = list(data.models)
+        losses.append(1.0 - data.scores if list(data.models) == models else None)
+    joined = None if any(x is None for x in losses) else np.concatenate(losses)
+    return prompts, joined
+
+
+def _run(args: argparse.Namespace) -> int:
+    from router_core.embedding import FAST_DIRNAME, load_embedder
+    from router_core.state import build_state
+    from router_core.text import DEFAULT_MAX_CHARS
+
+    prompts, losses = _load(args.data, args.format)
+    if not 1 <= args.clusters <= len(prompts):
+        raise UsageError(f"--clusters must be between 1 and the number of prompts ({len(prompts)})")
+    if args.method == "uniroute_learned_map" and losses is None:
+        raise UsageError("the learned map needs labels from datasets that share the same models")
+    if args.prior < 0:
+        raise UsageError("--prior must be >= 0")
+    max_chars = args.max_chars or DEFAULT_MAX_CHARS
+    try:
+        # A fast state carries its own static model: its vector space is that distillation's.
+        embedder = load_embedder(args.embedder, args.cache_dir, fast_dir=Path(args.out) / FAST_DIRNAME)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load embedder {args.embedder!r}: {exc}") from None
+    print(f"embedding {len(prompts)} prompts with {args.embedder}", file=sys.stderr)
+    state = build_state(
+        prompts, embedder, args.clusters, args.seed, args.method,
+        embedder_spec=args.embedder, max_chars=max_chars, losses=losses, prior=args.prior,
+        metadata={"training_set": [Path(p).name for p in args.data]},
+    )
+    state.save(args.out)
+    print(f"wrote {args.method} state, K={state.k}, d={state.dim}, to {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,45 @@
+"""What an answered request cost: token and cost metrics, savings, and the budget guard's books."""
+from __future__ import annotations
+
+from app.costs.budget import BudgetGuard, planned_cost
+from app.routing.service import Destination, expectation
+from app.runtime.metrics import Metrics
+from models_registry.records import ModelRecord
+from router_core.router import ModelTable
+
+
+def record_usage(metrics: Metrics, table: ModelTable, destination: Destination, record: ModelRecord,
+                 usage: dict | None) -> float | None:
+    """Tokens, cost, and cost saved against the most accurate routable model; the cost, or None
+    when the answer reports no usable token counts."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    metrics.tokens.labels(record.name, "prompt").inc(prompt)
+    metrics.tokens.labels(record.name, "completion").inc(completion)
+    spent = record.cost.expected(prompt, completion)
+    metrics.cost.labels(record.name).inc(spent)
+    if destination.decision is not None and table.models:
+        best = table.models[int(table.accuracy.argmax())]
+        saved = best.price.expected(prompt, completion) - spent
+        if saved > 0:
+            metrics.cost_saved.inc(saved)
+    return spent
+
+
+async def bill(guard: BudgetGuard | None, table: ModelTable, destination: Destination, record: ModelRecord,
+               spent: float | None) -> None:
+    """Count an answer against the budget guard. Its planned cost is the calibration curve's
+    expected cost per request at the λ it was routed with; a named model's plan is what it cost.
+    An answer without usage (a stream) counts at its expected cost."""
+    if guard is None:
+        return
+    expected = expectation(destination, record)[1]
+    spend = expected if spent is None else spent
+    planned = None
+    if destination.decision is not None:
+        planned = planned_cost(table.calibration(), destination.decision.cost_weight)
+    await guard.record(destination.scope, spend, spend if planned is None else planned)

@@ -1,0 +1,234 @@
+"""All gateway configuration in one place: one YAML file plus `UNIROUTE_*` environment variables.
+
+Precedence, highest first: explicit keyword arguments (tests, the CLI), environment variables,
+the YAML file named by `UNIROUTE_CONFIG`, then the defaults below. Nested fields take
+`__` in environment variables, e.g. `UNIROUTE_TIMEOUTS__READ_S=30`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from router_core.pricing import Price
+from router_core.shipped import DEFAULT_REPSET, DEFAULT_STATE, state_path
+from router_core.targets import KINDS, RoutingTarget
+
+# A policy is asked for as `uniroute:<name>`: a name must not read as a number or a target.
+_POLICY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class PriceIn(BaseModel):
+    """A model's price as the config file and the admin API take it: per million input/output
+    tokens and/or per request (USD or any one unit). Fields left out are 0."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_per_mtok: Amount | None = None
+    output_per_mtok: Amount | None = None
+    per_request: Amount | None = None
+
+    @model_validator(mode="after")
+    def _some_price(self) -> "PriceIn":
+        if self.input_per_mtok is None and self.output_per_mtok is None and self.per_request is None:
+            raise ValueError("give input_per_mtok and output_per_mtok, or per_request")
+        return self
+
+    def to_price(self) -> Price:
+        return Price(self.input_per_mtok or 0.0, self.output_per_mtok or 0.0, self.per_request or 0.0)
+
+
+class ModelConfig(BaseModel):
+    """A model declared in the config file; registered at start if the registry lacks it."""
+
+    name: str
+    base_url: str
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    cost: PriceIn = PriceIn(per_request=0.0)
+    # {prompt_id: score} of this model on the representative set, as a JSON file: the model is
+    # profiled from it without calling the upstream.
+    scores_file: str | None = None
+
+
+class TargetFields(BaseModel):
+    """At most one routing target: a cost weight λ, a budget (expected cost per request, in the
+    models' cost unit) or a quality (fraction of the best single model's expected score)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cost_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget: float | None = Field(None, ge=0, allow_inf_nan=False)
+    quality: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> "TargetFields":
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one target, not {' and '.join(given)}")
+        return self
+
+    def target(self, policy: str | None = None) -> RoutingTarget | None:
+        """The target given, if any."""
+        for kind in KINDS:
+            value = getattr(self, kind)
+            if value is not None:
+                return RoutingTarget(kind, float(value), policy)
+        return None
+
+
+class PolicyConfig(TargetFields):
+    """A named policy (`uniroute:<name>`): exactly one target."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "PolicyConfig":
+        if self.target() is None:
+            raise ValueError("a policy needs one of cost_weight, budget, quality")
+        return self
+
+
+DEFAULT_POLICIES = {
+    "economy": PolicyConfig(quality=0.9),
+    "balanced": PolicyConfig(quality=0.97),
+    "best": PolicyConfig(cost_weight=0.0),
+}
+
+
+class BudgetConfig(BaseModel):
+    """The online budget guard: a spend target per time window, per client key when keys are
+    configured (else for the whole gateway). No target: the guard is off."""
+
+    target: float | None = Field(None, gt=0, allow_inf_nan=False)
+    window_s: float = Field(3600.0, gt=0)
+
+
+class Timeouts(BaseModel):
+    """Upstream timeouts in seconds. `read_s` bounds the wait for the first byte and between chunks."""
+
+    connect_s: float = Field(3.0, gt=0)
+    read_s: float = Field(60.0, gt=0)
+    write_s: float = Field(10.0, gt=0)
+    pool_s: float = Field(5.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """The gateway's settings; see README's Configuration table for each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="UNIROUTE_", env_nested_delimiter="__", extra="ignore"
+    )
+    # The YAML file read, when `load_settings` names one (else UNIROUTE_CONFIG's).
+    config_file: ClassVar[str | None] = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # How long an idle client connection stays open. Longer than clients keep theirs (httpx and
+    # so the openai SDK: 5 s): with equal times, a client reusing a connection as the server
+    # closes it loses its request (seen as ReadError in the soak benchmark at uvicorn's 5 s).
+    keep_alive_s: int = Field(75, ge=1)
+    # Router state (clusters, learned map) built by `uniroute build-state`: a folder, or the name
+    # of a shipped state ("fast", "accurate"; see router_core.shipped).
+    state_dir: str = DEFAULT_STATE
+    cache_dir: str = ".uniroute/cache"
+    repset_path: str = str(DEFAULT_REPSET)
+    sqlite_path: str = ".uniroute/registry.db"
+    redis_url: str | None = None
+    redis_prefix: str = "uniroute:"
+    # Micro-batching of prompt embeddings: prompts per embedding call, and how long a prompt may
+    # wait for others (0: never held back; a batch forms from what queued while the model ran).
+    embed_max_batch: int = Field(64, ge=1, le=1024)
+    embed_batch_wait_ms: float = Field(0.0, ge=0, le=50)
+    # torch threads for the embedding model. One leaves the other core to the event loop and
+    # the network; two threads on two busy cores ran a prompt 7x slower here (oversubscription).
+    embed_threads: int | None = Field(1, ge=1)
+
+    default_cost_weight: float = Field(0.2, ge=0)
+    # Named targets, asked for as `uniroute:<name>` and listed in /v1/models.
+    policies: dict[str, PolicyConfig] = DEFAULT_POLICIES
+    budget: BudgetConfig = BudgetConfig()
+    api_keys: Annotated[list[str], NoDecode] = []
+    admin_key: str | None = None
+
+    timeouts: Timeouts = Timeouts()
+    # Bounds a whole request's upstream work: retries and fallbacks included.
+    deadline_s: float = Field(120.0, gt=0)
+    retries: int = Field(1, ge=0, le=5)
+    max_fallbacks: int = Field(2, ge=0)
+    cooldown_failures: int = Field(3, ge=1)
+    cooldown_s: float = Field(30.0, ge=0)
+    max_body_bytes: int = Field(2_000_000, gt=0)
+    max_prompt_chars: int = Field(400_000, gt=0)
+    # Used for a model's expected cost until its profile has measured its answers' length.
+    expected_output_tokens: int = Field(256, gt=0)
+
+    # Profiling jobs: prompts in flight per job, answer length asked for, optional spend cap
+    # per job (in the models' cost unit), and the registered model grading llm_judge items.
+    profile_concurrency: int = Field(8, ge=1, le=256)
+    profile_max_tokens: int = Field(512, ge=1)
+    profile_spend_cap: float | None = Field(None, gt=0)
+    judge_model: str | None = None
+
+    models: list[ModelConfig] = []
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("state_dir")
+    @classmethod
+    def _shipped_state(cls, value: str) -> str:
+        return str(state_path(value))
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # An env var holds keys comma-separated; the YAML file holds a list.
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _policy_names(cls, value: dict[str, PolicyConfig]) -> dict[str, PolicyConfig]:
+        for name in value:
+            if not _POLICY_NAME.fullmatch(name) or name in KINDS or _is_number(name):
+                raise ValueError(f"policy name {name!r} must be a word (letters, digits, _ . -, starting "
+                                 f"with a letter) that is not a number or one of {', '.join(KINDS)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = settings_cls.config_file or os.environ.get("UNIROUTE_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_settings(config_file: str | None = None, **overrides: object) -> Settings:
+    """Settings from `config_file` (else UNIROUTE_CONFIG's file), the environment and `overrides`,
+    leaving the process environment as it is."""
+    cls = Settings if config_file is None else type("Settings", (Settings,), {"config_file": config_file})
+    return cls(**overrides)

@@ -1,0 +1,194 @@
+"""The gateway's composition root: its long-lived parts, wired together once per app.
+
+Loading the embedding model takes seconds, so it happens in the background: `/healthz`
+answers at once, `/readyz` and routed requests wait until the router is attached.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from starlette.requests import Request
+
+from app.costs.budget import open_guard
+from app.profiling.jobs import JobOptions, JobRunner
+from app.profiling.profiles import profile_from_answers
+from app.routing.service import RoutingService
+from app.runtime.config import ModelConfig, Settings
+from app.runtime.metrics import Metrics
+from app.upstream.forwarding import Forwarder, Health
+from models_registry.factory import open_registry
+from models_registry.records import ModelRecord
+from router_core.repset import RepsetClusters
+from router_core.router import RoutedModel, UniRouter
+
+log = logging.getLogger("uniroute")
+
+UPSTREAM_KEEPALIVE_S = 2.0
+
+
+def gateway_of(request: Request) -> "Gateway":
+    """The gateway serving a request (set on the app at start-up)."""
+    return request.app.state.gateway
+
+
+def upstream_client(settings: Settings) -> httpx.AsyncClient:
+    """The pooled client every upstream call goes through."""
+    t = settings.timeouts
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.pool_s),
+        # An idle upstream connection is dropped well before servers close theirs (uvicorn,
+        # which vLLM and many others run on, closes after 5 s): reusing one at that moment
+        # loses the request to a race.
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=UPSTREAM_KEEPALIVE_S),
+    )
+
+
+class Gateway:
+    """Creates the parts and hands each what it needs; request handlers reach them from here."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = open_registry(
+            redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, prefix=settings.redis_prefix
+        )
+        self.health = Health(settings.cooldown_failures, settings.cooldown_s, self.metrics)
+        self.budget = open_guard(settings.budget, settings.redis_url, settings.redis_prefix, self.metrics)
+        self.client = upstream_client(settings)
+        self.forwarder = Forwarder(self.client, self.metrics, self.health, settings.retries, settings.deadline_s)
+        self.routing = RoutingService(settings, self.metrics, self.registry, self.health, self.budget)
+        self.jobs = JobRunner(
+            self.registry, self.forwarder, self.metrics, self._clusters,
+            JobOptions(settings.profile_concurrency, settings.profile_max_tokens, settings.profile_spend_cap),
+            settings.judge_model,
+        )
+        self.ready = asyncio.Event()
+        # One thread for the embedding model: torch already uses both cores inside a call.
+        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-embed")
+        self._loader: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    @property
+    def router(self) -> UniRouter | None:
+        return self.routing.router
+
+    @property
+    def load_error(self) -> str | None:
+        return self.routing.load_error
+
+    def _clusters(self) -> RepsetClusters:
+        clusters = self.routing.require_ready().repset
+        assert clusters is not None  # the gateway always loads a representative set
+        return clusters
+
+    async def start(self) -> None:
+        """Open the registry; load the router in the background."""
+        await self.registry.start()
+        self.registry.on_change(lambda _name: self.refresh())
+        self._loader = asyncio.create_task(self._load())
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+        for task in (self._loader, self._sweeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self.jobs.close()
+        if self.budget is not None:
+            await self.budget.close()
+        await self.routing.close()
+        await self.client.aclose()
+        await self.registry.close()
+        self._embed_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _load(self) -> None:
+        s = self.settings
+        try:
+            t0 = time.perf_counter()
+            if s.embed_threads is not None:
+                import torch  # the gateway owns its process: one thread leaves a core to the event loop
+
+                torch.set_num_threads(s.embed_threads)
+            loop = asyncio.get_running_loop()
+            router = await loop.run_in_executor(self._embed_pool, lambda: UniRouter.load(
+                s.state_dir, s.repset_path, cache_dir=s.cache_dir, default_cost_weight=s.default_cost_weight,
+                default_output_tokens=s.expected_output_tokens))
+            self.routing.attach(router, self._embed_pool)
+            await self._register_configured(s.models)
+            await self._reprofile_stale()
+            self.refresh()
+            self.ready.set()
+            self._sweeper = asyncio.create_task(self.jobs.sweep())
+            log.info(
+                "router ready in %.1f s: %d clusters, embedder %s, %d representative prompts, %d routable models",
+                time.perf_counter() - t0, router.n_clusters, router.state.embedder, len(router.repset.ids),
+                len(router.table.models),
+            )
+        except Exception as exc:  # the gateway stays up to say why it is not ready
+            self.routing.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("router failed to load")
+
+    def refresh(self) -> None:
+        """Route among the registry's ready, enabled models profiled under the current state."""
+        records = list(self.registry.snapshot().values())
+        router = self.routing.router
+        if router is not None:
+            version = router.state.version
+            router.set_models([RoutedModel(r.name, r.cost, r.profile) for r in records
+                               if r.state == "ready" and r.enabled and r.profile is not None
+                               and r.profile.state_version == version])
+        counts: dict[str, int] = {"profiling": 0, "ready": 0, "failed": 0, "disabled": 0}
+        for r in records:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        for state, n in counts.items():
+            self.metrics.models_by_state.labels(state).set(n)
+
+    async def _reprofile_stale(self) -> None:
+        """Recompute, from their stored graded answers, the profiles made under another router
+        state (other clusters): answers depend on the representative set only, so nothing is asked again."""
+        clusters = self._clusters()
+        version = clusters.repset.version
+        for record in self.registry.snapshot().values():
+            if record.profile is None or record.profile.state_version == clusters.state_version:
+                continue
+            profile = profile_from_answers(clusters, await self.registry.answers(record.name, version))
+            if profile is None:
+                log.warning("model %s was profiled under another router state and has no stored answers "
+                            "for this representative set: reprofile it to route to it", record.name)
+                continue
+            record.profile = profile
+            await self.registry.put_model(record)
+            log.info("re-profiled %s under router state %s from %d stored answers",
+                     record.name, clusters.state_version, profile.n_prompts)
+
+    async def register(self, record: ModelRecord, scores: dict[str, float] | None) -> str | None:
+        """Register a model: profiled at once from `scores` on the representative set (ValueError
+        for scores that do not fit it), else by a profiling job; the job's id, or None."""
+        if scores is None:
+            return (await self.jobs.start(record)).id
+        record.profile = self.routing.require_ready().profile(scores)
+        record.state = "ready"
+        record.profiled_at = time.time()
+        await self.registry.put_model(record)
+        return None
+
+    async def _register_configured(self, models: list[ModelConfig]) -> None:
+        """Register the config file's models the registry does not hold yet."""
+        existing = self.registry.snapshot()
+        version = self._clusters().state_version
+        for m in models:
+            known = existing.get(m.name)
+            stale = (known is not None and m.scores_file is not None and known.profile is not None
+                     and known.profile.state_version != version)
+            if known is not None and not stale:
+                continue
+            record = ModelRecord.new(name=m.name, base_url=m.base_url, upstream_model=m.upstream_model or m.name,
+                                     api_key_env=m.api_key_env, cost=m.cost.to_price())
+            scores = json.loads(Path(m.scores_file).read_text()) if m.scores_file else None
+            await self.register(record, scores)

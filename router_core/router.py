@@ -1,0 +1,410 @@
+"""UniRouter: the in-process router. The gateway, `uniroute calibrate` and the benchmarks all
+decide through it, so a decision made here is the decision the gateway makes.
+
+    from router_core import UniRouter, Price
+    router = UniRouter.load("fast")                      # a shipped state and representative set
+    router.add_model("small", Price(per_request=0.001), scores={...})   # scores on the set
+    decision = router.route("Write a haiku about rain", budget=0.002)
+
+A prompt is embedded (its tail, `router_core.text`), mapped to cluster weights by the router
+state, and every allowed model is ranked by predicted error + λ·cost (`router_core.policy`);
+a target (budget or quality) is turned into λ through the models' calibration curve on the
+representative set (`router_core.targets`).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from threading import Lock
+
+import numpy as np
+
+from router_core import policy
+from router_core.calibration import Calibration, calibrate
+from router_core.confidence import error_interval
+from router_core.drift import DriftMonitor
+from router_core.embedding import CachedEmbedder, Embedder, embed_for_routing
+from router_core.pricing import Price, estimate_tokens
+from router_core.profiles import Profile
+from router_core.repset import RepresentativeSet, RepsetClusters, load_repset
+from router_core.shipped import DEFAULT_REPSET, state_path
+from router_core.state import RouterState, state_embedder
+from router_core.targets import Resolution, RoutingTarget, resolve
+from router_core.text import routing_text
+
+# Curves kept for subsets of the models asked with a budget or quality target.
+_SUBSET_CURVES = 64
+# Used for a model's expected cost until its profile has measured its answers' length.
+DEFAULT_OUTPUT_TOKENS = 256
+
+
+class NoRoutableModel(ValueError):
+    """No model may answer: none is registered and profiled, or none is among those allowed."""
+
+
+@dataclass(frozen=True)
+class RoutedModel:
+    """A model the router can choose: its name, price and profile Ψ under the router's state."""
+
+    name: str
+    price: Price
+    profile: Profile
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model's standing for a prompt."""
+
+    model: str
+    predicted_error: float
+    expected_cost: float
+    # Labelled representative prompts behind the prediction (weighted by the prompt's clusters)
+    # and the 90% interval of the predicted error they give (router_core.confidence).
+    support: float
+    error_interval: tuple[float, float]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "predicted_error": self.predicted_error, "expected_cost": self.expected_cost,
+                "support": self.support, "error_interval": list(self.error_interval)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of routing one prompt: the chosen model, then every allowed model in
+    fallback order (`ranking`); the target it was routed for (with whether the curve can meet
+    it). Candidates with their error intervals are built on first use, off the hot path."""
+
+    model: str
+    cluster: int
+    predicted_error: float
+    expected_cost: float
+    cost_weight: float
+    ranking: tuple[str, ...]
+    target: Resolution | None
+    _errors: np.ndarray = field(repr=False, compare=False)
+    _costs: np.ndarray = field(repr=False, compare=False)
+    _support: np.ndarray = field(repr=False, compare=False)
+    _prior: float = field(repr=False, compare=False)
+
+    @cached_property
+    def candidates(self) -> list[Candidate]:
+        """Every allowed model, best first, with its predicted error's support and interval."""
+        lo, hi = error_interval(self._errors, self._support, self._prior)
+        return [Candidate(name, float(e), float(c), float(s), (float(a), float(b)))
+                for name, e, c, s, a, b in zip(self.ranking, self._errors, self._costs, self._support, lo, hi)]
+
+    def expectation(self, model: str) -> tuple[float, float]:
+        """(predicted error, expected cost) of a ranked model (the one that answered, say)."""
+        j = self.ranking.index(model)
+        return float(self._errors[j]), float(self._costs[j])
+
+    @property
+    def error_interval(self) -> tuple[float, float]:
+        return self.candidates[0].error_interval
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "cluster": self.cluster, "predicted_error": self.predicted_error,
+                "error_interval": list(self.error_interval), "expected_cost": self.expected_cost,
+                "cost_weight": self.cost_weight, "candidates": [c.to_dict() for c in self.candidates],
+                "target": self.target.to_dict() if self.target else None}
+
+
+@dataclass(frozen=True)
+class ModelTable:
+    """The routable models as arrays, rebuilt whenever the set of models changes."""
+
+    models: list[RoutedModel]
+    psi: np.ndarray  # (M, K) predicted error per cluster
+    input_per_tok: np.ndarray  # (M,)
+    output_cost: np.ndarray  # (M,) expected output tokens x price per output token
+    per_request: np.ndarray  # (M,)
+    accuracy: np.ndarray  # (M,) mean score on the representative set
+    counts: np.ndarray  # (M, K) labelled representative prompts behind each error in psi
+    prior: float  # Ψ's shrinkage, for the error intervals
+    # The representative set's cluster weights (n, K) and estimated prompt tokens (n,): the
+    # prompts the λ curve is measured on. None without a representative set.
+    calibration_weights: np.ndarray | None = None
+    calibration_tokens: np.ndarray | None = None
+    _curves: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    @cached_property
+    def name_array(self) -> np.ndarray:
+        """The names as an object array, to reorder them with the rankings' indices."""
+        return np.array(self.names, dtype=object)
+
+    def expected_costs(self, input_tokens: float | np.ndarray) -> np.ndarray:
+        """(M,) expected cost of one request with `input_tokens` prompt tokens; (n, M) for an
+        (n,) array of token counts."""
+        tokens = np.asarray(input_tokens, dtype=np.float64)[..., None]
+        return self.per_request + tokens * self.input_per_tok + self.output_cost
+
+    def calibration(self, allowed: frozenset[str] | None = None) -> Calibration | None:
+        """The λ curve of the models (or of those in `allowed`) on the representative set; None
+        with no model or no representative set. The full table's curve is computed when the
+        table is built, a subset's on first use."""
+        if self.calibration_weights is None:
+            return None
+        idx = np.array([i for i, n in enumerate(self.names) if allowed is None or n in allowed], dtype=int)
+        if idx.size == 0:
+            return None
+        key = None if idx.size == len(self.models) else tuple(idx)  # None: the whole table
+        curve = self._curves.get(key)
+        if curve is None:
+            costs = self.expected_costs(self.calibration_tokens)[:, idx]
+            curve = calibrate(self.calibration_weights, self.psi[idx], costs, [self.names[i] for i in idx])
+            subsets = [k for k in self._curves if k is not None]
+            if len(subsets) >= _SUBSET_CURVES:
+                del self._curves[subsets[0]]
+            self._curves[key] = curve
+        return curve
+
+
+def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset: RepsetClusters | None = None,
+                default_output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> ModelTable:
+    """Arrays of `models` (those profiled under `n_clusters` clusters), sorted by name for stable
+    tie-breaks, with their λ curve on `repset` (the representative set under the router state)."""
+    usable = sorted((m for m in models if len(m.profile.errors) == n_clusters), key=lambda m: m.name)
+    n = len(usable)
+    psi = np.array([m.profile.errors for m in usable], dtype=np.float64).reshape(n, n_clusters)
+    counts = np.array([m.profile.counts for m in usable], dtype=np.float64).reshape(n, n_clusters)
+    out_tokens = np.array([m.profile.avg_output_tokens or default_output_tokens for m in usable], dtype=np.float64)
+    inp = np.array([m.price.input_per_mtok / 1e6 for m in usable], dtype=np.float64)
+    out = out_tokens * np.array([m.price.output_per_mtok / 1e6 for m in usable], dtype=np.float64)
+    req = np.array([m.price.per_request for m in usable], dtype=np.float64)
+    acc = np.array([m.profile.accuracy for m in usable], dtype=np.float64)
+    if repset is None:
+        return ModelTable(usable, psi, inp, out, req, acc, counts, prior)
+    tokens = estimate_tokens(np.array([len(item.prompt) for item in repset.repset.items], dtype=np.float64))
+    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, repset.weights, tokens)
+    table.calibration()  # computed now, off the request path
+    return table
+
+
+def _target(cost_weight: float | None, budget: float | None, quality: float | None) -> RoutingTarget | None:
+    given = [RoutingTarget(kind, float(value)) for kind, value in
+             (("cost_weight", cost_weight), ("budget", budget), ("quality", quality)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one target, not {' and '.join(t.kind for t in given)}")
+    return given[0] if given else None
+
+
+class UniRouter:
+    """Embeds prompts and ranks models for them; see the module docstring.
+
+    `weights` is the blocking part (the embedding model). Recent prompts' cluster weights are
+    kept in an LRU (system prompts and retries repeat), with their distance to the nearest
+    centroid for the drift monitor (None when the state records no drift threshold). Thread-safe:
+    the model table is replaced whole, never changed in place.
+    """
+
+    def __init__(self, state: RouterState, embedder: Embedder, repset: RepresentativeSet | None = None, *,
+                 repset_embedder: Embedder | None = None, default_cost_weight: float = 0.2,
+                 default_output_tokens: int = DEFAULT_OUTPUT_TOKENS, lru_size: int = 4096) -> None:
+        """`repset_embedder` embeds the representative set when given (a CachedEmbedder over
+        `embedder`, say); request prompts always go through `embedder` and the in-memory LRU."""
+        self.state = state
+        self.embedder = embedder
+        self.default_cost_weight = default_cost_weight
+        self.default_output_tokens = default_output_tokens
+        self._lru: OrderedDict[bytes, tuple[np.ndarray, float]] = OrderedDict()
+        self._lru_size = lru_size
+        self._lock = Lock()
+        threshold = state.drift_threshold
+        self.drift = DriftMonitor(threshold) if threshold is not None else None
+        self.repset: RepsetClusters | None = None
+        if repset is not None:
+            weights = state.cluster_weights(embed_for_routing(repset_embedder or embedder,
+                                                              [i.prompt for i in repset.items],
+                                                              state.max_chars))
+            self.repset = RepsetClusters(repset, weights, state.version, state.prior)
+        self._models: dict[str, RoutedModel] = {}
+        self.table = build_table([], self.n_clusters, state.prior, self.repset, default_output_tokens)
+
+    @classmethod
+    def load(cls, state: str | Path = "fast", repset: str | Path | None = DEFAULT_REPSET, *,
+             cache_dir: str | Path | None = None, **options) -> "UniRouter":
+        """A router on a shipped state (`"fast"`, `"accurate"`) or a state folder built by
+        `uniroute build-state`, with a representative set file (default: the shipped one; None
+        for none). `cache_dir` keeps the set's embeddings on disk between loads."""
+        directory = state_path(state)
+        router_state = RouterState.load(directory)
+        embedder = state_embedder(router_state, directory)
+        rs = load_repset(repset) if repset is not None else None
+        if cache_dir is None:
+            return cls(router_state, embedder, rs, **options)
+        # Only the representative set is cached on disk: request prompts never are.
+        cached = CachedEmbedder(embedder, cache_dir)
+        try:
+            return cls(router_state, embedder, rs, repset_embedder=cached, **options)
+        finally:
+            cached.close()
+
+    # --- models ---------------------------------------------------------------------------
+
+    @property
+    def n_clusters(self) -> int:
+        return self.state.k
+
+    @property
+    def models(self) -> list[RoutedModel]:
+        """The routable models, by name."""
+        return list(self.table.models)
+
+    def profile(self, scores: dict[str, float], avg_output_tokens: float = 0.0) -> Profile:
+        """Ψ of a model from its scores in [0, 1] by representative prompt id (unscored prompts are
+        ignored). ValueError without a representative set, for ids not in it, or with no score."""
+        if self.repset is None:
+            raise ValueError("this router has no representative set: give models a stored profile")
+        unknown = self.repset.unknown_ids(scores)
+        if unknown:
+            raise ValueError(f"scores name {len(unknown)} prompts not in the representative set "
+                             f"(version {self.repset.repset.version}), e.g. {unknown[:3]}")
+        if not scores:
+            raise ValueError("scores must hold at least one prompt's score")
+        return self.repset.profile(scores, avg_output_tokens)
+
+    def add_model(self, name: str, price: Price, *, scores: dict[str, float] | None = None,
+                  profile: Profile | None = None, avg_output_tokens: float = 0.0) -> RoutedModel:
+        """Make a model routable from its `scores` on the representative set or a stored
+        `profile` (made under this router's state); replaces a model of the same name."""
+        if (scores is None) == (profile is None):
+            raise ValueError("give a model's scores on the representative set or its profile, not both")
+        if profile is None:
+            profile = self.profile(scores, avg_output_tokens)
+        elif len(profile.errors) != self.n_clusters:
+            raise ValueError(f"the profile of {name!r} has {len(profile.errors)} clusters; "
+                             f"this router state has {self.n_clusters}")
+        model = RoutedModel(name, price, profile)
+        self.set_models([*(m for m in self._models.values() if m.name != name), model])
+        return model
+
+    def remove_model(self, name: str) -> None:
+        """Stop routing to a model (KeyError when unknown)."""
+        if name not in self._models:
+            raise KeyError(name)
+        self.set_models([m for m in self._models.values() if m.name != name])
+
+    def set_models(self, models: list[RoutedModel]) -> None:
+        """Route among exactly `models` from now on (those profiled under another number of
+        clusters are left out); the λ curve is recomputed here, off the request path."""
+        self._models = {m.name: m for m in models}
+        self.table = build_table(models, self.n_clusters, self.state.prior, self.repset, self.default_output_tokens)
+
+    def calibration(self, models: frozenset[str] | None = None) -> Calibration | None:
+        """The λ curve: what each cost weight buys on the representative set."""
+        return self.table.calibration(models)
+
+    # --- prompts -> cluster weights --------------------------------------------------------
+
+    def _key(self, text: str) -> bytes:
+        # Keyed on what is embedded: prompts that differ only beyond the cut share their weights.
+        return hashlib.blake2b(routing_text(text, self.state.max_chars).encode(), digest_size=16).digest()
+
+    def lookup(self, text: str) -> np.ndarray | None:
+        """(K,) cluster weights of a recently routed text, or None; never embeds, never blocks long."""
+        key = self._key(text)
+        with self._lock:
+            entry = self._lru.get(key)
+            if entry is None:
+                return None
+            self._lru.move_to_end(key)
+            return entry[0]
+
+    def weights(self, texts: list[str]) -> np.ndarray:
+        """(n, K) cluster weights of `texts` (one-hot for K-means, soft for the learned map)."""
+        keys = [self._key(t) for t in texts]
+        out = np.empty((len(texts), self.n_clusters), dtype=np.float64)
+        missing: list[int] = []
+        with self._lock:
+            for i, key in enumerate(keys):
+                entry = self._lru.get(key)
+                if entry is None:
+                    missing.append(i)
+                else:
+                    self._lru.move_to_end(key)
+                    out[i] = entry[0]
+        if missing:
+            emb = embed_for_routing(self.embedder, [texts[i] for i in missing], self.state.max_chars)
+            rows = self.state.cluster_weights(emb)
+            distances = self.state.nearest_distance(emb)
+            with self._lock:
+                for i, row, dist in zip(missing, rows, distances):
+                    out[i] = row
+                    self._lru[keys[i]] = (row, float(dist))
+                while len(self._lru) > self._lru_size:
+                    self._lru.popitem(last=False)
+        return out
+
+    def distance(self, text: str) -> float | None:
+        """Distance to the nearest centroid of a recently routed text, or None."""
+        with self._lock:
+            entry = self._lru.get(self._key(text))
+            return None if entry is None else entry[1]
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def resolve(self, target: RoutingTarget | None, models: frozenset[str] | None = None) -> Resolution:
+        """The cost weight a target asks for among `models` (default: the router's default λ).
+        A budget or quality target needs the λ curve: NotCalibrated without one."""
+        target = target or RoutingTarget("cost_weight", self.default_cost_weight)
+        return resolve(target, self.table.calibration(models))
+
+    def decide(self, weights: np.ndarray, resolution: Resolution, input_tokens: float,
+               models: frozenset[str] | set[str] | None = None,
+               excluded: frozenset[str] | set[str] = frozenset(), min_cost_weight: float = 0.0) -> Decision | None:
+        """Rank the models for one prompt's (K,) cluster weights; see `decide_batch`."""
+        return self.decide_batch(np.asarray(weights)[None, :], resolution, np.array([input_tokens]), models,
+                                 excluded, min_cost_weight)[0]
+
+    def decide_batch(self, weights: np.ndarray, resolution: Resolution, input_tokens: np.ndarray,
+                     models: frozenset[str] | set[str] | None = None,
+                     excluded: frozenset[str] | set[str] = frozenset(),
+                     min_cost_weight: float = 0.0) -> list[Decision | None]:
+        """Rank the models for (n, K) cluster weights and (n,) prompt token counts, in one matrix
+        operation, at the resolved target's λ (or `min_cost_weight`, a floor such as the budget
+        guard's, when higher); None for each prompt when no model is allowed. Costs are divided
+        by the dearest candidate's expected cost so that λ is on the error rate's [0, 1] scale
+        whatever the price unit."""
+        table = self.table
+        n = len(weights)
+        if models is None and not excluded:
+            idx = np.arange(len(table.models))
+        else:
+            idx = np.flatnonzero([(models is None or m in models) and m not in excluded for m in table.names])
+        if idx.size == 0:
+            return [None] * n
+        lam = max(resolution.cost_weight, min_cost_weight)
+        gamma = weights @ table.psi[idx].T  # (n, M)
+        support = weights @ table.counts[idx].T
+        costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64))[:, idx]  # (n, M)
+        norm = costs / costs.max(axis=1, keepdims=True).clip(min=np.finfo(float).tiny)
+        order = policy.rank(gamma, norm, lam)  # (n, M)
+        gamma, support, costs = (np.take_along_axis(a, order, axis=1) for a in (gamma, support, costs))
+        clusters = weights.argmax(axis=1)
+        names = table.name_array[idx][order]
+        return [Decision(names[r, 0], int(clusters[r]), float(gamma[r, 0]), float(costs[r, 0]), lam,
+                         tuple(names[r]), resolution, gamma[r], costs[r], support[r], table.prior)
+                for r in range(n)]
+
+    def route(self, prompts: str | list[str], *, cost_weight: float | None = None, budget: float | None = None,
+              quality: float | None = None, models: list[str] | None = None) -> Decision | list[Decision]:
+        """Route one prompt (a Decision) or a batch (a list, embedded in one call) for at most one
+        target: a cost weight λ, a budget (expected cost per request, in the prices' unit) or a
+        quality (fraction of the best single model's expected score). NoRoutableModel when no
+        model may answer; NotCalibrated for a budget or quality without a representative set."""
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        allowed = frozenset(models) if models is not None else None
+        if not self.table.models or (allowed is not None and not allowed & set(self.table.names)):
+            raise NoRoutableModel("no routable model: add a model first" if not self.table.models
+                                  else f"none of {sorted(allowed)} is a routable model")
+        resolution = self.resolve(_target(cost_weight, budget, quality), allowed)
+        tokens = estimate_tokens(np.array([len(t) for t in texts], dtype=np.float64))
+        decisions = self.decide_batch(self.weights(texts), resolution, tokens, allowed)
+        return decisions[0] if isinstance(prompts, str) else decisions
