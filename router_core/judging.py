@@ -30,8 +30,9 @@ JUDGE_PREFIX = "llm_judge"
 
 # judge calls per answer graded
 JUDGE_CALLS = {"correct": 1, "rating": 1, "pairwise": 2}
-# enough for each kind's reply: one word, or an explanation before the verdict
-JUDGE_MAX_TOKENS = {"correct": 5, "rating": 1024, "pairwise": 1024}
+# enough for each kind's reply: one word, or an explanation before the verdict (the longest
+# of arena-bench-v1's 3,867 recorded GPT-4 judgments is about 1,500 tokens)
+JUDGE_MAX_TOKENS = {"correct": 5, "rating": 2048, "pairwise": 2048}
 
 CORRECT_PROMPT = (
     "You are grading an answer against a reference answer.\n"

@@ -25,14 +25,17 @@ fail, and who applies them:
   threads (RLIMIT_NPROC), file size (RLIMIT_FSIZE, which also bounds its stderr), open files,
   no core dumps.
 - wall time (parent): at the deadline it kills the whole process group (SIGKILL); it kills the
-  group again once the child ended, so that nothing the code started outlives it.
+  group again once the child ended and waits until its processes are gone, so that nothing
+  the code started outlives the run.
 - audit hook (PEP 578, child, installed just before the untrusted code runs): any socket
   operation, process creation (fork, exec, spawn, system, subprocess), signal to a process,
-  use of ctypes or import of ctypes/_posixsubprocess, or opening for writing (or removing,
-  renaming, linking, chmod...) a path outside the working directory ends the process at
-  once with os._exit (reason 'forbidden'): the code cannot catch the refusal.
+  use of ctypes or import of ctypes/_posixsubprocess, opening for writing (or removing,
+  renaming, linking, chmod...) a path outside the working directory, or opening a directory
+  there (its descriptor would serve as dir_fd), ends the process at once with os._exit
+  (reason 'forbidden'): the code cannot catch the refusal.
 
-The code passes only if it runs to its end: the tests come after the model's code, so an
+The code runs as module `solution` (not `__main__`: a model's demo block stays off) and
+passes only if it runs to its end: the tests come after the model's code, so an
 AssertionError is 'failed', MemoryError 'memory', another exception or an early exit (even
 sys.exit(0)) 'error', the CPU limit or the deadline 'timeout'.
 
@@ -195,8 +198,9 @@ def hook(event, args):
         refuse("import " + args[0])
     elif event == "open":
         path, flags = args[0], args[2] if isinstance(args[2], int) else 0
-        if flags & WRITE_FLAGS and path is not None and not inside(path):
-            refuse("writing " + os.fsdecode(path))
+        # a directory opened outside would let os.open(name, dir_fd=...) write there
+        if path is not None and not inside(path) and (flags & WRITE_FLAGS or os.path.isdir(path)):
+            refuse("opening " + os.fsdecode(path))
     elif event in PATH_ARGS:
         if not all(inside(args[i]) for i in PATH_ARGS[event] if isinstance(args[i], (str, bytes, os.PathLike))):
             refuse(event + " outside the working directory")
@@ -204,7 +208,9 @@ def hook(event, args):
 try:
     program = compile(source, "solution.py", "exec")
     sys.addaudithook(hook)
-    exec(program, {"__name__": "__main__", "__builtins__": __builtins__})
+    # not "__main__": a model's `if __name__ == "__main__":` demo (input(), unittest.main())
+    # must not run before the tests, as HumanEval's own harness does not run it either
+    exec(program, {"__name__": "solution", "__builtins__": __builtins__})
 except AssertionError:
     traceback.print_exc()
     status = FAILED

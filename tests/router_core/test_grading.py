@@ -278,6 +278,14 @@ def test_a_humaneval_item_passes_with_its_canonical_solution_and_fails_with_a_wr
 
 
 @needs_shared
+def test_every_humaneval_canonical_solution_passes_its_tests():
+    items = humaneval_items()
+    passed = [grade("code_tests", item["canonical_solution"], humaneval_reference(item["test"], item["entry_point"]),
+                    item["prompt"]) for item in items.values()]
+    assert len(passed) == 164 and sum(passed) == 164
+
+
+@needs_shared
 def test_a_full_humaneval_function_gets_the_prompts_helpers_and_imports():
     item = humaneval_items()["HumanEval/10"]  # make_palindrome uses the prompt's is_palindrome
     reference = humaneval_reference(item["test"], item["entry_point"])
@@ -309,6 +317,8 @@ def test_an_mbpp_item_passes_with_a_correct_solution_and_fails_with_a_wrong_one(
              "    if last != -1:\n        s = s[:last] + s[last + 1:]\n    return s\n```")
     wrong = "```python\ndef remove_Occ(s, ch):\n    return s.replace(ch, '', 1)\n```"
     assert grade("code_tests", right, reference, MBPP_PROMPT) == 1.0
+    demo = "\n```python\nif __name__ == '__main__':\n    print(remove_Occ(input(), 'l'))\n```"
+    assert grade("code_tests", right + demo, reference, MBPP_PROMPT) == 1.0  # a demo block does not run
     assert grade("code_tests", wrong, reference, MBPP_PROMPT) == 0.0
     assert grade("code_tests", "```python\ndef other(s, ch):\n    return s\n```", reference) == 0.0
 

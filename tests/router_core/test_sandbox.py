@@ -94,6 +94,7 @@ def test_allocating_10_gb_is_stopped(sandbox):
     "open(TARGET, 'w').write('escaped')",
     "import os\nos.close(os.open(TARGET, os.O_WRONLY | os.O_CREAT))",
     "import os\nos.symlink(TARGET, 'link')\nopen('link', 'w').write('escaped')",
+    "import os\nfd = os.open('/tmp', os.O_RDONLY)\nos.close(os.open(os.path.basename(TARGET), os.O_WRONLY | os.O_CREAT, dir_fd=fd))",
 ])
 def test_writing_outside_the_working_directory_is_refused(sandbox, how):
     target = Path(f"/tmp/uniroute-sandbox-escape-{uuid.uuid4().hex}")
