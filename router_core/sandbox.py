@@ -289,7 +289,11 @@ def _wait(proc: subprocess.Popen, wall_s: float) -> bool:
     while True:
         # WNOWAIT leaves an ended child unreaped: its process group id cannot be reused by
         # an unrelated process before the kill below
-        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        try:
+            ended = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped elsewhere (a process-wide SIGCHLD handler): it ended
+            ended = True
+        if ended:
             timed_out = False
             break
         if time.monotonic() >= deadline:
