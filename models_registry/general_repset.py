@@ -31,7 +31,13 @@ import numpy as np
 from models_registry.repset import CODE_TESTS, JUDGE, RepItem, RepresentativeSet, routerbench_mc_items, write_repset
 from router_core.embedding import CachedEmbedder, embed_for_routing
 from router_core.general_mix import (
-    ARENA_RATED, ROUTERBENCH, GeneralMix, MixConfig, MixPrompt, build_mix, normalised,
+    ARENA_RATED,
+    ROUTERBENCH,
+    GeneralMix,
+    MixConfig,
+    MixPrompt,
+    build_mix,
+    normalised,
 )
 from router_core.state import RouterState, state_embedder
 

@@ -146,7 +146,8 @@ def _note(message: str) -> None:
 
 _WORD = re.compile(r"[^\W_]+")
 # Lines that are template, not question: options "A) ...", instructions, asserts, fences.
-_TEMPLATE_LINE = re.compile(r"^\s*(?:[A-E][).]\s|print only|answer:|please answer|assert\b|\"\"\"|'''|```)", re.I)
+_TEMPLATE_LINE = re.compile(r"^\s*(?:[A-E][).]\s|print only|answer:|please answer|assert\b|\"\"\"|'''|```)",
+                            re.IGNORECASE)
 _MIN_STEM = 30
 
 
@@ -449,7 +450,7 @@ def describe_clusters(centroids: np.ndarray, emb: np.ndarray, prompts: list[MixP
                 picked.append(text)
             if len(picked) == examples:
                 break
-        out.append({"id": c, "label": label or "empty", "size": int(len(members)), "top_tasks": shares,
+        out.append({"id": c, "label": label or "empty", "size": len(members), "top_tasks": shares,
                     "examples": picked})
     return out
 
@@ -472,12 +473,27 @@ def fit_general_state(mix: GeneralMix, embedder: Embedder, spec: str, k: int, se
     return state
 
 
-def drift_share(state: RouterState, embedder: Embedder, prompts: list[str]) -> float:
-    """Share of `prompts` farther from every centroid of `state` than its drift threshold."""
-    if state.drift_threshold is None:
-        raise ValueError("the state records no drift threshold")
-    emb = embed_for_routing(embedder, prompts, state.max_chars)
-    return float(np.mean(state.nearest_distance(emb) > state.drift_threshold))
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def mostly_non_ascii(text: str) -> bool:
+    """Whether most of a text's letters are outside ASCII (Chinese, Cyrillic, Korean, ...): the
+    prompts neither embedder was trained to read."""
+    letters = _LETTER.findall(text)
+    return bool(letters) and sum(not ch.isascii() for ch in letters) > len(letters) / 2
+
+
+def drift_breakdown(state: RouterState, embedder: Embedder, prompts: list[MixPrompt]) -> dict[str, dict[str, float]]:
+    """Share of `prompts` beyond the state's drift threshold, with their count, overall, per
+    category and by script (mostly ASCII letters or not)."""
+    emb = embed_for_routing(embedder, [p.prompt for p in prompts], state.max_chars)
+    far = state.nearest_distance(emb) > state.drift_threshold
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        groups["all"].append(i)
+        groups[f"category {p.category or p.task}"].append(i)
+        groups["script non-ASCII" if mostly_non_ascii(p.prompt) else "script ASCII"].append(i)
+    return {g: {"n": len(rows), "beyond": float(far[rows].mean())} for g, rows in sorted(groups.items())}
 
 
 def _embedder(spec: str, cache_dir: Path, fast_dir: Path) -> Embedder:
@@ -525,13 +541,16 @@ def build_general_states(data_dir: Path, out_dir: Path, fast_dir: Path, cache_di
         if spec == "fast":
             shutil.copytree(fast_dir, target / FAST_DIRNAME)
             embedder = CachedEmbedder(state_embedder(state, target), cache_dir)  # the copy, as the gateway loads it
-        new_drift = drift_share(state, embedder, check)
-        entry = {"k": k, "table": table, "scores": [asdict(s) for s in scores], "drift_threshold": state.drift_threshold,
-                 "check_beyond_drift": new_drift, "clusters": state.metadata["clusters"]}
+        breakdown = drift_breakdown(state, embedder, mix.check)
+        new_drift = breakdown["all"]["beyond"]
+        entry = {"k": k, "table": table, "scores": [asdict(s) for s in scores],
+                 "drift_threshold": state.drift_threshold, "check_beyond_drift": new_drift,
+                 "check_breakdown": breakdown, "clusters": state.metadata["clusters"]}
         if old_states and spec in old_states:
             old = RouterState.load(old_states[spec])
             old_embedder = CachedEmbedder(state_embedder(old, old_states[spec]), cache_dir)
-            entry["old_check_beyond_drift"] = drift_share(old, old_embedder, check)
+            entry["old_check_breakdown"] = drift_breakdown(old, old_embedder, mix.check)
+            entry["old_check_beyond_drift"] = entry["old_check_breakdown"]["all"]["beyond"]
         report["embedders"][spec] = entry
         _note(f"{spec}: wrote K={k} state to {target}; Arena-Hard v2.0 beyond drift {new_drift:.1%}")
     report["seconds"] = round(time.monotonic() - started, 1)
@@ -553,9 +572,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the static model the fast state uses (default: the shipped one, %(default)s)")
     parser.add_argument("--cache-dir", type=Path, required=True, help="embedding cache directory")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="candidate K (default %(default)s)")
-    parser.add_argument("--cap", type=int, default=MixConfig.cap, help="fit prompts per task at most (default %(default)s)")
+    parser.add_argument("--cap", type=int, default=MixConfig.cap,
+                        help="fit prompts per task at most (default %(default)s)")
     parser.add_argument("--heldout-share", type=float, default=MixConfig.heldout_share,
-                        help="share of the rated Arena prompts and RouterDC MBPP kept for the repset (default %(default)s)")
+                        help="share of the rated Arena prompts and of RouterDC MBPP kept out of the fit for the "
+                             "representative set (default %(default)s)")
     parser.add_argument("--exclude", default=",".join(DEFAULT_EXCLUDED),
                         help="tasks left out of the fit (default %(default)s; '' for none)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds for K (default %(default)s)")
@@ -576,9 +597,11 @@ def main(argv: list[str] | None = None) -> int:
                                   args.floor, {s: Path(d) for s, d in old.items()},
                                   tuple(s for s in args.embedders.split(",") if s))
     for spec, entry in report["embedders"].items():
-        old_share = entry.get("old_check_beyond_drift")
-        print(f"{spec}: K={entry['k']}, drift threshold {entry['drift_threshold']:.4f}, Arena-Hard v2.0 beyond it "
-              f"{entry['check_beyond_drift']:.1%}" + ("" if old_share is None else f" (old state: {old_share:.1%})"))
+        print(f"{spec}: K={entry['k']}, drift threshold {entry['drift_threshold']:.4f}; Arena-Hard v2.0 beyond it:")
+        old = entry.get("old_check_breakdown", {})
+        for group, got in entry["check_breakdown"].items():
+            was = f" (old state {old[group]['beyond']:.1%})" if group in old else ""
+            print(f"  {group}: {got['beyond']:.1%} of {got['n']}{was}")
     print(f"built in {report['seconds']} s")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 
 from models_registry.general_repset import (
-    GeneralRepsetError, build_general_repset, gradable_heldout, main, select_stratified,
+    GeneralRepsetError,
+    build_general_repset,
+    gradable_heldout,
+    main,
+    select_stratified,
 )
 from models_registry.repset import load_repset
 from router_core.embedding import FAST_DIRNAME, load_embedder
@@ -71,7 +75,8 @@ def test_candidates_are_held_out_prompts_with_references_from_the_data(mix, data
             he = humaneval[item.prompt.strip()]
             assert item.reference.startswith(he["test"]) and f"check({he['entry_point']})" in item.reference
         elif item.task == "mbpp":
-            assert item.reference.startswith("assert ") and all(line in item.prompt for line in item.reference.splitlines())
+            assert item.reference.startswith("assert ")
+            assert all(line in item.prompt for line in item.reference.splitlines())
         elif item.grader == "llm_judge:rating":
             assert item.reference == routing[item.id]
         else:

@@ -11,11 +11,25 @@ import pytest
 
 from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
 from router_core.general_mix import (
-    ARENA_RATED, ARENA_V01, DEFAULT_EXCLUDED, KScore, MixConfig, build_mix, choose_k, fit_general_state,
-    gradable_heldout_prompts, leaking, main, normalised, question_stem, score_k, validation_folds,
+    ARENA_RATED,
+    ARENA_V01,
+    DEFAULT_EXCLUDED,
+    KScore,
+    MixConfig,
+    build_mix,
+    choose_k,
+    fit_general_state,
+    gradable_heldout_prompts,
+    leaking,
+    main,
+    mostly_non_ascii,
+    normalised,
+    question_stem,
+    score_k,
+    validation_folds,
 )
 from router_core.state import RouterState
-from tests.support.shared_data import SHARED_DATA, needs_shared_data, tiny_shared_data
+from tests.support.shared_data import needs_shared_data, tiny_shared_data
 
 pytestmark = needs_shared_data
 
@@ -105,7 +119,7 @@ def test_folds_deal_every_labelled_prompt_once_and_leave_unlabelled_ones_in_trai
 
 def test_k_is_scored_per_source_and_only_a_k_whose_clusters_can_be_covered_is_chosen(mix, fast):
     fold = validation_folds(mix, folds=3, seed=0)
-    embed = lambda texts: embed_for_routing(fast, texts, 1000)  # noqa: E731
+    embed = lambda texts: embed_for_routing(fast, texts, 1000)
     cover = embed([p.prompt for p in gradable_heldout_prompts(mix)])
     scores = score_k(embed([p.prompt for p in mix.fit]), mix, fold, embed([p.prompt for p in mix.check]), cover, [1, 3])
     assert [s.k for s in scores] == [1, 3]
@@ -154,5 +168,15 @@ def test_the_command_writes_a_fast_state_with_its_embedder_and_a_report(data, tm
         (SHIPPED_FAST / "model.safetensors").read_bytes()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["embedders"]["fast"]["k"] == state.k
-    assert 0 <= report["embedders"]["fast"]["old_check_beyond_drift"] <= 1
+    fast = report["embedders"]["fast"]
+    assert 0 <= fast["old_check_beyond_drift"] <= 1
+    assert fast["check_breakdown"]["all"]["n"] == 30
+    scripts = {g: v["n"] for g, v in fast["check_breakdown"].items() if g.startswith("script")}
+    assert sum(scripts.values()) == 30
     assert "cross-validation of K" in capsys.readouterr().out
+
+
+def test_prompts_mostly_in_other_scripts_are_told_from_english_ones():
+    assert mostly_non_ascii("写一首关于春天的诗") and mostly_non_ascii("напиши стихотворение о любви")
+    assert not mostly_non_ascii("Write a poem about spring, café-style, in 3 verses.")
+    assert not mostly_non_ascii("12345 + 678")
