@@ -175,7 +175,7 @@ class StateCoverage:
 
 
 def build_general_repset(data_dir: str | Path, state_dirs: dict[str, Path], out_path: str | Path,
-                         cache_dir: str | Path, floor: int = 15, target: int = 25,
+                         cache_dir: str | Path, floor: int = 15, target: int = 40,
                          seed: int = 0) -> tuple[RepresentativeSet, list[StateCoverage]]:
     """Build the set for the states at `state_dirs` (name -> directory; all fitted on one general
     mix, whose config they record) and write it to `out_path`. Raises if some cluster of some
@@ -226,15 +226,16 @@ _SOURCES = """Sources and licences (the prompts, references and tests are copied
 No prompt of the set is in the router states' fit (test splits and held-out shares only)."""
 
 
-def readme_fragment(repset: RepresentativeSet, coverage: list[StateCoverage], command: str) -> str:
-    """The README section for a built set: sources and licences, the build command, counts per
-    grader and task, and the per-cluster table of each state."""
+def readme_fragment(repset: RepresentativeSet, coverage: list[StateCoverage], command: str,
+                    state_commands: list[str]) -> str:
+    """The README section for a built set: sources and licences, the build commands (the states',
+    then the set's), counts per grader and task, and the per-cluster table of each state."""
     graders = Counter(i.grader for i in repset.items)
     tasks = Counter(i.task for i in repset.items)
     parts = [f"# General representative set (version {repset.version})", "",
              f"{len(repset.items)} items: " + ", ".join(f"{g} {n}" for g, n in sorted(graders.items())) +
              "; by task: " + ", ".join(f"{t} {n}" for t, n in sorted(tasks.items())) + ".", "",
-             _SOURCES, "", "Built with:", "", "```", command, "```"]
+             _SOURCES, "", "Built with:", "", "```", *dict.fromkeys(state_commands), command, "```"]
     for cov in coverage:
         parts += ["", f"## Clusters of the `{cov.name}` state", "", cov.table()]
     return "\n".join(parts) + "\n"
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
     parser.add_argument("--cache-dir", type=Path, required=True, help="embedding cache directory")
     parser.add_argument("--floor", type=int, default=15, help="items every cluster must have (default %(default)s)")
-    parser.add_argument("--target", type=int, default=25, help="items per cluster aimed at (default %(default)s)")
+    parser.add_argument("--target", type=int, default=40, help="items per cluster aimed at (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--readme", type=Path, default=None, help="also write the README fragment here")
     args = parser.parse_args(argv)
@@ -271,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{cov.name}\n{cov.table()}")
     if args.readme:
         command = "python -m models_registry.general_repset " + " ".join(argv if argv is not None else sys.argv[1:])
-        args.readme.write_text(readme_fragment(repset, coverage, command))
+        built = [RouterState.load(d).metadata.get("built_with") or f"# {d}: built without a recorded command"
+                 for d in dirs.values()]
+        args.readme.write_text(readme_fragment(repset, coverage, command, built))
     return 0
 
 

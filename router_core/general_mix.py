@@ -14,8 +14,9 @@ fall far from every centroid. This module assembles a broader mix from the share
   prompt falls in, which the representative set could never profile: RouterDC's Chinese C-Eval
   and CMMLU, and its option-less ARC completion template;
 - deduplicated (whitespace- and case-insensitive), with any fit prompt that contains a held-out
-  prompt's question dropped (the same question in another template), then capped per task so
-  that MMLU-sized benchmarks do not swamp the open-ended prompts.
+  prompt's question dropped (the same question in another template), then capped per benchmark
+  task (`MixConfig.cap`, 300) so that MMLU-sized benchmarks do not swamp the open-ended prompts,
+  which are all kept.
 
 K is chosen per embedder by cross-validated Brier score of the per-cluster profiles (each labelled
 source with its own LLMs), among the K whose every cluster holds `floor` gradable held-out prompts.
@@ -53,6 +54,7 @@ _ARENA_DIR = "arena_bench_v1"
 _ARENA_FILES = {ARENA_RATED: "routing.jsonl", ARENA_V01: "prompts-arena-hard-v0.1.jsonl",
                 ARENA_V20: "prompts-arena-hard-v2.0.jsonl"}
 _RB_DIR, _DC_DIR = "routerbench_zs", "routerdc_7llm"
+OPEN_ENDED = (ARENA_RATED, ARENA_V01)  # fitted uncapped
 # RouterDC tasks without a train/test split of which a share is held out for the repset
 # (their prompts carry what grades an answer: MBPP's asserts).
 HELDOUT_SPLIT_TASKS = ("routerdc/mbpp",)
@@ -110,7 +112,7 @@ class MixPrompt:
 class MixConfig:
     """How the mix is drawn; stored in the states' metadata so the repset rebuilds the same split."""
 
-    cap: int = 600
+    cap: int = 300
     heldout_share: float = 0.5
     excluded: tuple[str, ...] = DEFAULT_EXCLUDED
     seed: int = 0
@@ -294,14 +296,15 @@ def build_mix(data_dir: str | Path, config: MixConfig = MixConfig()) -> GeneralM
 
 
 def _capped(prompts: list[MixPrompt], cap: int, seed: int, dropped: Counter) -> list[MixPrompt]:
-    """At most `cap` prompts per task, drawn with `seed`, in their original order."""
+    """At most `cap` prompts per benchmark task, drawn with `seed`, in their original order; the
+    open-ended Arena prompts are all kept (they are the traffic a general state is for)."""
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         by_task[p.task].append(i)
     rng = random.Random(seed)
     keep: set[int] = set()
     for task, rows in sorted(by_task.items()):
-        chosen = rows if len(rows) <= cap else rng.sample(rows, cap)
+        chosen = rows if len(rows) <= cap or task in OPEN_ENDED else rng.sample(rows, cap)
         dropped[f"over the cap ({task})"] += len(rows) - len(chosen)
         keep.update(chosen)
     for key in [k for k, n in dropped.items() if n == 0]:
@@ -509,11 +512,12 @@ def gradable_heldout_prompts(mix: GeneralMix) -> list[MixPrompt]:
 def build_general_states(data_dir: Path, out_dir: Path, fast_dir: Path, cache_dir: Path, config: MixConfig,
                          ks: list[int], folds: int = 5, tolerance: float = 0.002, floor: int = DEFAULT_FLOOR,
                          old_states: dict[str, Path] | None = None,
-                         specs: tuple[str, ...] = ("fast", "accurate")) -> dict[str, Any]:
+                         specs: tuple[str, ...] = ("fast", "accurate"), command: str = "") -> dict[str, Any]:
     """Build the mix, choose K per embedder by cross-validation (among the K leaving every cluster
     `floor` gradable held-out prompts), fit and save the `fast` and `accurate` states under
     `out_dir/<spec>` (the fast one with a copy of `fast_dir`, the model it was embedded with), and
-    return the report (K tables, chosen K, drift shares, cluster labels)."""
+    return the report (K tables, chosen K, drift shares, cluster labels). `command` is recorded
+    in the states' metadata as how they were built."""
     started = time.monotonic()
     mix = build_mix(data_dir, config)
     fold = validation_folds(mix, folds, config.seed)
@@ -531,9 +535,10 @@ def build_general_states(data_dir: Path, out_dir: Path, fast_dir: Path, cache_di
         k = choose_k(scores, tolerance, floor)
         table = k_table(scores)
         print(f"\n{spec}: cross-validation of K (chosen K={k})\n{table}\n", flush=True)
+        selection = {"chosen": k, "tolerance": tolerance, "folds": folds, "floor": floor,
+                     "scores": [asdict(s) for s in scores]}
         state = fit_general_state(mix, embedder, spec, k, config.seed, config,
-                                  extra={"k_selection": {"chosen": k, "tolerance": tolerance, "folds": folds,
-                                                         "floor": floor, "scores": [asdict(s) for s in scores]}})
+                                  extra={"built_with": command, "k_selection": selection})
         target = out_dir / spec
         if target.exists():
             shutil.rmtree(target)
@@ -573,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, required=True, help="embedding cache directory")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="candidate K (default %(default)s)")
     parser.add_argument("--cap", type=int, default=MixConfig.cap,
-                        help="fit prompts per task at most (default %(default)s)")
+                        help="fit prompts per benchmark task at most; Arena prompts are not capped "
+                             "(default %(default)s)")
     parser.add_argument("--heldout-share", type=float, default=MixConfig.heldout_share,
                         help="share of the rated Arena prompts and of RouterDC MBPP kept out of the fit for the "
                              "representative set (default %(default)s)")
@@ -590,12 +596,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="write the report JSON here")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    command_args = argv if argv is not None else sys.argv[1:]
     config = MixConfig(args.cap, args.heldout_share, tuple(t for t in args.exclude.split(",") if t), args.seed)
     old = dict(item.split("=", 1) for item in args.old_state)
     report = build_general_states(args.data, args.out, args.fast_embedder, args.cache_dir, config,
                                   [int(k) for k in args.ks.split(",")], args.folds, args.tolerance,
                                   args.floor, {s: Path(d) for s, d in old.items()},
-                                  tuple(s for s in args.embedders.split(",") if s))
+                                  tuple(s for s in args.embedders.split(",") if s),
+                                  " ".join(["python -m router_core.general_mix", *command_args]))
     for spec, entry in report["embedders"].items():
         print(f"{spec}: K={entry['k']}, drift threshold {entry['drift_threshold']:.4f}; Arena-Hard v2.0 beyond it:")
         old = entry.get("old_check_breakdown", {})

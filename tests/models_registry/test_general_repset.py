@@ -127,6 +127,7 @@ def test_the_command_prints_counts_and_a_table_per_state(data, states, tmp_path,
     readme = (tmp_path / "README.md").read_text()
     assert load_repset(tmp_path / "set.jsonl").version in readme and "--floor 3 --target 5" in readme
     assert readme.count("| cluster | label |") == 2 and "Apache-2.0" in readme
+    assert f"# {states['k2']}: built without a recorded command" in readme  # fitted in-process, not by the command
 
 
 def test_stratified_selection_fills_every_cluster_of_both_states_and_prefers_items_filling_both():

@@ -14,6 +14,7 @@ from router_core.general_mix import (
     ARENA_RATED,
     ARENA_V01,
     DEFAULT_EXCLUDED,
+    OPEN_ENDED,
     KScore,
     MixConfig,
     build_mix,
@@ -70,10 +71,11 @@ def test_a_prompt_repeated_with_other_spacing_and_case_is_fitted_once(data):
     assert max(Counter(normalised(p.prompt) for p in uncapped.fit).values()) == 1
 
 
-def test_no_task_has_more_fit_prompts_than_the_cap_and_the_capped_count_is_recorded(data):
+def test_no_benchmark_task_has_more_fit_prompts_than_the_cap_and_open_ended_prompts_are_all_kept(data):
     capped = build_mix(data, MixConfig(cap=7))
     counts = Counter(p.task for p in capped.fit)
-    assert max(counts.values()) == 7
+    assert max(n for task, n in counts.items() if task not in OPEN_ENDED) == 7
+    assert counts[ARENA_V01] == 30 and counts[ARENA_RATED] == 15  # 30 + 2 planted, less the v2.0 copy and the duplicate
     assert sum(n for why, n in capped.dropped.items() if why.startswith("over the cap")) > 0
 
 
@@ -166,6 +168,7 @@ def test_the_command_writes_a_fast_state_with_its_embedder_and_a_report(data, tm
     state = RouterState.load(tmp_path / "state" / "fast")
     assert (tmp_path / "state" / "fast" / FAST_DIRNAME / "model.safetensors").read_bytes() == \
         (SHIPPED_FAST / "model.safetensors").read_bytes()
+    assert state.metadata["built_with"].startswith(f"python -m router_core.general_mix --data {data} --out")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["embedders"]["fast"]["k"] == state.k
     fast = report["embedders"]["fast"]
