@@ -63,7 +63,7 @@ def graded_elsewhere(grader: str) -> bool:
     """Graders that router_core.grading does not run, so a load cannot check their references:
     an LLM judge ("llm_judge", "llm_judge:<kind>", driven by the gateway) and "code_tests"
     (an item's tests run in a sandbox)."""
-    return grader.startswith(JUDGE) or grader == CODE_TESTS
+    return grader == JUDGE or grader.startswith(f"{JUDGE}:") or grader == CODE_TESTS
 
 
 def _item(record: object, where: str) -> RepItem:
