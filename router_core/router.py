@@ -33,11 +33,11 @@ from threading import Lock
 import numpy as np
 
 from router_core import policy
-from router_core.policy import DEFAULT_COST_SCALE
 from router_core.calibration import Calibration, calibrate
 from router_core.confidence import error_interval
 from router_core.drift import DriftMonitor
 from router_core.embedding import CachedEmbedder, Embedder, embed_for_routing
+from router_core.policy import DEFAULT_COST_SCALE
 from router_core.pricing import Price, estimate_tokens
 from router_core.profiles import Profile
 from router_core.repset import RepresentativeSet, RepsetClusters, load_repset
