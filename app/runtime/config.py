@@ -152,7 +152,13 @@ class Settings(BaseSettings):
     # the network; two threads on two busy cores ran a prompt 7x slower here (oversubscription).
     embed_threads: int | None = Field(1, ge=1)
 
-    default_cost_weight: float = Field(0.2, ge=0)
+    # λ for the model name `uniroute`. λ weighs an expected cost of `cost_scale` per request (the
+    # models' cost unit) as one full unit of error rate, whichever models are registered.
+    default_cost_weight: float = Field(0.4, ge=0)
+    cost_scale: float = Field(0.01, gt=0, allow_inf_nan=False)
+    # The support guard: a model whose predicted error for a prompt rests on fewer labelled
+    # representative prompts is ranked after those with more (None: the router state's prior).
+    min_support: float | None = Field(None, ge=0, allow_inf_nan=False)
     # Named targets, asked for as `uniroute:<name>` and listed in /v1/models.
     policies: dict[str, PolicyConfig] = DEFAULT_POLICIES
     budget: BudgetConfig = BudgetConfig()

@@ -118,7 +118,7 @@ class Gateway:
             loop = asyncio.get_running_loop()
             router = await loop.run_in_executor(self._embed_pool, lambda: UniRouter.load(
                 s.state_dir, s.repset_path, cache_dir=s.cache_dir, default_cost_weight=s.default_cost_weight,
-                default_output_tokens=s.expected_output_tokens))
+                default_output_tokens=s.expected_output_tokens, cost_scale=s.cost_scale, min_support=s.min_support))
             self.routing.attach(router, self._embed_pool)
             await self._register_configured(s.models)
             await self._reprofile_stale()

@@ -135,6 +135,7 @@ def test_route_shows_each_candidates_support_and_error_interval(gw, repset_promp
         lo, hi = c["error_interval"]
         assert lo < c["predicted_error"] < hi
         assert c["support"] == cell["count"] > 0  # every demo model is labelled on the same prompts
+        assert c["supported"] is True
     assert got["candidates"][0]["predicted_error"] == pytest.approx(cell["error"])
 
 
@@ -157,6 +158,27 @@ def test_a_cluster_with_one_labelled_prompt_shows_the_shrunk_estimate(gw, repset
         assert hi - lo > 0.4
     finally:
         httpx.delete(gw + "/admin/models/thin", headers=AUTH, timeout=10)
+
+
+def test_a_model_profiled_on_one_task_is_not_routed_prompts_of_another_on_its_overall_mean(gw):
+    items = load_repset(Settings().repset_path).items
+    arc = [item for item in items if item.task == "arc-challenge"]
+    winogrande = next(item for item in items if item.task == "winogrande")
+    # Right on every ARC prompt, never asked a Winogrande one, nearly free: on its overall mean it
+    # would win every prompt at a high cost weight.
+    r = httpx.post(gw + "/admin/models", headers=AUTH, timeout=30, json={
+        "name": "one-task", "base_url": "http://127.0.0.1:9/v1", "cost": {"per_request": 1e-9},
+        "scores": {item.id: 1.0 for item in arc}})
+    assert r.status_code == 202, r.text
+    try:
+        got = wait_for(lambda: route(gw, "uniroute:50", content=winogrande.prompt).json(),
+                       lambda d: "one-task" in [c["model"] for c in d["candidates"]])
+        partial = next(c for c in got["candidates"] if c["model"] == "one-task")
+        assert partial["support"] == 0 and partial["supported"] is False
+        assert got["model"] != "one-task" and got["candidates"][-1]["model"] == "one-task"
+        assert route(gw, "uniroute:50", content=arc[0].prompt).json()["model"] == "one-task"
+    finally:
+        httpx.delete(gw + "/admin/models/one-task", headers=AUTH, timeout=10)
 
 
 def test_the_curve_follows_models_added_changed_and_removed(gw, repset_prompts):
