@@ -57,6 +57,7 @@ from router_core.embedding import (
     load_embedder,
 )
 from router_core.profiles import cluster_profiles
+from router_core.shipped import FAST_EMBEDDER_DIR
 from router_core.state import RouterState, build_state, state_embedder
 from router_core.text import DEFAULT_MAX_CHARS
 
@@ -555,7 +556,8 @@ def build_general_states(data_dir: Path, out_dir: Path, fast_dir: Path, cache_di
         if target.exists():
             shutil.rmtree(target)
         state.save(target)
-        if spec == "fast":
+        if spec == "fast" and Path(fast_dir).resolve() != FAST_EMBEDDER_DIR.resolve():
+            # a state keeps its own model, unless it is the shipped one (found by its recorded id)
             shutil.copytree(fast_dir, target / FAST_DIRNAME)
             embedder = CachedEmbedder(state_embedder(state, target), cache_dir)  # the copy, as the gateway loads it
         breakdown = drift_breakdown(state, embedder, mix.check)
@@ -585,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the shared data folder (default %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write fast/ and accurate/ into")
     parser.add_argument("--fast-embedder", type=Path,
-                        default=here / "app" / "resources" / "state" / "fast" / FAST_DIRNAME,
+                        default=FAST_EMBEDDER_DIR,
                         help="the static model the fast state uses (default: the shipped one, %(default)s)")
     parser.add_argument("--cache-dir", type=Path, required=True, help="embedding cache directory")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="candidate K (default %(default)s)")

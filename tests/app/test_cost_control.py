@@ -18,6 +18,7 @@ from app.cli.main import main
 from app.runtime.config import Settings
 from router_core.calibration import Calibration
 from router_core.repset import load_repset
+from router_core.shipped import ROUTERBENCH_REPSET, state_path
 from router_core.state import RouterState
 from tests.app.conftest import wait_ready
 from tests.support.servers import serve
@@ -39,7 +40,7 @@ def gw(tmp_path_factory, shared_cache, demo_configs):
 
 @pytest.fixture(scope="module")
 def repset_prompts() -> list[tuple[str, str]]:
-    return [(item.id, item.prompt) for item in load_repset(Settings().repset_path).items]
+    return [(item.id, item.prompt) for item in load_repset(ROUTERBENCH_REPSET).items]
 
 
 def route(url: str, model: str = "uniroute", content: str = FAR_PROMPT, **options) -> httpx.Response:
@@ -161,7 +162,7 @@ def test_a_cluster_with_one_labelled_prompt_shows_the_shrunk_estimate(gw, repset
 
 
 def test_a_model_profiled_on_one_task_is_not_routed_prompts_of_another_on_its_overall_mean(gw):
-    items = load_repset(Settings().repset_path).items
+    items = load_repset(ROUTERBENCH_REPSET).items
     arc = [item for item in items if item.task == "arc-challenge"]
     winogrande = next(item for item in items if item.task == "winogrande")
     # Right on every ARC prompt, never asked a Winogrande one, nearly free: on its overall mean it
@@ -216,7 +217,7 @@ def test_drift_counts_routed_prompts_far_from_every_cluster(gw, repset_prompts):
         return httpx.get(gw + "/admin/drift", headers=AUTH, timeout=10).json()
 
     start = drift()
-    assert start["enabled"] and start["threshold"] == pytest.approx(RouterState.load(Settings().state_dir).drift_threshold)
+    assert start["enabled"] and start["threshold"] == pytest.approx(RouterState.load(state_path("routerbench-fast")).drift_threshold)
     route(gw, content=repset_prompts[0][1])  # a prompt of the tasks the clusters were fitted on
     near = drift()
     assert (near["seen"], near["far"]) == (start["seen"] + 1, start["far"])

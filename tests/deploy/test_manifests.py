@@ -32,6 +32,7 @@ from app.api.main import create_app
 from app.cli.main import build_parser
 from app.runtime.config import Settings
 from router_core.repset import load_repset
+from router_core.shipped import ROUTERBENCH_REPSET
 from tests.app.conftest import wait_ready
 from tests.support.fault_upstream import FaultUpstream, closed_port
 from tests.support.servers import serve
@@ -449,7 +450,7 @@ def scraped(tmp_path_factory, shared_cache) -> str:
     whose first choice is refused (a failure, a fallback, a cooldown), a routed request answered
     at once, one whose budget target cannot be met (under the budget guard), and a profiling job."""
     tmp = tmp_path_factory.mktemp("metrics-gateway")
-    ids = [item.id for item in load_repset(Settings().repset_path).items]
+    ids = [item.id for item in load_repset(ROUTERBENCH_REPSET).items]
     upstream = FaultUpstream()
 
     def scores(name: str, score: float) -> str:
@@ -466,6 +467,7 @@ def scraped(tmp_path_factory, shared_cache) -> str:
              "scores_file": scores("s", 0.6)},
         ]
         settings = Settings(sqlite_path=str(tmp / "registry.db"), cache_dir=shared_cache, admin_key=ADMIN,
+                            repset_path=str(ROUTERBENCH_REPSET), state_dir="routerbench-fast",
                             models=models, cooldown_failures=1, profile_concurrency=16,
                             budget={"target": 1e6, "window_s": 3600})
         with serve(create_app(settings)) as gw:
