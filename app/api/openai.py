@@ -133,16 +133,26 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
     """A stream's bytes; once it has ended, its usage is counted and billed (at the expected cost
     when the upstream reported none) and a cut stream is marked for the request counter."""
     assert answer.stream is not None and answer.watch is not None
-    try:
-        async for chunk in answer.stream:
-            yield chunk
-    finally:
-        watch = answer.watch
+    watch = answer.watch
+    settled_ = False
+
+    async def settle() -> None:
+        nonlocal settled_
+        settled_ = True
         if watch.cut:
             setattr(request.state, OUTCOME_STATE, "cut")
         spent = record_usage(gw.metrics, table, dest, answer.record, watch.usage)
         # Shielded: a client that hangs up cancels this generator, not its bill.
         await asyncio.shield(bill(gw.budget, table, dest, answer.record, spent))
+
+    try:
+        async for chunk in answer.stream:
+            if watch.ended and not settled_:  # the books are done before the last events go out
+                await settle()
+            yield chunk
+    finally:
+        if not settled_:
+            await settle()
 
 
 @router.post("/v1/chat/completions")

@@ -263,10 +263,11 @@ class Forwarder:
                 yield out
         if cut is None and not watch.complete:
             cut = f"the upstream model {record.name} ended the stream before the answer was complete"
+        watch.cut = cut is not None
+        watch.ended = True
         if cut is not None:
             self.metrics.upstream_failures.labels(record.name, "cut").inc()
             self.health.failure(record.name)
-            watch.cut = True
             if not watch.upstream_error:  # the upstream's own error event already tells the client
                 yield stream_error_event(cut)
         if watch.done is not None:

@@ -63,6 +63,7 @@ class StreamWatch:
     upstream_error: bool = False
     done: bytes | None = None  # the held-back [DONE] event
     cut: bool = False  # set by the relay: the stream did not deliver a complete answer
+    ended: bool = False  # set by the relay once the upstream's stream is read, before its last events go out
     _finished: dict[int, bool] = field(default_factory=dict)
     _ended: bool = False
 
