@@ -26,7 +26,11 @@ from app.api.wire import (
 from app.costs.billing import bill, record_usage
 from app.costs.budget import key_scope
 from app.errors import GatewayError
-from app.routing.prompts import chat_routing_text, completion_routing_text, responses_routing_text
+from app.routing.prompts import (
+    chat_routing_text,
+    completion_routing_text,
+    responses_routing_text,
+)
 from app.routing.service import (
     ROUTER_MODEL,
     Destination,
@@ -134,11 +138,11 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
     when the upstream reported none) and a cut stream is marked for the request counter."""
     assert answer.stream is not None and answer.watch is not None
     watch = answer.watch
-    settled_ = False
+    booked = False
 
     async def settle() -> None:
-        nonlocal settled_
-        settled_ = True
+        nonlocal booked
+        booked = True
         if watch.cut:
             setattr(request.state, OUTCOME_STATE, "cut")
         spent = record_usage(gw.metrics, table, dest, answer.record, watch.usage)
@@ -147,11 +151,11 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
 
     try:
         async for chunk in answer.stream:
-            if watch.ended and not settled_:  # the books are done before the last events go out
+            if watch.ended and not booked:  # the books are done before the last events go out
                 await settle()
             yield chunk
     finally:
-        if not settled_:
+        if not booked:
             await settle()
 
 

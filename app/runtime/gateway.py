@@ -151,10 +151,12 @@ class Gateway:
             counts[r.state] = counts.get(r.state, 0) + 1
         for state, n in counts.items():
             self.metrics.models_by_state.labels(state).set(n)
-        self.metrics.models_faulted.clear()
+        faulted = {"auth": 0, "not_found": 0}
         for r in records:
             if not r.enabled and (kind := fault_of(r.error)) is not None:
-                self.metrics.models_faulted.labels(r.name, kind).set(1)
+                faulted[kind] = faulted.get(kind, 0) + 1
+        for kind, n in faulted.items():
+            self.metrics.models_faulted.labels(kind).set(n)
 
     async def disable_faulty(self, record: ModelRecord, fault: UpstreamFault) -> None:
         """Take a routable model out of routing after a fault that will not pass by itself (its

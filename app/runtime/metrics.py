@@ -57,8 +57,9 @@ class Metrics:
             ["model", "reason"], registry=r)
         self.models_faulted = Gauge(
             "uniroute_models_faulted",
-            "1 for each model an upstream fault took out of routing (reason auth or not_found) until an "
-            "operator re-enables it.", ["model", "reason"], registry=r)
+            "Models an upstream fault took out of routing until an operator re-enables them, by fault "
+            "class (auth, not_found); GET /admin/models names them, with the reason in `error`.",
+            ["reason"], registry=r)
         self.fallbacks = Counter(
             "uniroute_fallbacks", "Requests answered by a model other than the first choice.",
             registry=r)

@@ -19,7 +19,13 @@ import orjson
 
 from app.errors import GatewayError, error_body
 from app.runtime.metrics import Metrics
-from app.upstream.faults import UpstreamFault, describe, disables, status_class, transport_class
+from app.upstream.faults import (
+    UpstreamFault,
+    describe,
+    disables,
+    status_class,
+    transport_class,
+)
 from app.upstream.streams import EventSplitter, StreamWatch
 from models_registry.records import ModelRecord
 
@@ -258,9 +264,9 @@ class Forwarder:
         finally:
             await response.aclose()
         rest = events.rest()
-        if cut is None and rest.strip():  # a last event without its blank line: end it here
-            if out := watch.see(rest + b"\n\n"):
-                yield out
+        # A last event without its blank line: end it here.
+        if cut is None and rest.strip() and (out := watch.see(rest + b"\n\n")):
+            yield out
         if cut is None and not watch.complete:
             cut = f"the upstream model {record.name} ended the stream before the answer was complete"
         watch.cut = cut is not None

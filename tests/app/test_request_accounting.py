@@ -8,7 +8,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from app.runtime.config import ModelConfig, PriceIn
+from app.runtime.config import PriceIn
 from router_core.pricing import estimate_tokens
 from tests.support.fault_upstream import Fault
 
@@ -37,7 +37,7 @@ def priced(make_gateway, fault_upstream, model_config):
 
 
 def test_a_named_model_expected_cost_counts_the_prompt_like_a_routed_one(priced):
-    upstream, make = priced
+    _, make = priced
     with make() as gw:
         routed = client(gw).chat.completions.with_raw_response.create(
             model="uniroute", messages=MESSAGES, extra_body={"uniroute": {"models": ["m"]}})
@@ -66,7 +66,7 @@ def test_a_stream_is_billed_from_its_real_usage_which_the_client_never_sees(pric
 
 
 def test_a_routed_stream_adds_to_the_savings_and_keeps_the_usage_the_client_asked_for(priced):
-    upstream, make = priced
+    _, make = priced
     with make() as gw:
         chunks = list(client(gw).chat.completions.create(
             model="uniroute:1000", messages=MESSAGES, stream=True, stream_options={"include_usage": True}))
@@ -94,7 +94,7 @@ def test_an_upstream_client_error_is_not_billed_nor_marks_the_model_healthy(pric
 
 
 def test_overhead_leaves_out_the_upstream_time_to_first_token(priced, fault_upstream, model_config, make_gateway):
-    upstream, url = fault_upstream
+    _, url = fault_upstream
     slow = model_config("slow", url, upstream_model="slow:first_token=2")
     with make_gateway(models=[slow]) as gw:
         chunks = list(client(gw).chat.completions.create(model="slow", messages=MESSAGES, stream=True))
@@ -105,20 +105,24 @@ def test_overhead_leaves_out_the_upstream_time_to_first_token(priced, fault_upst
 
 
 def test_every_response_is_counted_with_its_status(make_gateway, fault_upstream, model_config):
-    upstream, url = fault_upstream
+    _, url = fault_upstream
     models = [model_config("ok", url), model_config("down", url, upstream_model="down:status=500"),
-              model_config("cut", url, upstream_model="cut:interrupt")]
-    with make_gateway(models=models, max_body_bytes=5000) as gw:
-        post = lambda body, **kw: httpx.post(gw + "/v1/chat/completions", timeout=30, **kw)  # noqa: E731
-        assert post(None, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
-        assert post(None, json={"model": "nope", "messages": MESSAGES}).status_code == 404
-        assert post(None, json={"model": "ok", "messages": MESSAGES, "pad": "x" * 6000}).status_code == 413
-        assert post(None, json={"model": "down", "messages": MESSAGES}).status_code == 502
-        assert post(None, json={"model": "ok", "messages": MESSAGES}).status_code == 200
-        assert post(None, json={"model": "cut", "messages": MESSAGES, "stream": True}).status_code == 200
+              model_config("cut", url, upstream_model="cut:interrupt"),
+              model_config("slow", url, upstream_model="slow:delay=3")]
+    with make_gateway(models=models, max_body_bytes=5000, timeouts={"read_s": 0.5}) as gw:
+        def post(**kwargs) -> int:
+            return httpx.post(gw + "/v1/chat/completions", timeout=30, **kwargs).status_code
+
+        assert post(content=b"{not json", headers={"content-type": "application/json"}) == 400
+        assert post(json={"model": "nope", "messages": MESSAGES}) == 404
+        assert post(json={"model": "ok", "messages": MESSAGES, "pad": "x" * 6000}) == 413
+        assert post(json={"model": "down", "messages": MESSAGES}) == 502
+        assert post(json={"model": "slow", "messages": MESSAGES}) == 504
+        assert post(json={"model": "ok", "messages": MESSAGES}) == 200
+        assert post(json={"model": "cut", "messages": MESSAGES, "stream": True}) == 200
         assert httpx.get(gw + "/v1/models/nope", timeout=5).status_code == 404
-        for status, model in [("400", "none"), ("404", "none"), ("413", "none"), ("502", "none"), ("200", "ok"),
-                              ("cut", "cut")]:
+        for status, model in [("400", "none"), ("404", "none"), ("413", "none"), ("502", "none"), ("504", "none"),
+                              ("200", "ok"), ("cut", "cut")]:
             assert metric(gw, f'uniroute_requests_total{{model="{model}",route="chat",status="{status}"}}') == 1, status
         assert metric(gw, 'uniroute_requests_total{model="cut",route="chat",status="200"}') == 0
         assert metric(gw, 'uniroute_requests_total{model="none",route="models",status="404"}') == 1
