@@ -241,9 +241,10 @@ def sse_data(body: bytes) -> list[str]:
     return [line[6:] for line in body.decode().splitlines() if line.startswith("data: ")]
 
 
-def test_a_stream_ended_with_done_but_no_finish_reason_is_a_cut_reported_before_done(pair):
+@pytest.mark.parametrize("spec", [":interrupt", ":interrupt,crlf"])
+def test_a_stream_ended_with_done_but_no_finish_reason_is_a_cut_reported_before_done(pair, spec):
     _, make = pair
-    with make(":interrupt") as gw:
+    with make(spec) as gw:
         stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
         with pytest.raises(openai.APIError, match="before the answer was complete"):
             for _ in stream:
@@ -251,6 +252,7 @@ def test_a_stream_ended_with_done_but_no_finish_reason_is_a_cut_reported_before_
         body = {"model": "uniroute:0", "messages": MESSAGES, "stream": True}
         raw = httpx.post(gw + "/v1/chat/completions", json=body, timeout=30).content
         data = sse_data(raw)
+        assert len(data) > 3
         errors = [i for i, d in enumerate(data) if '"error"' in d]
         assert errors and data[-1] == "[DONE]" and errors[0] < len(data) - 1
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 2
@@ -265,9 +267,10 @@ def test_a_stream_cut_mid_way_has_its_error_event_and_no_done(pair):
         assert "[DONE]" not in data
 
 
-def test_a_complete_stream_passes_untouched_with_its_done(pair):
+@pytest.mark.parametrize("spec", ["", ":crlf"])
+def test_a_complete_stream_passes_untouched_with_its_done(pair, spec):
     _, make = pair
-    with make("") as gw:
+    with make(spec) as gw:
         body = {"model": "uniroute:0", "messages": MESSAGES, "stream": True,
                 "stream_options": {"include_usage": True}}
         data = sse_data(httpx.post(gw + "/v1/chat/completions", json=body, timeout=30).content)

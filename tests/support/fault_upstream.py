@@ -19,6 +19,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
     interrupt       streamed: the answer's chunks without the one carrying finish_reason, then
                     [DONE] (llama-cpp-python ends an in-flight stream so when another arrives)
     first_token=S   streamed: send the headers at once, then wait S seconds before the first chunk
+    crlf            streamed: frame events with CRLF line ends, as sse-starlette (so
+                    llama-cpp-python) does
 
 e.g. "m1:status=429", "m2:delay=0.5", "m3:fail_first=2,status=500", "m4:delay=0.2,cut=3".
 Statuses 401, 403 and 404 carry OpenAI's own bodies, with the provider's message (for 401, a
@@ -112,6 +114,7 @@ class Fault:
     bad_json: bool = False
     interrupt: bool = False
     first_token_s: float = 0.0
+    crlf: bool = False
 
     def failing_status(self, nth: int) -> int | None:
         """The error status for the `nth` request (1-based) under this fault, or None to answer."""
@@ -126,7 +129,7 @@ def parse_fault(spec: str) -> Fault:
     for directive in filter(None, (d.strip() for d in spec.split(","))):
         key, _, value = directive.partition("=")
         try:
-            if key in ("bad_json", "interrupt") and not value:
+            if key in ("bad_json", "interrupt", "crlf") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token"):
                 fields[f"{key}_s"] = float(value)
@@ -136,7 +139,7 @@ def parse_fault(spec: str) -> Fault:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
-                             "fail_first=N, cut=N, bad_json, interrupt or first_token=S") from None
+                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S or crlf") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
@@ -244,9 +247,11 @@ class FaultUpstream:
         if fault.interrupt:  # the chunk carrying finish_reason never comes
             chunks = [(text, obj) for text, obj in chunks
                       if not (obj["choices"] and obj["choices"][0]["finish_reason"] is not None)]
-        events = [sse_event(chunk) for _, chunk in chunks]
+        events = [sse_event(chunk) for _, chunk in chunks] + [SSE_DONE]
+        if fault.crlf:
+            events = [event.replace(b"\n", b"\r\n") for event in events]
         if fault.cut_after is None:
-            return StreamingResponse(_after(fault.first_token_s, [*events, SSE_DONE]), media_type="text/event-stream")
+            return StreamingResponse(_after(fault.first_token_s, events), media_type="text/event-stream")
         return CutResponse(events[: fault.cut_after], media_type="text/event-stream")
 
     async def _responses(self, http: Request) -> Response:
