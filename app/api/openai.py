@@ -38,6 +38,7 @@ from app.routing.service import (
     parse_router_model,
 )
 from app.runtime.gateway import Gateway, gateway_of
+from app.upstream.faults import fault_of
 from app.upstream.forwarding import Answer
 from models_registry.records import ModelRecord
 from router_core.router import ModelTable
@@ -115,6 +116,8 @@ async def proxy(request: Request, path: str, body: dict, dest: Destination, stre
     if answer.status >= 400:
         # The client's own mistake, as the upstream answered it: no bill, no routing decision.
         return Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
+    if fault_of(record.error) is not None:
+        await gw.clear_fault(record.name)
     metrics = gw.metrics
     if dest.decision is not None:
         metrics.decisions.labels(record.name).inc()

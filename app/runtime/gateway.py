@@ -175,6 +175,18 @@ class Gateway:
         except RegistryUnavailable as exc:
             log.error("could not disable %s, the registry is unavailable: %s", record.name, exc)
 
+    async def clear_fault(self, name: str) -> None:
+        """Forget the fault that once disabled a model, now that it answered again (an operator
+        re-enabled it): its `error` no longer describes it."""
+        current = self.registry.snapshot().get(name)
+        if current is None or not current.enabled or fault_of(current.error) is None:
+            return
+        current.error = None
+        try:
+            await self.registry.put_model(current)
+        except RegistryUnavailable:
+            pass  # the next good answer tries again
+
     async def _reprofile_stale(self) -> None:
         """Recompute, from their stored graded answers, the profiles made under another router
         state (other clusters): answers depend on the representative set only, so nothing is asked again."""

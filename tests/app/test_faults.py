@@ -191,6 +191,7 @@ def test_a_refused_key_or_retired_model_disables_the_model_and_falls_back_silent
         raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
         assert raw.headers["x-uniroute-model"] == "first"
         assert metric(gw, "uniroute_models_faulted") == 0
+        assert httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()["error"] is None
 
 
 def test_a_named_model_with_a_revoked_key_never_shows_the_provider_error(faulty):
