@@ -62,6 +62,18 @@ class ModelConfig(BaseModel):
     scores_file: str | None = None
 
 
+class EmbeddingsConfig(BaseModel):
+    """The upstream `POST /v1/embeddings` goes to: not a routed LLM, so not in the registry.
+    Clients ask for it by `name` (or by a router name such as `uniroute`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    base_url: str
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    cost: PriceIn = PriceIn(per_request=0.0)
+
+
 class TargetFields(BaseModel):
     """At most one routing target: a cost weight λ, a budget (expected cost per request, in the
     models' cost unit) or a quality (fraction of the best single model's expected score)."""
@@ -185,6 +197,8 @@ class Settings(BaseSettings):
     judge_model: str | None = None
 
     models: list[ModelConfig] = []
+    # Where /v1/embeddings goes when the request names no registered model.
+    embeddings_model: EmbeddingsConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("state_dir")
