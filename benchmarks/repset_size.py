@@ -86,6 +86,9 @@ def _plot(result: dict, path: str) -> None:
             pts = [(r["size"], r["methods"][method]["closure"]) for r in result["rows"] if r["selection"] == selection]
             ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{method}, {selection}")
     ax.set_xscale("log")
+    sizes = sorted({r["size"] for r in result["rows"]})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("representative prompts")
     ax.set_ylabel("closure (share of zero router -> oracle gap)")
     ax.set_title(f"{result['dataset']}: closure vs representative set, {result['trials']} trials")
