@@ -32,6 +32,7 @@ def data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--max-prompts", type=int, default=None, help="random subsample of the prompts (seed 0, as eval)")
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "uniroute" / "embeddings"))
+    p.add_argument("--name", default=None, help="dataset name for the output (default: the data's own)")
 
 
 def load_embedded(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def load_embedded(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray
     if args.max_prompts and args.max_prompts < len(data.prompts):
         data = data.subset(np.sort(np.random.default_rng(0).choice(len(data.prompts), args.max_prompts, replace=False)))
     emb = embed_for_routing(load_embedder(args.embedder, args.cache_dir), list(data.prompts))
-    return data.name or Path(args.data).name, emb, data.scores, data.costs
+    return args.name or data.name or Path(args.data).name, emb, data.scores, data.costs
 
 
 def main(argv: list[str] | None = None) -> int:
