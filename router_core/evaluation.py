@@ -2,7 +2,7 @@
 
 One trial: the LLMs are split into a training pool and a test pool (default 1/3 test), the
 prompts into train / validation / test (60 / 10 / 30). Routers are fitted on the training
-prompts (and, for the learned map, the training LLMs' labels on them). The test LLMs are
+prompts (and, for the learned map and the transfer routers, the training LLMs' labels on them). The test LLMs are
 known only through their labels on the validation prompts (the representative set). Each
 router then routes the test prompts among the TEST LLMs for a sweep of lambda, from 0 to the
 value where the cheapest model is always chosen, tracing a deferral curve of (mean cost, mean
@@ -17,8 +17,15 @@ cost so x runs over [0, 1]:
 - qnc:    quality-neutral cost, the least x at which the curve reaches the score of the test
           pool's best single LLM; None if it never does.
 - peak:   the best score on the curve.
+- closure (per method, over trials): (area - zero router's area) / (oracle's - zero router's),
+          the share of the gap to the oracle the method captures.
 
-Hyper-parameters (K, shrinkage prior, k of K-NN) are chosen per trial without touching test
+Routers: the zero router, K-NN, UniRoute's K-means and learned map, and the transfer routers of
+`router_core.transfer` (the training LLMs' dense labels describe the prompts; a new LLM gets a
+few numbers fitted from its representative answers only).
+
+Hyper-parameters (K, shrinkage prior, k of K-NN; k, rank, ridge of the transfer routers, see
+`_choose_transfer`) are chosen per trial without touching test
 prompts or test LLMs (see `_choose`): the TRAINING LLMs route among themselves on the training
 prompts, two-fold cross-fitted (fit on one half, score on the other, swap), with their Psi taken
 from the validation prompts exactly as the test LLMs' will be; the largest summed area wins and
@@ -351,6 +358,7 @@ def _choose_transfer(
     chosen: dict[str, int | float] = {}
     for name in TRANSFER_LINKS:
         scored = {key[1:]: v for key, v in totals.items() if key[0] == name}
+        # With a single training LLM nothing was scored: the largest ridge, i.e. the zero router.
         k, rank, alpha = max(scored, key=scored.get) if scored else (cfg.transfer_k_grid[0], 1, cfg.transfer_alpha_grid[-1])
         chosen.update({f"{name}.k": k, f"{name}.rank": rank, f"{name}.alpha": alpha})
     return chosen
@@ -414,7 +422,8 @@ def fit_routers(
         "knn": knn_gamma(s.query_emb, s.val_emb, val_loss, int(chosen["knn.k"])),
     }
     theta = None
-    for method in ("uniroute_kmeans", "uniroute_learned_map")[: 1 if cfg.learned_map is None else 2]:
+    uniroute = ("uniroute_kmeans",) if cfg.learned_map is None else ("uniroute_kmeans", "uniroute_learned_map")
+    for method in uniroute:
         k, prior = int(chosen[f"{method}.clusters"]), float(chosen[f"{method}.prior"])
         lm = cfg.learned_map if method == "uniroute_learned_map" else None
         fitted = _uniroute_gammas(s, k, (prior,), lm, seed)
