@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from tests.benchmarks.test_benchmarks_smoke import ROOT, run_benchmark
+from app.demo import ROUTERBENCH_DIR
+from tests.benchmarks.test_benchmarks_smoke import run_benchmark
 
-SMALL = ROOT / "app" / "resources" / "routerbench_zs" / "mbpp_test.csv"
+SMALL = ROUTERBENCH_DIR / "mbpp_test.csv"
 pytestmark = pytest.mark.slow
 
 

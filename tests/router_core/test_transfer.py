@@ -1,11 +1,11 @@
 """The transfer router on the vendored RouterBench subset (real prompts, real labels) embedded
 with the shipped `fast` embedder."""
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.demo import ROUTERBENCH_DIR
 from router_core.datasets import load_dataset
 from router_core.embedding import embed_for_routing
 from router_core.evaluation import EvalConfig, draw_split, fit_routers
@@ -18,7 +18,7 @@ from router_core.transfer import (
     transfer_gamma,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "app" / "resources" / "routerbench_zs"
+DATA = ROUTERBENCH_DIR
 
 
 @pytest.fixture(scope="module")
