@@ -1,9 +1,9 @@
 """Gateways served by uvicorn on real sockets, in front of real HTTP upstreams.
 
 The replay upstream answers as the 11 RouterBench LLMs and the 13 arena-bench-v1 LLMs did (17
-names), with the replay judge; the demo's model set (recorded labels on the representative
-prompts as profiles, priced from the recorded data) is registered in each gateway unless a test
-asks for other models.
+names), with the replay judge; the demo's RouterBench models (recorded labels on the RouterBench
+representative prompts as profiles, mean recorded cost as price) are registered in each gateway
+unless a test asks for other models.
 """
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def repset_ids() -> list[str]:
 
 @pytest.fixture(scope="session")
 def demo_configs(routerbench, arena, replay_url, tmp_path_factory) -> list[ModelConfig]:
-    items = load_repset(Settings().repset_path).items
+    """The demo's models on the RouterBench set: the 11 RouterBench LLMs (the arena-only six have
+    no recorded label there)."""
+    items = load_repset(ROUTERBENCH_REPSET).items
     return build_demo_configs(routerbench, arena, items, replay_url, tmp_path_factory.mktemp("scores"))
 
 

@@ -13,14 +13,15 @@ from app.demo.models import demo_configs, demo_models, judge_config
 from app.demo.replay_judge import JUDGE_MODEL
 from app.runtime.config import Settings
 from router_core.repset import RepItem, load_repset
+from router_core.shipped import ROUTERBENCH_REPSET
 from tests.app.test_replay_arena import ARENA_ONLY, ROUTERBENCH_ONLY, SHARED, recorded_rows
 
 
 @pytest.fixture(scope="module")
 def items(arena) -> list[RepItem]:
-    """10 multiple-choice items of the default set, 10 arena rating items, one arena prompt under
+    """10 multiple-choice items (RouterBench ids), 10 arena rating items, one arena prompt under
     another grader and one item nobody was recorded on."""
-    mc = load_repset(Settings().repset_path).items[:10]
+    mc = load_repset(ROUTERBENCH_REPSET).items[:10]
     pids = sorted(arena.items)[:11]
     rated = [RepItem(f"arena/{p}", arena.items[p].prompt, arena.items[p].reference, "llm_judge:rating")
              for p in pids[:10]]
@@ -63,13 +64,29 @@ def test_scores_are_recorded_labels_and_ratings_and_unrecorded_items_are_absent(
         assert set(models[name].scores) == {it.id for it in mc}
 
 
-def test_with_todays_multiple_choice_set_the_arena_only_llms_are_left_out(routerbench, arena, tmp_path):
-    configs = demo_configs(routerbench, arena, load_repset(Settings().repset_path).items, "http://x/v1", tmp_path)
+def test_on_the_multiple_choice_set_the_arena_only_llms_are_left_out(routerbench, arena, tmp_path):
+    configs = demo_configs(routerbench, arena, load_repset(ROUTERBENCH_REPSET).items, "http://x/v1", tmp_path)
     assert {c.name for c in configs} == ROUTERBENCH_ONLY | SHARED
 
 
+def test_on_the_default_set_all_seventeen_are_scored_on_their_recorded_items(routerbench, arena):
+    items = load_repset(Settings().repset_path).items
+    graders = {it.id: it.grader for it in items}
+    models = {m.name: m for m in demo_models(routerbench, arena, items)}
+    assert set(models) == ROUTERBENCH_ONLY | SHARED | ARENA_ONLY
+    n_mc = sum(g == "mc_letter" for g in graders.values())
+    n_rated = sum(g == "llm_judge:rating" for g in graders.values())
+    assert n_mc > 0 and n_rated > 0
+    for name, m in models.items():
+        kinds = {graders[i] for i in m.scores}
+        expected = ({"mc_letter"} if name not in ARENA_ONLY else set()) | (
+            {"llm_judge:rating"} if name not in ROUTERBENCH_ONLY else set())
+        assert kinds == expected
+        assert len(m.scores) == n_mc * ("mc_letter" in kinds) + n_rated * ("llm_judge:rating" in kinds)
+
+
 def test_the_replay_judge_is_registered_only_for_judged_items_and_never_the_best_choice(arena, items, tmp_path):
-    mc_only = load_repset(Settings().repset_path).items
+    mc_only = load_repset(ROUTERBENCH_REPSET).items
     assert judge_config(arena, mc_only, "http://x/v1", tmp_path) is None
     judge = judge_config(arena, items, "http://x/v1", tmp_path)
     assert judge.name == judge.upstream_model == JUDGE_MODEL
