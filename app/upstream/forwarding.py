@@ -116,25 +116,17 @@ def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> 
     return headers
 
 
+@dataclass
 class Forwarder:
-    """Sends requests to upstream models over one shared, pooled httpx client."""
+    """Sends requests to upstream models over one shared, pooled httpx client. `disable` takes a
+    model out of routing after a fault whose class says so."""
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        metrics: Metrics,
-        health: Health,
-        retries: int,
-        deadline_s: float,
-        disable: Disable | None = None,
-    ) -> None:
-        """`disable` takes a model out of routing after a fault whose class says so."""
-        self.client = client
-        self.metrics = metrics
-        self.health = health
-        self.retries = retries
-        self.deadline_s = deadline_s
-        self.disable = disable
+    client: httpx.AsyncClient
+    metrics: Metrics
+    health: Health
+    retries: int
+    deadline_s: float
+    disable: Disable | None = None
 
     async def send(
         self,

@@ -14,7 +14,12 @@ from app.demo.replay_judge import JUDGE_MODEL
 from app.runtime.config import Settings
 from router_core.repset import RepItem, load_repset
 from router_core.shipped import ROUTERBENCH_REPSET
-from tests.app.test_replay_arena import ARENA_ONLY, ROUTERBENCH_ONLY, SHARED, recorded_rows
+from tests.app.test_replay_arena import (
+    ARENA_ONLY,
+    ROUTERBENCH_ONLY,
+    SHARED,
+    recorded_rows,
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from router_core.evaluation import (
 )
 from router_core.learned_map import LearnedMapConfig
 from router_core.policy import route
+from tests.support.labels import flipped_outside_validation
 
 FAST = EvalConfig(trials=2, cluster_grid=(4, 8), prior_grid=(0.0, 4.0), knn_grid=(5, 20),
                   learned_map=LearnedMapConfig(steps=30), n_lambdas=60)
@@ -98,9 +99,7 @@ def test_a_model_better_everywhere_is_always_picked_at_lambda_zero():
 def test_test_llm_labels_outside_validation_never_change_theta_or_any_decision():
     emb, scores, costs, _ = centred_data(seed=2)
     split = draw_split(scores, FAST, np.random.default_rng(5))
-    changed = scores.copy()
-    hidden = np.setdiff1d(np.arange(scores.shape[0]), split.val_prompts)
-    changed[np.ix_(hidden, split.test_models)] = 1.0 - changed[np.ix_(hidden, split.test_models)]
+    changed = flipped_outside_validation(scores, split)
     a = fit_routers(emb, scores, costs, split, FAST, np.random.default_rng(9))
     b = fit_routers(emb, changed, costs, split, FAST, np.random.default_rng(9))
     np.testing.assert_array_equal(a.theta, b.theta)

@@ -17,6 +17,7 @@ from router_core.transfer import (
     prompt_features,
     transfer_gamma,
 )
+from tests.support.labels import flipped_outside_validation
 
 DATA = ROUTERBENCH_DIR
 
@@ -103,9 +104,7 @@ def test_transfer_decisions_ignore_every_test_llm_label_outside_the_representati
     cfg = EvalConfig(trials=1, cluster_grid=(3, 5), prior_grid=(4.0,), knn_grid=(20,),
                      learned_map=LearnedMapConfig(steps=20), n_lambdas=40)
     split = draw_split(scores, cfg, np.random.default_rng(7))
-    flipped = scores.copy()
-    hidden = np.setdiff1d(np.arange(scores.shape[0]), split.val_prompts)
-    flipped[np.ix_(hidden, split.test_models)] = 1.0 - flipped[np.ix_(hidden, split.test_models)]
+    flipped = flipped_outside_validation(scores, split)
     a = fit_routers(emb, scores, costs, split, cfg, np.random.default_rng(3))
     b = fit_routers(emb, flipped, costs, split, cfg, np.random.default_rng(3))
     assert {k: v for k, v in a.settings.items() if k.startswith("transfer")} == \
