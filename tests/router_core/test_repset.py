@@ -88,6 +88,8 @@ GOOD = {"id": "q1", "prompt": "p", "reference": "A", "grader": "mc_letter", "tas
     (lines(["a", "list"]), "expected a JSON object"),
     (lines({k: v for k, v in GOOD.items() if k != "prompt"}), "'prompt' must be a non-empty string"),
     (lines(GOOD | {"task": 3}), "'task' must be a string"),
+    (lines(GOOD | {"grader": "llm_judge:vibes"}), "unknown judge kind 'vibes'"),
+    (lines(GOOD | {"grader": "code_tests", "reference": "assert (("}), "code_tests reference"),
     ("\n\n", "has no items"),
 ])
 def test_a_bad_file_is_refused_with_the_line_and_the_reason(tmp_path, content, message):
@@ -95,6 +97,16 @@ def test_a_bad_file_is_refused_with_the_line_and_the_reason(tmp_path, content, m
     path.write_text(content)
     with pytest.raises(RepsetError, match=message.replace("(", r"\(")):
         load_repset(path)
+
+
+def test_judge_kinds_and_code_tests_items_load(tmp_path):
+    items = [RepItem("r", "Write a haiku.", "An old pond...", "llm_judge:rating"),
+             RepItem("p", "Advise me.", "Sleep more.", "llm_judge:pairwise"),
+             RepItem("c", "Is 2 prime?", "Yes", "llm_judge:correct"),
+             RepItem("j", "Is 3 prime?", "Yes", "llm_judge"),
+             RepItem("t", "def inc(x):\n", "def check(f):\n    assert f(1) == 2\n\n\ncheck(inc)\n", "code_tests")]
+    write_repset(items, tmp_path / "set.jsonl")
+    assert load_repset(tmp_path / "set.jsonl").items == items
 
 
 def test_a_missing_file_is_refused_naming_it(tmp_path):
