@@ -30,7 +30,7 @@ class JobOptionsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     limit: int | None = Field(None, ge=1, description="ask only this many prompts, drawn with `seed`")
-    seed: int = 0
+    seed: int | None = None
     max_tokens: int | None = Field(None, ge=1)
     concurrency: int | None = Field(None, ge=1, le=256)
     spend_cap: float | None = Field(None, gt=0, allow_inf_nan=False)

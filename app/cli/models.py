@@ -125,7 +125,13 @@ def cmd_add(args: argparse.Namespace) -> int:
             body["scores"] = json.load(f)
     if job_body(args):
         body["job"] = job_body(args)
-    return started_job(args, call(args, "POST", "/models", body))
+    try:
+        started = call(args, "POST", "/models", body)
+    except KeyboardInterrupt:
+        print(f"\nuniroute models: interrupted while registering; check with `uniroute models show {args.name}`.",
+              file=sys.stderr)
+        return 130
+    return started_job(args, started)
 
 
 def started_job(args: argparse.Namespace, started: dict) -> int:

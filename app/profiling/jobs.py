@@ -408,10 +408,10 @@ class JobRunner:
         body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
                 "max_tokens": options.max_tokens}
 
-        def failed(error: str, **more: Any) -> GradedAnswer:
-            return GradedAnswer(prompt_id=item.id, score=0.0, cost=more.pop("cost", 0.0),
-                                output_tokens=more.pop("output_tokens", 0), error=error, grader=item.grader,
-                                answered_at=time.time(), **more)
+        def failed(error: str, cost: float = 0.0, output_tokens: int = 0, **audit: Any) -> GradedAnswer:
+            """An ungraded answer: stored for audit, asked again."""
+            return GradedAnswer(prompt_id=item.id, score=0.0, cost=cost, output_tokens=output_tokens, error=error,
+                                grader=item.grader, answered_at=time.time(), **audit)
 
         try:
             reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)

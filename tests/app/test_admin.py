@@ -232,7 +232,7 @@ def test_reprofile_keeps_the_old_profile_routing_through_outage_cancel_and_spend
 
 
 def test_a_first_job_cancelled_leaves_a_model_failed_that_enabling_does_not_route(make_gateway, fault_upstream):
-    upstream, url = fault_upstream
+    _, url = fault_upstream
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         r = admin(gw, "POST", "/models", json={"name": "slow", "base_url": url, "upstream_model": "slow:delay=0.2",
                                                 "cost": {"per_request": 1}, "job": {"concurrency": 1}})
@@ -243,7 +243,7 @@ def test_a_first_job_cancelled_leaves_a_model_failed_that_enabling_does_not_rout
 
 
 def test_graded_answers_are_served_for_audit_with_filters_and_pages(make_gateway, fault_upstream):
-    upstream, url = fault_upstream
+    _, url = fault_upstream
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         r = admin(gw, "POST", "/models", json={"name": "echo", "base_url": url, "cost": {"per_request": 1},
                                                 "job": {"limit": 30, "seed": 3}})

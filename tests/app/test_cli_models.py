@@ -57,7 +57,7 @@ def test_errors_are_one_line_and_exit_1(make_gateway, capsys):
 def test_jobs_reprofile_cancel_disable_and_enable(make_gateway, fault_upstream, capsys):
     upstream, url = fault_upstream
     with make_gateway(models=[], admin_key=ADMIN) as gw:
-        code, out, err = run(capsys, gw, "add", "echo", "--base-url", url, "--per-request", "0.5", "--limit", "20",
+        code, out, _ = run(capsys, gw, "add", "echo", "--base-url", url, "--per-request", "0.5", "--limit", "20",
                              "--seed", "4", "--max-tokens", "16")
         first = json.loads(out)
         assert code == 0 and first["state"] == "done" and first["total"] == 20
