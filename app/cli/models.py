@@ -19,7 +19,7 @@ from app.cli import AdminError, admin_call, one_line_errors
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="register, list, show and remove models through the admin API")
+    p = sub.add_parser("models", help="register, list, show, remove, reprofile and audit models, follow their jobs")
     p.add_argument("--url", default=os.environ.get("UNIROUTE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--admin-key", default=os.environ.get("UNIROUTE_ADMIN_KEY"))
     verbs = p.add_subparsers(dest="verb", required=True)

@@ -133,15 +133,19 @@ class _Run:
         self.not_before = 0.0
         self.pause_reason: str | None = None
         self.over_cap = False
+        self._stop = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
-        return self.pause_reason is not None or self.over_cap
+        return self._stop.is_set()
 
     async def wait_turn(self) -> None:
-        delay = self.not_before - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Sleep out the backoff (which other failures may extend meanwhile), or until the pass stops."""
+        while not self.stopping and (delay := self.not_before - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
 
     def succeeded(self) -> None:
         self.in_a_row = 0
@@ -153,6 +157,11 @@ class _Run:
         self.not_before = max(self.not_before, time.monotonic() + wait)
         if self.in_a_row >= p.pause_after and self.pause_reason is None:
             self.pause_reason = f"{self.in_a_row} failures in a row; last: {error}"
+            self._stop.set()
+
+    def cap_reached(self) -> None:
+        self.over_cap = True
+        self._stop.set()
 
 
 class JobRunner:
@@ -211,7 +220,7 @@ class JobRunner:
         """Resume orphaned jobs now and every lock period (or sooner, to resume paused jobs on
         time): a replica that died leaves its jobs' locks to expire, and the next sweep anywhere
         picks them up."""
-        period = min(LOCK_TTL_S, max(self.resilience.resume_after_s / 2, 0.2)) \
+        period = min(LOCK_TTL_S, max(self.resilience.resume_after_s / 6, 0.2)) \
             if self.resilience.resume_after_s > 0 else LOCK_TTL_S
         while True:
             try:
@@ -372,7 +381,7 @@ class JobRunner:
                 job.updated_at = time.time()
                 await self.registry.put_job(job)
                 if cap is not None and job.spend >= cap:
-                    run.over_cap = True
+                    run.cap_reached()
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(options.concurrency, len(todo))))))
         if run.pause_reason is not None:
