@@ -170,6 +170,8 @@ class JobRecord:
     # The job's own options (`limit`, `seed`, `max_tokens`, `concurrency`, `spend_cap`); keys
     # left out take the gateway's settings.
     options: dict[str, Any] = field(default_factory=dict)
+    # llm_judge items of the set left out: no judge model is configured to grade them
+    skipped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -92,7 +92,8 @@ def job_json(job: JobRecord) -> dict:
     return {"id": job.id, "model": job.model, "state": job.state, "done": job.done, "total": job.total,
             "errors": job.errors, "spend": job.spend, "eta_s": job.eta_s, "error": job.error,
             "started_at": job.started_at, "updated_at": job.updated_at, "resume_at": job.resume_at,
-            "resumes": job.resumes, "reprofile": job.since is not None, "options": job.options}
+            "resumes": job.resumes, "reprofile": job.since is not None, "options": job.options,
+            "skipped": job.skipped}
 
 
 async def writing(coro):

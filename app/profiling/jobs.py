@@ -116,11 +116,17 @@ def usage_of(body: dict) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-def job_items(repset: RepresentativeSet, limit: int | None, seed: int) -> list[RepItem]:
-    """The prompts a job asks: the whole set, or `limit` of them drawn with `seed` (in file order)."""
-    items = repset.items
+def is_judged(item: RepItem) -> bool:
+    """Whether an LLM judge grades the item (`llm_judge`, `llm_judge:<kind>`)."""
+    return item.grader.partition(":")[0] == JUDGE_PREFIX
+
+
+def job_items(repset: RepresentativeSet, limit: int | None, seed: int, judge: bool = True) -> list[RepItem]:
+    """The prompts a job asks, in file order: those it can grade (judged items only with a
+    `judge`), all of them or `limit` drawn with `seed`."""
+    items = [item for item in repset.items if judge or not is_judged(item)]
     if limit is None or limit >= len(items):
-        return list(items)
+        return items
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
 
 
@@ -188,12 +194,12 @@ class JobRunner:
         background. `fresh` (a reprofile) asks every prompt again; the answers stored meanwhile
         stay, and a model with a profile keeps routing on it until the job has a better one."""
         job_options = self.options.merged(options or {})
-        repset = self.clusters().repset
+        items, skipped = self._items(self.clusters().repset, job_options)
         now = time.time()
         job = JobRecord(id=uuid.uuid4().hex[:16], model=record.name, state="running", done=0,
-                        total=len(job_items(repset, job_options.limit, job_options.seed)), errors=0, spend=0.0,
-                        started_at=now, updated_at=now, error=None, owner=self.owner,
-                        since=now if fresh else None, options=dict(options or {}))
+                        total=len(items), errors=0, spend=0.0, started_at=now, updated_at=now, error=None,
+                        owner=self.owner, since=now if fresh else None, options=dict(options or {}),
+                        skipped=skipped)
         if record.profile is None:
             record.state = "profiling"
         record.error = None
@@ -201,6 +207,14 @@ class JobRunner:
         await self.registry.put_job(job)
         self._spawn(job)
         return job
+
+    def _items(self, repset: RepresentativeSet, options: JobOptions) -> tuple[list[RepItem], int]:
+        """The items a job asks, and how many judged items it leaves out: with no `judge_model`
+        configured, `llm_judge` items cannot be graded, so they are not asked (the job says how
+        many; the log warns)."""
+        items = job_items(repset, options.limit, options.seed, judge=self.judge_model is not None)
+        skipped = 0 if self.judge_model is not None else sum(map(is_judged, repset.items))
+        return items, skipped
 
     async def resume_orphans(self) -> None:
         """Take over running jobs that no live replica holds (after a restart or a crash), and
@@ -344,7 +358,10 @@ class JobRunner:
         clusters = self.clusters()
         repset = clusters.repset
         options = self.options.merged(job.options)
-        items = job_items(repset, options.limit, options.seed)
+        items, job.skipped = self._items(repset, options)
+        if job.skipped:
+            log.warning("profiling %s without its %d llm_judge items: no judge_model is configured",
+                        job.model, job.skipped)
         graded = await self._job_answers(job, repset.version, items)
         todo = deque(item for item in items if item.id not in graded)
         job.total, job.done = len(items), len(graded)
@@ -441,7 +458,7 @@ class JobRunner:
                             verdict=graded.verdict, judge_cost=graded.judge_cost, answered_at=time.time())
 
     async def _grade(self, item: RepItem, text: str) -> Grading:
-        if item.grader.partition(":")[0] == JUDGE_PREFIX:
+        if is_judged(item):
             return await self._judge(item, text)
         if item.grader == "code_tests":  # runs a sandboxed process: off the event loop
             return Grading(await asyncio.to_thread(grade, item.grader, text, item.reference, item.prompt))

@@ -247,13 +247,17 @@ def test_graded_answers_are_served_for_audit_with_filters_and_pages(make_gateway
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         r = admin(gw, "POST", "/models", json={"name": "echo", "base_url": url, "cost": {"per_request": 1},
                                                 "job": {"limit": 30, "seed": 3}})
-        assert wait_job(gw, r.json()["job_id"])["state"] == "done"
+        job = wait_job(gw, r.json()["job_id"])
+        # no judge_model: the set's llm_judge items are left out, and the job says so
+        judged = sum(item.grader.startswith("llm_judge") for item in load_repset(Settings().repset_path).items)
+        assert job["state"] == "done" and job["skipped"] == judged
         every = admin(gw, "GET", "/models/echo/answers", params={"limit": 1000}).json()
         assert every["total"] == 30 and len(every["data"]) == 30
+        assert not any(a["grader"].startswith("llm_judge") for a in every["data"])
         first = every["data"][0]
-        # the fake upstream's answer names no option: every mc_letter item is graded wrong
+        # the fake upstream's answer names no option, no number and no code: graded wrong
         assert first["answer"] == "answer from echo" and first["graded"] and first["score"] == 0.0
-        assert first["grader"] == "mc_letter" and first["reference"] and first["prompt"]
+        assert first["reference"] and first["prompt"]
         wrong = admin(gw, "GET", "/models/echo/answers", params={"filter": "wrong", "limit": 1000}).json()
         assert wrong["total"] == 30
         assert admin(gw, "GET", "/models/echo/answers", params={"filter": "correct"}).json()["total"] == 0

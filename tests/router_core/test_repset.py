@@ -99,16 +99,6 @@ def test_a_bad_file_is_refused_with_the_line_and_the_reason(tmp_path, content, m
         load_repset(path)
 
 
-def test_judge_kinds_and_code_tests_items_load(tmp_path):
-    items = [RepItem("r", "Write a haiku.", "An old pond...", "llm_judge:rating"),
-             RepItem("p", "Advise me.", "Sleep more.", "llm_judge:pairwise"),
-             RepItem("c", "Is 2 prime?", "Yes", "llm_judge:correct"),
-             RepItem("j", "Is 3 prime?", "Yes", "llm_judge"),
-             RepItem("t", "def inc(x):\n", "def check(f):\n    assert f(1) == 2\n\n\ncheck(inc)\n", "code_tests")]
-    write_repset(items, tmp_path / "set.jsonl")
-    assert load_repset(tmp_path / "set.jsonl").items == items
-
-
 def test_a_missing_file_is_refused_naming_it(tmp_path):
     with pytest.raises(RepsetError, match="cannot read the representative set .*nope.jsonl"):
         load_repset(tmp_path / "nope.jsonl")
@@ -119,7 +109,7 @@ def test_the_build_command_reports_a_bad_directory_without_a_traceback(tmp_path,
     assert "no RouterBench *_test.csv files" in capsys.readouterr().err
 
 
-def test_code_tests_and_llm_judge_kinds_load_unchecked_while_other_graders_are_still_checked(tmp_path):
+def test_code_tests_and_llm_judge_kinds_load_while_bad_graders_are_refused(tmp_path):
     graded_elsewhere = [RepItem("c", "Write f.", "assert f(1) == 2\ncheck(f)", "code_tests"),
                         RepItem("j", "Explain bias.", "A reference answer.", "llm_judge:rating")]
     write_repset(graded_elsewhere, tmp_path / "ok.jsonl")
