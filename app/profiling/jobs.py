@@ -498,7 +498,7 @@ class JobRunner:
         await self.registry.put_job(job)
         log.warning("profiling job %s for %s paused: %s", job.id, job.model, reason)
         record = self.registry.snapshot().get(job.model)
-        if record is not None:
+        if record is not None and record.enabled:  # a disabled model keeps the reason it was disabled for
             record.error = f"profiling job {job.id} paused: {reason}"
             await self.registry.put_model(record)
 
@@ -512,8 +512,9 @@ class JobRunner:
         if record is None:
             return
         if record.profile is not None:
-            record.state = "ready" if record.enabled else "disabled"
-            record.error = f"profiling job {job.id} {state}: {error}; routing on the earlier profile"
+            if record.enabled:  # a disabled model keeps the reason it was disabled for
+                record.state = "ready"
+                record.error = f"profiling job {job.id} {state}: {error}; routing on the earlier profile"
         else:
             record.state, record.error = "failed", error
         await self.registry.put_model(record)

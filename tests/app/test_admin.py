@@ -14,7 +14,7 @@ from app.demo import ROUTERBENCH_DIR
 from router_core.datasets import load_routerbench_responses
 from router_core.grading import grade
 from router_core.repset import load_repset
-from router_core.shipped import ROUTERBENCH_REPSET
+from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
 from tests.support.fault_upstream import Fault
 
 ADMIN = "admin-secret-key"
@@ -244,12 +244,13 @@ def test_a_first_job_cancelled_leaves_a_model_failed_that_enabling_does_not_rout
 
 def test_graded_answers_are_served_for_audit_with_filters_and_pages(make_gateway, fault_upstream):
     _, url = fault_upstream
-    with make_gateway(models=[], admin_key=ADMIN) as gw:
+    # the shipped general set: multiple choice, numeric, code_tests and llm_judge items
+    with make_gateway(models=[], admin_key=ADMIN, state_dir="fast", repset_path=str(DEFAULT_REPSET)) as gw:
         r = admin(gw, "POST", "/models", json={"name": "echo", "base_url": url, "cost": {"per_request": 1},
                                                 "job": {"limit": 30, "seed": 3}})
         job = wait_job(gw, r.json()["job_id"])
         # no judge_model: the set's llm_judge items are left out, and the job says so
-        judged = sum(item.grader.startswith("llm_judge") for item in load_repset(Settings().repset_path).items)
+        judged = sum(item.grader.startswith("llm_judge") for item in load_repset(DEFAULT_REPSET).items)
         assert job["state"] == "done" and job["skipped"] == judged
         every = admin(gw, "GET", "/models/echo/answers", params={"limit": 1000}).json()
         assert every["total"] == 30 and len(every["data"]) == 30
