@@ -201,6 +201,9 @@ class Answer:
     verdict: str | None = None
     judge_cost: float = 0.0
     answered_at: float = 0.0
+    # the upstream answered and refused this prompt (a 4xx that is no fault of the model's
+    # upstream: "no recorded answer", a prompt too long): unanswerable, not asked again
+    declined: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -171,7 +171,7 @@ async def model_answers(name: str, request: Request, filter: AnswerFilter = "all
         rows.append({"prompt_id": item.id, "task": item.task, "grader": item.grader, "cluster": k,
                      "prompt": item.prompt, "reference": item.reference, "answer": a.text, "graded": graded,
                      "score": a.score if graded else None, "verdict": a.verdict, "error": a.error,
-                     "cost": a.cost, "judge_cost": a.judge_cost, "output_tokens": a.output_tokens,
+                     "declined": a.declined, "cost": a.cost, "judge_cost": a.judge_cost, "output_tokens": a.output_tokens,
                      "answered_at": a.answered_at or None})
     return {"model": name, "repset_version": clusters.repset.version, "total": len(rows), "offset": offset,
             "limit": limit, "data": rows[offset:offset + limit]}

@@ -11,6 +11,9 @@ the run (at most `attempts` times a run); each failure in a row doubles a wait b
 request, from `backoff_s` up to `backoff_max_s`. `pause_after` failures in a row, or a pass that
 ends below the coverage floor, PAUSE the job (state `paused`, the reason in `error`): it resumes
 by itself after `resume_after_s` (at most `auto_resumes` times) or when the operator resumes it.
+A prompt the upstream answers with a 4xx that is no fault class (`declined`: "no recorded
+answer", a prompt too long) is unanswerable: stored as such, not asked again in the pass, not a
+failure in a row, and left out of the coverage count.
 
 Routing is the model's, not the job's: a model with a profile keeps routing on it while a new
 job runs (a reprofile), and keeps it when that job fails, is cancelled or hits its spend cap.
@@ -344,11 +347,11 @@ class JobRunner:
                 log.warning("could not refresh %s: registry unavailable", lock)
 
     async def _job_answers(self, job: JobRecord, version: str, items: list[RepItem]) -> dict[str, GradedAnswer]:
-        """The job's graded answers by prompt id: good ones to its prompts, given since it began
-        when it is a reprofile."""
+        """The job's stored answers to its prompts by prompt id (given since it began when it is
+        a reprofile), graded or not."""
         wanted = {item.id for item in items}
         return {pid: a for pid, a in (await self.registry.answers(job.model, version)).items()
-                if pid in wanted and a.error is None and (job.since is None or a.answered_at >= job.since)}
+                if pid in wanted and (job.since is None or a.answered_at >= job.since)}
 
     async def _run(self, job: JobRecord) -> None:
         record = self.registry.snapshot().get(job.model)
@@ -362,7 +365,8 @@ class JobRunner:
         if job.skipped:
             log.warning("profiling %s without its %d llm_judge items: no judge_model is configured",
                         job.model, job.skipped)
-        graded = await self._job_answers(job, repset.version, items)
+        graded = {pid: a for pid, a in (await self._job_answers(job, repset.version, items)).items()
+                  if a.error is None}
         todo = deque(item for item in items if item.id not in graded)
         job.total, job.done = len(items), len(graded)
         metrics = self.metrics
@@ -387,6 +391,8 @@ class JobRunner:
                     run.succeeded()
                     job.done += 1
                     metrics.profiling_done.labels(record.name).set(job.done)
+                elif answer.declined:  # the upstream is up and refused this prompt: not asked again
+                    job.errors += 1
                 else:
                     job.errors += 1
                     run.failed(answer.error)
@@ -407,8 +413,11 @@ class JobRunner:
         if run.over_cap and job.done < job.total:
             await self._finish(job, "failed", f"spend cap {cap:g} reached after {job.done} of {job.total} prompts")
             return
-        answers = await self._job_answers(job, repset.version, items)
-        cover = coverage(clusters, [item.id for item in items], set(answers))
+        stored = await self._job_answers(job, repset.version, items)
+        answers = {pid: a for pid, a in stored.items() if a.error is None}
+        # prompts the model declines are unanswerable, not failures: out of the coverage count
+        declined = {pid for pid, a in stored.items() if a.error is not None and a.declined}
+        cover = coverage(clusters, [item.id for item in items if item.id not in declined], set(answers))
         policy = self.resilience
         if not cover.meets(policy.min_coverage, policy.min_cluster_coverage):
             await self._pause(job, "too little graded to route on: "
@@ -443,8 +452,9 @@ class JobRunner:
             reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)
         except GatewayError as exc:
             return failed(exc.message)
-        if reply.status >= 400:
-            return failed(str((reply.json or {}).get("error", {}).get("message", f"HTTP {reply.status}")))
+        if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
+            return failed(str((reply.json or {}).get("error", {}).get("message", f"HTTP {reply.status}")),
+                          declined=True)
         text = answer_text(reply.json)
         prompt_tokens, completion_tokens = usage_of(reply.json)
         cost = record.cost.expected(prompt_tokens, completion_tokens)
