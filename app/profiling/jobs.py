@@ -143,24 +143,36 @@ class _Run:
         self.pause_reason: str | None = None
         self.over_cap = False
         self._stop = asyncio.Event()
+        self._probing = False  # after failures, one request at a time tests whether they have passed
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     async def wait_turn(self) -> None:
-        """Sleep out the backoff (which other failures may extend meanwhile), or until the pass stops."""
-        while not self.stopping and (delay := self.not_before - time.monotonic()) > 0:
+        """Sleep out the backoff (which other failures may extend meanwhile), or until the pass
+        stops. After a failure one request at a time goes out, until one gets an answer: a burst
+        of requests into an outage would only pile up failures."""
+        while not self.stopping:
+            delay = self.not_before - time.monotonic()
+            if delay <= 0:
+                if not (self.in_a_row and self._probing):
+                    self._probing = self.in_a_row > 0
+                    return
+                delay = 0.05  # a probe is out: look again soon
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except TimeoutError:
                 pass
 
     def succeeded(self) -> None:
+        """An answer came (graded or declined): the upstream is up."""
         self.in_a_row = 0
+        self._probing = False
 
     def failed(self, error: str) -> None:
         self.in_a_row += 1
+        self._probing = False
         p = self.policy
         wait = min(p.backoff_s * 2 ** (self.in_a_row - 1), p.backoff_max_s)
         self.not_before = max(self.not_before, time.monotonic() + wait)
@@ -392,6 +404,7 @@ class JobRunner:
                     job.done += 1
                     metrics.profiling_done.labels(record.name).set(job.done)
                 elif answer.declined:  # the upstream is up and refused this prompt: not asked again
+                    run.succeeded()
                     job.errors += 1
                 else:
                     job.errors += 1
