@@ -170,8 +170,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @run_safely
 def cmd_rm(args: argparse.Namespace) -> int:
-    print(json.dumps(call(args, "DELETE", f"/models/{args.name}")))
-    return 0
+    return printed(call(args, "DELETE", f"/models/{args.name}"))
 
 
 @run_safely
@@ -187,7 +186,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 @run_safely
 def cmd_job_action(args: argparse.Namespace) -> int:
-    print(json.dumps(call(args, "POST", f"/jobs/{args.job_id}/{args.action}")))
+    return printed(call(args, "POST", f"/jobs/{args.job_id}/{args.action}"))
+
+
+def printed(answer: dict) -> int:
+    """Print an admin API answer as one JSON line; the command's exit status."""
+    print(json.dumps(answer))
     return 0
 
 

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from app.errors import GatewayError
@@ -185,23 +185,21 @@ class _Run:
         self._stop.set()
 
 
+@dataclass(eq=False)
 class JobRunner:
-    """Runs profiling jobs inside one gateway; see the module docstring."""
+    """Runs profiling jobs inside one gateway; see the module docstring. `clusters` gives the
+    representative set under the current router state; `forwarder` reports its upstream timings
+    apart from client traffic (Metrics.for_profiling)."""
 
-    def __init__(self, registry: Registry, forwarder: Forwarder, metrics: Metrics,
-                 clusters: Callable[[], RepsetClusters], options: JobOptions, judge_model: str | None,
-                 resilience: Resilience = Resilience()) -> None:
-        """`clusters` gives the representative set under the current router state; `forwarder`
-        reports its upstream timings apart from client traffic (Metrics.for_profiling)."""
-        self.registry = registry
-        self.forwarder = forwarder
-        self.metrics = metrics
-        self.clusters = clusters
-        self.options = options
-        self.judge_model = judge_model
-        self.resilience = resilience
-        self.owner = uuid.uuid4().hex
-        self._tasks: dict[str, asyncio.Task] = {}
+    registry: Registry
+    forwarder: Forwarder
+    metrics: Metrics
+    clusters: Callable[[], RepsetClusters]
+    options: JobOptions
+    judge_model: str | None
+    resilience: Resilience = Resilience()
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _tasks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
 
     async def start(self, record: ModelRecord, options: dict[str, Any] | None = None,
                     fresh: bool = False) -> JobRecord:
