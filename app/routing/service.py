@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from app.costs.budget import BudgetGuard, GuardState
 from app.errors import GatewayError
 from app.routing.batching import MicroBatcher
+from app.routing.capture import Capture
 from app.runtime.config import Settings, TargetFields
 from app.runtime.metrics import Metrics
 from app.upstream.forwarding import Health
@@ -29,6 +30,7 @@ from models_registry.records import ModelRecord
 from router_core.pricing import estimate_tokens
 from router_core.router import Decision, UniRouter
 from router_core.targets import KINDS, NotCalibrated, RoutingTarget
+from router_core.text import routing_text
 
 ROUTER_MODEL = "uniroute"
 
@@ -96,6 +98,8 @@ class RoutingService:
         self.router: UniRouter | None = None
         self._batcher: MicroBatcher | None = None
         self.load_error: str | None = None
+        # Opt-in sampling of routed texts (app/routing/capture.py); set by the gateway.
+        self.capture: Capture | None = None
 
     def attach(self, router: UniRouter, executor: Executor) -> None:
         """Start routing with `router`; its embedding model runs on `executor`, micro-batched."""
@@ -171,6 +175,8 @@ class RoutingService:
         self.metrics.routing_seconds.observe(time.perf_counter() - start)
         if decision is None:
             raise GatewayError("unavailable", "no routable model among the allowed models", code="no_routable_model")
+        if self.capture is not None:
+            self.capture.offer(routing_text(text, router.state.max_chars), decision.cluster)
         records = self.registry.snapshot()
         fallbacks = decision.ranking[: 1 + self.settings.max_fallbacks]
         return Destination(decision, [records[name] for name in fallbacks if name in records], scope, guard)

@@ -18,10 +18,12 @@ from starlette.requests import Request
 from app.costs.budget import open_guard
 from app.profiling.jobs import JobOptions, JobRunner
 from app.profiling.profiles import profile_from_answers
+from app.routing.capture import Capture
 from app.routing.service import RoutingService
 from app.runtime.config import ModelConfig, Settings
 from app.runtime.metrics import Metrics
 from app.upstream.forwarding import Forwarder, Health
+from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry
 from models_registry.records import ModelRecord
 from router_core.repset import RepsetClusters
@@ -63,6 +65,8 @@ class Gateway:
         self.client = upstream_client(settings)
         self.forwarder = Forwarder(self.client, self.metrics, self.health, settings.retries, settings.deadline_s)
         self.routing = RoutingService(settings, self.metrics, self.registry, self.health, self.budget)
+        self.capture_store = open_capture_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
+        self.capture = self.routing.capture = Capture(settings.capture, self.capture_store)
         self.jobs = JobRunner(
             self.registry, self.forwarder, self.metrics, self._clusters,
             JobOptions(settings.profile_concurrency, settings.profile_max_tokens, settings.profile_spend_cap),
@@ -90,6 +94,7 @@ class Gateway:
     async def start(self) -> None:
         """Open the registry; load the router in the background."""
         await self.registry.start()
+        await self.capture_store.start()
         self.registry.on_change(lambda _name: self.refresh())
         self._loader = asyncio.create_task(self._load())
 
@@ -103,6 +108,8 @@ class Gateway:
         if self.budget is not None:
             await self.budget.close()
         await self.routing.close()
+        await self.capture.flush()
+        await self.capture_store.close()
         await self.client.aclose()
         await self.registry.close()
         self._embed_pool.shutdown(wait=False, cancel_futures=True)
