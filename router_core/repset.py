@@ -1,7 +1,8 @@
 """The representative prompt set: the labelled prompts every new LLM is profiled on.
 
 A JSONL file, one item a line: {"id", "prompt", "reference", "grader", "task"} (graders: those
-of router_core.grading, plus "llm_judge" which the gateway grades with a judge model).
+of router_core.grading, plus "llm_judge" / "llm_judge:<kind>" which the gateway grades with a
+judge model, see router_core.judging).
 
 Its version is the first 12 hex digits of the SHA-256 of the file's bytes: no number to bump
 by hand, and any edit (even of whitespace) is a new version, under which a model's answers are
@@ -26,6 +27,7 @@ import numpy as np
 
 from router_core.datasets import RouterBenchRow, jsonl_records, read_routerbench_rows
 from router_core.grading import chosen_option, grade
+from router_core.judging import parse_judge_grader
 from router_core.profiles import Profile, soft_profiles
 
 JUDGE = "llm_judge"
@@ -70,7 +72,12 @@ def _item(record: object, where: str) -> RepItem:
     if not isinstance(task, str):
         raise RepsetError(f"{where}: 'task' must be a string")
     item = RepItem(record["id"], record["prompt"], record["reference"], record["grader"], task)
-    if item.grader != JUDGE:
+    if item.grader.startswith(JUDGE):
+        try:
+            parse_judge_grader(item.grader)
+        except ValueError as exc:
+            raise RepsetError(f"{where}: {exc}") from None
+    else:
         try:  # an empty answer exercises the reference's parsing, so a bad one fails at load
             grade(item.grader, "", item.reference)
         except ValueError as exc:

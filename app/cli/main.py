@@ -16,6 +16,7 @@ COMMANDS = [
     "eval",
     "build_state",
     "calibrate",
+    "repset",
 ]
 
 
