@@ -17,6 +17,7 @@ COMMANDS = [
     "build_state",
     "calibrate",
     "repset",
+    "state",
 ]
 
 

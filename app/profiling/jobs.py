@@ -30,6 +30,7 @@ from models_registry.base import Registry, RegistryUnavailable
 from models_registry.records import Answer as GradedAnswer
 from models_registry.records import JobRecord, ModelRecord
 from router_core.grading import grade
+from router_core.judging import JUDGE_MAX_TOKENS, JUDGE_PREFIX, judge_requests, judge_score, parse_judge_grader
 from router_core.repset import RepItem, RepsetClusters
 
 log = logging.getLogger("uniroute.profiling")
@@ -233,6 +234,11 @@ class JobRunner:
         log.info("profiled %s: accuracy %.3f on %d prompts, spend %.4g", record.name,
                  record.profile.accuracy, record.profile.n_prompts, job.spend)
 
+    async def answer(self, record: ModelRecord, item: RepItem) -> GradedAnswer:
+        """Ask `record` one representative item and grade its answer: the unit of profiling,
+        also used by a state migration (app/runtime/migration.py)."""
+        return await self._ask(record, item)
+
     async def _ask(self, record: ModelRecord, item: RepItem) -> GradedAnswer:
         body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
                 "max_tokens": self.options.max_tokens}
@@ -254,19 +260,25 @@ class JobRunner:
         return GradedAnswer(prompt_id=item.id, score=score, cost=cost, output_tokens=completion_tokens, error=None)
 
     async def _grade(self, item: RepItem, text: str) -> float:
-        if item.grader != "llm_judge":
+        if not item.grader.startswith(JUDGE_PREFIX):
             return grade(item.grader, text, item.reference)
         judge = self.registry.snapshot().get(self.judge_model or "")
         if judge is None:
             raise GatewayError("invalid", "an llm_judge item needs judge_model set to a registered model",
                            code="no_judge_model")
-        prompt = JUDGE_PROMPT.format(prompt=item.prompt, reference=item.reference, answer=text)
-        body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 5}
-        reply = await self.forwarder.send("/chat/completions", body, [judge], {}, stream=False)
-        if reply.status >= 400:
-            raise GatewayError("upstream", f"the judge {judge.name} answered HTTP {reply.status}", code="judge_failed")
-        verdict = answer_text(reply.json or {}).strip().upper()
-        return 1.0 if verdict.startswith("CORRECT") else 0.0
+        kind = parse_judge_grader(item.grader)
+        verdicts = []
+        for messages in judge_requests(kind, item.prompt, item.reference, text):
+            body = {"messages": messages, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS[kind]}
+            reply = await self.forwarder.send("/chat/completions", body, [judge], {}, stream=False)
+            if reply.status >= 400:
+                raise GatewayError("upstream", f"the judge {judge.name} answered HTTP {reply.status}",
+                                   code="judge_failed")
+            verdicts.append(answer_text(reply.json or {}))
+        score = judge_score(kind, verdicts)
+        if score is None:
+            raise GatewayError("upstream", f"the judge {judge.name} gave no verdict", code="judge_failed")
+        return score
 
     async def _finish(self, job: JobRecord, state: str, error: str | None) -> None:
         job.state = state

@@ -189,6 +189,8 @@ class Settings(BaseSettings):
 
     models: list[ModelConfig] = []
     capture: CaptureConfig = CaptureConfig()
+    # A cluster with fewer representative items than this is flagged (GET /admin/state, start-up log).
+    coverage_floor: int = Field(15, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("state_dir")
