@@ -10,8 +10,10 @@ answers, different per model) and a judge upstream in OpenAI's wire format rates
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -40,19 +42,31 @@ def arena_prompts(n: int = 120) -> list[str]:
 
 
 class JudgeUpstream:
-    """Rates the answer in an arena-bench judge prompt 1-10 by a hash of it; counts its calls."""
+    """Rates the answer in an arena-bench judge prompt 1-10 by a hash of it; counts the ratings."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_after: int | None = None) -> None:
+        """With `hold_after`, ratings past that many wait until `release()`. (As a registered
+        model, the judge is also asked the items themselves: those calls are not ratings.)"""
         self.calls = 0
+        self.hold_after = hold_after
+        self._gate = threading.Event()
         self.app = FastAPI()
 
         @self.app.post("/v1/chat/completions")
         async def chat(request: Request) -> dict:
-            self.calls += 1
             req = chat_request(ChatCompletionBody.model_validate(await request.json()))
+            if ANSWER_START not in req.prompt:
+                return response_body(req, Answer.for_request(req, "I only judge."))
+            self.calls += 1
+            if self.hold_after is not None and self.calls > self.hold_after:
+                await asyncio.to_thread(self._gate.wait)
             answer = req.prompt.split(ANSWER_START, 1)[-1].split(ANSWER_END, 1)[0]
             rating = 1 + int(hashlib.sha256(answer.encode()).hexdigest(), 16) % 10
             return response_body(req, Answer.for_request(req, f"Compared with the reference. Rating: [[{rating}]]"))
+
+
+    def release(self) -> None:
+        self._gate.set()
 
 
 @pytest.fixture
@@ -174,7 +188,7 @@ def test_capture_build_apply_and_route_on_through_the_switch(make_gateway, demo_
         assert max(traffic.clusters) >= 4  # routed on the 10-cluster state during the re-profiling ...
         assert traffic.clusters[-1] < 4  # ... and on the 4-cluster one after the switch
         assert seen_pending and seen_pending[-1]["total"] == 40 * len(models)
-        assert upstream.calls >= 40 * len(models)  # every model's answer to every new item was judged
+        assert upstream.calls == 40 * len(models)  # every model's answer to every new item was judged, once
         assert_switched(gw, new_version, repset, [m.name for m in models])
 
         # Another set sharing 35 items: only the 5 new ones are asked, the rest is reused.
@@ -226,3 +240,38 @@ def test_two_replicas_on_one_redis_switch_together(make_gateway, demo_configs, j
         for key in client.scan_iter(match=f"{redis_prefix}*"):
             client.delete(key)
         client.close()
+
+
+def test_a_restart_during_the_migration_resumes_it_asking_only_what_is_missing(make_gateway, demo_configs,
+                                                                               model_config, tmp_path, shared_cache):
+    upstream = JudgeUpstream(hold_after=150)  # the migration stalls after 150 judged answers
+    with serve(upstream.app) as url:
+        models = [*demo_configs, model_config("judge", url + "/v1", score=0.0, per_request=10.0)]
+        db = tmp_path / "registry.db"
+        settings = {"models": models, "admin_key": ADMIN, "judge_model": "judge", "sqlite_path": str(db)}
+        with make_gateway(capture={"sample_rate": 1.0}, **settings) as gw:
+            send_all([gw], arena_prompts())
+            state_dir, repset = build_from_export(gw, tmp_path, shared_cache)
+            new_version = RouterState.load(state_dir).version
+            r = httpx.post(gw + "/admin/state", json={"state_dir": str(state_dir), "repset_path": str(repset)},
+                           headers=AUTH, timeout=60)
+            assert r.status_code == 202
+            deadline = time.monotonic() + 300
+            while upstream.calls < 150 + 8:  # stalled, with profile_concurrency calls held
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            pending = state_of(gw)["pending"]
+            assert pending["status"] == "profiling"
+        version = load_repset(repset).version
+        with sqlite3.connect(db) as conn:
+            stored = conn.execute("SELECT COUNT(*) FROM answers WHERE repset_version = ?", (version,)).fetchone()[0]
+        assert 100 < stored <= 150
+        upstream.release()
+        before = upstream.calls
+        with make_gateway(**settings) as gw:
+            deadline = time.monotonic() + 600
+            while state_of(gw)["state"]["version"] != new_version:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert_switched(gw, new_version, repset, [m.name for m in models])
+        assert upstream.calls - before == 40 * len(models) - stored
