@@ -4,8 +4,9 @@ The state is what the gateway loads at start-up (`state.npz` + `state.json`). On
 needed for K-means (a capture export, `{"id", "prompt"}` rows, will do); the learned map also
 reads the dataset's labels, i.e. the training LLMs' correctness on those prompts.
 
-Without `--clusters`, K is chosen on the data (router_core.choose_k: the best mean silhouette
-among the K leaving every cluster `--min-cluster-size` prompts). The state's metadata records
+Without `--clusters`, K is chosen on the data (router_core.choose_k: among the K leaving every
+cluster `--min-cluster-size` prompts, the largest whose mean silhouette is within 0.005 of the
+best). The state's metadata records
 the choice and, per cluster, its size and the prompts nearest its centroid (`clusters`).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset file or directory; repeat to concatenate several")
     p.add_argument("--format", default=None, choices=FORMATS)
     p.add_argument("--clusters", type=int, default=None,
-                   help="K (default: chosen on the data by mean silhouette)")
+                   help="K (default: chosen on the data by mean silhouette, see router_core.choose_k)")
     p.add_argument("--min-cluster-size", type=int, default=DEFAULT_MIN_CLUSTER,
                    help="when choosing K, the fewest prompts a cluster may hold (default %(default)s)")
     p.add_argument("--embedder", default="accurate", help="accurate | fast | sentence-transformers name or path")
@@ -68,7 +69,7 @@ def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | No
 
 
 def _run(args: argparse.Namespace) -> int:
-    from router_core.choose_k import candidate_ks, choose_k
+    from router_core.choose_k import DEFAULT_TOLERANCE, candidate_ks, choose_k
     from router_core.cluster_summary import describe
     from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
     from router_core.state import build_state
@@ -94,11 +95,13 @@ def _run(args: argparse.Namespace) -> int:
     if k is None:
         choice = choose_k(emb, candidate_ks(len(prompts), args.min_cluster_size), args.min_cluster_size, args.seed)
         k = choice.k
-        metadata["k_choice"] = {"criterion": "silhouette", "min_cluster_size": args.min_cluster_size,
+        metadata["k_choice"] = {"criterion": f"largest K within {DEFAULT_TOLERANCE} of the best mean silhouette",
+                                "min_cluster_size": args.min_cluster_size,
                                 "silhouettes": {str(c): round(v, 4) for c, v in choice.silhouettes.items()},
                                 "smallest_cluster": {str(c): v for c, v in choice.smallest.items()}}
         table = ", ".join(f"K={c}: {v:.3f}" for c, v in choice.silhouettes.items())
-        print(f"chose K={k} by mean silhouette ({table})", file=sys.stderr)
+        print(f"chose K={k}: the largest within {DEFAULT_TOLERANCE} of the best mean silhouette ({table})",
+              file=sys.stderr)
     state = build_state(
         prompts, embedder, k, args.seed, args.method,
         embedder_spec=args.embedder, max_chars=max_chars, losses=losses, prior=args.prior, metadata=metadata,

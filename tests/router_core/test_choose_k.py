@@ -36,6 +36,13 @@ def test_choose_k_finds_four_separated_groups():
     assert choice.silhouettes[4] == max(choice.silhouettes.values())
 
 
+def test_the_largest_k_near_the_best_silhouette_wins():
+    x, _ = blobs(4, 40, spread=0.05)
+    choice = choose_k(x, [2, 3, 4, 5, 6], min_size=15, tolerance=1.0)  # every K is "near"
+    assert choice.k == max(k for k in [2, 3, 4, 5, 6] if choice.smallest[k] >= 15)
+    assert choose_k(x, [2, 3, 4, 5, 6], min_size=15, tolerance=0.0).k == 4
+
+
 def test_choose_k_refuses_a_k_with_a_cluster_below_min_size():
     x, _ = blobs(4, 40)
     tiny = np.vstack([x, blobs(1, 5, seed=9)[0]])  # a fifth, tiny group
