@@ -65,7 +65,7 @@ class CapturedPrompt:
     captured_at: float
 
     @classmethod
-    def of(cls, text: str, cluster: int, captured_at: float) -> "CapturedPrompt":
+    def of(cls, text: str, cluster: int, captured_at: float) -> CapturedPrompt:
         return cls(prompt_id(text), text, int(cluster), float(captured_at))
 
 
@@ -168,7 +168,7 @@ class SQLiteCaptureStore:
     async def batches(self, size: int = 500) -> AsyncIterator[list[CapturedPrompt]]:
         after: tuple[float, str] = (float("-inf"), "")
         while True:
-            rows = await self._run(lambda: self._db().execute(
+            rows = await self._run(lambda after=after: self._db().execute(
                 "SELECT id, prompt, cluster, captured_at FROM captured WHERE (captured_at, id) > (?, ?) "
                 "ORDER BY captured_at, id LIMIT ?", (*after, size)).fetchall())
             if not rows:
@@ -227,10 +227,10 @@ class RedisCaptureStore:
     async def batches(self, size: int = 500) -> AsyncIterator[list[CapturedPrompt]]:
         start = 0
         while True:
-            ids = await self._call(lambda: self._client.zrange(self._times, start, start + size - 1))
+            ids = await self._call(lambda start=start: self._client.zrange(self._times, start, start + size - 1))
             if not ids:
                 return
-            docs = await self._call(lambda: self._client.hmget(self._items, ids))
+            docs = await self._call(lambda ids=ids: self._client.hmget(self._items, ids))
             batch = []
             for pid, doc in zip(ids, docs):
                 if doc is not None:  # pruned between the two reads

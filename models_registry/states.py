@@ -140,7 +140,7 @@ class RedisStateStore(_Callbacks):
 
     def __init__(self, url: str, prefix: str, timeout_s: float = 1.0) -> None:
         super().__init__()
-        common = dict(decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        common = {"decode_responses": True, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         self._client = Redis.from_url(url, **common)
         self._subscriber = Redis.from_url(url, **common)
         self._keys = {slot: f"{prefix}state:{slot}" for slot in SLOTS}

@@ -35,7 +35,7 @@ async def capture_rows(gw: Gateway) -> AsyncIterator[bytes]:
 
 
 @router.get("/capture")
-async def export_capture(request: Request, format: Literal["jsonl"] = "jsonl") -> StreamingResponse:  # noqa: A002
+async def export_capture(request: Request, format: Literal["jsonl"] = "jsonl") -> StreamingResponse:
     """Every captured prompt as `{"id", "prompt"}` lines (the canonical dataset format)."""
     gw = gateway_of(request)
     await gw.capture.flush()

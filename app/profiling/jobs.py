@@ -30,7 +30,13 @@ from models_registry.base import Registry, RegistryUnavailable
 from models_registry.records import Answer as GradedAnswer
 from models_registry.records import JobRecord, ModelRecord
 from router_core.grading import grade
-from router_core.judging import JUDGE_MAX_TOKENS, JUDGE_PREFIX, judge_requests, judge_score, parse_judge_grader
+from router_core.judging import (
+    JUDGE_MAX_TOKENS,
+    JUDGE_PREFIX,
+    judge_requests,
+    judge_score,
+    parse_judge_grader,
+)
 from router_core.repset import RepItem, RepsetClusters
 
 log = logging.getLogger("uniroute.profiling")

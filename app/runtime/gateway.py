@@ -21,9 +21,9 @@ from app.profiling.profiles import profile_from_answers
 from app.routing.capture import Capture
 from app.routing.service import RoutingService
 from app.runtime.config import ModelConfig, Settings
+from app.runtime.metrics import Metrics
 from app.runtime.migration import StateManager, load_router
 from app.runtime.state_view import log_coverage
-from app.runtime.metrics import Metrics
 from app.upstream.forwarding import Forwarder, Health
 from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -24,7 +25,12 @@ import redis
 from fastapi import FastAPI, Request
 
 from app.cli.main import main
-from app.demo.replay_upstream import Answer, ChatCompletionBody, chat_request, response_body
+from app.demo.replay_upstream import (
+    Answer,
+    ChatCompletionBody,
+    chat_request,
+    response_body,
+)
 from router_core.repset import load_repset
 from router_core.state import RouterState
 from tests.support.servers import serve
@@ -130,7 +136,7 @@ class Traffic:
                 self.statuses.append(0)
             i += 1
 
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -209,7 +215,7 @@ def test_capture_build_apply_and_route_on_through_the_switch(make_gateway, demo_
 
 def test_two_replicas_on_one_redis_switch_together(make_gateway, demo_configs, judge, tmp_path, shared_cache,
                                                    redis_url, redis_prefix):
-    upstream, judge_config = judge
+    _, judge_config = judge
     models = [*demo_configs, judge_config]
     shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "admin_key": ADMIN, "judge_model": "judge",
               "capture": {"sample_rate": 1.0}}

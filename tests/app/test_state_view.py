@@ -8,7 +8,13 @@ import logging
 import httpx
 import pytest
 
-from app.runtime.state_view import clusters_view, grader_name, log_coverage, repset_examples, state_fields
+from app.runtime.state_view import (
+    clusters_view,
+    grader_name,
+    log_coverage,
+    repset_examples,
+    state_fields,
+)
 from router_core.repset import RepItem, write_repset
 from router_core.router import UniRouter
 from router_core.state import build_state

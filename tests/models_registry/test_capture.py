@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from models_registry.capture import CapturedPrompt, RedisCaptureStore, SQLiteCaptureStore, prompt_id
+from models_registry.capture import (
+    CapturedPrompt,
+    RedisCaptureStore,
+    SQLiteCaptureStore,
+    prompt_id,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
