@@ -18,8 +18,9 @@ can also force it: `commit(force=True)`): the ACTIVE document gets the new state
 every model's new profile, and its announcement makes every replica attach the new router at
 once (a Redis pub/sub message when replicas share a Redis). Then the model records get the new
 profiles (for restarts and the admin views); a replica that has not switched yet keeps the
-profiles it routes with (Gateway.refresh). A model with no graded answer on the new set is not
-routable after the switch until it is re-profiled.
+profiles it routes with (Gateway.refresh). A model with no graded answer on the new set (a
+forced commit, a model registered meanwhile) keeps its profile if it was made under the new
+clusters (same state, another set), else is not routable until it is re-profiled.
 
 The pending migration lives in the registry: a gateway restarted during one reloads it and the
 next replica to take its lock resumes it, asking only what is still missing. A gateway starts on
@@ -238,8 +239,9 @@ class StateManager:
         await self.store.delete("pending")  # last: it stops this migration's runner
         unprofiled = sorted(set(self.registry.snapshot()) - set(profiles))
         if unprofiled:
-            log.warning("models with no graded answer on the new representative set, not routable until "
-                        "re-profiled: %s", ", ".join(unprofiled))
+            log.warning("models with no graded answer on the new representative set keep their profile only if it "
+                        "was made under the new clusters, else are not routable until re-profiled: %s",
+                        ", ".join(unprofiled))
         log.info("committed router state %s (K=%d, representative set %s) for %d models",
                  doc["state_version"], doc["k"], doc["repset_version"], len(profiles))
         return active

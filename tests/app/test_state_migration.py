@@ -79,3 +79,25 @@ def test_abandoning_keeps_the_active_state_and_bad_input_is_refused(make_gateway
         assert call(gw, "DELETE", "/state/pending").status_code == 404
         time.sleep(1.0)  # an abandoned migration's runner stops: nothing brings it back
         assert call(gw, "GET", "/state").json()["pending"] is None
+
+
+def test_the_spend_cap_stops_the_migration_and_a_forced_commit_switches_anyway(make_gateway, demo_configs,
+                                                                                 tmp_path):
+    repset = first_items(tmp_path, 30)
+    with make_gateway(admin_key=ADMIN, profile_concurrency=1) as gw:
+        body = {"state_dir": Settings().state_dir, "repset_path": str(repset), "spend_cap": 1e-9}
+        assert call(gw, "POST", "/state", body).status_code == 202
+        pending = wait_pending(gw, "stopped")
+        assert "spend cap 1e-09 reached" in pending["error"]
+        assert pending["spend"] >= 1e-9 and pending["progress"]["done"] < pending["progress"]["total"]
+        refused = call(gw, "POST", "/state/pending/commit", {"force": False})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "migration_not_ready"
+        forced = call(gw, "POST", "/state/pending/commit", {"force": True}).json()
+        assert forced["forced"] is True
+        view = call(gw, "GET", "/state").json()
+        assert view["state"]["repset_items"] == 30 and view["pending"] is None
+        answered = {name for name, m in pending["models"].items() if m["done"] > 0}
+        assert answered and view["state"]["routable_models"] == len(demo_configs)
+        # Those that answered route on the new set; the others keep their profile (same clusters).
+        models = {m["name"]: m["profile"]["repset_version"] for m in call(gw, "GET", "/models").json()["data"]}
+        assert {n for n, v in models.items() if v == load_repset(repset).version} == answered
