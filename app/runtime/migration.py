@@ -55,6 +55,10 @@ log = logging.getLogger("uniroute.migration")
 LOCK_TTL_S = 30.0
 
 
+class Abandoned(Exception):
+    """The migration being worked on is no longer the pending one (abandoned or committed)."""
+
+
 def load_router(settings: Settings, state_dir: str, repset_path: str) -> UniRouter:
     """A router on `state_dir` and `repset_path` with the gateway's options (blocks: loads the
     embedding model and embeds the set)."""
@@ -281,6 +285,8 @@ class StateManager:
             await self._reprofile(migration_id)
         except asyncio.CancelledError:
             raise
+        except Abandoned:
+            pass  # abandoned or committed from elsewhere: nothing to record
         except Exception as exc:  # the migration fails alone; routing goes on
             log.exception("state migration %s failed", migration_id)
             doc = await self.store.get("pending")
@@ -374,5 +380,5 @@ class StateManager:
         doc["updated_at"] = time.time()
         current = await self.store.get("pending")
         if current is None or current["id"] != doc["id"]:
-            raise asyncio.CancelledError  # abandoned meanwhile
+            raise Abandoned(doc["id"])  # never write back a migration that was abandoned meanwhile
         await self.store.put("pending", doc, announce=announce)
