@@ -12,6 +12,11 @@ per piece, with
 - the expected cost per request: the mean of the chosen model's expected cost,
 - each model's share of the prompts (a proxy for its share of traffic).
 
+λ is on the router's scale: costs are divided by the fixed cost scale (`policy.DEFAULT_COST_SCALE`
+unless configured), as `UniRouter.decide_batch` divides them, so a λ read off the curve routes
+live traffic as it routed the curve's prompts, and adding a model that no prompt chooses leaves
+the curve as it was. The support guard (`policy.supported`) applies here as in the router.
+
 Score and cost only fall as λ grows, which is what lets targets be turned into λ:
 `for_budget(b)` is the best-scoring piece whose expected cost is at most b, `for_quality(q)` the
 cheapest piece whose expected score is at least q times the best single model's expected score.
@@ -97,28 +102,23 @@ class Calibration:
                    float(data["best_score"]), int(data["n_prompts"]))
 
 
-def per_prompt_normalised(costs: np.ndarray) -> np.ndarray:
-    """Each prompt's costs (n, M) divided by its dearest model's, as the gateway normalises one
-    request's candidates (`policy.normalise_costs` on an (M,) vector); an all-zero row stays zero."""
-    top = costs.max(axis=1, keepdims=True)
-    return np.divide(costs, top, out=np.zeros_like(costs), where=top > 0)
-
-
-def breakpoints(gamma: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Sorted distinct λ > 0 at which some prompt's choice changes (gamma, cost: (n, M)).
+def breakpoints(gamma: np.ndarray, cost: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Sorted distinct λ > 0 at which some prompt's choice changes (gamma, cost: (n, M)), among
+    each prompt's `eligible` models (all when None).
 
     Walks every prompt's lower envelope at once: from its choice at λ = 0, the next corner is the
     smallest λ at which a cheaper model's line crosses the current one; at most M - 1 steps.
     """
     n = gamma.shape[0]
     rows = np.arange(n)
-    current = policy.route(gamma, cost, 0.0)
+    eligible = np.ones(gamma.shape, dtype=bool) if eligible is None else eligible
+    current = policy.route(gamma, cost, 0.0, eligible)
     at = np.zeros(n)
     found: list[np.ndarray] = []
     for _ in range(gamma.shape[1] - 1):
         g0 = gamma[rows, current][:, None]
         c0 = cost[rows, current][:, None]
-        cheaper = cost < c0
+        cheaper = (cost < c0) & eligible
         with np.errstate(divide="ignore", invalid="ignore"):
             cross = np.where(cheaper, (gamma - g0) / (c0 - cost), np.inf)
         # The current model is optimal at `at`, so no crossing lies before it but by rounding.
@@ -155,10 +155,14 @@ def calibrate(
     psi: np.ndarray,
     costs: np.ndarray,
     models: list[str],
+    *,
+    cost_scale: float,
+    eligible: np.ndarray | None = None,
     max_points: int = 512,
 ) -> Calibration:
     """The λ curve for prompts with cluster weights (n, K), models' Ψ (M, K) and the prompts'
-    expected costs (n, M) (normalised per prompt inside, as the gateway does)."""
+    expected costs (n, M), with λ weighing costs divided by `cost_scale` (as the router does) and
+    each prompt routed among its `eligible` models (n, M) (all when None)."""
     w = np.asarray(weights, dtype=np.float64)
     psi = np.asarray(psi, dtype=np.float64)
     raw = np.asarray(costs, dtype=np.float64)
@@ -166,21 +170,24 @@ def calibrate(
     if n == 0 or m == 0 or raw.shape != (n, m) or psi.shape[1] != w.shape[1] or len(models) != m:
         raise ValueError(f"need n > 0 prompts and M > 0 models: weights {w.shape}, psi {psi.shape}, "
                          f"costs {raw.shape}, {len(models)} names")
+    if not cost_scale > 0:
+        raise ValueError(f"cost_scale must be > 0, got {cost_scale}")
     gamma = w @ psi.T
-    norm = per_prompt_normalised(raw)
-    # Prompts with the same predicted errors and costs (all of a cluster's under K-means with
-    # per-request prices) route alike: work on the distinct rows, weighted by their count.
-    rows, inverse = np.unique(np.hstack([gamma, norm, raw]), axis=0, return_inverse=True)
+    ok = np.ones((n, m), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    # Prompts with the same predicted errors, costs and eligibility (all of a cluster's under
+    # K-means with per-request prices) route alike: work on the distinct rows, weighted by count.
+    rows, inverse = np.unique(np.hstack([gamma, raw, ok]), axis=0, return_inverse=True)
     count = np.bincount(inverse.ravel(), minlength=len(rows)).astype(np.float64)
-    g, c, r = rows[:, :m], rows[:, m:2 * m], rows[:, 2 * m:]
-    lambdas, lower, upper = piece_lambdas(breakpoints(g, c), max_points)
+    g, r, e = rows[:, :m], rows[:, m:2 * m], rows[:, 2 * m:] > 0
+    c = r / cost_scale
+    lambdas, lower, upper = piece_lambdas(breakpoints(g, c, e), max_points)
     score, cost = np.empty(len(lambdas)), np.empty(len(lambdas))
     shares = np.empty((len(lambdas), m))
     block = max(1, _BLOCK_FLOATS // (len(rows) * m))
     idx = np.arange(len(rows))
     for start in range(0, len(lambdas), block):
         lam = lambdas[start:start + block]
-        choice = policy.route(g[None], c[None], lam[:, None, None])  # (L, u)
+        choice = policy.route(g[None], c[None], lam[:, None, None], e[None])  # (L, u)
         score[start:start + block] = (1.0 - g[idx, choice]) @ count / n
         cost[start:start + block] = r[idx, choice] @ count / n
         onehot = np.eye(m)[choice]  # (L, u, M)

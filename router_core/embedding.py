@@ -218,8 +218,13 @@ def _fast_embedder(directory: Path, build: bool) -> StaticEmbedder:
             raise ValueError(f"no fast embedder at {directory}: rebuild the state with "
                              "`uniroute build-state --embedder fast`")
         distill_fast(directory)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    return StaticEmbedder(directory, model_id=f"fast-minilm-{FAST_PCA_DIMS}-{digest}")
+    return StaticEmbedder(directory, model_id=fast_model_id(directory))
+
+
+def fast_model_id(directory: Path) -> str:
+    """The id of the `fast` model in `directory`: names its distillation by its weights' digest."""
+    digest = hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    return f"fast-minilm-{FAST_PCA_DIMS}-{digest}"
 
 
 def load_embedder(spec: str = "accurate", cache_dir: str | Path | None = None,

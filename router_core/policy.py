@@ -1,13 +1,24 @@
 """The routing rule: send x to argmin_h gamma(x, h) + lam * c(h), ties to the cheaper model.
 
 `gamma` holds expected losses (n, M); `cost` is per model (M,) or per prompt and model (n, M),
-normalised (see `normalise_costs`) so that lam lives on the same [0, 1] scale as an error rate.
+on a scale that makes lam comparable with an error rate. The paper's evaluation protocol divides
+by the dearest model's mean cost (`normalise_costs`); the router divides by a fixed cost scale
+(`DEFAULT_COST_SCALE`), so that a lam means the same whichever models are registered.
 All functions work on the last axis, so a stack of gammas (L, n, M) with lam shaped (L, 1, 1)
 routes a whole lambda sweep at once.
+
+`eligible` (same shape as gamma, optional) marks the models a prompt may be sent to on the rule;
+the others are ranked after every eligible one (`supported` builds it from the support guard).
 """
 from __future__ import annotations
 
 import numpy as np
+
+# The router's cost scale: the expected cost per request (in the prices' unit, USD for the
+# shipped configs) that a cost weight of 1 weighs as one full unit of error rate. At cost weight
+# lam the router pays up to DEFAULT_COST_SCALE / lam more per request for one unit less error,
+# i.e. DEFAULT_COST_SCALE / (100 lam) per accuracy point.
+DEFAULT_COST_SCALE = 0.01
 
 
 def normalise_costs(cost: np.ndarray) -> np.ndarray:
@@ -27,15 +38,31 @@ def _objective(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray) -> 
     return g + np.asarray(lam, dtype=np.float64) * c, c
 
 
-def route(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray) -> np.ndarray:
-    """Index of the chosen model for each prompt: shape gamma.shape[:-1], int64."""
+def supported(support: np.ndarray, min_support: float) -> np.ndarray:
+    """The support guard, (..., M) bool: a model is eligible for a prompt when the labelled
+    prompts behind its predicted error there (`support`) reach `min_support`; when no model's
+    do, every model is (they are all equally blind there, and their overall means are all
+    there is to go on)."""
+    ok = np.asarray(support, dtype=np.float64) >= min_support
+    return ok | ~ok.any(axis=-1, keepdims=True)
+
+
+def route(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray,
+          eligible: np.ndarray | None = None) -> np.ndarray:
+    """Index of the chosen model for each prompt: shape gamma.shape[:-1], int64. With `eligible`,
+    only among the eligible models (each prompt needs one)."""
     obj, c = _objective(gamma, cost, lam)
+    if eligible is not None:
+        obj = np.where(eligible, obj, np.inf)
     best = obj == obj.min(axis=-1, keepdims=True)
     return np.where(best, c, np.inf).argmin(axis=-1)
 
 
-def rank(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray) -> np.ndarray:
-    """All models per prompt, best first (fallback order): shape gamma.shape, int64."""
+def rank(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray,
+         eligible: np.ndarray | None = None) -> np.ndarray:
+    """All models per prompt, best first (fallback order): shape gamma.shape, int64. With
+    `eligible`, the eligible models first, then the others, each group by the rule."""
     obj, c = _objective(gamma, cost, lam)
-    # lexsort sorts by the last key first: objective, then cost breaks ties.
-    return np.lexsort((c, obj), axis=-1)
+    # lexsort sorts by the last key first: eligibility, objective, then cost breaks ties.
+    keys = (c, obj) if eligible is None else (c, obj, ~np.broadcast_to(eligible, obj.shape))
+    return np.lexsort(keys, axis=-1)

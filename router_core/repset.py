@@ -2,7 +2,8 @@
 
 A JSONL file, one item a line: {"id", "prompt", "reference", "grader", "task"} (graders: those
 of router_core.grading, plus "llm_judge" / "llm_judge:<kind>" which the gateway grades with a
-judge model, see router_core.judging).
+judge model, and "code_tests" whose reference is test code run against the answer's code;
+neither is checked at load).
 
 Its version is the first 12 hex digits of the SHA-256 of the file's bytes: no number to bump
 by hand, and any edit (even of whitespace) is a new version, under which a model's answers are
@@ -27,10 +28,10 @@ import numpy as np
 
 from router_core.datasets import RouterBenchRow, jsonl_records, read_routerbench_rows
 from router_core.grading import chosen_option, grade
-from router_core.judging import parse_judge_grader
 from router_core.profiles import Profile, soft_profiles
 
 JUDGE = "llm_judge"
+CODE_TESTS = "code_tests"
 # RouterBench's multiple-choice tasks; mbpp is code graded by tests it does not ship.
 MC_TASKS = ("arc-challenge", "winogrande")
 
@@ -62,6 +63,13 @@ def _version(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()[:12]
 
 
+def graded_elsewhere(grader: str) -> bool:
+    """Graders that router_core.grading does not run, so a load cannot check their references:
+    an LLM judge ("llm_judge", "llm_judge:<kind>", driven by the gateway) and "code_tests"
+    (an item's tests run in a sandbox)."""
+    return grader == JUDGE or grader.startswith(f"{JUDGE}:") or grader == CODE_TESTS
+
+
 def _item(record: object, where: str) -> RepItem:
     if not isinstance(record, dict):
         raise RepsetError(f"{where}: expected a JSON object")
@@ -72,12 +80,7 @@ def _item(record: object, where: str) -> RepItem:
     if not isinstance(task, str):
         raise RepsetError(f"{where}: 'task' must be a string")
     item = RepItem(record["id"], record["prompt"], record["reference"], record["grader"], task)
-    if item.grader.startswith(JUDGE):
-        try:
-            parse_judge_grader(item.grader)
-        except ValueError as exc:
-            raise RepsetError(f"{where}: {exc}") from None
-    else:
+    if not graded_elsewhere(item.grader):
         try:  # an empty answer exercises the reference's parsing, so a bad one fails at load
             grade(item.grader, "", item.reference)
         except ValueError as exc:
@@ -172,24 +175,19 @@ def regrades_as_recorded(row: RouterBenchRow, reference: str) -> bool:
     return all(grade("mc_letter", row.responses.get(m, ""), reference) == label for m, label in row.labels.items())
 
 
-def build_default_repset(routerbench_dir: str | Path, out_path: str | Path, per_task: int = 200,
-                         seed: int = 0) -> RepresentativeSet:
-    """The default set from RouterBench's TEST split (the shipped router state is fitted on the
-    train split): for each multiple-choice task, rows labelled for every model whose reference
-    letter can be derived and reproduces every recorded label when regraded, then `per_task`
-    of them drawn at random with `seed` (all, if fewer), kept in file order."""
+def routerbench_mc_items(routerbench_dir: str | Path) -> dict[str, tuple[list[RepItem], Counter]]:
+    """Per multiple-choice task, the RouterBench TEST rows usable as `mc_letter` items (in file
+    order) and how many rows were dropped for each reason: rows labelled for every model whose
+    reference letter can be derived and reproduces every recorded label when regraded."""
     files = sorted(Path(routerbench_dir).glob("*_test.csv"))
     if not files:
         raise RepsetError(f"{routerbench_dir}: no RouterBench *_test.csv files")
-    if per_task < 1:
-        raise RepsetError(f"per_task must be >= 1, got {per_task}")
     rows: list[RouterBenchRow] = []
     for file in files:
         models, file_rows = read_routerbench_rows(file)
         # a row lacking some model's label cannot show that regrading reproduces the labels
         rows.extend(r for r in file_rows if r.task in MC_TASKS and len(r.labels) == len(models))
-    rng = random.Random(seed)
-    items: list[RepItem] = []
+    out: dict[str, tuple[list[RepItem], Counter]] = {}
     for task in MC_TASKS:
         usable, dropped = [], Counter()
         for row in (r for r in rows if r.task == task):
@@ -202,6 +200,20 @@ def build_default_repset(routerbench_dir: str | Path, out_path: str | Path, per_
                 usable.append(RepItem(row.id, row.prompt, reference, "mc_letter", row.task))
         if not usable:
             raise RepsetError(f"{routerbench_dir}: no usable {task} rows in the test split")
+        out[task] = (usable, dropped)
+    return out
+
+
+def build_default_repset(routerbench_dir: str | Path, out_path: str | Path, per_task: int = 200,
+                         seed: int = 0) -> RepresentativeSet:
+    """The default set from RouterBench's TEST split (the shipped router state is fitted on the
+    train split): for each multiple-choice task, the usable rows (`routerbench_mc_items`), then
+    `per_task` of them drawn at random with `seed` (all, if fewer), kept in file order."""
+    if per_task < 1:
+        raise RepsetError(f"per_task must be >= 1, got {per_task}")
+    rng = random.Random(seed)
+    items: list[RepItem] = []
+    for task, (usable, dropped) in routerbench_mc_items(routerbench_dir).items():
         chosen = sorted(rng.sample(range(len(usable)), min(per_task, len(usable))))
         items.extend(usable[i] for i in chosen)
         why = ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none"

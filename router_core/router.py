@@ -7,9 +7,19 @@ decide through it, so a decision made here is the decision the gateway makes.
     decision = router.route("Write a haiku about rain", budget=0.002)
 
 A prompt is embedded (its tail, `router_core.text`), mapped to cluster weights by the router
-state, and every allowed model is ranked by predicted error + λ·cost (`router_core.policy`);
-a target (budget or quality) is turned into λ through the models' calibration curve on the
-representative set (`router_core.targets`).
+state, and every allowed model is ranked by predicted error + λ·cost / cost_scale
+(`router_core.policy`); a target (budget or quality) is turned into λ through the models'
+calibration curve on the representative set (`router_core.targets`).
+
+Two rules keep a decision about the prompt and the model, not about the rest of the pool:
+- the cost scale is fixed (`cost_scale`, default `policy.DEFAULT_COST_SCALE`): λ = 1 weighs an
+  expected cost of `cost_scale` per request as one full unit of error rate, so registering a model
+  that no prompt chooses changes no decision;
+- the support guard: a model whose predicted error for the prompt rests on fewer than
+  `min_support` labelled representative prompts (default: the state's prior, the pseudo-prompts
+  of Ψ's shrinkage, i.e. the cluster's own evidence must weigh at least as much as the model's
+  overall mean) is ranked after every model that has that support, so it answers there only as a
+  fallback; when no allowed model has it, all are ranked by the rule as usual.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ from router_core.calibration import Calibration, calibrate
 from router_core.confidence import error_interval
 from router_core.drift import DriftMonitor
 from router_core.embedding import CachedEmbedder, Embedder, embed_for_routing
+from router_core.policy import DEFAULT_COST_SCALE
 from router_core.pricing import Price, estimate_tokens
 from router_core.profiles import Profile
 from router_core.repset import RepresentativeSet, RepsetClusters, load_repset
@@ -65,10 +76,13 @@ class Candidate:
     # and the 90% interval of the predicted error they give (router_core.confidence).
     support: float
     error_interval: tuple[float, float]
+    # Whether `support` reaches the support guard's floor. A model without it is ranked after
+    # every model with it; when no candidate has it, none is (all rest on overall means).
+    supported: bool = True
 
     def to_dict(self) -> dict:
         return {"model": self.model, "predicted_error": self.predicted_error, "expected_cost": self.expected_cost,
-                "support": self.support, "error_interval": list(self.error_interval)}
+                "support": self.support, "supported": self.supported, "error_interval": list(self.error_interval)}
 
 
 @dataclass(frozen=True)
@@ -88,12 +102,13 @@ class Decision:
     _costs: np.ndarray = field(repr=False, compare=False)
     _support: np.ndarray = field(repr=False, compare=False)
     _prior: float = field(repr=False, compare=False)
+    _min_support: float = field(repr=False, compare=False)
 
     @cached_property
     def candidates(self) -> list[Candidate]:
         """Every allowed model, best first, with its predicted error's support and interval."""
         lo, hi = error_interval(self._errors, self._support, self._prior)
-        return [Candidate(name, float(e), float(c), float(s), (float(a), float(b)))
+        return [Candidate(name, float(e), float(c), float(s), (float(a), float(b)), bool(s >= self._min_support))
                 for name, e, c, s, a, b in zip(self.ranking, self._errors, self._costs, self._support, lo, hi)]
 
     def expectation(self, model: str) -> tuple[float, float]:
@@ -124,6 +139,8 @@ class ModelTable:
     accuracy: np.ndarray  # (M,) mean score on the representative set
     counts: np.ndarray  # (M, K) labelled representative prompts behind each error in psi
     prior: float  # Ψ's shrinkage, for the error intervals
+    cost_scale: float  # expected cost per request that λ = 1 weighs as one unit of error rate
+    min_support: float  # the support guard's floor (policy.supported)
     # The representative set's cluster weights (n, K) and estimated prompt tokens (n,): the
     # prompts the λ curve is measured on. None without a representative set.
     calibration_weights: np.ndarray | None = None
@@ -145,6 +162,11 @@ class ModelTable:
         tokens = np.asarray(input_tokens, dtype=np.float64)[..., None]
         return self.per_request + tokens * self.input_per_tok + self.output_cost
 
+    def support(self, weights: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """(n, len(idx)) labelled representative prompts behind the predicted errors of the
+        models `idx` for prompts of cluster weights (n, K)."""
+        return weights @ self.counts[idx].T
+
     def calibration(self, allowed: frozenset[str] | None = None) -> Calibration | None:
         """The λ curve of the models (or of those in `allowed`) on the representative set; None
         with no model or no representative set. The full table's curve is computed when the
@@ -158,7 +180,9 @@ class ModelTable:
         curve = self._curves.get(key)
         if curve is None:
             costs = self.expected_costs(self.calibration_tokens)[:, idx]
-            curve = calibrate(self.calibration_weights, self.psi[idx], costs, [self.names[i] for i in idx])
+            eligible = policy.supported(self.support(self.calibration_weights, idx), self.min_support)
+            curve = calibrate(self.calibration_weights, self.psi[idx], costs, [self.names[i] for i in idx],
+                              cost_scale=self.cost_scale, eligible=eligible)
             subsets = [k for k in self._curves if k is not None]
             if len(subsets) >= _SUBSET_CURVES:
                 del self._curves[subsets[0]]
@@ -167,9 +191,11 @@ class ModelTable:
 
 
 def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset: RepsetClusters | None = None,
-                default_output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> ModelTable:
+                default_output_tokens: int = DEFAULT_OUTPUT_TOKENS, cost_scale: float = DEFAULT_COST_SCALE,
+                min_support: float | None = None) -> ModelTable:
     """Arrays of `models` (those profiled under `n_clusters` clusters), sorted by name for stable
-    tie-breaks, with their λ curve on `repset` (the representative set under the router state)."""
+    tie-breaks, with their λ curve on `repset` (the representative set under the router state).
+    `min_support` None: the prior (see the module docstring)."""
     usable = sorted((m for m in models if len(m.profile.errors) == n_clusters), key=lambda m: m.name)
     n = len(usable)
     psi = np.array([m.profile.errors for m in usable], dtype=np.float64).reshape(n, n_clusters)
@@ -179,10 +205,11 @@ def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset
     out = out_tokens * np.array([m.price.output_per_mtok / 1e6 for m in usable], dtype=np.float64)
     req = np.array([m.price.per_request for m in usable], dtype=np.float64)
     acc = np.array([m.profile.accuracy for m in usable], dtype=np.float64)
+    guard = prior if min_support is None else min_support
     if repset is None:
-        return ModelTable(usable, psi, inp, out, req, acc, counts, prior)
+        return ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard)
     tokens = estimate_tokens(np.array([len(item.prompt) for item in repset.repset.items], dtype=np.float64))
-    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, repset.weights, tokens)
+    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, repset.weights, tokens)
     table.calibration()  # computed now, off the request path
     return table
 
@@ -205,14 +232,23 @@ class UniRouter:
     """
 
     def __init__(self, state: RouterState, embedder: Embedder, repset: RepresentativeSet | None = None, *,
-                 repset_embedder: Embedder | None = None, default_cost_weight: float = 0.2,
-                 default_output_tokens: int = DEFAULT_OUTPUT_TOKENS, lru_size: int = 4096) -> None:
+                 repset_embedder: Embedder | None = None, default_cost_weight: float = 0.4,
+                 default_output_tokens: int = DEFAULT_OUTPUT_TOKENS, cost_scale: float = DEFAULT_COST_SCALE,
+                 min_support: float | None = None, lru_size: int = 4096) -> None:
         """`repset_embedder` embeds the representative set when given (a CachedEmbedder over
-        `embedder`, say); request prompts always go through `embedder` and the in-memory LRU."""
+        `embedder`, say); request prompts always go through `embedder` and the in-memory LRU.
+        `cost_scale`: the expected cost per request (prices' unit) that λ = 1 weighs as one unit
+        of error rate; `min_support`: the support guard's floor (None: the state's prior)."""
+        if not cost_scale > 0:
+            raise ValueError(f"cost_scale must be > 0, got {cost_scale}")
+        if min_support is not None and min_support < 0:
+            raise ValueError(f"min_support must be >= 0, got {min_support}")
         self.state = state
         self.embedder = embedder
         self.default_cost_weight = default_cost_weight
         self.default_output_tokens = default_output_tokens
+        self.cost_scale = cost_scale
+        self.min_support = min_support
         self._lru: OrderedDict[bytes, tuple[np.ndarray, float]] = OrderedDict()
         self._lru_size = lru_size
         self._lock = Lock()
@@ -225,7 +261,7 @@ class UniRouter:
                                                               state.max_chars))
             self.repset = RepsetClusters(repset, weights, state.version, state.prior)
         self._models: dict[str, RoutedModel] = {}
-        self.table = build_table([], self.n_clusters, state.prior, self.repset, default_output_tokens)
+        self.table = self._build([])
 
     @classmethod
     def load(cls, state: str | Path = "fast", repset: str | Path | None = DEFAULT_REPSET, *,
@@ -295,7 +331,11 @@ class UniRouter:
         """Route among exactly `models` from now on (those profiled under another number of
         clusters are left out); the λ curve is recomputed here, off the request path."""
         self._models = {m.name: m for m in models}
-        self.table = build_table(models, self.n_clusters, self.state.prior, self.repset, self.default_output_tokens)
+        self.table = self._build(models)
+
+    def _build(self, models: list[RoutedModel]) -> ModelTable:
+        return build_table(models, self.n_clusters, self.state.prior, self.repset, self.default_output_tokens,
+                           self.cost_scale, self.min_support)
 
     def calibration(self, models: frozenset[str] | None = None) -> Calibration | None:
         """The λ curve: what each cost weight buys on the representative set."""
@@ -370,8 +410,9 @@ class UniRouter:
         """Rank the models for (n, K) cluster weights and (n,) prompt token counts, in one matrix
         operation, at the resolved target's λ (or `min_cost_weight`, a floor such as the budget
         guard's, when higher); None for each prompt when no model is allowed. Costs are divided
-        by the dearest candidate's expected cost so that λ is on the error rate's [0, 1] scale
-        whatever the price unit."""
+        by the fixed cost scale, never by a quantity of the candidates, so a model no prompt
+        chooses changes no decision; the support guard ranks models without support in the
+        prompt's clusters after those with it (module docstring)."""
         table = self.table
         n = len(weights)
         if models is None and not excluded:
@@ -382,15 +423,15 @@ class UniRouter:
             return [None] * n
         lam = max(resolution.cost_weight, min_cost_weight)
         gamma = weights @ table.psi[idx].T  # (n, M)
-        support = weights @ table.counts[idx].T
+        support = table.support(weights, idx)
         costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64))[:, idx]  # (n, M)
-        norm = costs / costs.max(axis=1, keepdims=True).clip(min=np.finfo(float).tiny)
-        order = policy.rank(gamma, norm, lam)  # (n, M)
+        eligible = policy.supported(support, table.min_support)
+        order = policy.rank(gamma, costs / table.cost_scale, lam, eligible)  # (n, M)
         gamma, support, costs = (np.take_along_axis(a, order, axis=1) for a in (gamma, support, costs))
         clusters = weights.argmax(axis=1)
         names = table.name_array[idx][order]
         return [Decision(names[r, 0], int(clusters[r]), float(gamma[r, 0]), float(costs[r, 0]), lam,
-                         tuple(names[r]), resolution, gamma[r], costs[r], support[r], table.prior)
+                         tuple(names[r]), resolution, gamma[r], costs[r], support[r], table.prior, table.min_support)
                 for r in range(n)]
 
     def route(self, prompts: str | list[str], *, cost_weight: float | None = None, budget: float | None = None,

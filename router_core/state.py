@@ -18,7 +18,7 @@ import numpy as np
 
 from router_core import clustering
 from router_core.drift import DRIFT_QUANTILE, drift_threshold, nearest_distance
-from router_core.embedding import FAST_DIRNAME, Embedder, load_embedder
+from router_core.embedding import FAST_DIRNAME, Embedder, fast_model_id, load_embedder
 from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
 
 METHODS = ("uniroute_kmeans", "uniroute_learned_map")
@@ -149,7 +149,7 @@ def build_state(
     theta = None
     if method == "uniroute_learned_map":
         theta = fit_learned_map(emb, losses, centroids, replace(learned_map, seed=seed))
-    meta = {"n_prompts": len(prompts), "seed": seed,
+    meta = {"n_prompts": len(prompts), "seed": seed, "embedder_id": embedder.model_id,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "drift_threshold": drift_threshold(nearest_distance(centroids, emb)), "drift_quantile": DRIFT_QUANTILE,
             **(metadata or {})}
@@ -157,6 +157,19 @@ def build_state(
 
 
 def state_embedder(state: RouterState, directory: str | Path) -> Embedder:
-    """The embedder a saved state was fitted with; for `fast`, the very model stored beside it
-    (never a new distillation, whose vector space would differ)."""
-    return load_embedder(state.embedder, None, Path(directory) / FAST_DIRNAME, False)
+    """The embedder a saved state was fitted with; for `fast`, the very model stored beside it,
+    or the one shipped with uniroute when the state records that very model's id (the shipped
+    states share one copy). Never a new distillation, whose vector space would differ."""
+    fast_dir = Path(directory) / FAST_DIRNAME
+    if state.embedder == "fast" and not fast_dir.exists():
+        from router_core.shipped import FAST_EMBEDDER_DIR
+
+        recorded = state.metadata.get("embedder_id")
+        if recorded is not None and recorded == fast_model_id(FAST_EMBEDDER_DIR):
+            fast_dir = FAST_EMBEDDER_DIR
+    embedder = load_embedder(state.embedder, None, fast_dir, False)
+    recorded = state.metadata.get("embedder_id")
+    if recorded is not None and recorded != embedder.model_id:
+        raise ValueError(f"the router state in {directory} was fitted with embedder {recorded}, "
+                         f"not {embedder.model_id}: its clusters do not fit this embedder's vectors")
+    return embedder

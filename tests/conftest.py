@@ -24,11 +24,12 @@ def embedder():
 
 @pytest.fixture(scope="session")
 def default_state():
-    """(state, its embedder) of the gateway's default router state, as the gateway loads them."""
-    from app.runtime.config import Settings
+    """(state, its embedder) of the RouterBench router state the RouterBench tests route with,
+    as the gateway loads them."""
+    from router_core.shipped import state_path
     from router_core.state import RouterState, state_embedder
 
-    directory = Settings().state_dir
+    directory = state_path("routerbench-fast")
     state = RouterState.load(directory)
     return state, state_embedder(state, directory)
 

@@ -74,6 +74,14 @@ def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+def is_json_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header announces JSON (`application/json`, `…+json`, any parameters)."""
+    if not content_type:
+        return False
+    subtype = content_type.split(";", 1)[0].strip().lower().rpartition("/")[2]
+    return subtype == "json" or subtype.endswith("+json")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves the gateway in OpenAI's format, including FastAPI's own."""
 
@@ -86,8 +94,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(from_domain(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        content_type = request.headers.get("content-type")
+        if tuple(first.get("loc", ())) == ("body",) and not is_json_type(content_type):
+            # FastAPI reads a body as JSON only when its Content-Type says so (curl -d sends
+            # a form type; some clients send none): say that, rather than "not an object".
+            return error_response(APIError(
+                400, f"send the body as JSON with the header Content-Type: application/json "
+                     f"(this request has {f'Content-Type: {content_type}' if content_type else 'no Content-Type'})",
+                code="unsupported_content_type"))
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         message = first.get("msg", "invalid request")

@@ -59,6 +59,49 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses",
+           "/v1/embeddings": "embeddings", "/v1/route": "route", "/v1/models": "models"}
+
+
+def route_label(path: str) -> str:
+    """The `route` label of an OpenAI endpoint's path."""
+    if path.startswith("/v1/models/"):
+        return "models"
+    return _ROUTES.get(path, "other")
+
+
+class RequestCounter:
+    """Counts every response of the OpenAI endpoints (`/v1/...`) in `uniroute_requests_total`,
+    whoever answered it: the upstream, the gateway's error handlers, the body limit, or the
+    server's last-resort 500. The label `model` is the model that answered (`none` when none did);
+    `status` the HTTP status, or `cut` for a stream the upstream cut (app/api/openai.py marks both
+    on the request's state)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the server answers when the app raises before starting a response
+
+        async def watching(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching)
+        finally:
+            gateway = getattr(scope["app"].state, "gateway", None)
+            if gateway is not None:
+                state = scope.get("state") or {}
+                gateway.metrics.requests.labels(route_label(scope["path"]), state.get(openai.MODEL_STATE, "none"),
+                                                state.get(openai.OUTCOME_STATE, str(status))).inc()
+
+
 def warn_about_open_doors(settings: Settings) -> None:
     """Say loudly at start what is not protected."""
     if not settings.api_keys:
@@ -114,4 +157,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestCounter)  # outermost: counts the body limit's answers too
     return app

@@ -1,9 +1,12 @@
-"""The OpenAI-compatible endpoints: chat completions, completions, models, and the `/v1/route`
-dry run. Which model answers is the routing service's choice (app/routing/service.py); the
-upstream's body comes back untouched, with x-uniroute-* headers saying who answered and why."""
+"""The OpenAI-compatible endpoints: chat completions, completions, responses, embeddings, models,
+and the `/v1/route` dry run. Which model answers is the routing service's choice
+(app/routing/service.py); the upstream's body comes back untouched, with x-uniroute-* headers
+saying who answered and why."""
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -11,10 +14,23 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.api.auth import bearer, require_client_key
 from app.api.errors import APIError
-from app.api.wire import ChatBody, CompletionBody, RoutingOptions, read_body, validate
+from app.api.wire import (
+    ChatBody,
+    CompletionBody,
+    EmbeddingsBody,
+    ResponsesBody,
+    RoutingOptions,
+    read_body,
+    validate,
+)
 from app.costs.billing import bill, record_usage
 from app.costs.budget import key_scope
-from app.routing.prompts import chat_routing_text, completion_routing_text
+from app.errors import GatewayError
+from app.routing.prompts import (
+    chat_routing_text,
+    completion_routing_text,
+    responses_routing_text,
+)
 from app.routing.service import (
     ROUTER_MODEL,
     Destination,
@@ -22,7 +38,17 @@ from app.routing.service import (
     parse_router_model,
 )
 from app.runtime.gateway import Gateway, gateway_of
+from app.upstream.faults import fault_of
+from app.upstream.forwarding import Answer
 from models_registry.records import ModelRecord
+from router_core.router import ModelTable
+
+# Where the gateway asks a stream's upstream for its usage chunk when the client did not.
+USAGE_PATHS = ("/chat/completions", "/completions")
+# What the request counter (app/api/main.py) reads of a request: the model that answered, and
+# an outcome that replaces the HTTP status ("cut").
+MODEL_STATE = "uniroute_model"
+OUTCOME_STATE = "uniroute_outcome"
 
 router = APIRouter(dependencies=[Depends(require_client_key)])
 
@@ -32,18 +58,18 @@ def client_scope(gw: Gateway, request: Request) -> str:
     return key_scope(bearer(request)) if gw.settings.api_keys else key_scope(None)
 
 
-async def destination(request: Request, model: str, options: RoutingOptions | None,
-                      text: str | None) -> Destination:
+async def destination(request: Request, model: str, options: RoutingOptions | None, text: str) -> Destination:
     """Where the request goes: routed when `model` is a router name, else the named model.
-    `text` is None only for a named model, whose prompt is not read."""
+    `text` is the prompt's text as routing reads it (its tokens are the expected cost's)."""
     gw = gateway_of(request)
-    limit = gw.settings.max_prompt_chars
-    if text is not None and len(text) > limit:
-        raise APIError(413, f"the prompt has {len(text)} characters; the limit is {limit}", code="prompt_too_long")
     target = parse_router_model(model, gw.settings)
     if target is None:
-        return Destination(None, [gw.routing.named(model)], client_scope(gw, request))
-    assert text is not None  # every routed request's prompt is read (see the callers)
+        record = gw.routing.named(model)
+        return Destination(None, [record], client_scope(gw, request),
+                           expected_cost=gw.routing.expected_cost(record, text))
+    limit = gw.settings.max_prompt_chars
+    if len(text) > limit:
+        raise APIError(413, f"the prompt has {len(text)} characters; the limit is {limit}", code="prompt_too_long")
     if options is not None:
         target = options.routing_target(gw.settings) or target
     return await gw.routing.destination(target, text, client_scope(gw, request),
@@ -61,30 +87,79 @@ def routing_headers(dest: Destination, answered_by: ModelRecord) -> dict[str, st
     }
 
 
-async def proxy(request: Request, route: str, path: str, body: dict, dest: Destination, stream: bool,
-                started: float) -> Response:
+def upstream_body(body: dict, path: str, stream: bool) -> tuple[dict, bool]:
+    """The body for the upstream, and whether the gateway asked for a stream's usage chunk (the
+    client did not: it is read for the bill and not passed on)."""
+    out = {k: v for k, v in body.items() if k != "uniroute"}
+    if "stream" in out and out["stream"] is None:
+        del out["stream"]  # null is the default; not every upstream takes it
+    if not stream or path not in USAGE_PATHS:
+        return out, False
+    options = body.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    if options.get("include_usage") is True:
+        return out, False
+    out["stream_options"] = {**options, "include_usage": True}
+    return out, True
+
+
+async def proxy(request: Request, path: str, body: dict, dest: Destination, stream: bool, started: float) -> Response:
     """Forward to the destination's models in order and relay the answer."""
     gw = gateway_of(request)
-    upstream_body = {k: v for k, v in body.items() if k != "uniroute"}
-    answer = await gw.forwarder.send(path, upstream_body, dest.records, dict(request.headers), stream)
+    sent, strip_usage = upstream_body(body, path, stream)
+    answer = await gw.forwarder.send(path, sent, dest.records, request.headers, stream, strip_usage)
     record = answer.record
+    setattr(request.state, MODEL_STATE, record.name)
+    headers = routing_headers(dest, record)
+    if answer.request_id:
+        headers["x-request-id"] = answer.request_id
+    if answer.status >= 400:
+        # The client's own mistake, as the upstream answered it: no bill, no routing decision.
+        return Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
+    if fault_of(record.error) is not None:
+        await gw.clear_fault(record.name)
     metrics = gw.metrics
     if dest.decision is not None:
         metrics.decisions.labels(record.name).inc()
         if record.name != dest.decision.model:
             metrics.fallbacks.inc()
-    if answer.attempts == 1:
-        metrics.overhead_seconds.observe(max(0.0, time.perf_counter() - started - answer.upstream_seconds))
-    headers = routing_headers(dest, record)
-    metrics.requests.labels(route, record.name, str(answer.status)).inc()
     table = gw.routing.require_ready().table
     if answer.stream is not None:
-        await bill(gw.budget, table, dest, record, None)
-        return StreamingResponse(answer.stream, media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
-    usage = answer.json.get("usage") if isinstance(answer.json, dict) else None
-    await bill(gw.budget, table, dest, record, record_usage(metrics, table, dest, record, usage))
-    return Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
+        response: Response = StreamingResponse(settled(request, gw, table, dest, answer), media_type="text/event-stream",
+                                               headers={**headers, "cache-control": "no-cache"})
+    else:
+        usage = answer.json.get("usage") if isinstance(answer.json, dict) else None
+        await bill(gw.budget, table, dest, record, record_usage(metrics, table, dest, record, usage))
+        response = Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
+    metrics.overhead_seconds.observe(max(0.0, time.perf_counter() - started - answer.upstream_seconds))
+    return response
+
+
+async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destination,
+                  answer: Answer) -> AsyncIterator[bytes]:
+    """A stream's bytes; once it has ended, its usage is counted and billed (at the expected cost
+    when the upstream reported none) and a cut stream is marked for the request counter."""
+    assert answer.stream is not None and answer.watch is not None
+    watch = answer.watch
+    booked = False
+
+    async def settle() -> None:
+        nonlocal booked
+        booked = True
+        if watch.cut:
+            setattr(request.state, OUTCOME_STATE, "cut")
+        spent = record_usage(gw.metrics, table, dest, answer.record, watch.usage)
+        # Shielded: a client that hangs up cancels this generator, not its bill.
+        await asyncio.shield(bill(gw.budget, table, dest, answer.record, spent))
+
+    try:
+        async for chunk in answer.stream:
+            if watch.ended and not booked:  # the books are done before the last events go out
+                await settle()
+            yield chunk
+    finally:
+        if not booked:
+            await settle()
 
 
 @router.post("/v1/chat/completions")
@@ -94,7 +169,17 @@ async def chat_completions(request: Request) -> Response:
     parsed = validate(ChatBody, body)
     text = chat_routing_text([m.model_dump() for m in parsed.messages])
     dest = await destination(request, parsed.model, parsed.uniroute, text)
-    return await proxy(request, "chat", "/chat/completions", body, dest, parsed.stream, started)
+    return await proxy(request, "/chat/completions", body, dest, bool(parsed.stream), started)
+
+
+def completion_text(prompt: object, routed: bool) -> str:
+    """A completions prompt's text; token ids have none, which only a named model takes."""
+    try:
+        return completion_routing_text(prompt)
+    except GatewayError:
+        if routed:
+            raise
+        return ""
 
 
 @router.post("/v1/completions")
@@ -103,9 +188,59 @@ async def completions(request: Request) -> Response:
     body = await read_body(request)
     parsed = validate(CompletionBody, body)
     routed = parse_router_model(parsed.model, gateway_of(request).settings) is not None
-    text = completion_routing_text(parsed.prompt) if routed else None
+    dest = await destination(request, parsed.model, parsed.uniroute, completion_text(parsed.prompt, routed))
+    return await proxy(request, "/completions", body, dest, bool(parsed.stream), started)
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    """The Responses API, routed like chat: the routing text is the instructions and the input."""
+    started = time.perf_counter()
+    body = await read_body(request)
+    parsed = validate(ResponsesBody, body)
+    text = responses_routing_text(parsed.input, parsed.instructions)
     dest = await destination(request, parsed.model, parsed.uniroute, text)
-    return await proxy(request, "completions", "/completions", body, dest, parsed.stream, started)
+    return await proxy(request, "/responses", body, dest, bool(parsed.stream), started)
+
+
+def embeddings_record(gw: Gateway, model: str) -> ModelRecord:
+    """The model an embeddings request goes to: a registered model it names, else the configured
+    `embeddings_model` (asked for by its name or a router name)."""
+    config = gw.settings.embeddings_model
+    routed = parse_router_model(model, gw.settings) is not None
+    if config is not None and (model == config.name or routed):
+        return ModelRecord.new(name=config.name, base_url=config.base_url,
+                               upstream_model=config.upstream_model or config.name,
+                               api_key_env=config.api_key_env, cost=config.cost.to_price())
+    record = gw.registry.snapshot().get(model)
+    if record is not None and record.enabled:
+        return record
+    served = f"the embeddings model is `{config.name}`" if config else "no embeddings_model is configured"
+    if routed:
+        raise APIError(400, f"embeddings are not routed and {served}", param="model", code="no_embeddings_model")
+    raise APIError(404, f"The model `{model}` does not exist; {served}", param="model", code="model_not_found")
+
+
+def embeddings_text(value: object) -> str:
+    """The text of an embeddings `input` (a string or strings; token ids have none)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(v for v in value if isinstance(v, str))
+    return ""
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    """Embeddings, forwarded to one model (never routed: vectors of different models do not mix)."""
+    started = time.perf_counter()
+    body = await read_body(request)
+    parsed = validate(EmbeddingsBody, body)
+    gw = gateway_of(request)
+    record = embeddings_record(gw, parsed.model)
+    dest = Destination(None, [record], client_scope(gw, request),
+                       expected_cost=gw.routing.expected_cost(record, embeddings_text(parsed.input), output_tokens=False))
+    return await proxy(request, "/embeddings", body, dest, False, started)
 
 
 @router.post("/v1/route")
@@ -117,7 +252,7 @@ async def route_dry_run(request: Request) -> JSONResponse:
         text = chat_routing_text([m.model_dump() for m in parsed.messages])
     else:
         parsed = validate(CompletionBody, body)
-        text = completion_routing_text(parsed.prompt)
+        text = completion_text(parsed.prompt, parse_router_model(parsed.model, gateway_of(request).settings) is not None)
     dest = await destination(request, parsed.model, parsed.uniroute, text)
     if dest.decision is None:
         record = dest.records[0]
@@ -130,10 +265,8 @@ async def route_dry_run(request: Request) -> JSONResponse:
                          "budget_guard": dest.guard.to_dict() if dest.guard else None})
 
 
-@router.get("/v1/models")
-async def list_models(request: Request) -> JSONResponse:
-    """The router names, then the registered models that can be called by name."""
-    gw = gateway_of(request)
+def model_objects(gw: Gateway) -> list[dict]:
+    """The router names, the registered models that can be called by name, the embeddings model."""
     now = int(time.time())
     data = [{"id": name, "object": "model", "created": now, "owned_by": "uniroute"}
             for name in [ROUTER_MODEL, *(f"{ROUTER_MODEL}:{p}" for p in gw.settings.policies)]]
@@ -141,4 +274,22 @@ async def list_models(request: Request) -> JSONResponse:
         if record.enabled:
             data.append({"id": record.name, "object": "model", "created": int(record.created_at),
                          "owned_by": "uniroute-registry"})
-    return JSONResponse({"object": "list", "data": data})
+    if gw.settings.embeddings_model is not None:
+        data.append({"id": gw.settings.embeddings_model.name, "object": "model", "created": now,
+                     "owned_by": "uniroute-embeddings"})
+    return data
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    """Every model a request can name."""
+    return JSONResponse({"object": "list", "data": model_objects(gateway_of(request))})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+    """One model of the list (`models.retrieve` in the openai SDK)."""
+    for item in model_objects(gateway_of(request)):
+        if item["id"] == model_id:
+            return JSONResponse(item)
+    raise APIError(404, f"The model `{model_id}` does not exist", param="model", code="model_not_found")

@@ -51,7 +51,7 @@ class ChatBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[Message] = Field(min_length=1)
-    stream: StrictBool = False
+    stream: StrictBool | None = False  # null is the spec's default: not streamed
     uniroute: RoutingOptions | None = None
 
 
@@ -61,8 +61,27 @@ class CompletionBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     prompt: str | list
-    stream: StrictBool = False
+    stream: StrictBool | None = False
     uniroute: RoutingOptions | None = None
+
+
+class ResponsesBody(BaseModel):
+    """What the gateway reads of a Responses API request (`POST /v1/responses`)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: str | list
+    instructions: str | None = None
+    stream: StrictBool | None = False
+    uniroute: RoutingOptions | None = None
+
+
+class EmbeddingsBody(BaseModel):
+    """What the gateway reads of an embeddings request: the model it names."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: str | list
 
 
 async def read_body(request: Request) -> dict:

@@ -56,7 +56,8 @@ def local_curve(args: argparse.Namespace) -> dict:
         raise UsageError(f"{args.data} has no costs: the curve needs the models' prices")
     try:
         router = UniRouter.load(args.state_dir or settings.state_dir, args.repset or settings.repset_path,
-                                cache_dir=args.cache_dir)
+                                cache_dir=args.cache_dir, cost_scale=settings.cost_scale,
+                                min_support=settings.min_support)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     known = set(dataset.ids)

@@ -4,10 +4,16 @@ The replay upstream answers from the LLMs' recorded RouterBench answers. Each LL
 with its profile computed from its recorded labels on the representative set, and priced per
 request at its mean RouterBench cost (USD), so a first request from the openai SDK is routed
 for real.
+
+The replay upstream is a child process, stopped with the demo however the demo is stopped
+(Ctrl-C, SIGINT or SIGTERM). A port already taken by another process is refused up front: the
+demo never routes to an upstream it did not start (an old demo's, say).
 """
 from __future__ import annotations
 
 import argparse
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from app.cli import UsageError, one_line_errors
 from app.cli.serve import serve
 from app.demo import ROUTERBENCH_DIR
 from app.demo.models import demo_configs
@@ -34,10 +41,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def wait_until_up(url: str, timeout_s: float = 60.0) -> None:
-    """Block until `url` answers 200, or raise."""
+def port_taken(host: str, port: int) -> bool:
+    """Whether something listens on host:port already (binding as the servers do, with
+    SO_REUSEADDR, so a port a stopped server left in TIME_WAIT counts as free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Block until `url`, served by `process`, answers 200; UsageError if the process exits
+    first, RuntimeError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UsageError(f"the replay upstream exited with status {process.returncode} before serving {url}")
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
@@ -47,24 +69,43 @@ def wait_until_up(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not come up within {timeout_s:.0f} s")
 
 
+def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Terminate a child process and wait for it; kill it if it does not end in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@one_line_errors("demo", UsageError, 2, "error: ")
 def run(args: argparse.Namespace) -> int:
+    if port_taken("127.0.0.1", args.upstream_port):
+        raise UsageError(f"port {args.upstream_port} (the replay upstream's) is in use by another process, "
+                         f"perhaps an earlier demo's replay upstream: stop it or pass --upstream-port")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM stops the demo as Ctrl-C does: uvicorn shuts down on either, then re-raises the
+    # signal, which by default would end this process before it stops its child.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     upstream = subprocess.Popen([
         sys.executable, "-m", "app.cli.main", "replay-upstream", "--host", "127.0.0.1",
         "--port", str(args.upstream_port), "--latency-scale", str(args.latency_scale),
     ])
     try:
         base_url = f"http://127.0.0.1:{args.upstream_port}/v1"
-        wait_until_up(f"{base_url}/models")
+        wait_until_up(f"{base_url}/models", upstream)
         settings = Settings(host=args.host, port=args.port, sqlite_path=str(workdir / "registry.db"))
         dataset = load_routerbench(ROUTERBENCH_DIR)
         repset = load_repset(settings.repset_path)
         settings.models = demo_configs(dataset, [item.id for item in repset.items], base_url, workdir)
         print(f"uniroute demo: replay upstream at {base_url}, gateway at http://{args.host}:{args.port}/v1 "
               f"(model 'uniroute' or 'uniroute:<cost weight>')", file=sys.stderr)
-        serve(settings)
+        serve(settings)  # returns on SIGINT or SIGTERM
+    except KeyboardInterrupt:
+        pass  # stopped before the gateway served
     finally:
-        upstream.terminate()
-        upstream.wait(timeout=10)
+        stop(upstream)
+        signal.signal(signal.SIGTERM, previous)
     return 0

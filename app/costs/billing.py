@@ -8,16 +8,26 @@ from models_registry.records import ModelRecord
 from router_core.router import ModelTable
 
 
+def usage_tokens(usage: object) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a `usage` object: chat/completions/embeddings name them
+    prompt_tokens / completion_tokens, the Responses API input_tokens / output_tokens."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
+    completion = usage.get("completion_tokens", usage.get("output_tokens")) or 0
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return prompt, completion
+
+
 def record_usage(metrics: Metrics, table: ModelTable, destination: Destination, record: ModelRecord,
                  usage: dict | None) -> float | None:
     """Tokens, cost, and cost saved against the most accurate routable model; the cost, or None
     when the answer reports no usable token counts."""
-    if not isinstance(usage, dict):
+    counts = usage_tokens(usage)
+    if counts is None:
         return None
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
+    prompt, completion = counts
     metrics.tokens.labels(record.name, "prompt").inc(prompt)
     metrics.tokens.labels(record.name, "completion").inc(completion)
     spent = record.cost.expected(prompt, completion)
@@ -34,7 +44,7 @@ async def bill(guard: BudgetGuard | None, table: ModelTable, destination: Destin
                spent: float | None) -> None:
     """Count an answer against the budget guard. Its planned cost is the calibration curve's
     expected cost per request at the λ it was routed with; a named model's plan is what it cost.
-    An answer without usage (a stream) counts at its expected cost."""
+    An answer without usage counts at its expected cost."""
     if guard is None:
         return
     expected = expectation(destination, record)[1]

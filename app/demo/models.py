@@ -24,12 +24,18 @@ class DemoModel:
 
 
 def demo_models(dataset: RoutingDataset, repset_ids: list[str]) -> list[DemoModel]:
-    """One DemoModel per model of `dataset`, scored on the representative prompts it labels."""
+    """One DemoModel per model of `dataset`, scored on the representative prompts it labels. An
+    item is the dataset's row of the same id, or of its id's last part: the general set names
+    items `<source>/<task>/<id in the source>`."""
     row = {pid: i for i, pid in enumerate(dataset.ids)}
-    rows = [row[pid] for pid in repset_ids if pid in row]
+    found = {}
+    for pid in repset_ids:
+        i = row.get(pid, row.get(pid.rsplit("/", 1)[-1]))
+        if i is not None:
+            found[pid] = i
     models = []
     for j, name in enumerate(dataset.models):
-        scores = {dataset.ids[i]: float(dataset.scores[i, j]) for i in rows if not np.isnan(dataset.scores[i, j])}
+        scores = {pid: float(dataset.scores[i, j]) for pid, i in found.items() if not np.isnan(dataset.scores[i, j])}
         price = float(np.nanmean(dataset.costs[:, j])) if dataset.costs is not None else 0.0
         models.append(DemoModel(name, Price(per_request=price), scores))
     return models

@@ -5,6 +5,8 @@ Only text parts count: images, audio and tool results are not embedded. The syst
 comes first because router_core keeps the tail of long text: the user's question survives
 the cut, the system prompt's start does not.
 Completions: the prompt string (a list of strings is joined).
+Responses API: the `instructions`, then the `input` read as chat messages (a string input is
+the user message).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ def content_text(content: object) -> str:
         return "\n".join(
             part["text"]
             for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            # "text" in chat messages, "input_text" in the Responses API's input items
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
+            and isinstance(part.get("text"), str)
         )
     return ""
 
@@ -45,3 +49,14 @@ def completion_routing_text(prompt: object) -> str:
         param="prompt",
         code="unroutable_prompt",
     )
+
+
+def responses_routing_text(input: object, instructions: str | None) -> str:
+    """The instructions, then the input's system/developer messages and its last user message."""
+    if isinstance(input, str):
+        messages = [{"role": "user", "content": input}]
+    elif isinstance(input, list):
+        messages = [item for item in input if isinstance(item, dict) and "role" in item]
+    else:
+        messages = []
+    return "\n".join(p for p in (instructions, chat_routing_text(messages)) if p)

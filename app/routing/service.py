@@ -46,6 +46,8 @@ class Destination:
     records: list[ModelRecord]
     scope: str
     guard: GuardState | None = None
+    # A named model's expected cost for the request (a routed one's is in its decision).
+    expected_cost: float = 0.0
 
 
 def parse_router_model(name: str, settings: Settings) -> RoutingTarget | None:
@@ -160,6 +162,14 @@ class RoutingService:
                                code="model_not_found")
         return record
 
+    def expected_cost(self, record: ModelRecord, text: str, output_tokens: bool = True) -> float:
+        """A named model's expected cost for a prompt `text`, by the rule routing uses: the prompt's
+        estimated tokens, and the answer length its profile measured (else the configured one)."""
+        profile = record.profile
+        output = ((profile.avg_output_tokens if profile else 0) or self.settings.expected_output_tokens
+                  if output_tokens else 0)
+        return record.cost.expected(estimate_tokens(len(text)), output)
+
     async def destination(self, target: RoutingTarget, text: str, scope: str,
                           models: list[str] | None = None) -> Destination:
         """Route a prompt for `target` among the routable models (or those in `models`)."""
@@ -217,7 +227,6 @@ def expectation(destination: Destination, answered_by: ModelRecord) -> tuple[flo
     if destination.decision is None:
         profile = answered_by.profile
         error = 1.0 - profile.accuracy if profile else float("nan")
-        cost = answered_by.cost.expected(0, profile.avg_output_tokens if profile else 0)
-        return error, cost, -1
+        return error, destination.expected_cost, -1
     error, cost = destination.decision.expectation(answered_by.name)
     return error, cost, destination.decision.cluster

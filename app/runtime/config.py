@@ -62,6 +62,18 @@ class ModelConfig(BaseModel):
     scores_file: str | None = None
 
 
+class EmbeddingsConfig(BaseModel):
+    """The upstream `POST /v1/embeddings` goes to: not a routed LLM, so not in the registry.
+    Clients ask for it by `name` (or by a router name such as `uniroute`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    base_url: str
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    cost: PriceIn = PriceIn(per_request=0.0)
+
+
 class TargetFields(BaseModel):
     """At most one routing target: a cost weight λ, a budget (expected cost per request, in the
     models' cost unit) or a quality (fraction of the best single model's expected score)."""
@@ -161,7 +173,13 @@ class Settings(BaseSettings):
     # the network; two threads on two busy cores ran a prompt 7x slower here (oversubscription).
     embed_threads: int | None = Field(1, ge=1)
 
-    default_cost_weight: float = Field(0.2, ge=0)
+    # λ for the model name `uniroute`. λ weighs an expected cost of `cost_scale` per request (the
+    # models' cost unit) as one full unit of error rate, whichever models are registered.
+    default_cost_weight: float = Field(0.4, ge=0)
+    cost_scale: float = Field(0.01, gt=0, allow_inf_nan=False)
+    # The support guard: a model whose predicted error for a prompt rests on fewer labelled
+    # representative prompts is ranked after those with more (None: the router state's prior).
+    min_support: float | None = Field(None, ge=0, allow_inf_nan=False)
     # Named targets, asked for as `uniroute:<name>` and listed in /v1/models.
     policies: dict[str, PolicyConfig] = DEFAULT_POLICIES
     budget: BudgetConfig = BudgetConfig()
@@ -188,6 +206,8 @@ class Settings(BaseSettings):
     judge_model: str | None = None
 
     models: list[ModelConfig] = []
+    # Where /v1/embeddings goes when the request names no registered model.
+    embeddings_model: EmbeddingsConfig | None = None
     capture: CaptureConfig = CaptureConfig()
     # A cluster with fewer representative items than this is flagged (GET /admin/state, start-up log).
     coverage_floor: int = Field(15, ge=0)

@@ -24,7 +24,9 @@ from app.runtime.config import ModelConfig, Settings
 from app.runtime.metrics import Metrics
 from app.runtime.migration import StateManager, load_router
 from app.runtime.state_view import log_coverage
+from app.upstream.faults import UpstreamFault, fault_error, fault_of
 from app.upstream.forwarding import Forwarder, Health
+from models_registry.base import RegistryUnavailable
 from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry
 from models_registry.records import ModelRecord
@@ -66,7 +68,8 @@ class Gateway:
         self.health = Health(settings.cooldown_failures, settings.cooldown_s, self.metrics)
         self.budget = open_guard(settings.budget, settings.redis_url, settings.redis_prefix, self.metrics)
         self.client = upstream_client(settings)
-        self.forwarder = Forwarder(self.client, self.metrics, self.health, settings.retries, settings.deadline_s)
+        self.forwarder = Forwarder(self.client, self.metrics, self.health, settings.retries, settings.deadline_s,
+                                   disable=self.disable_faulty)
         self.routing = RoutingService(settings, self.metrics, self.registry, self.health, self.budget)
         self.capture_store = open_capture_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
         self.capture = self.routing.capture = Capture(settings.capture, self.capture_store)
@@ -169,6 +172,41 @@ class Gateway:
             counts[r.state] = counts.get(r.state, 0) + 1
         for state, n in counts.items():
             self.metrics.models_by_state.labels(state).set(n)
+        faulted = {"auth": 0, "not_found": 0}
+        for r in records:
+            if not r.enabled and (kind := fault_of(r.error)) is not None:
+                faulted[kind] = faulted.get(kind, 0) + 1
+        for kind, n in faulted.items():
+            self.metrics.models_faulted.labels(kind).set(n)
+
+    async def disable_faulty(self, record: ModelRecord, fault: UpstreamFault) -> None:
+        """Take a routable model out of routing after a fault that will not pass by itself (its
+        upstream refuses the gateway's key, or no longer knows the model): disabled in the
+        registry, for every replica, with the reason in its `error`, until an operator re-enables
+        it. Models being profiled are left to their job."""
+        current = self.registry.snapshot().get(record.name)
+        if current is None or current.state != "ready" or not current.enabled:
+            return
+        current.enabled = False
+        current.state = "disabled"
+        current.error = fault_error(fault.kind, str(fault), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        log.error("model %s taken out of routing: %s", record.name, current.error)
+        try:
+            await self.registry.put_model(current)
+        except RegistryUnavailable as exc:
+            log.error("could not disable %s, the registry is unavailable: %s", record.name, exc)
+
+    async def clear_fault(self, name: str) -> None:
+        """Forget the fault that once disabled a model, now that it answered again (an operator
+        re-enabled it): its `error` no longer describes it."""
+        current = self.registry.snapshot().get(name)
+        if current is None or not current.enabled or fault_of(current.error) is None:
+            return
+        current.error = None
+        try:
+            await self.registry.put_model(current)
+        except RegistryUnavailable:
+            pass  # the next good answer tries again
 
     async def _reprofile_stale(self) -> None:
         """Recompute, from their stored graded answers, the profiles made under another router

@@ -19,7 +19,8 @@ class Metrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "uniroute_requests", "Requests by route, answering model and status.",
+            "uniroute_requests", "Responses of the OpenAI endpoints by route, answering model (none when no "
+            "model answered) and status: the HTTP status, or cut for a stream the upstream cut.",
             ["route", "model", "status"], registry=r)
         self.decisions = Counter(
             "uniroute_routing_decisions", "Routing decisions by chosen model.", ["model"], registry=r)
@@ -34,7 +35,10 @@ class Metrics:
             ["model"], buckets=_SLOW, registry=r)
         self.overhead_seconds = Histogram(
             "uniroute_overhead_seconds",
-            "Gateway time to first byte minus the upstream's time to response headers.",
+            "The gateway's own time per answered request: from the request's arrival to the response "
+            "handed to the server (for a stream, its first byte), minus the time spent in upstream "
+            "attempts, each from sending the request to the upstream's whole body (for a stream, its "
+            "first chunk). Excludes the upstream's time to first token and the stream's duration.",
             buckets=_FAST, registry=r)
         self.tokens = Counter(
             "uniroute_tokens", "Tokens reported by upstreams, by model and kind (prompt|completion).",
@@ -48,8 +52,14 @@ class Metrics:
             registry=r)
         self.upstream_failures = Counter(
             "uniroute_upstream_failures",
-            "Failed upstream attempts by model and reason (connect, timeout, status_5xx, status_429, "
-            "stream_cut, invalid_json).", ["model", "reason"], registry=r)
+            "Failed upstream attempts by model and reason, the fault class (connect, write, timeout, read, "
+            "disconnect, auth, not_found, rate_limit, server, bad_body, cut; README: Upstream faults).",
+            ["model", "reason"], registry=r)
+        self.models_faulted = Gauge(
+            "uniroute_models_faulted",
+            "Models an upstream fault took out of routing until an operator re-enables them, by fault "
+            "class (auth, not_found); GET /admin/models names them, with the reason in `error`.",
+            ["reason"], registry=r)
         self.fallbacks = Counter(
             "uniroute_fallbacks", "Requests answered by a model other than the first choice.",
             registry=r)

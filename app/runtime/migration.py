@@ -64,7 +64,8 @@ def load_router(settings: Settings, state_dir: str, repset_path: str) -> UniRout
     embedding model and embeds the set)."""
     return UniRouter.load(state_dir, repset_path, cache_dir=settings.cache_dir,
                           default_cost_weight=settings.default_cost_weight,
-                          default_output_tokens=settings.expected_output_tokens)
+                          default_output_tokens=settings.expected_output_tokens, cost_scale=settings.cost_scale,
+                          min_support=settings.min_support)
 
 
 def _profiled(record: ModelRecord) -> bool:

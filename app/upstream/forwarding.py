@@ -1,9 +1,9 @@
 """Sending a request to upstream models: retries, fallback to the next-best model, cooldowns, streams.
 
-A fault (connect error, timeout, 429, 5xx, a body that is not JSON, a stream cut before its
-first byte) is retried once on the same model, then the next model in the routing order is
-tried. Once a byte has reached the client nothing can be retried: a stream cut after that ends
-with an OpenAI-style error event, never a hang.
+What a failed attempt leads to (retry, fallback, cooldown, disabling the model) is decided by
+its fault class (app/upstream/faults.py). Once a byte has reached the client nothing can be
+retried: a stream cut after that ends with an OpenAI-style error event, never a hang, and
+before any `[DONE]` (app/upstream/streams.py).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -19,22 +19,25 @@ import orjson
 
 from app.errors import GatewayError, error_body
 from app.runtime.metrics import Metrics
+from app.upstream.faults import (
+    UpstreamFault,
+    describe,
+    disables,
+    status_class,
+    transport_class,
+)
+from app.upstream.streams import EventSplitter, StreamWatch
 from models_registry.records import ModelRecord
 
 log = logging.getLogger("uniroute.forwarding")
 
-# What the gateway sends on to the upstream from the client's headers; the rest (the client's
-# own Authorization above all) stays at the gateway.
-_PASS_HEADERS = ("openai-organization", "openai-project", "user-agent")
+# What the gateway sends on to the upstream from the client's headers. The rest stays at the
+# gateway: the client's Authorization above all, and its OpenAI-Organization / OpenAI-Project,
+# which name the client's own account, not the one of the gateway's key.
+_PASS_HEADERS = ("user-agent",)
 
-
-class UpstreamFault(Exception):
-    """A failed attempt worth retrying elsewhere; `reason` labels the metric."""
-
-    def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.status = status
+# Called with a model and the fault that should take it out of routing.
+Disable = Callable[[ModelRecord, UpstreamFault], Awaitable[None]]
 
 
 @dataclass
@@ -74,7 +77,10 @@ class Health:
 
 @dataclass
 class Answer:
-    """A good upstream answer: a parsed body, or a stream whose first chunk has arrived."""
+    """An upstream answer: a parsed body (a success, or a client error to relay as it is), or a
+    stream whose first chunk has arrived (`watch` tells, once it is read, how it ended).
+    `upstream_seconds` is the time spent in upstream attempts, each from sending the request to
+    the whole body (or a stream's first chunk)."""
 
     record: ModelRecord
     status: int
@@ -82,6 +88,8 @@ class Answer:
     body: bytes | None = None
     json: dict | None = None
     stream: AsyncIterator[bytes] | None = None
+    watch: StreamWatch | None = None
+    request_id: str | None = None
     attempts: int = 1
 
 
@@ -90,7 +98,7 @@ def upstream_url(record: ModelRecord, path: str) -> str:
     return record.base_url.rstrip("/") + path
 
 
-def upstream_headers(record: ModelRecord, client_headers: dict[str, str]) -> dict[str, str]:
+def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> dict[str, str]:
     """Headers for the upstream: its own key (from the environment), never the client's."""
     headers = {k: v for k, v in client_headers.items() if k in _PASS_HEADERS}
     headers["content-type"] = "application/json"
@@ -113,28 +121,35 @@ class Forwarder:
         health: Health,
         retries: int,
         deadline_s: float,
+        disable: Disable | None = None,
     ) -> None:
+        """`disable` takes a model out of routing after a fault whose class says so."""
         self.client = client
         self.metrics = metrics
         self.health = health
         self.retries = retries
         self.deadline_s = deadline_s
+        self.disable = disable
 
     async def send(
         self,
         path: str,
         body: dict,
         targets: list[ModelRecord],
-        client_headers: dict[str, str],
+        client_headers: Mapping[str, str],
         stream: bool,
+        strip_usage: bool = False,
     ) -> Answer:
-        """The first good answer from `targets`, tried in order, each retried `retries` times.
+        """The first good answer from `targets`, tried in order, each retried up to `retries` times
+        when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
+        as it is, untried elsewhere. `strip_usage`: streams' usage chunks are read, not passed on.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
         configured deadline passes first.
         """
         last: UpstreamFault | None = None
         attempts = 0
+        waited = 0.0
         try:
             async with asyncio.timeout(self.deadline_s):
                 for record in targets:
@@ -143,96 +158,126 @@ class Forwarder:
                     url = upstream_url(record, path)
                     for _ in range(1 + self.retries):
                         attempts += 1
+                        start = time.perf_counter()
                         try:
-                            answer = await self._attempt(record, url, payload, headers, stream)
+                            answer = await self._attempt(record, path, url, payload, headers, stream, strip_usage)
                         except UpstreamFault as fault:
+                            waited += time.perf_counter() - start
                             last = fault
-                            self.metrics.upstream_failures.labels(record.name, fault.reason).inc()
-                            log.info("upstream %s failed (%s): %s", record.name, fault.reason, fault)
-                            self.health.failure(record.name)
+                            await self._failed(record, path, fault)
+                            if not fault.policy.retry:
+                                break
                             continue
-                        self.health.success(record.name)
+                        answer.upstream_seconds = waited + time.perf_counter() - start
                         answer.attempts = attempts
+                        if answer.status < 400:
+                            self.health.success(record.name)
                         return answer
         except TimeoutError:
             raise GatewayError(
                 "upstream_timeout", f"no upstream answered within the gateway's deadline of {self.deadline_s:g} s",
                 code="upstream_deadline") from None
-        kind = "upstream_timeout" if last is not None and last.reason == "timeout" else "upstream"
-        detail = f"{last.reason}: {last}" if last else "no upstream to try"
+        kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"
+        detail = f"{last.kind}: {last}" if last else "no upstream to try"
         raise GatewayError(kind, f"all upstream attempts failed ({attempts}); last: {detail}",
                            code="upstream_failed")
 
+    async def _failed(self, record: ModelRecord, path: str, fault: UpstreamFault) -> None:
+        """Count a failed attempt, and cool down or disable its model as its class says."""
+        self.metrics.upstream_failures.labels(record.name, fault.kind).inc()
+        log.info("upstream %s failed (%s): %s", record.name, fault.kind, fault)
+        if fault.policy.cooldown:
+            self.health.failure(record.name)
+        if disables(fault.kind, path) and self.disable is not None:
+            await self.disable(record, fault)
+
     async def _attempt(
-        self, record: ModelRecord, url: str, payload: bytes, headers: dict[str, str], stream: bool
+        self, record: ModelRecord, path: str, url: str, payload: bytes, headers: dict[str, str], stream: bool,
+        strip_usage: bool,
     ) -> Answer:
         start = time.perf_counter()
         request = self.client.build_request("POST", url, content=payload, headers=headers)
         try:
             response = await self.client.send(request, stream=stream)
-        except httpx.TimeoutException as exc:
-            raise UpstreamFault("timeout", f"{type(exc).__name__} calling {record.name}") from exc
         except httpx.TransportError as exc:
-            raise UpstreamFault("connect", f"{type(exc).__name__}: {exc}") from exc
+            kind = transport_class(exc)
+            raise UpstreamFault(kind, f"{type(exc).__name__} calling {record.name}") from exc
         elapsed = time.perf_counter() - start
         self.metrics.upstream_seconds.labels(record.name).observe(elapsed)
-        if response.status_code == 429 or response.status_code >= 500:
-            await response.aclose()
-            kind = "status_429" if response.status_code == 429 else "status_5xx"
-            raise UpstreamFault(kind, f"HTTP {response.status_code} from {record.name}",
-                                response.status_code)
-        if not stream:
-            try:
-                parsed = orjson.loads(response.content)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamFault("invalid_json", f"{record.name} sent a body that is not JSON") from exc
-            return Answer(record, response.status_code, elapsed, body=response.content, json=parsed)
-        if response.status_code >= 400:
-            # A client error (bad parameters): the client must see it as the upstream said it.
+        request_id = response.headers.get("x-request-id")
+        kind = status_class(response.status_code)
+        if kind == "client_error":
+            # Bad parameters: the client must see it as the upstream said it.
             content = await response.aread()
             await response.aclose()
             try:
                 parsed = orjson.loads(content)
             except orjson.JSONDecodeError:
                 parsed = error_body(content.decode(errors="replace")[:500], "upstream_error")
-            return Answer(record, response.status_code, elapsed, body=orjson.dumps(parsed), json=parsed)
+            return Answer(record, response.status_code, elapsed, body=orjson.dumps(parsed), json=parsed,
+                          request_id=request_id)
+        if kind is not None:
+            await response.aclose()  # its body is the provider's business, never the client's
+            raise UpstreamFault(kind, describe(kind, record.name, response.status_code, path), response.status_code)
+        if not stream:
+            try:
+                parsed = orjson.loads(response.content)
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamFault("bad_body", f"{record.name} sent a body that is not JSON") from exc
+            return Answer(record, response.status_code, elapsed, body=response.content, json=parsed,
+                          request_id=request_id)
         chunks = response.aiter_bytes()
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
             await response.aclose()
-            raise UpstreamFault("stream_cut", f"{record.name} closed the stream before any data") from None
+            raise UpstreamFault("cut", f"{record.name} closed the stream before any data") from None
         except httpx.TimeoutException as exc:
             await response.aclose()
             raise UpstreamFault("timeout", f"{record.name} sent no stream data in time") from exc
         except httpx.TransportError as exc:
             await response.aclose()
-            raise UpstreamFault("stream_cut", f"{record.name} cut the stream: {exc}") from exc
-        return Answer(record, response.status_code, elapsed,
-                      stream=self._relay(record, first, chunks, response))
+            raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
+        watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage)
+        return Answer(record, response.status_code, elapsed, stream=self._relay(record, first, chunks, response, watch),
+                      watch=watch, request_id=request_id)
 
     async def _relay(
-        self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: httpx.Response
+        self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: httpx.Response,
+        watch: StreamWatch,
     ) -> AsyncIterator[bytes]:
-        """Pass the upstream's SSE bytes through untouched; end a cut stream with an error event."""
-        tail = first[-64:]
+        """Pass the upstream's events on as they come; end an incomplete stream with an error event
+        placed before the upstream's `[DONE]`."""
+        events = EventSplitter()
+        cut: str | None = None
         try:
-            yield first
+            for event in events.feed(first):
+                if out := watch.see(event):
+                    yield out
             async for chunk in chunks:
-                tail = (tail + chunk)[-64:]
-                yield chunk
+                for event in events.feed(chunk):
+                    if out := watch.see(event):
+                        yield out
         except (httpx.TransportError, httpx.TimeoutException) as exc:
-            self.metrics.upstream_failures.labels(record.name, "stream_cut").inc()
-            self.health.failure(record.name)
+            cut = f"the upstream model {record.name} cut the stream mid-way"
             log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)
-            yield stream_error_event(f"the upstream model {record.name} cut the stream mid-way")
-            return
         finally:
             await response.aclose()
-        if b"[DONE]" not in tail:
-            self.metrics.upstream_failures.labels(record.name, "stream_cut").inc()
+        rest = events.rest()
+        # A last event without its blank line: end it here.
+        if cut is None and rest.strip() and (out := watch.see(rest + b"\n\n")):
+            yield out
+        if cut is None and not watch.complete:
+            cut = f"the upstream model {record.name} ended the stream before the answer was complete"
+        watch.cut = cut is not None
+        watch.ended = True
+        if cut is not None:
+            self.metrics.upstream_failures.labels(record.name, "cut").inc()
             self.health.failure(record.name)
-            yield stream_error_event(f"the upstream model {record.name} ended the stream early")
+            if not watch.upstream_error:  # the upstream's own error event already tells the client
+                yield stream_error_event(cut)
+        if watch.done is not None:
+            yield watch.done
 
 
 def stream_error_event(message: str) -> bytes:

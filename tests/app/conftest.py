@@ -26,6 +26,7 @@ from router_core.datasets import (
     load_routerbench_responses,
 )
 from router_core.repset import load_repset
+from router_core.shipped import ROUTERBENCH_REPSET
 from tests.support.fault_upstream import FaultUpstream
 from tests.support.servers import serve
 
@@ -49,9 +50,15 @@ def replay_url() -> Iterator[str]:
         yield url + "/v1"
 
 
+# The replay upstream answers as the RouterBench LLMs did, so the gateways of these tests route
+# with the RouterBench state and its multiple-choice representative set, on which every demo
+# model has recorded labels. Tests of the general defaults say so.
+ROUTERBENCH_SETTINGS = {"state_dir": "routerbench-fast", "repset_path": str(ROUTERBENCH_REPSET)}
+
+
 @pytest.fixture(scope="session")
 def repset_ids() -> list[str]:
-    return [item.id for item in load_repset(Settings().repset_path).items]
+    return [item.id for item in load_repset(ROUTERBENCH_REPSET).items]
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +98,7 @@ def make_gateway(tmp_path: Path, shared_cache: str, demo_configs) -> GatewayFact
     @contextlib.contextmanager
     def factory(**overrides) -> Iterator[str]:
         fields = {"sqlite_path": str(tmp_path / f"registry-{time.monotonic_ns()}.db"),
-                  "cache_dir": shared_cache, "models": demo_configs}
+                  "cache_dir": shared_cache, "models": demo_configs, **ROUTERBENCH_SETTINGS}
         fields.update(overrides)
         with serve(create_app(Settings(**fields))) as url:
             wait_ready(url)

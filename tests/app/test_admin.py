@@ -11,10 +11,10 @@ import pytest
 from openai import OpenAI
 
 from app.demo import ROUTERBENCH_DIR
-from app.runtime.config import Settings
 from router_core.datasets import load_routerbench_responses
 from router_core.grading import grade
 from router_core.repset import load_repset
+from router_core.shipped import ROUTERBENCH_REPSET
 
 ADMIN = "admin-secret-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -63,7 +63,7 @@ def test_unseen_model_is_profiled_and_routed_to_at_once(make_gateway, demo_confi
         assert newcomer in [m.id for m in OpenAI(base_url=gw + "/v1", api_key="x").models.list()]
 
         # Grades of its real answers agree with RouterBench's recorded labels.
-        repset = load_repset(Settings().repset_path)
+        repset = load_repset(ROUTERBENCH_REPSET)
         row = {pid: i for i, pid in enumerate(routerbench.ids)}
         responses = load_routerbench_responses(ROUTERBENCH_DIR)[newcomer]
         agree = [grade(it.grader, responses.get(it.prompt, ""), it.reference) == routerbench.scores[row[it.id], j]

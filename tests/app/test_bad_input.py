@@ -1,6 +1,13 @@
 """Bad input gets OpenAI-style errors with the right status, and the gateway keeps serving."""
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import httpx
 import pytest
 from openai import OpenAI
@@ -95,3 +102,41 @@ def test_gateway_keeps_serving_after_bad_input(demo_gateway):
         post(demo_gateway, "/v1/chat/completions", content=body)
     reply = OpenAI(base_url=demo_gateway + "/v1", api_key="x").chat.completions.create(**GOOD)
     assert reply.choices[0].message.content
+
+
+ADMIN_KEY = "bad-input-admin"
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_an_admin_body_without_a_json_content_type_is_a_400_that_says_to_send_one(make_gateway, fault_upstream,
+                                                                                   content_type):
+    _, url = fault_upstream
+    registration = json.dumps({"name": "plain", "base_url": url, "cost": {"per_request": 1}}).encode()
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    with make_gateway(models=[], admin_key=ADMIN_KEY) as gw:
+        # A raw request: httpx adds no Content-Type for `content=`; curl -d adds the form type.
+        headers = auth if content_type is None else {**auth, "content-type": content_type}
+        err = assert_openai_error(post(gw, "/admin/models", content=registration, headers=headers), 400)
+        assert "Content-Type: application/json" in err["message"] and err["code"] == "unsupported_content_type"
+        assert (content_type or "no Content-Type") in err["message"]
+        # With the header the same bytes register the model.
+        ok = post(gw, "/admin/models", content=registration, headers={**auth, "content-type": "application/json"})
+        assert ok.status_code == 202, ok.text
+
+
+def test_the_readmes_curl_registration_runs_as_written(make_gateway, fault_upstream):
+    """The README's `curl` example, run with curl against a gateway (address and upstream swapped in)."""
+    if shutil.which("curl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("curl is not installed and CI=true")
+        pytest.skip("curl is not installed")
+    _, url = fault_upstream
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    command = re.search(r"(curl -s -X POST \S+/admin/models.*?)\n# ->", readme, re.S).group(1)
+    with make_gateway(models=[], admin_key=ADMIN_KEY) as gw:
+        command = command.replace("http://127.0.0.1:8000", gw).replace("http://vllm:8000/v1", url)
+        run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "UNIROUTE_ADMIN_KEY": ADMIN_KEY})
+        assert run.returncode == 0, run.stderr
+        answer = json.loads(run.stdout)
+        assert answer["model"] == "my-llm" and answer["job_id"], answer

@@ -23,11 +23,12 @@ import redis
 
 from app.costs.budget import ALL, BudgetGuard, MemoryStore, RedisStore, planned_cost
 from app.demo.models import demo_models
-from app.runtime.config import BudgetConfig, Settings
+from app.runtime.config import BudgetConfig
 from router_core.embedding import CachedEmbedder
 from router_core.pricing import Price, estimate_tokens
 from router_core.repset import load_repset
 from router_core.router import UniRouter
+from router_core.shipped import ROUTERBENCH_REPSET
 from router_core.targets import RoutingTarget
 
 WINDOW_S = 3600.0
@@ -50,9 +51,8 @@ class Clock:
 def market(routerbench, default_state, shared_cache, replay_url):
     """(router with the demo models priced per token, representative prompt texts, their cluster
     weights, usage lookup)."""
-    settings = Settings()
     state, embedder = default_state
-    repset = load_repset(settings.repset_path)
+    repset = load_repset(ROUTERBENCH_REPSET)
     router = UniRouter(state, embedder, repset, repset_embedder=CachedEmbedder(embedder, shared_cache))
     clusters = router.repset
     texts = [item.prompt for item in repset.items]

@@ -31,10 +31,10 @@ import pytest
 
 from app.demo.models import add_demo_models
 from app.routing.prompts import chat_routing_text
-from app.runtime.config import Settings
 from router_core.embedding import CachedEmbedder
 from router_core.repset import MC_TASKS, load_repset
 from router_core.router import UniRouter
+from router_core.shipped import ROUTERBENCH_REPSET
 from router_core.targets import RoutingTarget
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ TARGETS = [RoutingTarget("quality", q) for q in (0.90, 0.95, 0.99)] + [
 def held_out(routerbench, default_state, shared_cache, test_split_ids):
     """(router with the demo models, held-out dataset rows, their routing texts, n_rep)."""
     state, embedder = default_state
-    repset = load_repset(Settings().repset_path)
+    repset = load_repset(ROUTERBENCH_REPSET)
     router = UniRouter(state, embedder, repset, repset_embedder=CachedEmbedder(embedder, shared_cache))
     add_demo_models(router, routerbench)
     represented = {item.id for item in repset.items}

@@ -18,6 +18,7 @@ from app.cli.main import main
 from app.runtime.config import Settings
 from router_core.calibration import Calibration
 from router_core.repset import load_repset
+from router_core.shipped import ROUTERBENCH_REPSET, state_path
 from router_core.state import RouterState
 from tests.app.conftest import wait_ready
 from tests.support.servers import serve
@@ -39,7 +40,7 @@ def gw(tmp_path_factory, shared_cache, demo_configs):
 
 @pytest.fixture(scope="module")
 def repset_prompts() -> list[tuple[str, str]]:
-    return [(item.id, item.prompt) for item in load_repset(Settings().repset_path).items]
+    return [(item.id, item.prompt) for item in load_repset(ROUTERBENCH_REPSET).items]
 
 
 def route(url: str, model: str = "uniroute", content: str = FAR_PROMPT, **options) -> httpx.Response:
@@ -135,6 +136,7 @@ def test_route_shows_each_candidates_support_and_error_interval(gw, repset_promp
         lo, hi = c["error_interval"]
         assert lo < c["predicted_error"] < hi
         assert c["support"] == cell["count"] > 0  # every demo model is labelled on the same prompts
+        assert c["supported"] is True
     assert got["candidates"][0]["predicted_error"] == pytest.approx(cell["error"])
 
 
@@ -157,6 +159,27 @@ def test_a_cluster_with_one_labelled_prompt_shows_the_shrunk_estimate(gw, repset
         assert hi - lo > 0.4
     finally:
         httpx.delete(gw + "/admin/models/thin", headers=AUTH, timeout=10)
+
+
+def test_a_model_profiled_on_one_task_is_not_routed_prompts_of_another_on_its_overall_mean(gw):
+    items = load_repset(ROUTERBENCH_REPSET).items
+    arc = [item for item in items if item.task == "arc-challenge"]
+    winogrande = next(item for item in items if item.task == "winogrande")
+    # Right on every ARC prompt, never asked a Winogrande one, nearly free: on its overall mean it
+    # would win every prompt at a high cost weight.
+    r = httpx.post(gw + "/admin/models", headers=AUTH, timeout=30, json={
+        "name": "one-task", "base_url": "http://127.0.0.1:9/v1", "cost": {"per_request": 1e-9},
+        "scores": {item.id: 1.0 for item in arc}})
+    assert r.status_code == 202, r.text
+    try:
+        got = wait_for(lambda: route(gw, "uniroute:50", content=winogrande.prompt).json(),
+                       lambda d: "one-task" in [c["model"] for c in d["candidates"]])
+        partial = next(c for c in got["candidates"] if c["model"] == "one-task")
+        assert partial["support"] == 0 and partial["supported"] is False
+        assert got["model"] != "one-task" and got["candidates"][-1]["model"] == "one-task"
+        assert route(gw, "uniroute:50", content=arc[0].prompt).json()["model"] == "one-task"
+    finally:
+        httpx.delete(gw + "/admin/models/one-task", headers=AUTH, timeout=10)
 
 
 def test_the_curve_follows_models_added_changed_and_removed(gw, repset_prompts):
@@ -194,7 +217,7 @@ def test_drift_counts_routed_prompts_far_from_every_cluster(gw, repset_prompts):
         return httpx.get(gw + "/admin/drift", headers=AUTH, timeout=10).json()
 
     start = drift()
-    assert start["enabled"] and start["threshold"] == pytest.approx(RouterState.load(Settings().state_dir).drift_threshold)
+    assert start["enabled"] and start["threshold"] == pytest.approx(RouterState.load(state_path("routerbench-fast")).drift_threshold)
     route(gw, content=repset_prompts[0][1])  # a prompt of the tasks the clusters were fitted on
     near = drift()
     assert (near["seen"], near["far"]) == (start["seen"] + 1, start["far"])

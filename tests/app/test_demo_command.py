@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,12 +18,33 @@ from tests.app.conftest import wait_ready
 from tests.support.redis_server import free_port
 
 
-def test_demo_serves_routed_answers_and_the_admin_api(tmp_path, shared_cache):
-    port, upstream_port = free_port(), free_port()
+def start_demo(tmp_path, shared_cache, port: int, upstream_port: int) -> subprocess.Popen:
+    """`uniroute demo` in its own process, its output piped."""
     env = {**os.environ, "UNIROUTE_ADMIN_KEY": "demo-admin", "UNIROUTE_CACHE_DIR": shared_cache}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "demo", "--port", str(port), "--upstream-port",
+    return subprocess.Popen([sys.executable, "-m", "app.cli.main", "demo", "--port", str(port), "--upstream-port",
                              str(upstream_port), "--latency-scale", "0", "--workdir", str(tmp_path / "demo")],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_demo_serves_routed_answers_and_the_admin_api(tmp_path, shared_cache):
+    port, upstream_port = free_port(), free_port()
+    proc = start_demo(tmp_path, shared_cache, port, upstream_port)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_listening(base)
@@ -39,6 +62,38 @@ def test_demo_serves_routed_answers_and_the_admin_api(tmp_path, shared_cache):
     assert f"gateway at http://127.0.0.1:{port}/v1" in output
     with pytest.raises(httpx.ConnectError):  # the replay upstream stopped with the demo
         httpx.get(f"http://127.0.0.1:{upstream_port}/v1/models", timeout=2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from Linux /proc")
+def test_sigterm_stops_the_demo_and_its_replay_upstream(tmp_path, shared_cache):
+    port, upstream_port = free_port(), free_port()
+    proc = start_demo(tmp_path, shared_cache, port, upstream_port)
+    try:
+        wait_listening(f"http://127.0.0.1:{port}")  # the gateway serves: uvicorn handles the signal
+        (upstream,) = children(proc.pid)
+        assert httpx.get(f"http://127.0.0.1:{upstream_port}/v1/models", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    deadline = time.monotonic() + 5  # the demo waited for it: it is gone, never reparented
+    while alive(upstream) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(upstream), f"the replay upstream (pid {upstream}) outlived the demo"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{upstream_port}/v1/models", timeout=2)
+
+
+def test_a_demo_refuses_an_upstream_port_another_process_holds(tmp_path, shared_cache):
+    port, upstream_port = free_port(), free_port()
+    with socket.create_server(("127.0.0.1", upstream_port)):  # say, an earlier demo's replay upstream
+        proc = start_demo(tmp_path, shared_cache, port, upstream_port)
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, output
+    assert f"uniroute demo: error: port {upstream_port}" in output and "--upstream-port" in output
+    assert "Traceback" not in output
+    with pytest.raises(httpx.ConnectError):  # nothing was served
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
 
 def wait_listening(base: str, timeout_s: float = 120.0) -> None:

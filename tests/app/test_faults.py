@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai import OpenAI
 
-from tests.support.fault_upstream import closed_port
+from tests.support.fault_upstream import Fault, closed_port, hangup_server
+
+ADMIN = {"authorization": "Bearer admin-key"}
 
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
 
@@ -36,33 +39,36 @@ def pair(make_gateway, fault_upstream, model_config):
     return upstream, make
 
 
-@pytest.mark.parametrize("spec,reason", [(":status=500", "status_5xx"), (":status=503", "status_5xx"),
-                                         (":status=429", "status_429"), (":bad_json", "invalid_json")])
-def test_failing_model_is_retried_once_then_the_next_best_answers(pair, spec, reason):
+@pytest.mark.parametrize("spec,reason,calls", [(":status=500", "server", 2), (":status=503", "server", 2),
+                                               (":status=429", "rate_limit", 2), (":bad_json", "bad_body", 1)])
+def test_failing_model_is_retried_when_its_class_allows_then_the_next_best_answers(pair, spec, reason, calls):
+    """429 and 5xx refuse the work: retried once. A 200 with a broken body did it: not asked again."""
     upstream, make = pair
     with make(spec) as gw:
         raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
         assert raw.headers["x-uniroute-model"] == "second"
         assert raw.parse().choices[0].message.content == "answer from second"
-        assert upstream.calls[f"first{spec}"] == 2
-        assert metric(gw, f'uniroute_upstream_failures_total{{model="first",reason="{reason}"}}') == 2
+        assert upstream.calls[f"first{spec}"] == calls
+        assert metric(gw, f'uniroute_upstream_failures_total{{model="first",reason="{reason}"}}') == calls
         assert metric(gw, "uniroute_fallbacks_total") == 1
 
 
 def test_refused_connection_falls_back(pair):
-    upstream, make = pair
+    _, make = pair
     with make("", first_url=f"http://127.0.0.1:{closed_port()}/v1") as gw:
         raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
         assert raw.headers["x-uniroute-model"] == "second"
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="connect"}') == 2
 
 
-def test_first_byte_later_than_the_timeout_falls_back(pair):
+def test_first_byte_later_than_the_timeout_falls_back_without_asking_again(pair):
+    """The request was sent: asking the same model again may bill twice."""
     upstream, make = pair
     with make(":delay=3", timeouts={"read_s": 0.3}) as gw:
         raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
         assert raw.headers["x-uniroute-model"] == "second"
-        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="timeout"}') == 2
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="timeout"}') == 1
+        assert upstream.calls["first:delay=3"] == 1
 
 
 def test_a_transient_failure_is_absorbed_by_the_retry(pair):
@@ -75,7 +81,7 @@ def test_a_transient_failure_is_absorbed_by_the_retry(pair):
 
 
 def test_stream_cut_before_any_byte_falls_back(pair):
-    upstream, make = pair
+    _, make = pair
     with make(":cut=0") as gw:
         stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
@@ -83,17 +89,17 @@ def test_stream_cut_before_any_byte_falls_back(pair):
 
 
 def test_stream_cut_mid_way_ends_with_an_error_event_not_a_hang(pair):
-    upstream, make = pair
+    _, make = pair
     with make(":cut=2") as gw:
         stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
         with pytest.raises(openai.APIError, match="cut the stream|ended the stream"):
             for _ in stream:
                 pass
-        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="stream_cut"}') >= 1
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 1
 
 
 def test_every_upstream_failing_gives_an_openai_error(make_gateway, fault_upstream, model_config):
-    upstream, url = fault_upstream
+    _, url = fault_upstream
     models = [model_config("a", url, upstream_model="a:status=500"),
               model_config("b", url, upstream_model="b:status=503")]
     with make_gateway(models=models) as gw:
@@ -126,3 +132,149 @@ def test_named_model_is_retried_but_never_swapped(pair):
             client(gw).chat.completions.create(model="first", messages=MESSAGES)
         assert err.value.status_code == 502
         assert upstream.calls["second"] == 0
+
+
+# --- the fault classes after the request was sent -------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,reason", [("reset", "read"), ("close", "disconnect")])
+def test_a_connection_lost_after_the_request_was_sent_is_labelled_so_and_not_asked_again(pair, mode, reason):
+    _, make = pair
+    with hangup_server(mode) as url, make("", first_url=url) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert metric(gw, f'uniroute_upstream_failures_total{{model="first",reason="{reason}"}}') == 1
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="connect"}') == 0
+
+
+def test_a_body_cut_mid_way_is_a_disconnect_not_a_connect_error(pair):
+    upstream, make = pair
+    with make(":cut=1") as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert upstream.calls["first:cut=1"] == 1
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="disconnect"}') == 1
+
+
+# --- auth and not_found: the model leaves routing --------------------------------------------------
+
+
+@pytest.fixture
+def faulty(make_gateway, fault_upstream, model_config):
+    """A gateway preferring `first` over `second`; the test sets `first`'s fault from Python."""
+    upstream, url = fault_upstream
+    models = [model_config("first", url, score=0.9), model_config("second", url, score=0.6)]
+    return upstream, lambda **settings: make_gateway(models=models, admin_key="admin-key", **settings)
+
+
+@pytest.mark.parametrize("status,reason", [(401, "auth"), (403, "auth"), (404, "not_found")])
+def test_a_refused_key_or_retired_model_disables_the_model_and_falls_back_silently(faulty, status, reason):
+    upstream, make = faulty
+    upstream.set_fault("first", Fault(status=status))
+    with make() as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert upstream.calls["first"] == 1  # refused for good: not asked again
+        assert metric(gw, f'uniroute_upstream_failures_total{{model="first",reason="{reason}"}}') == 1
+        assert metric(gw, f'uniroute_models_faulted{{reason="{reason}"}}') == 1
+        record = httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()
+        assert (record["state"], record["enabled"]) == ("disabled", False)
+        assert record["error"].startswith(f"upstream fault {reason}:")
+        # out of routing: the next request does not even try it
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert upstream.calls["first"] == 1
+        # the operator fixes the upstream and re-enables the model: it routes again
+        upstream.set_fault("first", None)
+        patched = httpx.patch(gw + "/admin/models/first", json={"enabled": True}, headers=ADMIN, timeout=5)
+        assert patched.json()["state"] == "ready"
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "first"
+        assert metric(gw, "uniroute_models_faulted") == 0
+        assert httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()["error"] is None
+
+
+def test_a_named_model_with_a_revoked_key_never_shows_the_provider_error(faulty):
+    upstream, make = faulty
+    upstream.set_fault("first", Fault(status=401))
+    with make() as gw:
+        with pytest.raises(openai.APIStatusError) as err:
+            client(gw).chat.completions.create(model="first", messages=MESSAGES)
+        assert err.value.status_code == 502
+        assert not isinstance(err.value, openai.AuthenticationError)
+        text = orjson.dumps(err.value.body).decode()
+        assert "Incorrect API key" not in text and "***" not in text and "api-keys" not in text
+        assert "refused the gateway's credentials" in err.value.body["message"]
+        assert upstream.calls["second"] == 0
+
+
+def test_a_404_on_an_endpoint_the_model_was_not_profiled_through_does_not_disable_it(faulty):
+    upstream, make = faulty
+    upstream.set_fault("first", Fault(status=404))
+    with make() as gw:
+        with pytest.raises(openai.APIStatusError) as err:
+            client(gw).completions.create(model="first", prompt="Name a prime number.")
+        assert err.value.status_code == 502
+        record = httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()
+        assert (record["state"], record["enabled"]) == ("ready", True)
+
+
+def test_a_client_error_goes_back_as_the_upstream_said_it_without_retry_or_fallback(faulty):
+    upstream, make = faulty
+    upstream.set_fault("first", Fault(status=400))
+    with make() as gw:
+        with pytest.raises(openai.BadRequestError) as err:
+            client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES)
+        assert err.value.body["message"] == "Injected fault: HTTP 400."
+        assert (upstream.calls["first"], upstream.calls["second"]) == (1, 0)
+        assert metric(gw, "uniroute_upstream_failures_total") == 0
+        assert metric(gw, "uniroute_routing_decisions_total") == 0
+        assert metric(gw, "uniroute_cost_total") == 0
+        record = httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()
+        assert record["enabled"] is True
+
+
+# --- streams that end early ---------------------------------------------------------------------------
+
+
+def sse_data(body: bytes) -> list[str]:
+    """The data of each event of an SSE body, in order."""
+    return [line[6:] for line in body.decode().splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("spec", [":interrupt", ":interrupt,crlf"])
+def test_a_stream_ended_with_done_but_no_finish_reason_is_a_cut_reported_before_done(pair, spec):
+    _, make = pair
+    with make(spec) as gw:
+        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="before the answer was complete"):
+            for _ in stream:
+                pass
+        body = {"model": "uniroute:0", "messages": MESSAGES, "stream": True}
+        raw = httpx.post(gw + "/v1/chat/completions", json=body, timeout=30).content
+        data = sse_data(raw)
+        assert len(data) > 3
+        errors = [i for i, d in enumerate(data) if '"error"' in d]
+        assert errors and data[-1] == "[DONE]" and errors[0] < len(data) - 1
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 2
+
+
+def test_a_stream_cut_mid_way_has_its_error_event_and_no_done(pair):
+    _, make = pair
+    with make(":cut=3") as gw:
+        body = {"model": "uniroute:0", "messages": MESSAGES, "stream": True}
+        data = sse_data(httpx.post(gw + "/v1/chat/completions", json=body, timeout=30).content)
+        assert '"stream_cut"' in data[-1]
+        assert "[DONE]" not in data
+
+
+@pytest.mark.parametrize("spec", ["", ":crlf"])
+def test_a_complete_stream_passes_untouched_with_its_done(pair, spec):
+    _, make = pair
+    with make(spec) as gw:
+        body = {"model": "uniroute:0", "messages": MESSAGES, "stream": True,
+                "stream_options": {"include_usage": True}}
+        data = sse_data(httpx.post(gw + "/v1/chat/completions", json=body, timeout=30).content)
+        assert data[-1] == "[DONE]"
+        assert not any('"error"' in d for d in data)
+        assert orjson.loads(data[-2])["usage"]["completion_tokens"] > 0

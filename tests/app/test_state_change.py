@@ -3,26 +3,20 @@ stored graded answers: they stay routable and nothing is asked again."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
-from pathlib import Path
 
 import httpx
 
-from app.runtime.config import Settings
-from router_core.embedding import FAST_DIRNAME
+from router_core.shipped import state_path
 from router_core.state import RouterState
 from tests.app.test_admin import ADMIN, admin, wait_job
 
 
 def test_profiles_follow_a_new_state_without_asking_again(tmp_path, make_gateway, fault_upstream):
     upstream, url = fault_upstream
-    shipped = RouterState.load(Settings().state_dir)
+    shipped = RouterState.load(state_path("routerbench-fast"))
     # Another real state: the shipped clusters, fewer of them.
     smaller = dataclasses.replace(shipped, centroids=shipped.centroids[:6].copy())
     smaller.save(tmp_path / "state-6")
-    shipped_model = Path(Settings().state_dir) / FAST_DIRNAME
-    if shipped_model.exists():  # a fast state carries its embedder
-        shutil.copytree(shipped_model, tmp_path / "state-6" / FAST_DIRNAME)
     sqlite = str(tmp_path / "registry.db")
 
     with make_gateway(models=[], admin_key=ADMIN, sqlite_path=sqlite, profile_concurrency=16) as gw:

@@ -12,7 +12,7 @@ from router_core.targets import RoutingTarget, resolve
 def curve():
     labels = np.array([0, 0, 1, 1, 1, 2])
     psi = np.array([[0.1, 0.2, 0.3], [0.4, 0.25, 0.3]])  # "dear" better, "cheap" ten times cheaper
-    return calibrate(np.eye(3)[labels], psi, np.tile([1.0, 0.1], (6, 1)), ["dear", "cheap"])
+    return calibrate(np.eye(3)[labels], psi, np.tile([1.0, 0.1], (6, 1)), ["dear", "cheap"], cost_scale=1.0)
 
 
 def test_a_cost_weight_is_kept_and_reports_its_piece_of_the_curve(curve):

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import dockerfile
@@ -31,6 +32,7 @@ from app.api.main import create_app
 from app.cli.main import build_parser
 from app.runtime.config import Settings
 from router_core.repset import load_repset
+from router_core.shipped import ROUTERBENCH_REPSET
 from tests.app.conftest import wait_ready
 from tests.support.fault_upstream import FaultUpstream, closed_port
 from tests.support.servers import serve
@@ -323,9 +325,12 @@ def test_prometheus_scrapes_each_gateway_and_loads_the_alerts():
     assert job["metrics_path"] in app_paths()
     targets = {t for group in job["static_configs"] for t in group["targets"]}
     assert targets == {f"{name}:{Settings().port}" for name in gateways()}
+    # Rule files are relative to the config file's directory, which the container mounts from here.
+    config_file = next(a for a in prometheus["command"] if a.startswith("--config.file=")).split("=", 1)[1]
+    assert mounted[str(PurePosixPath(config_file).parent)] == DEPLOY / "prometheus"
     for rule_file in config["rule_files"]:
-        container_dir, name = rule_file.rsplit("/", 1)
-        assert (mounted[container_dir] / name).is_file()
+        assert not PurePosixPath(rule_file).is_absolute(), f"{rule_file}: promtool outside the container misses it"
+        assert (DEPLOY / "prometheus" / rule_file).is_file()
     for rule in [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]:
         assert {"alert", "expr", "labels", "annotations"} <= set(rule)
     # Queries that pick the scrape job by name use this job's name.
@@ -350,7 +355,8 @@ def test_grafana_provisions_the_datasource_the_dashboard_names():
         assert panel["datasource"]["uid"] == datasource["uid"] and panel["targets"], panel["title"]
         assert all(t["datasource"]["uid"] == datasource["uid"] and t["expr"] for t in panel["targets"])
     titles = " | ".join(p["title"] for p in panels).lower()
-    for topic in ("routing share by model", "overhead p50 / p99", "cost spent", "cost saved", "profiling jobs"):
+    for topic in ("routing share by model", "overhead p50 / p99", "cost spent", "cost saved", "profiling jobs",
+                  "budget: window spend vs target", "λ floor", "drift: far share", "unmet targets"):
         assert topic in titles
 
 
@@ -439,12 +445,12 @@ def test_query_parsing_finds_metrics_and_labels():
 
 
 @pytest.fixture(scope="module")
-def exposed(tmp_path_factory, shared_cache) -> dict[str, set[str]]:
-    """Sample name -> its label names, as a real gateway's /metrics exposes them after traffic
-    that touches every family: a routed request whose first choice is refused (a failure, a
-    fallback, a cooldown), a routed request answered at once, and a profiling job."""
+def scraped(tmp_path_factory, shared_cache) -> str:
+    """A real gateway's /metrics text after traffic that touches every family: a routed request
+    whose first choice is refused (a failure, a fallback, a cooldown), a routed request answered
+    at once, one whose budget target cannot be met (under the budget guard), and a profiling job."""
     tmp = tmp_path_factory.mktemp("metrics-gateway")
-    ids = [item.id for item in load_repset(Settings().repset_path).items]
+    ids = [item.id for item in load_repset(ROUTERBENCH_REPSET).items]
     upstream = FaultUpstream()
 
     def scores(name: str, score: float) -> str:
@@ -461,13 +467,17 @@ def exposed(tmp_path_factory, shared_cache) -> dict[str, set[str]]:
              "scores_file": scores("s", 0.6)},
         ]
         settings = Settings(sqlite_path=str(tmp / "registry.db"), cache_dir=shared_cache, admin_key=ADMIN,
-                            models=models, cooldown_failures=1, profile_concurrency=16)
+                            repset_path=str(ROUTERBENCH_REPSET), state_dir="routerbench-fast",
+                            models=models, cooldown_failures=1, profile_concurrency=16,
+                            budget={"target": 1e6, "window_s": 3600})
         with serve(create_app(settings)) as gw:
             wait_ready(gw)
-            chat = {"model": "uniroute", "messages": [{"role": "user", "content": "Which gas do plants take in?"}]}
+            chat = {"model": "uniroute:0", "messages": [{"role": "user", "content": "Which gas do plants take in?"}]}
             for _ in range(2):  # the second is routed straight to `steady`: `refused` cools down
                 r = httpx.post(gw + "/v1/chat/completions", json=chat, timeout=30)
                 assert r.status_code == 200 and r.headers["x-uniroute-model"] == "steady", r.text
+            unmet = httpx.post(gw + "/v1/chat/completions", json={**chat, "model": "uniroute:budget=1e-12"}, timeout=30)
+            assert unmet.status_code == 200, unmet.text
             auth = {"authorization": f"Bearer {ADMIN}"}
             job = httpx.post(gw + "/admin/models", headers=auth, timeout=30, json={
                 "name": "newcomer", "base_url": upstream_url + "/v1", "cost": {"per_request": 0.01}}).json()["job_id"]
@@ -475,9 +485,14 @@ def exposed(tmp_path_factory, shared_cache) -> dict[str, set[str]]:
             while httpx.get(f"{gw}/admin/jobs/{job}", headers=auth, timeout=30).json()["state"] == "running":
                 assert time.monotonic() < deadline, "the profiling job did not finish"
                 time.sleep(0.2)
-            text = httpx.get(gw + "/metrics", timeout=30).text
+            return httpx.get(gw + "/metrics", timeout=30).text
+
+
+@pytest.fixture(scope="module")
+def exposed(scraped) -> dict[str, set[str]]:
+    """Sample name -> its label names, as the scraped gateway exposes them."""
     out: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(scraped):
         for sample in family.samples:
             out.setdefault(sample.name, set()).update(sample.labels)
     return out
@@ -508,3 +523,47 @@ def test_dockerfile_warm_up_runs_against_the_code(tmp_path, shared_cache):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"representative prompts embedded into {shared_cache}" in result.stdout
     assert list(Path(shared_cache).glob("*.sqlite"))
+
+
+# -- promtool, Prometheus' own checker (Debian's `prometheus` package; `make install` adds it) ----
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """promtool's path; fails under CI=true when it is not installed, skips otherwise."""
+    # On PATH, or unpacked into the venv by `make install`.
+    path = shutil.which("promtool") or shutil.which("promtool", path=str(Path(sys.executable).parent))
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is not installed and CI=true (make install adds it where apt is available)")
+        pytest.skip("promtool is not installed: apt-get install prometheus (or run `make install` as root)")
+    return path
+
+
+def run_promtool(promtool: str, *args: str, stdin: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([promtool, *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_promtool_accepts_the_prometheus_config_from_any_directory(promtool, tmp_path):
+    # From elsewhere than the repository, as an operator's CI would run it: the rule file is found.
+    result = run_promtool(promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout and "alerts.yml" in result.stdout
+
+
+def test_promtool_accepts_the_alert_rules(promtool):
+    result = run_promtool(promtool, "check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_finds_no_problem_in_a_live_gateways_metrics(promtool, scraped):
+    result = run_promtool(promtool, "check", "metrics", stdin=scraped)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_promtool_check_metrics_reports_a_misnamed_metric(promtool):
+    """The check above can fail: a gauge named like a counter is reported."""
+    text = "# HELP bad_total not a counter\n# TYPE bad_total gauge\nbad_total 1\n"
+    result = run_promtool(promtool, "check", "metrics", stdin=text)
+    assert result.returncode != 0 and "bad_total" in result.stdout + result.stderr

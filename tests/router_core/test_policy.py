@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from router_core.policy import normalise_costs, rank, route
+from router_core.policy import normalise_costs, rank, route, supported
 
 
 def test_lambda_zero_picks_the_model_with_least_expected_loss():
@@ -50,3 +50,16 @@ def test_normalise_costs_divides_by_the_dearest_models_mean_cost():
 def test_negative_costs_are_rejected():
     with pytest.raises(ValueError, match="non-negative"):
         normalise_costs(np.array([1.0, -1.0]))
+
+
+def test_the_support_guard_keeps_models_with_support_and_everyone_when_nobody_has_it():
+    support = np.array([[0.0, 5.0, 4.0], [1.0, 0.0, 3.9]])
+    assert supported(support, 4.0).tolist() == [[False, True, True], [True, True, True]]
+
+
+def test_ineligible_models_are_never_chosen_and_ranked_after_the_eligible_ones():
+    gamma = np.array([[0.1, 0.3, 0.2]])
+    cost = np.array([0.0, 1.0, 2.0])
+    eligible = np.array([[False, True, True]])
+    assert route(gamma, cost, 10.0, eligible).tolist() == [1]
+    assert rank(gamma, cost, 0.0, eligible).tolist() == [[2, 1, 0]]

@@ -105,3 +105,14 @@ def test_a_missing_file_is_refused_naming_it(tmp_path):
 def test_the_build_command_reports_a_bad_directory_without_a_traceback(tmp_path, capsys):
     assert main(["--routerbench", str(tmp_path), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "no RouterBench *_test.csv files" in capsys.readouterr().err
+
+
+def test_code_tests_and_llm_judge_kinds_load_unchecked_while_other_graders_are_still_checked(tmp_path):
+    graded_elsewhere = [RepItem("c", "Write f.", "assert f(1) == 2\ncheck(f)", "code_tests"),
+                        RepItem("j", "Explain bias.", "A reference answer.", "llm_judge:rating")]
+    write_repset(graded_elsewhere, tmp_path / "ok.jsonl")
+    assert [i.grader for i in load_repset(tmp_path / "ok.jsonl").items] == ["code_tests", "llm_judge:rating"]
+    for grader in ("numeric", "llm_judgement"):  # a bad numeric reference; a judge-like name that is none
+        write_repset([RepItem("x", "2+2?", "four", grader)], tmp_path / f"{grader}.jsonl")
+        with pytest.raises(RepsetError):
+            load_repset(tmp_path / f"{grader}.jsonl")

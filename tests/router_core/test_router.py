@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router_core import NoRoutableModel, NotCalibrated, Price, UniRouter
 from router_core.embedding import FAST_DIRNAME
 from router_core.pricing import estimate_tokens
 from router_core.repset import load_repset
+from router_core.router import RoutedModel
 from router_core.shipped import DEFAULT_REPSET, SHIPPED_STATES
+from router_core.targets import RoutingTarget
 
 PROMPTS = ["Which gas do plants take in? A) O2 B) CO2 C) N2 D) He",
            "Write a Python function that returns the n-th Fibonacci number.",
@@ -139,3 +143,118 @@ def test_a_state_folder_loads_like_a_shipped_name(shipped, tmp_path):
     loaded = UniRouter.load(tmp_path)
     assert loaded.state.version == state.version
     assert loaded.repset.ids == UniRouter.load("fast").repset.ids
+
+
+# -- the cost scale: a decision depends on the prompt and its own candidates, not on the pool ----
+
+_POOL_PRICE = st.one_of(
+    st.builds(lambda r: Price(per_request=r), st.floats(1e-6, 1.0)),
+    st.builds(lambda i, o: Price(input_per_mtok=i, output_per_mtok=o), st.floats(0.01, 100.0), st.floats(0.01, 300.0)),
+)
+_POOL_MODEL = st.tuples(_POOL_PRICE, st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))  # price, accuracy, seed
+
+
+def _pool_models(router: UniRouter, specs, prefix: str) -> list[RoutedModel]:
+    """Models right on each representative prompt with their accuracy's probability."""
+    models = []
+    for j, (price, accuracy, seed) in enumerate(specs):
+        rng = np.random.default_rng(seed)
+        scores = {i: float(rng.random() < accuracy) for i in router.repset.ids}
+        models.append(RoutedModel(f"{prefix}{j}", price, router.profile(scores)))
+    return models
+
+
+@pytest.fixture(scope="module")
+def pool_router(shipped):
+    """A router on the shipped state and set, with the prompts to decide: the representative set's
+    own cluster weights (every cluster the set reaches) and three more."""
+    state, embedder, repset = shipped
+    router = UniRouter(state, embedder, repset)
+    weights = np.vstack([router.repset.weights, router.weights(PROMPTS)])
+    lengths = [len(item.prompt) for item in repset.items] + [len(p) for p in PROMPTS]
+    return router, weights, estimate_tokens(np.array(lengths, dtype=np.float64))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pool=st.lists(_POOL_MODEL, min_size=1, max_size=5), extra=_POOL_MODEL,
+       cost_weight=st.sampled_from([0.0, 0.05, 0.4, 2.0, 30.0]))
+def test_adding_a_model_changes_no_decision_but_those_it_takes(pool_router, pool, extra, cost_weight):
+    router, weights, tokens = pool_router
+    models = _pool_models(router, pool, "m")
+    (newcomer,) = _pool_models(router, [extra], "new")
+    resolution = router.resolve(RoutingTarget("cost_weight", cost_weight))
+    router.set_models(models)
+    before = router.decide_batch(weights, resolution, tokens)
+    router.set_models([*models, newcomer])
+    after = router.decide_batch(weights, resolution, tokens)
+    for b, a in zip(before, after):
+        if a.model != newcomer.name:
+            assert a.model == b.model
+            assert tuple(m for m in a.ranking if m != newcomer.name) == b.ranking
+
+
+def test_an_expensive_model_never_chosen_moves_neither_decisions_nor_the_curve(shipped):
+    router = two_model_router(shipped)
+    curve = router.calibration()
+    before = router.route(PROMPTS, cost_weight=0.4)
+    # always wrong and dearer than both: the issue's "$0.5 a request" model
+    router.add_model("useless", Price(per_request=0.5), scores={i: 0.0 for i in router.repset.ids})
+    after = router.route(PROMPTS, cost_weight=0.4)
+    assert [d.model for d in after] == [d.model for d in before]
+    assert [d.ranking[:2] for d in after] == [d.ranking for d in before]
+    np.testing.assert_array_equal(router.calibration().lower, curve.lower)
+    np.testing.assert_array_equal(router.calibration().cost, curve.cost)
+
+
+def test_cost_weight_one_trades_one_unit_of_error_for_the_cost_scale(shipped):
+    state, embedder, repset = shipped
+    router = UniRouter(state, embedder, repset, cost_scale=0.02)
+    ids = router.repset.ids
+    # "dear" is right everywhere and costs 0.01 more a request than "cheap", right on 60% of prompts
+    # everywhere: at λ the dear model is worth it while 0.4 > λ·0.01/0.02, i.e. up to λ = 0.8.
+    router.add_model("dear", Price(per_request=0.011), scores={i: 1.0 for i in ids})
+    router.add_model("cheap", Price(per_request=0.001), scores={i: float(n % 5 < 3) for n, i in enumerate(ids)})
+    gap = {c.model: c.predicted_error for c in router.route(PROMPTS[0], cost_weight=0.0).candidates}
+    switch = (gap["cheap"] - gap["dear"]) / (0.01 / 0.02)
+    assert router.route(PROMPTS[0], cost_weight=switch * 0.99).model == "dear"
+    assert router.route(PROMPTS[0], cost_weight=switch * 1.01).model == "cheap"
+
+
+# -- the support guard -------------------------------------------------------------------------
+
+
+def test_a_model_without_support_in_a_prompts_cluster_is_not_chosen_there_even_cheap_and_accurate(shipped):
+    router = two_model_router(shipped)
+    ids, items = router.repset.ids, router.repset.repset.items
+    # Profiled on the ARC prompts only, all right: high overall accuracy, support 0 in the
+    # Winogrande clusters, where its error is its overall mean alone; nearly free.
+    router.add_model("partial", Price(per_request=1e-9),
+                     scores={i: 1.0 for i, item in zip(ids, items) if item.task == "arc-challenge"})
+    winogrande, arc = PROMPTS[2], PROMPTS[0]
+    d = router.route(winogrande, cost_weight=50.0)
+    partial = next(c for c in d.candidates if c.model == "partial")
+    assert partial.support == 0 and not partial.supported
+    assert partial.predicted_error < min(c.predicted_error for c in d.candidates if c.model != "partial")
+    assert d.model == "small" and d.ranking[-1] == "partial"  # kept as the last fallback
+    assert all(c.supported for c in d.candidates if c.model != "partial")
+    assert d.to_dict()["candidates"][-1]["supported"] is False
+    # Where it has support it is routed on it.
+    assert router.route(arc, cost_weight=50.0).model == "partial"
+    # Alone (or when the others are excluded) it still answers.
+    assert router.route(winogrande, cost_weight=50.0, models=["partial"]).model == "partial"
+
+
+def test_where_no_model_has_support_the_rule_ranks_all_and_says_none_is_supported(shipped):
+    router = two_model_router(shipped)
+    code = PROMPTS[1]  # the shipped set holds no code prompt: its cluster has no support for anyone
+    d = router.route(code, cost_weight=0.0)
+    assert all(c.support == 0 and not c.supported for c in d.candidates)
+    assert d.model == "big"
+
+
+def test_the_support_floor_is_the_states_prior_unless_given(shipped):
+    state, embedder, repset = shipped
+    assert two_model_router(shipped).table.min_support == state.prior
+    assert UniRouter(state, embedder, repset, min_support=0.0).table.min_support == 0.0
+    with pytest.raises(ValueError, match="cost_scale"):
+        UniRouter(state, embedder, repset, cost_scale=0.0)

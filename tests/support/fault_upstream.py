@@ -16,8 +16,19 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     the headers. Non-streamed: send half the body, then drop the connection
     bad_json        HTTP 200 whose body is not JSON (streamed: an SSE event whose data is not
                     JSON, then [DONE])
+    interrupt       streamed: the answer's chunks without the one carrying finish_reason, then
+                    [DONE] (llama-cpp-python ends an in-flight stream so when another arrives)
+    first_token=S   streamed: send the headers at once, then wait S seconds before the first chunk
+    crlf            streamed: frame events with CRLF line ends, as sse-starlette (so
+                    llama-cpp-python) does
 
 e.g. "m1:status=429", "m2:delay=0.5", "m3:fail_first=2,status=500", "m4:delay=0.2,cut=3".
+Statuses 401, 403 and 404 carry OpenAI's own bodies, with the provider's message (for 401, a
+masked fragment of the key the request carried), as a revoked key or a retired model gets.
+
+Besides completions, `POST /v1/responses` (streamed or not, OpenAI's Responses API events) and
+`POST /v1/embeddings` (floats, or base64 as the openai SDK asks by default) answer under the same
+faults. Every answer carries an `x-request-id` header (`req_...`), as OpenAI's do.
 `delay` applies to every request; a failing status wins over bad_json and cut. A malformed
 directive is answered with HTTP 400 saying what is wrong.
 
@@ -25,7 +36,9 @@ Or from Python, for a plain model name: `upstream.set_fault("m1", Fault(status=5
 `set_fault("m1", None)` to make it healthy again mid-test. A fault set so overrides any spec
 in the name, and its `fail_first` counts the requests from the moment it was set.
 
-Connection refused: point a model at `http://127.0.0.1:{closed_port()}/v1`.
+Connection refused: point a model at `http://127.0.0.1:{closed_port()}/v1`. A server that
+reads the request and then resets the connection (`ReadError`) or closes it without an answer
+(`RemoteProtocolError`): `with hangup_server("reset" | "close") as url:`.
 
 Counting: `upstream.calls[model]` counts the completion requests per requested model name
 (only requests whose body parsed); `GET /_stats` returns `{"calls": {model: n}}` for code in
@@ -38,14 +51,21 @@ socket (uvicorn logs "ASGI callable returned without completing response." — e
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import socket
+import struct
+import threading
+import time
+import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import APIError, install_error_handlers
 from app.demo.replay_upstream import (
@@ -54,6 +74,7 @@ from app.demo.replay_upstream import (
     CompletionRequest,
     CutResponse,
     add_completion_routes,
+    approx_tokens,
     json_response,
     model_object,
     response_body,
@@ -69,7 +90,17 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
     500: ("server_error", None, "The server had an error while processing your request (injected fault)."),
     502: ("server_error", None, "Bad gateway (injected fault)."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later (injected fault)."),
+    403: ("invalid_request_error", "unsupported_country_region_territory",
+          "Country, region, or territory not supported"),
+    404: ("invalid_request_error", "model_not_found",
+          "The model `{model}` has been deprecated, learn more here: https://platform.openai.com/docs/deprecations"),
 }
+
+
+def masked_key(authorization: str | None) -> str:
+    """The key fragment OpenAI's 401 shows: its first and last characters."""
+    key = (authorization or "").removeprefix("Bearer ").strip()
+    return f"{key[:3]}***{key[-4:]}" if len(key) > 8 else "***"
 
 
 @dataclass(frozen=True)
@@ -81,6 +112,9 @@ class Fault:
     fail_first: int | None = None
     cut_after: int | None = None
     bad_json: bool = False
+    interrupt: bool = False
+    first_token_s: float = 0.0
+    crlf: bool = False
 
     def failing_status(self, nth: int) -> int | None:
         """The error status for the `nth` request (1-based) under this fault, or None to answer."""
@@ -95,17 +129,17 @@ def parse_fault(spec: str) -> Fault:
     for directive in filter(None, (d.strip() for d in spec.split(","))):
         key, _, value = directive.partition("=")
         try:
-            if key == "bad_json" and not value:
-                fields["bad_json"] = True
-            elif key == "delay":
-                fields["delay_s"] = float(value)
+            if key in ("bad_json", "interrupt", "crlf") and not value:
+                fields[key] = True
+            elif key in ("delay", "first_token"):
+                fields[f"{key}_s"] = float(value)
             elif key in ("status", "fail_first", "cut"):
                 fields["cut_after" if key == "cut" else key] = int(value)
             else:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
-                             "fail_first=N, cut=N or bad_json") from None
+                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S or crlf") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
@@ -177,18 +211,27 @@ class FaultUpstream:
         except ValueError as exc:
             raise APIError(400, str(exc), param="model") from None
 
-    async def _respond(self, request: CompletionRequest, http: Request) -> Response:
-        self.calls[request.model] += 1
-        self.received.append(ReceivedRequest(http.url.path, request.model, orjson.loads(await http.body()),
+    async def _arrive(self, model: str, http: Request) -> Fault:
+        """Count and log a request, wait its delay, and raise its failing status; its fault."""
+        self.calls[model] += 1
+        self.received.append(ReceivedRequest(http.url.path, model, orjson.loads(await http.body()),
                                              dict(http.headers)))
-        fault, nth = self._fault_for(request.model)
+        fault, nth = self._fault_for(model)
         await asyncio.sleep(fault.delay_s)
         status = fault.failing_status(nth)
+        if status == 401:
+            raise APIError(401, f"Incorrect API key provided: {masked_key(http.headers.get('authorization'))}. "
+                                "You can find your API key at https://platform.openai.com/account/api-keys.",
+                           type="invalid_request_error", code="invalid_api_key")
         if status is not None:
             kind, code, message = _ERRORS.get(
                 status, ("server_error" if status >= 500 else "invalid_request_error", None,
                          f"Injected fault: HTTP {status}."))
-            raise APIError(status, message, type=kind, code=code)
+            raise APIError(status, message.format(model=model), type=kind, code=code)
+        return fault
+
+    async def _respond(self, request: CompletionRequest, http: Request) -> Response:
+        fault = await self._arrive(request.model, http)
         answer = Answer.for_request(request, f"answer from {request.model}")
         if fault.bad_json:
             if request.stream:
@@ -200,16 +243,68 @@ class FaultUpstream:
             body = orjson.dumps(response_body(request, answer))
             return CutResponse([body[: len(body) // 2]], media_type="application/json",
                                 headers={"content-length": str(len(body))})
-        events = [sse_event(chunk) for _, chunk in stream_chunks(request, answer)]
+        chunks = stream_chunks(request, answer)
+        if fault.interrupt:  # the chunk carrying finish_reason never comes
+            chunks = [(text, obj) for text, obj in chunks
+                      if not (obj["choices"] and obj["choices"][0]["finish_reason"] is not None)]
+        events = [sse_event(chunk) for _, chunk in chunks] + [SSE_DONE]
+        if fault.crlf:
+            events = [event.replace(b"\n", b"\r\n") for event in events]
         if fault.cut_after is None:
-            return StreamingResponse([*events, SSE_DONE], media_type="text/event-stream")
+            return StreamingResponse(_after(fault.first_token_s, events), media_type="text/event-stream")
         return CutResponse(events[: fault.cut_after], media_type="text/event-stream")
+
+    async def _responses(self, http: Request) -> Response:
+        """`POST /v1/responses`: the Responses API's response object, or its event stream."""
+        body = orjson.loads(await http.body())
+        model = str(body.get("model"))
+        fault = await self._arrive(model, http)
+        text = f"answer from {model}"
+        prompt = body.get("input")
+        usage = {"input_tokens": approx_tokens(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()),
+                 "output_tokens": approx_tokens(text), "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens_details": {"reasoning_tokens": 0}}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        done = response_object(model, text, "completed", usage)
+        if not body.get("stream"):
+            return json_response(done)
+        item = done["output"][0]
+        events = [("response.created", {"response": response_object(model, "", "in_progress", None)}),
+                  ("response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}),
+                  *[("response.output_text.delta", {"item_id": item["id"], "output_index": 0, "content_index": 0,
+                                                    "delta": piece}) for piece in text.split(" ")],
+                  ("response.completed", {"response": done})]
+        frames = [b"event: " + kind.encode() + b"\n" + sse_event({"type": kind, "sequence_number": n, **data})
+                  for n, (kind, data) in enumerate(events)]
+        if fault.cut_after is None:
+            return StreamingResponse(_after(fault.first_token_s, frames), media_type="text/event-stream")
+        return CutResponse(frames[: fault.cut_after], media_type="text/event-stream")
+
+    async def _embeddings(self, http: Request) -> Response:
+        """`POST /v1/embeddings`: one 4-dimensional vector per input, floats or base64 float32."""
+        body = orjson.loads(await http.body())
+        model = str(body.get("model"))
+        await self._arrive(model, http)
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        data = []
+        for i, text in enumerate(inputs):
+            vector = [float(len(str(text))), float(i), 0.5, -1.0]
+            if body.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens = sum(approx_tokens(str(t)) for t in inputs)
+        return json_response({"object": "list", "data": data, "model": model,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="uniroute fault-injecting test upstream", docs_url=None, redoc_url=None,
                       openapi_url=None)
         install_error_handlers(app)
         add_completion_routes(app, self._respond)
+        app.add_api_route("/v1/responses", self._responses, methods=["POST"])
+        app.add_api_route("/v1/embeddings", self._embeddings, methods=["POST"])
+        app.add_middleware(RequestIds)
 
         @app.get("/v1/models")
         async def list_models() -> Response:
@@ -220,3 +315,72 @@ class FaultUpstream:
             return json_response({"calls": dict(self.calls)})
 
         return app
+
+
+class RequestIds:
+    """Adds an `x-request-id` to every answer, as OpenAI does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", f"req_{uuid.uuid4().hex}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, with_id)
+
+
+async def _after(delay_s: float, parts: list[bytes]) -> AsyncIterator[bytes]:
+    """`parts`, the first one `delay_s` seconds after the headers went out."""
+    await asyncio.sleep(delay_s)
+    for part in parts:
+        yield part
+
+
+def response_object(model: str, text: str, status: str, usage: dict | None) -> dict:
+    """A Responses API `response` object holding one assistant message."""
+    message = {"type": "message", "id": "msg_" + uuid.uuid4().hex, "status": status, "role": "assistant",
+               "content": [{"type": "output_text", "text": text, "annotations": []}] if text else []}
+    return {"id": "resp_" + uuid.uuid4().hex, "object": "response", "created_at": int(time.time()),
+            "status": status, "model": model, "output": [message] if text else [], "usage": usage,
+            "error": None, "incomplete_details": None, "instructions": None, "metadata": {},
+            "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0}
+
+
+@contextlib.contextmanager
+def hangup_server(mode: str) -> Iterator[str]:
+    """A server on a real socket that reads each request's head, then hangs up without answering:
+    `reset` (an RST: the client's read fails, httpx.ReadError) or `close` (an orderly close: the
+    server disconnected without a response, httpx.RemoteProtocolError). Yields its `/v1` base URL."""
+    assert mode in ("reset", "close")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve_forever() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)  # the request (its head at least): the server got it
+                if mode == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    thread = threading.Thread(target=serve_forever, name=f"hangup-{mode}", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

@@ -1,0 +1,136 @@
+"""The fault taxonomy of upstream answers: what went wrong, and what the gateway does about it.
+
+Every failed upstream attempt gets one class, which labels `uniroute_upstream_failures_total`
+and decides, by `POLICIES`, whether the same model is asked again (retry), whether the next
+model in the routing order is tried (fallback), whether the failure counts toward the model's
+cooldown, and whether the model is taken out of routing until an operator re-enables it.
+
+A completion request is not idempotent: once the upstream may have received it, asking again
+may bill twice. So the same model is retried only when it surely did no work: the request never
+left (`connect`, `write`) or the upstream refused it with a status (429, 5xx). After the request
+was sent and the answer broke (`timeout`, `read`, `disconnect`, `cut`, `bad_body`) the gateway
+does not ask that model again; it falls back to the next model, whose answer the client needs.
+
+An upstream that refuses the gateway's own credentials (401/403: `auth`) or no longer knows the
+model name (404 on /chat/completions, the endpoint every model was profiled through: `not_found`)
+will refuse every request: the model is disabled in the registry (`enabled` false, state
+`disabled`, `error` starting with `FAULT_PREFIX`), which every replica sees, and stays out until
+`PATCH /admin/models/{name} {"enabled": true}`. Neither the provider's message nor anything
+else of its answer reaches the client. Any other 4xx is the client's own mistake (bad
+parameters): its answer goes back to the client as the upstream sent it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "rate_limit",
+                     "server", "bad_body", "cut", "client_error"]
+
+# The path every registered model was profiled through: a 404 there means the model is gone.
+PROFILED_PATH = "/chat/completions"
+# The start of a registry record's `error` when a fault disabled the model: "upstream fault <class>: ...".
+FAULT_PREFIX = "upstream fault "
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the gateway does after one failed attempt of a class."""
+
+    retry: bool  # ask the same model again (up to `retries`)
+    fallback: bool  # try the next model of the routing order
+    cooldown: bool  # count toward the model's cooldown
+    disable: bool  # take the model out of routing (for not_found: only on PROFILED_PATH)
+
+
+POLICIES: dict[FaultClass, Policy] = {
+    "connect": Policy(retry=True, fallback=True, cooldown=True, disable=False),
+    "write": Policy(retry=True, fallback=True, cooldown=True, disable=False),
+    "rate_limit": Policy(retry=True, fallback=True, cooldown=True, disable=False),
+    "server": Policy(retry=True, fallback=True, cooldown=True, disable=False),
+    "timeout": Policy(retry=False, fallback=True, cooldown=True, disable=False),
+    "read": Policy(retry=False, fallback=True, cooldown=True, disable=False),
+    "disconnect": Policy(retry=False, fallback=True, cooldown=True, disable=False),
+    "bad_body": Policy(retry=False, fallback=True, cooldown=True, disable=False),
+    "cut": Policy(retry=False, fallback=True, cooldown=True, disable=False),
+    "auth": Policy(retry=False, fallback=True, cooldown=False, disable=True),
+    "not_found": Policy(retry=False, fallback=True, cooldown=False, disable=True),
+    "client_error": Policy(retry=False, fallback=False, cooldown=False, disable=False),
+}
+
+
+class UpstreamFault(Exception):
+    """A failed attempt: its class (`kind`) and a description the client may see (never the
+    upstream's own message)."""
+
+    def __init__(self, kind: FaultClass, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.status = status
+
+    @property
+    def policy(self) -> Policy:
+        return POLICIES[self.kind]
+
+
+def disables(kind: FaultClass, path: str) -> bool:
+    """Whether a fault of `kind` on `path` takes the model out of routing. A 404 on another path
+    than the profiled one says the endpoint is not served there (a chat-only model asked for
+    /completions), not that the model is gone."""
+    return POLICIES[kind].disable and (kind != "not_found" or path == PROFILED_PATH)
+
+
+def status_class(status: int) -> FaultClass | None:
+    """The class of an HTTP status, None for a success."""
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limit"
+    if status >= 500:
+        return "server"
+    if status >= 400:
+        return "client_error"
+    return None
+
+
+def transport_class(exc: httpx.TransportError) -> FaultClass:
+    """The class of a transport error while sending a request and waiting for its answer."""
+    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.ProxyError,
+                        httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+        return "connect"  # the request never left
+    if isinstance(exc, (httpx.WriteError, httpx.WriteTimeout)):
+        return "write"  # the request did not arrive whole: the upstream cannot have acted on it
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "disconnect"  # the server closed the connection without a (complete) answer
+    return "read"
+
+
+def describe(kind: FaultClass, model: str, status: int | None, path: str) -> str:
+    """What the client and the logs are told of a status fault: the gateway's words only."""
+    if kind == "auth":
+        return (f"the upstream of model {model} refused the gateway's credentials (HTTP {status}); "
+                f"the model is taken out of routing")
+    if kind == "not_found":
+        what = "the model" if path == PROFILED_PATH else f"the model or the endpoint {path}"
+        return f"the upstream of model {model} does not know {what} (HTTP 404)"
+    return f"HTTP {status} from {model}"
+
+
+def fault_error(kind: FaultClass, detail: str, when: str) -> str:
+    """The registry `error` of a model a fault disabled."""
+    return (f"{FAULT_PREFIX}{kind}: {detail} at {when}; fix the upstream, then re-enable the model "
+            f"(PATCH /admin/models/<name> {{\"enabled\": true}})")
+
+
+def fault_of(error: str | None) -> FaultClass | None:
+    """The fault class that disabled a model, from its registry `error`; None if no fault did."""
+    if not error or not error.startswith(FAULT_PREFIX):
+        return None
+    kind = error[len(FAULT_PREFIX):].split(":", 1)[0]
+    return kind if kind in POLICIES else None  # type: ignore[return-value]

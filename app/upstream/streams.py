@@ -1,0 +1,121 @@
+"""Reading an upstream's server-sent events on their way to the client.
+
+The relay passes each event through as the upstream framed it, but it reads what it needs:
+whether the answer is complete, and the usage the upstream reports. A stream can end
+without being complete: cut mid-way, or ended with `[DONE]` while a choice's `finish_reason`
+is still null (llama-cpp-python interrupts an answer so when another request arrives). Since
+the openai SDK stops reading at `[DONE]`, the relay holds `[DONE]` back until it knows, and
+puts its error event before it.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+DONE = b"[DONE]"
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(rb"\r\n|\n|\r")
+# Responses API events that end an answer (failed carries the upstream's own error).
+_RESPONSE_ENDS = {"response.completed", "response.incomplete"}
+
+
+class EventSplitter:
+    """Cuts a byte stream into whole SSE events (each with its terminating blank line)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """The events completed by `chunk`."""
+        self._buffer += chunk
+        while (match := _EVENT_END.search(self._buffer)) is not None:
+            event, self._buffer = self._buffer[: match.end()], self._buffer[match.end():]
+            yield event
+
+    def rest(self) -> bytes:
+        """What came after the last whole event (an unterminated event, or nothing)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The `data:` field of an event (several data lines joined by newlines), None if it has none."""
+    lines = [line[5:] for line in _LINE.split(event) if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+
+
+@dataclass
+class StreamWatch:
+    """Reads a chat/completions (or Responses API) stream event by event.
+
+    `strip_usage`: the gateway asked for the usage chunk the client did not ask for, so it is
+    read and not passed on. After the stream: `usage` (the upstream's, or None), `complete`,
+    `upstream_error` (the upstream sent its own error event), `cut`."""
+
+    responses_api: bool = False
+    strip_usage: bool = False
+    usage: dict | None = None
+    upstream_error: bool = False
+    done: bytes | None = None  # the held-back [DONE] event
+    cut: bool = False  # set by the relay: the stream did not deliver a complete answer
+    ended: bool = False  # set by the relay once the upstream's stream is read, before its last events go out
+    _finished: dict[int, bool] = field(default_factory=dict)
+    _ended: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Every choice has its finish_reason (chat/completions), or the response ended (Responses API)."""
+        if self.responses_api:
+            return self._ended
+        return bool(self._finished) and all(self._finished.values())
+
+    def see(self, event: bytes) -> bytes:
+        """The bytes to pass on for one upstream event: itself, a rewrite, or nothing (held back or stripped)."""
+        data = event_data(event)
+        if data is None:
+            return event  # a comment or a keep-alive
+        if data.strip() == DONE:
+            self.done = event
+            return b""
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(obj, dict):
+            return event
+        if obj.get("error") is not None or obj.get("type") in ("error", "response.failed"):
+            self.upstream_error = True
+            return event
+        if self.responses_api:
+            return self._see_response_event(event, obj)
+        return self._see_chunk(event, obj)
+
+    def _see_response_event(self, event: bytes, obj: dict) -> bytes:
+        if obj.get("type") in _RESPONSE_ENDS:
+            self._ended = True
+            response = obj.get("response")
+            if isinstance(response, dict) and isinstance(response.get("usage"), dict):
+                self.usage = response["usage"]
+        return event
+
+    def _see_chunk(self, event: bytes, obj: dict) -> bytes:
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    index = choice.get("index", 0)
+                    self._finished[index] = self._finished.get(index, False) or choice.get("finish_reason") is not None
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            return event
+        self.usage = usage
+        if not self.strip_usage:
+            return event
+        if not choices:
+            return b""
+        return b"data: " + orjson.dumps({k: v for k, v in obj.items() if k != "usage"}) + b"\n\n"

@@ -1,0 +1,107 @@
+"""The rest of the OpenAI surface a client pointed at the gateway uses: models.retrieve,
+"stream": null, the Responses API, embeddings, and which headers cross the gateway. The real
+openai SDK against a real gateway in front of the fault upstream (OpenAI's wire formats)."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from app.runtime.config import EmbeddingsConfig
+
+MESSAGES = [{"role": "user", "content": "Name a prime number."}]
+
+
+def client(base_url: str, **kwargs) -> OpenAI:
+    return OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=30, **kwargs)
+
+
+def metric(base_url: str, name: str) -> float:
+    text = httpx.get(base_url + "/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture
+def surface(make_gateway, fault_upstream, model_config):
+    """A gateway with models `a/one` (slash in its name), `b`, `c` (its streams are cut after two
+    events), and an embeddings model."""
+    upstream, url = fault_upstream
+    models = [model_config("a/one", url, upstream_model="up-a", score=0.9), model_config("b", url, score=0.6),
+              model_config("c", url, upstream_model="c:cut=2", score=0.1)]
+    embeddings = EmbeddingsConfig(name="text-embedding-3-small", base_url=url, upstream_model="up-embed")
+    with make_gateway(models=models, embeddings_model=embeddings) as gw:
+        yield upstream, gw
+
+
+def test_models_retrieve_finds_router_names_and_registered_models(surface):
+    _, gw = surface
+    assert client(gw).models.retrieve("uniroute").id == "uniroute"
+    assert client(gw).models.retrieve("uniroute:economy").owned_by == "uniroute"
+    assert client(gw).models.retrieve("a/one").owned_by == "uniroute-registry"
+    with pytest.raises(openai.NotFoundError):
+        client(gw).models.retrieve("gpt-nothing")
+
+
+def test_stream_null_is_the_default_not_an_error(surface):
+    upstream, gw = surface
+    r = httpx.post(gw + "/v1/chat/completions", json={"model": "b", "messages": MESSAGES, "stream": None}, timeout=30)
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "answer from b"
+    assert "stream" not in upstream.received[-1].body
+
+
+def test_responses_api_is_routed_and_forwarded(surface):
+    upstream, gw = surface
+    raw = client(gw).responses.with_raw_response.create(
+        model="uniroute:0", input="Name a prime number.", instructions="Answer briefly.")
+    assert raw.headers["x-uniroute-model"] == "a/one"
+    assert int(raw.headers["x-uniroute-cluster"]) >= 0
+    assert raw.parse().output_text == "answer from up-a"
+    assert upstream.received[-1].path == "/v1/responses"
+    assert upstream.received[-1].body["instructions"] == "Answer briefly."
+    assert metric(gw, 'uniroute_tokens_total{kind="completion",model="a/one"}') > 0
+
+
+def test_responses_api_streams_and_a_cut_one_raises(surface):
+    _, gw = surface
+    events = list(client(gw).responses.create(model="b", input=[{"role": "user", "content": "hi"}], stream=True))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "answer from b"
+    assert metric(gw, 'uniroute_tokens_total{kind="completion",model="b"}') > 0
+    with pytest.raises(openai.APIError, match="cut the stream"):
+        for _ in client(gw).responses.create(model="c", input="hi", stream=True):
+            pass
+
+
+def test_embeddings_go_to_the_embeddings_model_or_a_named_registered_one(surface):
+    upstream, gw = surface
+    raw = client(gw).embeddings.with_raw_response.create(model="text-embedding-3-small", input=["hello", "hi"])
+    reply = raw.parse()
+    assert raw.headers["x-uniroute-model"] == "text-embedding-3-small"
+    assert [len(d.embedding) for d in reply.data] == [4, 4]
+    assert reply.data[0].embedding[0] == 5.0  # len("hello"), through base64 and back
+    assert upstream.received[-1].body["model"] == "up-embed"
+    assert client(gw).embeddings.create(model="uniroute", input="x").data[0].embedding[0] == 1.0
+    assert client(gw).embeddings.with_raw_response.create(model="b", input="x").headers["x-uniroute-model"] == "b"
+    with pytest.raises(openai.NotFoundError) as err:
+        client(gw).embeddings.create(model="text-embedding-ada-002", input="x")
+    assert "text-embedding-3-small" in err.value.body["message"]
+
+
+def test_embeddings_without_a_configured_model_say_so(make_gateway, fault_upstream, model_config):
+    _, url = fault_upstream
+    with make_gateway(models=[model_config("b", url)]) as gw:
+        with pytest.raises(openai.BadRequestError) as err:
+            client(gw).embeddings.create(model="uniroute", input="x")
+        assert "no embeddings_model" in err.value.body["message"]
+
+
+def test_client_account_headers_stay_at_the_gateway_and_the_upstream_request_id_comes_back(surface):
+    upstream, gw = surface
+    raw = client(gw, organization="org-client", project="proj-client").chat.completions.with_raw_response.create(
+        model="b", messages=MESSAGES)
+    sent = upstream.received[-1].headers
+    assert "openai-organization" not in sent and "openai-project" not in sent
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.parse()._request_id == raw.headers["x-request-id"]

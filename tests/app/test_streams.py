@@ -1,0 +1,68 @@
+"""Reading upstream SSE streams on their way (app/upstream/streams.py): whole events whatever the
+chunking and line ends, completeness, the held-back [DONE], the usage chunk."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from app.upstream.streams import EventSplitter, StreamWatch, event_data
+
+
+def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
+    return b"data: " + orjson.dumps({"object": "chat.completion.chunk", "choices": choices, "usage": usage}) + b"\n\n"
+
+
+def choice(index: int = 0, text: str = "", finish: str | None = None) -> dict:
+    return {"index": index, "delta": {"content": text}, "finish_reason": finish}
+
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+STREAM = [chunk([choice(text="a")]), chunk([choice(text="b")]), chunk([choice(finish="stop")]),
+          chunk([], USAGE), b"data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_events_come_out_whole_however_the_bytes_are_cut(newline):
+    body = b"".join(STREAM).replace(b"\n", newline)
+    splitter = EventSplitter()
+    events = [e for i in range(len(body)) for e in splitter.feed(body[i:i + 1])]
+    assert splitter.rest() == b""
+    assert b"".join(events) == body
+    assert [event_data(e) for e in events][-1] == b"[DONE]"
+
+
+def test_a_stream_with_every_finish_reason_is_complete_and_done_is_held_back():
+    watch = StreamWatch()
+    out = [watch.see(e) for e in STREAM]
+    assert watch.complete and watch.usage == USAGE
+    assert out[:-1] == STREAM[:-1] and out[-1] == b"" and watch.done == STREAM[-1]
+
+
+def test_done_with_a_choice_still_open_is_not_complete():
+    watch = StreamWatch()
+    for e in [chunk([choice(0, "a"), choice(1, "b")]), chunk([choice(0, finish="stop")]), b"data: [DONE]\n\n"]:
+        watch.see(e)
+    assert not watch.complete  # choice 1 never finished
+
+
+def test_the_usage_chunk_the_gateway_asked_for_is_read_and_stripped():
+    watch = StreamWatch(strip_usage=True)
+    assert watch.see(chunk([], USAGE)) == b""
+    rewritten = watch.see(chunk([choice(finish="stop")], USAGE))  # usage on a chunk with a choice
+    assert "usage" not in orjson.loads(event_data(rewritten))
+    assert watch.usage == USAGE and watch.complete
+
+
+def test_an_upstream_error_event_passes_and_is_noted():
+    watch = StreamWatch()
+    event = b'data: {"error": {"message": "overloaded"}}\n\n'
+    assert watch.see(event) == event and watch.upstream_error
+
+
+def test_a_responses_stream_is_complete_at_response_completed_with_its_usage():
+    watch = StreamWatch(responses_api=True)
+    watch.see(b'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", "delta": "a"}\n\n')
+    assert not watch.complete
+    done = {"type": "response.completed", "response": {"usage": {"input_tokens": 4, "output_tokens": 1}}}
+    watch.see(b"event: response.completed\ndata: " + orjson.dumps(done) + b"\n\n")
+    assert watch.complete and watch.usage == {"input_tokens": 4, "output_tokens": 1}
