@@ -76,7 +76,7 @@ def clusters_view(router: UniRouter, floor: int, examples: list[list[str]] | Non
         size = note.get("size")
         out.append({"id": k, "label": note.get("label") if isinstance(note.get("label"), str) else None,
                     "size": size if isinstance(size, int) else None,
-                    "top_tasks": _strings(note.get("top_tasks")) or None,
+                    "top_tasks": note.get("top_tasks") if isinstance(note.get("top_tasks"), list) else None,
                     "repset_items": int(members.size), "graders": dict(sorted(graders.items())),
                     "examples": own or (examples[k] if examples else []),
                     "below_floor": int(members.size) < floor})

@@ -2,7 +2,7 @@
 commit, one migration at a time, abandoning leaves the active state, bad input is refused; and
 `uniroute state` drives the same API. The new set is the shipped set's first 20 items (a new
 set version under the same clusters): the demo models are asked them for real (replay upstream,
-mc_letter grading)."""
+mc_letter grading) on the RouterBench state the demo gateways of these tests use."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from app.cli.main import main
-from app.runtime.config import Settings
 from router_core.repset import load_repset
+from tests.app.conftest import ROUTERBENCH_SETTINGS
 
 ADMIN = "migration-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -21,7 +21,8 @@ AUTH = {"authorization": f"Bearer {ADMIN}"}
 
 def first_items(tmp_path: Path, n: int = 20) -> Path:
     path = tmp_path / f"first-{n}.jsonl"
-    path.write_text("".join(line + "\n" for line in Path(Settings().repset_path).read_text().splitlines()[:n]))
+    shipped = Path(ROUTERBENCH_SETTINGS["repset_path"])
+    path.write_text("".join(line + "\n" for line in shipped.read_text().splitlines()[:n]))
     return path
 
 
@@ -40,7 +41,7 @@ def wait_pending(gw: str, status: str, timeout_s: float = 300) -> dict:
 def test_a_manual_migration_waits_for_its_commit_then_switches(make_gateway, demo_configs, tmp_path, capsys):
     repset = first_items(tmp_path)
     with make_gateway(admin_key=ADMIN) as gw:
-        body = {"state_dir": Settings().state_dir, "repset_path": str(repset), "auto_commit": False}
+        body = {"state_dir": ROUTERBENCH_SETTINGS["state_dir"], "repset_path": str(repset), "auto_commit": False}
         assert call(gw, "POST", "/state", body).status_code == 202
         again = call(gw, "POST", "/state", body)
         assert again.status_code == 409 and again.json()["error"]["code"] == "migration_pending"
@@ -67,11 +68,11 @@ def test_abandoning_keeps_the_active_state_and_bad_input_is_refused(make_gateway
         before = call(gw, "GET", "/state").json()["state"]
         missing = call(gw, "POST", "/state", {"state_dir": str(tmp_path / "nowhere"), "repset_path": str(repset)})
         assert missing.status_code == 400 and missing.json()["error"]["code"] == "invalid_state"
-        same = call(gw, "POST", "/state", {"state_dir": Settings().state_dir, "repset_path": Settings().repset_path})
+        same = call(gw, "POST", "/state", {"state_dir": ROUTERBENCH_SETTINGS["state_dir"], "repset_path": ROUTERBENCH_SETTINGS["repset_path"]})
         assert same.status_code == 400 and same.json()["error"]["code"] == "state_active"
         assert call(gw, "POST", "/state/pending/commit", {"force": True}).status_code == 404
 
-        body = {"state_dir": Settings().state_dir, "repset_path": str(repset), "auto_commit": False}
+        body = {"state_dir": ROUTERBENCH_SETTINGS["state_dir"], "repset_path": str(repset), "auto_commit": False}
         migration = call(gw, "POST", "/state", body).json()["id"]
         assert call(gw, "DELETE", "/state/pending").json() == {"abandoned": migration}
         view = call(gw, "GET", "/state").json()
@@ -85,7 +86,7 @@ def test_the_spend_cap_stops_the_migration_and_a_forced_commit_switches_anyway(m
                                                                                  tmp_path):
     repset = first_items(tmp_path, 30)
     with make_gateway(admin_key=ADMIN, profile_concurrency=1) as gw:
-        body = {"state_dir": Settings().state_dir, "repset_path": str(repset), "spend_cap": 1e-9}
+        body = {"state_dir": ROUTERBENCH_SETTINGS["state_dir"], "repset_path": str(repset), "spend_cap": 1e-9}
         assert call(gw, "POST", "/state", body).status_code == 202
         pending = wait_pending(gw, "stopped")
         assert "spend cap 1e-09 reached" in pending["error"]

@@ -17,7 +17,8 @@ from app.runtime.state_view import (
 )
 from router_core.repset import RepItem, write_repset
 from router_core.router import UniRouter
-from router_core.state import build_state
+from router_core.shipped import DEFAULT_REPSET, state_path
+from router_core.state import RouterState, build_state
 
 MATHS = ["What is 17 times 23?", "Solve for x: 3x + 5 = 20.", "What is the derivative of x^3?",
          "Compute 2 to the power of 10.", "What is the square root of 144?", "Integrate 2x dx."]
@@ -97,4 +98,18 @@ def test_admin_state_of_the_demo_gateway(make_gateway):
         assert set(c["graders"]) <= {"mc_letter"} and sum(c["graders"].values()) == c["repset_items"]
         assert c["below_floor"] == (c["repset_items"] < 15)
         assert bool(c["examples"]) == (c["repset_items"] > 0)
-    assert any(c["below_floor"] for c in clusters)  # the shipped set has no code items (issue 12)
+    assert any(c["below_floor"] for c in clusters)  # the RouterBench set has no code items
+
+
+def test_admin_state_of_the_general_defaults_labels_every_cluster_and_covers_it(make_gateway):
+    admin = "state-admin-key"
+    with make_gateway(admin_key=admin, models=[], state_dir="fast", repset_path=str(DEFAULT_REPSET)) as gw:
+        body = httpx.get(gw + "/admin/state", headers={"authorization": f"Bearer {admin}"}, timeout=60).json()
+    meta = {c["id"]: c for c in RouterState.load(state_path("fast")).metadata["clusters"]}
+    assert len(body["clusters"]) == body["state"]["k"] == len(meta)
+    for c in body["clusters"]:
+        assert (c["label"], c["size"], c["examples"]) == (meta[c["id"]]["label"], meta[c["id"]]["size"],
+                                                          meta[c["id"]]["examples"])
+        assert c["repset_items"] >= 15 and not c["below_floor"]
+    graders = {g for c in body["clusters"] for g in c["graders"]}
+    assert "llm_judge:rating" in graders and "llm_judge" not in graders
