@@ -120,11 +120,11 @@ def embedder_throughput(state_dir: Path, sizes: tuple[str, ...], min_seconds: fl
                         min_calls: int) -> dict[str, dict]:
     """Per prompt size: the gateway's embedder alone, batch 1 (prompts/s and per-call p50 ms)
     and batch 64 (prompts/s), through `embed_for_routing` like the gateway, on fresh prompts."""
+    import torch
+
     from app.runtime.config import Settings
     from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
     from router_core.state import RouterState
-
-    import torch
 
     state = RouterState.load(state_dir)
     # As the gateway runs it (its default `embed_threads`), so both figures are comparable.

@@ -42,6 +42,10 @@ from app.demo.replay_upstream import (
 )
 
 ANSWER_WORD = "answer "  # 7 characters: about two tokens at 4 characters a token
+# The model name under which the stub judges (router_core.judging's prompts): a fixed verdict of
+# each kind, so profiling with llm_judge items can be timed with no real judge.
+JUDGE_MODEL = "stub-judge"
+JUDGE_VERDICTS = {"rating": "Rating: [[7]]", "pairwise": "[[C]]", "correct": "CORRECT"}
 STREAM_CHUNKS_BEFORE_CUT = 2
 
 
@@ -75,6 +79,15 @@ def _answer_text(tokens: int) -> str:
     return (ANSWER_WORD * ((tokens + 1) // 2)).rstrip()
 
 
+def judge_verdict(prompt: str) -> str:
+    """The stub judge's verdict for a judge prompt of any kind."""
+    if "[The Start of Assistant A's Answer]" in prompt:
+        return JUDGE_VERDICTS["pairwise"]
+    if "[The Start of Assistant's Answer]" in prompt:
+        return JUDGE_VERDICTS["rating"]
+    return JUDGE_VERDICTS["correct"]
+
+
 def create_stub_app(options: StubOptions) -> FastAPI:
     """The stub as an ASGI app."""
     stats = StubStats()
@@ -101,7 +114,7 @@ def create_stub_app(options: StubOptions) -> FastAPI:
             stats.failed += 1
             raise APIError(500, "The server had an error while processing your request (injected fault).",
                            type="server_error")
-        answer = Answer.for_request(request, text)
+        answer = Answer.for_request(request, judge_verdict(request.prompt) if request.model == JUDGE_MODEL else text)
         if request.stream:
             events = [sse_event(chunk) for _, chunk in stream_chunks(request, answer)]
             if fault == "cut":

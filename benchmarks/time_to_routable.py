@@ -3,7 +3,8 @@
 How long a new LLM takes from `POST /admin/models` to `ready` (profiled on the default
 representative set, routable), against an upstream stub answering every request after a fixed
 latency (1 s by default), at each profiling concurrency (`UNIROUTE_PROFILE_CONCURRENCY`, one
-gateway process each). The bound is N x latency / concurrency for the set's N prompts: the time
+gateway process each), and what its profiling cost at the stated prices (the newcomer's answers
+and the judge's verdicts on `llm_judge` items: the stub judges too, as `stub-judge`). The bound is N x latency / concurrency for the set's N prompts: the time
 the prompts take in flight, nothing else; the ratio measured / bound says what the rest costs
 (grading, registry writes, Ψ). Requests go in whole waves, so ceil(N / concurrency) x latency
 (`waves_bound_s`) is the least any run can take: above the bound when N is not a multiple.
@@ -11,6 +12,7 @@ the prompts take in flight, nothing else; the ratio measured / bound says what t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import secrets
 import sys
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from benchmarks import report
 from benchmarks.services import (
@@ -29,18 +32,35 @@ from benchmarks.services import (
     start_gateway,
     start_stub,
 )
+from benchmarks.stub_upstream import JUDGE_MODEL
 
 MODEL = "newcomer"
 POLL_S = 0.05
 
 
+# Stated prices per million input/output tokens: the newcomer's like gpt-3.5-turbo-1106's, the
+# judge's like GPT-4's (arena-bench-v1's judge), as in app/demo/data/arena_bench_v1/prices.json.
+NEWCOMER_PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+JUDGE_PRICE = {"input_per_mtok": 30.0, "output_per_mtok": 60.0}
+
+
+def judge_config(workdir: Path, stub_url: str) -> Path:
+    """A gateway config registering the stub judge (scored 0 everywhere: never routed to)."""
+    scores = workdir / "judge-scores.json"
+    scores.write_text(json.dumps(dict.fromkeys(repset_ids(), 0.0)))
+    path = workdir / "judge.yaml"
+    path.write_text(yaml.safe_dump({"judge_model": JUDGE_MODEL, "models": [
+        {"name": JUDGE_MODEL, "base_url": stub_url + "/v1", "cost": JUDGE_PRICE, "scores_file": str(scores)}]}))
+    return path
+
+
 def time_one(gateway: Service, admin_key: str, stub_url: str, timeout_s: float) -> dict:
-    """Register a model on the stub; seconds until the admin API shows it `ready`, and its job's figures."""
+    """Register a model on the stub; seconds until the admin API shows it `ready`, and its job's
+    figures (its spend: the newcomer's answers and the judge's verdicts)."""
     headers = {"authorization": f"Bearer {admin_key}"}
     with httpx.Client(base_url=gateway.url, headers=headers, timeout=30.0) as client:
         started = time.perf_counter()
-        r = client.post("/admin/models", json={"name": MODEL, "base_url": stub_url + "/v1",
-                                               "cost": {"per_request": 1.0}})
+        r = client.post("/admin/models", json={"name": MODEL, "base_url": stub_url + "/v1", "cost": NEWCOMER_PRICE})
         if r.status_code != 202:
             raise RuntimeError(f"POST /admin/models answered {r.status_code}: {r.text}")
         while True:
@@ -52,7 +72,7 @@ def time_one(gateway: Service, admin_key: str, stub_url: str, timeout_s: float) 
                 raise RuntimeError(f"{MODEL} is {shown['state']} after {elapsed:.1f} s: {shown.get('error')}")
             time.sleep(POLL_S)
     job = shown["jobs"][-1]
-    return {"measured_s": elapsed, "prompts": job["total"], "errors": job["errors"]}
+    return {"measured_s": elapsed, "prompts": job["total"], "errors": job["errors"], "spend": job["spend"]}
 
 
 def measure(latency_ms: float, concurrencies: list[int], cache_dir: str, workdir: Path) -> dict:
@@ -66,7 +86,8 @@ def measure(latency_ms: float, concurrencies: list[int], cache_dir: str, workdir
             admin_key = secrets.token_urlsafe(16)
             log(f"concurrency {c}: starting a gateway, then profiling {n} prompts (bound {bound:.1f} s) ...")
             with start_gateway(workdir, env={"UNIROUTE_PROFILE_CONCURRENCY": str(c), "UNIROUTE_ADMIN_KEY": admin_key},
-                               cache_dir=cache_dir, name=f"gateway-c{c}") as gateway:
+                               config=judge_config(workdir, stub.url), cache_dir=cache_dir,
+                               name=f"gateway-c{c}") as gateway:
                 run = time_one(gateway, admin_key, stub.url, timeout_s=max(60.0, 5 * bound))
             run.update(concurrency=c, bound_s=bound, ratio=run["measured_s"] / bound,
                        waves_bound_s=math.ceil(n / c) * latency_ms / 1000)
@@ -80,11 +101,12 @@ def measure(latency_ms: float, concurrencies: list[int], cache_dir: str, workdir
 def table(result: dict) -> str:
     """The markdown table of the runs."""
     rows = [[str(r["concurrency"]), str(r["prompts"]), report.fmt(r["bound_s"], 2), report.fmt(r["waves_bound_s"], 2),
-             report.fmt(r["measured_s"], 2), report.fmt(r["ratio"], 3), str(r["errors"])] for r in result["runs"]]
+             report.fmt(r["measured_s"], 2), report.fmt(r["ratio"], 3), str(r["errors"]),
+             f"{r['spend']:.4f}"] for r in result["runs"]]
     return report.markdown_table(
         ["profile concurrency", "prompts N", "bound N x latency / concurrency (s)",
          "whole waves ceil(N / concurrency) x latency (s)", "measured (s)", "ratio measured / bound",
-         "failed prompts"], rows)
+         "failed prompts", "spend (USD)"], rows)
 
 
 def docs_section(result: dict) -> str:
@@ -94,7 +116,11 @@ def docs_section(result: dict) -> str:
         f"`{result['command']}`. {report.machine_line(result['machine'])}",
         f"`POST /admin/models` until the model shows `ready`, profiled on the default representative set "
         f"({result['prompts']} prompts), against the stub answering after {result['latency_ms']:g} ms, each "
-        f"concurrency with a fresh gateway process.",
+        f"concurrency with a fresh gateway process. Spend at the stated prices: the newcomer at "
+        f"${NEWCOMER_PRICE['input_per_mtok']:g}/${NEWCOMER_PRICE['output_per_mtok']:g} per million input/output "
+        f"tokens, the judge of the `llm_judge` items at ${JUDGE_PRICE['input_per_mtok']:g}/"
+        f"${JUDGE_PRICE['output_per_mtok']:g}; the stub's answers are short, so a real model's answers "
+        f"cost more.",
         table(result),
     ])
 

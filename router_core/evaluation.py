@@ -2,7 +2,7 @@
 
 One trial: the LLMs are split into a training pool and a test pool (default 1/3 test), the
 prompts into train / validation / test (60 / 10 / 30). Routers are fitted on the training
-prompts (and, for the learned map, the training LLMs' labels on them). The test LLMs are
+prompts (and, for the learned map and the transfer routers, the training LLMs' labels on them). The test LLMs are
 known only through their labels on the validation prompts (the representative set). Each
 router then routes the test prompts among the TEST LLMs for a sweep of lambda, from 0 to the
 value where the cheapest model is always chosen, tracing a deferral curve of (mean cost, mean
@@ -17,8 +17,15 @@ cost so x runs over [0, 1]:
 - qnc:    quality-neutral cost, the least x at which the curve reaches the score of the test
           pool's best single LLM; None if it never does.
 - peak:   the best score on the curve.
+- closure (per method, over trials): (area - zero router's area) / (oracle's - zero router's),
+          the share of the gap to the oracle the method captures.
 
-Hyper-parameters (K, shrinkage prior, k of K-NN) are chosen per trial without touching test
+Routers: the zero router, K-NN, UniRoute's K-means and learned map, and the transfer routers of
+`router_core.transfer` (the training LLMs' dense labels describe the prompts; a new LLM gets a
+few numbers fitted from its representative answers only).
+
+Hyper-parameters (K, shrinkage prior, k of K-NN; k, rank, ridge of the transfer routers, see
+`_choose_transfer`) are chosen per trial without touching test
 prompts or test LLMs (see `_choose`): the TRAINING LLMs route among themselves on the training
 prompts, two-fold cross-fitted (fit on one half, score on the other, swap), with their Psi taken
 from the validation prompts exactly as the test LLMs' will be; the largest summed area wins and
@@ -32,14 +39,22 @@ from typing import Callable
 
 import numpy as np
 
+from router_core import transfer
 from router_core.clustering import assign, fit_kmeans
 from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
+from router_core.neighbours import knn_gamma
 from router_core.policy import normalise_costs, route
 from router_core.profiles import cluster_profiles, soft_profiles
 
-METHODS = ("zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map", "oracle")
-# Differences reported with their intervals: each UniRoute variant against each baseline.
-PAIRS = tuple((a, b) for a in ("uniroute_kmeans", "uniroute_learned_map") for b in ("knn", "zero_router"))
+# Transfer routers (router_core.transfer) by name -> link.
+TRANSFER_LINKS = {"transfer": "identity", "transfer_irt": "logit"}
+METHODS = ("zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map", *TRANSFER_LINKS, "oracle")
+# Differences reported with their intervals: every router against the zero router, and every
+# router that reads prompts against K-NN and K-means.
+_ROUTERS = tuple(m for m in METHODS if m not in ("zero_router", "oracle"))
+PAIRS = (tuple((a, "zero_router") for a in _ROUTERS)
+         + tuple((a, b) for b in ("knn", "uniroute_kmeans") for a in _ROUTERS if a not in ("knn", b)))
+VALIDATION_SELECTIONS = ("random", "disagreement")
 
 
 @dataclass(frozen=True)
@@ -57,8 +72,18 @@ class EvalConfig:
     prior_grid: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
     knn_k: int | None = None
     knn_grid: tuple[int, ...] = (5, 10, 20, 40, 80, 160)
-    learned_map: LearnedMapConfig = field(default_factory=LearnedMapConfig)
+    # None leaves the learned map out (it is the slowest router to fit), e.g. for size studies.
+    learned_map: LearnedMapConfig | None = field(default_factory=LearnedMapConfig)
+    transfer_k_grid: tuple[int, ...] = (10, 40, 160)
+    transfer_rank_grid: tuple[int, ...] = (1, 2, 4, 64)  # capped at the number of training LLMs
+    transfer_alpha_grid: tuple[float, ...] = (0.1, 0.8, 6.4, 51.2)
     n_lambdas: int = 200
+    # Representative-set size study: with `validation_size`, the test prompts are drawn first
+    # (1 - train_fraction - validation_fraction of them) and the representative set is taken
+    # from the rest, at random or where the training LLMs disagree most; the test prompts are
+    # then the same for every size and selection of the same seed.
+    validation_size: int | None = None
+    validation_selection: str = "random"
 
 
 @dataclass(frozen=True)
@@ -178,20 +203,6 @@ def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
 # ---------------------------------------------------------------- routers (gamma estimators)
 
 
-def knn_gamma(query: np.ndarray, ref: np.ndarray, ref_loss: np.ndarray, k: int) -> np.ndarray:
-    """Mean loss of each model over the k most similar reference prompts (NaN skipped; a model
-    with no labelled neighbour falls back to its mean over the whole reference set)."""
-    k = min(k, ref.shape[0])
-    sims = query @ ref.T
-    nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (n, k)
-    neigh = ref_loss[nn]  # (n, k, M)
-    obs = ~np.isnan(neigh)
-    total = np.where(obs, neigh, 0.0).sum(axis=1)
-    count = obs.sum(axis=1)
-    fallback = np.broadcast_to(np.nanmean(ref_loss, axis=0), total.shape)
-    return np.divide(total, count, out=fallback.copy(), where=count > 0)
-
-
 @dataclass
 class _Split:
     """Everything a router may see in one (pool, prompts) setting."""
@@ -270,14 +281,87 @@ def _choose(
     priors = (cfg.prior,) if cfg.prior is not None else cfg.prior_grid
     km = {(k, prior): v for k in ks for (_, prior), v in crossfit(k, priors, None).items()}
     k_best, prior_km = max(km, key=km.get)
-    lm_scores = {prior: v for (method, prior), v in crossfit(k_best, priors, cfg.learned_map).items()
-                 if method == "uniroute_learned_map"}
+    chosen = {"uniroute_kmeans.clusters": k_best, "uniroute_kmeans.prior": prior_km}
+    if cfg.learned_map is not None:
+        lm_scores = {prior: v for (method, prior), v in crossfit(k_best, priors, cfg.learned_map).items()
+                     if method == "uniroute_learned_map"}
+        chosen.update({"uniroute_learned_map.clusters": k_best,
+                       "uniroute_learned_map.prior": max(lm_scores, key=lm_scores.get)})
     knn_ks = (cfg.knn_k,) if cfg.knn_k else cfg.knn_grid
     # K-NN fits nothing on the training prompts: score it on all of them.
     knn = {k: area(knn_gamma(emb[usable], emb[val_p], val_loss, k), usable) for k in knn_ks}
-    return {"uniroute_kmeans.clusters": k_best, "uniroute_kmeans.prior": prior_km,
-            "uniroute_learned_map.clusters": k_best, "uniroute_learned_map.prior": max(lm_scores, key=lm_scores.get),
-            "knn.k": max(knn, key=knn.get)}
+    return {**chosen, "knn.k": max(knn, key=knn.get)}
+
+
+def _sized_split(train_scores: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """(train, validation, test) prompts with a representative set of `cfg.validation_size`,
+    chosen from the non-test prompts at random or by the training LLMs' disagreement (the
+    variance of their scores; training LLMs' labels only, never a test LLM's)."""
+    n = train_scores.shape[0]
+    perm = rng.permutation(n)
+    n_test = int(round((1.0 - cfg.train_fraction - cfg.validation_fraction) * n))
+    test_p, pool = np.sort(perm[:n_test]), perm[n_test:]
+    if not 0 < cfg.validation_size < pool.size:
+        raise ValueError(f"validation size must be between 1 and {pool.size - 1}, got {cfg.validation_size}")
+    if cfg.validation_selection == "random":
+        val_p = pool[: cfg.validation_size]
+    elif cfg.validation_selection == "disagreement":
+        spread = np.nan_to_num(np.nanvar(train_scores[pool], axis=1), nan=-1.0)
+        val_p = pool[np.argsort(-spread, kind="stable")[: cfg.validation_size]]
+    else:
+        raise ValueError(f"unknown validation selection {cfg.validation_selection!r}; expected one of {VALIDATION_SELECTIONS}")
+    return [np.sort(np.setdiff1d(pool, val_p)), np.sort(val_p), test_p]
+
+
+def _choose_transfer(
+    emb: np.ndarray, loss: np.ndarray, score: np.ndarray, spend: np.ndarray,
+    train_p: np.ndarray, val_p: np.ndarray, train_m: np.ndarray, cfg: EvalConfig, rng: np.random.Generator,
+) -> dict[str, int | float]:
+    """Pick k, rank and alpha of each transfer router with the training LLMs only.
+
+    As `_choose`, two-fold over the training prompts: the features come from one half, the
+    training LLMs route among themselves on the other. Each training LLM plays a new LLM in
+    turn: its features are built from the OTHER training LLMs (basis and neighbour averages),
+    its profile from its own validation labels; so no LLM ever predicts itself.
+    """
+    usable = train_p[~np.isnan(loss[np.ix_(train_p, train_m)]).any(axis=1)]
+    halves = np.array_split(rng.permutation(usable), 2)
+    val_loss = loss[np.ix_(val_p, train_m)]
+    route_cost = normalise_costs(np.nanmean(spend[np.ix_(val_p, train_m)], axis=0))
+    m = train_m.size
+    totals: Counter = Counter()
+    for f in (0, 1):
+        fit, hold = np.sort(halves[f]), np.sort(halves[1 - f])
+        fit_loss = loss[np.ix_(fit, train_m)]
+        h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
+        c_max = h_spend.mean(axis=0).max() or 1.0
+        # Without its own column, a lone training LLM has nothing to transfer from.
+        others = [np.delete(np.arange(m), j) for j in range(m)] if m > 1 else []
+        directions = [transfer.principal_directions(fit_loss[:, o]) for o in others]
+        for k in cfg.transfer_k_grid:
+            g_hold = knn_gamma(emb[hold], emb[fit], fit_loss, k)
+            g_val = knn_gamma(emb[val_p], emb[fit], fit_loss, k)
+            gammas: dict = {}
+            for j, o in enumerate(others):
+                centre, dirs = directions[j]
+                for rank in cfg.transfer_rank_grid:
+                    f_hold = (g_hold[:, o] - centre) @ dirs[:, :rank]
+                    f_val = (g_val[:, o] - centre) @ dirs[:, :rank]
+                    for name, link in TRANSFER_LINKS.items():
+                        for alpha in cfg.transfer_alpha_grid:
+                            prof = transfer.profiles_from_features(f_val, val_loss[:, [j]], alpha, link)
+                            col = transfer.gamma_from_features(f_hold, prof)[:, 0]
+                            gammas.setdefault((name, k, rank, alpha), np.empty((hold.size, m)))[:, j] = col
+            for key, gamma in gammas.items():
+                curve = deferral_curve(gamma, route_cost, h_score, h_spend, c_max, cfg.n_lambdas // 2)
+                totals[key] += area_under(curve)
+    chosen: dict[str, int | float] = {}
+    for name in TRANSFER_LINKS:
+        scored = {key[1:]: v for key, v in totals.items() if key[0] == name}
+        # With a single training LLM nothing was scored: the largest ridge, i.e. the zero router.
+        k, rank, alpha = max(scored, key=scored.get) if scored else (cfg.transfer_k_grid[0], 1, cfg.transfer_alpha_grid[-1])
+        chosen.update({f"{name}.k": k, f"{name}.rank": rank, f"{name}.alpha": alpha})
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -307,7 +391,10 @@ def draw_split(scores: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) ->
     models = rng.permutation(m)
     n_test = min(m - 1, max(2, int(round(cfg.test_models_fraction * m))))
     test_m, train_m = np.sort(models[:n_test]), np.sort(models[n_test:])
-    train_p, val_p, test_p = _split_indices(n, (cfg.train_fraction, cfg.validation_fraction), rng)
+    if cfg.validation_size is None:
+        train_p, val_p, test_p = _split_indices(n, (cfg.train_fraction, cfg.validation_fraction), rng)
+    else:
+        train_p, val_p, test_p = _sized_split(scores[:, train_m], cfg, rng)
     test_p = test_p[~np.isnan(scores[np.ix_(test_p, test_m)]).any(axis=1)]
     if test_p.size == 0:
         raise ValueError("no test prompt has labels for every test LLM")
@@ -335,12 +422,19 @@ def fit_routers(
         "knn": knn_gamma(s.query_emb, s.val_emb, val_loss, int(chosen["knn.k"])),
     }
     theta = None
-    for method in ("uniroute_kmeans", "uniroute_learned_map"):
+    uniroute = ("uniroute_kmeans",) if cfg.learned_map is None else ("uniroute_kmeans", "uniroute_learned_map")
+    for method in uniroute:
         k, prior = int(chosen[f"{method}.clusters"]), float(chosen[f"{method}.prior"])
         lm = cfg.learned_map if method == "uniroute_learned_map" else None
         fitted = _uniroute_gammas(s, k, (prior,), lm, seed)
         gammas[method] = fitted[(method, prior)]
         theta = fitted.get("theta", theta)
+    # Drawn after every other router's randomness, so those stay as they were without transfer.
+    chosen.update(_choose_transfer(emb, loss, scores, costs, split.train_prompts, split.val_prompts, tr_m, cfg, rng))
+    for name, link in TRANSFER_LINKS.items():
+        basis = transfer.fit_basis(s.fit_emb, s.fit_loss, int(chosen[f"{name}.k"]), int(chosen[f"{name}.rank"]))
+        profiles = transfer.fit_profiles(basis, s.val_emb, val_loss, float(chosen[f"{name}.alpha"]), link)
+        gammas[name] = transfer.transfer_gamma(basis, profiles, s.query_emb)
     route_cost = normalise_costs(np.nanmean(costs[np.ix_(split.val_prompts, te_m)], axis=0))
     return Routers(gammas, route_cost, theta, chosen)
 
@@ -357,7 +451,7 @@ def run_trial(
     gammas = {**routers.gammas, "oracle": 1.0 - q_score}  # the oracle knows the test labels
     best_single = float(q_score.mean(axis=0).max())
     curves = {name: deferral_curve(gammas[name], routers.route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
-              for name in METHODS}
+              for name in METHODS if name in gammas}
     metrics = {name: curve_metrics(c, best_single) for name, c in curves.items()}
     return TrialResult(curves, metrics, routers.settings, split.test_models.tolist())
 
@@ -402,8 +496,9 @@ def evaluate(
 
 def summarise(trials: list[TrialResult]) -> EvalReport:
     """Means, intervals and paired differences across trials."""
+    methods = [m for m in METHODS if m in trials[0].metrics]
     summary = {}
-    for name in METHODS:
+    for name in methods:
         rows = [t.metrics[name] for t in trials]
         area, lo, hi = mean_ci(np.array([r["area"] for r in rows]))
         qncs = [r["qnc"] for r in rows]
@@ -416,8 +511,12 @@ def summarise(trials: list[TrialResult]) -> EvalReport:
             "qnc_reached": sum(q is not None for q in qncs),
             "peak": float(np.mean([r["peak"] for r in rows])),
         }
+    # Closure: the share of the zero router -> oracle gap in mean area that a method captures.
+    gap = summary["oracle"]["area"] - summary["zero_router"]["area"]
+    for name in methods:
+        summary[name]["closure"] = (summary[name]["area"] - summary["zero_router"]["area"]) / gap if gap > 0 else None
     paired = {}
-    for a, b in PAIRS:
+    for a, b in (p for p in PAIRS if set(p) <= set(methods)):
         diff = np.array([t.metrics[a]["area"] - t.metrics[b]["area"] for t in trials])
         mean, lo, hi = mean_ci(diff)
         paired[f"{a} - {b}"] = {"area_diff": mean, "ci": [lo, hi], "wins": int((diff > 0).sum())}

@@ -19,18 +19,13 @@ from app.api.wire import (
     CompletionBody,
     EmbeddingsBody,
     ResponsesBody,
+    RoutedBody,
     RoutingOptions,
     read_body,
     validate,
 )
 from app.costs.billing import bill, record_usage
 from app.costs.budget import key_scope
-from app.errors import GatewayError
-from app.routing.prompts import (
-    chat_routing_text,
-    completion_routing_text,
-    responses_routing_text,
-)
 from app.routing.service import (
     ROUTER_MODEL,
     Destination,
@@ -162,45 +157,30 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
             await settle()
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
+async def forward(request: Request, kind: type[RoutedBody], path: str) -> Response:
+    """Read a request of `kind`, find its destination and relay the upstream's answer."""
     started = time.perf_counter()
     body = await read_body(request)
-    parsed = validate(ChatBody, body)
-    text = chat_routing_text([m.model_dump() for m in parsed.messages])
-    dest = await destination(request, parsed.model, parsed.uniroute, text)
-    return await proxy(request, "/chat/completions", body, dest, bool(parsed.stream), started)
+    parsed = validate(kind, body)
+    routed = parse_router_model(parsed.model, gateway_of(request).settings) is not None
+    dest = await destination(request, parsed.model, parsed.uniroute, parsed.routing_text(routed))
+    return await proxy(request, path, body, dest, bool(parsed.stream), started)
 
 
-def completion_text(prompt: object, routed: bool) -> str:
-    """A completions prompt's text; token ids have none, which only a named model takes."""
-    try:
-        return completion_routing_text(prompt)
-    except GatewayError:
-        if routed:
-            raise
-        return ""
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await forward(request, ChatBody, "/chat/completions")
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    started = time.perf_counter()
-    body = await read_body(request)
-    parsed = validate(CompletionBody, body)
-    routed = parse_router_model(parsed.model, gateway_of(request).settings) is not None
-    dest = await destination(request, parsed.model, parsed.uniroute, completion_text(parsed.prompt, routed))
-    return await proxy(request, "/completions", body, dest, bool(parsed.stream), started)
+    return await forward(request, CompletionBody, "/completions")
 
 
 @router.post("/v1/responses")
 async def responses(request: Request) -> Response:
     """The Responses API, routed like chat: the routing text is the instructions and the input."""
-    started = time.perf_counter()
-    body = await read_body(request)
-    parsed = validate(ResponsesBody, body)
-    text = responses_routing_text(parsed.input, parsed.instructions)
-    dest = await destination(request, parsed.model, parsed.uniroute, text)
-    return await proxy(request, "/responses", body, dest, bool(parsed.stream), started)
+    return await forward(request, ResponsesBody, "/responses")
 
 
 def embeddings_record(gw: Gateway, model: str) -> ModelRecord:
@@ -247,13 +227,9 @@ async def embeddings(request: Request) -> Response:
 async def route_dry_run(request: Request) -> JSONResponse:
     """The decision a chat (or completions) request would get, calling no upstream."""
     body = await read_body(request)
-    if "messages" in body:
-        parsed = validate(ChatBody, body)
-        text = chat_routing_text([m.model_dump() for m in parsed.messages])
-    else:
-        parsed = validate(CompletionBody, body)
-        text = completion_text(parsed.prompt, parse_router_model(parsed.model, gateway_of(request).settings) is not None)
-    dest = await destination(request, parsed.model, parsed.uniroute, text)
+    parsed = validate(ChatBody if "messages" in body else CompletionBody, body)
+    routed = parse_router_model(parsed.model, gateway_of(request).settings) is not None
+    dest = await destination(request, parsed.model, parsed.uniroute, parsed.routing_text(routed))
     if dest.decision is None:
         record = dest.records[0]
         error, cost, _ = expectation(dest, record)

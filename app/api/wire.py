@@ -14,6 +14,12 @@ from pydantic import (
 )
 
 from app.api.errors import APIError
+from app.errors import GatewayError
+from app.routing.prompts import (
+    chat_routing_text,
+    completion_routing_text,
+    responses_routing_text,
+)
 from app.routing.service import policy_target
 from app.runtime.config import Settings, TargetFields
 from router_core.targets import RoutingTarget
@@ -45,35 +51,53 @@ class Message(BaseModel):
     content: str | list | None = None
 
 
-class ChatBody(BaseModel):
-    """What the gateway reads of a chat request."""
+class RoutedBody(BaseModel):
+    """What the gateway reads of a request it may route: the model asked for, whether to stream,
+    the `uniroute` options, and (per kind, `routing_text`) the prompt's text."""
 
     model_config = ConfigDict(extra="allow")
     model: str
-    messages: list[Message] = Field(min_length=1)
     stream: StrictBool | None = False  # null is the spec's default: not streamed
     uniroute: RoutingOptions | None = None
 
+    def routing_text(self, routed: bool) -> str:
+        """The text routing reads (and the expected cost counts); `routed` when a router name
+        was asked for."""
+        raise NotImplementedError
 
-class CompletionBody(BaseModel):
-    """What the gateway reads of a completions request."""
 
-    model_config = ConfigDict(extra="allow")
-    model: str
+class ChatBody(RoutedBody):
+    """A chat completions request."""
+
+    messages: list[Message] = Field(min_length=1)
+
+    def routing_text(self, routed: bool) -> str:
+        return chat_routing_text([m.model_dump() for m in self.messages])
+
+
+class CompletionBody(RoutedBody):
+    """A completions request."""
+
     prompt: str | list
-    stream: StrictBool | None = False
-    uniroute: RoutingOptions | None = None
+
+    def routing_text(self, routed: bool) -> str:
+        # token ids have no text: only a named model takes them
+        try:
+            return completion_routing_text(self.prompt)
+        except GatewayError:
+            if routed:
+                raise
+            return ""
 
 
-class ResponsesBody(BaseModel):
-    """What the gateway reads of a Responses API request (`POST /v1/responses`)."""
+class ResponsesBody(RoutedBody):
+    """A Responses API request (`POST /v1/responses`), routed from its instructions and input."""
 
-    model_config = ConfigDict(extra="allow")
-    model: str
     input: str | list
     instructions: str | None = None
-    stream: StrictBool | None = False
-    uniroute: RoutingOptions | None = None
+
+    def routing_text(self, routed: bool) -> str:
+        return responses_routing_text(self.input, self.instructions)
 
 
 class EmbeddingsBody(BaseModel):

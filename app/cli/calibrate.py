@@ -2,8 +2,9 @@
 
 The curve (router_core.calibration) comes from a running gateway (`--url`, admin key: its own
 models, state and representative set), or is computed here from a dataset's models the way
-`uniroute demo` registers them (their labels on the representative prompts as profiles, their
-mean recorded cost per request as price) with the router state and representative set given.
+`uniroute demo` registers them (app.demo.models: their recorded labels on the representative
+prompts as profiles, priced from the recorded data; with the default data, the demo's 17
+recorded LLMs) with the router state and representative set given.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from app.cli import DEFAULT_CACHE, AdminError, UsageError, admin_call, one_line_errors
 from app.demo import ROUTERBENCH_DIR
+from app.demo.arena import load_arena
 from app.demo.models import add_demo_models
 from app.runtime.config import Settings
 from router_core.datasets import FORMATS, load_dataset
@@ -60,10 +63,10 @@ def local_curve(args: argparse.Namespace) -> dict:
                                 min_support=settings.min_support)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    known = set(dataset.ids)
-    if not any(pid in known for pid in router.repset.ids):
+    # the default data is the demo's: RouterBench's LLMs and arena-bench-v1's
+    arena = load_arena() if Path(args.data) == ROUTERBENCH_DIR else None
+    if add_demo_models(router, dataset, arena) == 0:
         raise UsageError(f"{args.data} labels none of the representative prompts")
-    add_demo_models(router, dataset)
     curve = router.calibration()
     if curve is None:
         raise UsageError("no model could be profiled")

@@ -1,9 +1,9 @@
-"""`uniroute demo`: the gateway in front of the replay upstream's 11 RouterBench LLMs, no keys needed.
+"""`uniroute demo`: the gateway in front of the replay upstream's recorded LLMs, no keys needed.
 
-The replay upstream answers from the LLMs' recorded RouterBench answers. Each LLM is registered
-with its profile computed from its recorded labels on the representative set, and priced per
-request at its mean RouterBench cost (USD), so a first request from the openai SDK is routed
-for real.
+The replay upstream answers from the LLMs' recorded RouterBench and arena-bench-v1 answers (17
+LLMs). Each LLM the representative set has recorded labels for is registered with its profile
+computed from them, and priced from the recorded data (app.demo.models), so a first request
+from the openai SDK is routed for real.
 
 The replay upstream is a child process, stopped with the demo however the demo is stopped
 (Ctrl-C, SIGINT or SIGTERM). A port already taken by another process is refused up front: the
@@ -24,10 +24,13 @@ import httpx
 from app.cli import UsageError, one_line_errors
 from app.cli.serve import serve
 from app.demo import ROUTERBENCH_DIR
-from app.demo.models import demo_configs
+from app.demo.arena import load_arena
+from app.demo.models import demo_configs, judge_config
 from app.runtime.config import Settings
 from router_core.datasets import load_routerbench
 from router_core.repset import load_repset
+
+DEMO_PROFILE_MAX_TOKENS = 2048
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,10 +99,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         base_url = f"http://127.0.0.1:{args.upstream_port}/v1"
         wait_until_up(f"{base_url}/models", upstream)
-        settings = Settings(host=args.host, port=args.port, sqlite_path=str(workdir / "registry.db"))
-        dataset = load_routerbench(ROUTERBENCH_DIR)
-        repset = load_repset(settings.repset_path)
-        settings.models = demo_configs(dataset, [item.id for item in repset.items], base_url, workdir)
+        # room for the recorded open-ended answers (99th percentile about 1,100 tokens): a cut
+        # answer is not the recorded one, and the replay judge has no rating for it
+        settings = Settings(host=args.host, port=args.port, sqlite_path=str(workdir / "registry.db"),
+                            profile_max_tokens=DEMO_PROFILE_MAX_TOKENS)
+        repset, arena = load_repset(settings.repset_path), load_arena()
+        settings.models = demo_configs(load_routerbench(ROUTERBENCH_DIR), arena, repset.items, base_url, workdir)
+        judge = judge_config(arena, repset.items, base_url, workdir)
+        if judge is not None:  # the set has llm_judge items: the replay judge grades them
+            settings.models.append(judge)
+            settings.judge_model = judge.name
         print(f"uniroute demo: replay upstream at {base_url}, gateway at http://{args.host}:{args.port}/v1 "
               f"(model 'uniroute' or 'uniroute:<cost weight>')", file=sys.stderr)
         serve(settings)  # returns on SIGINT or SIGTERM

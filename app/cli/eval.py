@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-models-fraction", type=float, default=1 / 3)
     p.add_argument("--clusters", type=int, default=None, help="fix K instead of choosing it on validation data")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-prompts", type=int, default=None,
+                   help="evaluate on a random subsample of this many prompts (fixed seed 0), to bound trial time")
     p.add_argument("--json", dest="json_out", help="write the result as JSON to FILE, or '-' for stdout")
     p.add_argument("--plot", help="draw the mean deferral curves to FILE.png")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache directory")
@@ -48,6 +50,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--test-models-fraction must be strictly between 0 and 1")
     if args.clusters is not None and args.clusters < 1:
         raise UsageError("--clusters must be at least 1")
+    if args.max_prompts is not None and args.max_prompts < 10:
+        raise UsageError("--max-prompts must be at least 10")
     if args.max_chars is not None and args.max_chars < 1:
         raise UsageError("--max-chars must be at least 1")
     if args.plot and not args.plot.endswith(".png"):
@@ -67,6 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         data = data.priced(read_model_costs(args.model_costs) if args.model_costs else None)
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
+    if args.max_prompts is not None and args.max_prompts < len(data.prompts):
+        data = data.subset(np.sort(np.random.default_rng(0).choice(len(data.prompts), args.max_prompts, replace=False)))
     n, m = data.scores.shape
     if m < 3:
         raise UsageError(f"need at least 3 models, the dataset has {m}")
@@ -98,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         "settings": report.settings,
         "config": {"embedder": args.embedder, "max_chars": max_chars, "seed": cfg.seed,
                    "test_models_fraction": cfg.test_models_fraction, "clusters": cfg.clusters,
+                   "max_prompts": args.max_prompts,
                    "costs": "model-costs file" if args.model_costs else "dataset"},
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
@@ -117,11 +124,15 @@ def format_table(result: dict) -> str:
     """The methods' metrics and the paired differences as aligned text."""
     lines = [f"{result['dataset']}: {result['n_prompts']} prompts, {result['n_models']} models, "
              f"{result['trials']} trials (mean, 95% CI)",
-             f"{'method':<22} {'area':>7} {'95% CI':>17} {'area50':>7} {'QNC':>6} {'peak':>6}"]
+             f"{'method':<22} {'area':>7} {'95% CI':>17} {'closure':>7} {'- zero_router (95% CI)':>27} "
+             f"{'area50':>7} {'QNC':>6} {'peak':>6}"]
     for name, s in result["methods"].items():
         qnc = "-" if s["qnc"] is None else f"{s['qnc']:.3f}"
+        closure = "-" if s["closure"] is None else f"{100 * s['closure']:6.1f}%"
+        d = result["paired"].get(f"{name} - zero_router")
+        vs_zero = "" if d is None else f"{d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
         lines.append(f"{name:<22} {s['area']:7.4f} [{s['area_ci'][0]:.4f}, {s['area_ci'][1]:.4f}] "
-                     f"{s['area50']:7.4f} {qnc:>6} {s['peak']:6.3f}")
+                     f"{closure:>7} {vs_zero:>27} {s['area50']:7.4f} {qnc:>6} {s['peak']:6.3f}")
     lines.append("paired area differences")
     for name, d in result["paired"].items():
         lines.append(f"  {name:<38} {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"

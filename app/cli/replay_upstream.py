@@ -1,4 +1,5 @@
-"""`uniroute replay-upstream`: serve RouterBench's recorded LLM answers as an OpenAI-compatible upstream."""
+"""`uniroute replay-upstream`: serve recorded LLM answers (RouterBench, arena-bench-v1) and GPT-4's
+recorded judgments as an OpenAI-compatible upstream."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +7,18 @@ import sys
 from pathlib import Path
 
 from app.demo import ROUTERBENCH_DIR
+from app.demo.arena import ARENA_DIR
 
 DESCRIPTION = """\
-A DEMO AND TEST TOOL, NOT AN LLM. Serves the LLMs of a RouterBench subset under OpenAI's API
+A DEMO AND TEST TOOL, NOT AN LLM. Serves the LLMs of a RouterBench subset and of arena-bench-v1
+(17 LLMs; the seven in both under their RouterBench names) under OpenAI's API
 (/v1/chat/completions, /v1/completions, /v1/models), answering each prompt with the answer the
-named model gave to it in RouterBench (found by exact text, then whitespace-insensitively).
-Prompts without a recorded answer get a clearly marked stand-in. Latency imitates each model
-(time to first token + time per token), scaled by --latency-scale.
+named model gave to it there (found by exact text, then whitespace-insensitively). The model
+'replay-judge' answers a rating request of uniroute's LLM judge with GPT-4's recorded judgment.
+A prompt a model has no recorded answer to gets a clearly marked stand-in, except in the
+gateway's profiling calls (header x-uniroute-purpose: profiling): there an HTTP 422
+'no_recorded_answer', so the item counts as unanswered, not wrong. Latency imitates each
+model (time to first token + time per token), scaled by --latency-scale.
 """
 
 
@@ -46,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", type=Path, default=ROUTERBENCH_DIR,
                         help="directory of RouterBench CSV files (default: the vendored subset)")
+    parser.add_argument("--arena", type=Path, default=ARENA_DIR,
+                        help="directory of the arena-bench-v1 records (default: the vendored subset)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=8001, help="port to listen on (default: %(default)s)")
     parser.add_argument("--latency-scale", type=_non_negative, default=1.0,
@@ -55,28 +63,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the recorded answers and serve them until interrupted."""
-    if not args.data.is_dir():
-        print(f"uniroute replay-upstream: error: --data {args.data} is not a directory", file=sys.stderr)
-        return 2
+    for flag, path in (("--data", args.data), ("--arena", args.arena)):
+        if not path.is_dir():
+            print(f"uniroute replay-upstream: error: {flag} {path} is not a directory", file=sys.stderr)
+            return 2
     # Imported here so that `uniroute --help` stays quick.
     import uvicorn
 
-    from app.demo.replay_upstream import create_replay_app
-    from router_core.datasets import load_routerbench_responses
+    from app.demo.arena import load_arena
+    from app.demo.replay_data import demo_replay_app
 
     try:
-        responses = load_routerbench_responses(args.data)
-    except (OSError, ValueError) as exc:
-        print(f"uniroute replay-upstream: error: cannot load RouterBench answers from {args.data}: {exc}",
-              file=sys.stderr)
+        arena = load_arena(args.arena)
+        app = demo_replay_app(args.latency_scale, routerbench_dir=args.data, arena=arena)
+    except (OSError, ValueError, KeyError) as exc:  # DatasetError is a ValueError
+        print(f"uniroute replay-upstream: error: cannot load the recorded answers: {exc}", file=sys.stderr)
         return 2
-    if not responses:
-        print(f"uniroute replay-upstream: error: no recorded answers in {args.data}", file=sys.stderr)
-        return 2
-    n_prompts = max(len(answers) for answers in responses.values())
-    print(f"replaying {len(responses)} models, up to {n_prompts} recorded prompts each, on "
-          f"http://{args.host}:{args.port}/v1 (latency x{args.latency_scale:g}) — a demo/test tool, not an LLM",
-          file=sys.stderr)
-    uvicorn.run(create_replay_app(responses, args.latency_scale), host=args.host, port=args.port,
-                log_level="info")
+    print(f"replaying the recorded answers of RouterBench ({args.data}) and arena-bench-v1 ({args.arena}), "
+          f"with the replay judge, on http://{args.host}:{args.port}/v1 (latency x{args.latency_scale:g}) "
+          "— a demo/test tool, not an LLM", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -1,17 +1,25 @@
-"""A stand-in for remote LLM providers: answers OpenAI-format requests from RouterBench's recorded answers.
+"""A stand-in for remote LLM providers: answers OpenAI-format requests from recorded answers.
 
-This is a demo and test tool, not an LLM. `create_replay_app(responses, latency_scale)` serves
-every model in `responses` (model -> joined prompt text -> recorded answer; see
-`router_core.datasets.load_routerbench_responses`) under OpenAI's wire format:
+This is a demo and test tool, not an LLM. `create_replay_app(responses, latency_scale, judges)`
+serves every model in `responses` (model -> joined prompt text -> recorded answer; the demo's
+come from `app.demo.replay_data`: RouterBench's and arena-bench-v1's) and every judge in
+`judges` (model -> a function from the request's prompt to the reply text, e.g.
+`app.demo.replay_judge`) under OpenAI's wire format:
 
 - `POST /v1/chat/completions` — the prompt is the LAST user message's text (a string, or its
   text parts joined by newlines, as `app.routing.prompts.content_text` reads them);
 - `POST /v1/completions` — the prompt is the `prompt` field (a string or a one-string list);
 - `GET /v1/models`, `GET /v1/models/{model}`.
 
-Lookup: the exact prompt, then the prompt with whitespace runs collapsed; a prompt still not
-found gets a clearly marked stand-in answer (`STAND_IN_MARK`), in valid OpenAI format. An
-unknown model is a 404 with OpenAI's `model_not_found` error body.
+Lookup: the exact prompt, then the prompt with whitespace runs collapsed. A prompt the model has
+no recorded answer to is answered by who asks:
+- the gateway profiling the model (header `x-uniroute-purpose: profiling`,
+  `app.upstream.forwarding.PURPOSE_HEADER`): HTTP 422 with an OpenAI error body, code
+  `no_recorded_answer` (`NO_RECORDED_ANSWER`). The job stores it as unanswered (an error
+  answer, left out of the profile), never as wrong;
+- anyone else (routed traffic, someone trying the demo): a clearly marked stand-in answer
+  (`STAND_IN_MARK`) in valid OpenAI format, so the demo answers whatever it is sent.
+An unknown model is a 404 with OpenAI's `model_not_found` error body.
 
 Responses echo the requested model name. `max_tokens` / `max_completion_tokens` cut the answer
 as a provider would (finish_reason "length"). Streams (`stream: true`) are SSE
@@ -39,6 +47,13 @@ reported for these models; bigger and older models are slower — they are not m
 | mistralai/mixtral-8x7b-chat         | 0.30            | 16             |
 | WizardLM/WizardLM-13B-V1.2          | 0.25            | 12             |
 | mistralai/mistral-7b-chat           | 0.20            | 10             |
+| gpt-4-0314                          | 0.70            | 45             |
+| gpt-3.5-turbo                       | 0.35            | 14             |
+| palm-2-chat-bison-001               | 0.40            | 18             |
+| vicuna-33b-v1.3                     | 0.45            | 28             |
+| Starling-LM-7B-alpha                | 0.20            | 10             |
+| openchat_3.5                        | 0.20            | 10             |
+| replay-judge (GPT-4's judgments)    | 0.70            | 45             |
 | any other model                     | 0.40            | 20             |
 
 Both are multiplied by `latency_scale` (0 = instant, as in tests). A non-streamed answer
@@ -66,9 +81,11 @@ from starlette.types import Receive, Scope, Send
 
 from app.api.errors import APIError, install_error_handlers
 from app.routing.prompts import content_text
+from app.upstream.forwarding import PURPOSE_HEADER
 from router_core.pricing import CHARS_PER_TOKEN
 
 STAND_IN_MARK = "[uniroute replay: no recorded answer for this prompt from {model}]"
+NO_RECORDED_ANSWER = "no_recorded_answer"
 SSE_DONE = b"data: [DONE]\n\n"
 
 Kind = Literal["chat", "text"]
@@ -334,6 +351,13 @@ LATENCY: dict[str, Latency] = {
     "mistralai/mixtral-8x7b-chat": Latency(0.30, 0.016),
     "WizardLM/WizardLM-13B-V1.2": Latency(0.25, 0.012),
     "mistralai/mistral-7b-chat": Latency(0.20, 0.010),
+    "gpt-4-0314": Latency(0.70, 0.045),
+    "gpt-3.5-turbo": Latency(0.35, 0.014),
+    "palm-2-chat-bison-001": Latency(0.40, 0.018),
+    "vicuna-33b-v1.3": Latency(0.45, 0.028),
+    "Starling-LM-7B-alpha": Latency(0.20, 0.010),
+    "openchat_3.5": Latency(0.20, 0.010),
+    "replay-judge": Latency(0.70, 0.045),
 }
 DEFAULT_LATENCY = Latency(0.40, 0.020)
 
@@ -378,7 +402,14 @@ class ReplayBook:
 def stand_in_answer(model: str) -> str:
     """The marked answer for a prompt `model` has no recorded answer to."""
     return (STAND_IN_MARK.format(model=model) + " This demo upstream only replays answers recorded "
-            "in RouterBench, and none was recorded for this prompt.")
+            "in RouterBench and arena-bench-v1, and none was recorded for this prompt.")
+
+
+def no_recorded_answer(model: str) -> APIError:
+    """The error for a profiling request with a prompt `model` has no recorded answer to."""
+    return APIError(422, f"The model `{model}` has no recorded answer for this prompt: the replay "
+                         "upstream cannot answer it for profiling.",
+                    type="invalid_request_error", param="messages", code=NO_RECORDED_ANSWER)
 
 
 async def _paced_stream(chunks: list[tuple[str, dict]], latency: Latency) -> AsyncIterator[bytes]:
@@ -390,20 +421,34 @@ async def _paced_stream(chunks: list[tuple[str, dict]], latency: Latency) -> Asy
     yield SSE_DONE
 
 
-def create_replay_app(responses: Mapping[str, Mapping[str, str]], latency_scale: float = 1.0) -> FastAPI:
-    """The replay upstream as an ASGI app over `responses` (model -> prompt -> recorded answer)."""
+def create_replay_app(responses: Mapping[str, Mapping[str, str]], latency_scale: float = 1.0,
+                      judges: Mapping[str, Callable[[str], str]] | None = None) -> FastAPI:
+    """The replay upstream as an ASGI app over `responses` (model -> prompt -> recorded answer)
+    and `judges` (model -> the reply text for a request's prompt)."""
     if not latency_scale >= 0:
         raise ValueError(f"latency_scale must be >= 0, got {latency_scale}")
     book = ReplayBook(responses)
+    judges = dict(judges or {})
+    served = sorted(set(book.models) | set(judges))
     app = FastAPI(title="uniroute replay upstream (demo and test tool, not an LLM)",
                   docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
 
-    async def respond(request: CompletionRequest, _: Request) -> Response:
+    def text_for(request: CompletionRequest, profiling: bool) -> str:
+        judge = judges.get(request.model)
+        if judge is not None:
+            return judge(request.prompt)
         if request.model not in book:
             raise model_not_found(request.model)
         recorded = book.lookup(request.model, request.prompt)
-        answer = Answer.for_request(request, recorded if recorded is not None else stand_in_answer(request.model))
+        if recorded is not None:
+            return recorded
+        if profiling:
+            raise no_recorded_answer(request.model)
+        return stand_in_answer(request.model)
+
+    async def respond(request: CompletionRequest, http: Request) -> Response:
+        answer = Answer.for_request(request, text_for(request, http.headers.get(PURPOSE_HEADER) == "profiling"))
         latency = LATENCY.get(request.model, DEFAULT_LATENCY).scaled(latency_scale)
         if request.stream:
             return StreamingResponse(_paced_stream(stream_chunks(request, answer), latency),
@@ -415,11 +460,11 @@ def create_replay_app(responses: Mapping[str, Mapping[str, str]], latency_scale:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        return json_response({"object": "list", "data": [model_object(m) for m in book.models]})
+        return json_response({"object": "list", "data": [model_object(m) for m in served]})
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> Response:
-        if model not in book:
+        if model not in served:
             raise model_not_found(model)
         return json_response(model_object(model))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from app.errors import GatewayError
 from app.profiling.profiles import profile_from_answers
 from app.runtime.metrics import Metrics
-from app.upstream.forwarding import Forwarder
+from app.upstream.forwarding import PURPOSE_HEADER, Forwarder
 from models_registry.base import Registry, RegistryUnavailable
 from models_registry.records import Answer as GradedAnswer
 from models_registry.records import JobRecord, ModelRecord
@@ -47,6 +47,8 @@ JUDGE_PROMPT = (
     "Reply with exactly one word: CORRECT if the answer agrees with the reference, INCORRECT otherwise."
 )
 LOCK_TTL_S = 30.0
+# sent with every representative prompt asked (app.upstream.forwarding.PURPOSE_HEADER)
+PROFILING_HEADERS = {PURPOSE_HEADER: "profiling"}
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,7 @@ class JobRunner:
         body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
                 "max_tokens": self.options.max_tokens}
         try:
-            reply = await self.forwarder.send("/chat/completions", body, [record], {}, stream=False)
+            reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)
         except GatewayError as exc:
             return GradedAnswer(prompt_id=item.id, score=0.0, cost=0.0, output_tokens=0, error=exc.message)
         if reply.status >= 400:

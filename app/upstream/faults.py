@@ -45,18 +45,19 @@ class Policy:
     disable: bool  # take the model out of routing (for not_found: only on PROFILED_PATH)
 
 
+# The request surely did no work (it never left, never arrived whole, or was refused at once):
+# the same model may be asked again.
+_RETRY = Policy(retry=True, fallback=True, cooldown=True, disable=False)
+# The request was sent and may have been worked on: the next model, never the same one again.
+_NEXT = Policy(retry=False, fallback=True, cooldown=True, disable=False)
+# The provider refuses the gateway's key or no longer knows the model: out of routing.
+_REFUSED = Policy(retry=False, fallback=True, cooldown=False, disable=True)
+
 POLICIES: dict[FaultClass, Policy] = {
-    "connect": Policy(retry=True, fallback=True, cooldown=True, disable=False),
-    "write": Policy(retry=True, fallback=True, cooldown=True, disable=False),
-    "rate_limit": Policy(retry=True, fallback=True, cooldown=True, disable=False),
-    "server": Policy(retry=True, fallback=True, cooldown=True, disable=False),
-    "timeout": Policy(retry=False, fallback=True, cooldown=True, disable=False),
-    "read": Policy(retry=False, fallback=True, cooldown=True, disable=False),
-    "disconnect": Policy(retry=False, fallback=True, cooldown=True, disable=False),
-    "bad_body": Policy(retry=False, fallback=True, cooldown=True, disable=False),
-    "cut": Policy(retry=False, fallback=True, cooldown=True, disable=False),
-    "auth": Policy(retry=False, fallback=True, cooldown=False, disable=True),
-    "not_found": Policy(retry=False, fallback=True, cooldown=False, disable=True),
+    **dict.fromkeys(("connect", "write", "rate_limit", "server"), _RETRY),
+    **dict.fromkeys(("timeout", "read", "disconnect", "bad_body", "cut"), _NEXT),
+    **dict.fromkeys(("auth", "not_found"), _REFUSED),
+    # the client's own mistake: back to it as the upstream said it
     "client_error": Policy(retry=False, fallback=False, cooldown=False, disable=False),
 }
 

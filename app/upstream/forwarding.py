@@ -31,10 +31,15 @@ from models_registry.records import ModelRecord
 
 log = logging.getLogger("uniroute.forwarding")
 
+# Marks the gateway's own calls by purpose ("profiling"), so an upstream can tell them from routed
+# traffic: the demo's replay upstream answers a profiling call it has no recorded answer for
+# with an error (unanswered), routed traffic with a marked stand-in. A client's own value passes
+# too: it names no account and changes nothing but such an upstream's answer.
+PURPOSE_HEADER = "x-uniroute-purpose"
 # What the gateway sends on to the upstream from the client's headers. The rest stays at the
 # gateway: the client's Authorization above all, and its OpenAI-Organization / OpenAI-Project,
 # which name the client's own account, not the one of the gateway's key.
-_PASS_HEADERS = ("user-agent",)
+_PASS_HEADERS = ("user-agent", PURPOSE_HEADER)
 
 # Called with a model and the fault that should take it out of routing.
 Disable = Callable[[ModelRecord, UpstreamFault], Awaitable[None]]
@@ -111,25 +116,17 @@ def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> 
     return headers
 
 
+@dataclass
 class Forwarder:
-    """Sends requests to upstream models over one shared, pooled httpx client."""
+    """Sends requests to upstream models over one shared, pooled httpx client. `disable` takes a
+    model out of routing after a fault whose class says so."""
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        metrics: Metrics,
-        health: Health,
-        retries: int,
-        deadline_s: float,
-        disable: Disable | None = None,
-    ) -> None:
-        """`disable` takes a model out of routing after a fault whose class says so."""
-        self.client = client
-        self.metrics = metrics
-        self.health = health
-        self.retries = retries
-        self.deadline_s = deadline_s
-        self.disable = disable
+    client: httpx.AsyncClient
+    metrics: Metrics
+    health: Health
+    retries: int
+    deadline_s: float
+    disable: Disable | None = None
 
     async def send(
         self,

@@ -1,8 +1,9 @@
 """Gateways served by uvicorn on real sockets, in front of real HTTP upstreams.
 
-The replay upstream answers as the 11 RouterBench LLMs did; the demo's model set (recorded
-labels on the representative prompts as profiles, mean recorded cost as price) is registered
-in each gateway unless a test asks for other models.
+The replay upstream answers as the 11 RouterBench LLMs and the 13 arena-bench-v1 LLMs did (17
+names), with the replay judge; the demo's RouterBench models (recorded labels on the RouterBench
+representative prompts as profiles, mean recorded cost as price) are registered in each gateway
+unless a test asks for other models.
 """
 from __future__ import annotations
 
@@ -17,14 +18,11 @@ import pytest
 
 from app.api.main import create_app
 from app.demo import ROUTERBENCH_DIR
+from app.demo.arena import ArenaRecords, load_arena
 from app.demo.models import demo_configs as build_demo_configs
-from app.demo.replay_upstream import create_replay_app
+from app.demo.replay_data import demo_replay_app
 from app.runtime.config import ModelConfig, PriceIn, Settings
-from router_core.datasets import (
-    RoutingDataset,
-    load_routerbench,
-    load_routerbench_responses,
-)
+from router_core.datasets import RoutingDataset, load_routerbench
 from router_core.repset import load_repset
 from router_core.shipped import ROUTERBENCH_REPSET
 from tests.support.fault_upstream import FaultUpstream
@@ -37,16 +35,20 @@ def routerbench() -> RoutingDataset:
 
 
 @pytest.fixture(scope="session")
+def arena() -> ArenaRecords:
+    return load_arena()
+
+
+@pytest.fixture(scope="session")
 def test_split_ids() -> list[str]:
     """Ids of RouterBench's test-split prompts (ids do not name their split; the files do)."""
     return [pid for path in sorted(ROUTERBENCH_DIR.glob("*_test.csv")) for pid in load_routerbench(path).ids]
 
 
 @pytest.fixture(scope="session")
-def replay_url() -> Iterator[str]:
-    """The replay upstream with no added latency, as an OpenAI base URL."""
-    app = create_replay_app(load_routerbench_responses(ROUTERBENCH_DIR), latency_scale=0.0)
-    with serve(app) as url:
+def replay_url(arena) -> Iterator[str]:
+    """The demo's replay upstream with no added latency, as an OpenAI base URL."""
+    with serve(demo_replay_app(latency_scale=0.0, arena=arena)) as url:
         yield url + "/v1"
 
 
@@ -62,8 +64,11 @@ def repset_ids() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def demo_configs(routerbench, repset_ids, replay_url, tmp_path_factory) -> list[ModelConfig]:
-    return build_demo_configs(routerbench, repset_ids, replay_url, tmp_path_factory.mktemp("scores"))
+def demo_configs(routerbench, arena, replay_url, tmp_path_factory) -> list[ModelConfig]:
+    """The demo's models on the RouterBench set: the 11 RouterBench LLMs (the arena-only six have
+    no recorded label there)."""
+    items = load_repset(ROUTERBENCH_REPSET).items
+    return build_demo_configs(routerbench, arena, items, replay_url, tmp_path_factory.mktemp("scores"))
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def market(routerbench, default_state, shared_cache, replay_url):
 
     row = {pid: i for i, pid in enumerate(routerbench.ids)}
     column = {name: j for j, name in enumerate(routerbench.models)}
-    for model in demo_models(routerbench, clusters.ids):
+    for model in demo_models(routerbench, None, clusters.repset.items):
         recorded = sum(routerbench.costs[row[pid], column[model.name]] for pid in clusters.ids[:PRICING_SAMPLE])
         tokens = sum(sum(usage(i, model.name)) for i in range(PRICING_SAMPLE))
         per_mtok = 1e6 * recorded / tokens

@@ -49,7 +49,7 @@ def held_out(routerbench, default_state, shared_cache, test_split_ids):
     state, embedder = default_state
     repset = load_repset(ROUTERBENCH_REPSET)
     router = UniRouter(state, embedder, repset, repset_embedder=CachedEmbedder(embedder, shared_cache))
-    add_demo_models(router, routerbench)
+    add_demo_models(router, routerbench, None)
     represented = {item.id for item in repset.items}
     row = {pid: i for i, pid in enumerate(routerbench.ids)}
     rows = [row[pid] for pid in test_split_ids

@@ -11,6 +11,7 @@ import pytest
 
 from app.cli.main import main
 from app.demo import ROUTERBENCH_DIR
+from router_core.evaluation import METHODS
 from router_core.state import RouterState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,11 +31,14 @@ def test_eval_json_stdout_is_exactly_one_object_and_the_plot_is_drawn(tmp_path, 
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)  # the whole of stdout is one JSON document
     assert (result["n_prompts"], result["n_models"], result["trials"]) == (128, 11, 2)
-    assert set(result["methods"]) == {"zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map", "oracle"}
+    assert set(result["methods"]) == set(METHODS)
     for m in result["methods"].values():
         assert m["area_ci"][0] <= m["area"] <= m["area_ci"][1]
-        assert {"area50", "qnc", "peak"} <= set(m)
+        assert {"area50", "qnc", "peak", "closure"} <= set(m)
+    assert result["methods"]["oracle"]["closure"] == pytest.approx(1.0)
     assert "uniroute_learned_map - knn" in result["paired"]
+    assert {f"{m} - zero_router" for m in METHODS if m not in ("zero_router", "oracle")} <= set(result["paired"])
+    assert "closure" in run.stderr and "- zero_router" in run.stderr  # the table shows both
     assert "area" in run.stderr and "trials" in run.stderr  # table and progress on stderr
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -20,7 +20,7 @@ from router_core.calibration import Calibration
 from router_core.repset import load_repset
 from router_core.shipped import ROUTERBENCH_REPSET, state_path
 from router_core.state import RouterState
-from tests.app.conftest import wait_ready
+from tests.app.conftest import ROUTERBENCH_SETTINGS, wait_ready
 from tests.support.servers import serve
 
 ADMIN = "cost-admin-key"
@@ -32,6 +32,7 @@ BIG_TARGET = 1e6  # a budget guard with room to spare: its floor stays 0
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, shared_cache, demo_configs):
     settings = Settings(sqlite_path=str(tmp_path_factory.mktemp("cost") / "registry.db"), cache_dir=shared_cache,
+                        **ROUTERBENCH_SETTINGS,
                         models=demo_configs, admin_key=ADMIN, budget={"target": BIG_TARGET, "window_s": 3600})
     with serve(create_app(settings)) as url:
         wait_ready(url)

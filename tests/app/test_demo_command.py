@@ -14,7 +14,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from app.demo.replay_judge import JUDGE_MODEL
 from tests.app.conftest import wait_ready
+from tests.app.test_replay_arena import ARENA_ONLY, ROUTERBENCH_ONLY, SHARED
 from tests.support.redis_server import free_port
 
 
@@ -54,7 +56,9 @@ def test_demo_serves_routed_answers_and_the_admin_api(tmp_path, shared_cache):
         assert raw.parse().choices[0].message.content
         assert raw.headers["x-uniroute-model"] == raw.parse().model
         models = httpx.get(base + "/admin/models", headers={"authorization": "Bearer demo-admin"}, timeout=10)
-        assert models.status_code == 200 and len(models.json()["data"]) == 11
+        # the default set has recorded labels for all 17 LLMs, and llm_judge items: the replay judge too
+        assert models.status_code == 200
+        assert {m["name"] for m in models.json()["data"]} == ROUTERBENCH_ONLY | SHARED | ARENA_ONLY | {JUDGE_MODEL}
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)

@@ -6,23 +6,13 @@ import httpx
 import openai
 import orjson
 import pytest
-from openai import OpenAI
 
+from tests.support.clients import client, metric
 from tests.support.fault_upstream import Fault, closed_port, hangup_server
 
 ADMIN = {"authorization": "Bearer admin-key"}
 
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
-
-
-def client(base_url: str) -> OpenAI:
-    return OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
-
-
-def metric(base_url: str, name: str) -> float:
-    """Sum of a metric's samples whose line starts with `name` (labels included in `name`)."""
-    text = httpx.get(base_url + "/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.fixture

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI
+
+from tests.support.clients import client
 
 ROUTING_HEADERS = ("x-uniroute-model", "x-uniroute-cluster", "x-uniroute-predicted-error",
                    "x-uniroute-expected-cost")
 QUESTION = ("Which gas do green plants take in from the air for photosynthesis?\n"
             "A) oxygen\nB) carbon dioxide\nC) nitrogen\nD) helium\nAnswer:")
-
-
-def client(base_url: str) -> OpenAI:
-    return OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
 
 
 def test_sync_chat_is_routed_and_carries_routing_headers(demo_gateway):

@@ -6,20 +6,11 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from openai import OpenAI
 
 from app.runtime.config import EmbeddingsConfig
+from tests.support.clients import client, metric
 
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
-
-
-def client(base_url: str, **kwargs) -> OpenAI:
-    return OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=30, **kwargs)
-
-
-def metric(base_url: str, name: str) -> float:
-    text = httpx.get(base_url + "/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from schemathesis.config import SchemathesisConfig
 
 from app.api.main import create_app
 from app.runtime.config import Settings
-from tests.app.conftest import wait_ready
+from tests.app.conftest import ROUTERBENCH_SETTINGS, wait_ready
 from tests.support.servers import serve
 
 ADMIN = "fuzz-admin-key"
@@ -138,6 +138,7 @@ def fuzzable(raw: dict, replay_url: str, demo_models: list[tuple[str, str]], rep
 def fuzz_gateway(tmp_path_factory, shared_cache, demo_configs) -> Iterator[str]:
     """The demo gateway with the admin API on (its profiling jobs ask one prompt at a time)."""
     settings = Settings(sqlite_path=str(tmp_path_factory.mktemp("fuzz") / "registry.db"), cache_dir=shared_cache,
+                        **ROUTERBENCH_SETTINGS,
                         models=demo_configs, admin_key=ADMIN, profile_concurrency=1)
     with serve(create_app(settings)) as url:
         wait_ready(url)

@@ -8,7 +8,7 @@ import httpx
 
 from app.api.main import create_app
 from app.runtime.config import Settings
-from tests.app.conftest import wait_ready
+from tests.app.conftest import ROUTERBENCH_SETTINGS, wait_ready
 from tests.app.test_admin import ADMIN, admin, wait_job
 from tests.support.servers import serve
 
@@ -16,6 +16,7 @@ from tests.support.servers import serve
 def test_restart_mid_profiling_resumes_without_asking_again(tmp_path, shared_cache, fault_upstream):
     upstream, url = fault_upstream
     settings = Settings(sqlite_path=str(tmp_path / "registry.db"), cache_dir=shared_cache, admin_key=ADMIN,
+                        **ROUTERBENCH_SETTINGS,
                         profile_concurrency=4)
     # Each answer takes 20 ms: the job is well under way, not finished, when the gateway stops.
     with serve(create_app(settings)) as gw:

@@ -27,6 +27,7 @@ from app.demo.replay_upstream import (
     split_pieces,
 )
 from router_core.datasets import load_routerbench_responses
+from tests.support.clients import client as sdk_client
 from tests.support.servers import serve
 
 ROUTERBENCH_MODELS = {
@@ -75,7 +76,7 @@ def base_url(responses):
 
 @pytest.fixture
 def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    return sdk_client(base_url, api_key="unused", timeout=30)
 
 
 @pytest.fixture

@@ -6,25 +6,15 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from openai import OpenAI
 
 from app.runtime.config import PriceIn
 from router_core.pricing import estimate_tokens
+from tests.support.clients import client, metric
 from tests.support.fault_upstream import Fault
 
 QUESTION = "Which gas do green plants take in from the air? A) oxygen B) carbon dioxide"
 MESSAGES = [{"role": "user", "content": QUESTION}]
 PRICE = PriceIn(input_per_mtok=100.0, output_per_mtok=300.0)
-
-
-def client(base_url: str) -> OpenAI:
-    return OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
-
-
-def metric(base_url: str, name: str) -> float:
-    """Sum of a metric's samples whose line starts with `name` (labels included in `name`)."""
-    text = httpx.get(base_url + "/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.fixture

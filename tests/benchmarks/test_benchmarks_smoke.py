@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from router_core.shipped import SHIPPED_STATES
+from router_core.repset import load_repset
+from router_core.shipped import DEFAULT_REPSET, SHIPPED_STATES
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -81,11 +82,13 @@ def test_gateway_benchmark_refuses_a_state_built_with_the_other_embedder():
 def test_time_to_routable_prints_measured_time_against_its_bound(cache_dir):
     out = json_out(run_benchmark("time_to_routable", "--latency-ms", "20", "--concurrency", "32",
                                  "--cache-dir", cache_dir, "--json", "-"))
-    assert out["prompts"] == 400 and out["latency_ms"] == 20
+    n = len(load_repset(DEFAULT_REPSET).items)  # the default set, judge items included
+    assert out["prompts"] == n and out["latency_ms"] == 20
     (run,) = out["runs"]
-    assert run["concurrency"] == 32 and run["prompts"] == 400 and run["errors"] == 0
-    assert run["bound_s"] == pytest.approx(400 * 0.020 / 32)
-    assert run["waves_bound_s"] == pytest.approx(13 * 0.020)  # 400 prompts are 13 waves of 32
+    assert run["concurrency"] == 32 and run["prompts"] == n and run["errors"] == 0
+    assert run["bound_s"] == pytest.approx(n * 0.020 / 32)
+    assert run["waves_bound_s"] == pytest.approx(math.ceil(n / 32) * 0.020)
+    assert positive(run["spend"])
     assert positive(run["measured_s"]) and run["ratio"] == pytest.approx(run["measured_s"] / run["bound_s"])
 
 

@@ -17,6 +17,7 @@ from router_core.evaluation import (
 )
 from router_core.learned_map import LearnedMapConfig
 from router_core.policy import route
+from tests.support.labels import flipped_outside_validation
 
 FAST = EvalConfig(trials=2, cluster_grid=(4, 8), prior_grid=(0.0, 4.0), knn_grid=(5, 20),
                   learned_map=LearnedMapConfig(steps=30), n_lambdas=60)
@@ -98,9 +99,7 @@ def test_a_model_better_everywhere_is_always_picked_at_lambda_zero():
 def test_test_llm_labels_outside_validation_never_change_theta_or_any_decision():
     emb, scores, costs, _ = centred_data(seed=2)
     split = draw_split(scores, FAST, np.random.default_rng(5))
-    changed = scores.copy()
-    hidden = np.setdiff1d(np.arange(scores.shape[0]), split.val_prompts)
-    changed[np.ix_(hidden, split.test_models)] = 1.0 - changed[np.ix_(hidden, split.test_models)]
+    changed = flipped_outside_validation(scores, split)
     a = fit_routers(emb, scores, costs, split, FAST, np.random.default_rng(9))
     b = fit_routers(emb, changed, costs, split, FAST, np.random.default_rng(9))
     np.testing.assert_array_equal(a.theta, b.theta)
@@ -118,9 +117,28 @@ def test_report_has_every_method_intervals_and_paired_differences():
     for s in report.summary.values():
         assert s["area_ci"][0] <= s["area"] <= s["area_ci"][1]
         assert 0.0 <= s["area"] <= 1.0
-    assert set(report.paired) == {"uniroute_kmeans - knn", "uniroute_kmeans - zero_router",
-                                  "uniroute_learned_map - knn", "uniroute_learned_map - zero_router"}
+    routers = set(METHODS) - {"zero_router", "oracle"}
+    assert {f"{m} - zero_router" for m in routers} <= set(report.paired)
+    assert {f"{m} - knn" for m in routers - {"knn"}} <= set(report.paired)
+    assert {f"{m} - uniroute_kmeans" for m in routers - {"uniroute_kmeans", "knn"}} <= set(report.paired)
     assert report.summary["oracle"]["area"] >= max(s["area"] for s in report.summary.values()) - 1e-12
+
+
+def test_closure_is_the_share_of_the_zero_router_to_oracle_gap():
+    emb, scores, costs, _ = centred_data(seed=4)
+    s = evaluate(emb, scores, costs, FAST).summary
+    assert s["zero_router"]["closure"] == 0.0 and s["oracle"]["closure"] == pytest.approx(1.0)
+    gap = s["oracle"]["area"] - s["zero_router"]["area"]
+    assert s["knn"]["closure"] == pytest.approx((s["knn"]["area"] - s["zero_router"]["area"]) / gap)
+
+
+def test_without_the_learned_map_every_other_router_is_unchanged():
+    emb, scores, costs, _ = centred_data(seed=8)
+    full = evaluate(emb, scores, costs, FAST)
+    lean = evaluate(emb, scores, costs, replace(FAST, learned_map=None))
+    assert "uniroute_learned_map" not in lean.summary
+    for name, s in lean.summary.items():
+        assert s["area"] == full.summary[name]["area"], name
 
 
 def test_trials_are_reproducible_from_the_seed():

@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
+from router_core.embedding import (
+    FAST_DIRNAME,
+    embed_for_routing,
+    fast_model_id,
+    load_embedder,
+)
 from router_core.general_mix import (
     ARENA_RATED,
     ARENA_V01,
@@ -29,13 +34,14 @@ from router_core.general_mix import (
     score_k,
     validation_folds,
 )
-from router_core.state import RouterState
+from router_core.shipped import FAST_EMBEDDER_DIR, SHIPPED_STATES
+from router_core.state import RouterState, state_embedder
 from tests.support.shared_data import needs_shared_data, tiny_shared_data
 
 pytestmark = needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_FAST = ROOT / "app" / "resources" / "state" / "fast" / FAST_DIRNAME
+SHIPPED_FAST = FAST_EMBEDDER_DIR
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +168,13 @@ def test_a_general_state_records_its_mix_drift_threshold_and_worded_cluster_labe
 def test_the_command_writes_a_fast_state_with_its_embedder_and_a_report(data, tmp_path, capsys):
     code = main(["--data", str(data), "--out", str(tmp_path / "state"), "--cache-dir", str(tmp_path / "cache"),
                  "--fast-embedder", str(SHIPPED_FAST), "--embedders", "fast", "--ks", "1,2", "--floor", "1",
-                 "--cap", "20", "--folds", "3", "--old-state", f"fast={SHIPPED_FAST.parent}",
+                 "--cap", "20", "--folds", "3", "--old-state", f"fast={SHIPPED_STATES['routerbench-fast']}",
                  "--report", str(tmp_path / "report.json")])
     assert code == 0
     state = RouterState.load(tmp_path / "state" / "fast")
-    assert (tmp_path / "state" / "fast" / FAST_DIRNAME / "model.safetensors").read_bytes() == \
-        (SHIPPED_FAST / "model.safetensors").read_bytes()
+    # the shipped model is not copied: the state records its id and loads the shipped copy
+    assert not (tmp_path / "state" / "fast" / FAST_DIRNAME).exists()
+    assert state_embedder(state, tmp_path / "state" / "fast").model_id == fast_model_id(SHIPPED_FAST)
     assert state.metadata["built_with"].startswith(f"python -m router_core.general_mix --data {data} --out")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["embedders"]["fast"]["k"] == state.k

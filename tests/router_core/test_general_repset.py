@@ -22,10 +22,11 @@ from router_core.general_repset import (
 )
 from router_core.grading import grade
 from router_core.repset import load_repset
+from router_core.shipped import FAST_EMBEDDER_DIR
 from tests.support.shared_data import needs_shared_data, tiny_shared_data
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_FAST = ROOT / "app" / "resources" / "state" / "fast" / FAST_DIRNAME
+SHIPPED_FAST = FAST_EMBEDDER_DIR
 CONFIG = MixConfig(cap=20)
 
 

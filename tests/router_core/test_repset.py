@@ -19,11 +19,11 @@ from router_core.repset import (
     main,
     write_repset,
 )
-from router_core.shipped import DEFAULT_REPSET
+from router_core.shipped import ROUTERBENCH_REPSET
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTERBENCH = ROUTERBENCH_DIR
-SHIPPED = DEFAULT_REPSET
+SHIPPED = ROUTERBENCH_REPSET
 
 
 @pytest.fixture(scope="module")

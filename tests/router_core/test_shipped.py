@@ -8,7 +8,12 @@ import pytest
 
 from router_core import UniRouter
 from router_core.repset import load_repset
-from router_core.shipped import DEFAULT_REPSET, DEFAULT_STATE, ROUTERBENCH_REPSET, SHIPPED_STATES
+from router_core.shipped import (
+    DEFAULT_REPSET,
+    DEFAULT_STATE,
+    ROUTERBENCH_REPSET,
+    SHIPPED_STATES,
+)
 
 GENERAL = ("fast", "accurate")
 FLOOR = 15

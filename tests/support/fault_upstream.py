@@ -177,6 +177,14 @@ class ReceivedRequest:
     headers: dict[str, str]
 
 
+def event_stream(fault: Fault, events: list[bytes]) -> Response:
+    """`events` as a server-sent event stream, after the fault's first-token delay, or cut after
+    `cut_after` of them."""
+    if fault.cut_after is None:
+        return StreamingResponse(_after(fault.first_token_s, events), media_type="text/event-stream")
+    return CutResponse(events[: fault.cut_after], media_type="text/event-stream")
+
+
 class FaultUpstream:
     """The fault-injecting upstream: `app` to serve, `calls` / `received` to assert on."""
 
@@ -250,9 +258,7 @@ class FaultUpstream:
         events = [sse_event(chunk) for _, chunk in chunks] + [SSE_DONE]
         if fault.crlf:
             events = [event.replace(b"\n", b"\r\n") for event in events]
-        if fault.cut_after is None:
-            return StreamingResponse(_after(fault.first_token_s, events), media_type="text/event-stream")
-        return CutResponse(events[: fault.cut_after], media_type="text/event-stream")
+        return event_stream(fault, events)
 
     async def _responses(self, http: Request) -> Response:
         """`POST /v1/responses`: the Responses API's response object, or its event stream."""
@@ -276,9 +282,7 @@ class FaultUpstream:
                   ("response.completed", {"response": done})]
         frames = [b"event: " + kind.encode() + b"\n" + sse_event({"type": kind, "sequence_number": n, **data})
                   for n, (kind, data) in enumerate(events)]
-        if fault.cut_after is None:
-            return StreamingResponse(_after(fault.first_token_s, frames), media_type="text/event-stream")
-        return CutResponse(frames[: fault.cut_after], media_type="text/event-stream")
+        return event_stream(fault, frames)
 
     async def _embeddings(self, http: Request) -> Response:
         """`POST /v1/embeddings`: one 4-dimensional vector per input, floats or base64 float32."""

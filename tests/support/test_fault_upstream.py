@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from tests.support.clients import client as sdk_client
 from tests.support.fault_upstream import (
     Fault,
     FaultUpstream,
@@ -45,8 +46,7 @@ def _fresh(upstream: FaultUpstream) -> None:
 
 @pytest.fixture
 def client(base_url: str) -> openai.OpenAI:
-    # No SDK retries: each test sees exactly what the upstream sent.
-    return openai.OpenAI(base_url=base_url + "/v1", api_key="test-key", max_retries=0, timeout=10)
+    return sdk_client(base_url, api_key="test-key", timeout=10)
 
 
 @pytest.fixture

@@ -1,0 +1,88 @@
+"""How much of the zero router -> oracle gap can prompt embeddings explain at all?
+`python -m benchmarks.dense_ceiling`.
+
+A diagnostic that breaks the UniRoute contract on purpose: on the same seeded splits as
+`uniroute eval`, it routes the TEST LLMs with their own labels on every non-test prompt (the
+training and the representative prompts, about 7 times the representative set), through K-NN,
+K-means profiles, and a ridge probe on the embedding. No router that knows a new LLM only from
+its representative answers should do better than these by more than noise, so their closure is
+a practical ceiling for embedding-based routing on the dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.repset_size import data_arguments, load_embedded
+from router_core.clustering import assign, fit_kmeans
+from router_core.evaluation import (
+    EvalConfig,
+    area_under,
+    deferral_curve,
+    draw_split,
+    mean_ci,
+)
+from router_core.neighbours import knn_gamma
+from router_core.policy import normalise_costs
+from router_core.profiles import cluster_profiles
+
+
+def dense_gammas(emb: np.ndarray, loss: np.ndarray, dense: np.ndarray, query: np.ndarray) -> dict[str, np.ndarray]:
+    """gamma on `query` prompts from the losses (n, M) of the routed LLMs on `dense` prompts."""
+    out = {}
+    for k in (40, 160):
+        out[f"knn_dense k={k}"] = knn_gamma(emb[query], emb[dense], loss[dense], k)
+    for n_clusters in (3, 10, 40):
+        centroids = fit_kmeans(emb[dense], n_clusters)
+        psi, _ = cluster_profiles(assign(centroids, emb[dense])[0], loss[dense], n_clusters, 4.0)
+        out[f"kmeans_dense K={n_clusters}"] = psi[:, assign(centroids, emb[query])[0]].T
+    x = np.c_[emb[dense], np.ones(dense.size)]
+    y = np.nan_to_num(loss[dense], nan=float(np.nanmean(loss[dense])))
+    for alpha in (10.0, 100.0):
+        w = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y)
+        out[f"ridge_dense alpha={alpha:g}"] = np.clip(np.c_[emb[query], np.ones(query.size)] @ w, 0.0, 1.0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data_arguments(p)
+    p.add_argument("--json", dest="json_out", required=True)
+    args = p.parse_args(argv)
+    name, emb, scores, costs = load_embedded(args)
+    cfg = EvalConfig(trials=args.trials)
+    master = np.random.default_rng(cfg.seed)  # the same trial seeds as `evaluate`
+    areas: dict[str, list[float]] = {}
+    for t in range(cfg.trials):
+        split = draw_split(scores, cfg, np.random.default_rng(master.integers(1 << 63)))
+        te, q = split.test_models, split.test_prompts
+        route_cost = normalise_costs(np.nanmean(costs[np.ix_(split.val_prompts, te)], axis=0))
+        q_score, q_spend = scores[np.ix_(q, te)], costs[np.ix_(q, te)]
+        c_max = q_spend.mean(axis=0).max() or 1.0
+        loss = 1.0 - scores[:, te]
+        gammas = {"zero_router": np.broadcast_to(np.nanmean(loss[split.val_prompts], axis=0), q_score.shape),
+                  "oracle": 1.0 - q_score,
+                  **dense_gammas(emb, loss, np.r_[split.train_prompts, split.val_prompts], q)}
+        for method, gamma in gammas.items():
+            curve = deferral_curve(gamma, route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
+            areas.setdefault(method, []).append(area_under(curve))
+        print(f"trial {t + 1}/{cfg.trials}", file=sys.stderr, flush=True)
+    zero, oracle = np.mean(areas["zero_router"]), np.mean(areas["oracle"])
+    result = {"dataset": name, "trials": cfg.trials, "methods": {}}
+    for method, values in areas.items():
+        diff = np.subtract(values, areas["zero_router"])
+        m, lo, hi = mean_ci(diff)
+        result["methods"][method] = {"area": float(np.mean(values)),
+                                     "closure": float((np.mean(values) - zero) / (oracle - zero)),
+                                     "minus_zero_router": [m, lo, hi]}
+        print(f"{method:<26} area {np.mean(values):.4f}  closure {result['methods'][method]['closure']:+.3f}")
+    Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
