@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from app.cli.main import main
+from app.demo.arena import ARENA_DIR
 from router_core.repset import load_repset
 from router_core.state import RouterState
 
-ARENA = Path(__file__).resolve().parents[3] / "shared" / "data" / "arena_bench_v1" / "routing.jsonl"
-pytestmark = pytest.mark.skipif(not ARENA.is_file(), reason="needs ../shared/data/arena_bench_v1 beside the checkout")
+# The project's copy of the arena-bench-v1 prompts (app/demo/data/arena_bench_v1, see its README).
+ARENA = ARENA_DIR / "prompts.jsonl"
 
 
 def arena_rows(n: int) -> list[dict]:

@@ -3,9 +3,11 @@ Arena prompts, export them, build a 4-cluster state and a representative set (re
 from a demo model, through the gateway) from the export, apply both live, and route on without
 a failed request while every model is re-profiled; then the same with two replicas on one Redis.
 
-The demo models were registered from precomputed scores on the shipped set; on the new set they
-are profiled for real: the replay upstream answers (Arena prompts get its marked stand-in
-answers, different per model) and a judge upstream in OpenAI's wire format rates each answer
+The demo models that have recorded Arena answers (the seven LLMs RouterBench and arena-bench-v1
+share; the replay upstream tells a profiling gateway it has no answer for the others, which
+could never be ready on an Arena set) were registered from precomputed scores on the RouterBench
+set; on the new set they are profiled for real: the replay upstream answers with their recorded
+answers (an item a model has no recorded answer to counts as unanswered) and a judge upstream in OpenAI's wire format rates each answer
 (1-10, `[[n]]`, derived from a hash of the answer) for the `llm_judge:rating` items.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import redis
 from fastapi import FastAPI, Request
 
 from app.cli.main import main
+from app.demo.arena import ARENA_DIR
 from app.demo.replay_upstream import (
     Answer,
     ChatCompletionBody,
@@ -35,8 +38,8 @@ from router_core.repset import load_repset
 from router_core.state import RouterState
 from tests.support.servers import serve
 
-ARENA = Path(__file__).resolve().parents[3] / "shared" / "data" / "arena_bench_v1" / "routing.jsonl"
-pytestmark = pytest.mark.skipif(not ARENA.is_file(), reason="needs ../shared/data/arena_bench_v1 beside the checkout")
+# The project's copy of the arena-bench-v1 prompts (app/demo/data/arena_bench_v1, see its README).
+ARENA = ARENA_DIR / "prompts.jsonl"
 ADMIN = "live-state-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 REFERENCE_MODEL = "gpt-4-1106-preview"
@@ -76,6 +79,12 @@ class JudgeUpstream:
 
 
 @pytest.fixture
+def arena_models(demo_configs, arena) -> list:
+    """The demo models with recorded Arena answers."""
+    return [c for c in demo_configs if c.name in arena.answers]
+
+
+@pytest.fixture
 def judge(model_config):
     """(the judge upstream, its model config): registered, never the best choice for routing."""
     upstream = JudgeUpstream()
@@ -112,7 +121,8 @@ def build_from_export(gateway: str, work: Path, cache: str) -> tuple[Path, Path]
                  "--url", gateway, "--admin-key", ADMIN]) == 0
     items = load_repset(repset).items
     assert len(items) == 40 and all(i.grader == "llm_judge:rating" for i in items)
-    assert all(f"from {REFERENCE_MODEL}]" in i.reference for i in items)  # the replay's stand-in answers
+    reply = chat(gateway, items[0].prompt, REFERENCE_MODEL).json()["choices"][0]["message"]["content"]
+    assert items[0].reference == reply and all(i.reference.strip() for i in items)  # the model's answers
     return state_dir, repset
 
 
@@ -145,6 +155,13 @@ class Traffic:
         self._thread.join(60)
 
 
+def graded(db: Path, repset: Path) -> int:
+    """Graded answers (not unanswered) stored on the set `repset` in the SQLite registry `db`."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM answers WHERE repset_version = ? AND "
+                            "json_extract(data, '$.error') IS NULL", (load_repset(repset).version,)).fetchone()[0]
+
+
 def state_of(base_url: str) -> dict:
     r = httpx.get(base_url + "/admin/state", headers=AUTH, timeout=60)
     assert r.status_code == 200, r.text
@@ -166,11 +183,13 @@ def assert_switched(base_url: str, new_version: str, repset: Path, model_names: 
     assert view["state"]["routable_models"] == len(model_names)
 
 
-def test_capture_build_apply_and_route_on_through_the_switch(make_gateway, demo_configs, judge, tmp_path,
+def test_capture_build_apply_and_route_on_through_the_switch(make_gateway, arena_models, judge, tmp_path,
                                                              shared_cache):
     upstream, judge_config = judge
-    models = [*demo_configs, judge_config]
-    with make_gateway(models=models, admin_key=ADMIN, judge_model="judge", capture={"sample_rate": 1.0}) as gw:
+    models = [*arena_models, judge_config]
+    db = tmp_path / "registry.db"
+    with make_gateway(models=models, admin_key=ADMIN, judge_model="judge", capture={"sample_rate": 1.0},
+                      sqlite_path=str(db)) as gw:
         old_version = state_of(gw)["state"]["version"]
         prompts = arena_prompts()
         send_all([gw], prompts)
@@ -187,6 +206,7 @@ def test_capture_build_apply_and_route_on_through_the_switch(make_gateway, demo_
                 assert time.monotonic() < deadline, f"not switched: {view['pending']}"
                 assert view["state"]["version"] == old_version  # still routing on the old state
                 if view["pending"] is not None:
+                    assert view["pending"]["status"] not in ("stopped", "failed"), json.dumps(view["pending"])
                     seen_pending.append(view["pending"]["progress"])
                 time.sleep(0.2)
             time.sleep(0.5)  # some traffic on the new state too
@@ -194,7 +214,7 @@ def test_capture_build_apply_and_route_on_through_the_switch(make_gateway, demo_
         assert max(traffic.clusters) >= 4  # routed on the 10-cluster state during the re-profiling ...
         assert traffic.clusters[-1] < 4  # ... and on the 4-cluster one after the switch
         assert seen_pending and seen_pending[-1]["total"] == 40 * len(models)
-        assert upstream.calls == 40 * len(models)  # every model's answer to every new item was judged, once
+        assert upstream.calls == graded(db, repset) > 0.8 * 40 * len(models)  # each answer judged once
         assert_switched(gw, new_version, repset, [m.name for m in models])
 
         # Another set sharing 35 items: only the 5 new ones are asked, the rest is reused.
@@ -213,10 +233,10 @@ def test_capture_build_apply_and_route_on_through_the_switch(make_gateway, demo_
         assert len(items) == 40
 
 
-def test_two_replicas_on_one_redis_switch_together(make_gateway, demo_configs, judge, tmp_path, shared_cache,
+def test_two_replicas_on_one_redis_switch_together(make_gateway, arena_models, judge, tmp_path, shared_cache,
                                                    redis_url, redis_prefix):
     _, judge_config = judge
-    models = [*demo_configs, judge_config]
+    models = [*arena_models, judge_config]
     shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "admin_key": ADMIN, "judge_model": "judge",
               "capture": {"sample_rate": 1.0}}
     try:
@@ -248,11 +268,11 @@ def test_two_replicas_on_one_redis_switch_together(make_gateway, demo_configs, j
         client.close()
 
 
-def test_a_restart_during_the_migration_resumes_it_asking_only_what_is_missing(make_gateway, demo_configs,
+def test_a_restart_during_the_migration_resumes_it_asking_only_what_is_missing(make_gateway, arena_models,
                                                                                model_config, tmp_path, shared_cache):
-    upstream = JudgeUpstream(hold_after=150)  # the migration stalls after 150 judged answers
+    upstream = JudgeUpstream(hold_after=100)  # the migration stalls after 100 judged answers
     with serve(upstream.app) as url:
-        models = [*demo_configs, model_config("judge", url + "/v1", score=0.0, per_request=10.0)]
+        models = [*arena_models, model_config("judge", url + "/v1", score=0.0, per_request=10.0)]
         db = tmp_path / "registry.db"
         settings = {"models": models, "admin_key": ADMIN, "judge_model": "judge", "sqlite_path": str(db)}
         with make_gateway(capture={"sample_rate": 1.0}, **settings) as gw:
@@ -263,15 +283,13 @@ def test_a_restart_during_the_migration_resumes_it_asking_only_what_is_missing(m
                            headers=AUTH, timeout=60)
             assert r.status_code == 202
             deadline = time.monotonic() + 300
-            while upstream.calls < 150 + 8:  # stalled, with profile_concurrency calls held
+            while upstream.calls < 100 + 8:  # stalled, with profile_concurrency calls held
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             pending = state_of(gw)["pending"]
             assert pending["status"] == "profiling"
-        version = load_repset(repset).version
-        with sqlite3.connect(db) as conn:
-            stored = conn.execute("SELECT COUNT(*) FROM answers WHERE repset_version = ?", (version,)).fetchone()[0]
-        assert 100 < stored <= 150
+        before_restart = graded(db, repset)
+        assert 50 < before_restart <= 100
         upstream.release()
         before = upstream.calls
         with make_gateway(**settings) as gw:
@@ -280,4 +298,5 @@ def test_a_restart_during_the_migration_resumes_it_asking_only_what_is_missing(m
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             assert_switched(gw, new_version, repset, [m.name for m in models])
-        assert upstream.calls - before == 40 * len(models) - stored
+        # Only the answers not graded before the restart were judged (so asked) again.
+        assert upstream.calls - before == graded(db, repset) - before_restart
