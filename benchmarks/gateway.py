@@ -123,13 +123,13 @@ def embedder_throughput(state_dir: Path, sizes: tuple[str, ...], min_seconds: fl
     import torch
 
     from app.runtime.config import Settings
-    from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
-    from router_core.state import RouterState
+    from router_core.embedding import embed_for_routing
+    from router_core.state import RouterState, state_embedder
 
     state = RouterState.load(state_dir)
     # As the gateway runs it (its default `embed_threads`), so both figures are comparable.
     torch.set_num_threads(Settings().embed_threads)
-    embedder = load_embedder(state.embedder, None, state_dir / FAST_DIRNAME, False)
+    embedder = state_embedder(state, state_dir)
     out: dict[str, dict] = {}
     index = 10_000_000  # prompts unlike any the load generator sends
     for size in sizes:

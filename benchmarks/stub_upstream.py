@@ -30,7 +30,7 @@ from fastapi.responses import Response, StreamingResponse
 from app.api.errors import APIError, install_error_handlers
 from app.demo.replay_upstream import (
     SSE_DONE,
-    Answer,
+    CannedAnswer,
     CompletionRequest,
     CutResponse,
     add_completion_routes,
@@ -114,7 +114,7 @@ def create_stub_app(options: StubOptions) -> FastAPI:
             stats.failed += 1
             raise APIError(500, "The server had an error while processing your request (injected fault).",
                            type="server_error")
-        answer = Answer.for_request(request, judge_verdict(request.prompt) if request.model == JUDGE_MODEL else text)
+        answer = CannedAnswer.for_request(request, judge_verdict(request.prompt) if request.model == JUDGE_MODEL else text)
         if request.stream:
             events = [sse_event(chunk) for _, chunk in stream_chunks(request, answer)]
             if fault == "cut":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
@@ -16,7 +16,8 @@ from router_core.profiles import Profile
 
 T = TypeVar("T")
 ModelState = Literal["profiling", "ready", "failed", "disabled"]
-JobState = Literal["running", "done", "failed", "cancelled"]
+# `paused`: stopped on upstream faults (or by the operator); resumed at `resume_at` or by the operator.
+JobState = Literal["running", "paused", "done", "failed", "cancelled"]
 
 MAX_NAME_LEN = 128
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -159,6 +160,18 @@ class JobRecord:
     error: str | None = None
     owner: str | None = None
     eta_s: float | None = None
+    # Answers stored before this time are asked again (a reprofile); None: every stored good
+    # answer counts (a first profiling, resumed).
+    since: float | None = None
+    # When a paused job resumes by itself (None: only the operator resumes it), and how many
+    # times it has already.
+    resume_at: float | None = None
+    resumes: int = 0
+    # The job's own options (`limit`, `seed`, `max_tokens`, `concurrency`, `spend_cap`); keys
+    # left out take the gateway's settings.
+    options: dict[str, Any] = field(default_factory=dict)
+    # llm_judge items of the set left out: no judge model is configured to grade them
+    skipped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,13 +183,27 @@ class JobRecord:
 
 @dataclass
 class Answer:
-    """One graded answer of a model to one representative prompt (`error` set when it failed)."""
+    """One graded answer of a model to one representative prompt (`error` set when it failed or
+    could not be graded: such an answer is ungraded and asked again).
+
+    `text` is the model's answer, `grader` the item's grader, `verdict` what the grader said
+    beyond the score (the judge's reply texts for `llm_judge` items), `cost` includes the
+    judge's `judge_cost`. Records written before these fields existed load with their defaults.
+    """
 
     prompt_id: str
     score: float
     cost: float
     output_tokens: int
     error: str | None = None
+    text: str | None = None
+    grader: str | None = None
+    verdict: str | None = None
+    judge_cost: float = 0.0
+    answered_at: float = 0.0
+    # the upstream answered and refused this prompt (a 4xx that is no fault of the model's
+    # upstream: "no recorded answer", a prompt too long): unanswerable, not asked again
+    declined: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,8 @@
 """The representative prompt set: the labelled prompts every new LLM is profiled on.
 
 A JSONL file, one item a line: {"id", "prompt", "reference", "grader", "task"} (graders: those
-of router_core.grading, plus "llm_judge" / "llm_judge:<kind>" which the gateway grades with a
-judge model, and "code_tests" whose reference is test code run against the answer's code;
-neither is checked at load).
+of router_core.grading, `code_tests` included, plus "llm_judge" and "llm_judge:<kind>" which
+the gateway grades with a judge model, see router_core.judging).
 
 Its version is the first 12 hex digits of the SHA-256 of the file's bytes: no number to bump
 by hand, and any edit (even of whitespace) is a new version, under which a model's answers are
@@ -28,9 +27,10 @@ import numpy as np
 
 from router_core.datasets import RouterBenchRow, jsonl_records, read_routerbench_rows
 from router_core.grading import chosen_option, grade
+from router_core.judging import JUDGE_PREFIX, parse_judge_grader
 from router_core.profiles import Profile, soft_profiles
 
-JUDGE = "llm_judge"
+JUDGE = JUDGE_PREFIX  # "llm_judge", alone or as "llm_judge:<kind>"
 CODE_TESTS = "code_tests"
 # RouterBench's multiple-choice tasks; mbpp is code graded by tests it does not ship.
 MC_TASKS = ("arc-challenge", "winogrande")
@@ -63,13 +63,6 @@ def _version(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()[:12]
 
 
-def graded_elsewhere(grader: str) -> bool:
-    """Graders that router_core.grading does not run, so a load cannot check their references:
-    an LLM judge ("llm_judge", "llm_judge:<kind>", driven by the gateway) and "code_tests"
-    (an item's tests run in a sandbox)."""
-    return grader == JUDGE or grader.startswith(f"{JUDGE}:") or grader == CODE_TESTS
-
-
 def _item(record: object, where: str) -> RepItem:
     if not isinstance(record, dict):
         raise RepsetError(f"{where}: expected a JSON object")
@@ -80,11 +73,15 @@ def _item(record: object, where: str) -> RepItem:
     if not isinstance(task, str):
         raise RepsetError(f"{where}: 'task' must be a string")
     item = RepItem(record["id"], record["prompt"], record["reference"], record["grader"], task)
-    if not graded_elsewhere(item.grader):
-        try:  # an empty answer exercises the reference's parsing, so a bad one fails at load
+    try:
+        if item.grader.partition(":")[0] == JUDGE:
+            parse_judge_grader(item.grader)  # a judge kind that exists; any reference text will do
+        else:
+            # an empty answer exercises the reference's parsing (code_tests: it compiles, nothing
+            # runs), so a bad one fails at load
             grade(item.grader, "", item.reference)
-        except ValueError as exc:
-            raise RepsetError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise RepsetError(f"{where}: {exc}") from None
     return item
 
 

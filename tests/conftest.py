@@ -87,3 +87,20 @@ def private_redis(tmp_path: Path):
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def client(base_url: str):
+    """The openai SDK (no retries) on the module's `base_url` server: the tests of the upstream
+    stand-ins check what the SDK makes of what they send."""
+    from tests.support.clients import client as sdk_client
+
+    return sdk_client(base_url, api_key="test-key", timeout=10)
+
+
+@pytest.fixture
+def aclient(base_url: str):
+    """The async openai SDK (no retries) on the module's `base_url` server."""
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=base_url + "/v1", api_key="test-key", max_retries=0, timeout=10)

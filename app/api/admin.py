@@ -5,15 +5,17 @@ A model's API key never appears here: records hold only the NAME of its environm
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.auth import require_admin_key
 from app.api.errors import APIError
 from app.costs.budget import key_scope
+from app.profiling.jobs import ACTIVE
 from app.runtime.config import PriceIn
 from app.runtime.gateway import Gateway, gateway_of
 from models_registry.base import RegistryUnavailable
@@ -21,6 +23,21 @@ from models_registry.records import JobRecord, ModelRecord
 from router_core.pricing import InvalidField
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
+
+
+class JobOptionsIn(BaseModel):
+    """One profiling job's own options; those left out take the gateway's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit: int | None = Field(None, ge=1, description="ask only this many prompts, drawn with `seed`")
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    concurrency: int | None = Field(None, ge=1, le=256)
+    spend_cap: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    def options(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
 
 class RegisterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,6 +47,7 @@ class RegisterIn(BaseModel):
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     cost: PriceIn
     scores: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] | None = None
+    job: JobOptionsIn | None = None
 
     @field_validator("scores")
     @classmethod
@@ -70,9 +88,12 @@ def model_json(record: ModelRecord, detail: bool = False) -> dict:
 
 
 def job_json(job: JobRecord) -> dict:
+    """A job for the admin API; `error` holds why it failed, was cancelled or is paused."""
     return {"id": job.id, "model": job.model, "state": job.state, "done": job.done, "total": job.total,
             "errors": job.errors, "spend": job.spend, "eta_s": job.eta_s, "error": job.error,
-            "started_at": job.started_at, "updated_at": job.updated_at}
+            "started_at": job.started_at, "updated_at": job.updated_at, "resume_at": job.resume_at,
+            "resumes": job.resumes, "reprofile": job.since is not None, "options": job.options,
+            "skipped": job.skipped}
 
 
 async def writing(coro):
@@ -107,7 +128,7 @@ async def register_model(body: RegisterIn, request: Request) -> JSONResponse:
     except InvalidField as exc:
         raise APIError(400, str(exc), param=exc.field, code="invalid_value") from None
     try:
-        job_id = await writing(gw.register(record, body.scores))
+        job_id = await writing(gw.register(record, body.scores, body.job.options() if body.job else None))
     except ValueError as exc:  # scores that do not fit the representative set
         raise APIError(400, str(exc), param="scores", code="unknown_prompt_ids") from None
     return JSONResponse({"job_id": job_id, "model": record.name}, status_code=202)
@@ -117,6 +138,43 @@ async def register_model(body: RegisterIn, request: Request) -> JSONResponse:
 async def list_models(request: Request) -> dict:
     records = sorted(gateway_of(request).registry.snapshot().values(), key=lambda r: r.name)
     return {"data": [model_json(r) for r in records]}
+
+
+AnswerFilter = Literal["all", "wrong", "correct", "ungraded"]
+
+
+@router.get("/models/{name:path}/answers")
+async def model_answers(name: str, request: Request, filter: AnswerFilter = "all",
+                        cluster: int | None = Query(None, ge=0), limit: int = Query(50, ge=1, le=1000),
+                        offset: int = Query(0, ge=0)) -> dict:
+    """A model's stored answers on the current representative set, in the set's order, to audit
+    its grades: the prompt, the reference, the answer's text, its score and the grader's verdict.
+    `filter`: `wrong` (graded, score below 0.5), `correct`, `ungraded` (failed or not gradable:
+    asked again); `cluster`: the prompt's nearest cluster under the current router state."""
+    gw = gateway_of(request)
+    existing(gw, name)
+    clusters = gw.routing.require_ready().repset
+    assert clusters is not None  # the gateway always loads a representative set
+    stored = await writing(gw.registry.answers(name, clusters.repset.version))
+    nearest = np.argmax(clusters.weights, axis=1)
+    if cluster is not None and cluster >= clusters.weights.shape[1]:
+        raise APIError(400, f"cluster must be below {clusters.weights.shape[1]}", param="cluster",
+                       code="invalid_value")
+    rows = []
+    for item, k in zip(clusters.repset.items, nearest.tolist()):
+        a = stored.get(item.id)
+        if a is None or (cluster is not None and k != cluster):
+            continue
+        graded = a.error is None
+        if filter != "all" and filter != ("ungraded" if not graded else "correct" if a.score >= 0.5 else "wrong"):
+            continue
+        rows.append({"prompt_id": item.id, "task": item.task, "grader": item.grader, "cluster": k,
+                     "prompt": item.prompt, "reference": item.reference, "answer": a.text, "graded": graded,
+                     "score": a.score if graded else None, "verdict": a.verdict, "error": a.error,
+                     "declined": a.declined, "cost": a.cost, "judge_cost": a.judge_cost, "output_tokens": a.output_tokens,
+                     "answered_at": a.answered_at or None})
+    return {"model": name, "repset_version": clusters.repset.version, "total": len(rows), "offset": offset,
+            "limit": limit, "data": rows[offset:offset + limit]}
 
 
 @router.get("/models/{name:path}")
@@ -136,8 +194,11 @@ async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
         record.cost = body.cost.to_price()
     if body.enabled is not None:
         record.enabled = body.enabled
-        if record.state in ("ready", "disabled"):
-            record.state = "ready" if body.enabled else "disabled"
+        if not body.enabled and record.state != "profiling":
+            record.state = "disabled"
+        elif body.enabled and record.state in ("disabled", "failed") and record.profile is not None:
+            # back to routing on the profile it has (a failed reprofile left it in place)
+            record.state = "ready"
     await writing(gw.registry.put_model(record))
     return model_json(record, detail=True)
 
@@ -147,7 +208,7 @@ async def delete_model(name: str, request: Request) -> dict:
     gw = gateway_of(request)
     existing(gw, name)
     for job in await writing(gw.registry.list_jobs(name)):
-        if job.state == "running":
+        if job.state in ACTIVE:
             await gw.jobs.cancel(job.id)
     await writing(gw.registry.delete_model(name))
     await writing(gw.registry.clear_answers(name))
@@ -155,17 +216,26 @@ async def delete_model(name: str, request: Request) -> dict:
 
 
 @router.post("/models/{name:path}/reprofile", status_code=202)
-async def reprofile_model(name: str, request: Request) -> JSONResponse:
-    """Ask the representative prompts again from scratch."""
+async def reprofile_model(name: str, request: Request, body: JobOptionsIn | None = None) -> JSONResponse:
+    """Ask the representative prompts again (with the job options in the body, if any). The
+    stored answers stay and a model with a profile keeps routing on it until the new job has
+    one that covers enough; a job that fails or is cancelled leaves it as it was."""
     gw = gateway_of(request)
     gw.routing.require_ready()
     record = existing(gw, name)
     for job in await writing(gw.registry.list_jobs(name)):
-        if job.state == "running":
-            raise APIError(409, f"model {name!r} is being profiled by job {job.id}", code="job_running")
-    await writing(gw.registry.clear_answers(name))
-    job = await writing(gw.jobs.start(record))
+        if job.state in ACTIVE:
+            raise APIError(409, f"model {name!r} has job {job.id} {job.state}: resume or cancel it first",
+                           code="job_running")
+    job = await writing(gw.jobs.start(record, body.options() if body else None, fresh=True))
     return JSONResponse({"job_id": job.id, "model": name}, status_code=202)
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, model: str | None = None, state: str | None = None) -> dict:
+    """Profiling jobs, oldest first (of one model, in one state)."""
+    jobs = await writing(gateway_of(request).registry.list_jobs(model))
+    return {"data": [job_json(j) for j in jobs if state is None or j.state == state]}
 
 
 @router.get("/jobs/{job_id}")
@@ -179,6 +249,18 @@ async def get_job(job_id: str, request: Request) -> dict:
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, request: Request) -> dict:
     return job_json(await writing(gateway_of(request).jobs.cancel(job_id)))
+
+
+@router.post("/jobs/{job_id}/pause")
+async def pause_job(job_id: str, request: Request) -> dict:
+    """Pause a running job until it is resumed (by the operator only)."""
+    return job_json(await writing(gateway_of(request).jobs.pause(job_id)))
+
+
+@router.post("/jobs/{job_id}/resume")
+async def resume_job(job_id: str, request: Request) -> dict:
+    """Resume a paused job now."""
+    return job_json(await writing(gateway_of(request).jobs.resume(job_id)))
 
 
 @router.get("/calibration")

@@ -34,7 +34,7 @@ from app.routing.service import (
 )
 from app.runtime.gateway import Gateway, gateway_of
 from app.upstream.faults import fault_of
-from app.upstream.forwarding import Answer
+from app.upstream.forwarding import UpstreamReply
 from models_registry.records import ModelRecord
 from router_core.router import ModelTable
 
@@ -131,7 +131,7 @@ async def proxy(request: Request, path: str, body: dict, dest: Destination, stre
 
 
 async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destination,
-                  answer: Answer) -> AsyncIterator[bytes]:
+                  answer: UpstreamReply) -> AsyncIterator[bytes]:
     """A stream's bytes; once it has ended, its usage is counted and billed (at the expected cost
     when the upstream reported none) and a cut stream is marked for the request counter."""
     assert answer.stream is not None and answer.watch is not None

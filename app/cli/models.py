@@ -1,7 +1,9 @@
-"""`uniroute models add|list|show|rm`: the admin API from the shell, for ops.
+"""`uniroute models add|list|show|rm|jobs|cancel|pause|resume|reprofile|enable|disable|answers`:
+the admin API from the shell, for ops.
 
 Talks to a running gateway (`--url`, default http://127.0.0.1:8000) with the admin key
-(`--admin-key` or UNIROUTE_ADMIN_KEY). `add` follows the profiling job with a progress bar.
+(`--admin-key` or UNIROUTE_ADMIN_KEY). `add` and `reprofile` follow the profiling job with a
+progress bar; Ctrl-C stops following, not the job, and says how to follow or cancel it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from app.cli import AdminError, admin_call, one_line_errors
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="register, list, show and remove models through the admin API")
+    p = sub.add_parser("models", help="register, list, show, remove, reprofile and audit models, follow their jobs")
     p.add_argument("--url", default=os.environ.get("UNIROUTE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--admin-key", default=os.environ.get("UNIROUTE_ADMIN_KEY"))
     verbs = p.add_subparsers(dest="verb", required=True)
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--output-per-mtok", type=float)
     add.add_argument("--per-request", type=float)
     add.add_argument("--scores", help="JSON file {prompt_id: score}: profile from it, calling nothing")
-    add.add_argument("--no-wait", action="store_true", help="return once the job has started")
+    job_options(add)
     add.set_defaults(func=cmd_add)
 
     verbs.add_parser("list", help="list registered models").set_defaults(func=cmd_list)
@@ -42,6 +44,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name")
     rm.set_defaults(func=cmd_rm)
 
+    jobs = verbs.add_parser("jobs", help="list profiling jobs (of one model)")
+    jobs.add_argument("name", nargs="?")
+    jobs.add_argument("--state", choices=["running", "paused", "done", "failed", "cancelled"])
+    jobs.set_defaults(func=cmd_jobs)
+    for verb, what in (("cancel", "stop a running or paused job (the model keeps its earlier profile)"),
+                       ("pause", "pause a running job until it is resumed"),
+                       ("resume", "resume a paused job now")):
+        p_job = verbs.add_parser(verb, help=what)
+        p_job.add_argument("job_id")
+        p_job.set_defaults(func=cmd_job_action, action=verb)
+    again = verbs.add_parser("reprofile", help="profile a model again; it routes on its old profile meanwhile")
+    again.add_argument("name")
+    job_options(again)
+    again.set_defaults(func=cmd_reprofile)
+    for verb, enabled in (("enable", True), ("disable", False)):
+        p_model = verbs.add_parser(verb, help=f"{verb} routing to a model")
+        p_model.add_argument("name")
+        p_model.set_defaults(func=cmd_enable, enabled=enabled)
+    answers = verbs.add_parser("answers", help="a model's graded answers, to audit its profile")
+    answers.add_argument("name")
+    answers.add_argument("--filter", choices=["all", "wrong", "correct", "ungraded"], default="all")
+    answers.add_argument("--cluster", type=int)
+    answers.add_argument("--limit", type=int, default=20)
+    answers.add_argument("--offset", type=int, default=0)
+    answers.set_defaults(func=cmd_answers)
+
+
+def job_options(parser: argparse.ArgumentParser) -> None:
+    """The per-job options (the gateway's settings where left out) and --no-wait."""
+    parser.add_argument("--limit", type=int, help="ask only this many representative prompts, drawn with --seed")
+    parser.add_argument("--seed", type=int, help="the draw of --limit prompts (default 0)")
+    parser.add_argument("--max-tokens", type=int, help="max_tokens sent with each prompt")
+    parser.add_argument("--concurrency", type=int, help="prompts in flight")
+    parser.add_argument("--spend-cap", type=float, help="stop the job once it has spent this much")
+    parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
+
+
+def job_body(args: argparse.Namespace) -> dict:
+    """The job options given on the command line, as the admin API takes them."""
+    names = ("limit", "seed", "max_tokens", "concurrency", "spend_cap")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
 
 def call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> dict:
     """One admin API call with the command's --url and --admin-key."""
@@ -49,7 +93,7 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict | None = N
 
 
 def follow(args: argparse.Namespace, job_id: str) -> dict:
-    """Poll a job until it ends, showing its progress."""
+    """Poll a job until it stops running (ends or pauses), showing its progress."""
     job = call(args, "GET", f"/jobs/{job_id}")
     with tqdm(total=job["total"], desc=f"profiling {job['model']}", unit="prompt", file=sys.stderr) as bar:
         while True:
@@ -79,11 +123,30 @@ def cmd_add(args: argparse.Namespace) -> int:
     if args.scores:
         with open(args.scores) as f:
             body["scores"] = json.load(f)
-    started = call(args, "POST", "/models", body)
+    if job_body(args):
+        body["job"] = job_body(args)
+    try:
+        started = call(args, "POST", "/models", body)
+    except KeyboardInterrupt:
+        print(f"\nuniroute models: interrupted while registering; check with `uniroute models show {args.name}`.",
+              file=sys.stderr)
+        return 130
+    return started_job(args, started)
+
+
+def started_job(args: argparse.Namespace, started: dict) -> int:
+    """Print the started job, or follow it to its end (exit 1 unless it is done)."""
     if started["job_id"] is None or args.no_wait:
         print(json.dumps(started))
         return 0
-    job = follow(args, started["job_id"])
+    try:
+        job = follow(args, started["job_id"])
+    except KeyboardInterrupt:
+        job_id = started["job_id"]
+        print(f"\nuniroute models: stopped following; job {job_id} goes on in the gateway. Follow it with "
+              f"`uniroute models jobs {started['model']}`, cancel it with `uniroute models cancel {job_id}`.",
+              file=sys.stderr)
+        return 130
     print(json.dumps(job))
     return 0 if job["state"] == "done" else 1
 
@@ -107,5 +170,49 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @run_safely
 def cmd_rm(args: argparse.Namespace) -> int:
-    print(json.dumps(call(args, "DELETE", f"/models/{args.name}")))
+    return printed(call(args, "DELETE", f"/models/{args.name}"))
+
+
+@run_safely
+def cmd_jobs(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("model", args.name), ("state", args.state)) if v}
+    rows = admin_call(args.url, args.admin_key, "GET", "/jobs", params=params)["data"]
+    print(f"{'job':16} {'model':32} {'state':9} {'done':>11} {'errors':>6} {'spend':>9}  reason")
+    for j in rows:
+        print(f"{j['id']:16} {j['model']:32} {j['state']:9} {j['done']:>5}/{j['total']:<5} {j['errors']:>6} "
+              f"{j['spend']:>9.4g}  {j['error'] or ''}")
+    return 0
+
+
+@run_safely
+def cmd_job_action(args: argparse.Namespace) -> int:
+    return printed(call(args, "POST", f"/jobs/{args.job_id}/{args.action}"))
+
+
+def printed(answer: dict) -> int:
+    """Print an admin API answer as one JSON line; the command's exit status."""
+    print(json.dumps(answer))
+    return 0
+
+
+@run_safely
+def cmd_reprofile(args: argparse.Namespace) -> int:
+    return started_job(args, call(args, "POST", f"/models/{args.name}/reprofile", job_body(args)))
+
+
+@run_safely
+def cmd_enable(args: argparse.Namespace) -> int:
+    model = call(args, "PATCH", f"/models/{args.name}", {"enabled": args.enabled})
+    print(json.dumps({"name": model["name"], "state": model["state"], "enabled": model["enabled"],
+                      "error": model["error"]}))
+    return 0
+
+
+@run_safely
+def cmd_answers(args: argparse.Namespace) -> int:
+    params = {"filter": args.filter, "limit": args.limit, "offset": args.offset}
+    if args.cluster is not None:
+        params["cluster"] = args.cluster
+    print(json.dumps(admin_call(args.url, args.admin_key, "GET", f"/models/{args.name}/answers", params=params),
+                     indent=2))
     return 0

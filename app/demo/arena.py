@@ -14,6 +14,7 @@ from pathlib import Path
 
 from app.demo import DATA_DIR
 from router_core.pricing import Price
+from router_core.repset import RepItem
 
 ARENA_DIR = DATA_DIR / "arena_bench_v1"
 
@@ -35,15 +36,6 @@ def demo_name(arena_name: str) -> str:
 
 
 @dataclass(frozen=True)
-class ArenaItem:
-    """One arena-bench-v1 prompt with GPT-4's reference answer."""
-
-    id: str
-    prompt: str
-    reference: str
-
-
-@dataclass(frozen=True)
 class RecordedAnswer:
     """One LLM's recorded answer to one prompt, with GPT-4's rating of it (None when unrated)."""
 
@@ -61,7 +53,7 @@ class RecordedAnswer:
 class ArenaRecords:
     """The prompts, every LLM's recorded answers (by demo name, then prompt id) and list prices."""
 
-    items: dict[str, ArenaItem]
+    items: dict[str, RepItem]  # the prompts with GPT-4's reference answers, judged by rating
     answers: dict[str, dict[str, RecordedAnswer]]
     prices: dict[str, Price]
 
@@ -83,7 +75,7 @@ def load_arena(path: str | Path = ARENA_DIR) -> ArenaRecords:
     for line in (root / "prompts.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
             rec = json.loads(line)
-            items[rec["id"]] = ArenaItem(rec["id"], rec["prompt"], rec["reference"])
+            items[rec["id"]] = RepItem(rec["id"], rec["prompt"], rec["reference"], "llm_judge:rating", "arena-bench-v1")
     answers: dict[str, dict[str, RecordedAnswer]] = {}
     with gzip.open(root / "answers.jsonl.gz", "rt", encoding="utf-8") as fh:
         for line in fh:

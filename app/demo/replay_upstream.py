@@ -59,7 +59,7 @@ reported for these models; bigger and older models are slower — they are not m
 Both are multiplied by `latency_scale` (0 = instant, as in tests). A non-streamed answer
 arrives after first-token time + all its tokens; a stream paces each chunk by its own tokens.
 
-The wire-format builders here (`CompletionRequest`, `Answer`, `response_body`,
+The wire-format builders here (`CompletionRequest`, `CannedAnswer`, `response_body`,
 `stream_chunks`, `sse_event`) are shared with the fault-injecting upstream of the tests.
 """
 from __future__ import annotations
@@ -201,7 +201,7 @@ def approx_tokens(text: str) -> int:
 
 
 @dataclass(frozen=True)
-class Answer:
+class CannedAnswer:
     """The text sent back for a request, with its finish reason and approximate usage."""
 
     text: str
@@ -210,7 +210,7 @@ class Answer:
     completion_tokens: int
 
     @classmethod
-    def for_request(cls, request: CompletionRequest, text: str) -> Answer:
+    def for_request(cls, request: CompletionRequest, text: str) -> CannedAnswer:
         """`text` as the answer to `request`, cut to its max_tokens like a provider would."""
         finish: Literal["stop", "length"] = "stop"
         if request.max_tokens is not None and approx_tokens(text) > request.max_tokens:
@@ -244,7 +244,7 @@ class _Envelope:
                 "choices": choices, **extra}
 
 
-def response_body(request: CompletionRequest, answer: Answer) -> dict:
+def response_body(request: CompletionRequest, answer: CannedAnswer) -> dict:
     """The non-streamed response: a "chat.completion" or a "text_completion" object."""
     env = _Envelope.new(request)
     if request.kind == "chat":
@@ -263,7 +263,7 @@ def split_pieces(text: str) -> list[str]:
     return _PIECE.findall(text)
 
 
-def stream_chunks(request: CompletionRequest, answer: Answer) -> list[tuple[str, dict]]:
+def stream_chunks(request: CompletionRequest, answer: CannedAnswer) -> list[tuple[str, dict]]:
     """Every chunk of the streamed response, each with the answer text it carries ("" for none).
 
     Chat opens with a role chunk and closes with an empty delta carrying finish_reason; with
@@ -448,7 +448,7 @@ def create_replay_app(responses: Mapping[str, Mapping[str, str]], latency_scale:
         return stand_in_answer(request.model)
 
     async def respond(request: CompletionRequest, http: Request) -> Response:
-        answer = Answer.for_request(request, text_for(request, http.headers.get(PURPOSE_HEADER) == "profiling"))
+        answer = CannedAnswer.for_request(request, text_for(request, http.headers.get(PURPOSE_HEADER) == "profiling"))
         latency = LATENCY.get(request.model, DEFAULT_LATENCY).scaled(latency_scale)
         if request.stream:
             return StreamingResponse(_paced_stream(stream_chunks(request, answer), latency),

@@ -1,29 +1,44 @@
 """Profiling jobs: ask a model the representative prompts, grade its answers, compute Ψ.
 
-A job stores every graded answer as it arrives, so a job interrupted by a restart resumes
-asking only what is missing. With several replicas on one Redis a job runs once: the replica
-holding the job's lock (with expiry, refreshed while it works) runs it; a replica that finds a
-running job nobody holds takes it over.
+A job stores every answer as it arrives (its text, grade and the grader's verdict), so a job
+interrupted by a restart resumes asking only what is missing. With several replicas on one
+Redis a job runs once: the replica holding the job's lock (with expiry, refreshed while it
+works) runs it; a replica that finds a running job nobody holds takes it over.
 
-`llm_judge` items are graded by the model named in `judge_model`, with this prompt:
+Outages (README: Auditing a profile): a failed prompt (upstream fault, judge fault, a verdict
+that cannot be read) is stored ungraded, never counted as answered, and asked again later in
+the run (at most `attempts` times a run); each failure in a row doubles a wait before the next
+request, from `backoff_s` up to `backoff_max_s`. `pause_after` failures in a row, or a pass that
+ends below the coverage floor, PAUSE the job (state `paused`, the reason in `error`): it resumes
+by itself after `resume_after_s` (at most `auto_resumes` times) or when the operator resumes it.
+A prompt the upstream answers with a 4xx that is no fault class (`declined`: "no recorded
+answer", a prompt too long) is unanswerable: stored as such, not asked again in the pass, not a
+failure in a row, and left out of the coverage count.
 
-    You are grading an answer against a reference answer.
-    Question: <prompt>
-    Reference answer: <reference>
-    Answer to grade: <answer>
-    Reply with exactly one word: CORRECT if the answer agrees with the reference, INCORRECT otherwise.
+Routing is the model's, not the job's: a model with a profile keeps routing on it while a new
+job runs (a reprofile), and keeps it when that job fails, is cancelled or hits its spend cap.
+A job's profile replaces it only when the job covers at least `min_coverage` of its prompts and
+`min_cluster_coverage` of their weight in every cluster.
+
+Grading: `mc_letter` and the other pure graders read the item's prompt too; `code_tests` runs
+in a worker thread (a sandboxed process); `llm_judge[:kind]` items are judged by the model
+named in `judge_model`, one call per message list of `router_core.judging.judge_requests`,
+whose cost counts in the job's spend and cap.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from app.errors import GatewayError
-from app.profiling.profiles import profile_from_answers
+from app.profiling.profiles import coverage, profile_from_answers
 from app.runtime.metrics import Metrics
 from app.upstream.forwarding import PURPOSE_HEADER, Forwarder
 from models_registry.base import Registry, RegistryUnavailable
@@ -37,27 +52,55 @@ from router_core.judging import (
     judge_score,
     parse_judge_grader,
 )
-from router_core.repset import RepItem, RepsetClusters
+from router_core.repset import RepItem, RepresentativeSet, RepsetClusters
 
 log = logging.getLogger("uniroute.profiling")
 
-JUDGE_PROMPT = (
-    "You are grading an answer against a reference answer.\n"
-    "Question: {prompt}\nReference answer: {reference}\nAnswer to grade: {answer}\n"
-    "Reply with exactly one word: CORRECT if the answer agrees with the reference, INCORRECT otherwise."
-)
 LOCK_TTL_S = 30.0
 # sent with every representative prompt asked (app.upstream.forwarding.PURPOSE_HEADER)
 PROFILING_HEADERS = {PURPOSE_HEADER: "profiling"}
+ACTIVE = ("running", "paused")
 
 
 @dataclass(frozen=True)
 class JobOptions:
-    """How a profiling job calls the model."""
+    """How a profiling job calls the model: the gateway's defaults, or one job's own."""
 
     concurrency: int
     max_tokens: int
     spend_cap: float | None
+    # ask only `limit` prompts of the set, drawn with `seed` (None: every prompt)
+    limit: int | None = None
+    seed: int = 0
+
+    def merged(self, overrides: dict[str, Any]) -> JobOptions:
+        """These options with a job's own (keys it leaves out, or sets to None, keep ours)."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """How jobs ride out upstream faults and when their answers may route (module docstring)."""
+
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    attempts: int = 3
+    pause_after: int = 10
+    resume_after_s: float = 60.0
+    auto_resumes: int = 5
+    min_coverage: float = 0.9
+    min_cluster_coverage: float = 0.5
+
+
+@dataclass
+class Grading:
+    """What grading one answer gave: a score, or an error (ungraded); the judge's texts and cost."""
+
+    score: float | None
+    verdict: str | None = None
+    judge_cost: float = 0.0
+    error: str | None = None
 
 
 def answer_text(body: dict) -> str:
@@ -76,68 +119,190 @@ def usage_of(body: dict) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
+def is_judged(item: RepItem) -> bool:
+    """Whether an LLM judge grades the item (`llm_judge`, `llm_judge:<kind>`)."""
+    return item.grader.partition(":")[0] == JUDGE_PREFIX
+
+
+def job_items(repset: RepresentativeSet, limit: int | None, seed: int, judge: bool = True) -> list[RepItem]:
+    """The prompts a job asks, in file order: those it can grade (judged items only with a
+    `judge`), all of them or `limit` drawn with `seed`."""
+    items = [item for item in repset.items if judge or not is_judged(item)]
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
+
+
+class _Run:
+    """One pass of a job over its prompts: failures in a row, the backoff, why it stops."""
+
+    def __init__(self, resilience: Resilience) -> None:
+        self.policy = resilience
+        self.in_a_row = 0
+        self.not_before = 0.0
+        self.pause_reason: str | None = None
+        self.over_cap = False
+        self._stop = asyncio.Event()
+        self._probing = False  # after failures, one request at a time tests whether they have passed
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def wait_turn(self) -> None:
+        """Sleep out the backoff (which other failures may extend meanwhile), or until the pass
+        stops. After a failure one request at a time goes out, until one gets an answer: a burst
+        of requests into an outage would only pile up failures."""
+        while not self.stopping:
+            delay = self.not_before - time.monotonic()
+            if delay <= 0:
+                if not (self.in_a_row and self._probing):
+                    self._probing = self.in_a_row > 0
+                    return
+                delay = 0.05  # a probe is out: look again soon
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def succeeded(self) -> None:
+        """An answer came (graded or declined): the upstream is up."""
+        self.in_a_row = 0
+        self._probing = False
+
+    def failed(self, error: str) -> None:
+        self.in_a_row += 1
+        self._probing = False
+        p = self.policy
+        wait = min(p.backoff_s * 2 ** (self.in_a_row - 1), p.backoff_max_s)
+        self.not_before = max(self.not_before, time.monotonic() + wait)
+        if self.in_a_row >= p.pause_after and self.pause_reason is None:
+            self.pause_reason = f"{self.in_a_row} failures in a row; last: {error}"
+            self._stop.set()
+
+    def cap_reached(self) -> None:
+        self.over_cap = True
+        self._stop.set()
+
+
+@dataclass(eq=False)
 class JobRunner:
-    """Runs profiling jobs inside one gateway; see the module docstring."""
+    """Runs profiling jobs inside one gateway; see the module docstring. `clusters` gives the
+    representative set under the current router state; `forwarder` reports its upstream timings
+    apart from client traffic (Metrics.for_profiling)."""
 
-    def __init__(self, registry: Registry, forwarder: Forwarder, metrics: Metrics,
-                 clusters: Callable[[], RepsetClusters], options: JobOptions, judge_model: str | None) -> None:
-        """`clusters` gives the representative set under the current router state."""
-        self.registry = registry
-        self.forwarder = forwarder
-        self.metrics = metrics
-        self.clusters = clusters
-        self.options = options
-        self.judge_model = judge_model
-        self.owner = uuid.uuid4().hex
-        self._tasks: dict[str, asyncio.Task] = {}
+    registry: Registry
+    forwarder: Forwarder
+    metrics: Metrics
+    clusters: Callable[[], RepsetClusters]
+    options: JobOptions
+    judge_model: str | None
+    resilience: Resilience = Resilience()
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _tasks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
 
-    async def start(self, record: ModelRecord) -> JobRecord:
-        """Create a job for `record` (state `profiling`) and run it in the background."""
-        repset = self.clusters()
+    async def start(self, record: ModelRecord, options: dict[str, Any] | None = None,
+                    fresh: bool = False) -> JobRecord:
+        """Create a job for `record` with its own `options` (JobOptions' fields) and run it in the
+        background. `fresh` (a reprofile) asks every prompt again; the answers stored meanwhile
+        stay, and a model with a profile keeps routing on it until the job has a better one."""
+        job_options = self.options.merged(options or {})
+        items, skipped = self._items(self.clusters().repset, job_options)
         now = time.time()
         job = JobRecord(id=uuid.uuid4().hex[:16], model=record.name, state="running", done=0,
-                        total=len(repset.repset.items), errors=0, spend=0.0, started_at=now, updated_at=now,
-                        error=None, owner=self.owner)
-        record.state = "profiling"
+                        total=len(items), errors=0, spend=0.0, started_at=now, updated_at=now, error=None,
+                        owner=self.owner, since=now if fresh else None, options=dict(options or {}),
+                        skipped=skipped)
+        if record.profile is None:
+            record.state = "profiling"
         record.error = None
         await self.registry.put_model(record)
         await self.registry.put_job(job)
         self._spawn(job)
         return job
 
+    def _items(self, repset: RepresentativeSet, options: JobOptions) -> tuple[list[RepItem], int]:
+        """The items a job asks, and how many judged items it leaves out: with no `judge_model`
+        configured, `llm_judge` items cannot be graded, so they are not asked (the job says how
+        many; the log warns)."""
+        items = job_items(repset, options.limit, options.seed, judge=self.judge_model is not None)
+        skipped = 0 if self.judge_model is not None else sum(map(is_judged, repset.items))
+        return items, skipped
+
     async def resume_orphans(self) -> None:
-        """Take over running jobs that no live replica holds (after a restart or a crash)."""
+        """Take over running jobs that no live replica holds (after a restart or a crash), and
+        resume paused jobs whose time has come."""
+        now = time.time()
         for job in await self.registry.list_jobs():
-            if job.state == "running" and job.id not in self._tasks:
+            if job.id in self._tasks:
+                continue
+            if job.state == "paused" and job.resume_at is not None and job.resume_at <= now:
+                log.info("resuming paused profiling job %s for %s", job.id, job.model)
+                job.resumes += 1
+                await self._restart(job)
+            elif job.state == "running":
                 self._spawn(job)
 
     async def sweep(self) -> None:
-        """Resume orphaned jobs now and every lock period: a replica that died leaves its jobs'
-        locks to expire, and the next sweep anywhere picks them up."""
+        """Resume orphaned jobs now and every lock period (or sooner, to resume paused jobs on
+        time): a replica that died leaves its jobs' locks to expire, and the next sweep anywhere
+        picks them up."""
+        period = min(LOCK_TTL_S, max(self.resilience.resume_after_s / 6, 0.2)) \
+            if self.resilience.resume_after_s > 0 else LOCK_TTL_S
         while True:
             try:
                 await self.resume_orphans()
             except RegistryUnavailable:
                 pass
-            await asyncio.sleep(LOCK_TTL_S)
+            await asyncio.sleep(period)
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        """Stop a running job; its model is marked failed, its graded answers are kept."""
+    async def _job(self, job_id: str) -> JobRecord:
         job = await self.registry.get_job(job_id)
         if job is None:
             raise GatewayError("not_found", f"no job {job_id!r}", param="id", code="job_not_found")
-        if job.state != "running":
-            return job
+        return job
+
+    async def _stop_task(self, job_id: str) -> None:
         task = self._tasks.get(job_id)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Stop a running or paused job; its graded answers are kept, and its model keeps the
+        profile it had (a model without one is marked failed)."""
+        job = await self._job(job_id)
+        if job.state not in ACTIVE:
+            return job
+        await self._stop_task(job_id)
         job = await self.registry.get_job(job_id) or job
-        job.state = "cancelled"
+        await self._finish(job, "cancelled", "cancelled by the operator")
+        return job
+
+    async def pause(self, job_id: str) -> JobRecord:
+        """Pause a running job until the operator resumes it."""
+        job = await self._job(job_id)
+        if job.state != "running":
+            raise GatewayError("conflict", f"job {job_id} is {job.state}, not running", code="job_not_running")
+        await self._stop_task(job_id)
+        job = await self.registry.get_job(job_id) or job
+        await self._pause(job, "paused by the operator", automatic=False)
+        return job
+
+    async def resume(self, job_id: str) -> JobRecord:
+        """Resume a paused job now (its automatic resumes counted afresh)."""
+        job = await self._job(job_id)
+        if job.state != "paused":
+            raise GatewayError("conflict", f"job {job_id} is {job.state}, not paused", code="job_not_paused")
+        job.resumes = 0
+        await self._restart(job)
+        return job
+
+    async def _restart(self, job: JobRecord) -> None:
+        job.state, job.error, job.resume_at, job.owner = "running", None, None, self.owner
         job.updated_at = time.time()
         await self.registry.put_job(job)
-        await self._mark_model(job.model, "failed", "profiling cancelled")
-        return job
+        self._spawn(job)
 
     async def close(self) -> None:
         """Stop this replica's jobs without changing their state: another start resumes them."""
@@ -166,12 +331,22 @@ class JobRunner:
             log.exception("profiling job %s for %s failed", job.id, job.model)
             await self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
         finally:
+            self._forget_progress(job.model)
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             try:
                 await self.registry.release_lock(lock, self.owner)
             except RegistryUnavailable:
                 pass  # the lock expires by itself
+
+    def _forget_progress(self, model: str) -> None:
+        """Drop the model's progress series: a gauge left behind would show a stopped job as
+        still at its last count."""
+        for gauge in (self.metrics.profiling_done, self.metrics.profiling_total):
+            try:
+                gauge.remove(model)
+            except KeyError:
+                pass
 
     async def _keep_lock(self, lock: str) -> None:
         while True:
@@ -181,6 +356,13 @@ class JobRunner:
             except RegistryUnavailable:
                 log.warning("could not refresh %s: registry unavailable", lock)
 
+    async def _job_answers(self, job: JobRecord, version: str, items: list[RepItem]) -> dict[str, GradedAnswer]:
+        """The job's stored answers to its prompts by prompt id (given since it began when it is
+        a reprofile), graded or not."""
+        wanted = {item.id for item in items}
+        return {pid: a for pid, a in (await self.registry.answers(job.model, version)).items()
+                if pid in wanted and (job.since is None or a.answered_at >= job.since)}
+
     async def _run(self, job: JobRecord) -> None:
         record = self.registry.snapshot().get(job.model)
         if record is None:
@@ -188,54 +370,80 @@ class JobRunner:
             return
         clusters = self.clusters()
         repset = clusters.repset
-        graded = await self.registry.answers(record.name, repset.version)
-        # Answers that failed (upstream fault, judge fault) are asked again; good ones never.
-        graded = {pid: a for pid, a in graded.items() if a.error is None}
-        todo = [item for item in repset.items if item.id not in graded]
-        job.done = len(graded)
-        job.spend = sum(a.cost for a in graded.values())
+        options = self.options.merged(job.options)
+        items, job.skipped = self._items(repset, options)
+        if job.skipped:
+            log.warning("profiling %s without its %d llm_judge items: no judge_model is configured",
+                        job.model, job.skipped)
+        graded = {pid: a for pid, a in (await self._job_answers(job, repset.version, items)).items()
+                  if a.error is None}
+        todo = deque(item for item in items if item.id not in graded)
+        job.total, job.done = len(items), len(graded)
         metrics = self.metrics
         metrics.profiling_total.labels(record.name).set(job.total)
         metrics.profiling_done.labels(record.name).set(job.done)
         started, done_at_start = time.monotonic(), job.done
-        sem = asyncio.Semaphore(self.options.concurrency)
-        cap = self.options.spend_cap
-        over_cap = asyncio.Event()
+        run = _Run(self.resilience)
+        tries: Counter[str] = Counter()
+        cap = options.spend_cap
 
-        async def one(item: RepItem) -> None:
-            async with sem:
-                if over_cap.is_set():
+        async def worker() -> None:
+            while todo and not run.stopping:
+                item = todo.popleft()
+                await run.wait_turn()
+                if run.stopping:
                     return
-                answer = await self._ask(record, item)
+                answer = await self._ask(record, item, options)
                 await self.registry.record_answer(record.name, repset.version, answer)
-                job.done += 1
-                job.errors += answer.error is not None
                 job.spend += answer.cost
-                metrics.profiling_done.labels(record.name).set(job.done)
                 metrics.profiling_spend.labels(record.name).inc(answer.cost)
+                if answer.error is None:
+                    run.succeeded()
+                    job.done += 1
+                    metrics.profiling_done.labels(record.name).set(job.done)
+                elif answer.declined:  # the upstream is up and refused this prompt: not asked again
+                    run.succeeded()
+                    job.errors += 1
+                else:
+                    job.errors += 1
+                    run.failed(answer.error)
+                    tries[item.id] += 1
+                    if tries[item.id] < self.resilience.attempts:
+                        todo.append(item)  # asked again once the others have had their turn
                 rate = (job.done - done_at_start) / max(time.monotonic() - started, 1e-6)
                 job.eta_s = (job.total - job.done) / rate if rate > 0 else None
                 job.updated_at = time.time()
                 await self.registry.put_job(job)
                 if cap is not None and job.spend >= cap:
-                    over_cap.set()
+                    run.cap_reached()
 
-        await asyncio.gather(*(one(item) for item in todo))
-        if over_cap.is_set() and job.done < job.total:
-            await self._finish(job, "failed", f"spend cap {cap:g} reached after {job.done} prompts")
+        await asyncio.gather(*(worker() for _ in range(max(1, min(options.concurrency, len(todo))))))
+        if run.pause_reason is not None:
+            await self._pause(job, run.pause_reason)
             return
-        profile = profile_from_answers(clusters, await self.registry.answers(record.name, repset.version))
-        if profile is None:
-            await self._finish(job, "failed", "no prompt was answered")
+        if run.over_cap and job.done < job.total:
+            await self._finish(job, "failed", f"spend cap {cap:g} reached after {job.done} of {job.total} prompts")
             return
+        stored = await self._job_answers(job, repset.version, items)
+        answers = {pid: a for pid, a in stored.items() if a.error is None}
+        # prompts the model declines are unanswerable, not failures: out of the coverage count
+        declined = {pid for pid, a in stored.items() if a.error is not None and a.declined}
+        cover = coverage(clusters, [item.id for item in items if item.id not in declined], set(answers))
+        policy = self.resilience
+        if not cover.meets(policy.min_coverage, policy.min_cluster_coverage):
+            await self._pause(job, "too little graded to route on: "
+                              + cover.describe(policy.min_coverage, policy.min_cluster_coverage))
+            return
+        profile = profile_from_answers(clusters, answers)
+        assert profile is not None  # coverage met: some answer is graded
         record = self.registry.snapshot().get(job.model) or record
         record.profile = profile
         record.profiled_at = time.time()
         record.spend = job.spend
-        record.state = "ready"
+        record.state = "ready" if record.enabled else "disabled"
         record.error = None
         await self.registry.put_model(record)
-        job.state = "done"
+        job.state, job.error = "done", None
         job.eta_s = 0.0
         job.updated_at = time.time()
         await self.registry.put_job(job)
@@ -243,62 +451,96 @@ class JobRunner:
                  record.profile.accuracy, record.profile.n_prompts, job.spend)
 
     async def answer(self, record: ModelRecord, item: RepItem) -> GradedAnswer:
-        """Ask `record` one representative item and grade its answer: the unit of profiling,
-        also used by a state migration (app/runtime/migration.py)."""
-        return await self._ask(record, item)
+        """Ask `record` one representative item with the gateway's job options and grade its
+        answer: the unit of profiling, also used by a state migration (app/runtime/migration.py)."""
+        return await self._ask(record, item, self.options)
 
-    async def _ask(self, record: ModelRecord, item: RepItem) -> GradedAnswer:
+    async def _ask(self, record: ModelRecord, item: RepItem, options: JobOptions) -> GradedAnswer:
         body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
-                "max_tokens": self.options.max_tokens}
+                "max_tokens": options.max_tokens}
+
+        def failed(error: str, cost: float = 0.0, output_tokens: int = 0, **audit: Any) -> GradedAnswer:
+            """An ungraded answer: stored for audit, asked again."""
+            return GradedAnswer(prompt_id=item.id, score=0.0, cost=cost, output_tokens=output_tokens, error=error,
+                                grader=item.grader, answered_at=time.time(), **audit)
+
         try:
             reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)
         except GatewayError as exc:
-            return GradedAnswer(prompt_id=item.id, score=0.0, cost=0.0, output_tokens=0, error=exc.message)
-        if reply.status >= 400:
-            message = str((reply.json or {}).get("error", {}).get("message", f"HTTP {reply.status}"))
-            return GradedAnswer(prompt_id=item.id, score=0.0, cost=0.0, output_tokens=0, error=message)
+            return failed(exc.message)
+        if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
+            return failed(str((reply.json or {}).get("error", {}).get("message", f"HTTP {reply.status}")),
+                          declined=True)
         text = answer_text(reply.json)
         prompt_tokens, completion_tokens = usage_of(reply.json)
         cost = record.cost.expected(prompt_tokens, completion_tokens)
-        try:
-            score = await self._grade(item, text)
-        except GatewayError as exc:  # the judge failed: an ungraded answer, asked again on resume
-            return GradedAnswer(prompt_id=item.id, score=0.0, cost=cost, output_tokens=completion_tokens,
-                                error=f"grading failed: {exc.message}")
-        return GradedAnswer(prompt_id=item.id, score=score, cost=cost, output_tokens=completion_tokens, error=None)
+        graded = await self._grade(item, text)
+        if graded.score is None:
+            return failed(f"grading failed: {graded.error}", cost=cost + graded.judge_cost,
+                          output_tokens=completion_tokens, text=text, verdict=graded.verdict,
+                          judge_cost=graded.judge_cost)
+        return GradedAnswer(prompt_id=item.id, score=graded.score, cost=cost + graded.judge_cost,
+                            output_tokens=completion_tokens, error=None, text=text, grader=item.grader,
+                            verdict=graded.verdict, judge_cost=graded.judge_cost, answered_at=time.time())
 
-    async def _grade(self, item: RepItem, text: str) -> float:
-        if not item.grader.startswith(JUDGE_PREFIX):
-            return grade(item.grader, text, item.reference)
+    async def _grade(self, item: RepItem, text: str) -> Grading:
+        if is_judged(item):
+            return await self._judge(item, text)
+        if item.grader == "code_tests":  # runs a sandboxed process: off the event loop
+            return Grading(await asyncio.to_thread(grade, item.grader, text, item.reference, item.prompt))
+        return Grading(grade(item.grader, text, item.reference, prompt=item.prompt))
+
+    async def _judge(self, item: RepItem, text: str) -> Grading:
+        """One judge call per message list; any failure or an unreadable verdict: ungraded."""
+        kind = parse_judge_grader(item.grader)
         judge = self.registry.snapshot().get(self.judge_model or "")
         if judge is None:
-            raise GatewayError("invalid", "an llm_judge item needs judge_model set to a registered model",
-                           code="no_judge_model")
-        kind = parse_judge_grader(item.grader)
-        verdicts = []
+            return Grading(None, error="an llm_judge item needs judge_model set to a registered model")
+        verdicts: list[str] = []
+        spent = 0.0
         for messages in judge_requests(kind, item.prompt, item.reference, text):
             body = {"messages": messages, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS[kind]}
-            reply = await self.forwarder.send("/chat/completions", body, [judge], {}, stream=False)
+            try:
+                reply = await self.forwarder.send("/chat/completions", body, [judge], {}, stream=False)
+            except GatewayError as exc:
+                return Grading(None, "\n\n".join(verdicts) or None, spent, f"the judge {judge.name}: {exc.message}")
             if reply.status >= 400:
-                raise GatewayError("upstream", f"the judge {judge.name} answered HTTP {reply.status}",
-                                   code="judge_failed")
+                return Grading(None, "\n\n".join(verdicts) or None, spent,
+                               f"the judge {judge.name} answered HTTP {reply.status}")
+            spent += judge.cost.expected(*usage_of(reply.json))
             verdicts.append(answer_text(reply.json or {}))
+        verdict = "\n\n".join(verdicts)
         score = judge_score(kind, verdicts)
         if score is None:
-            raise GatewayError("upstream", f"the judge {judge.name} gave no verdict", code="judge_failed")
-        return score
+            return Grading(None, verdict, spent, f"the judge {judge.name} gave no {kind} verdict")
+        return Grading(score, verdict, spent)
 
-    async def _finish(self, job: JobRecord, state: str, error: str | None) -> None:
-        job.state = state
-        job.error = error
+    async def _pause(self, job: JobRecord, reason: str, automatic: bool = True) -> None:
+        policy = self.resilience
+        again = automatic and policy.resume_after_s > 0 and job.resumes < policy.auto_resumes
+        job.state, job.error, job.eta_s = "paused", reason, None
+        job.resume_at = time.time() + policy.resume_after_s if again else None
         job.updated_at = time.time()
         await self.registry.put_job(job)
-        if state == "failed":
-            await self._mark_model(job.model, "failed", error)
-
-    async def _mark_model(self, name: str, state: str, error: str | None) -> None:
-        record = self.registry.snapshot().get(name)
-        if record is not None:
-            record.state = state
-            record.error = error
+        log.warning("profiling job %s for %s paused: %s", job.id, job.model, reason)
+        record = self.registry.snapshot().get(job.model)
+        if record is not None and record.enabled:  # a disabled model keeps the reason it was disabled for
+            record.error = f"profiling job {job.id} paused: {reason}"
             await self.registry.put_model(record)
+
+    async def _finish(self, job: JobRecord, state: str, error: str) -> None:
+        """End a job that made no profile (failed, cancelled): its model keeps the profile it
+        had and goes on routing on it; a model without one is marked failed."""
+        job.state, job.error, job.resume_at, job.eta_s = state, error, None, None
+        job.updated_at = time.time()
+        await self.registry.put_job(job)
+        record = self.registry.snapshot().get(job.model)
+        if record is None:
+            return
+        if record.profile is not None:
+            if record.enabled:  # a disabled model keeps the reason it was disabled for
+                record.state = "ready"
+                record.error = f"profiling job {job.id} {state}: {error}; routing on the earlier profile"
+        else:
+            record.state, record.error = "failed", error
+        await self.registry.put_model(record)

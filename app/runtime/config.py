@@ -204,6 +204,20 @@ class Settings(BaseSettings):
     profile_max_tokens: int = Field(512, ge=1)
     profile_spend_cap: float | None = Field(None, gt=0)
     judge_model: str | None = None
+    # Profiling through outages (README: Auditing a profile): a failed prompt is asked again
+    # (at most profile_attempts times a pass) after a wait doubling from profile_backoff_s up to
+    # profile_backoff_max_s; profile_pause_after failures in a row pause the job, which resumes
+    # by itself after profile_resume_after_s (0: only the operator resumes it), at most
+    # profile_auto_resumes times. A job's profile routes once it has graded profile_min_coverage
+    # of its prompts and, in every cluster, profile_min_cluster_coverage of their weight there.
+    profile_backoff_s: float = Field(1.0, ge=0)
+    profile_backoff_max_s: float = Field(30.0, ge=0)
+    profile_attempts: int = Field(3, ge=1)
+    profile_pause_after: int = Field(10, ge=1)
+    profile_resume_after_s: float = Field(60.0, ge=0)
+    profile_auto_resumes: int = Field(5, ge=0)
+    profile_min_coverage: float = Field(0.9, gt=0, le=1)
+    profile_min_cluster_coverage: float = Field(0.5, ge=0, le=1)
 
     models: list[ModelConfig] = []
     # Where /v1/embeddings goes when the request names no registered model.

@@ -16,7 +16,7 @@ import httpx
 from starlette.requests import Request
 
 from app.costs.budget import open_guard
-from app.profiling.jobs import JobOptions, JobRunner
+from app.profiling.jobs import JobOptions, JobRunner, Resilience
 from app.profiling.profiles import profile_from_answers
 from app.routing.capture import Capture
 from app.routing.service import RoutingService
@@ -56,6 +56,15 @@ def upstream_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+def resilience(settings: Settings) -> Resilience:
+    """The profiling jobs' fault and coverage policy from the settings."""
+    return Resilience(
+        backoff_s=settings.profile_backoff_s, backoff_max_s=settings.profile_backoff_max_s,
+        attempts=settings.profile_attempts, pause_after=settings.profile_pause_after,
+        resume_after_s=settings.profile_resume_after_s, auto_resumes=settings.profile_auto_resumes,
+        min_coverage=settings.profile_min_coverage, min_cluster_coverage=settings.profile_min_cluster_coverage)
+
+
 class Gateway:
     """Creates the parts and hands each what it needs; request handlers reach them from here."""
 
@@ -73,10 +82,14 @@ class Gateway:
         self.routing = RoutingService(settings, self.metrics, self.registry, self.health, self.budget)
         self.capture_store = open_capture_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
         self.capture = self.routing.capture = Capture(settings.capture, self.capture_store)
+        # Profiling calls go through their own forwarder so that their upstream timings stay
+        # out of the client-traffic histogram; health (cooldowns) is shared.
+        profiling_forwarder = Forwarder(self.client, self.metrics.for_profiling(), self.health, settings.retries,
+                                        settings.deadline_s)
         self.jobs = JobRunner(
-            self.registry, self.forwarder, self.metrics, self._clusters,
+            self.registry, profiling_forwarder, self.metrics, self._clusters,
             JobOptions(settings.profile_concurrency, settings.profile_max_tokens, settings.profile_spend_cap),
-            settings.judge_model,
+            settings.judge_model, resilience(settings),
         )
         self.ready = asyncio.Event()
         # One thread for the embedding model: torch already uses both cores inside a call.
@@ -226,11 +239,13 @@ class Gateway:
             log.info("re-profiled %s under router state %s from %d stored answers",
                      record.name, clusters.state_version, profile.n_prompts)
 
-    async def register(self, record: ModelRecord, scores: dict[str, float] | None) -> str | None:
+    async def register(self, record: ModelRecord, scores: dict[str, float] | None,
+                       job_options: dict | None = None) -> str | None:
         """Register a model: profiled at once from `scores` on the representative set (ValueError
-        for scores that do not fit it), else by a profiling job; the job's id, or None."""
+        for scores that do not fit it), else by a profiling job with `job_options` (JobOptions'
+        fields); the job's id, or None."""
         if scores is None:
-            return (await self.jobs.start(record)).id
+            return (await self.jobs.start(record, job_options)).id
         record.profile = self.routing.require_ready().profile(scores)
         record.state = "ready"
         record.profiled_at = time.time()

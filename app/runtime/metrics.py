@@ -1,6 +1,7 @@
 """Prometheus metrics. Each gateway app owns its registry, so several apps in one process don't clash."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -70,12 +71,18 @@ class Metrics:
             "uniroute_models_cooling", "Models in cooldown now.", registry=r)
         self.models_by_state = Gauge(
             "uniroute_models", "Registered models by state.", ["state"], registry=r)
+        # Progress of the profiling jobs running in this gateway; a model's series go when its
+        # job stops here (done, failed, cancelled, paused), so no stale value stays behind.
         self.profiling_done = Gauge(
             "uniroute_profiling_prompts_done", "Prompts graded by a model's running profiling job.",
             ["model"], registry=r)
         self.profiling_total = Gauge(
-            "uniroute_profiling_prompts_total", "Prompts a model's profiling job must grade.",
+            "uniroute_profiling_prompts", "Prompts a model's running profiling job must grade.",
             ["model"], registry=r)
+        self.profiling_upstream_seconds = Histogram(
+            "uniroute_profiling_upstream_seconds",
+            "Upstream time to response headers of profiling and judge calls, by model (not client traffic).",
+            ["model"], buckets=_SLOW, registry=r)
         self.profiling_spend = Counter(
             "uniroute_profiling_cost", "Cost spent profiling, by model.", ["model"], registry=r)
         # Cost control (README: Cost control).
@@ -100,3 +107,11 @@ class Metrics:
         self.drift_prompts = Counter(
             "uniroute_drift_prompts", "Routed prompts by distance to the nearest centroid (far: above the "
             "drift threshold).", ["far"], registry=r)
+
+    def for_profiling(self) -> Metrics:
+        """These metrics for the profiling jobs' forwarder: the same families, except that
+        upstream timings go to `uniroute_profiling_upstream_seconds`, so that
+        `uniroute_upstream_seconds` measures client traffic only."""
+        view = copy.copy(self)
+        view.upstream_seconds = self.profiling_upstream_seconds
+        return view

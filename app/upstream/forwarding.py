@@ -81,7 +81,7 @@ class Health:
 
 
 @dataclass
-class Answer:
+class UpstreamReply:
     """An upstream answer: a parsed body (a success, or a client error to relay as it is), or a
     stream whose first chunk has arrived (`watch` tells, once it is read, how it ended).
     `upstream_seconds` is the time spent in upstream attempts, each from sending the request to
@@ -136,7 +136,7 @@ class Forwarder:
         client_headers: Mapping[str, str],
         stream: bool,
         strip_usage: bool = False,
-    ) -> Answer:
+    ) -> UpstreamReply:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
         when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
         as it is, untried elsewhere. `strip_usage`: streams' usage chunks are read, not passed on.
@@ -191,7 +191,7 @@ class Forwarder:
     async def _attempt(
         self, record: ModelRecord, path: str, url: str, payload: bytes, headers: dict[str, str], stream: bool,
         strip_usage: bool,
-    ) -> Answer:
+    ) -> UpstreamReply:
         start = time.perf_counter()
         request = self.client.build_request("POST", url, content=payload, headers=headers)
         try:
@@ -211,7 +211,7 @@ class Forwarder:
                 parsed = orjson.loads(content)
             except orjson.JSONDecodeError:
                 parsed = error_body(content.decode(errors="replace")[:500], "upstream_error")
-            return Answer(record, response.status_code, elapsed, body=orjson.dumps(parsed), json=parsed,
+            return UpstreamReply(record, response.status_code, elapsed, body=orjson.dumps(parsed), json=parsed,
                           request_id=request_id)
         if kind is not None:
             await response.aclose()  # its body is the provider's business, never the client's
@@ -221,7 +221,7 @@ class Forwarder:
                 parsed = orjson.loads(response.content)
             except orjson.JSONDecodeError as exc:
                 raise UpstreamFault("bad_body", f"{record.name} sent a body that is not JSON") from exc
-            return Answer(record, response.status_code, elapsed, body=response.content, json=parsed,
+            return UpstreamReply(record, response.status_code, elapsed, body=response.content, json=parsed,
                           request_id=request_id)
         chunks = response.aiter_bytes()
         try:
@@ -236,7 +236,7 @@ class Forwarder:
             await response.aclose()
             raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
         watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage)
-        return Answer(record, response.status_code, elapsed, stream=self._relay(record, first, chunks, response, watch),
+        return UpstreamReply(record, response.status_code, elapsed, stream=self._relay(record, first, chunks, response, watch),
                       watch=watch, request_id=request_id)
 
     async def _relay(

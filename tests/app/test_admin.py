@@ -14,7 +14,8 @@ from app.demo import ROUTERBENCH_DIR
 from router_core.datasets import load_routerbench_responses
 from router_core.grading import grade
 from router_core.repset import load_repset
-from router_core.shipped import ROUTERBENCH_REPSET
+from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
+from tests.support.fault_upstream import Fault
 
 ADMIN = "admin-secret-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -164,3 +165,106 @@ def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, cap
     for text in outputs:
         assert secret not in text
     assert "UNIROUTE_TEST_UPSTREAM_KEY" in outputs[1]
+
+
+def wait_state(base_url: str, job_id: str, states: tuple[str, ...], timeout_s: float = 120) -> dict:
+    """Poll a job until it is in one of `states`."""
+    deadline = time.monotonic() + timeout_s
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = admin(base_url, "GET", f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def test_reprofile_keeps_the_old_profile_routing_through_outage_cancel_and_spend_cap(make_gateway, fault_upstream):
+    upstream, url = fault_upstream
+    # no cooldown: this test is about the profile, not about client-traffic health
+    with make_gateway(models=[], admin_key=ADMIN, retries=0, cooldown_failures=1000, profile_backoff_s=0.01,
+                      profile_backoff_max_s=0.05, profile_pause_after=3, profile_resume_after_s=0) as gw:
+        def route() -> str:
+            return httpx.post(gw + "/v1/route", json={"model": "uniroute", "messages": [
+                {"role": "user", "content": "hi"}]}, timeout=10).json()["model"]
+
+        r = admin(gw, "POST", "/models", json={"name": "m", "base_url": url, "cost": {"per_request": 1},
+                                                "job": {"limit": 20, "seed": 1}})
+        first = wait_job(gw, r.json()["job_id"])
+        assert first["state"] == "done" and first["total"] == 20 and first["options"] == {"limit": 20, "seed": 1}
+        profile = admin(gw, "GET", "/models/m").json()["profile"]
+        assert profile["n_prompts"] == 20 and route() == "m"
+
+        # an outage during a reprofile: the job pauses, the model routes on its old profile
+        upstream.set_fault("m", Fault(status=503))
+        r = admin(gw, "POST", "/models/m/reprofile", json={"limit": 20, "seed": 1})
+        assert r.status_code == 202
+        assert admin(gw, "GET", "/models/m").json()["state"] == "ready" and route() == "m"
+        paused = wait_state(gw, r.json()["job_id"], ("paused",))
+        assert paused["reprofile"] and "failures in a row" in paused["error"] and paused["done"] == 0
+        assert admin(gw, "GET", "/models/m/answers").json()["total"] == 20  # stored answers kept
+        assert admin(gw, "POST", "/models/m/reprofile").status_code == 409  # one job at a time
+        cancelled = admin(gw, "POST", f"/jobs/{paused['id']}/cancel").json()
+        assert cancelled["state"] == "cancelled"
+        shown = admin(gw, "GET", "/models/m").json()
+        assert shown["state"] == "ready" and shown["profile"] == profile and "cancelled" in shown["error"]
+        assert route() == "m"
+
+        # a spend cap hit mid-reprofile: the job fails with the reason, the old profile stays
+        upstream.set_fault("m", None)
+        r = admin(gw, "POST", "/models/m/reprofile", json={"spend_cap": 3, "concurrency": 2})
+        capped = wait_job(gw, r.json()["job_id"])
+        assert capped["state"] == "failed" and "spend cap 3" in capped["error"] and capped["done"] < capped["total"]
+        shown = admin(gw, "GET", "/models/m").json()
+        assert shown["state"] == "ready" and shown["profile"] == profile and route() == "m"
+
+        # disabled, then enabled again: back to routing on its profile
+        assert admin(gw, "PATCH", "/models/m", json={"enabled": False}).json()["state"] == "disabled"
+        assert admin(gw, "PATCH", "/models/m", json={"enabled": True}).json()["state"] == "ready"
+        assert route() == "m"
+
+        # a reprofile that completes replaces the profile
+        r = admin(gw, "POST", "/models/m/reprofile", json={"limit": 10, "seed": 2})
+        assert wait_job(gw, r.json()["job_id"])["state"] == "done"
+        assert admin(gw, "GET", "/models/m").json()["profile"]["n_prompts"] == 10
+        states = [j["state"] for j in admin(gw, "GET", "/jobs", params={"model": "m"}).json()["data"]]
+        assert states == ["done", "cancelled", "failed", "done"]
+
+
+def test_a_first_job_cancelled_leaves_a_model_failed_that_enabling_does_not_route(make_gateway, fault_upstream):
+    _, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "slow", "base_url": url, "upstream_model": "slow:delay=0.2",
+                                                "cost": {"per_request": 1}, "job": {"concurrency": 1}})
+        job = admin(gw, "POST", f"/jobs/{r.json()['job_id']}/cancel").json()
+        assert job["state"] == "cancelled" and job["error"] == "cancelled by the operator"
+        assert admin(gw, "GET", "/models/slow").json()["state"] == "failed"
+        assert admin(gw, "PATCH", "/models/slow", json={"enabled": True}).json()["state"] == "failed"
+
+
+def test_graded_answers_are_served_for_audit_with_filters_and_pages(make_gateway, fault_upstream):
+    _, url = fault_upstream
+    # the shipped general set: multiple choice, numeric, code_tests and llm_judge items
+    with make_gateway(models=[], admin_key=ADMIN, state_dir="fast", repset_path=str(DEFAULT_REPSET)) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "echo", "base_url": url, "cost": {"per_request": 1},
+                                                "job": {"limit": 30, "seed": 3}})
+        job = wait_job(gw, r.json()["job_id"])
+        # no judge_model: the set's llm_judge items are left out, and the job says so
+        judged = sum(item.grader.startswith("llm_judge") for item in load_repset(DEFAULT_REPSET).items)
+        assert job["state"] == "done" and job["skipped"] == judged
+        every = admin(gw, "GET", "/models/echo/answers", params={"limit": 1000}).json()
+        assert every["total"] == 30 and len(every["data"]) == 30
+        assert not any(a["grader"].startswith("llm_judge") for a in every["data"])
+        first = every["data"][0]
+        # the fake upstream's answer names no option, no number and no code: graded wrong
+        assert first["answer"] == "answer from echo" and first["graded"] and first["score"] == 0.0
+        assert first["reference"] and first["prompt"]
+        wrong = admin(gw, "GET", "/models/echo/answers", params={"filter": "wrong", "limit": 1000}).json()
+        assert wrong["total"] == 30
+        assert admin(gw, "GET", "/models/echo/answers", params={"filter": "correct"}).json()["total"] == 0
+        page = admin(gw, "GET", "/models/echo/answers", params={"limit": 7, "offset": 7}).json()["data"]
+        assert [a["prompt_id"] for a in page] == [a["prompt_id"] for a in every["data"][7:14]]
+        k = first["cluster"]
+        in_k = admin(gw, "GET", "/models/echo/answers", params={"cluster": k, "limit": 1000}).json()
+        assert in_k["total"] == sum(a["cluster"] == k for a in every["data"]) >= 1
+        assert admin(gw, "GET", "/models/nobody/answers").status_code == 404

@@ -1,12 +1,18 @@
-"""`uniroute models add|list|show|rm` drive a running gateway's admin API for ops."""
+"""`uniroute models add|list|show|rm|jobs|cancel|reprofile|enable|disable|answers` drive a
+running gateway's admin API for ops; Ctrl-C stops following a job, not the job."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import httpx
 
 from app.cli.main import main
 from tests.app.test_admin import ADMIN
+from tests.support.fault_upstream import Fault
 
 
 def run(capsys, gw: str, *argv: str) -> tuple[int, str, str]:
@@ -46,3 +52,58 @@ def test_errors_are_one_line_and_exit_1(make_gateway, capsys):
         assert code == 1 and "HTTP 401" in capsys.readouterr().err
     code = main(["models", "--url", "http://127.0.0.1:9", "list"])
     assert code == 1 and "cannot reach the gateway" in capsys.readouterr().err
+
+
+def test_jobs_reprofile_cancel_disable_and_enable(make_gateway, fault_upstream, capsys):
+    upstream, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        code, out, _ = run(capsys, gw, "add", "echo", "--base-url", url, "--per-request", "0.5", "--limit", "20",
+                             "--seed", "4", "--max-tokens", "16")
+        first = json.loads(out)
+        assert code == 0 and first["state"] == "done" and first["total"] == 20
+        assert first["options"] == {"limit": 20, "seed": 4, "max_tokens": 16}
+        assert upstream.received[-1].body["max_tokens"] == 16
+
+        upstream.set_fault("echo", Fault(delay_s=0.5))
+        code, out, _ = run(capsys, gw, "reprofile", "echo", "--limit", "10", "--concurrency", "1", "--no-wait")
+        again = json.loads(out)
+        assert code == 0 and again["model"] == "echo"
+        code, out, _ = run(capsys, gw, "jobs", "echo")
+        lines = out.splitlines()
+        assert code == 0 and len(lines) == 3
+        assert first["id"] in lines[1] and "done" in lines[1] and again["job_id"] in lines[2] and "running" in lines[2]
+
+        code, out, _ = run(capsys, gw, "cancel", again["job_id"])
+        assert code == 0 and json.loads(out)["state"] == "cancelled"
+        code, out, _ = run(capsys, gw, "disable", "echo")
+        assert code == 0 and json.loads(out)["state"] == "disabled"
+        code, out, _ = run(capsys, gw, "enable", "echo")
+        assert code == 0 and json.loads(out)["state"] == "ready"
+        code, out, _ = run(capsys, gw, "answers", "echo", "--filter", "wrong", "--limit", "3")
+        shown = json.loads(out)
+        assert code == 0 and shown["total"] == 20 and len(shown["data"]) == 3
+
+
+def test_ctrl_c_while_following_says_the_job_goes_on_without_a_traceback(make_gateway, fault_upstream):
+    _, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        cli = subprocess.Popen([sys.executable, "-m", "app.cli.main", "models", "--url", gw, "--admin-key", ADMIN,
+                                "add", "slow", "--base-url", url, "--upstream-model", "slow:delay=0.2",
+                                "--per-request", "1", "--concurrency", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        jobs: list = []
+        while not jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
+            jobs = httpx.get(gw + "/admin/jobs", headers={"authorization": f"Bearer {ADMIN}"}, timeout=5).json()["data"]
+        time.sleep(1.0)  # following by now
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=30)
+        job = httpx.get(gw + f"/admin/jobs/{jobs[0]['id']}", headers={"authorization": f"Bearer {ADMIN}"},
+                        timeout=5).json()
+    assert cli.returncode == 130 and out == ""
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("uniroute models: stopped following; job ") and "goes on" in last
+    assert f"uniroute models cancel {jobs[0]['id']}" in last
+    assert job["state"] == "running"

@@ -258,7 +258,8 @@ def test_calibrate_command_prints_the_gateways_curve_and_draws_it(gw, tmp_path, 
 
 
 def test_calibrate_from_the_dataset_matches_the_gateway_with_the_same_models(gw, shared_cache, capsys):
-    assert main(["calibrate", "--json", "--cache-dir", shared_cache]) == 0
+    assert main(["calibrate", "--json", "--cache-dir", shared_cache, "--state-dir", "routerbench-fast",
+                 "--repset", str(ROUTERBENCH_REPSET)]) == 0
     local, remote = json.loads(capsys.readouterr().out), curve(gw)
     assert (local["models"], local["best_model"]) == (remote["models"], remote["best_model"])
     assert [p["shares"] for p in local["points"]] == [p["shares"] for p in remote["points"]]

@@ -1,51 +1,121 @@
-"""`llm_judge` items are graded by the configured judge model, with the documented prompt; a
-judge that fails leaves the answer ungraded (asked again later), never scored as wrong."""
+"""A profiling job grades every kind of item: `llm_judge` (correct, rating, pairwise) through the
+configured judge model with router_core.judging's prompts, `code_tests` in the sandbox, and
+`mc_letter` against the prompt's option texts. The judge's cost counts in the job's spend, its
+verdict is stored with the answer; a judge that fails or gives no verdict leaves the answer
+ungraded (asked again), never wrong, and the job does not end `done` on it."""
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from app.demo.replay_upstream import create_replay_app
-from app.profiling.jobs import JUDGE_PROMPT
+from router_core.grading import humaneval_reference
+from router_core.judging import judge_requests, parse_judge_grader
 from router_core.repset import RepItem, write_repset
 from tests.app.test_admin import ADMIN, admin, wait_job
 from tests.support.servers import serve
 
-ITEMS = [RepItem(id=f"open.{i}", prompt=f"Explain briefly why the sky looks blue, take {i}.",
-                 reference="Rayleigh scattering of sunlight", grader="llm_judge", task="open") for i in range(4)]
-ANSWERS = {item.prompt: f"Because of scattering, take {i}." for i, item in enumerate(ITEMS)}
-# The judge accepts the first three answers only.
-VERDICTS = {JUDGE_PROMPT.format(prompt=item.prompt, reference=item.reference, answer=ANSWERS[item.prompt]):
-            "CORRECT" if i < 3 else "INCORRECT" for i, item in enumerate(ITEMS)}
+CODE = RepItem("code.add", 'def add(a, b):\n    """Return the sum of a and b."""\n',
+               humaneval_reference("def check(candidate):\n    assert candidate(2, 3) == 5\n", "add"),
+               "code_tests", "humaneval")
+RATED = RepItem("open.haiku", "Write a haiku about autumn.", "Crisp leaves drift and fall / ...",
+                "llm_judge:rating", "arena")
+PAIRED = RepItem("open.advice", "How do I sleep better?", "Keep a regular schedule.", "llm_judge:pairwise", "arena")
+CORRECT = RepItem("open.sky", "Why is the sky blue?", "Rayleigh scattering", "llm_judge", "open")
+CHOICE = RepItem("mc.name", "Who found the key?\nA) Rachel\nB) Patricia\nAnswer:", "A", "mc_letter", "winogrande")
+ITEMS = [CODE, RATED, PAIRED, CORRECT, CHOICE]
+
+ANSWERS = {
+    CODE.prompt: "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```",
+    RATED.prompt: "Red leaves on the path",
+    PAIRED.prompt: "Go to bed at the same time every day.",
+    CORRECT.prompt: "Because of scattering.",
+    # names A, but with B's text: no clean choice (mc_letter graded with the item's prompt)
+    CHOICE.prompt: "A) Patricia",
+}
+JUDGE_REPLIES = {RATED.id: ["The answer is short but apt. Rating: [[8]]"],
+                 PAIRED.id: ["A is more specific. [[A]]", "About the same. [[C]]"],
+                 CORRECT.id: ["CORRECT"]}
+EXPECTED = {CODE.id: 1.0, RATED.id: 7 / 9, PAIRED.id: 0.75, CORRECT.id: 1.0, CHOICE.id: 0.0}
 
 
-def test_llm_judge_grades_answers_with_the_judge_model(make_gateway, model_config, tmp_path):
-    repset = tmp_path / "judged.jsonl"
-    write_repset(ITEMS, repset)
-    scores = tmp_path / "judge-scores.json"
-    scores.write_text(json.dumps({item.id: 1.0 for item in ITEMS}))
-    with serve(create_replay_app({"candidate": ANSWERS, "judge": VERDICTS}, latency_scale=0.0)) as upstream:
-        judge = model_config("judge", upstream + "/v1")
+def judge_book(items: list[RepItem], replies: dict[str, list[str]]) -> dict[str, str]:
+    """What the fake judge answers: each judge call's user message -> the reply for it."""
+    book = {}
+    for item in items:
+        calls = judge_requests(parse_judge_grader(item.grader), item.prompt, item.reference, ANSWERS[item.prompt])
+        for messages, reply in zip(calls, replies[item.id]):
+            book[messages[-1]["content"]] = reply
+    return book
+
+
+@pytest.fixture
+def judged_repset(tmp_path, model_config):
+    def make(items: list[RepItem], judge_url: str):
+        repset = tmp_path / "judged.jsonl"
+        write_repset(items, repset)
+        judge = model_config("judge", judge_url, per_request=0.5)
+        scores = tmp_path / "judge-scores.json"
+        scores.write_text(json.dumps({item.id: 1.0 for item in items}))
         judge.scores_file = str(scores)
-        with make_gateway(models=[judge], admin_key=ADMIN, repset_path=str(repset), judge_model="judge") as gw:
+        return str(repset), judge
+
+    return make
+
+
+def test_every_grader_kind_is_graded_in_a_job_with_verdicts_and_judge_cost(make_gateway, judged_repset):
+    judged = [RATED, PAIRED, CORRECT]
+    with serve(create_replay_app({"candidate": ANSWERS, "judge": judge_book(judged, JUDGE_REPLIES)},
+                                 latency_scale=0.0)) as upstream:
+        repset, judge = judged_repset(ITEMS, upstream + "/v1")
+        with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge") as gw:
             r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
                                                     "cost": {"per_request": 1}})
             job = wait_job(gw, r.json()["job_id"])
-            assert job["state"] == "done" and job["errors"] == 0
-            assert admin(gw, "GET", "/models/candidate").json()["accuracy"] == 0.75
+            assert job["state"] == "done" and job["errors"] == 0, job
+            # 5 answers at 1 each, 4 judge calls (rating 1, pairwise 2, correct 1) at 0.5 each
+            assert job["spend"] == pytest.approx(5 * 1.0 + 4 * 0.5)
+            answers = {a["prompt_id"]: a for a in admin(gw, "GET", "/models/candidate/answers").json()["data"]}
+    assert {pid: a["score"] for pid, a in answers.items()} == pytest.approx(EXPECTED)
+    assert answers[PAIRED.id]["verdict"] == "A is more specific. [[A]]\n\nAbout the same. [[C]]"
+    assert answers[PAIRED.id]["judge_cost"] == pytest.approx(1.0)
+    assert answers[RATED.id]["verdict"].endswith("[[8]]") and answers[CODE.id]["verdict"] is None
+    assert answers[CHOICE.id]["answer"] == "A) Patricia" and answers[CHOICE.id]["graded"]
 
 
-def test_a_failing_judge_leaves_answers_ungraded(make_gateway, fault_upstream, model_config, tmp_path):
+def test_a_judge_without_a_verdict_leaves_the_answer_ungraded_and_the_job_paused(make_gateway, judged_repset):
+    replies = {RATED.id: ["A fine haiku, I would rate it highly."]}  # no [[n]]
+    with serve(create_replay_app({"candidate": ANSWERS, "judge": judge_book([RATED], replies)},
+                                 latency_scale=0.0)) as upstream:
+        repset, judge = judged_repset([RATED, CHOICE], upstream + "/v1")
+        with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge",
+                          profile_attempts=2, profile_backoff_s=0.01, profile_resume_after_s=0) as gw:
+            r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
+                                                    "cost": {"per_request": 1}})
+            job = wait_job(gw, r.json()["job_id"])
+            assert job["state"] == "paused" and job["resume_at"] is None
+            assert job["done"] == 1 and job["errors"] == 2 and "1/2 prompts graded" in job["error"]
+            model = admin(gw, "GET", "/models/candidate").json()
+            assert model["state"] == "profiling" and model["profile"] is None and "paused" in model["error"]
+            ungraded = admin(gw, "GET", "/models/candidate/answers", params={"filter": "ungraded"}).json()["data"]
+            wrong = admin(gw, "GET", "/models/candidate/answers", params={"filter": "wrong"}).json()["data"]
+    assert [a["prompt_id"] for a in ungraded] == [RATED.id]
+    assert ungraded[0]["score"] is None and "gave no rating verdict" in ungraded[0]["error"]
+    assert ungraded[0]["verdict"] == replies[RATED.id][0]
+    assert [a["prompt_id"] for a in wrong] == [CHOICE.id]
+
+
+def test_a_failing_judge_leaves_answers_ungraded(make_gateway, fault_upstream, judged_repset):
     upstream, url = fault_upstream
-    repset = tmp_path / "judged.jsonl"
-    write_repset(ITEMS, repset)
-    scores = tmp_path / "judge-scores.json"
-    scores.write_text(json.dumps({item.id: 1.0 for item in ITEMS}))
-    judge = model_config("judge", url, upstream_model="judge:status=500")
-    judge.scores_file = str(scores)
-    with make_gateway(models=[judge], admin_key=ADMIN, repset_path=str(repset), judge_model="judge",
-                      retries=0, max_fallbacks=0) as gw:
+    repset, judge = judged_repset([RATED, PAIRED, CORRECT], url)
+    judge.upstream_model = "judge:status=500"
+    with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge",
+                      retries=0, max_fallbacks=0, profile_backoff_s=0.01, profile_resume_after_s=0) as gw:
         r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": url, "cost": {"per_request": 1}})
         job = wait_job(gw, r.json()["job_id"])
-        assert job["state"] == "failed" and job["errors"] == len(ITEMS)
-        assert admin(gw, "GET", "/models/candidate").json()["state"] == "failed"
-    assert upstream.calls["judge:status=500"] >= len(ITEMS)
+        assert job["state"] == "paused" and job["done"] == 0 and job["errors"] == 3 * 3
+        assert admin(gw, "GET", "/models/candidate").json()["state"] == "profiling"
+        answers = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+    assert all(not a["graded"] and "HTTP 500" in a["error"] for a in answers) and len(answers) == 3
+    assert upstream.calls["judge:status=500"] >= 3

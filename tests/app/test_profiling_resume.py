@@ -1,4 +1,6 @@
-"""A gateway restarted mid-profiling resumes the job and asks only the prompts not yet graded."""
+"""Profiling survives: a gateway restarted mid-profiling resumes the job and asks only the
+prompts not yet graded; an upstream outage pauses the job (the model stays unroutable) and it
+resumes by itself; a pass that graded too little never ends `done`."""
 from __future__ import annotations
 
 import time
@@ -9,7 +11,8 @@ import httpx
 from app.api.main import create_app
 from app.runtime.config import Settings
 from tests.app.conftest import ROUTERBENCH_SETTINGS, wait_ready
-from tests.app.test_admin import ADMIN, admin, wait_job
+from tests.app.test_admin import ADMIN, admin, wait_job, wait_state
+from tests.support.fault_upstream import Fault
 from tests.support.servers import serve
 
 
@@ -41,3 +44,62 @@ def test_restart_mid_profiling_resumes_without_asking_again(tmp_path, shared_cac
     assert sum(n - 1 for n in asked.values() if n > 1) <= 4
     assert len(asked) == job["total"]
     assert 40 <= asked_before_restart < job["total"]
+
+
+def series(gw: str, name: str, model: str) -> list[str]:
+    """The /metrics lines of `name` (any suffix) for `model`."""
+    return [line for line in httpx.get(gw + "/metrics", timeout=5).text.splitlines()
+            if line.startswith(name) and f'model="{model}"' in line]
+
+
+def test_an_outage_pauses_the_job_unroutable_and_it_resumes_by_itself(make_gateway, fault_upstream):
+    upstream, url = fault_upstream
+    upstream.set_fault("flaky", Fault(delay_s=0.02))
+    with make_gateway(models=[], admin_key=ADMIN, retries=0, profile_concurrency=4, profile_backoff_s=0.05,
+                      profile_backoff_max_s=0.2, profile_pause_after=6, profile_resume_after_s=1) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "flaky", "base_url": url, "cost": {"per_request": 1},
+                                                "job": {"limit": 60}})
+        job_id = r.json()["job_id"]
+        while admin(gw, "GET", f"/jobs/{job_id}").json()["done"] < 10:
+            time.sleep(0.02)
+        assert series(gw, "uniroute_profiling_prompts{", "flaky") == ['uniroute_profiling_prompts{model="flaky"} 60.0']
+        upstream.set_fault("flaky", Fault(status=503))
+        paused = wait_state(gw, job_id, ("paused",))
+        upstream.set_fault("flaky", Fault(delay_s=0.02))
+        assert "failures in a row" in paused["error"] and paused["resume_at"] is not None
+        assert paused["done"] < paused["total"] and paused["errors"] >= 6
+        model = admin(gw, "GET", "/models/flaky").json()
+        assert model["state"] == "profiling" and "paused" in model["error"]
+        routed = httpx.post(gw + "/v1/route", json={"model": "uniroute", "messages": [
+            {"role": "user", "content": "hi"}]}, timeout=10)
+        assert routed.status_code == 503  # no routable model
+        assert series(gw, "uniroute_profiling_prompts", "flaky") == []  # no stale progress while paused
+
+        job = wait_state(gw, job_id, ("done",))
+        assert job["done"] == job["total"] == 60 and job["resumes"] >= 1
+        assert admin(gw, "GET", "/models/flaky").json()["state"] == "ready"
+        # the prompts that failed were asked again: none is left ungraded
+        assert admin(gw, "GET", "/models/flaky/answers", params={"filter": "ungraded"}).json()["total"] == 0
+        assert series(gw, "uniroute_profiling_prompts", "flaky") == []
+        assert series(gw, "uniroute_profiling_upstream_seconds_count", "flaky")
+        assert series(gw, "uniroute_upstream_seconds", "flaky") == []  # client traffic only
+
+
+def test_a_pass_below_the_coverage_floor_pauses_and_the_operator_resumes_it(make_gateway, fault_upstream):
+    upstream, url = fault_upstream
+    # the first 5 requests fail and are not asked again in that pass: 15/20 = 75% < 90%
+    upstream.set_fault("thin", Fault(fail_first=5, status=503))
+    with make_gateway(models=[], admin_key=ADMIN, retries=0, profile_attempts=1, profile_pause_after=100,
+                      profile_backoff_s=0.01, profile_resume_after_s=0) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "thin", "base_url": url, "cost": {"per_request": 1},
+                                                "job": {"limit": 20, "concurrency": 1}})
+        job = wait_state(gw, r.json()["job_id"], ("paused", "done"))
+        assert job["state"] == "paused" and job["done"] == 15 and "15/20 prompts graded (75%" in job["error"]
+        assert job["resume_at"] is None  # resume_after_s 0: the operator resumes it
+        assert admin(gw, "GET", "/models/thin").json()["state"] == "profiling"
+        resumed = admin(gw, "POST", f"/jobs/{job['id']}/resume")
+        assert resumed.status_code == 200 and resumed.json()["state"] == "running"
+        job = wait_state(gw, job["id"], ("done",))
+        assert job["done"] == 20 and job["errors"] == 5
+        assert admin(gw, "GET", "/models/thin").json()["state"] == "ready"
+        assert admin(gw, "POST", f"/jobs/{job['id']}/resume").status_code == 409

@@ -27,7 +27,6 @@ from app.demo.replay_upstream import (
     split_pieces,
 )
 from router_core.datasets import load_routerbench_responses
-from tests.support.clients import client as sdk_client
 from tests.support.servers import serve
 
 ROUTERBENCH_MODELS = {
@@ -72,16 +71,6 @@ def responses() -> dict[str, dict[str, str]]:
 def base_url(responses):
     with serve(create_replay_app(responses, latency_scale=0)) as url:
         yield url
-
-
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return sdk_client(base_url, api_key="unused", timeout=30)
-
-
-@pytest.fixture
-def aclient(base_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
 
 
 def user(text: str) -> list[dict]:

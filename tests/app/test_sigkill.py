@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.app.conftest import ROUTERBENCH_SETTINGS
 from tests.app.test_admin import ADMIN, AUTH, admin, wait_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,9 @@ def test_sigkill_mid_write_loses_nothing_acknowledged_and_the_job_resumes(tmp_pa
     log = tmp_path / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIROUTE_")}
     env.update(UNIROUTE_SQLITE_PATH=str(db), UNIROUTE_CACHE_DIR=shared_cache, UNIROUTE_ADMIN_KEY=ADMIN,
-               UNIROUTE_PROFILE_CONCURRENCY=str(CONCURRENCY), UNIROUTE_LOG_LEVEL="warning")
+               UNIROUTE_PROFILE_CONCURRENCY=str(CONCURRENCY), UNIROUTE_LOG_LEVEL="warning",
+               UNIROUTE_STATE_DIR=ROUTERBENCH_SETTINGS["state_dir"],
+               UNIROUTE_REPSET_PATH=ROUTERBENCH_SETTINGS["repset_path"])
 
     with gateway_process(env, log) as (proc, gw):
         r = admin(gw, "POST", "/models", json={"name": "slow", "base_url": upstream_url, "upstream_model": SLOW,

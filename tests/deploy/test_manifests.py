@@ -479,13 +479,18 @@ def scraped(tmp_path_factory, shared_cache) -> str:
             unmet = httpx.post(gw + "/v1/chat/completions", json={**chat, "model": "uniroute:budget=1e-12"}, timeout=30)
             assert unmet.status_code == 200, unmet.text
             auth = {"authorization": f"Bearer {ADMIN}"}
+            # Slow answers: the job's progress series exist only while it runs, so /metrics is
+            # read while it runs.
             job = httpx.post(gw + "/admin/models", headers=auth, timeout=30, json={
-                "name": "newcomer", "base_url": upstream_url + "/v1", "cost": {"per_request": 0.01}}).json()["job_id"]
+                "name": "newcomer", "base_url": upstream_url + "/v1", "upstream_model": "newcomer:delay=0.05",
+                "cost": {"per_request": 0.01}}).json()["job_id"]
             deadline = time.monotonic() + 120
+            during: str | None = None
             while httpx.get(f"{gw}/admin/jobs/{job}", headers=auth, timeout=30).json()["state"] == "running":
                 assert time.monotonic() < deadline, "the profiling job did not finish"
+                during = httpx.get(gw + "/metrics", timeout=30).text
                 time.sleep(0.2)
-            return httpx.get(gw + "/metrics", timeout=30).text
+            return during or httpx.get(gw + "/metrics", timeout=30).text
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,18 @@ def test_job_and_answer_round_trip():
     assert Answer.from_dict(orjson.loads(orjson.dumps(answer.to_dict()))) == answer
 
 
+def test_graded_answers_keep_text_grader_and_verdict_and_old_records_still_load():
+    answer = Answer(prompt_id="open.1", score=7 / 9, cost=1.5, output_tokens=40, text="Red leaves fall.",
+                    grader="llm_judge:rating", verdict="Apt. Rating: [[8]]", judge_cost=0.5, answered_at=12.5)
+    assert Answer.from_dict(orjson.loads(orjson.dumps(answer.to_dict()))) == answer
+    # as written before the audit fields existed
+    old = Answer.from_dict({"prompt_id": "p1", "score": 1.0, "cost": 0.1, "output_tokens": 2, "error": None})
+    assert (old.text, old.grader, old.verdict, old.judge_cost, old.answered_at) == (None, None, None, 0.0, 0.0)
+    job = JobRecord.from_dict({"id": "j1", "model": "m", "state": "running", "done": 3, "total": 400, "errors": 1,
+                               "spend": 0.25, "started_at": 1.5, "updated_at": 2.5})
+    assert (job.since, job.resume_at, job.resumes, job.options) == (None, None, 0, {})
+
+
 def test_a_copy_shares_nothing_mutable_with_its_original():
     record = make_record()
     before = record.to_dict()

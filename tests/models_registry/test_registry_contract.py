@@ -105,6 +105,16 @@ async def test_record_answer_upserts_per_prompt_and_keeps_versions_apart(registr
     assert await registry.answers("a", "v3") == {}
 
 
+async def test_an_answer_is_stored_with_its_text_grader_and_verdict(registry):
+    judged = Answer("p1", 0.75, 2.0, 30, text="Sleep at set hours.", grader="llm_judge:pairwise",
+                    verdict="[[A]]\n\n[[C]]", judge_cost=1.0, answered_at=100.5)
+    ungraded = Answer("p2", 0.0, 1.5, 12, error="grading failed: no verdict", text="Hm.", grader="llm_judge:rating",
+                      verdict="Nice.", judge_cost=0.5, answered_at=101.0)
+    await registry.record_answer("a", "v1", judged)
+    await registry.record_answer("a", "v1", ungraded)
+    assert await registry.answers("a", "v1") == {"p1": judged, "p2": ungraded}
+
+
 async def test_clear_answers_forgets_every_version_of_that_model_only(registry):
     for model in ("a", "a:b"):  # a name with ":" must not alias another model's answers
         for version in ("v1", "v2"):

@@ -11,21 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from router_core import general_repset as gr
 from router_core.embedding import FAST_DIRNAME, load_embedder
 from router_core.general_mix import MixConfig, build_mix, fit_general_state, normalised
-from router_core.general_repset import (
-    GeneralRepsetError,
-    build_general_repset,
-    gradable_heldout,
-    main,
-    select_stratified,
-)
 from router_core.grading import grade
 from router_core.repset import load_repset
 from router_core.shipped import FAST_EMBEDDER_DIR
 from tests.support.shared_data import needs_shared_data, tiny_shared_data
 
-ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_FAST = FAST_EMBEDDER_DIR
 CONFIG = MixConfig(cap=20)
 
@@ -56,7 +49,7 @@ def states(mix, tmp_path_factory) -> dict[str, Path]:
 
 @needs_shared_data
 def test_candidates_are_held_out_prompts_with_references_from_the_data(mix, data):
-    items, skipped = gradable_heldout(mix, data)
+    items, skipped = gr.gradable_heldout(mix, data)
     held = {p.id: p for p in mix.heldout}
     fit_keys = {normalised(p.prompt) for p in mix.fit}
     assert {i.grader for i in items} == {"mc_letter", "numeric", "code_tests", "llm_judge:rating"}
@@ -88,7 +81,7 @@ def test_candidates_are_held_out_prompts_with_references_from_the_data(mix, data
 @needs_shared_data
 def test_every_cluster_of_every_state_gets_its_floor_from_held_out_prompts_only(data, mix, states, tmp_path):
     floor, target = 4, 6
-    repset, coverage = build_general_repset(data, states, tmp_path / "set.jsonl", tmp_path / "cache", floor, target)
+    repset, coverage = gr.build_general_repset(data, states, tmp_path / "set.jsonl", tmp_path / "cache", floor, target)
     assert [c.name for c in coverage] == ["k2", "k3"]
     for cov in coverage:
         per_cluster = [sum(g.values()) for g in cov.graders]
@@ -102,8 +95,8 @@ def test_every_cluster_of_every_state_gets_its_floor_from_held_out_prompts_only(
 
 @needs_shared_data
 def test_a_cluster_that_cannot_reach_its_floor_fails_the_build_and_writes_nothing(data, states, tmp_path):
-    with pytest.raises(GeneralRepsetError, match="fewer than 500"):
-        build_general_repset(data, states, tmp_path / "set.jsonl", tmp_path / "cache", floor=500, target=500)
+    with pytest.raises(gr.GeneralRepsetError, match="fewer than 500"):
+        gr.build_general_repset(data, states, tmp_path / "set.jsonl", tmp_path / "cache", floor=500, target=500)
     assert not (tmp_path / "set.jsonl").exists()
 
 
@@ -114,13 +107,13 @@ def test_states_fitted_on_different_mixes_are_refused(data, states, tmp_path):
     meta = json.loads((other / "state.json").read_text())
     meta["metadata"]["mix"]["cap"] = 99
     (other / "state.json").write_text(json.dumps(meta))
-    with pytest.raises(GeneralRepsetError, match="same general mix"):
-        build_general_repset(data, {"a": states["k3"], "b": other}, tmp_path / "set.jsonl", tmp_path / "cache")
+    with pytest.raises(gr.GeneralRepsetError, match="same general mix"):
+        gr.build_general_repset(data, {"a": states["k3"], "b": other}, tmp_path / "set.jsonl", tmp_path / "cache")
 
 
 @needs_shared_data
 def test_the_command_prints_counts_and_a_table_per_state(data, states, tmp_path, capsys):
-    code = main(["--data", str(data), "--state", f"k2={states['k2']}", "--state", f"k3={states['k3']}",
+    code = gr.main(["--data", str(data), "--state", f"k2={states['k2']}", "--state", f"k3={states['k3']}",
                  "--out", str(tmp_path / "set.jsonl"), "--cache-dir", str(tmp_path / "cache"),
                  "--floor", "3", "--target", "5", "--readme", str(tmp_path / "README.md")])
     out = capsys.readouterr().out
@@ -135,7 +128,7 @@ def test_stratified_selection_fills_every_cluster_of_both_states_and_prefers_ite
     # 2 states; state A has clusters 0/1, state B has clusters 0/1/2; cluster B2 is rare (4 items)
     clusters = np.array([[0, 0]] * 30 + [[1, 1]] * 30 + [[1, 2]] * 4 + [[0, 2]] * 4)
     graders = ["numeric"] * 20 + ["mc_letter"] * 48
-    picked = select_stratified(clusters, graders, floor=5, target=8, seed=1)
+    picked = gr.select_stratified(clusters, graders, floor=5, target=8, seed=1)
     a = np.bincount(clusters[picked, 0], minlength=2)
     b = np.bincount(clusters[picked, 1], minlength=3)
     assert a.min() >= 8 and b[:2].min() >= 8
@@ -146,10 +139,10 @@ def test_stratified_selection_fills_every_cluster_of_both_states_and_prefers_ite
 def test_within_a_cluster_the_grader_it_has_least_of_is_taken_first():
     clusters = np.zeros((40, 1), dtype=int)
     graders = ["numeric"] * 36 + ["code_tests"] * 4
-    picked = select_stratified(clusters, graders, floor=4, target=8, seed=0)
+    picked = gr.select_stratified(clusters, graders, floor=4, target=8, seed=0)
     assert Counter(graders[i] for i in picked) == {"numeric": 4, "code_tests": 4}
 
 
 def test_a_floor_above_the_target_is_refused():
-    with pytest.raises(GeneralRepsetError, match="floor"):
-        select_stratified(np.zeros((3, 1), dtype=int), ["numeric"] * 3, floor=5, target=4)
+    with pytest.raises(gr.GeneralRepsetError, match="floor"):
+        gr.select_stratified(np.zeros((3, 1), dtype=int), ["numeric"] * 3, floor=5, target=4)

@@ -88,6 +88,8 @@ GOOD = {"id": "q1", "prompt": "p", "reference": "A", "grader": "mc_letter", "tas
     (lines(["a", "list"]), "expected a JSON object"),
     (lines({k: v for k, v in GOOD.items() if k != "prompt"}), "'prompt' must be a non-empty string"),
     (lines(GOOD | {"task": 3}), "'task' must be a string"),
+    (lines(GOOD | {"grader": "llm_judge:vibes"}), "unknown judge kind 'vibes'"),
+    (lines(GOOD | {"grader": "code_tests", "reference": "assert (("}), "code_tests reference"),
     ("\n\n", "has no items"),
 ])
 def test_a_bad_file_is_refused_with_the_line_and_the_reason(tmp_path, content, message):
@@ -107,7 +109,7 @@ def test_the_build_command_reports_a_bad_directory_without_a_traceback(tmp_path,
     assert "no RouterBench *_test.csv files" in capsys.readouterr().err
 
 
-def test_code_tests_and_llm_judge_kinds_load_unchecked_while_other_graders_are_still_checked(tmp_path):
+def test_code_tests_and_llm_judge_kinds_load_while_bad_graders_are_refused(tmp_path):
     graded_elsewhere = [RepItem("c", "Write f.", "assert f(1) == 2\ncheck(f)", "code_tests"),
                         RepItem("j", "Explain bias.", "A reference answer.", "llm_judge:rating")]
     write_repset(graded_elsewhere, tmp_path / "ok.jsonl")

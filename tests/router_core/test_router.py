@@ -8,11 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router_core import NoRoutableModel, NotCalibrated, Price, UniRouter
-from router_core.embedding import FAST_DIRNAME
 from router_core.pricing import estimate_tokens
 from router_core.repset import load_repset
 from router_core.router import RoutedModel
-from router_core.shipped import DEFAULT_REPSET, SHIPPED_STATES
+from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
 from router_core.targets import RoutingTarget
 
 PROMPTS = ["Which gas do plants take in? A) O2 B) CO2 C) N2 D) He",
@@ -23,8 +22,8 @@ PROMPTS = ["Which gas do plants take in? A) O2 B) CO2 C) N2 D) He",
 @pytest.fixture(scope="module")
 def shipped():
     """(state, embedder, representative set) of the shipped `fast` state."""
-    router = UniRouter.load("fast")
-    return router.state, router.embedder, load_repset(DEFAULT_REPSET)
+    router = UniRouter.load("routerbench-fast", ROUTERBENCH_REPSET)
+    return router.state, router.embedder, load_repset(ROUTERBENCH_REPSET)
 
 
 def two_model_router(shipped, **options) -> UniRouter:
@@ -139,7 +138,6 @@ def test_without_a_representative_set_a_budget_cannot_be_resolved_but_a_cost_wei
 def test_a_state_folder_loads_like_a_shipped_name(shipped, tmp_path):
     state, _, _ = shipped
     state.save(tmp_path)
-    (tmp_path / FAST_DIRNAME).symlink_to(SHIPPED_STATES["fast"] / FAST_DIRNAME)
     loaded = UniRouter.load(tmp_path)
     assert loaded.state.version == state.version
     assert loaded.repset.ids == UniRouter.load("fast").repset.ids

@@ -70,7 +70,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import APIError, install_error_handlers
 from app.demo.replay_upstream import (
     SSE_DONE,
-    Answer,
+    CannedAnswer,
     CompletionRequest,
     CutResponse,
     add_completion_routes,
@@ -240,7 +240,7 @@ class FaultUpstream:
 
     async def _respond(self, request: CompletionRequest, http: Request) -> Response:
         fault = await self._arrive(request.model, http)
-        answer = Answer.for_request(request, f"answer from {request.model}")
+        answer = CannedAnswer.for_request(request, f"answer from {request.model}")
         if fault.bad_json:
             if request.stream:
                 return Response(b"data: {not json\n\n" + SSE_DONE, media_type="text/event-stream")

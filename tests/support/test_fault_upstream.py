@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.support.clients import client as sdk_client
 from tests.support.fault_upstream import (
     Fault,
     FaultUpstream,
@@ -42,16 +41,6 @@ def base_url(upstream: FaultUpstream):
 @pytest.fixture(autouse=True)
 def _fresh(upstream: FaultUpstream) -> None:
     upstream.reset()
-
-
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return sdk_client(base_url, api_key="test-key", timeout=10)
-
-
-@pytest.fixture
-def aclient(base_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="test-key", max_retries=0, timeout=10)
 
 
 def post_ignoring_errors(url: str, body: dict) -> None:
