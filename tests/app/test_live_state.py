@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from app.cli.main import main
 from app.demo.arena import ARENA_DIR
 from app.demo.replay_upstream import (
-    Answer,
+    CannedAnswer,
     ChatCompletionBody,
     chat_request,
     response_body,
@@ -65,13 +65,14 @@ class JudgeUpstream:
         async def chat(request: Request) -> dict:
             req = chat_request(ChatCompletionBody.model_validate(await request.json()))
             if ANSWER_START not in req.prompt:
-                return response_body(req, Answer.for_request(req, "I only judge."))
+                return response_body(req, CannedAnswer.for_request(req, "I only judge."))
             self.calls += 1
             if self.hold_after is not None and self.calls > self.hold_after:
                 await asyncio.to_thread(self._gate.wait)
             answer = req.prompt.split(ANSWER_START, 1)[-1].split(ANSWER_END, 1)[0]
             rating = 1 + int(hashlib.sha256(answer.encode()).hexdigest(), 16) % 10
-            return response_body(req, Answer.for_request(req, f"Compared with the reference. Rating: [[{rating}]]"))
+            verdict = f"Compared with the reference. Rating: [[{rating}]]"
+            return response_body(req, CannedAnswer.for_request(req, verdict))
 
 
     def release(self) -> None:
