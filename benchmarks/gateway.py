@@ -64,7 +64,7 @@ PCTS = ("p50", "p95", "p99")
 # The shipped state's training prompts: what `build-state` is given to make a state like it.
 BUILD_HINT = ("uniroute build-state --embedder fast --data app/demo/data/routerbench_zs/arc_challenge_train.csv "
               "--data app/demo/data/routerbench_zs/winograde_train.csv "
-              "--data app/demo/data/routerbench_zs/mbpp_train.csv --out DIR")
+              "--data app/demo/data/routerbench_zs/mbpp_train.csv --clusters 10 --out DIR")
 
 
 class UsageError(Exception):

@@ -5,7 +5,8 @@ Every source is read into one `RoutingDataset`. Sources:
 - canonical JSONL (`load_jsonl` / `write_jsonl`), one prompt a line:
   `{"id": str, "prompt": str, "task": str (optional), "scores": {model: float in [0, 1]},
   "costs": {model: float} (optional)}`; a model absent from a line's `scores`, or null there, is
-  unlabelled on that prompt;
+  unlabelled on that prompt; a file of prompts alone (`{"id", "prompt"}`, as a capture export)
+  has no `scores` and no models;
 - RouterBench CSVs (`load_routerbench`, `read_routerbench_rows`, `load_routerbench_responses`);
 - RouterDC JSON lists (`load_routerdc`).
 
@@ -215,7 +216,7 @@ def load_jsonl(path: str | Path) -> RoutingDataset:
     for where, rec in jsonl_records(text, p, DatasetError):
         if not isinstance(rec, dict):
             raise DatasetError(f"{where}: expected a JSON object")
-        pid, prompt, scores = rec.get("id"), rec.get("prompt"), rec.get("scores")
+        pid, prompt, scores = rec.get("id"), rec.get("prompt"), rec.get("scores", {})
         if not isinstance(pid, str) or not pid:
             raise DatasetError(f"{where}: 'id' must be a non-empty string")
         if pid in seen:

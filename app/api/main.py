@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import admin, openai
+from app.api import admin, openai, state
 from app.api.errors import APIError, install_error_handlers
 from app.errors import error_body
 from app.runtime.config import Settings
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(state.router)
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -1,8 +1,13 @@
 """`uniroute build-state`: fit the router state (clusters, optional learned map) on training prompts.
 
 The state is what the gateway loads at start-up (`state.npz` + `state.json`). Only prompts are
-needed for K-means; the learned map also reads the dataset's labels, i.e. the training LLMs'
-correctness on those prompts.
+needed for K-means (a capture export, `{"id", "prompt"}` rows, will do); the learned map also
+reads the dataset's labels, i.e. the training LLMs' correctness on those prompts.
+
+Without `--clusters`, K is chosen on the data (router_core.choose_k: among the K leaving every
+cluster `--min-cluster-size` prompts, the largest whose mean silhouette is within 0.005 of the
+best). The state's metadata records
+the choice and, per cluster, its size and the prompts nearest its centroid (`clusters`).
 """
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from app.cli import DEFAULT_CACHE, UsageError, one_line_errors
 from router_core.datasets import FORMATS
 from router_core.state import METHODS
 
-DEFAULT_CLUSTERS = 10
 DEFAULT_PRIOR = 4.0
+DEFAULT_MIN_CLUSTER = 15
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, action="append",
                    help="dataset file or directory; repeat to concatenate several")
     p.add_argument("--format", default=None, choices=FORMATS)
-    p.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS, help="K (default %(default)s)")
+    p.add_argument("--clusters", type=int, default=None,
+                   help="K (default: chosen on the data by mean silhouette, see router_core.choose_k)")
+    p.add_argument("--min-cluster-size", type=int, default=DEFAULT_MIN_CLUSTER,
+                   help="when choosing K, the fewest prompts a cluster may hold (default %(default)s)")
     p.add_argument("--embedder", default="accurate", help="accurate | fast | sentence-transformers name or path")
     p.add_argument("--max-chars", type=int, default=None, help="characters of each prompt's tail to embed")
     p.add_argument("--method", default="uniroute_kmeans", choices=METHODS)
@@ -56,17 +64,19 @@ def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | No
         if models is None:
             models = list(data.models)
         losses.append(1.0 - data.scores if list(data.models) == models else None)
-    joined = None if any(x is None for x in losses) else np.concatenate(losses)
+    joined = None if not models or any(x is None for x in losses) else np.concatenate(losses)
     return prompts, joined
 
 
 def _run(args: argparse.Namespace) -> int:
-    from router_core.embedding import FAST_DIRNAME, load_embedder
+    from router_core.choose_k import DEFAULT_TOLERANCE, candidate_ks, choose_k
+    from router_core.cluster_summary import describe
+    from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
     from router_core.state import build_state
     from router_core.text import DEFAULT_MAX_CHARS
 
     prompts, losses = _load(args.data, args.format)
-    if not 1 <= args.clusters <= len(prompts):
+    if args.clusters is not None and not 1 <= args.clusters <= len(prompts):
         raise UsageError(f"--clusters must be between 1 and the number of prompts ({len(prompts)})")
     if args.method == "uniroute_learned_map" and losses is None:
         raise UsageError("the learned map needs labels from datasets that share the same models")
@@ -79,11 +89,25 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load embedder {args.embedder!r}: {exc}") from None
     print(f"embedding {len(prompts)} prompts with {args.embedder}", file=sys.stderr)
+    emb = embed_for_routing(embedder, prompts, max_chars)  # on disk now: build_state's second pass reads it
+    metadata: dict = {"training_set": [Path(p).name for p in args.data]}
+    k = args.clusters
+    if k is None:
+        choice = choose_k(emb, candidate_ks(len(prompts), args.min_cluster_size), args.min_cluster_size, args.seed)
+        k = choice.k
+        metadata["k_choice"] = {"criterion": f"largest K within {DEFAULT_TOLERANCE} of the best mean silhouette",
+                                "min_cluster_size": args.min_cluster_size,
+                                "silhouettes": {str(c): round(v, 4) for c, v in choice.silhouettes.items()},
+                                "smallest_cluster": {str(c): v for c, v in choice.smallest.items()}}
+        table = ", ".join(f"K={c}: {v:.3f}" for c, v in choice.silhouettes.items())
+        print(f"chose K={k}: the largest within {DEFAULT_TOLERANCE} of the best mean silhouette ({table})",
+              file=sys.stderr)
     state = build_state(
-        prompts, embedder, args.clusters, args.seed, args.method,
-        embedder_spec=args.embedder, max_chars=max_chars, losses=losses, prior=args.prior,
-        metadata={"training_set": [Path(p).name for p in args.data]},
+        prompts, embedder, k, args.seed, args.method,
+        embedder_spec=args.embedder, max_chars=max_chars, losses=losses, prior=args.prior, metadata=metadata,
     )
+    state.metadata["clusters"] = describe(state.centroids, emb, prompts)
     state.save(args.out)
     print(f"wrote {args.method} state, K={state.k}, d={state.dim}, to {args.out}", file=sys.stderr)
     return 0
+

@@ -16,6 +16,8 @@ COMMANDS = [
     "eval",
     "build_state",
     "calibrate",
+    "repset",
+    "state",
 ]
 
 

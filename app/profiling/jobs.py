@@ -450,6 +450,11 @@ class JobRunner:
         log.info("profiled %s: accuracy %.3f on %d prompts, spend %.4g", record.name,
                  record.profile.accuracy, record.profile.n_prompts, job.spend)
 
+    async def answer(self, record: ModelRecord, item: RepItem) -> GradedAnswer:
+        """Ask `record` one representative item with the gateway's job options and grade its
+        answer: the unit of profiling, also used by a state migration (app/runtime/migration.py)."""
+        return await self._ask(record, item, self.options)
+
     async def _ask(self, record: ModelRecord, item: RepItem, options: JobOptions) -> GradedAnswer:
         body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
                 "max_tokens": options.max_tokens}

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from app.costs.budget import BudgetGuard, GuardState
 from app.errors import GatewayError
 from app.routing.batching import MicroBatcher
+from app.routing.capture import Capture
 from app.runtime.config import Settings, TargetFields
 from app.runtime.metrics import Metrics
 from app.upstream.forwarding import Health
@@ -29,8 +30,11 @@ from models_registry.records import ModelRecord
 from router_core.pricing import estimate_tokens
 from router_core.router import Decision, UniRouter
 from router_core.targets import KINDS, NotCalibrated, RoutingTarget
+from router_core.text import routing_text
 
 ROUTER_MODEL = "uniroute"
+# How long a replaced router's embedding worker stays for requests that started on it.
+RETIRE_AFTER_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -96,19 +100,33 @@ class RoutingService:
         self.health = health
         self.budget = budget
         self.router: UniRouter | None = None
-        self._batcher: MicroBatcher | None = None
+        # One micro-batcher per router: a request routes wholly on the router it started with,
+        # also when another is attached meanwhile (a state switch).
+        self._batchers: dict[UniRouter, MicroBatcher] = {}
+        self._executor: Executor | None = None
         self.load_error: str | None = None
+        # Opt-in sampling of routed texts (app/routing/capture.py); set by the gateway.
+        self.capture: Capture | None = None
 
     def attach(self, router: UniRouter, executor: Executor) -> None:
-        """Start routing with `router`; its embedding model runs on `executor`, micro-batched."""
+        """Start routing with `router`; its embedding model runs on `executor`, micro-batched.
+        A router attached before is retired: requests routing on it finish there."""
         s = self.settings
-        self._batcher = MicroBatcher(router.weights, executor, s.embed_max_batch, s.embed_batch_wait_ms / 1000,
-                                     self.metrics.embed_batch_size.observe)
-        self.router = router
+        self._batchers[router] = MicroBatcher(router.weights, executor, s.embed_max_batch,
+                                              s.embed_batch_wait_ms / 1000, self.metrics.embed_batch_size.observe)
+        self._executor = executor
+        old, self.router = self.router, router
+        if old is not None:
+            asyncio.get_running_loop().call_later(RETIRE_AFTER_S, lambda: asyncio.ensure_future(self._retire(old)))
+
+    async def _retire(self, router: UniRouter) -> None:
+        batcher = self._batchers.pop(router, None)
+        if batcher is not None:
+            await batcher.close()
 
     async def close(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.close()
+        for batcher in list(self._batchers.values()):
+            await batcher.close()
 
     def require_ready(self) -> UniRouter:
         """The router, or `unavailable` while it is still loading (or failed to load)."""
@@ -117,15 +135,21 @@ class RoutingService:
             raise GatewayError("unavailable", f"the router is not ready{detail}", code="not_ready")
         return self.router
 
-    async def weights(self, texts: list[str]) -> np.ndarray:
-        """(n, K) cluster weights: recent texts from the router's LRU, the others embedded off the
-        event loop, micro-batched with other requests' prompts."""
-        router = self.require_ready()
-        assert self._batcher is not None
+    async def weights(self, texts: list[str], router: UniRouter | None = None) -> np.ndarray:
+        """(n, K) cluster weights under `router` (default: the current one): recent texts from
+        the router's LRU, the others embedded off the event loop, micro-batched with other
+        requests' prompts."""
+        router = router or self.require_ready()
         rows = [router.lookup(t) for t in texts]
         missing = [i for i, row in enumerate(rows) if row is None]
-        if missing:
-            computed = await asyncio.gather(*(self._batcher.submit(texts[i]) for i in missing))
+        batcher = self._batchers.get(router)
+        if missing and batcher is None:  # a router retired while this request waited: embed alone
+            computed = await asyncio.get_running_loop().run_in_executor(
+                self._executor, router.weights, [texts[i] for i in missing])
+            for i, row in zip(missing, computed):
+                rows[i] = row
+        elif missing:
+            computed = await asyncio.gather(*(batcher.submit(texts[i]) for i in missing))
             for i, row in zip(missing, computed):
                 rows[i] = row
         return np.stack(rows) if rows else np.zeros((0, router.n_clusters))
@@ -172,7 +196,7 @@ class RoutingService:
         if self.budget is not None:
             guard = await self.budget.state(scope, router.calibration())
             floor = guard.cost_weight
-        weights = (await self.weights([text]))[0]
+        weights = (await self.weights([text], router))[0]
         self.watch_drift(router, text)
         tokens = estimate_tokens(len(text))
         decision = router.decide(weights, resolution, tokens, allowed, self.health.cooling(), floor)
@@ -181,6 +205,8 @@ class RoutingService:
         self.metrics.routing_seconds.observe(time.perf_counter() - start)
         if decision is None:
             raise GatewayError("unavailable", "no routable model among the allowed models", code="no_routable_model")
+        if self.capture is not None:
+            self.capture.offer(routing_text(text, router.state.max_chars), decision.cluster)
         records = self.registry.snapshot()
         fallbacks = decision.ranking[: 1 + self.settings.max_fallbacks]
         return Destination(decision, [records[name] for name in fallbacks if name in records], scope, guard)

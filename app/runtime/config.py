@@ -124,6 +124,15 @@ class BudgetConfig(BaseModel):
     window_s: float = Field(3600.0, gt=0)
 
 
+class CaptureConfig(BaseModel):
+    """Opt-in capture of routed prompts' routing texts (README, "Capture"): off while
+    `sample_rate` is 0. At most `max_prompts` are kept, none older than `retention_days`."""
+
+    sample_rate: float = Field(0.0, ge=0, le=1)
+    max_prompts: int = Field(10_000, ge=1)
+    retention_days: float = Field(30.0, gt=0)
+
+
 class Timeouts(BaseModel):
     """Upstream timeouts in seconds. `read_s` bounds the wait for the first byte and between chunks."""
 
@@ -213,6 +222,9 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = []
     # Where /v1/embeddings goes when the request names no registered model.
     embeddings_model: EmbeddingsConfig | None = None
+    capture: CaptureConfig = CaptureConfig()
+    # A cluster with fewer representative items than this is flagged (GET /admin/state, start-up log).
+    coverage_floor: int = Field(15, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("state_dir")

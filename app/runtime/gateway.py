@@ -18,14 +18,19 @@ from starlette.requests import Request
 from app.costs.budget import open_guard
 from app.profiling.jobs import JobOptions, JobRunner, Resilience
 from app.profiling.profiles import profile_from_answers
+from app.routing.capture import Capture
 from app.routing.service import RoutingService
 from app.runtime.config import ModelConfig, Settings
 from app.runtime.metrics import Metrics
+from app.runtime.migration import StateManager, load_router
+from app.runtime.state_view import log_coverage
 from app.upstream.faults import UpstreamFault, fault_error, fault_of
 from app.upstream.forwarding import Forwarder, Health
 from models_registry.base import RegistryUnavailable
+from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry
 from models_registry.records import ModelRecord
+from models_registry.states import open_state_store
 from router_core.repset import RepsetClusters
 from router_core.router import RoutedModel, UniRouter
 
@@ -75,6 +80,8 @@ class Gateway:
         self.forwarder = Forwarder(self.client, self.metrics, self.health, settings.retries, settings.deadline_s,
                                    disable=self.disable_faulty)
         self.routing = RoutingService(settings, self.metrics, self.registry, self.health, self.budget)
+        self.capture_store = open_capture_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
+        self.capture = self.routing.capture = Capture(settings.capture, self.capture_store)
         # Profiling calls go through their own forwarder so that their upstream timings stay
         # out of the client-traffic histogram; health (cooldowns) is shared.
         profiling_forwarder = Forwarder(self.client, self.metrics.for_profiling(), self.health, settings.retries,
@@ -86,7 +93,10 @@ class Gateway:
         )
         self.ready = asyncio.Event()
         # One thread for the embedding model: torch already uses both cores inside a call.
-        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-embed")
+        self.embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-embed")
+        self.state_store = open_state_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
+        self.states = StateManager(settings, self.state_store, self.registry, self.routing, self.jobs,
+                                   self.embed_pool, self.refresh)
         self._loader: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
 
@@ -106,6 +116,8 @@ class Gateway:
     async def start(self) -> None:
         """Open the registry; load the router in the background."""
         await self.registry.start()
+        await self.capture_store.start()
+        await self.state_store.start()
         self.registry.on_change(lambda _name: self.refresh())
         self._loader = asyncio.create_task(self._load())
 
@@ -115,13 +127,17 @@ class Gateway:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self.states.close()
         await self.jobs.close()
         if self.budget is not None:
             await self.budget.close()
         await self.routing.close()
+        await self.capture.flush()
+        await self.capture_store.close()
+        await self.state_store.close()
         await self.client.aclose()
         await self.registry.close()
-        self._embed_pool.shutdown(wait=False, cancel_futures=True)
+        self.embed_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _load(self) -> None:
         s = self.settings
@@ -132,15 +148,16 @@ class Gateway:
 
                 torch.set_num_threads(s.embed_threads)
             loop = asyncio.get_running_loop()
-            router = await loop.run_in_executor(self._embed_pool, lambda: UniRouter.load(
-                s.state_dir, s.repset_path, cache_dir=s.cache_dir, default_cost_weight=s.default_cost_weight,
-                default_output_tokens=s.expected_output_tokens, cost_scale=s.cost_scale, min_support=s.min_support))
-            self.routing.attach(router, self._embed_pool)
+            state_dir, repset_path = await self.states.startup_paths()
+            router = await loop.run_in_executor(self.embed_pool, load_router, s, state_dir, repset_path)
+            self.routing.attach(router, self.embed_pool)
+            log_coverage(router, s.coverage_floor)
             await self._register_configured(s.models)
             await self._reprofile_stale()
             self.refresh()
             self.ready.set()
             self._sweeper = asyncio.create_task(self.jobs.sweep())
+            await self.states.start()
             log.info(
                 "router ready in %.1f s: %d clusters, embedder %s, %d representative prompts, %d routable models",
                 time.perf_counter() - t0, router.n_clusters, router.state.embedder, len(router.repset.ids),
@@ -156,9 +173,13 @@ class Gateway:
         router = self.routing.router
         if router is not None:
             version = router.state.version
-            router.set_models([RoutedModel(r.name, r.cost, r.profile) for r in records
-                               if r.state == "ready" and r.enabled and r.profile is not None
-                               and r.profile.state_version == version])
+            # A record profiled under another state (one this replica has not switched to yet,
+            # during a state switch) keeps the profile this router already routes it with.
+            routed = {m.name: m.profile for m in router.models}
+            profiles = {r.name: r.profile if r.profile is not None and r.profile.state_version == version
+                        else routed.get(r.name) for r in records if r.state == "ready" and r.enabled}
+            router.set_models([RoutedModel(r.name, r.cost, profiles[r.name]) for r in records
+                               if profiles.get(r.name) is not None])
         counts: dict[str, int] = {"profiling": 0, "ready": 0, "failed": 0, "disabled": 0}
         for r in records:
             counts[r.state] = counts.get(r.state, 0) + 1

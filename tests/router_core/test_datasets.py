@@ -136,7 +136,7 @@ def test_jsonl_round_trip_keeps_everything(tmp_path, routerbench):
 
 @pytest.mark.parametrize("line, message", [
     ('{"id": "a", "prompt": "p", "scores": {"m": 1.5}}', "outside \\[0, 1\\]"),
-    ('{"id": "a", "prompt": "p"}', "'scores' must be"),
+    ('{"id": "a", "prompt": "p", "scores": [1]}', "'scores' must be"),
     ('{"id": "a", "prompt": "p", "scores": {"m": 1}, "costs": {"m": -1}}', "cost"),
     ('not json', "not JSON"),
 ])
@@ -145,6 +145,13 @@ def test_jsonl_bad_lines_are_reported_with_their_line_number(tmp_path, line, mes
     path.write_text('{"id": "ok", "prompt": "p", "scores": {"m": 0}}\n' + line + "\n")
     with pytest.raises(DatasetError, match=f"bad.jsonl:2: .*{message}"):
         load_jsonl(path)
+
+
+def test_jsonl_of_prompts_alone_loads_with_no_models(tmp_path):
+    path = tmp_path / "capture.jsonl"
+    path.write_text('{"id": "a", "prompt": "first"}\n{"id": "b", "prompt": "second"}\n')
+    ds = load_jsonl(path)
+    assert (ds.ids, ds.prompts, ds.models, ds.scores.shape) == (["a", "b"], ["first", "second"], [], (2, 0))
 
 
 def test_jsonl_repeated_id_is_an_error(tmp_path):

@@ -1,0 +1,118 @@
+"""Opt-in capture through a real gateway: off by default; when on, only the routing text of a
+routed request is kept (never a key, another message or the rest of the body), within the
+configured sample rate and limits, exported as canonical JSONL."""
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import httpx
+import redis
+
+from app.routing.capture import Capture
+from app.routing.prompts import chat_routing_text
+from app.runtime.config import CaptureConfig
+from models_registry.capture import SQLiteCaptureStore, prompt_id
+
+ADMIN = "capture-admin-key"
+CLIENT_KEY = "client-secret-key-4242"
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+MARKERS = ("EARLIER-TURN-MARKER", "ASSISTANT-REPLY-MARKER", "USER-FIELD-MARKER", CLIENT_KEY, ADMIN)
+MESSAGES = [
+    {"role": "system", "content": "You answer in one word."},
+    {"role": "user", "content": "EARLIER-TURN-MARKER: hello"},
+    {"role": "assistant", "content": "ASSISTANT-REPLY-MARKER"},
+    {"role": "user", "content": "Which planet is known as the red planet?"},
+]
+
+
+def chat(base_url: str, messages: list[dict], key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    r = httpx.post(base_url + "/v1/chat/completions", json={"model": "uniroute", "messages": messages,
+                                                            "user": "USER-FIELD-MARKER"},
+                   headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def export(base_url: str) -> list[dict]:
+    r = httpx.get(base_url + "/admin/capture", params={"format": "jsonl"}, headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def stats(base_url: str) -> dict:
+    r = httpx.get(base_url + "/admin/capture/stats", headers=AUTH, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_capture_is_off_by_default_and_stores_nothing(make_gateway, tmp_path: Path):
+    db = tmp_path / "off.db"
+    with make_gateway(admin_key=ADMIN, sqlite_path=str(db)) as gw:
+        for i in range(5):
+            chat(gw, [{"role": "user", "content": f"Name a prime number larger than {i * 10}."}])
+        assert stats(gw)["enabled"] is False and stats(gw)["count"] == 0
+        assert export(gw) == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM captured").fetchone()[0] == 0
+
+
+def test_only_the_routing_text_is_kept_never_keys_or_other_messages_sqlite(make_gateway, tmp_path: Path):
+    db = tmp_path / "on.db"
+    with make_gateway(admin_key=ADMIN, sqlite_path=str(db), api_keys=[CLIENT_KEY],
+                      capture={"sample_rate": 1.0, "max_prompts": 2}) as gw:
+        chat(gw, MESSAGES, CLIENT_KEY)
+        rows = export(gw)
+        assert rows == [{"id": prompt_id(chat_routing_text(MESSAGES)), "prompt": chat_routing_text(MESSAGES)}]
+        for q in ("What is 7 times 8?", "Spell 'cat' backwards."):
+            chat(gw, [{"role": "user", "content": q}], CLIENT_KEY)
+        assert [r["prompt"] for r in export(gw)] == ["What is 7 times 8?", "Spell 'cat' backwards."]  # max_prompts=2
+        s = stats(gw)
+        assert s["enabled"] is True and s["count"] == 2 and sum(s["by_cluster"].values()) == 2
+        assert httpx.delete(gw + "/admin/capture", headers=AUTH, timeout=10).json() == {"deleted": 2}
+        assert export(gw) == []
+        chat(gw, MESSAGES, CLIENT_KEY)
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("on.db*"))
+    assert b"red planet" in raw  # the routing text is there ...
+    for marker in MARKERS:  # ... and nothing else of the request
+        assert marker.encode() not in raw
+
+
+def test_only_the_routing_text_is_kept_never_keys_or_other_messages_redis(make_gateway, redis_url, redis_prefix):
+    with make_gateway(admin_key=ADMIN, redis_url=redis_url, redis_prefix=redis_prefix, api_keys=[CLIENT_KEY],
+                      capture={"sample_rate": 1.0}) as gw:
+        chat(gw, MESSAGES, CLIENT_KEY)
+        assert [r["prompt"] for r in export(gw)] == [chat_routing_text(MESSAGES)]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{redis_prefix}capture*"))
+        assert keys
+        dump = b"".join(client.dump(k) for k in keys)
+        assert b"red planet" in dump
+        for marker in MARKERS:
+            assert marker.encode() not in dump
+    finally:
+        for k in client.scan_iter(match=f"{redis_prefix}*"):
+            client.delete(k)
+        client.close()
+
+
+async def test_sampling_keeps_each_prompt_with_probability_sample_rate(tmp_path: Path):
+    store = SQLiteCaptureStore(tmp_path / "sample.db")
+    await store.start()
+    try:
+        capture = Capture(CaptureConfig(sample_rate=0.3), store, random.Random(7))
+        for i in range(400):
+            capture.offer(f"prompt number {i}", i % 4)
+        await capture.flush()
+        draws = random.Random(7)
+        expected = [f"prompt number {i}" for i in range(400) if draws.random() < 0.3]
+        kept = [item.prompt async for batch in store.batches() for item in batch]
+        assert sorted(kept) == sorted(expected)
+        assert 80 < len(kept) < 160
+    finally:
+        await store.close()

@@ -1,0 +1,54 @@
+"""The state store on both backends: the active and pending documents, and their announcements
+(on Redis, heard by another replica's store)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from models_registry.states import RedisStateStore, SQLiteStateStore
+
+
+async def heard(log: list, n: int) -> None:
+    for _ in range(200):
+        if len(log) >= n:
+            return
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def stores(request, tmp_path: Path):
+    """(writer, listener): two stores on one backend; on SQLite one process's store is both."""
+    if request.param == "sqlite":
+        one = SQLiteStateStore(tmp_path / "registry.db")
+        await one.start()
+        yield one, one
+        await one.close()
+        return
+    url, prefix = request.getfixturevalue("shared_redis")
+    a, b = RedisStateStore(url, prefix), RedisStateStore(url, prefix)
+    await a.start()
+    await b.start()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_documents_round_trip_and_writes_are_announced_to_listeners(stores):
+    writer, listener = stores
+    log: list[str] = []
+    listener.on_change(log.append)
+    assert await writer.get("active") is None and await writer.get("pending") is None
+    await writer.put("pending", {"id": "m1", "status": "loading"})
+    await heard(log, 1)
+    assert log == ["pending"] and await listener.get("pending") == {"id": "m1", "status": "loading"}
+    await writer.put("pending", {"id": "m1", "status": "profiling"}, announce=False)  # progress: silent
+    await writer.put("active", {"state_version": "abc"})
+    await heard(log, 2)
+    assert log == ["pending", "active"]
+    assert (await listener.get("pending"))["status"] == "profiling"
+    await writer.delete("pending")
+    await heard(log, 3)
+    assert log == ["pending", "active", "pending"] and await listener.get("pending") is None
+    assert await listener.get("active") == {"state_version": "abc"}
