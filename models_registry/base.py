@@ -6,6 +6,7 @@ backend and raise `RegistryUnavailable` when it is away (the gateway answers 503
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol, runtime_checkable
@@ -145,7 +146,7 @@ class ModelView:
 
     def __init__(self) -> None:
         self._records: dict[str, ModelRecord] = {}
-        self._callbacks: list[ChangeCallback] = []
+        self._listeners = Listeners("registry")
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self._records)
@@ -169,11 +170,42 @@ class ModelView:
             self._notify(name)
 
     def subscribe(self, callback: ChangeCallback) -> None:
-        self._callbacks.append(callback)
+        self._listeners.add(callback)
 
     def _notify(self, name: str) -> None:
+        self._listeners.notify(name)
+
+
+class Listeners:
+    """Callbacks told the name of what changed, after the change is committed: a listener's bug
+    is logged, never raised into the write that told it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._callbacks: list[Callable[[str], None]] = []
+
+    def add(self, callback: Callable[[str], None]) -> None:
+        self._callbacks.append(callback)
+
+    def notify(self, name: str) -> None:
         for callback in self._callbacks:
             try:
                 callback(name)
             except Exception:  # a listener's bug must not undo a committed write
-                log.exception("registry change callback failed for %r", name)
+                log.exception("%s change callback failed for %r", self.what, name)
+
+
+# How long a lock held by a process lasts unless refreshed: a process that dies leaves its locks
+# (a profiling job's, a migration's) to expire, and another replica takes the work over.
+LOCK_TTL_S = 30.0
+
+
+async def hold_lock(registry: Registry, name: str, owner: str, ttl_s: float = LOCK_TTL_S) -> None:
+    """Keep a held lock alive, refreshing it every third of its TTL, until cancelled. A registry
+    that is away is logged and tried again: if this process dies meanwhile, the lock expires."""
+    while True:
+        await asyncio.sleep(ttl_s / 3)
+        try:
+            await registry.refresh_lock(name, owner, ttl_s)
+        except RegistryUnavailable:
+            log.warning("could not refresh %s: registry unavailable", name)

@@ -13,11 +13,9 @@ registry's key prefix:
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models_registry.base import RegistryUnavailable
+from models_registry.sqlite_file import SQLiteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS captured (id TEXT PRIMARY KEY, captured_at REAL NOT NULL, cluster INTEGER NOT NULL,
@@ -106,46 +105,13 @@ class CaptureStore(Protocol):
         ...
 
 
-class SQLiteCaptureStore:
+class SQLiteCaptureStore(SQLiteFile):
     """Captured prompts in the registry's SQLite file."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
+    what = "capture store"
 
-    async def start(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-capture")
-        self._conn = await self._run(self._open)
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+    def _init(self, conn: sqlite3.Connection) -> None:
         conn.executescript(SCHEMA)
-        return conn
-
-    async def close(self) -> None:
-        if self._pool is None:
-            return
-        if self._conn is not None:
-            await self._run(self._conn.close)
-        self._conn = None
-        self._pool.shutdown(wait=True)
-        self._pool = None
-
-    async def _run(self, fn, *args):
-        if self._pool is None:
-            raise RegistryUnavailable(f"the capture store {self.path} is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise RegistryUnavailable(f"capture store {self.path}: {exc}") from exc
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RegistryUnavailable(f"the capture store {self.path} is closed")
-        return self._conn
 
     async def add(self, item: CapturedPrompt, max_prompts: int, not_before: float) -> None:
         def write() -> None:

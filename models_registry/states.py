@@ -17,7 +17,6 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -25,7 +24,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from models_registry.base import RegistryUnavailable
+from models_registry.base import Listeners, RegistryUnavailable
+from models_registry.sqlite_file import SQLiteFile
 
 log = logging.getLogger("uniroute.registry")
 
@@ -61,61 +61,27 @@ class StateStore(Protocol):
 
 class _Callbacks:
     def __init__(self) -> None:
-        self._callbacks: list[StateCallback] = []
+        self._listeners = Listeners("state")
 
     def on_change(self, callback: StateCallback) -> None:
-        self._callbacks.append(callback)
+        self._listeners.add(callback)
 
     def notify(self, slot: Slot) -> None:
-        for callback in self._callbacks:
-            try:
-                callback(slot)
-            except Exception:  # a listener's bug must not undo a committed write
-                log.exception("state change callback failed for %s", slot)
+        self._listeners.notify(slot)
 
 
-class SQLiteStateStore(_Callbacks):
+class SQLiteStateStore(_Callbacks, SQLiteFile):
     """The state documents in the registry's SQLite file, for one gateway process."""
 
+    what = "state store"
+
     def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        _Callbacks.__init__(self)
+        SQLiteFile.__init__(self, path)
 
-    async def start(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-state")
-        self._conn = await self._run(self._open)
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+    def _init(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("CREATE TABLE IF NOT EXISTS router_state (name TEXT PRIMARY KEY, data TEXT NOT NULL)")
-        return conn
-
-    async def close(self) -> None:
-        if self._pool is None:
-            return
-        if self._conn is not None:
-            await self._run(self._conn.close)
-        self._conn = None
-        self._pool.shutdown(wait=True)
-        self._pool = None
-
-    async def _run(self, fn, *args):
-        if self._pool is None:
-            raise RegistryUnavailable(f"the state store {self.path} is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise RegistryUnavailable(f"state store {self.path}: {exc}") from exc
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RegistryUnavailable(f"the state store {self.path} is closed")
-        return self._conn
 
     async def get(self, slot: Slot) -> dict | None:
         rows = await self._run(lambda: self._db().execute("SELECT data FROM router_state WHERE name = ?",

@@ -41,7 +41,7 @@ from app.errors import GatewayError
 from app.profiling.profiles import coverage, profile_from_answers
 from app.runtime.metrics import Metrics
 from app.upstream.forwarding import PURPOSE_HEADER, Forwarder
-from models_registry.base import Registry, RegistryUnavailable
+from models_registry.base import LOCK_TTL_S, Registry, RegistryUnavailable, hold_lock
 from models_registry.records import Answer as GradedAnswer
 from models_registry.records import JobRecord, ModelRecord
 from router_core.grading import grade
@@ -56,7 +56,6 @@ from router_core.repset import RepItem, RepresentativeSet, RepsetClusters
 
 log = logging.getLogger("uniroute.profiling")
 
-LOCK_TTL_S = 30.0
 # sent with every representative prompt asked (app.upstream.forwarding.PURPOSE_HEADER)
 PROFILING_HEADERS = {PURPOSE_HEADER: "profiling"}
 ACTIVE = ("running", "paused")
@@ -322,7 +321,7 @@ class JobRunner:
         lock = f"job:{job.id}"
         if not await self.registry.acquire_lock(lock, self.owner, LOCK_TTL_S):
             return  # another replica runs it
-        keeper = asyncio.create_task(self._keep_lock(lock))
+        keeper = asyncio.create_task(hold_lock(self.registry, lock, self.owner))
         try:
             await self._run(job)
         except asyncio.CancelledError:
@@ -347,14 +346,6 @@ class JobRunner:
                 gauge.remove(model)
             except KeyError:
                 pass
-
-    async def _keep_lock(self, lock: str) -> None:
-        while True:
-            await asyncio.sleep(LOCK_TTL_S / 3)
-            try:
-                await self.registry.refresh_lock(lock, self.owner, LOCK_TTL_S)
-            except RegistryUnavailable:
-                log.warning("could not refresh %s: registry unavailable", lock)
 
     async def _job_answers(self, job: JobRecord, version: str, items: list[RepItem]) -> dict[str, GradedAnswer]:
         """The job's stored answers to its prompts by prompt id (given since it began when it is

@@ -41,7 +41,7 @@ from app.profiling.jobs import JobRunner
 from app.profiling.profiles import profile_from_answers
 from app.routing.service import RoutingService
 from app.runtime.config import Settings
-from models_registry.base import Registry, RegistryUnavailable
+from models_registry.base import LOCK_TTL_S, Registry, RegistryUnavailable, hold_lock
 from models_registry.records import ModelRecord
 from models_registry.states import Slot, StateStore
 from router_core.profiles import Profile
@@ -52,7 +52,6 @@ from router_core.state import RouterState
 
 log = logging.getLogger("uniroute.migration")
 
-LOCK_TTL_S = 30.0
 
 
 class Abandoned(Exception):
@@ -281,7 +280,7 @@ class StateManager:
                 return  # another replica runs it
         except RegistryUnavailable:
             return
-        keeper = asyncio.create_task(self._keep_lock(lock))
+        keeper = asyncio.create_task(hold_lock(self.registry, lock, self.owner))
         try:
             await self._reprofile(migration_id)
         except asyncio.CancelledError:
@@ -300,14 +299,6 @@ class StateManager:
                 await self.registry.release_lock(lock, self.owner)
             except RegistryUnavailable:
                 pass
-
-    async def _keep_lock(self, lock: str) -> None:
-        while True:
-            await asyncio.sleep(LOCK_TTL_S / 3)
-            try:
-                await self.registry.refresh_lock(lock, self.owner, LOCK_TTL_S)
-            except RegistryUnavailable:
-                log.warning("could not refresh %s: registry unavailable", lock)
 
     async def _reprofile(self, migration_id: str) -> None:
         doc = await self.store.get("pending")

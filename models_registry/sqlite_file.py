@@ -1,0 +1,60 @@
+"""The plumbing of an async store kept in the registry's SQLite file: one connection, used from
+one worker thread so the event loop never waits on the disk, and faults reported as
+RegistryUnavailable (the gateway answers 503 for a store that is away, never 500)."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from models_registry.base import RegistryUnavailable
+
+
+class SQLiteFile:
+    """A store on one SQLite file; subclasses create their tables in `_init` and name
+    themselves in `what` (for error messages and the worker thread's name)."""
+
+    what = "store"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"uniroute-{self.what.split()[0]}")
+        self._conn = await self._run(self._open)
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        self._init(conn)
+        return conn
+
+    def _init(self, conn: sqlite3.Connection) -> None:
+        """Create the store's tables (idempotent)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        if self._conn is not None:
+            await self._run(self._conn.close)
+        self._conn = None
+        self._pool.shutdown(wait=True)
+        self._pool = None
+
+    async def _run(self, fn, *args):
+        if self._pool is None:
+            raise RegistryUnavailable(f"the {self.what} {self.path} is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise RegistryUnavailable(f"{self.what} {self.path}: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RegistryUnavailable(f"the {self.what} {self.path} is closed")
+        return self._conn
