@@ -8,6 +8,7 @@ import redis
 
 from models_registry.redis_store import RedisRegistry
 from models_registry.sqlite import SQLiteRegistry
+from tests.models_registry.helpers import on_backend, started
 
 
 @pytest.fixture
@@ -24,11 +25,6 @@ def shared_redis(redis_url: str, redis_prefix: str):
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 async def registry(request, tmp_path: Path):
     """A started registry of each backend (Redis on the shared server, under a unique prefix)."""
-    if request.param == "sqlite":
-        reg = SQLiteRegistry(tmp_path / "registry.db")
-    else:
-        url, prefix = request.getfixturevalue("shared_redis")
-        reg = RedisRegistry(url, prefix=prefix)
-    await reg.start()
-    yield reg
-    await reg.close()
+    reg = on_backend(request, tmp_path, SQLiteRegistry, lambda url, prefix: RedisRegistry(url, prefix=prefix))
+    async with started(reg):
+        yield reg

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -42,3 +43,23 @@ def reopen(reg: SQLiteRegistry | RedisRegistry) -> SQLiteRegistry | RedisRegistr
     if isinstance(reg, SQLiteRegistry):
         return SQLiteRegistry(reg.path)
     return RedisRegistry(reg.url, prefix=reg.prefix)
+
+
+@contextlib.asynccontextmanager
+async def started(*stores) -> AsyncIterator[tuple]:
+    """The stores (registries, capture or state stores), started, and closed after the block."""
+    for store in stores:
+        await store.start()
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def on_backend(request, tmp_path, sqlite: Callable, redis: Callable):
+    """A store of the test's backend parameter: `sqlite(path)` on a fresh file, or `redis(url,
+    prefix)` on the shared server under the test's own prefix."""
+    if request.param == "sqlite":
+        return sqlite(tmp_path / "registry.db")
+    return redis(*request.getfixturevalue("shared_redis"))

@@ -12,18 +12,13 @@ from models_registry.capture import (
     SQLiteCaptureStore,
     prompt_id,
 )
+from tests.models_registry.helpers import on_backend, started
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 async def store(request, tmp_path: Path):
-    if request.param == "sqlite":
-        s = SQLiteCaptureStore(tmp_path / "registry.db")
-    else:
-        url, prefix = request.getfixturevalue("shared_redis")
-        s = RedisCaptureStore(url, prefix)
-    await s.start()
-    yield s
-    await s.close()
+    async with started(on_backend(request, tmp_path, SQLiteCaptureStore, RedisCaptureStore)) as (s,):
+        yield s
 
 
 async def exported(store) -> list[CapturedPrompt]:

@@ -11,7 +11,7 @@ import redis
 from models_registry.base import RegistryUnavailable
 from models_registry.records import RegistryValidationError
 from models_registry.redis_store import RedisRegistry
-from tests.models_registry.helpers import make_record, wait_for
+from tests.models_registry.helpers import make_record, started, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.redis
 async def replicas(shared_redis):
     """Two started replicas on the shared Redis, one prefix."""
     url, prefix = shared_redis
-    a, b = RedisRegistry(url, prefix=prefix), RedisRegistry(url, prefix=prefix)
-    await a.start()
-    await b.start()
-    yield a, b
-    await a.close()
-    await b.close()
+    async with started(RedisRegistry(url, prefix=prefix), RedisRegistry(url, prefix=prefix)) as pair:
+        yield pair
 
 
 async def test_a_change_on_one_replica_reaches_the_others_snapshot_within_a_second(replicas):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from models_registry.states import RedisStateStore, SQLiteStateStore
+from tests.models_registry.helpers import started
 
 
 async def heard(log: list, n: int) -> None:
@@ -21,18 +22,12 @@ async def heard(log: list, n: int) -> None:
 async def stores(request, tmp_path: Path):
     """(writer, listener): two stores on one backend; on SQLite one process's store is both."""
     if request.param == "sqlite":
-        one = SQLiteStateStore(tmp_path / "registry.db")
-        await one.start()
-        yield one, one
-        await one.close()
+        async with started(SQLiteStateStore(tmp_path / "registry.db")) as (one,):
+            yield one, one
         return
     url, prefix = request.getfixturevalue("shared_redis")
-    a, b = RedisStateStore(url, prefix), RedisStateStore(url, prefix)
-    await a.start()
-    await b.start()
-    yield a, b
-    await a.close()
-    await b.close()
+    async with started(RedisStateStore(url, prefix), RedisStateStore(url, prefix)) as pair:
+        yield pair
 
 
 async def test_documents_round_trip_and_writes_are_announced_to_listeners(stores):
