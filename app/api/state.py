@@ -5,6 +5,9 @@
 - `POST /admin/state {"state_dir", "repset_path"[, "spend_cap", "auto_commit"]}`: 202, starts a
   migration (app/runtime/migration.py); `POST /admin/state/pending/commit {"force"}`;
   `DELETE /admin/state/pending`.
+- `GET /admin/state/graded?format=jsonl`: the pending set's (else the active set's) prompts with
+  every model's stored grades and costs, the canonical routing JSONL that
+  `uniroute eval --compare-states` reads to say what a switch buys before it is made.
 - `GET /admin/capture?format=jsonl`: the captured routing texts as canonical `{"id","prompt"}`
   JSONL rows, streamed oldest first; `GET /admin/capture/stats`; `DELETE /admin/capture`.
 """
@@ -16,13 +19,14 @@ from typing import Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.admin import writing
 from app.api.auth import require_admin_key
 from app.runtime.gateway import Gateway, gateway_of
 from app.runtime.state_view import clusters_view, repset_examples, state_fields
+from router_core.repset import load_repset
 from router_core.router import UniRouter
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
@@ -133,3 +137,30 @@ async def commit_state(body: CommitIn, request: Request) -> dict:
 async def abandon_state(request: Request) -> dict:
     """Abandon the pending migration; traffic stays on the active state."""
     return {"abandoned": (await writing(gateway_of(request).states.abandon()))["id"]}
+
+
+@router.get("/state/graded")
+async def export_graded(request: Request, format: Literal["jsonl"] = "jsonl",
+                        set: Literal["pending", "active"] = "pending") -> Response:
+    """The representative prompts of the pending migration's set (the active set's when none is
+    pending, or with `set=active`) with every registered model's stored grade and cost on each,
+    as canonical routing JSONL `{"id", "prompt", "scores", "costs"}` lines (ungraded answers left
+    out)."""
+    gw = gateway_of(request)
+    doc = await writing(gw.states.pending()) if set == "pending" else None
+    if doc is not None:
+        repset = await asyncio.to_thread(load_repset, doc["repset_path"])
+    else:
+        clusters = gw.routing.require_ready().repset
+        assert clusters is not None  # the gateway always loads a representative set
+        repset = clusters.repset
+    graded = {name: await writing(gw.registry.answers(name, repset.version)) for name in gw.registry.snapshot()}
+    lines = []
+    for item in repset.items:
+        answers = {name: by_id[item.id] for name, by_id in graded.items()
+                   if item.id in by_id and by_id[item.id].error is None and not by_id[item.id].declined}
+        lines.append(orjson.dumps({"id": item.id, "prompt": item.prompt,
+                                   "scores": {name: a.score for name, a in answers.items()},
+                                   "costs": {name: a.cost for name, a in answers.items()}}) + b"\n")
+    return Response(b"".join(lines), media_type="application/x-ndjson",
+                    headers={"content-disposition": "attachment; filename=graded.jsonl"})

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-prompts", type=int, default=None,
                    help="evaluate on a random subsample of this many prompts (fixed seed 0), to bound trial time")
+    p.add_argument("--compare-states", nargs="+", metavar="STATE",
+                   help="instead of the protocol: compare these router states (shipped names or folders, the "
+                        "active one first) on the data's graded prompts, every model known to each")
     p.add_argument("--json", dest="json_out", help="write the result as JSON to FILE, or '-' for stdout")
     p.add_argument("--plot", help="draw the mean deferral curves to FILE.png")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache directory")
@@ -71,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         data = data.priced(read_model_costs(args.model_costs) if args.model_costs else None)
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
+    if args.compare_states:
+        return _compare_states(args, data, started)
     if args.max_prompts is not None and args.max_prompts < len(data.prompts):
         data = data.subset(np.sort(np.random.default_rng(0).choice(len(data.prompts), args.max_prompts, replace=False)))
     n, m = data.scores.shape
@@ -163,3 +168,46 @@ def plot_curves(report, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _compare_states(args: argparse.Namespace, data, started: float) -> int:
+    """`--compare-states`: what each state's clusters buy on the same graded prompts."""
+    from router_core.embedding import CachedEmbedder, embed_for_routing
+    from router_core.shipped import state_path
+    from router_core.state import RouterState, state_embedder
+    from router_core.state_compare import compare_states
+
+    if len(args.compare_states) < 2:
+        raise UsageError("--compare-states needs at least two states (the active one first)")
+    weights, priors = {}, {}
+    for name in args.compare_states:
+        directory = state_path(name)
+        try:
+            state = RouterState.load(directory)
+            embedder = CachedEmbedder(state_embedder(state, directory), args.cache_dir)
+        except (OSError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        print(f"embedding {len(data.prompts)} prompts for state {name} (K={state.k}, {state.embedder})",
+              file=sys.stderr)
+        weights[name] = state.cluster_weights(embed_for_routing(embedder, list(data.prompts), state.max_chars))
+        priors[name] = state.prior
+    with tqdm(total=args.trials, desc="trials", unit="trial", file=sys.stderr) as bar:
+        try:
+            result = compare_states(weights, priors, data.scores, data.costs, args.trials, args.seed,
+                                    progress=lambda: bar.update(1))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    result = {"dataset": data.name or Path(args.data).name, **result,
+              "elapsed_s": round(time.perf_counter() - started, 1)}
+    lines = [f"{result['dataset']}: {result['n_prompts']} prompts graded for all {result['n_models']} models, "
+             f"{result['trials']} trials (mean area, 95% CI)"]
+    lines += [f"  {name:<40} {s['area']:.4f} [{s['area_ci'][0]:.4f}, {s['area_ci'][1]:.4f}]"
+              for name, s in result["states"].items()]
+    lines += [f"  {name:<40} {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  wins {d['wins']}"
+              f"/{result['trials']}" for name, d in result["paired"].items()]
+    print("\n".join(lines), file=sys.stderr if args.json_out == "-" else sys.stdout)
+    if args.json_out == "-":
+        sys.stdout.write(json.dumps(result) + "\n")
+    elif args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
