@@ -80,16 +80,17 @@ class JobOptions:
 
 @dataclass(frozen=True)
 class Resilience:
-    """How jobs ride out upstream faults and when their answers may route (module docstring)."""
+    """How jobs ride out upstream faults and when their answers may route (module docstring);
+    built from the settings' `profile_*` fields, which hold the defaults."""
 
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
-    attempts: int = 3
-    pause_after: int = 10
-    resume_after_s: float = 60.0
-    auto_resumes: int = 5
-    min_coverage: float = 0.9
-    min_cluster_coverage: float = 0.5
+    backoff_s: float
+    backoff_max_s: float
+    attempts: int
+    pause_after: int
+    resume_after_s: float
+    auto_resumes: int
+    min_coverage: float
+    min_cluster_coverage: float
 
 
 @dataclass
@@ -196,7 +197,7 @@ class JobRunner:
     clusters: Callable[[], RepsetClusters]
     options: JobOptions
     judge_model: str | None
-    resilience: Resilience = Resilience()
+    resilience: Resilience
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     _tasks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
 
