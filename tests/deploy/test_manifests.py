@@ -479,8 +479,8 @@ def scraped(tmp_path_factory, shared_cache) -> str:
             unmet = httpx.post(gw + "/v1/chat/completions", json={**chat, "model": "uniroute:budget=1e-12"}, timeout=30)
             assert unmet.status_code == 200, unmet.text
             auth = {"authorization": f"Bearer {ADMIN}"}
-            # Slow answers: the job's progress series exist only while it runs, so /metrics is
-            # read while it runs.
+            # Slow answers: the job's progress series exist only while it runs, so the scrape kept
+            # is the last one that caught them (a scrape can land just after the job ends).
             job = httpx.post(gw + "/admin/models", headers=auth, timeout=30, json={
                 "name": "newcomer", "base_url": upstream_url + "/v1", "upstream_model": "newcomer:delay=0.05",
                 "cost": {"per_request": 0.01}}).json()["job_id"]
@@ -488,9 +488,12 @@ def scraped(tmp_path_factory, shared_cache) -> str:
             during: str | None = None
             while httpx.get(f"{gw}/admin/jobs/{job}", headers=auth, timeout=30).json()["state"] == "running":
                 assert time.monotonic() < deadline, "the profiling job did not finish"
-                during = httpx.get(gw + "/metrics", timeout=30).text
-                time.sleep(0.2)
-            return during or httpx.get(gw + "/metrics", timeout=30).text
+                text = httpx.get(gw + "/metrics", timeout=30).text
+                if 'uniroute_profiling_prompts_done{model="newcomer"}' in text:
+                    during = text
+                time.sleep(0.1)
+            assert during is not None, "no scrape caught the profiling job's progress"
+            return during
 
 
 @pytest.fixture(scope="module")
