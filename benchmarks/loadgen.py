@@ -3,8 +3,9 @@
 `run_load(base_url, make_request, concurrency=C, max_requests=N, max_seconds=T)` keeps C
 clients busy (a closed loop: each sends its next request when its last one has finished) until
 N requests have been sent or T seconds have passed, whichever comes first, and returns every
-request's `Outcome`: status, latency to the last byte, time to the response headers, and, for a
-request that did not succeed, a label saying how it failed.
+request's `Outcome`: status, latency to the last byte, time to the response headers, for a
+stream the time to its first event (`data:` line), and, for a request that did not succeed, a
+label saying how it failed.
 
 A request succeeds when it is answered 200 and, streamed, its stream ends with `[DONE]` and
 carries no error event. Failure labels: `http_<status>:<error code or type>` (from the
@@ -44,12 +45,15 @@ class RequestSpec:
 @dataclass(frozen=True)
 class Outcome:
     """What became of one request. `status` is 0 when no response arrived (or, not streamed,
-    when its body could not be read in full)."""
+    when its body could not be read in full). `first_event_s` is a stream's time to its first
+    `data:` line (a server may send its headers before it has anything to stream); None when
+    not streamed or no event arrived."""
 
     status: int
     latency_s: float
     ttfb_s: float
     error: str | None = None
+    first_event_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -143,10 +147,12 @@ async def _send(client: httpx.AsyncClient, spec: RequestSpec) -> Outcome:
             if status != 200:
                 content = await response.aread()
                 return Outcome(status, time.perf_counter() - start, ttfb, _error_label(status, content))
-            done, error = False, None
+            done, error, first = False, None, None
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
                     continue
+                if first is None:
+                    first = time.perf_counter() - start
                 data = line[6:].encode()
                 if data == b"[DONE]":
                     done = True
@@ -154,7 +160,7 @@ async def _send(client: httpx.AsyncClient, spec: RequestSpec) -> Outcome:
                     error = f"stream_error:{code}"
             if error is None and not done:
                 error = "stream_incomplete"
-            return Outcome(status, time.perf_counter() - start, ttfb, error)
+            return Outcome(status, time.perf_counter() - start, ttfb, error, first)
     except httpx.HTTPError as exc:
         # A stream cut after its headers keeps its status: the client saw a 200, then lost the body.
         elapsed = time.perf_counter() - start

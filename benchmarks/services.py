@@ -188,6 +188,20 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its live descendants (a server's worker
+    processes, when it runs several)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def peak_rss_bytes(pid: int) -> int | None:
     """The process's lifetime peak resident memory (Linux VmHWM), or None where not available."""
     try:

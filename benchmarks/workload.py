@@ -29,6 +29,11 @@ def _corpus() -> str:
 
 def make_prompt(size: str, i: int) -> str:
     """The i-th prompt of `size` ("short", "medium", "long"): a window of real text, then its number."""
+    return f"{prompt_window(size, i)} (request {i})"
+
+
+def prompt_window(size: str, i: int) -> str:
+    """The i-th prompt of `size` without its number: the window of real text alone."""
     corpus = _corpus()
     chars = PROMPT_TOKENS[size] * CHARS_PER_TOKEN
     start = (i * 104_729) % (len(corpus) - chars)  # a large prime stride spreads windows over the text
@@ -36,8 +41,7 @@ def make_prompt(size: str, i: int) -> str:
     head = window.find(" ")  # start and end on word boundaries
     window = window[head + 1:] if 0 <= head < chars // 10 else window
     tail = window.rfind(" ")
-    window = window[:tail] if tail > len(window) * 0.9 else window
-    return f"{window} (request {i})"
+    return window[:tail] if tail > len(window) * 0.9 else window
 
 
 def chat_request(model: str, size: str, i: int, stream: bool = False) -> RequestSpec:

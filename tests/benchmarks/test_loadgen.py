@@ -30,6 +30,9 @@ async def test_the_request_count_bounds_a_run_and_every_request_is_timed():
                                 max_seconds=30)
     assert len(result.outcomes) == 10 and result.errors() == {}
     assert all(o.status == 200 and 0 < o.ttfb_s <= o.latency_s for o in result.outcomes)
+    # Only the 5 streams have a first event, after their headers and before their end.
+    streamed = [o for o in result.outcomes if o.first_event_s is not None]
+    assert len(streamed) == 5 and all(o.ttfb_s <= o.first_event_s <= o.latency_s for o in streamed)
     assert result.rps > 0 and set(result.percentiles_ms()) == {"p50", "p95", "p99"}
 
 
