@@ -10,7 +10,7 @@ STAMP := $(VENV)/.uniroute-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install promtool run test bench clean
+.PHONY: install promtool run test bench wrk bench-peer clean
 
 install: $(STAMP)
 
@@ -40,12 +40,33 @@ run: install
 test: install promtool
 	$(PY) -m pytest -q
 
+# wrk (Debian's package) sends benchmarks.peer's load; installed when missing and apt-get runs as
+# root. Without it the benchmark falls back to the project's Python load generator.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	     && { apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }; }; then \
+	    echo "wrk installed"; \
+	  else echo "note: wrk not installed (needs apt-get as root): benchmarks.peer uses its Python load generator" >&2; fi; }
+
+# The peer gateway benchmarks.peer compares with: the LiteLLM proxy, in a venv of its own (its many
+# pinned dependencies stay out of .venv, so `make test` is unaffected; it runs as its own process
+# and needs nothing of uniroute). Without it (no PyPI) the benchmark leaves out the peer column.
+PEER_VENV := .venv-peer
+LITELLM_SPEC ?= litellm[proxy]==1.108.7
+bench-peer:
+	@test -x $(PEER_VENV)/bin/litellm || { \
+	  { test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV); } \
+	  && $(PEER_VENV)/bin/python -m pip install --quiet "$(LITELLM_SPEC)" \
+	  || echo "note: LiteLLM not installed into $(PEER_VENV): benchmarks.peer runs without the peer" >&2; }
+
 # Speed is measured here, never asserted in tests; the figures land in docs/benchmarks.md.
-bench: install
+bench: install wrk bench-peer
 	$(PY) -m benchmarks.routing_decision
 	$(PY) -m benchmarks.gateway --embedder fast --write-docs
 	$(PY) -m benchmarks.gateway --embedder accurate --write-docs
 	$(PY) -m benchmarks.time_to_routable --write-docs
+	$(PY) -m benchmarks.peer --write-docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache

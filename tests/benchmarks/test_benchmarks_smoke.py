@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import peer
 from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET, SHIPPED_STATES
 
@@ -113,3 +115,38 @@ def test_routing_decision_benchmark_times_both_methods_with_and_without_embeddin
     for method in ("uniroute_kmeans", "uniroute_learned_map"):
         assert any(line.startswith(f"{method}: decision from cluster weights") for line in lines), done.stdout
     assert sum("embedding + decision" in line for line in lines) == 2  # batch 1 and batch 20
+
+
+WRK = pytest.param("wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not on PATH"))
+
+
+@pytest.mark.parametrize("driver", ["loadgen", WRK])
+def test_peer_benchmark_prints_every_targets_figures_as_medians_of_its_rounds(cache_dir, driver):
+    # The Python load generator always (it is the fallback), wrk when installed; LiteLLM joins
+    # the wrk run where it is installed (`make bench-peer`), as in `make bench`.
+    out = json_out(run_benchmark("peer", "--driver", driver, "--litellm", "auto" if driver == "wrk" else "none",
+                                 "--clients", "1", "2", "--stream-clients", "1", "--rounds", "2", "--seconds", "1",
+                                 "--stream-seconds", "0.5", "--warm-seconds", "0.5", "--cache-dir", cache_dir,
+                                 "--json", "-"))
+    peer_installed = out["versions"]["litellm"] is not None
+    names = ["direct", "uniroute"] + (["litellm"] if peer_installed else [])
+    assert out["targets"] == names
+    assert out["driver"] == ("wrk" if driver == "wrk" else "Python load generator")
+    assert (out["versions"]["wrk"] or "").startswith("wrk") == (driver == "wrk") and out["versions"]["uniroute"]
+    assert [lv["clients"] for lv in out["levels"]] == [1, 2]
+    for lv in out["levels"]:
+        for name in names:
+            t = lv["targets"][name]
+            assert t["requests"] > 0 and t["errors"] == 0, (name, t)
+            for key in ("p50_ms", "p99_ms", "rps", "cpu_ms_per_request"):
+                assert positive(t[key]), (name, key)
+        assert set(lv["overhead_p50_ms"]) == set(names) - {"direct"}
+        assert all(finite(v) for v in lv["overhead_p50_ms"].values())  # a difference: noise may make it < 0
+        assert positive(lv["uniroute_vs_litellm_rps"]) if peer_installed else lv["uniroute_vs_litellm_rps"] is None
+    (stream,) = out["streams"]
+    assert stream["clients"] == 1 and all(positive(stream["first_event_p50_ms"][n]) for n in names)
+    assert all(finite(v) for v in stream["minus_direct_ms"].values())
+    out["command"] = "python -m benchmarks.peer (test)"  # set by publish() on --write-docs
+    section = peer.docs_section(out)
+    assert section.startswith(f"## Against a peer ({out['driver']})") and out["versions"]["uniroute"] in section
+    assert section.count("| 1 |") == 2 and "| 2 |" in section  # both tables, every client count
