@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +90,9 @@ class Target:
 class Sample:
     """One run against one target: what was served, how fast, and the target's CPU meanwhile."""
 
-    requests: int
+    requests: int  # answered, successfully or not
     ok: int
+    errors: int  # failed answers, and failures with no answer (connection errors, timeouts)
     seconds: float
     p50_ms: float
     p99_ms: float
@@ -100,10 +101,6 @@ class Sample:
     @property
     def rps(self) -> float:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def errors(self) -> int:
-        return self.requests - self.ok
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -116,7 +113,8 @@ Driver = Callable[[Target, int, float, int], Sample]
 
 def _sample(result: LoadResult) -> Sample:
     p = result.percentiles_ms((50, 99))
-    return Sample(len(result.outcomes), sum(o.ok for o in result.outcomes), result.wall_s, p["p50"], p["p99"], 0.0)
+    ok = sum(o.ok for o in result.outcomes)
+    return Sample(len(result.outcomes), ok, len(result.outcomes) - ok, result.wall_s, p["p50"], p["p99"], 0.0)
 
 
 class LoadgenDriver:
@@ -154,9 +152,9 @@ class WrkDriver:
         if done.returncode != 0 or line is None:
             raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         r = json.loads(line.removeprefix("WRK_RESULT "))
-        failed = r["errors"]["status"] + r["errors"]["timeout"]  # wrk counts both among its requests
-        return Sample(r["requests"], max(0, r["requests"] - failed), r["duration_us"] / 1e6,
-                      r["p50_us"] / 1e3, r["p99_us"] / 1e3, 0.0)
+        # wrk's requests are its answers, of any status; its other errors had no answer.
+        return Sample(r["requests"], r["requests"] - r["errors"]["status"], sum(r["errors"].values()),
+                      r["duration_us"] / 1e6, r["p50_us"] / 1e3, r["p99_us"] / 1e3, 0.0)
 
 
 def wrk_version(wrk: str) -> str:
@@ -320,7 +318,7 @@ def measure(plan: Plan, driver: Driver, state_dir: Path, cache_dir: str, litellm
                         for t in rotated(targets, r):
                             cpu0 = cpu_seconds(t.pid)
                             s = driver(t, c, plan.seconds, numbers())
-                            s = Sample(s.requests, s.ok, s.seconds, s.p50_ms, s.p99_ms, cpu_seconds(t.pid) - cpu0)
+                            s = replace(s, cpu_s=cpu_seconds(t.pid) - cpu0)
                             samples.setdefault((c, t.name), []).append(s)
                             log(f"round {r + 1}, {c} clients, {t.name}: p50 {s.p50_ms:.2f} ms, {s.rps:.0f} req/s, "
                                 f"CPU {s.cpu_ms_per_request:.2f} ms/request, errors {s.errors}")
@@ -344,7 +342,8 @@ def measure(plan: Plan, driver: Driver, state_dir: Path, cache_dir: str, litellm
                      "wrk": wrk_version(driver.wrk) if isinstance(driver, WrkDriver) else None},
         "settings": {"rounds": plan.rounds, "seconds": plan.seconds, "stream_seconds": plan.stream_seconds,
                      "prompt": plan.size, "prompt_tokens": PROMPT_TOKENS[plan.size], "delay_ms": plan.delay_ms,
-                     "workers": plan.workers, "state_dir": str(state_dir)},
+                     "workers": plan.workers, "wrk_threads": getattr(driver, "threads", None),
+                     "state_dir": str(state_dir)},
     }
 
 
@@ -389,21 +388,25 @@ def docs_section(result: dict) -> str:
     """The section of docs/benchmarks.md this run writes."""
     v, s = result["versions"], result["settings"]
     versions = [f"uniroute `{v['uniroute']}`", f"LiteLLM {v['litellm'] or 'not installed (no peer column)'}",
-                f"load from {result['driver']}" + (f" (`{v['wrk']}`)" if v["wrk"] else "")]
+                f"load from {result['driver']}" + (f" (`{v['wrk']}`, threads: {s['wrk_threads']})" if v["wrk"] else "")]
     overhead = ", ".join(f"{n} {report.fmt(ms, 2)} ms" for n, ms in result["overhead_p50_ms"].items())
+    n_clients = result["overhead_clients"]
     return "\n\n".join([
         f"## Against a peer ({result['driver']})",
         f"`{result['command']}`. {report.machine_line(result['machine'])} Versions: {', '.join(versions)}.",
         f"One upstream stub ({s['delay_ms']:g} ms an answer) behind three targets: the stub directly, uniroute "
         f"routing every request with model `uniroute` over three models on the stub, and the LiteLLM proxy with "
-        f"three deployments of one model group on the stub (its default shuffle). {s['prompt']} prompts "
+        f"three deployments of one model group on the stub (its default shuffle; no client keys, like uniroute "
+        f"here; its model cost map read from the package). Each gateway runs with its default settings. "
+        f"{s['prompt'].capitalize()} prompts "
         f"(~{s['prompt_tokens']} tokens), each unique; every client sends its next request when its last is "
         f"answered. {s['rounds']} interleaved rounds of {s['seconds']:g} s a run, medians of the rounds; "
         f"overhead = a gateway's p50 minus the direct p50 in the same round; CPU per request = the target "
         f"process's (and its workers') user + system CPU time over the requests it served. "
         + (f"Gateways run {s['workers']} worker processes. " if s["workers"] else "")
         + "The load generator, the stub and the gateways share the machine's cores.",
-        f"**Overhead p50 at {result['overhead_clients']} client:** {overhead}.",
+        *([f"**Note:** {result['note']}"] if result.get("note") else []),
+        f"**Overhead p50 at {n_clients} client{'' if n_clients == 1 else 's'}:** {overhead}.",
         "Each cell lists the targets in the order of its header:",
         table(result),
         f"Streamed requests (Python load generator, {s['stream_seconds']:g} s a run): time to the first event.",
@@ -434,6 +437,7 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
                    help="the gateway's embedding cache (representative set only; default %(default)s)")
     p.add_argument("--json", metavar="FILE|-", help="write the result as JSON; '-' prints one object on stdout")
     p.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks.md")
+    p.add_argument("--note", help="a sentence for the docs section (e.g. what else loaded the machine)")
     args = p.parse_args(argv)
     if min(args.clients) < 1 or min(args.stream_clients, default=1) < 1 or args.rounds < 1:
         p.error("--clients, --stream-clients and --rounds must be >= 1")
@@ -471,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         if litellm is None:
             log("LiteLLM is not installed (`make bench-peer`): no peer column")
         result = measure(plan, driver, state_dir, args.cache_dir, litellm, Path(tmp))
+    result["note"] = args.note
     report.publish(result, "peer", argv, args.json, text, ("benchmarks.peer", docs_section) if args.write_docs else None)
     return 0
 
