@@ -66,7 +66,6 @@ from benchmarks.workload import (
 CLIENTS = (1, 10, 50)
 STREAM_CLIENTS = (1, 10)
 ROUNDS = 3
-TARGETS = ("direct", "uniroute", "litellm")
 DIRECT_MODEL = "stub-direct"
 PEER_GROUP = "stub-group"  # LiteLLM's model group of the three deployments
 PEER_VENV = ROOT / ".venv-peer"
@@ -146,7 +145,7 @@ class WrkDriver:
     def __call__(self, target: Target, clients: int, seconds: float, first: int) -> Sample:
         argv = [self.wrk, f"-t{min(self.threads, clients)}", f"-c{clients}", f"-d{max(1, round(seconds))}s",
                 "--timeout", "60s", "-s", str(WRK_SCRIPT), target.url + CHAT_PATH,
-                "--", str(self.windows), target.model, str(first), str(MAX_TOKENS)]
+                "--", str(self.windows), target.model, str(first), str(MAX_TOKENS), str(RUN_NUMBERS // self.threads)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
         line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_RESULT ")), None)
         if done.returncode != 0 or line is None:

@@ -1,14 +1,13 @@
 -- wrk script of benchmarks.peer: chat completions, each with a prompt no other request has.
 --
---   wrk ... -s benchmarks/wrk_chat.lua URL -- WINDOWS_FILE MODEL FIRST_NUMBER MAX_TOKENS
+--   wrk ... -s benchmarks/wrk_chat.lua URL -- WINDOWS_FILE MODEL FIRST_NUMBER MAX_TOKENS PER_THREAD
 --
 -- WINDOWS_FILE holds prompt texts, one a line, already escaped for a JSON string (no quotes).
 -- Request k of thread t takes a window in turn and ends it with its number, FIRST_NUMBER +
--- t * 10^8 + k, like benchmarks.workload's prompts: the number stands at the prompt's end, which
--- is what the router embeds, so no request is answered from a cache. When the run ends, one line
--- "WRK_RESULT {json}" gives its counts and latency percentiles (microseconds).
+-- t * PER_THREAD + k, like benchmarks.workload's prompts: the number stands at the prompt's end,
+-- which is what the router embeds, so no request is answered from a cache. When the run ends, one
+-- line "WRK_RESULT {json}" gives its counts and latency percentiles (microseconds).
 
-local STRIDE = 100000000
 local threads = {}
 
 function setup(thread)
@@ -25,7 +24,7 @@ function init(args)
     error("no prompt windows in " .. args[1])
   end
   head = '{"model":"' .. args[2] .. '","max_tokens":' .. args[4] .. ',"messages":[{"role":"user","content":"'
-  number = tonumber(args[3]) + id * STRIDE
+  number = tonumber(args[3]) + id * tonumber(args[5])
   sent = 0
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
