@@ -404,7 +404,7 @@ def docs_section(result: dict) -> str:
         f"process's (and its workers') user + system CPU time over the requests it served. "
         + (f"Gateways run {s['workers']} worker processes. " if s["workers"] else "")
         + "The load generator, the stub and the gateways share the machine's cores.",
-        *([f"**Note:** {result['note']}"] if result.get("note") else []),
+        *([f"**Note:** {result['note'].rstrip('.')}."] if result.get("note") else []),
         f"**Overhead p50 at {n_clients} client{'' if n_clients == 1 else 's'}:** {overhead}.",
         "Each cell lists the targets in the order of its header:",
         table(result),

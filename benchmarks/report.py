@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -106,7 +107,7 @@ def publish(result: dict, module: str, argv: list[str] | None, json_target: str 
     """Finish a benchmark run: record its command line, write its JSON (`--json`), print its table
     unless the JSON went to stdout, and rewrite its section of docs/benchmarks.md when `docs` =
     (section key, markdown of the result) is given (`--write-docs`)."""
-    result["command"] = f"python -m benchmarks.{module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = shlex.join(["python", "-m", f"benchmarks.{module}", *(sys.argv[1:] if argv is None else argv)])
     if json_target:
         emit_json(result, json_target)
     if json_target != "-":
