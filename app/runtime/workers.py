@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -73,6 +74,8 @@ def _worker(settings_data: dict, sock: socket.socket, options: dict) -> None:
 
     settings = Settings(**settings_data)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    # Said on every stopped profiling job; the scrape drops such series itself (metrics.exposition).
+    warnings.filterwarnings("ignore", "Removal of labels has not been implemented", UserWarning)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_stop_with, args=(parent.sentinel,), daemon=True, name="uniroute-parent").start()

@@ -1,0 +1,194 @@
+"""`uniroute serve` with two worker processes on one real socket, over the SQLite registry (the
+default) and over Redis: a model registered through one request is routed by both workers, one
+scrape of /metrics sums both workers' counters, the budget guard counts both workers' spend, the
+start-up work (registering a configured model, which starts its profiling job) happens once, and
+a worker that dies is replaced."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.app.conftest import ROUTERBENCH_SETTINGS
+from tests.app.test_sigkill import REPO, free_port
+
+ADMIN = "workers-admin-key"
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+PROMPT = "Which gas do plants take in for photosynthesis? A. oxygen B. carbon dioxide C. helium D. neon"
+CHAT = {"model": "uniroute:0", "messages": [{"role": "user", "content": PROMPT}]}
+
+
+class Served:
+    """A running `uniroute serve --workers N`: its supervisor process, base URL and log."""
+
+    def __init__(self, proc: subprocess.Popen, base: str, log: Path) -> None:
+        self.proc, self.base, self.log = proc, base, log
+
+    def on_new_connection(self, *requests: tuple[str, str, dict | None]) -> tuple[int, list[httpx.Response]]:
+        """(worker pid, responses): `/healthz` then `requests` (method, path, JSON body) on one new
+        connection, so one worker answers them all."""
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            pid = client.get("/healthz").json()["worker"]
+            return pid, [client.request(method, path, json=body, headers=AUTH) for method, path, body in requests]
+
+    def each_worker(self, count: int, *requests: tuple[str, str, dict | None], timeout_s: float = 60.0,
+                    accept=lambda responses: True, sent: list | None = None) -> dict[int, list[httpx.Response]]:
+        """Send `requests` on new connections until `count` workers have answered them in a way
+        `accept` takes; {pid: responses}. Every answer goes to `sent` too, when given."""
+        found: dict[int, list[httpx.Response]] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(found) < count:
+            assert self.proc.poll() is None, f"the server exited:\n{self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"only workers {sorted(found)} answered:\n{self.log.read_text()[-3000:]}"
+            with contextlib.suppress(httpx.TransportError):
+                pid, responses = self.on_new_connection(*requests)
+                if sent is not None:
+                    sent.extend(responses)
+                if pid not in found and accept(responses):
+                    found[pid] = responses
+        return found
+
+
+@contextlib.contextmanager
+def serve_workers(env: dict[str, str], log: Path, workers: int = 2) -> Iterator[Served]:
+    """`uniroute serve --workers N` on a free port, once every worker is ready; stopped (SIGTERM,
+    then killed) on leaving."""
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port",
+                                 str(port), "--workers", str(workers)], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    served = Served(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        served.each_worker(workers, ("GET", "/readyz", None), timeout_s=300,
+                           accept=lambda responses: responses[0].status_code == 200)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+
+
+def gateway_env(tmp_path: Path, shared_cache: str, configured: dict, **extra: str) -> dict[str, str]:
+    return {**os.environ, "UNIROUTE_SQLITE_PATH": str(tmp_path / "registry.db"), "UNIROUTE_CACHE_DIR": shared_cache,
+            "UNIROUTE_STATE_DIR": ROUTERBENCH_SETTINGS["state_dir"],
+            "UNIROUTE_REPSET_PATH": ROUTERBENCH_SETTINGS["repset_path"], "UNIROUTE_ADMIN_KEY": ADMIN,
+            "UNIROUTE_MODELS": json.dumps([configured]), "UNIROUTE_BUDGET__TARGET": "1000",
+            "UNIROUTE_LOG_LEVEL": "info", **extra}
+
+
+def samples(text: str, name: str) -> list:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def check_two_workers(served: Served, replay_url: str, demo_configs, repset_ids: list[str]) -> None:
+    """What both variants must show (see the module docstring)."""
+    # The configured model was registered once, by one worker: one profiling job.
+    jobs = served.on_new_connection(("GET", "/admin/jobs", None))[1][0].json()["data"]
+    assert [j["model"] for j in jobs] == ["configured"], jobs
+
+    # Registered through one request (one worker); right everywhere and cheap: the first choice.
+    body = {"name": "newcomer", "base_url": replay_url, "upstream_model": demo_configs[0].upstream_model,
+            "cost": {"per_request": 1e-9}, "scores": {pid: 1.0 for pid in repset_ids}}
+    registrar, (created,) = served.on_new_connection(("POST", "/admin/models", body))
+    assert created.status_code == 202, created.text
+    registered_at = time.monotonic()
+    sent: list[httpx.Response] = []
+    routed = served.each_worker(
+        2, ("POST", "/v1/chat/completions", CHAT), timeout_s=30, sent=sent,
+        accept=lambda r: r[0].status_code == 200 and r[0].headers["x-uniroute-model"] == "newcomer")
+    took = time.monotonic() - registered_at
+    print(f"\nregistered through worker {registrar}; routed by workers {sorted(routed)} within {took:.2f} s")
+    assert registrar in routed
+
+    # More traffic over both workers, counting what each answered.
+    answered: Counter[int] = Counter()
+    while min(answered[pid] for pid in routed) < 3:
+        pid, (r,) = served.on_new_connection(("POST", "/v1/chat/completions", CHAT))
+        assert r.status_code == 200 and r.headers["x-uniroute-model"] == "newcomer", r.text
+        answered[pid] += 1
+    print(f"requests answered per worker: {dict(answered)}")
+    total = sum(answered.values()) + sum(r.status_code == 200 for r in sent)
+    assert all(r.headers.get("x-uniroute-model") == "newcomer" for r in sent if r.status_code == 200)
+
+    # One scrape, any worker: both workers' counts, summed.
+    text = served.on_new_connection(("GET", "/metrics", None))[1][0].text
+    chat = {s.labels["model"]: s.value for s in samples(text, "uniroute_requests_total")
+            if s.labels["route"] == "chat" and s.labels["status"] == "200"}
+    assert chat.get("newcomer") == total, chat
+    decisions = {s.labels["model"]: s.value for s in samples(text, "uniroute_routing_decisions_total")}
+    assert decisions.get("newcomer", 0) >= total
+    by_state = {s.labels["state"]: s.value for s in samples(text, "uniroute_models")}
+    assert sum(by_state.values()) == 2 and by_state["ready"] >= 1, by_state  # the workers' one view, not a sum
+
+    # The budget guard counts every worker's spend: each worker sees all the answered requests.
+    def budgets_agree() -> bool:
+        seen = served.each_worker(2, ("GET", "/admin/budget", None))
+        return all(r[0].json()["scopes"][0]["requests"] >= total for r in seen.values())
+
+    deadline = time.monotonic() + 10
+    while not budgets_agree():
+        assert time.monotonic() < deadline, "a worker's budget guard missed the other's spend"
+
+
+def test_two_workers_on_sqlite_share_models_metrics_and_budget_and_replace_a_dead_worker(
+        tmp_path, shared_cache, replay_url, demo_configs, repset_ids):
+    configured = {"name": "configured", "base_url": replay_url, "upstream_model": demo_configs[1].upstream_model,
+                  "cost": {"per_request": 0.01}}
+    with serve_workers(gateway_env(tmp_path, shared_cache, configured), tmp_path / "serve.log") as served:
+        check_two_workers(served, replay_url, demo_configs, repset_ids)
+        before = {s.labels["model"]: s.value for s in samples(
+            served.on_new_connection(("GET", "/metrics", None))[1][0].text, "uniroute_requests_total")
+            if s.labels["route"] == "chat" and s.labels["status"] == "200"}
+
+        # A worker killed outright is reported and replaced; its counts stay in the sum.
+        victim = served.on_new_connection()[0]
+        os.kill(victim, signal.SIGKILL)
+        pids = served.each_worker(2, ("GET", "/readyz", None), timeout_s=300,
+                                  accept=lambda r: r[0].status_code == 200)
+        assert victim not in pids
+        assert f"worker {victim} exited with code -9" in (tmp_path / "serve.log").read_text()
+        after = {s.labels["model"]: s.value for s in samples(
+            served.on_new_connection(("GET", "/metrics", None))[1][0].text, "uniroute_requests_total")
+            if s.labels["route"] == "chat" and s.labels["status"] == "200"}
+        assert after == before
+
+        # SIGTERM stops the supervisor and every worker.
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(60) == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+@pytest.mark.redis
+def test_two_workers_on_redis_share_models_metrics_and_budget(
+        tmp_path, shared_cache, replay_url, demo_configs, repset_ids, redis_url, redis_prefix):
+    configured = {"name": "configured", "base_url": replay_url, "upstream_model": demo_configs[1].upstream_model,
+                  "cost": {"per_request": 0.01}}
+    env = gateway_env(tmp_path, shared_cache, configured, UNIROUTE_REDIS_URL=redis_url,
+                      UNIROUTE_REDIS_PREFIX=redis_prefix)
+    try:
+        with serve_workers(env, tmp_path / "serve.log") as served:
+            check_two_workers(served, replay_url, demo_configs, repset_ids)
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{redis_prefix}*"))
+        if keys:
+            client.delete(*keys)
