@@ -5,15 +5,11 @@ start-up work (registering a configured model, which starts its profiling job) h
 a worker that dies is replaced."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,67 +18,12 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.app.conftest import ROUTERBENCH_SETTINGS
-from tests.app.test_sigkill import REPO, free_port
+from tests.support.workers import Served, serve_workers
 
 ADMIN = "workers-admin-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 PROMPT = "Which gas do plants take in for photosynthesis? A. oxygen B. carbon dioxide C. helium D. neon"
 CHAT = {"model": "uniroute:0", "messages": [{"role": "user", "content": PROMPT}]}
-
-
-class Served:
-    """A running `uniroute serve --workers N`: its supervisor process, base URL and log."""
-
-    def __init__(self, proc: subprocess.Popen, base: str, log: Path) -> None:
-        self.proc, self.base, self.log = proc, base, log
-
-    def on_new_connection(self, *requests: tuple[str, str, dict | None]) -> tuple[int, list[httpx.Response]]:
-        """(worker pid, responses): `/healthz` then `requests` (method, path, JSON body) on one new
-        connection, so one worker answers them all."""
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            pid = client.get("/healthz").json()["worker"]
-            return pid, [client.request(method, path, json=body, headers=AUTH) for method, path, body in requests]
-
-    def each_worker(self, count: int, *requests: tuple[str, str, dict | None], timeout_s: float = 60.0,
-                    accept=lambda responses: True, sent: list | None = None) -> dict[int, list[httpx.Response]]:
-        """Send `requests` on new connections until `count` workers have answered them in a way
-        `accept` takes; {pid: responses}. Every answer goes to `sent` too, when given."""
-        found: dict[int, list[httpx.Response]] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(found) < count:
-            assert self.proc.poll() is None, f"the server exited:\n{self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"only workers {sorted(found)} answered:\n{self.log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.TransportError):
-                pid, responses = self.on_new_connection(*requests)
-                if sent is not None:
-                    sent.extend(responses)
-                if pid not in found and accept(responses):
-                    found[pid] = responses
-        return found
-
-
-@contextlib.contextmanager
-def serve_workers(env: dict[str, str], log: Path, workers: int = 2) -> Iterator[Served]:
-    """`uniroute serve --workers N` on a free port, once every worker is ready; stopped (SIGTERM,
-    then killed) on leaving."""
-    port = free_port()
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port",
-                                 str(port), "--workers", str(workers)], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    served = Served(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        served.each_worker(workers, ("GET", "/readyz", None), timeout_s=300,
-                           accept=lambda responses: responses[0].status_code == 200)
-        yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
 
 
 def gateway_env(tmp_path: Path, shared_cache: str, configured: dict, **extra: str) -> dict[str, str]:
@@ -151,7 +92,8 @@ def test_two_workers_on_sqlite_share_models_metrics_and_budget_and_replace_a_dea
         tmp_path, shared_cache, replay_url, demo_configs, repset_ids):
     configured = {"name": "configured", "base_url": replay_url, "upstream_model": demo_configs[1].upstream_model,
                   "cost": {"per_request": 0.01}}
-    with serve_workers(gateway_env(tmp_path, shared_cache, configured), tmp_path / "serve.log") as served:
+    with serve_workers(gateway_env(tmp_path, shared_cache, configured), tmp_path / "serve.log",
+                       headers=AUTH) as served:
         check_two_workers(served, replay_url, demo_configs, repset_ids)
         before = {s.labels["model"]: s.value for s in samples(
             served.on_new_connection(("GET", "/metrics", None))[1][0].text, "uniroute_requests_total")
@@ -185,7 +127,7 @@ def test_two_workers_on_redis_share_models_metrics_and_budget(
     env = gateway_env(tmp_path, shared_cache, configured, UNIROUTE_REDIS_URL=redis_url,
                       UNIROUTE_REDIS_PREFIX=redis_prefix)
     try:
-        with serve_workers(env, tmp_path / "serve.log") as served:
+        with serve_workers(env, tmp_path / "serve.log", headers=AUTH) as served:
             check_two_workers(served, replay_url, demo_configs, repset_ids)
     finally:
         client = redis.Redis.from_url(redis_url)
