@@ -113,3 +113,14 @@ def test_routing_decision_benchmark_times_both_methods_with_and_without_embeddin
     for method in ("uniroute_kmeans", "uniroute_learned_map"):
         assert any(line.startswith(f"{method}: decision from cluster weights") for line in lines), done.stdout
     assert sum("embedding + decision" in line for line in lines) == 2  # batch 1 and batch 20
+
+
+def test_workers_benchmark_prints_throughput_per_worker_count(cache_dir):
+    out = json_out(run_benchmark("workers", "--workers", "1", "2", "--clients", "2", "--seconds", "3",
+                                 "--cache-dir", cache_dir, "--json", "-"))
+    assert [c["workers"] for c in out["cases"]] == [1, 2] and out["clients"] == 2
+    for case in out["cases"]:
+        for key in ("rps", "direct_rps", "speedup", "gateway_cpu_percent"):
+            assert positive(case[key]), key
+        assert case["gateway"]["errors"] == {}
+    assert out["cases"][0]["speedup"] == 1.0
