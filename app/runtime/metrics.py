@@ -142,17 +142,20 @@ _PROGRESS = ("uniroute_profiling_prompts_done", "uniroute_profiling_prompts")
 
 
 class _Workers:
-    """Every worker's metrics, from the multiprocess files, less stopped jobs' progress series."""
+    """Every worker's metrics, from the multiprocess files, less stopped jobs' progress series,
+    with their help texts (the files keep none)."""
 
-    def __init__(self, path: str, running: set[str] | None) -> None:
+    def __init__(self, path: str, running: set[str] | None, help_texts: dict[str, str]) -> None:
         self.path = path
         self.running = running
+        self.help_texts = help_texts
 
     def collect(self) -> Iterator[Metric]:
         families: Iterable[Metric] = MultiProcessCollector(None, self.path).collect()
         for family in families:
             if family.name in _PROGRESS and self.running is not None:
                 family.samples = [s for s in family.samples if s.labels.get("model") in self.running]
+            family.documentation = self.help_texts.get(family.name, family.documentation)
             yield family
 
 
@@ -169,5 +172,6 @@ def exposition(metrics: Metrics, running_jobs: set[str] | None = None) -> bytes:
     if path is None:
         return generate_latest(metrics.registry)
     registry = CollectorRegistry()
-    registry.register(_Workers(path, running_jobs))
+    help_texts = {family.name: family.documentation for family in metrics.registry.collect()}
+    registry.register(_Workers(path, running_jobs, help_texts))
     return generate_latest(registry)
