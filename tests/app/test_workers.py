@@ -2,7 +2,7 @@
 default) and over Redis: a model registered through one request is routed by both workers, one
 scrape of /metrics sums both workers' counters, the budget guard counts both workers' spend, the
 start-up work (registering a configured model, which starts its profiling job) happens once, and
-a worker that dies is replaced."""
+a worker that dies is replaced, and workers whose supervisor is killed stop."""
 from __future__ import annotations
 
 import json
@@ -18,6 +18,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.app.conftest import ROUTERBENCH_SETTINGS
+from tests.app.test_demo_command import alive
 from tests.support.workers import Served, serve_workers
 
 ADMIN = "workers-admin-key"
@@ -134,3 +135,18 @@ def test_two_workers_on_redis_share_models_metrics_and_budget(
         keys = list(client.scan_iter(f"{redis_prefix}*"))
         if keys:
             client.delete(*keys)
+
+
+def test_workers_stop_by_themselves_when_their_supervisor_is_killed(tmp_path, shared_cache):
+    env = {**os.environ, "UNIROUTE_SQLITE_PATH": str(tmp_path / "registry.db"), "UNIROUTE_CACHE_DIR": shared_cache,
+           "UNIROUTE_STATE_DIR": ROUTERBENCH_SETTINGS["state_dir"],
+           "UNIROUTE_REPSET_PATH": ROUTERBENCH_SETTINGS["repset_path"]}
+    with serve_workers(env, tmp_path / "serve.log") as served:
+        pids = set(served.each_worker(2, ("GET", "/healthz", None)))
+        served.proc.kill()
+        served.proc.wait(30)
+        deadline = time.monotonic() + 60
+        while any(alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
+            time.sleep(0.1)
+
