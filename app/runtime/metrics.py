@@ -5,8 +5,8 @@ worker's values in files under PROMETHEUS_MULTIPROC_DIR, and a scrape of any wor
 all: counters and histograms are summed over the workers. Each gauge says how its workers'
 values combine (`multiprocess_mode`, ignored in one process): `livemostrecent` for what every
 worker sees alike (the registry's models, the shared budget counts) or what one worker owns (a
-profiling job's progress), `livemax` for what each worker has of its own (its cooldowns); a
-dead worker's gauges go with it.
+profiling job's progress; the drift share, of the last worker to route), `livemax` for what
+each worker has of its own (its cooldowns); a dead worker's gauges go with it.
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ class Metrics:
         self.cooling = Gauge(
             "uniroute_models_cooling", "Models in cooldown now.", registry=r, multiprocess_mode="livemax")
         self.models_by_state = Gauge(
-            "uniroute_models", "Registered models by state.", ["state"], registry=r, multiprocess_mode="livemostrecent")
+            "uniroute_models", "Registered models by state.", ["state"], registry=r,
+            multiprocess_mode="livemostrecent")
         # Progress of the profiling jobs running in this gateway; a model's series go when its
         # job stops here (done, failed, cancelled, paused), so no stale value stays behind.
         self.profiling_done = Gauge(
@@ -110,7 +111,8 @@ class Metrics:
             "Routed requests whose budget or quality target the calibration curve could not meet, by kind.",
             ["kind"], registry=r)
         self.budget_target = Gauge(
-            "uniroute_budget_target", "The budget guard's spend target per window.", registry=r, multiprocess_mode="livemax")
+            "uniroute_budget_target", "The budget guard's spend target per window.", registry=r,
+            multiprocess_mode="livemax")
         self.budget_spend = Gauge(
             "uniroute_budget_window_spend", "Spend in the budget guard's current window, by scope.",
             ["scope"], registry=r, multiprocess_mode="livemostrecent")
