@@ -160,7 +160,11 @@ def run_workers(settings: Settings, count: int, options: dict) -> int:
     """Serve the gateway from `count` worker processes on one socket, with uvicorn `options`
     (picklable) for each; returns when stopped by SIGTERM or SIGINT (0), or 1 when workers kept
     dying at start."""
-    sock = bind(settings.host, settings.port)
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:  # as uvicorn says it for one process
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
     path, made = metrics_dir()
     supervisor = Supervisor(settings, count, sock, options)
     previous = {sig: signal.signal(sig, supervisor.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
