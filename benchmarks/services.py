@@ -8,6 +8,7 @@ is routable as soon as the gateway is ready.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -170,6 +171,8 @@ def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str
     })
     if state_dir is not None:
         child_env["UNIROUTE_STATE_DIR"] = str(Path(state_dir).resolve())
+    # One process unless `env` asks for workers: the figures describe one gateway process.
+    child_env["UNIROUTE_WORKERS"] = "1"
     child_env.update(env or {})
     argv = [sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if config is not None:
@@ -177,10 +180,28 @@ def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str
     service = Service(name, argv, f"http://127.0.0.1:{port}", workdir / f"{name}.log", child_env)
     try:
         service.wait_until("/readyz", GATEWAY_READY_TIMEOUT_S)
+        wait_workers_ready(service, int(child_env["UNIROUTE_WORKERS"]), GATEWAY_READY_TIMEOUT_S)
     except BaseException:
         service.stop()
         raise
     return service
+
+
+def wait_workers_ready(service: Service, workers: int, timeout_s: float) -> None:
+    """Block until `workers` distinct worker processes have answered /readyz 200 (each new
+    connection goes to one worker, which says its process id at /healthz)."""
+    ready: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(ready) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service.name}: {len(ready)} of {workers} workers ready:\n{service.log_tail()}")
+        try:
+            with httpx.Client(base_url=service.url, timeout=5.0) as client:
+                pid = client.get("/healthz").json()["worker"]
+                if client.get("/readyz").status_code == 200:
+                    ready.add(pid)
+        except httpx.TransportError:
+            time.sleep(0.1)
 
 
 def rss_mb(pid: int) -> float:
@@ -228,8 +249,9 @@ class ProcessUsage:
 
 
 class ProcessWatcher:
-    """`with ProcessWatcher(pid) as w: ...; w.usage`: CPU time and sampled RSS of a process (its
-    threads included) while the block runs. Samples from a thread, so any event loop may run."""
+    """`with ProcessWatcher(pid) as w: ...; w.usage`: CPU time and sampled RSS of a process and its
+    children (a gateway's workers), threads included, while the block runs. Samples from a
+    thread, so any event loop may run."""
 
     def __init__(self, pid: int, interval_s: float = 0.05) -> None:
         self.process = psutil.Process(pid)
@@ -239,8 +261,22 @@ class ProcessWatcher:
         self._peak = 0
         self._thread = threading.Thread(target=self._sample, name=f"watch:{pid}", daemon=True)
 
+    def _tree(self) -> list[psutil.Process]:
+        return [self.process, *self.process.children(recursive=True)]
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
     def _rss(self) -> int:
-        rss = self.process.memory_info().rss
+        rss = 0
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                rss += process.memory_info().rss
         self._peak = max(self._peak, rss)
         return rss
 
@@ -252,8 +288,7 @@ class ProcessWatcher:
                 return
 
     def __enter__(self) -> ProcessWatcher:
-        times = self.process.cpu_times()
-        self._cpu0, self._t0 = times.user + times.system, time.perf_counter()
+        self._cpu0, self._t0 = self._cpu(), time.perf_counter()
         self._rss0 = self._rss()
         self._thread.start()
         return self
@@ -262,11 +297,11 @@ class ProcessWatcher:
                  tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
-        times = self.process.cpu_times()
+        cpu = self._cpu()
         wall = time.perf_counter() - self._t0
         rss_end = self._rss()
         mb = 1024 * 1024
         self.usage = ProcessUsage(
-            cpu_percent=100.0 * (times.user + times.system - self._cpu0) / wall if wall > 0 else 0.0,
+            cpu_percent=100.0 * (cpu - self._cpu0) / wall if wall > 0 else 0.0,
             rss_start_mb=self._rss0 / mb, rss_end_mb=rss_end / mb, rss_peak_mb=self._peak / mb)
 

@@ -7,8 +7,9 @@ backend and raise `RegistryUnavailable` when it is away (the gateway answers 503
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Protocol, runtime_checkable
 
 from models_registry.records import Answer, JobRecord, ModelRecord
@@ -209,3 +210,26 @@ async def hold_lock(registry: Registry, name: str, owner: str, ttl_s: float = LO
             await registry.refresh_lock(name, owner, ttl_s)
         except RegistryUnavailable:
             log.warning("could not refresh %s: registry unavailable", name)
+
+
+@contextlib.asynccontextmanager
+async def turn(registry: Registry, name: str, owner: str, poll_s: float = 0.2) -> AsyncIterator[None]:
+    """Work that one process at a time may do (the start-up's: embedding the representative set,
+    registering the configured models): waits for lock `name`, keeps it while the block runs,
+    and lets it go. A registry that is away is logged and the block runs unlocked, as a lone
+    process would."""
+    try:
+        while not await registry.acquire_lock(name, owner, LOCK_TTL_S):
+            await asyncio.sleep(poll_s)
+    except RegistryUnavailable as exc:
+        log.warning("running %s without its lock: registry unavailable (%s)", name, exc)
+        yield
+        return
+    keeper = asyncio.create_task(hold_lock(registry, name, owner))
+    try:
+        yield
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        with contextlib.suppress(RegistryUnavailable):  # else it expires by itself
+            await registry.release_lock(name, owner)

@@ -3,8 +3,9 @@
 WAL journal with `synchronous=FULL`: every write is one transaction, fsynced at commit, so a
 crash (even of the machine) loses nothing already committed. The connection lives on one
 worker thread, so calls are serialised there and the event loop never blocks on the disk.
-The snapshot is refreshed by this process's own writes (and fully loaded at start); another
-process writing the same file is not watched — several replicas use the Redis registry.
+The snapshot is refreshed by this process's own writes (and fully loaded at start), and reloaded
+when another process commits to the file (`PRAGMA data_version`, looked at every `WATCH_S`): the
+workers of one `uniroute serve` share the file. Replicas on several machines use the Redis registry.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from models_registry.base import (
     Snapshot,
 )
 from models_registry.records import Answer, JobRecord, ModelRecord
+from models_registry.sqlite_file import WATCH_S, CommitWatch, watch_commits
 
 T = TypeVar("T")
 
@@ -47,12 +49,15 @@ def _json(record) -> str:
 class SQLiteRegistry:
     """`Registry` over one SQLite file (created with its parent directory if missing)."""
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0, watch_s: float = WATCH_S) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.watch_s = watch_s
         self._view = ModelView()
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._commits = CommitWatch()
+        self._watcher: asyncio.Task | None = None
 
     @property
     def available(self) -> bool:
@@ -67,7 +72,25 @@ class SQLiteRegistry:
             self._pool.shutdown(wait=False)
             self._pool = None
             raise
-        self._view.replace_all({r.name: r for r in await self.list_models()})
+        self._view.replace_all(await self._in_thread(self._models_if_changed))
+        self._watcher = asyncio.create_task(watch_commits(self._reload, "SQLite registry", self.watch_s),
+                                            name="uniroute-sqlite-watch")
+
+    async def _reload(self) -> None:
+        """Take the model records another process committed."""
+        records = await self._in_thread(self._models_if_changed)
+        if records is not None:
+            # The connection's thread runs calls in order and their results resume here in that
+            # order, so a reload never overtakes this process's own later write.
+            self._view.replace_all(records)
+
+    def _models_if_changed(self) -> dict[str, ModelRecord] | None:
+        """Every model record, if another connection committed since the last look; else None."""
+        conn = self._connection()
+        if not self._commits.changed(conn):
+            return None
+        rows = conn.execute("SELECT data FROM models").fetchall()
+        return {r.name: r for r in (ModelRecord.from_dict(orjson.loads(d)) for (d,) in rows)}
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +102,10 @@ class SQLiteRegistry:
         return conn
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._pool is None:
             return
         conn, self._conn = self._conn, None

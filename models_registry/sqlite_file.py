@@ -4,11 +4,49 @@ RegistryUnavailable (the gateway answers 503 for a store that is away, never 500
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models_registry.base import RegistryUnavailable
+
+log = logging.getLogger("uniroute.registry")
+
+# How often a store looks for what other processes sharing its file (the other workers of
+# `uniroute serve`) committed: a change made through one worker reaches the others this fast.
+WATCH_S = 0.2
+
+
+class CommitWatch:
+    """Whether other connections committed to a SQLite file since the last look: `PRAGMA
+    data_version` changes with every commit but the asking connection's own, and costs no read
+    of the file's pages, so it can be asked often."""
+
+    def __init__(self) -> None:
+        self._seen: int | None = None
+
+    def changed(self, conn: sqlite3.Connection) -> bool:
+        """Whether another connection committed since the last call (True on the first)."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._seen = version != self._seen, version
+        return changed
+
+
+async def watch_commits(look: Callable[[], Awaitable[None]], what: str, interval_s: float = WATCH_S) -> None:
+    """Call `look` every `interval_s` until cancelled; a file away for a while is logged once and
+    looked at again."""
+    away = False
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await look()
+            away = False
+        except RegistryUnavailable as exc:
+            if not away:
+                log.warning("cannot watch the %s for other processes' changes: %s", what, exc)
+            away = True
 
 
 class SQLiteFile:

@@ -3,10 +3,12 @@
 Two JSON documents: the ACTIVE state (its folder, representative set and versions; absent
 until a first switch, when the configured state is active) and the PENDING migration (the state
 being prepared, with its progress). Every write publishes a change ("active" or "pending"), so
-every replica hears of a switch at once: Redis pub/sub when several replicas share a Redis,
-in-process callbacks for the embedded SQLite registry.
+every replica hears of a switch at once: Redis pub/sub when several replicas share a Redis; with
+the embedded SQLite registry, in-process callbacks, and for the other processes sharing the file
+(the workers of `uniroute serve`) a counter per slot they look at every `WATCH_S`.
 
-SQLite: a table `router_state (name TEXT PRIMARY KEY, data TEXT)` in the registry's file.
+SQLite: tables `router_state (name TEXT PRIMARY KEY, data TEXT)` and `router_state_changes
+(slot TEXT PRIMARY KEY, seq INTEGER)` (announcements) in the registry's file.
 Redis, under the registry's prefix: `{p}state:active`, `{p}state:pending` (strings) and the
 channel `{p}state-changes`.
 """
@@ -25,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models_registry.base import Listeners, RegistryUnavailable
-from models_registry.sqlite_file import SQLiteFile
+from models_registry.sqlite_file import CommitWatch, SQLiteFile, watch_commits
 
 log = logging.getLogger("uniroute.registry")
 
@@ -71,17 +73,63 @@ class _Callbacks:
 
 
 class SQLiteStateStore(_Callbacks, SQLiteFile):
-    """The state documents in the registry's SQLite file, for one gateway process."""
+    """The state documents in the registry's SQLite file, for the gateway processes sharing it."""
 
     what = "state store"
 
     def __init__(self, path: str | Path) -> None:
         _Callbacks.__init__(self)
         SQLiteFile.__init__(self, path)
+        self._commits = CommitWatch()
+        self._seqs: dict[str, int] = {}  # the announcement counters as this process last saw them
+        self._watcher: asyncio.Task | None = None
 
     def _init(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("CREATE TABLE IF NOT EXISTS router_state (name TEXT PRIMARY KEY, data TEXT NOT NULL)")
+        conn.execute("CREATE TABLE IF NOT EXISTS router_state_changes (slot TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+
+    async def start(self) -> None:
+        await super().start()
+        await self._run(self._announced_elsewhere)  # what was announced before this process started
+        self._watcher = asyncio.create_task(watch_commits(self._look, self.what), name="uniroute-state-watch")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        await super().close()
+
+    async def _look(self) -> None:
+        for slot in await self._run(self._announced_elsewhere):
+            self.notify(slot)
+
+    def _announced_elsewhere(self) -> list[Slot]:
+        """The slots another process announced since the last look."""
+        conn = self._db()
+        if not self._commits.changed(conn):
+            return []
+        seqs = dict(conn.execute("SELECT slot, seq FROM router_state_changes").fetchall())
+        changed = [slot for slot in SLOTS if slot in seqs and seqs[slot] != self._seqs.get(slot)]
+        self._seqs.update(seqs)
+        return changed
+
+    def _write(self, slot: Slot, sql: str, params: tuple, announce: bool) -> None:
+        """One write of `slot`, with its announcement in the same transaction."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(sql, params)
+            if announce:
+                (seq,) = conn.execute("INSERT INTO router_state_changes (slot, seq) VALUES (?, 1) ON CONFLICT (slot) "
+                                      "DO UPDATE SET seq = seq + 1 RETURNING seq", (slot,)).fetchone()
+                self._seqs[slot] = seq  # this process hears of its own change by its callbacks
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     async def get(self, slot: Slot) -> dict | None:
         rows = await self._run(lambda: self._db().execute("SELECT data FROM router_state WHERE name = ?",
@@ -89,14 +137,13 @@ class SQLiteStateStore(_Callbacks, SQLiteFile):
         return orjson.loads(rows[0][0]) if rows else None
 
     async def put(self, slot: Slot, doc: dict, announce: bool = True) -> None:
-        data = orjson.dumps(doc).decode()
-        await self._run(lambda: self._db().execute("INSERT OR REPLACE INTO router_state (name, data) VALUES (?, ?)",
-                                                   (slot, data)))
+        await self._run(self._write, slot, "INSERT OR REPLACE INTO router_state (name, data) VALUES (?, ?)",
+                        (slot, orjson.dumps(doc).decode()), announce)
         if announce:
             self.notify(slot)
 
     async def delete(self, slot: Slot) -> None:
-        await self._run(lambda: self._db().execute("DELETE FROM router_state WHERE name = ?", (slot,)))
+        await self._run(self._write, slot, "DELETE FROM router_state WHERE name = ?", (slot,), True)
         self.notify(slot)
 
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import admin, openai, state
@@ -15,6 +16,8 @@ from app.api.errors import APIError, install_error_handlers
 from app.errors import error_body
 from app.runtime.config import Settings
 from app.runtime.gateway import Gateway, gateway_of
+from app.runtime.metrics import exposition, multiprocess_dir
+from models_registry.base import RegistryUnavailable
 
 log = logging.getLogger("uniroute")
 
@@ -136,8 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        """Alive: the process answers."""
-        return {"status": "ok"}
+        """Alive: the process answers (`worker`: its process id, one of several under `workers`)."""
+        return {"status": "ok", "worker": os.getpid()}
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
@@ -154,7 +157,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus exposition of the gateway's metrics."""
         gw = gateway_of(request)
         gw.health.cooling()  # expire finished cooldowns so the gauge is current
-        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        running = None
+        if multiprocess_dir() is not None:  # the job runs in one of the workers: ask the registry
+            try:
+                running = {job.model for job in await gw.registry.list_jobs() if job.state == "running"}
+            except RegistryUnavailable:
+                pass
+        return Response(exposition(gw.metrics, running), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter)  # outermost: counts the body limit's answers too

@@ -101,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
         wait_until_up(f"{base_url}/models", upstream)
         # room for the recorded open-ended answers (99th percentile about 1,100 tokens): a cut
         # answer is not the recorded one, and the replay judge has no rating for it
+        # One worker: a trial on one machine, whose one child process is its replay upstream.
         settings = Settings(host=args.host, port=args.port, sqlite_path=str(workdir / "registry.db"),
-                            profile_max_tokens=DEMO_PROFILE_MAX_TOKENS)
+                            profile_max_tokens=DEMO_PROFILE_MAX_TOKENS, workers=1)
         repset, arena = load_repset(settings.repset_path), load_arena()
         settings.models = demo_configs(load_routerbench(ROUTERBENCH_DIR), arena, repset.items, base_url, workdir)
         judge = judge_config(arena, repset.items, base_url, workdir)

@@ -1,4 +1,4 @@
-"""`uniroute serve`: run the gateway with uvicorn."""
+"""`uniroute serve`: run the gateway with uvicorn, in one process or several workers."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,8 @@ import logging
 import uvicorn
 
 from app.api.main import create_app
-from app.runtime.config import Settings, load_settings
+from app.runtime.config import Settings, load_settings, worker_count
+from app.runtime.workers import LOG_FORMAT, run_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,18 +16,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config file (also UNIROUTE_CONFIG)")
     p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default from config: 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (default from config: one per usable CPU)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+                 if v is not None}
     settings = load_settings(args.config, **overrides)
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
-def serve(settings: Settings) -> None:
-    """Serve the gateway until interrupted (uvloop and httptools when installed)."""
+def server_options(settings: Settings) -> dict:
+    """uvicorn's options, the same for the one process and for each worker."""
+    return {"log_level": settings.log_level, "access_log": False, "timeout_keep_alive": settings.keep_alive_s}
+
+
+def serve(settings: Settings) -> int:
+    """Serve the gateway until interrupted (uvloop and httptools when installed): in this process
+    when `workers` is 1, else from that many worker processes on one socket. 0 once stopped."""
+    count = worker_count(settings)
+    if count > 1:
+        logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+        return run_workers(settings, count, server_options(settings))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False, timeout_keep_alive=settings.keep_alive_s)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **server_options(settings))
+    return 0

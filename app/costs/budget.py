@@ -19,14 +19,17 @@ last λ (the cheapest routing). A request is routed with max(its own λ, floor):
 λ as the spend nears the target and lets it fall back to the request's own when there is room.
 
 With `redis_url` the counts live in Redis (a hash per scope and window: HINCRBYFLOAT, expiry
-after two windows), shared by every replica; without, in this process. When Redis is away the
-guard goes on from this replica's own counts and retries Redis after a second.
+after two windows), shared by every replica. Without, the worker processes of one `uniroute
+serve` (workers > 1) share them in the registry's SQLite file (a row per scope and window); a
+single process keeps them in memory. When the shared store is away the guard goes on from this
+process's own counts and retries the store after a second.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,13 +40,17 @@ from redis.exceptions import RedisError
 
 from app.runtime.config import BudgetConfig
 from app.runtime.metrics import Metrics
+from models_registry.base import RegistryUnavailable
+from models_registry.sqlite_file import SQLiteFile
 from router_core.calibration import Calibration
 
 log = logging.getLogger("uniroute.budget")
 
 ALL = "all"
-# How long the guard works from local counts after Redis failed, before trying it again.
-_REDIS_RETRY_S = 1.0
+# How long the guard works from local counts after the shared store failed, before trying it again.
+_SHARED_RETRY_S = 1.0
+# What a failing shared store raises.
+_STORE_FAULTS = (RedisError, OSError, RegistryUnavailable)
 
 
 @dataclass
@@ -56,7 +63,9 @@ class Usage:
 
 
 class SpendStore(Protocol):
-    """Where the counts live: this process, or Redis for every replica."""
+    """Where the counts live: this process, the workers' SQLite file, or Redis for every replica."""
+
+    async def start(self) -> None: ...
 
     async def add(self, key: str, spend: float, planned: float, ttl_s: float) -> None: ...
 
@@ -71,6 +80,9 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._counts: dict[str, tuple[Usage, float]] = {}
         self._clock = clock
+
+    async def start(self) -> None:
+        return None
 
     async def add(self, key: str, spend: float, planned: float, ttl_s: float) -> None:
         now = self._clock()
@@ -102,6 +114,9 @@ class RedisStore:
                                      socket_connect_timeout=timeout_s)
         self._prefix = prefix + "budget:"
 
+    async def start(self) -> None:
+        return None
+
     async def add(self, key: str, spend: float, planned: float, ttl_s: float) -> None:
         k = self._prefix + key
         pipe = self._redis.pipeline(transaction=True)
@@ -120,6 +135,52 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class SQLiteStore(SQLiteFile):
+    """Counts in a SQLite file (the registry's), one row per scope and window, shared by the
+    worker processes of one `uniroute serve`."""
+
+    what = "budget store"
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(path)
+        self._clock = clock
+
+    def _init(self, conn: sqlite3.Connection) -> None:
+        # Counts, not records: a machine crash may lose the last second of them.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS budget_spend (key TEXT PRIMARY KEY, spend REAL NOT NULL, "
+                     "planned REAL NOT NULL, requests INTEGER NOT NULL, expires_at REAL NOT NULL)")
+
+    async def add(self, key: str, spend: float, planned: float, ttl_s: float) -> None:
+        now = self._clock()
+
+        def write() -> None:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM budget_spend WHERE expires_at <= ?", (now,))
+                conn.execute("INSERT INTO budget_spend (key, spend, planned, requests, expires_at) "
+                             "VALUES (?, ?, ?, 1, ?) ON CONFLICT (key) DO UPDATE SET spend = spend + excluded.spend, "
+                             "planned = planned + excluded.planned, requests = requests + 1, "
+                             "expires_at = excluded.expires_at", (key, spend, planned, now + ttl_s))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        await self._run(write)
+
+    async def read(self, keys: list[str]) -> list[Usage]:
+        now = self._clock()
+        marks = ",".join("?" * len(keys))
+        rows = await self._run(lambda: self._db().execute(
+            f"SELECT key, spend, planned, requests FROM budget_spend WHERE key IN ({marks}) AND expires_at > ?",
+            (*keys, now)).fetchall())
+        found = {key: Usage(spend, planned, requests) for key, spend, planned, requests in rows}
+        return [found.get(key, Usage()) for key in keys]
 
 
 @dataclass(frozen=True)
@@ -179,9 +240,9 @@ class BudgetGuard:
         self.target = config.target
         self.window_s = config.window_s
         self._store = store
-        self._local = MemoryStore(clock)  # this replica's own counts, for when Redis is away
+        self._local = MemoryStore(clock)  # this process's own counts, for when the shared store is away
         self._shared = not isinstance(store, MemoryStore)
-        self._redis_down_until = 0.0
+        self._shared_down_until = 0.0
         self._metrics = metrics
         self._clock = clock
         if metrics is not None:
@@ -192,17 +253,17 @@ class BudgetGuard:
         return f"{scope}:{window}", f"{scope}:{window - 1}", window * self.window_s
 
     async def _read(self, keys: list[str]) -> list[Usage]:
-        if self._shared and self._clock() >= self._redis_down_until:
+        if self._shared and self._clock() >= self._shared_down_until:
             try:
                 return await self._store.read(keys)
-            except (RedisError, OSError) as exc:
-                self._redis_away(exc)
+            except _STORE_FAULTS as exc:
+                self._shared_away(exc)
         return await self._local.read(keys)
 
-    def _redis_away(self, exc: Exception) -> None:
-        if self._clock() >= self._redis_down_until:
-            log.warning("budget guard: Redis unavailable (%s); counting locally for now", exc)
-        self._redis_down_until = self._clock() + _REDIS_RETRY_S
+    def _shared_away(self, exc: Exception) -> None:
+        if self._clock() >= self._shared_down_until:
+            log.warning("budget guard: shared counts unavailable (%s); counting locally for now", exc)
+        self._shared_down_until = self._clock() + _SHARED_RETRY_S
 
     async def state(self, scope: str, curve: Calibration | None) -> GuardState:
         """The scope's window now, and the λ floor for its next request."""
@@ -226,22 +287,37 @@ class BudgetGuard:
         key, _, _ = self._keys(scope, self._clock())
         ttl = 2 * self.window_s
         await self._local.add(key, spend, planned, ttl)
-        if self._shared and self._clock() >= self._redis_down_until:
+        if self._shared and self._clock() >= self._shared_down_until:
             try:
                 await self._store.add(key, spend, planned, ttl)
-            except (RedisError, OSError) as exc:
-                self._redis_away(exc)
+            except _STORE_FAULTS as exc:
+                self._shared_away(exc)
         if self._metrics is not None:
             self._metrics.budget_spent.labels(scope).inc(spend)
+
+    async def start(self) -> None:
+        """Open the shared store; while it cannot be opened the guard counts locally."""
+        try:
+            await self._store.start()
+        except _STORE_FAULTS as exc:
+            self._shared_away(exc)
 
     async def close(self) -> None:
         await self._store.close()
 
 
-def open_guard(config: BudgetConfig, redis_url: str | None, redis_prefix: str, metrics: Metrics | None = None
-               ) -> BudgetGuard | None:
-    """The configured guard (counts in Redis when `redis_url` is set), or None when no target is set."""
+def open_guard(config: BudgetConfig, redis_url: str | None, redis_prefix: str, metrics: Metrics | None = None,
+               sqlite_path: str | None = None) -> BudgetGuard | None:
+    """The configured guard, or None when no target is set. Its counts live in Redis when
+    `redis_url` is set, else in the SQLite file at `sqlite_path` when given (worker processes
+    share it), else in this process."""
     if config.target is None:
         return None
-    store: SpendStore = RedisStore(redis_url, redis_prefix) if redis_url else MemoryStore()
+    store: SpendStore
+    if redis_url:
+        store = RedisStore(redis_url, redis_prefix)
+    elif sqlite_path is not None:
+        store = SQLiteStore(sqlite_path)
+    else:
+        store = MemoryStore()
     return BudgetGuard(config, store, metrics)

@@ -324,6 +324,11 @@ class JobRunner:
             return  # another replica runs it
         keeper = asyncio.create_task(hold_lock(self.registry, lock, self.owner))
         try:
+            # Another process may have finished (or paused) the job between this one's listing it
+            # as running and taking the lock it had just let go.
+            current = await self.registry.get_job(job.id)
+            if current is None or current.state != "running":
+                return
             await self._run(job)
         except asyncio.CancelledError:
             raise

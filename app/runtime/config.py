@@ -153,6 +153,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Worker processes `uniroute serve` runs on the one listening socket (README: Workers); None:
+    # one per CPU this process may run on. An app built in-process (create_app) is one worker.
+    workers: int | None = Field(None, ge=1, le=256)
     # How long an idle client connection stays open. Longer than clients keep theirs (httpx and
     # so the openai SDK: 5 s): with equal times, a client reusing a connection as the server
     # closes it loses its request (seen as ReadError in the soak benchmark at uvicorn's 5 s).
@@ -271,6 +274,18 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its CPU affinity where the OS tells it, else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def worker_count(settings: Settings) -> int:
+    """The worker processes `settings` ask for: `workers`, else one per usable CPU."""
+    return settings.workers if settings.workers is not None else usable_cpus()
 
 
 def load_settings(config_file: str | None = None, **overrides: object) -> Settings:

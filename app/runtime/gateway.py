@@ -26,7 +26,7 @@ from app.runtime.migration import StateManager, load_router
 from app.runtime.state_view import log_coverage
 from app.upstream.faults import UpstreamFault, fault_error, fault_of
 from app.upstream.forwarding import Forwarder, Health
-from models_registry.base import RegistryUnavailable
+from models_registry.base import RegistryUnavailable, turn
 from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry
 from models_registry.records import ModelRecord
@@ -75,7 +75,9 @@ class Gateway:
             redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, prefix=settings.redis_prefix
         )
         self.health = Health(settings.cooldown_failures, settings.cooldown_s, self.metrics)
-        self.budget = open_guard(settings.budget, settings.redis_url, settings.redis_prefix, self.metrics)
+        # Several workers without Redis share the budget guard's counts in the registry's file.
+        self.budget = open_guard(settings.budget, settings.redis_url, settings.redis_prefix, self.metrics,
+                                 sqlite_path=settings.sqlite_path if (settings.workers or 1) > 1 else None)
         self.client = upstream_client(settings)
         self.forwarder = Forwarder(self.client, self.metrics, self.health, settings.retries, settings.deadline_s,
                                    disable=self.disable_faulty)
@@ -118,6 +120,8 @@ class Gateway:
         await self.registry.start()
         await self.capture_store.start()
         await self.state_store.start()
+        if self.budget is not None:
+            await self.budget.start()
         self.registry.on_change(lambda _name: self.refresh())
         self._loader = asyncio.create_task(self._load())
 
@@ -148,12 +152,16 @@ class Gateway:
 
                 torch.set_num_threads(s.embed_threads)
             loop = asyncio.get_running_loop()
-            state_dir, repset_path = await self.states.startup_paths()
-            router = await loop.run_in_executor(self.embed_pool, load_router, s, state_dir, repset_path)
-            self.routing.attach(router, self.embed_pool)
-            log_coverage(router, s.coverage_floor)
-            await self._register_configured(s.models)
-            await self._reprofile_stale()
+            # One process at a time (the workers of a `uniroute serve`, replicas sharing a Redis):
+            # the first embeds the representative set into the shared cache and registers the
+            # configured models; the next ones find both done.
+            async with turn(self.registry, "startup", self.jobs.owner):
+                state_dir, repset_path = await self.states.startup_paths()
+                router = await loop.run_in_executor(self.embed_pool, load_router, s, state_dir, repset_path)
+                self.routing.attach(router, self.embed_pool)
+                log_coverage(router, s.coverage_floor)
+                await self._register_configured(s.models)
+                await self._reprofile_stale()
             self.refresh()
             self.ready.set()
             self._sweeper = asyncio.create_task(self.jobs.sweep())
@@ -221,12 +229,20 @@ class Gateway:
         except RegistryUnavailable:
             pass  # the next good answer tries again
 
+    async def _stored_models(self) -> list[ModelRecord]:
+        """The registry's models as stored now (another process may have written them since this
+        one's snapshot), or the snapshot's while the registry is away."""
+        try:
+            return await self.registry.list_models()
+        except RegistryUnavailable:
+            return list(self.registry.snapshot().values())
+
     async def _reprofile_stale(self) -> None:
         """Recompute, from their stored graded answers, the profiles made under another router
         state (other clusters): answers depend on the representative set only, so nothing is asked again."""
         clusters = self._clusters()
         version = clusters.repset.version
-        for record in self.registry.snapshot().values():
+        for record in await self._stored_models():
             if record.profile is None or record.profile.state_version == clusters.state_version:
                 continue
             profile = profile_from_answers(clusters, await self.registry.answers(record.name, version))
@@ -254,7 +270,7 @@ class Gateway:
 
     async def _register_configured(self, models: list[ModelConfig]) -> None:
         """Register the config file's models the registry does not hold yet."""
-        existing = self.registry.snapshot()
+        existing = {r.name: r for r in await self._stored_models()}
         version = self._clusters().state_version
         for m in models:
             known = existing.get(m.name)

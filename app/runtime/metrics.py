@@ -1,10 +1,29 @@
-"""Prometheus metrics. Each gateway app owns its registry, so several apps in one process don't clash."""
+"""Prometheus metrics. Each gateway app owns its registry, so several apps in one process don't clash.
+
+Under several workers (app/runtime/workers.py) prometheus_client's multiprocess mode keeps every
+worker's values in files under PROMETHEUS_MULTIPROC_DIR, and a scrape of any worker reads them
+all: counters and histograms are summed over the workers. Each gauge says how its workers'
+values combine (`multiprocess_mode`, ignored in one process): `livemostrecent` for what every
+worker sees alike (the registry's models, the shared budget counts) or what one worker owns (a
+profiling job's progress; the drift share, of the last worker to route), `livemax` for what
+each worker has of its own (its cooldowns); a dead worker's gauges go with it.
+"""
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Decisions take ~0.1-20 ms, upstream calls up to minutes: separate bucket sets.
 _FAST = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -60,7 +79,7 @@ class Metrics:
             "uniroute_models_faulted",
             "Models an upstream fault took out of routing until an operator re-enables them, by fault "
             "class (auth, not_found); GET /admin/models names them, with the reason in `error`.",
-            ["reason"], registry=r)
+            ["reason"], registry=r, multiprocess_mode="livemostrecent")
         self.fallbacks = Counter(
             "uniroute_fallbacks", "Requests answered by a model other than the first choice.",
             registry=r)
@@ -68,17 +87,18 @@ class Metrics:
             "uniroute_model_cooldowns", "Times a model was cooled down after repeated failures.",
             ["model"], registry=r)
         self.cooling = Gauge(
-            "uniroute_models_cooling", "Models in cooldown now.", registry=r)
+            "uniroute_models_cooling", "Models in cooldown now.", registry=r, multiprocess_mode="livemax")
         self.models_by_state = Gauge(
-            "uniroute_models", "Registered models by state.", ["state"], registry=r)
+            "uniroute_models", "Registered models by state.", ["state"], registry=r,
+            multiprocess_mode="livemostrecent")
         # Progress of the profiling jobs running in this gateway; a model's series go when its
         # job stops here (done, failed, cancelled, paused), so no stale value stays behind.
         self.profiling_done = Gauge(
             "uniroute_profiling_prompts_done", "Prompts graded by a model's running profiling job.",
-            ["model"], registry=r)
+            ["model"], registry=r, multiprocess_mode="livemostrecent")
         self.profiling_total = Gauge(
             "uniroute_profiling_prompts", "Prompts a model's running profiling job must grade.",
-            ["model"], registry=r)
+            ["model"], registry=r, multiprocess_mode="livemostrecent")
         self.profiling_upstream_seconds = Histogram(
             "uniroute_profiling_upstream_seconds",
             "Upstream time to response headers of profiling and judge calls, by model (not client traffic).",
@@ -91,19 +111,20 @@ class Metrics:
             "Routed requests whose budget or quality target the calibration curve could not meet, by kind.",
             ["kind"], registry=r)
         self.budget_target = Gauge(
-            "uniroute_budget_target", "The budget guard's spend target per window.", registry=r)
+            "uniroute_budget_target", "The budget guard's spend target per window.", registry=r,
+            multiprocess_mode="livemax")
         self.budget_spend = Gauge(
             "uniroute_budget_window_spend", "Spend in the budget guard's current window, by scope.",
-            ["scope"], registry=r)
+            ["scope"], registry=r, multiprocess_mode="livemostrecent")
         self.budget_spent = Counter(
             "uniroute_budget_spent", "Spend counted by the budget guard, by scope.", ["scope"], registry=r)
         self.budget_cost_weight = Gauge(
             "uniroute_budget_cost_weight", "The cost weight floor the budget guard sets now, by scope.",
-            ["scope"], registry=r)
+            ["scope"], registry=r, multiprocess_mode="livemostrecent")
         self.drift_share = Gauge(
             "uniroute_drift_far_share",
             "Share of the recent routed prompts farther from every centroid than the drift threshold.",
-            registry=r)
+            registry=r, multiprocess_mode="livemostrecent")
         self.drift_prompts = Counter(
             "uniroute_drift_prompts", "Routed prompts by distance to the nearest centroid (far: above the "
             "drift threshold).", ["far"], registry=r)
@@ -115,3 +136,44 @@ class Metrics:
         view = copy.copy(self)
         view.upstream_seconds = self.profiling_upstream_seconds
         return view
+
+
+# The profiling progress gauges: a worker's files keep a series it removed (prometheus_client
+# cannot remove one in multiprocess mode), so the scrape drops those of jobs no longer running.
+_PROGRESS = ("uniroute_profiling_prompts_done", "uniroute_profiling_prompts")
+
+
+class _Workers:
+    """Every worker's metrics, from the multiprocess files, less stopped jobs' progress series,
+    with their help texts (the files keep none)."""
+
+    def __init__(self, path: str, running: set[str] | None, help_texts: dict[str, str]) -> None:
+        self.path = path
+        self.running = running
+        self.help_texts = help_texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: Iterable[Metric] = MultiProcessCollector(None, self.path).collect()
+        for family in families:
+            if family.name in _PROGRESS and self.running is not None:
+                family.samples = [s for s in family.samples if s.labels.get("model") in self.running]
+            family.documentation = self.help_texts.get(family.name, family.documentation)
+            yield family
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of the workers' metric files, when this process is one of several workers."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition(metrics: Metrics, running_jobs: set[str] | None = None) -> bytes:
+    """The Prometheus text for a scrape: this process's metrics, or under several workers all of
+    theirs summed, with the progress of profiling jobs shown only for the models in
+    `running_jobs` (None: as the files hold it)."""
+    path = multiprocess_dir()
+    if path is None:
+        return generate_latest(metrics.registry)
+    registry = CollectorRegistry()
+    help_texts = {family.name: family.documentation for family in metrics.registry.collect()}
+    registry.register(_Workers(path, running_jobs, help_texts))
+    return generate_latest(registry)

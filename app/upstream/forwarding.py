@@ -8,6 +8,7 @@ before any `[DONE]` (app/upstream/streams.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -47,7 +48,8 @@ Disable = Callable[[ModelRecord, UpstreamFault], Awaitable[None]]
 
 @dataclass
 class Health:
-    """Consecutive failures per model; a model that keeps failing is cooled down for a while."""
+    """Consecutive failures per model; a model that keeps failing is cooled down for a while.
+    Each worker process keeps its own (README: Workers)."""
 
     failures_to_cool: int
     cooldown_s: float
@@ -73,6 +75,10 @@ class Health:
             self._failures[model] = 0
             self.metrics.cooldowns.labels(model).inc()
             self.metrics.cooling.set(len(self._cool_until))
+            # Under several workers the gauge is this worker's: bring it down when the cooldown
+            # ends even if no request comes here to look.
+            with contextlib.suppress(RuntimeError):  # no event loop: the next look does it
+                asyncio.get_running_loop().call_later(self.cooldown_s, self.cooling)
             log.warning("model %s cooled down for %.0f s after %d failures", model, self.cooldown_s, n)
 
     def success(self, model: str) -> None:

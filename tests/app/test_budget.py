@@ -1,6 +1,7 @@
 """The online budget guard, driven by a stream of RouterBench requests whose token counts are the
 replay upstream's usage: it keeps each window's spend within 5% of its target, alone or shared by
-two replicas through the real Redis, and leaves λ alone when there is room.
+two replicas through the real Redis or two workers through the SQLite file, and leaves λ alone
+when there is room.
 
 The stream: the 400 representative prompts (their cluster weights are the gateway's), shuffled,
 arriving as a Poisson process of 400 per one-hour window over two windows, on a simulated clock.
@@ -21,7 +22,14 @@ import numpy as np
 import pytest
 import redis
 
-from app.costs.budget import ALL, BudgetGuard, MemoryStore, RedisStore, planned_cost
+from app.costs.budget import (
+    ALL,
+    BudgetGuard,
+    MemoryStore,
+    RedisStore,
+    SQLiteStore,
+    planned_cost,
+)
 from app.demo.models import demo_models
 from app.runtime.config import BudgetConfig
 from router_core.embedding import CachedEmbedder
@@ -139,19 +147,36 @@ async def test_guard_leaves_the_cost_weight_alone_when_there_is_room(market, ung
     assert spend == pytest.approx(unguarded)
 
 
-@pytest.mark.redis
-async def test_two_replicas_sharing_redis_keep_the_shared_window_within_5_percent(
-        market, unguarded, redis_url, redis_prefix):
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def shared_store(request, tmp_path):
+    """(kind, a factory of spend stores sharing one set of counts: `make(clock)`): two workers'
+    through one SQLite file, or two replicas' through the real Redis (keys checked and removed after)."""
+    if request.param == "sqlite":
+        yield request.param, lambda clock: SQLiteStore(str(tmp_path / "registry.db"), clock)
+        return
+    redis_url, redis_prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    yield request.param, lambda clock: RedisStore(redis_url, redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{redis_prefix}budget:*"))
+    assert keys and all(0 < client.ttl(k) <= 2 * WINDOW_S for k in keys)
+    client.delete(*keys)
+
+
+async def test_two_processes_sharing_counts_keep_the_shared_window_within_5_percent(
+        market, unguarded, shared_store):
+    kind, make = shared_store
     target = 0.5 * float(np.mean(list(unguarded.values())))
     clock = Clock()
     config = BudgetConfig(target=target, window_s=WINDOW_S)
-    guards = [BudgetGuard(config, RedisStore(redis_url, redis_prefix), clock=clock) for _ in range(2)]
+    guards = [BudgetGuard(config, make(clock), clock=clock) for _ in range(2)]
     try:
+        for guard in guards:
+            await guard.start()
         spend, _ = await replay(market, guards, clock)
-        print(f"\nshared through Redis: target {target:.5f}; spend per window {spend}")
+        print(f"\nshared through {kind}: target {target:.5f}; spend per window {spend}")
         for window, spent in spend.items():
             assert abs(spent - target) <= 0.05 * target, (window, spent, target)
-        # each replica sees the other's requests: the last window's counts are the stream's
+        # each process sees the other's requests: the last window's counts are the stream's
         last = max(spend)
         state = await guards[0].state(ALL, market[0].calibration())
         times, _ = stream()
@@ -160,10 +185,6 @@ async def test_two_replicas_sharing_redis_keep_the_shared_window_within_5_percen
     finally:
         for guard in guards:
             await guard.close()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(f"{redis_prefix}budget:*"))
-        assert keys and all(0 < client.ttl(k) <= 2 * WINDOW_S for k in keys)
-        client.delete(*keys)
 
 
 async def test_guard_goes_on_from_local_counts_while_redis_is_away():

@@ -150,3 +150,14 @@ def test_peer_benchmark_prints_every_targets_figures_as_medians_of_its_rounds(ca
     section = peer.docs_section(out)
     assert section.startswith(f"## Against a peer ({out['driver']})") and out["versions"]["uniroute"] in section
     assert section.count("| 1 |") == 2 and "| 2 |" in section  # both tables, every client count
+
+
+def test_workers_benchmark_prints_throughput_per_worker_count(cache_dir):
+    out = json_out(run_benchmark("workers", "--workers", "1", "2", "--clients", "2", "--seconds", "3",
+                                 "--cache-dir", cache_dir, "--json", "-"))
+    assert [c["workers"] for c in out["cases"]] == [1, 2] and out["clients"] == 2
+    for case in out["cases"]:
+        for key in ("rps", "direct_rps", "speedup", "gateway_cpu_percent"):
+            assert positive(case[key]), key
+        assert case["gateway"]["errors"] == {}
+    assert out["cases"][0]["speedup"] == 1.0

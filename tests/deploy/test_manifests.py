@@ -10,13 +10,16 @@ real gateway's /metrics exposes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -36,6 +39,7 @@ from router_core.shipped import ROUTERBENCH_REPSET
 from tests.app.conftest import wait_ready
 from tests.support.fault_upstream import FaultUpstream, closed_port
 from tests.support.servers import serve
+from tests.support.workers import serve_workers
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -199,11 +203,18 @@ def test_configmap_config_and_pod_environment_make_valid_settings(tmp_path, monk
         assert names_a_setting(var["name"]) or not var["name"].startswith("UNIROUTE_"), var["name"]
         monkeypatch.setenv(var["name"], var.get("value", "from-the-secret"))
     env = {e["name"]: e.get("value") for e in gateway["env"]}
+    # One worker per requested CPU, rounded up, as the downward API gives it (500m: 1).
+    (workers,) = [e["valueFrom"]["resourceFieldRef"] for e in gateway["env"] if e["name"] == "UNIROUTE_WORKERS"]
+    assert workers == {"resource": "requests.cpu", "divisor": "1"}
+    requested = gateway["resources"]["requests"]["cpu"]
+    monkeypatch.setenv("UNIROUTE_WORKERS", str(math.ceil(int(requested[:-1]) / 1000 if requested.endswith("m")
+                                                          else float(requested))))
     assert Path(env["UNIROUTE_CONFIG"]).parent == Path(mounts[config_volume])
     (tmp_path / "config.yaml").write_text(config)
     monkeypatch.setenv("UNIROUTE_CONFIG", str(tmp_path / "config.yaml"))
     settings = Settings()
     assert settings.admin_key == "from-the-secret" and settings.api_keys == ["from-the-secret"]
+    assert settings.workers == 1
     redis = urlsplit(settings.redis_url)
     service = resource("Service", "uniroute-redis")
     assert (redis.hostname, redis.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
@@ -444,11 +455,27 @@ def test_query_parsing_finds_metrics_and_labels():
     ) == ({"uniroute_upstream_seconds_bucket", "up"}, {"le", "model", "route", "job"})
 
 
-@pytest.fixture(scope="module")
-def scraped(tmp_path_factory, shared_cache) -> str:
+@contextlib.contextmanager
+def gateway(settings: dict, workers: int, tmp: Path) -> Iterator[str]:
+    """A ready gateway with `settings`: one process (the app in this one), or `uniroute serve`
+    with several workers, whose /metrics sums theirs."""
+    if workers == 1:
+        with serve(create_app(Settings(**settings))) as gw:
+            wait_ready(gw)
+            yield gw
+        return
+    (tmp / "config.yaml").write_text(yaml.safe_dump(settings))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIROUTE_")}
+    with serve_workers(env, tmp / "serve.log", workers, args=("--config", str(tmp / "config.yaml"))) as served:
+        yield served.base
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def scraped(request, tmp_path_factory, shared_cache) -> str:
     """A real gateway's /metrics text after traffic that touches every family: a routed request
     whose first choice is refused (a failure, a fallback, a cooldown), a routed request answered
-    at once, one whose budget target cannot be met (under the budget guard), and a profiling job."""
+    at once, one whose budget target cannot be met (under the budget guard), and a profiling job.
+    Served by one process, and by two workers (a scrape sums both)."""
     tmp = tmp_path_factory.mktemp("metrics-gateway")
     ids = [item.id for item in load_repset(ROUTERBENCH_REPSET).items]
     upstream = FaultUpstream()
@@ -466,14 +493,15 @@ def scraped(tmp_path_factory, shared_cache) -> str:
             {"name": "steady", "base_url": upstream_url + "/v1", "cost": {"per_request": 0.1},
              "scores_file": scores("s", 0.6)},
         ]
-        settings = Settings(sqlite_path=str(tmp / "registry.db"), cache_dir=shared_cache, admin_key=ADMIN,
-                            repset_path=str(ROUTERBENCH_REPSET), state_dir="routerbench-fast",
-                            models=models, cooldown_failures=1, profile_concurrency=16,
-                            budget={"target": 1e6, "window_s": 3600})
-        with serve(create_app(settings)) as gw:
-            wait_ready(gw)
+        settings = {"sqlite_path": str(tmp / "registry.db"), "cache_dir": shared_cache, "admin_key": ADMIN,
+                    "repset_path": str(ROUTERBENCH_REPSET), "state_dir": "routerbench-fast",
+                    "models": models, "cooldown_failures": 1, "profile_concurrency": 16,
+                    "budget": {"target": 1e6, "window_s": 3600}}
+        with gateway(settings, request.param, tmp) as gw:
             chat = {"model": "uniroute:0", "messages": [{"role": "user", "content": "Which gas do plants take in?"}]}
-            for _ in range(2):  # the second is routed straight to `steady`: `refused` cools down
+            # The second is routed straight to `steady` once `refused` cools down (in the worker
+            # that saw it fail: each worker keeps its own cooldowns).
+            for _ in range(2):
                 r = httpx.post(gw + "/v1/chat/completions", json=chat, timeout=30)
                 assert r.status_code == 200 and r.headers["x-uniroute-model"] == "steady", r.text
             unmet = httpx.post(gw + "/v1/chat/completions", json={**chat, "model": "uniroute:budget=1e-12"}, timeout=30)

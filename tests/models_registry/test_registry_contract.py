@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from models_registry.base import Registry, RegistryUnavailable
+from models_registry.base import Registry, RegistryUnavailable, turn
 from models_registry.records import Answer, JobRecord, RegistryValidationError
 from tests.models_registry.helpers import make_record, reopen
 
@@ -175,3 +175,22 @@ async def test_writes_after_close_raise_registry_unavailable(registry):
     with pytest.raises(RegistryUnavailable):
         await registry.put_model(make_record("b"))
     assert list(registry.snapshot()) == ["a"]
+
+
+async def test_turns_run_one_at_a_time_and_the_lock_is_free_after(registry):
+    inside: list[str] = []
+    overlapped: list[list[str]] = []
+    entered: list[str] = []
+
+    async def work(owner: str) -> None:
+        async with turn(registry, "startup", owner, poll_s=0.01):
+            inside.append(owner)
+            entered.append(owner)
+            if len(inside) > 1:
+                overlapped.append(list(inside))
+            await asyncio.sleep(0.05)
+            inside.remove(owner)
+
+    await asyncio.gather(*(work(f"worker-{i}") for i in range(3)))
+    assert sorted(entered) == ["worker-0", "worker-1", "worker-2"] and not overlapped
+    assert await registry.acquire_lock("startup", "later", 1.0)

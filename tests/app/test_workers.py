@@ -1,0 +1,152 @@
+"""`uniroute serve` with two worker processes on one real socket, over the SQLite registry (the
+default) and over Redis: a model registered through one request is routed by both workers, one
+scrape of /metrics sums both workers' counters, the budget guard counts both workers' spend, the
+start-up work (registering a configured model, which starts its profiling job) happens once, and
+a worker that dies is replaced, and workers whose supervisor is killed stop."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.app.conftest import ROUTERBENCH_SETTINGS
+from tests.app.test_demo_command import alive
+from tests.support.workers import Served, serve_workers
+
+ADMIN = "workers-admin-key"
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+PROMPT = "Which gas do plants take in for photosynthesis? A. oxygen B. carbon dioxide C. helium D. neon"
+CHAT = {"model": "uniroute:0", "messages": [{"role": "user", "content": PROMPT}]}
+
+
+def gateway_env(tmp_path: Path, shared_cache: str, configured: dict, **extra: str) -> dict[str, str]:
+    return {**os.environ, "UNIROUTE_SQLITE_PATH": str(tmp_path / "registry.db"), "UNIROUTE_CACHE_DIR": shared_cache,
+            "UNIROUTE_STATE_DIR": ROUTERBENCH_SETTINGS["state_dir"],
+            "UNIROUTE_REPSET_PATH": ROUTERBENCH_SETTINGS["repset_path"], "UNIROUTE_ADMIN_KEY": ADMIN,
+            "UNIROUTE_MODELS": json.dumps([configured]), "UNIROUTE_BUDGET__TARGET": "1000",
+            "UNIROUTE_LOG_LEVEL": "info", **extra}
+
+
+def samples(text: str, name: str) -> list:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def check_two_workers(served: Served, replay_url: str, demo_configs, repset_ids: list[str]) -> None:
+    """What both variants must show (see the module docstring)."""
+    # The configured model was registered once, by one worker: one profiling job.
+    jobs = served.on_new_connection(("GET", "/admin/jobs", None))[1][0].json()["data"]
+    assert [j["model"] for j in jobs] == ["configured"], jobs
+
+    # Registered through one request (one worker); right everywhere and cheap: the first choice.
+    body = {"name": "newcomer", "base_url": replay_url, "upstream_model": demo_configs[0].upstream_model,
+            "cost": {"per_request": 1e-9}, "scores": {pid: 1.0 for pid in repset_ids}}
+    registrar, (created,) = served.on_new_connection(("POST", "/admin/models", body))
+    assert created.status_code == 202, created.text
+    registered_at = time.monotonic()
+    sent: list[httpx.Response] = []
+    routed = served.each_worker(
+        2, ("POST", "/v1/chat/completions", CHAT), timeout_s=30, sent=sent,
+        accept=lambda r: r[0].status_code == 200 and r[0].headers["x-uniroute-model"] == "newcomer")
+    took = time.monotonic() - registered_at
+    print(f"\nregistered through worker {registrar}; routed by workers {sorted(routed)} within {took:.2f} s")
+    assert registrar in routed
+
+    # More traffic over both workers, counting what each answered.
+    answered: Counter[int] = Counter()
+    while min(answered[pid] for pid in routed) < 3:
+        pid, (r,) = served.on_new_connection(("POST", "/v1/chat/completions", CHAT))
+        assert r.status_code == 200 and r.headers["x-uniroute-model"] == "newcomer", r.text
+        answered[pid] += 1
+    print(f"requests answered per worker: {dict(answered)}")
+    total = sum(answered.values()) + sum(r.status_code == 200 for r in sent)
+    assert all(r.headers.get("x-uniroute-model") == "newcomer" for r in sent if r.status_code == 200)
+
+    # One scrape, any worker: both workers' counts, summed.
+    text = served.on_new_connection(("GET", "/metrics", None))[1][0].text
+    chat = {s.labels["model"]: s.value for s in samples(text, "uniroute_requests_total")
+            if s.labels["route"] == "chat" and s.labels["status"] == "200"}
+    assert chat.get("newcomer") == total, chat
+    decisions = {s.labels["model"]: s.value for s in samples(text, "uniroute_routing_decisions_total")}
+    assert decisions.get("newcomer", 0) >= total
+    by_state = {s.labels["state"]: s.value for s in samples(text, "uniroute_models")}
+    assert sum(by_state.values()) == 2 and by_state["ready"] >= 1, by_state  # the workers' one view, not a sum
+
+    # The budget guard counts every worker's spend: each worker sees all the answered requests.
+    def budgets_agree() -> bool:
+        seen = served.each_worker(2, ("GET", "/admin/budget", None))
+        return all(r[0].json()["scopes"][0]["requests"] >= total for r in seen.values())
+
+    deadline = time.monotonic() + 10
+    while not budgets_agree():
+        assert time.monotonic() < deadline, "a worker's budget guard missed the other's spend"
+
+
+def test_two_workers_on_sqlite_share_models_metrics_and_budget_and_replace_a_dead_worker(
+        tmp_path, shared_cache, replay_url, demo_configs, repset_ids):
+    configured = {"name": "configured", "base_url": replay_url, "upstream_model": demo_configs[1].upstream_model,
+                  "cost": {"per_request": 0.01}}
+    with serve_workers(gateway_env(tmp_path, shared_cache, configured), tmp_path / "serve.log",
+                       headers=AUTH) as served:
+        check_two_workers(served, replay_url, demo_configs, repset_ids)
+        before = {s.labels["model"]: s.value for s in samples(
+            served.on_new_connection(("GET", "/metrics", None))[1][0].text, "uniroute_requests_total")
+            if s.labels["route"] == "chat" and s.labels["status"] == "200"}
+
+        # A worker killed outright is reported and replaced; its counts stay in the sum.
+        victim = served.on_new_connection()[0]
+        os.kill(victim, signal.SIGKILL)
+        pids = served.each_worker(2, ("GET", "/readyz", None), timeout_s=300,
+                                  accept=lambda r: r[0].status_code == 200)
+        assert victim not in pids
+        assert f"worker {victim} exited with code -9" in (tmp_path / "serve.log").read_text()
+        after = {s.labels["model"]: s.value for s in samples(
+            served.on_new_connection(("GET", "/metrics", None))[1][0].text, "uniroute_requests_total")
+            if s.labels["route"] == "chat" and s.labels["status"] == "200"}
+        assert after == before
+
+        # SIGTERM stops the supervisor and every worker.
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(60) == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+@pytest.mark.redis
+def test_two_workers_on_redis_share_models_metrics_and_budget(
+        tmp_path, shared_cache, replay_url, demo_configs, repset_ids, redis_url, redis_prefix):
+    configured = {"name": "configured", "base_url": replay_url, "upstream_model": demo_configs[1].upstream_model,
+                  "cost": {"per_request": 0.01}}
+    env = gateway_env(tmp_path, shared_cache, configured, UNIROUTE_REDIS_URL=redis_url,
+                      UNIROUTE_REDIS_PREFIX=redis_prefix)
+    try:
+        with serve_workers(env, tmp_path / "serve.log", headers=AUTH) as served:
+            check_two_workers(served, replay_url, demo_configs, repset_ids)
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{redis_prefix}*"))
+        if keys:
+            client.delete(*keys)
+
+
+def test_workers_stop_by_themselves_when_their_supervisor_is_killed(tmp_path, shared_cache):
+    env = {**os.environ, "UNIROUTE_SQLITE_PATH": str(tmp_path / "registry.db"), "UNIROUTE_CACHE_DIR": shared_cache,
+           "UNIROUTE_STATE_DIR": ROUTERBENCH_SETTINGS["state_dir"],
+           "UNIROUTE_REPSET_PATH": ROUTERBENCH_SETTINGS["repset_path"]}
+    with serve_workers(env, tmp_path / "serve.log") as served:
+        pids = set(served.each_worker(2, ("GET", "/healthz", None)))
+        served.proc.kill()
+        served.proc.wait(30)
+        deadline = time.monotonic() + 60
+        while any(alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
+            time.sleep(0.1)
+
