@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 
 import uvicorn
@@ -25,8 +26,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def fast_server() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (both of uvicorn[standard]),
+    named outright where installed, asyncio and h11 elsewhere."""
+    def installed(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {"loop": "uvloop" if installed("uvloop") else "asyncio",
+            "http": "httptools" if installed("httptools") else "h11"}
+
+
 def serve(settings: Settings) -> None:
-    """Serve the gateway until interrupted (uvloop and httptools when installed)."""
+    """Serve the gateway until interrupted."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **fast_server(),
                 log_level=settings.log_level, access_log=False, timeout_keep_alive=settings.keep_alive_s)
