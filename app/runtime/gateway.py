@@ -58,7 +58,7 @@ def upstream_client(settings: Settings) -> aiohttp.ClientSession:
         # every wait for data, from the request's sending to the answer's last chunk.
         timeout=aiohttp.ClientTimeout(total=None, connect=t.pool_s + t.connect_s, sock_connect=t.connect_s,
                                       sock_read=t.read_s),
-        trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx honoured them
+        # Not trust_env: it reads ~/.netrc on every request; the forwarder looks proxies up once.
     )
 
 

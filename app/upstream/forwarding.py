@@ -8,9 +8,12 @@ before any `[DONE]` (app/upstream/streams.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -101,6 +104,16 @@ class UpstreamReply:
 def upstream_url(record: ModelRecord, path: str) -> str:
     """`base_url` is the OpenAI-style base, e.g. `http://host:8000/v1`; `path` is `/chat/completions`."""
     return record.base_url.rstrip("/") + path
+
+
+@functools.lru_cache(maxsize=1024)
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for an upstream URL (HTTP_PROXY, HTTPS_PROXY, NO_PROXY),
+    looked up once per URL: the environment does not change while the gateway runs."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
 
 
 def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> dict[str, str]:
@@ -194,7 +207,7 @@ class Forwarder:
     ) -> UpstreamReply:
         start = time.perf_counter()
         try:
-            response = await self.client.post(url, data=payload, headers=headers)
+            response = await self.client.post(url, data=payload, headers=headers, proxy=env_proxy(url))
             kind = status_class(response.status)
             if kind is not None and kind != "client_error":
                 response.close()  # its body is the provider's business, never the client's
