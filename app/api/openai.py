@@ -223,6 +223,11 @@ async def embeddings(request: Request) -> Response:
     return await proxy(request, "/embeddings", body, dest, False, started)
 
 
+# The POSTs app/api/hot.py serves without FastAPI's routing (the routes above stay for the schema).
+HOT_ENDPOINTS = {"/v1/chat/completions": chat_completions, "/v1/completions": completions,
+                 "/v1/responses": responses, "/v1/embeddings": embeddings}
+
+
 @router.post("/v1/route")
 async def route_dry_run(request: Request) -> JSONResponse:
     """The decision a chat (or completions) request would get, calling no upstream."""
