@@ -9,9 +9,10 @@ divided by the requests it answered. CPU time counts only the gateway's own work
 up better than latency or throughput on a machine shared with other jobs (cache and frequency
 effects remain): the load average before and after each mode is printed beside it.
 
-`--against DIR` compares this tree's gateway with another source tree's (e.g. `git worktree add
-/tmp/base main`), both up at once on the same stub, their runs alternating (A B, B A, ...), so
-a change in the machine's load weighs on both alike: it prints each one's median and the ratio.
+`--against DIR` (repeatable) compares this tree's gateway with other source trees' (e.g. `git
+worktree add /tmp/base main`), all up at once on the same stub, their runs alternating (A B C,
+C B A, ...), so a change in the machine's load weighs on all alike: it prints each one's median
+and this tree's ratio to each.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def measure(args: argparse.Namespace, state_dir: Path, workdir: Path) -> dict:
     """Both modes against one stub and the gateway(s)."""
     host = report.machine()
     env = dict(kv.split("=", 1) for kv in args.env)
-    trees = {"this": ROOT} | ({"against": Path(args.against).resolve()} if args.against else {})
+    trees = {"this": ROOT} | {Path(d).resolve().name: Path(d).resolve() for d in args.against}
     with start_stub(workdir, delay_ms=args.delay_ms) as stub, ExitStack() as stack:
         config = write_config(workdir, stub_models(stub.url))
         gateways: dict[str, Service] = {}
@@ -109,16 +110,13 @@ def measure(args: argparse.Namespace, state_dir: Path, workdir: Path) -> dict:
 def text(result: dict) -> str:
     """The result as a markdown table."""
     trees = list(result["trees"])
-    headers = ["mode", *(f"{t} CPU ms/request (median)" for t in trees)]
-    if len(trees) == 2:
-        headers.append("this / against")
+    headers = ["mode", *(f"{t} CPU ms/request (median)" for t in trees), *(f"this / {t}" for t in trees[1:])]
     headers += ["runs (ms)", "requests per run", "load average 1m", "errors"]
     rows = []
     for mode, m in result["modes"].items():
         medians = m["cpu_ms_per_request"]
-        row = [mode, *(report.fmt(medians[t], 3) for t in trees)]
-        if len(trees) == 2:
-            row.append(f"{medians['this'] / medians['against']:.2f}")
+        row = [mode, *(report.fmt(medians[t], 3) for t in trees),
+               *(f"{medians['this'] / medians[t]:.2f}" for t in trees[1:])]
         runs = "; ".join(f"{t}: " + " / ".join(f"{v:.3f}" for v in m["runs_ms"][t]) for t in trees)
         load = m["load_average_1m"]
         rows.append(row + [runs, str(m["requests_per_run"]), f"{load['before']:.1f} -> {load['after']:.1f}",
@@ -136,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=5.0, help="the stub's delay per answer (default %(default)s)")
     p.add_argument("--env", action="append", default=[], metavar="UNIROUTE_X=V",
                    help="a setting for the gateway (repeatable)")
-    p.add_argument("--against", metavar="DIR", help="another source tree whose gateway to compare with")
+    p.add_argument("--against", metavar="DIR", action="append", default=[],
+                   help="another source tree whose gateway to compare with (repeatable)")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
                    help="the gateway's embedding cache (representative set only; default %(default)s)")
     p.add_argument("--json", metavar="FILE|-", help="write the result as JSON; '-' prints one object on stdout")
     args = p.parse_args(argv)
     if min(args.requests, args.repeats, args.clients) < 1 or args.warmup < 0:
         p.error("--requests, --repeats and --clients must be >= 1, --warmup >= 0")
-    if args.against and not (Path(args.against) / "app" / "cli" / "main.py").is_file():
-        p.error(f"--against {args.against}: not a uniroute source tree")
+    for tree in args.against:
+        if not (Path(tree) / "app" / "cli" / "main.py").is_file():
+            p.error(f"--against {tree}: not a uniroute source tree")
     if any("=" not in kv or not kv.startswith("UNIROUTE_") for kv in args.env):
         p.error("--env takes UNIROUTE_NAME=VALUE")
     try:

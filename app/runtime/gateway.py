@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
+import faiss
 from starlette.requests import Request
 
 from app.costs.budget import open_guard
@@ -149,11 +150,17 @@ class Gateway:
         s = self.settings
         try:
             t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
             if s.embed_threads is not None:
                 import torch  # the gateway owns its process: one thread leaves a core to the event loop
 
                 torch.set_num_threads(s.embed_threads)
-            loop = asyncio.get_running_loop()
+            # A routed prompt's nearest-centroid searches are one query each: a parallel region
+            # buys nothing there, and its OpenMP worker spun on a core after every one (more CPU
+            # per request than all the gateway's own work: docs/benchmarks.md). OpenMP's thread
+            # count is per calling thread: the event loop's and the embedding thread's.
+            faiss.omp_set_num_threads(1)
+            await loop.run_in_executor(self.embed_pool, faiss.omp_set_num_threads, 1)
             state_dir, repset_path = await self.states.startup_paths()
             router = await loop.run_in_executor(self.embed_pool, load_router, s, state_dir, repset_path)
             self.routing.attach(router, self.embed_pool)
