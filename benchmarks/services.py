@@ -52,12 +52,12 @@ class Service:
     """A process this benchmark started, its base URL and its log file; stopped by its own pid."""
 
     def __init__(self, name: str, argv: Sequence[str], url: str, log_path: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> None:
         self.name = name
         self.url = url
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(list(argv), cwd=ROOT, env=dict(env) if env is not None else None,
+        self.process = subprocess.Popen(list(argv), cwd=cwd, env=dict(env) if env is not None else None,
                                         stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
@@ -155,8 +155,9 @@ def write_config(workdir: Path, models: Sequence[StubModel], seed: int = 0) -> P
 
 def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str, str] | None = None,
                   state_dir: str | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                  name: str = "gateway") -> Service:
+                  name: str = "gateway", root: Path = ROOT) -> Service:
     """`python -m app.cli.main serve` on a free port with a fresh SQLite registry in `workdir`, ready.
+    `root` is the source tree it runs from (another checkout, to compare two versions).
 
     `env` adds `UNIROUTE_*` settings; none of the caller's own `UNIROUTE_*` variables is passed on.
     """
@@ -177,7 +178,7 @@ def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str
     argv = [sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if config is not None:
         argv += ["--config", str(config)]
-    service = Service(name, argv, f"http://127.0.0.1:{port}", workdir / f"{name}.log", child_env)
+    service = Service(name, argv, f"http://127.0.0.1:{port}", workdir / f"{name}.log", child_env, root)
     try:
         service.wait_until("/readyz", GATEWAY_READY_TIMEOUT_S)
         wait_workers_ready(service, int(child_env["UNIROUTE_WORKERS"]), GATEWAY_READY_TIMEOUT_S)

@@ -74,6 +74,11 @@ def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+def known_error_response(err: APIError | GatewayError) -> JSONResponse:
+    """The HTTP response for an error raised at the edge or in the domain."""
+    return error_response(err if isinstance(err, APIError) else from_domain(err))
+
+
 def is_json_type(content_type: str | None) -> bool:
     """Whether a Content-Type header announces JSON (`application/json`, `…+json`, any parameters)."""
     if not content_type:
@@ -86,12 +91,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves the gateway in OpenAI's format, including FastAPI's own."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
-
     @app.exception_handler(GatewayError)
-    async def _domain_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return error_response(from_domain(exc))
+    async def _known_error(_: Request, exc: APIError | GatewayError) -> JSONResponse:
+        return known_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

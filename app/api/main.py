@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import admin, openai, state
 from app.api.errors import APIError, install_error_handlers
+from app.api.hot import HotRoutes
 from app.errors import error_body
 from app.runtime.config import Settings
 from app.runtime.gateway import Gateway, gateway_of
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pass
         return Response(exposition(gw.metrics, running), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(HotRoutes, endpoints=openai.HOT_ENDPOINTS)  # inside the body limit, which it reads through
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter)  # outermost: counts the body limit's answers too
     return app

@@ -22,6 +22,7 @@ from app.api.wire import (
     RoutedBody,
     RoutingOptions,
     read_body,
+    read_routed,
     validate,
 )
 from app.costs.billing import bill, record_usage
@@ -161,10 +162,10 @@ async def forward(request: Request, kind: type[RoutedBody], path: str) -> Respon
     """Read a request of `kind`, find its destination and relay the upstream's answer."""
     started = time.perf_counter()
     body = await read_body(request)
-    parsed = validate(kind, body)
-    routed = parse_router_model(parsed.model, gateway_of(request).settings) is not None
-    dest = await destination(request, parsed.model, parsed.uniroute, parsed.routing_text(routed))
-    return await proxy(request, path, body, dest, bool(parsed.stream), started)
+    read = read_routed(kind, body)
+    routed = parse_router_model(read.model, gateway_of(request).settings) is not None
+    dest = await destination(request, read.model, read.options, read.routing_text(routed))
+    return await proxy(request, path, body, dest, read.stream, started)
 
 
 @router.post("/v1/chat/completions")
@@ -223,13 +224,18 @@ async def embeddings(request: Request) -> Response:
     return await proxy(request, "/embeddings", body, dest, False, started)
 
 
+# The POSTs app/api/hot.py serves without FastAPI's routing (the routes above stay for the schema).
+HOT_ENDPOINTS = {"/v1/chat/completions": chat_completions, "/v1/completions": completions,
+                 "/v1/responses": responses, "/v1/embeddings": embeddings}
+
+
 @router.post("/v1/route")
 async def route_dry_run(request: Request) -> JSONResponse:
     """The decision a chat (or completions) request would get, calling no upstream."""
     body = await read_body(request)
-    parsed = validate(ChatBody if "messages" in body else CompletionBody, body)
-    routed = parse_router_model(parsed.model, gateway_of(request).settings) is not None
-    dest = await destination(request, parsed.model, parsed.uniroute, parsed.routing_text(routed))
+    read = read_routed(ChatBody if "messages" in body else CompletionBody, body)
+    routed = parse_router_model(read.model, gateway_of(request).settings) is not None
+    dest = await destination(request, read.model, read.options, read.routing_text(routed))
     if dest.decision is None:
         record = dest.records[0]
         error, cost, _ = expectation(dest, record)

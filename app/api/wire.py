@@ -1,6 +1,8 @@
 """The OpenAI request bodies as the gateway reads them: only the fields routing needs are
-validated, everything else passes to the upstream untouched."""
+read (checked by hand when plain, else validated), everything else passes to the upstream untouched."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import orjson
 from fastapi import Request
@@ -51,18 +53,39 @@ class Message(BaseModel):
     content: str | list | None = None
 
 
+def _plain_content(content: object) -> bool:
+    return content is None or type(content) in (str, list)
+
+
 class RoutedBody(BaseModel):
     """What the gateway reads of a request it may route: the model asked for, whether to stream,
-    the `uniroute` options, and (per kind, `routing_text`) the prompt's text."""
+    the `uniroute` options, and (per kind, `text_of`) the prompt's text.
+
+    Validating a whole body costs more than routing a short prompt's request does otherwise, so
+    `plain` first checks by hand whether the body is a usual one that surely validates with
+    nothing converted; only the others are validated (read_routed)."""
 
     model_config = ConfigDict(extra="allow")
     model: str
     stream: StrictBool | None = False  # null is the spec's default: not streamed
     uniroute: RoutingOptions | None = None
 
-    def routing_text(self, routed: bool) -> str:
-        """The text routing reads (and the expected cost counts); `routed` when a router name
-        was asked for."""
+    @classmethod
+    def plain(cls, body: dict) -> bool:
+        """Whether `body` validates as it is: `model` a string, `stream` absent, null or a
+        boolean, no `uniroute` options, and the kind's prompt fields (`plain_prompt`) plain."""
+        stream = body.get("stream")
+        return (type(body.get("model")) is str and (stream is None or type(stream) is bool)
+                and body.get("uniroute") is None and cls.plain_prompt(body))
+
+    @classmethod
+    def plain_prompt(cls, body: dict) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def text_of(cls, fields: dict, routed: bool) -> str:
+        """The text routing reads (and the expected cost counts) of a valid body's `fields`;
+        `routed` when a router name was asked for."""
         raise NotImplementedError
 
 
@@ -71,8 +94,16 @@ class ChatBody(RoutedBody):
 
     messages: list[Message] = Field(min_length=1)
 
-    def routing_text(self, routed: bool) -> str:
-        return chat_routing_text([m.model_dump() for m in self.messages])
+    @classmethod
+    def plain_prompt(cls, body: dict) -> bool:
+        messages = body.get("messages")
+        return (type(messages) is list and len(messages) > 0
+                and all(type(m) is dict and type(m.get("role")) is str and _plain_content(m.get("content"))
+                        for m in messages))
+
+    @classmethod
+    def text_of(cls, fields: dict, routed: bool) -> str:
+        return chat_routing_text(fields["messages"])
 
 
 class CompletionBody(RoutedBody):
@@ -80,10 +111,15 @@ class CompletionBody(RoutedBody):
 
     prompt: str | list
 
-    def routing_text(self, routed: bool) -> str:
+    @classmethod
+    def plain_prompt(cls, body: dict) -> bool:
+        return type(body.get("prompt")) in (str, list)
+
+    @classmethod
+    def text_of(cls, fields: dict, routed: bool) -> str:
         # token ids have no text: only a named model takes them
         try:
-            return completion_routing_text(self.prompt)
+            return completion_routing_text(fields["prompt"])
         except GatewayError:
             if routed:
                 raise
@@ -96,8 +132,39 @@ class ResponsesBody(RoutedBody):
     input: str | list
     instructions: str | None = None
 
+    @classmethod
+    def plain_prompt(cls, body: dict) -> bool:
+        instructions = body.get("instructions")
+        return type(body.get("input")) in (str, list) and (instructions is None or type(instructions) is str)
+
+    @classmethod
+    def text_of(cls, fields: dict, routed: bool) -> str:
+        return responses_routing_text(fields["input"], fields.get("instructions"))
+
+
+@dataclass(frozen=True)
+class RoutedRequest:
+    """A routed request as the gateway reads it: `fields` are its body's (or their validated
+    values), as `kind.text_of` reads them."""
+
+    kind: type[RoutedBody]
+    model: str
+    stream: bool
+    options: RoutingOptions | None
+    fields: dict
+
     def routing_text(self, routed: bool) -> str:
-        return responses_routing_text(self.input, self.instructions)
+        """The text routing reads; `routed` when a router name was asked for."""
+        return self.kind.text_of(self.fields, routed)
+
+
+def read_routed(kind: type[RoutedBody], body: dict) -> RoutedRequest:
+    """The request of `kind` in `body`: a plain body as it is, any other validated (a 400 naming
+    the offending parameter when it is not valid)."""
+    if kind.plain(body):
+        return RoutedRequest(kind, body["model"], bool(body.get("stream")), None, body)
+    parsed = validate(kind, body)
+    return RoutedRequest(kind, parsed.model, bool(parsed.stream), parsed.uniroute, parsed.model_dump())
 
 
 class EmbeddingsBody(BaseModel):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 
 import uvicorn
@@ -27,14 +28,25 @@ def run(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def fast_server() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (both of uvicorn[standard]),
+    named outright where installed, asyncio and h11 elsewhere."""
+    def installed(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {"loop": "uvloop" if installed("uvloop") else "asyncio",
+            "http": "httptools" if installed("httptools") else "h11"}
+
+
 def server_options(settings: Settings) -> dict:
     """uvicorn's options, the same for the one process and for each worker."""
-    return {"log_level": settings.log_level, "access_log": False, "timeout_keep_alive": settings.keep_alive_s}
+    return {**fast_server(), "log_level": settings.log_level, "access_log": False,
+            "timeout_keep_alive": settings.keep_alive_s}
 
 
 def serve(settings: Settings) -> int:
-    """Serve the gateway until interrupted (uvloop and httptools when installed): in this process
-    when `workers` is 1, else from that many worker processes on one socket. 0 once stopped."""
+    """Serve the gateway until interrupted: in this process when `workers` is 1, else from that
+    many worker processes on one socket. 0 once stopped."""
     count = worker_count(settings)
     if count > 1:
         logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)

@@ -134,10 +134,12 @@ class CaptureConfig(BaseModel):
 
 
 class Timeouts(BaseModel):
-    """Upstream timeouts in seconds. `read_s` bounds the wait for the first byte and between chunks."""
+    """Upstream timeouts in seconds. `read_s` bounds every wait for data: from sending the request
+    to the first byte, and between chunks."""
 
     connect_s: float = Field(3.0, gt=0)
     read_s: float = Field(60.0, gt=0)
+    # Accepted so that older config files still load; aiohttp has no separate write timeout.
     write_s: float = Field(10.0, gt=0)
     pool_s: float = Field(5.0, gt=0)
 

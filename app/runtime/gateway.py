@@ -12,7 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import aiohttp
+import faiss
 from starlette.requests import Request
 
 from app.costs.budget import open_guard
@@ -44,15 +45,21 @@ def gateway_of(request: Request) -> "Gateway":
     return request.app.state.gateway
 
 
-def upstream_client(settings: Settings) -> httpx.AsyncClient:
-    """The pooled client every upstream call goes through."""
+def upstream_client(settings: Settings) -> aiohttp.ClientSession:
+    """The pooled session every upstream call goes through (made on the running event loop).
+    aiohttp took a third off the gateway's CPU per request against httpx (docs/benchmarks.md)."""
     t = settings.timeouts
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.pool_s),
-        # An idle upstream connection is dropped well before servers close theirs (uvicorn,
-        # which vLLM and many others run on, closes after 5 s): reusing one at that moment
-        # loses the request to a race.
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=UPSTREAM_KEEPALIVE_S),
+    # An idle upstream connection is dropped well before servers close theirs (uvicorn, which
+    # vLLM and many others run on, closes after 5 s): reusing one at that moment loses the
+    # request to a race.
+    connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
+    return aiohttp.ClientSession(
+        connector=connector,
+        # `connect` covers waiting for a pooled connection and opening one; `sock_read` bounds
+        # every wait for data, from the request's sending to the answer's last chunk.
+        timeout=aiohttp.ClientTimeout(total=None, connect=t.pool_s + t.connect_s, sock_connect=t.connect_s,
+                                      sock_read=t.read_s),
+        # Not trust_env: it reads ~/.netrc on every request; the forwarder looks proxies up once.
     )
 
 
@@ -139,7 +146,7 @@ class Gateway:
         await self.capture.flush()
         await self.capture_store.close()
         await self.state_store.close()
-        await self.client.aclose()
+        await self.client.close()
         await self.registry.close()
         self.embed_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -147,11 +154,17 @@ class Gateway:
         s = self.settings
         try:
             t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
             if s.embed_threads is not None:
                 import torch  # the gateway owns its process: one thread leaves a core to the event loop
 
                 torch.set_num_threads(s.embed_threads)
-            loop = asyncio.get_running_loop()
+            # A routed prompt's nearest-centroid searches are one query each: a parallel region
+            # buys nothing there, and its OpenMP worker spun on a core after every one (more CPU
+            # per request than all the gateway's own work: docs/benchmarks.md). OpenMP's thread
+            # count is per calling thread: the event loop's and the embedding thread's.
+            faiss.omp_set_num_threads(1)
+            await loop.run_in_executor(self.embed_pool, faiss.omp_set_num_threads, 1)
             # One process at a time (the workers of a `uniroute serve`, replicas sharing a Redis):
             # the first embeds the representative set into the shared cache and registers the
             # configured models; the next ones find both done.

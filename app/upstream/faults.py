@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import httpx
+import aiohttp
 
 FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "rate_limit",
                      "server", "bad_body", "cut", "client_error"]
@@ -98,17 +98,21 @@ def status_class(status: int) -> FaultClass | None:
     return None
 
 
-def transport_class(exc: httpx.TransportError) -> FaultClass:
+# aiohttp sends a request and awaits its answer in one call; a failure while sending the body is
+# told apart only by the message it wraps the OS error in.
+_WRITE_FAILED = "Can not write request body"
+
+
+def transport_class(exc: aiohttp.ClientError | TimeoutError) -> FaultClass:
     """The class of a transport error while sending a request and waiting for its answer."""
-    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.ProxyError,
-                        httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
-        return "connect"  # the request never left
-    if isinstance(exc, (httpx.WriteError, httpx.WriteTimeout)):
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)):
+        return "connect"  # the request never left (refused, DNS, connect or pool timeout, bad URL)
+    if isinstance(exc, aiohttp.ClientOSError) and str(exc).startswith(_WRITE_FAILED):
         return "write"  # the request did not arrive whole: the upstream cannot have acted on it
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "disconnect"  # the server closed the connection without a (complete) answer
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+        return "disconnect"  # the server closed the connection without a (complete, well-formed) answer
     return "read"
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 import orjson
 
 from app.errors import GatewayError, error_body
@@ -109,6 +112,16 @@ def upstream_url(record: ModelRecord, path: str) -> str:
     return record.base_url.rstrip("/") + path
 
 
+@functools.lru_cache(maxsize=1024)
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for an upstream URL (HTTP_PROXY, HTTPS_PROXY, NO_PROXY),
+    looked up once per URL: the environment does not change while the gateway runs."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
+
+
 def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> dict[str, str]:
     """Headers for the upstream: its own key (from the environment), never the client's."""
     headers = {k: v for k, v in client_headers.items() if k in _PASS_HEADERS}
@@ -124,10 +137,10 @@ def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> 
 
 @dataclass
 class Forwarder:
-    """Sends requests to upstream models over one shared, pooled httpx client. `disable` takes a
-    model out of routing after a fault whose class says so."""
+    """Sends requests to upstream models over one shared, pooled aiohttp session. `disable` takes
+    a model out of routing after a fault whose class says so."""
 
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     metrics: Metrics
     health: Health
     retries: int
@@ -199,54 +212,52 @@ class Forwarder:
         strip_usage: bool,
     ) -> UpstreamReply:
         start = time.perf_counter()
-        request = self.client.build_request("POST", url, content=payload, headers=headers)
         try:
-            response = await self.client.send(request, stream=stream)
-        except httpx.TransportError as exc:
-            kind = transport_class(exc)
-            raise UpstreamFault(kind, f"{type(exc).__name__} calling {record.name}") from exc
+            response = await self.client.post(url, data=payload, headers=headers, proxy=env_proxy(url))
+            kind = status_class(response.status)
+            if kind is not None and kind != "client_error":
+                response.close()  # its body is the provider's business, never the client's
+                raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status)
+            # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
+            content = await response.read() if kind == "client_error" or not stream else b""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamFault(transport_class(exc), f"{type(exc).__name__} calling {record.name}") from exc
         elapsed = time.perf_counter() - start
         self.metrics.upstream_seconds.labels(record.name).observe(elapsed)
         request_id = response.headers.get("x-request-id")
-        kind = status_class(response.status_code)
         if kind == "client_error":
             # Bad parameters: the client must see it as the upstream said it.
-            content = await response.aread()
-            await response.aclose()
             try:
                 parsed = orjson.loads(content)
             except orjson.JSONDecodeError:
                 parsed = error_body(content.decode(errors="replace")[:500], "upstream_error")
-            return UpstreamReply(record, response.status_code, elapsed, body=orjson.dumps(parsed), json=parsed,
+            return UpstreamReply(record, response.status, elapsed, body=orjson.dumps(parsed), json=parsed,
                           request_id=request_id)
-        if kind is not None:
-            await response.aclose()  # its body is the provider's business, never the client's
-            raise UpstreamFault(kind, describe(kind, record.name, response.status_code, path), response.status_code)
         if not stream:
             try:
-                parsed = orjson.loads(response.content)
+                parsed = orjson.loads(content)
             except orjson.JSONDecodeError as exc:
                 raise UpstreamFault("bad_body", f"{record.name} sent a body that is not JSON") from exc
-            return UpstreamReply(record, response.status_code, elapsed, body=response.content, json=parsed,
+            return UpstreamReply(record, response.status, elapsed, body=content, json=parsed,
                           request_id=request_id)
-        chunks = response.aiter_bytes()
+        chunks = response.content.iter_any()
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
-            await response.aclose()
+            response.close()
             raise UpstreamFault("cut", f"{record.name} closed the stream before any data") from None
-        except httpx.TimeoutException as exc:
-            await response.aclose()
+        except TimeoutError as exc:
+            response.close()
             raise UpstreamFault("timeout", f"{record.name} sent no stream data in time") from exc
-        except httpx.TransportError as exc:
-            await response.aclose()
+        except aiohttp.ClientError as exc:
+            response.close()
             raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
         watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage)
-        return UpstreamReply(record, response.status_code, elapsed, stream=self._relay(record, first, chunks, response, watch),
+        return UpstreamReply(record, response.status, elapsed, stream=self._relay(record, first, chunks, response, watch),
                       watch=watch, request_id=request_id)
 
     async def _relay(
-        self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: httpx.Response,
+        self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: aiohttp.ClientResponse,
         watch: StreamWatch,
     ) -> AsyncIterator[bytes]:
         """Pass the upstream's events on as they come; end an incomplete stream with an error event
@@ -261,11 +272,13 @@ class Forwarder:
                 for event in events.feed(chunk):
                     if out := watch.see(event):
                         yield out
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             cut = f"the upstream model {record.name} cut the stream mid-way"
             log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)
         finally:
-            await response.aclose()
+            # A stream read to its end has given its connection back to the pool already; one
+            # left early (the client hung up) must not be reused half-read.
+            response.close()
         rest = events.rest()
         # A last event without its blank line: end it here.
         if cut is None and rest.strip() and (out := watch.see(rest + b"\n\n")):

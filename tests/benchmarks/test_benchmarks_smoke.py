@@ -81,6 +81,19 @@ def test_gateway_benchmark_refuses_a_state_built_with_the_other_embedder():
     assert "built with embedder 'accurate'" in done.stderr
 
 
+def test_cpu_per_request_compares_this_tree_with_another_in_both_modes(cache_dir):
+    # The other tree is this one: what is checked is the comparison's shape, never a speed.
+    out = json_out(run_benchmark("cpu_per_request", "--requests", "20", "--repeats", "2", "--warmup", "5",
+                                 "--against", str(ROOT), "--cache-dir", cache_dir, "--json", "-"))
+    assert list(out["trees"]) == ["this", ROOT.name] and set(out["modes"]) == {"non_stream", "stream"}
+    for mode in out["modes"].values():
+        assert mode["errors"] == {} and mode["requests_per_run"] == 20
+        for tree in out["trees"]:
+            assert len(mode["runs_ms"][tree]) == 2 and all(positive(v) for v in mode["runs_ms"][tree])
+            assert positive(mode["cpu_ms_per_request"][tree])
+    assert out["cpu_ms_per_request"] == {m: out["modes"][m]["cpu_ms_per_request"]["this"] for m in out["modes"]}
+
+
 def test_time_to_routable_prints_measured_time_against_its_bound(cache_dir):
     out = json_out(run_benchmark("time_to_routable", "--latency-ms", "20", "--concurrency", "32",
                                  "--cache-dir", cache_dir, "--json", "-"))
