@@ -131,10 +131,11 @@ def gradable_heldout(mix: GeneralMix, data_dir: str | Path) -> tuple[list[RepIte
 
 
 def select_stratified(clusters: np.ndarray, graders: list[str], floor: int, target: int,
-                      seed: int = 0) -> np.ndarray:
+                      seed: int = 0, pooled: list[tuple[int, ...]] | None = None) -> np.ndarray:
     """Indices of the chosen candidates. `clusters` (n, S) is each candidate's cluster under each
-    of S states. First every (state, cluster) is brought to `floor` chosen candidates where it has
-    enough, then to `target`; the cluster with the fewest candidates left goes first; among its
+    of S states; `pooled[s]` are state s's pooled clusters, which every item profiles, so none is
+    chosen for them. First every other (state, cluster) is brought to `floor` chosen candidates
+    where it has enough, then to `target`; the cluster with the fewest candidates left goes first; among its
     candidates those that also fill other states' short clusters win, then the grader the cluster
     has least of, then a random order drawn with `seed`."""
     n, n_states = clusters.shape
@@ -145,16 +146,18 @@ def select_stratified(clusters: np.ndarray, graders: list[str], floor: int, targ
     sizes = [int(clusters[:, s].max()) + 1 for s in range(n_states)]
     count = [np.zeros(k, dtype=int) for k in sizes]
     by_grader = [[Counter() for _ in range(k)] for k in sizes]
+    skip = pooled or [()] * n_states
     for level in (floor, target):
         while True:
             short = [(int(np.sum(~chosen & (clusters[:, s] == c))), s, c)
-                     for s in range(n_states) for c in range(sizes[s]) if count[s][c] < level]
+                     for s in range(n_states) for c in range(sizes[s]) if count[s][c] < level and c not in skip[s]]
             short = [t for t in short if t[0] > 0]
             if not short:
                 break
             _, s, c = min(short)
             pool = np.flatnonzero(~chosen & (clusters[:, s] == c))
-            best = min(pool, key=lambda i: (-sum(count[o][clusters[i, o]] < level for o in range(n_states) if o != s),
+            best = min(pool, key=lambda i: (-sum(count[o][clusters[i, o]] < level for o in range(n_states)
+                                                 if o != s and clusters[i, o] not in skip[o]),
                                             by_grader[s][c][graders[i]], rank[i]))
             chosen[best] = True
             for o in range(n_states):
@@ -202,12 +205,14 @@ def build_general_repset(data_dir: str | Path, state_dirs: dict[str, Path], out_
         embedder = CachedEmbedder(state_embedder(state, state_dirs[name]), cache_dir)
         columns.append(state.assign(embed_for_routing(embedder, prompts, state.max_chars))[0])
     clusters = np.stack(columns, axis=1)
-    picked = select_stratified(clusters, [i.grader for i in candidates], floor, target, seed)
+    picked = select_stratified(clusters, [i.grader for i in candidates], floor, target, seed,
+                               [s.pooled for s in states.values()])
     coverage = []
     for s, (name, state) in enumerate(states.items()):
         graders = [Counter() for _ in range(state.k)]
         for i in picked:
-            graders[clusters[i, s]][candidates[i].grader] += 1
+            for c in {int(clusters[i, s]), *state.pooled}:  # every item weighs in a pooled cluster
+                graders[c][candidates[i].grader] += 1
         coverage.append(StateCoverage(name, state.metadata.get("clusters") or
                                       [{"label": "", "size": 0} for _ in range(state.k)], graders))
         short = [c for c in range(state.k) if sum(graders[c].values()) < floor]

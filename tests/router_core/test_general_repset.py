@@ -146,3 +146,10 @@ def test_within_a_cluster_the_grader_it_has_least_of_is_taken_first():
 def test_a_floor_above_the_target_is_refused():
     with pytest.raises(gr.GeneralRepsetError, match="floor"):
         gr.select_stratified(np.zeros((3, 1), dtype=int), ["numeric"] * 3, floor=5, target=4)
+
+
+def test_no_item_is_chosen_for_a_pooled_cluster_every_item_profiles():
+    # state A: clusters 0/1; cluster 1 is pooled and holds 10 stray candidates
+    clusters = np.array([[0]] * 30 + [[1]] * 10)
+    picked = gr.select_stratified(clusters, ["numeric"] * 40, floor=5, target=8, seed=0, pooled=[(1,)])
+    assert (clusters[picked, 0] == 0).all() and len(picked) == 8
