@@ -187,15 +187,21 @@ class StateCoverage:
 def build_general_repset(data_dir: str | Path, state_dirs: dict[str, Path], out_path: str | Path,
                          cache_dir: str | Path, floor: int = 15, target: int = 40,
                          seed: int = 0) -> tuple[RepresentativeSet, list[StateCoverage]]:
-    """Build the set for the states at `state_dirs` (name -> directory; all fitted on one general
-    mix, whose config they record) and write it to `out_path`. Raises if some cluster of some
-    state cannot reach `floor`."""
+    """Build the set for the states at `state_dirs` (name -> directory; all fitted on general
+    mixes that record one held-out split: the same config but for the tasks left out of the fit)
+    and write it to `out_path`. Raises if some cluster of some state cannot reach `floor`."""
     states = {name: RouterState.load(d) for name, d in state_dirs.items()}
-    configs = {json.dumps(s.metadata.get("mix"), sort_keys=True) for s in states.values()}
-    if len(configs) != 1 or None in (s.metadata.get("mix") for s in states.values()):
+    if None in (s.metadata.get("mix") for s in states.values()):
         raise GeneralRepsetError("the states must all record the same general mix (metadata 'mix')")
-    mix = build_mix(data_dir, MixConfig.from_dict(next(iter(states.values())).metadata["mix"]))
-    candidates, skipped = gradable_heldout(mix, data_dir)
+    configs = {MixConfig.from_dict(s.metadata["mix"]) for s in states.values()}
+    if len({replace(c, excluded=()) for c in configs}) != 1:
+        raise GeneralRepsetError("the states must all record the same general mix (metadata 'mix'), "
+                                 "but for the tasks left out of the fit")
+    # the tasks left out change the fit, never the held-out prompts; each fit is checked against them
+    built = [gradable_heldout(build_mix(data_dir, c), data_dir) for c in sorted(configs, key=repr)]
+    candidates, skipped = built[0]
+    if any([i.id for i in other] != [i.id for i in candidates] for other, _ in built[1:]):
+        raise GeneralRepsetError("the states' mixes hold out different prompts")
     print(f"{len(candidates)} gradable held-out prompts "
           f"({', '.join(f'{g} {n}' for g, n in Counter(i.grader for i in candidates).items())}); "
           f"not usable: {dict(skipped)}", file=sys.stderr)
