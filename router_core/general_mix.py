@@ -429,10 +429,10 @@ def score_k(emb: np.ndarray, mix: GeneralMix, fold: np.ndarray, check_emb: np.nd
         runs = [_fold_scores(emb, parts, fold == f, k, prior, seed, check_emb, mix.fit) for f in folds]
         centroids = clustering.fit_kmeans(emb, k, seed=seed)
         pooled = pooled_clusters(clustering.assign(centroids, emb)[0], mix.fit, k)
-        counts = np.bincount(clustering.assign(centroids, cover_emb)[0], minlength=k)
+        counts = np.delete(np.bincount(clustering.assign(centroids, cover_emb)[0], minlength=k), pooled)
         score = KScore(k, {s: float(np.mean([r[0][s][0] for r in runs])) for s in parts},
                        {s: float(np.mean([r[0][s][1] for r in runs])) for s in parts},
-                       float(np.mean([r[1] for r in runs])), int(np.delete(counts, pooled).min()), len(pooled))
+                       float(np.mean([r[1] for r in runs])), int(counts.min(initial=len(cover_emb))), len(pooled))
         out.append(score)
         _note(f"K={k}: mean Brier {score.mean_brier:.5f}, check beyond drift {score.drift_share:.1%}, "
               f"fewest gradable held-out prompts in a cluster {score.coverage} ({len(pooled)} pooled)")

@@ -11,8 +11,10 @@ Candidates are the held-out prompts of the general mix (never fitted) that somet
 - rated arena-bench-v1 prompts held out of the fit -> `llm_judge:rating`, GPT-4's reference answer.
 
 Each candidate is assigned to its cluster under every state; items are then chosen stratified so
-that every cluster of every state reaches `floor` items, then `target`, preferring items that also
-fill another state's short cluster and, within a cluster, the grader it has least of.
+that every cluster of every state reaches `floor` items, then `target` (a pooled cluster is
+profiled on every item, `RouterState.profile_weights`, so none is drawn for it), preferring
+items that also fill another state's short cluster and, within a cluster, the grader it has
+least of.
 
 `python -m router_core.general_repset --help`.
 """
