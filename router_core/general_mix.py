@@ -10,16 +10,20 @@ fall far from every centroid. This module assembles a broader mix from the share
 - held out (never fitted): RouterBench and RouterDC test files, `heldout_share` of the rated
   arena-bench-v1 prompts and of RouterDC's MBPP (the gradable prompts the general
   representative set draws from), and Arena-Hard v2.0, the check on unseen traffic;
-- left out by default (`DEFAULT_EXCLUDED`): tasks that would form clusters no gradable held-out
-  prompt falls in, which the representative set could never profile: RouterDC's Chinese C-Eval
-  and CMMLU, and its option-less ARC completion template;
+- pooled (`POOLED_TASKS`): RouterDC's Chinese C-Eval and CMMLU are fitted, so that the states
+  know the region where text the `fast` embedder cannot read lands (Chinese, and with it most
+  other non-Latin scripts), but nothing grades a Chinese answer: a cluster made mostly of them is
+  pooled, i.e. profiled on the whole representative set (`RouterState.profile_weights`);
+- left out by default (`DEFAULT_EXCLUDED`): RouterDC's option-less ARC completion template, which
+  forms clusters no gradable held-out prompt falls in;
 - deduplicated (whitespace- and case-insensitive), with any fit prompt that contains a held-out
   prompt's question dropped (the same question in another template), then capped per benchmark
   task (`MixConfig.cap`, 300) so that MMLU-sized benchmarks do not swamp the open-ended prompts,
   which are all kept.
 
 K is chosen per embedder by cross-validated Brier score of the per-cluster profiles (each labelled
-source with its own LLMs), among the K whose every cluster holds `floor` gradable held-out prompts.
+source with its own LLMs; a pooled cluster predicts each model's mean), among the K whose every
+cluster that is not pooled holds `floor` gradable held-out prompts.
 
 `python -m router_core.general_mix --help` rebuilds the states; router_core.general_repset
 builds the matching representative set from the held-out prompts.
@@ -71,18 +75,25 @@ OPEN_ENDED = (ARENA_RATED, ARENA_V01)  # fitted uncapped
 # RouterDC tasks without a train/test split of which a share is held out for the repset
 # (their prompts carry what grades an answer: MBPP's asserts).
 HELDOUT_SPLIT_TASKS = ("routerdc/mbpp",)
-# Left out of the fit: C-Eval and CMMLU are Chinese and nothing in the data grades a Chinese
-# answer; RouterDC's ARC files are a "Question: ... Answer:" completion template without options
-# that forms clusters of its own, and no held-out prompt in that form is gradable (RouterBench's
-# arc-challenge, with options, stays). A cluster without gradable held-out prompts could never
-# be profiled from the representative set.
-DEFAULT_EXCLUDED = ("routerdc/ceval", "routerdc/cmmlu", "routerdc/arc_challenge", "routerdc/arc_easy")
+# Left out of the fit: RouterDC's ARC files are a "Question: ... Answer:" completion template
+# without options that forms clusters of its own, and no held-out prompt in that form is gradable
+# (RouterBench's arc-challenge, with options, stays). A cluster without gradable held-out prompts
+# could never be profiled from the representative set.
+DEFAULT_EXCLUDED = ("routerdc/arc_challenge", "routerdc/arc_easy")
+# Fitted, though nothing in the data grades their answers: C-Eval and CMMLU are Chinese. Without
+# them, text the `fast` embedder cannot read (Chinese, Japanese, Russian, ...) lies beyond every
+# cluster's reach and the drift monitor flags it all; with them it has a region of its own. A
+# cluster whose fit prompts are mostly these tasks is pooled (profiled on the whole set).
+POOLED_TASKS = ("routerdc/ceval", "routerdc/cmmlu")
 # Held-out tasks that router_core.general_repset can grade (references in the data).
 GRADABLE_HELDOUT_TASKS = ("routerbench/arc-challenge", "routerbench/winogrande", "routerdc/gsm8k",
                           "routerdc/humaneval", "routerdc/mbpp", ARENA_RATED)
 DEFAULT_FLOOR = 15  # representative items every cluster needs
 DEFAULT_KS = (4, 6, 8, 12, 16, 24, 32)
 DEFAULT_PRIOR = 4.0  # the Psi shrinkage the shipped states carry (`uniroute build-state`)
+
+# Said of a pooled cluster in its label (GET /admin/state shows it).
+POOLED_NOTE = "; no gradable prompt here: profiled on the whole representative set"
 
 # Words for the automatic cluster labels.
 TASK_WORDS = {
@@ -333,13 +344,15 @@ class KScore:
     """Validation of one K, averaged over cross-validation folds: per-source mean Brier score and
     log-loss of the per-cluster profiles' predicted error against held-out fold prompts' losses;
     the share of the check prompts beyond the drift threshold; and, for the clusters fitted on all
-    fit prompts, the fewest gradable held-out prompts any cluster holds (`coverage`)."""
+    fit prompts, the fewest gradable held-out prompts any cluster that is not pooled holds
+    (`coverage`) and how many clusters are pooled."""
 
     k: int
     brier: dict[str, float]
     log_loss: dict[str, float]
     drift_share: float
     coverage: int
+    pooled: int = 0
 
     @property
     def mean_brier(self) -> float:
@@ -375,17 +388,27 @@ def _losses_at(mix: GeneralMix) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {s: (np.array([row_of[i] for i in ds.ids], dtype=np.intp), ds.losses) for s, ds in mix.labelled.items()}
 
 
+def pooled_clusters(labels: np.ndarray, prompts: list[MixPrompt], k: int) -> list[int]:
+    """The clusters (fit labels in [0, k)) whose prompts are mostly of POOLED_TASKS."""
+    pooled = np.array([p.task in POOLED_TASKS for p in prompts])
+    return [c for c in range(k) if (labels == c).any() and pooled[labels == c].mean() > 0.5]
+
+
 def _fold_scores(emb: np.ndarray, parts: dict[str, tuple[np.ndarray, np.ndarray]], val: np.ndarray, k: int,
-                 prior: float, seed: int, check_emb: np.ndarray) -> tuple[dict[str, tuple[float, float]], float]:
-    """One fold: ({source: (Brier, log-loss)}, check share beyond drift) for clusters fitted on ~val."""
+                 prior: float, seed: int, check_emb: np.ndarray,
+                 prompts: list[MixPrompt]) -> tuple[dict[str, tuple[float, float]], float]:
+    """One fold: ({source: (Brier, log-loss)}, check share beyond drift) for clusters fitted on ~val;
+    a pooled cluster predicts the model's mean error, as the gateway's profile does there."""
     train = ~val
     centroids = clustering.fit_kmeans(emb[train], k, seed=seed)
     labels, _ = clustering.assign(centroids, emb)
     threshold = drift_threshold(nearest_distance(centroids, emb[train]))
+    pooled = pooled_clusters(labels[train], [p for p, t in zip(prompts, train) if t], k)
     out = {}
     for source, (rows, losses) in parts.items():
         fit_rows = train[rows]
         psi, _ = cluster_profiles(labels[rows[fit_rows]], losses[fit_rows], k, prior)
+        psi[:, pooled] = np.nanmean(losses[fit_rows], axis=0)[:, None]
         pred = psi[:, labels[rows[~fit_rows]]].T  # (n_val, M) predicted error
         truth = losses[~fit_rows]
         seen = ~np.isnan(truth)
@@ -403,20 +426,22 @@ def score_k(emb: np.ndarray, mix: GeneralMix, fold: np.ndarray, check_emb: np.nd
     folds = sorted(set(fold[fold >= 0].tolist()))
     out = []
     for k in ks:
-        runs = [_fold_scores(emb, parts, fold == f, k, prior, seed, check_emb) for f in folds]
-        full, _ = clustering.assign(clustering.fit_kmeans(emb, k, seed=seed), cover_emb)
+        runs = [_fold_scores(emb, parts, fold == f, k, prior, seed, check_emb, mix.fit) for f in folds]
+        centroids = clustering.fit_kmeans(emb, k, seed=seed)
+        pooled = pooled_clusters(clustering.assign(centroids, emb)[0], mix.fit, k)
+        counts = np.delete(np.bincount(clustering.assign(centroids, cover_emb)[0], minlength=k), pooled)
         score = KScore(k, {s: float(np.mean([r[0][s][0] for r in runs])) for s in parts},
                        {s: float(np.mean([r[0][s][1] for r in runs])) for s in parts},
-                       float(np.mean([r[1] for r in runs])), int(np.bincount(full, minlength=k).min()))
+                       float(np.mean([r[1] for r in runs])), int(counts.min(initial=len(cover_emb))), len(pooled))
         out.append(score)
         _note(f"K={k}: mean Brier {score.mean_brier:.5f}, check beyond drift {score.drift_share:.1%}, "
-              f"fewest gradable held-out prompts in a cluster {score.coverage}")
+              f"fewest gradable held-out prompts in a cluster {score.coverage} ({len(pooled)} pooled)")
     return out
 
 
 def choose_k(scores: list[KScore], tolerance: float = 0.002, floor: int = DEFAULT_FLOOR) -> int:
-    """Among the K whose every cluster holds at least `floor` gradable held-out prompts, the
-    smallest whose mean Brier score is within `tolerance` (relative) of the best of them."""
+    """Among the K whose every cluster that is not pooled holds at least `floor` gradable held-out
+    prompts, the smallest whose mean Brier score is within `tolerance` (relative) of the best of them."""
     covered = [s for s in scores if s.coverage >= floor]
     if not covered:
         raise ValueError(f"no candidate K leaves every cluster {floor} gradable held-out prompts; try smaller K")
@@ -428,11 +453,11 @@ def k_table(scores: list[KScore]) -> str:
     """The validation table as Markdown."""
     sources = list(scores[0].brier)
     head = ["K", *(f"Brier {s}" for s in sources), "mean Brier", "mean log-loss", "check beyond drift",
-            "min gradable/cluster"]
+            "min gradable/cluster", "pooled"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in scores:
         cells = [str(s.k), *(f"{s.brier[x]:.4f}" for x in sources), f"{s.mean_brier:.4f}",
-                 f"{s.mean_log_loss:.4f}", f"{s.drift_share:.1%}", str(s.coverage)]
+                 f"{s.mean_log_loss:.4f}", f"{s.drift_share:.1%}", str(s.coverage), str(s.pooled)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -485,7 +510,11 @@ def fit_general_state(mix: GeneralMix, embedder: Embedder, spec: str, k: int, se
     state = build_state(prompts, embedder, k, seed, embedder_spec=spec, max_chars=max_chars, prior=prior,
                         metadata=meta)
     emb = embed_for_routing(embedder, prompts, max_chars)
-    state.metadata["clusters"] = describe_clusters(state.centroids, emb, mix.fit)
+    state.pooled = tuple(pooled_clusters(clustering.assign(state.centroids, emb)[0], mix.fit, k))
+    clusters = describe_clusters(state.centroids, emb, mix.fit)
+    for c in state.pooled:
+        clusters[c]["label"] += POOLED_NOTE
+    state.metadata["clusters"] = clusters
     return state
 
 

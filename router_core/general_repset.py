@@ -11,8 +11,10 @@ Candidates are the held-out prompts of the general mix (never fitted) that somet
 - rated arena-bench-v1 prompts held out of the fit -> `llm_judge:rating`, GPT-4's reference answer.
 
 Each candidate is assigned to its cluster under every state; items are then chosen stratified so
-that every cluster of every state reaches `floor` items, then `target`, preferring items that also
-fill another state's short cluster and, within a cluster, the grader it has least of.
+that every cluster of every state reaches `floor` items, then `target` (a pooled cluster is
+profiled on every item, `RouterState.profile_weights`, so none is drawn for it), preferring
+items that also fill another state's short cluster and, within a cluster, the grader it has
+least of.
 
 `python -m router_core.general_repset --help`.
 """
@@ -131,10 +133,11 @@ def gradable_heldout(mix: GeneralMix, data_dir: str | Path) -> tuple[list[RepIte
 
 
 def select_stratified(clusters: np.ndarray, graders: list[str], floor: int, target: int,
-                      seed: int = 0) -> np.ndarray:
+                      seed: int = 0, pooled: list[tuple[int, ...]] | None = None) -> np.ndarray:
     """Indices of the chosen candidates. `clusters` (n, S) is each candidate's cluster under each
-    of S states. First every (state, cluster) is brought to `floor` chosen candidates where it has
-    enough, then to `target`; the cluster with the fewest candidates left goes first; among its
+    of S states; `pooled[s]` are state s's pooled clusters, which every item profiles, so none is
+    chosen for them. First every other (state, cluster) is brought to `floor` chosen candidates
+    where it has enough, then to `target`; the cluster with the fewest candidates left goes first; among its
     candidates those that also fill other states' short clusters win, then the grader the cluster
     has least of, then a random order drawn with `seed`."""
     n, n_states = clusters.shape
@@ -145,16 +148,18 @@ def select_stratified(clusters: np.ndarray, graders: list[str], floor: int, targ
     sizes = [int(clusters[:, s].max()) + 1 for s in range(n_states)]
     count = [np.zeros(k, dtype=int) for k in sizes]
     by_grader = [[Counter() for _ in range(k)] for k in sizes]
+    skip = pooled or [()] * n_states
     for level in (floor, target):
         while True:
             short = [(int(np.sum(~chosen & (clusters[:, s] == c))), s, c)
-                     for s in range(n_states) for c in range(sizes[s]) if count[s][c] < level]
+                     for s in range(n_states) for c in range(sizes[s]) if count[s][c] < level and c not in skip[s]]
             short = [t for t in short if t[0] > 0]
             if not short:
                 break
             _, s, c = min(short)
             pool = np.flatnonzero(~chosen & (clusters[:, s] == c))
-            best = min(pool, key=lambda i: (-sum(count[o][clusters[i, o]] < level for o in range(n_states) if o != s),
+            best = min(pool, key=lambda i: (-sum(count[o][clusters[i, o]] < level for o in range(n_states)
+                                                 if o != s and clusters[i, o] not in skip[o]),
                                             by_grader[s][c][graders[i]], rank[i]))
             chosen[best] = True
             for o in range(n_states):
@@ -184,15 +189,21 @@ class StateCoverage:
 def build_general_repset(data_dir: str | Path, state_dirs: dict[str, Path], out_path: str | Path,
                          cache_dir: str | Path, floor: int = 15, target: int = 40,
                          seed: int = 0) -> tuple[RepresentativeSet, list[StateCoverage]]:
-    """Build the set for the states at `state_dirs` (name -> directory; all fitted on one general
-    mix, whose config they record) and write it to `out_path`. Raises if some cluster of some
-    state cannot reach `floor`."""
+    """Build the set for the states at `state_dirs` (name -> directory; all fitted on general
+    mixes that record one held-out split: the same config but for the tasks left out of the fit)
+    and write it to `out_path`. Raises if some cluster of some state cannot reach `floor`."""
     states = {name: RouterState.load(d) for name, d in state_dirs.items()}
-    configs = {json.dumps(s.metadata.get("mix"), sort_keys=True) for s in states.values()}
-    if len(configs) != 1 or None in (s.metadata.get("mix") for s in states.values()):
+    if None in (s.metadata.get("mix") for s in states.values()):
         raise GeneralRepsetError("the states must all record the same general mix (metadata 'mix')")
-    mix = build_mix(data_dir, MixConfig.from_dict(next(iter(states.values())).metadata["mix"]))
-    candidates, skipped = gradable_heldout(mix, data_dir)
+    configs = {MixConfig.from_dict(s.metadata["mix"]) for s in states.values()}
+    if len({replace(c, excluded=()) for c in configs}) != 1:
+        raise GeneralRepsetError("the states must all record the same general mix (metadata 'mix'), "
+                                 "but for the tasks left out of the fit")
+    # the tasks left out change the fit, never the held-out prompts; each fit is checked against them
+    built = [gradable_heldout(build_mix(data_dir, c), data_dir) for c in sorted(configs, key=repr)]
+    candidates, skipped = built[0]
+    if any([i.id for i in other] != [i.id for i in candidates] for other, _ in built[1:]):
+        raise GeneralRepsetError("the states' mixes hold out different prompts")
     print(f"{len(candidates)} gradable held-out prompts "
           f"({', '.join(f'{g} {n}' for g, n in Counter(i.grader for i in candidates).items())}); "
           f"not usable: {dict(skipped)}", file=sys.stderr)
@@ -202,12 +213,14 @@ def build_general_repset(data_dir: str | Path, state_dirs: dict[str, Path], out_
         embedder = CachedEmbedder(state_embedder(state, state_dirs[name]), cache_dir)
         columns.append(state.assign(embed_for_routing(embedder, prompts, state.max_chars))[0])
     clusters = np.stack(columns, axis=1)
-    picked = select_stratified(clusters, [i.grader for i in candidates], floor, target, seed)
+    picked = select_stratified(clusters, [i.grader for i in candidates], floor, target, seed,
+                               [s.pooled for s in states.values()])
     coverage = []
     for s, (name, state) in enumerate(states.items()):
         graders = [Counter() for _ in range(state.k)]
         for i in picked:
-            graders[clusters[i, s]][candidates[i].grader] += 1
+            for c in {int(clusters[i, s]), *state.pooled}:  # every item weighs in a pooled cluster
+                graders[c][candidates[i].grader] += 1
         coverage.append(StateCoverage(name, state.metadata.get("clusters") or
                                       [{"label": "", "size": 0} for _ in range(state.k)], graders))
         short = [c for c in range(state.k) if sum(graders[c].values()) < floor]

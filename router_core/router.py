@@ -256,7 +256,7 @@ class UniRouter:
         self.drift = DriftMonitor(threshold) if threshold is not None else None
         self.repset: RepsetClusters | None = None
         if repset is not None:
-            weights = state.cluster_weights(embed_for_routing(repset_embedder or embedder,
+            weights = state.profile_weights(embed_for_routing(repset_embedder or embedder,
                                                               [i.prompt for i in repset.items],
                                                               state.max_chars))
             self.repset = RepsetClusters(repset, weights, state.version, state.prior)

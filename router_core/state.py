@@ -36,6 +36,8 @@ class RouterState:
     method: str = "uniroute_kmeans"
     prior: float = 1.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Clusters profiled on the whole representative set (see `profile_weights`).
+    pooled: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -49,6 +51,9 @@ class RouterState:
             self.theta = np.ascontiguousarray(self.theta, dtype=np.float32)
             if self.theta.shape != self.centroids.shape:
                 raise ValueError(f"theta {self.theta.shape} must match centroids {self.centroids.shape}")
+        self.pooled = tuple(sorted({int(c) for c in self.pooled}))
+        if any(not 0 <= c < self.k for c in self.pooled):
+            raise ValueError(f"pooled clusters {list(self.pooled)} must lie in [0, {self.k})")
 
     @property
     def k(self) -> int:
@@ -58,7 +63,10 @@ class RouterState:
     @property
     def version(self) -> str:
         """A short id of the clusters: profiles made under another state don't fit this one."""
-        return hashlib.sha256(self.centroids.tobytes()).hexdigest()[:12]
+        digest = hashlib.sha256(self.centroids.tobytes())
+        if self.pooled:  # pooling changes every profile; a state without it keeps its old id
+            digest.update(json.dumps(list(self.pooled)).encode())
+        return digest.hexdigest()[:12]
 
     @property
     def dim(self) -> int:
@@ -72,6 +80,17 @@ class RouterState:
             return soft_assign(self.theta, emb)
         labels, _ = clustering.assign(self.centroids, emb)
         return np.eye(self.k, dtype=np.float32)[labels]
+
+    def profile_weights(self, emb: np.ndarray) -> np.ndarray:
+        """Weights (n, K) of representative prompts in the profiles: `cluster_weights`, except
+        that every prompt weighs 1 in a pooled cluster. A pooled cluster is a region of the
+        training prompts that no gradable prompt falls in (text the embedder cannot read, such as
+        Chinese under `fast`): routing there uses each model's record on the whole set rather
+        than a guess from a few stray prompts, and the drift monitor still knows the region."""
+        weights = self.cluster_weights(emb)
+        if self.pooled:
+            weights[:, list(self.pooled)] = 1.0
+        return weights
 
     @property
     def drift_threshold(self) -> float | None:
@@ -104,6 +123,8 @@ class RouterState:
         np.savez(d / _ARRAYS, **arrays)
         meta = {"embedder": self.embedder, "max_chars": self.max_chars, "method": self.method,
                 "prior": self.prior, "k": self.k, "dim": self.dim, "metadata": self.metadata}
+        if self.pooled:
+            meta["pooled_clusters"] = list(self.pooled)
         (d / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -117,7 +138,8 @@ class RouterState:
             return cls(embedder=str(meta["embedder"]), max_chars=int(meta["max_chars"]),
                        centroids=arrays["centroids"], theta=arrays.get("theta"),
                        method=str(meta["method"]), prior=float(meta.get("prior", 1.0)),
-                       metadata=dict(meta.get("metadata", {})))
+                       metadata=dict(meta.get("metadata", {})),
+                       pooled=tuple(meta.get("pooled_clusters", ())))
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"no valid router state in {d}: {exc}") from exc
 

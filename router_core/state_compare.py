@@ -18,10 +18,12 @@ from router_core.profiles import soft_profiles
 
 def compare_states(weights: dict[str, np.ndarray], priors: dict[str, float], scores: np.ndarray,
                    costs: np.ndarray, trials: int = 20, seed: int = 0, n_lambdas: int = 100,
-                   progress=None) -> dict:
+                   progress=None, profile_weights: dict[str, np.ndarray] | None = None) -> dict:
     """Compare states given each one's (n, K_s) cluster weights of the same n prompts, on the
     prompts' (n, M) scores in [0, 1] and costs per request (prompts not graded for every model
-    are left out). The first state is the reference of the paired differences."""
+    are left out). `profile_weights`: a state's weights of the prompts that profile the models,
+    where they differ from its routing weights (a pooled cluster, `RouterState.profile_weights`).
+    The first state is the reference of the paired differences."""
     if len(weights) < 2:
         raise ValueError("give at least two states to compare")
     names = list(weights)
@@ -34,6 +36,7 @@ def compare_states(weights: dict[str, np.ndarray], priors: dict[str, float], sco
                          f"{scores.shape[1]}")
     scores, costs = scores[keep], costs[keep]
     rows = {name: np.asarray(w, dtype=np.float64)[keep] for name, w in weights.items()}
+    profiling = {name: np.asarray(w, dtype=np.float64)[keep] for name, w in (profile_weights or {}).items()}
     rng = np.random.default_rng(seed)
     areas: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(trials):
@@ -42,7 +45,7 @@ def compare_states(weights: dict[str, np.ndarray], priors: dict[str, float], sco
         route_cost = costs[fit].mean(axis=0)
         c_max = float(route_cost.max()) or 1.0
         for name in names:
-            psi, _ = soft_profiles(rows[name][fit], 1.0 - scores[fit], priors[name])
+            psi, _ = soft_profiles(profiling.get(name, rows[name])[fit], 1.0 - scores[fit], priors[name])
             gamma = rows[name][test] @ psi.T
             curve = deferral_curve(gamma, route_cost / c_max, scores[test], costs[test], c_max, n_lambdas)
             areas[name].append(area_under(curve))

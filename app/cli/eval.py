@@ -179,7 +179,7 @@ def _compare_states(args: argparse.Namespace, data, started: float) -> int:
 
     if len(args.compare_states) < 2:
         raise UsageError("--compare-states needs at least two states (the active one first)")
-    weights, priors = {}, {}
+    weights, profiling, priors = {}, {}, {}
     for name in args.compare_states:
         directory = state_path(name)
         try:
@@ -189,12 +189,13 @@ def _compare_states(args: argparse.Namespace, data, started: float) -> int:
             raise UsageError(str(exc)) from None
         print(f"embedding {len(data.prompts)} prompts for state {name} (K={state.k}, {state.embedder})",
               file=sys.stderr)
-        weights[name] = state.cluster_weights(embed_for_routing(embedder, list(data.prompts), state.max_chars))
+        emb = embed_for_routing(embedder, list(data.prompts), state.max_chars)
+        weights[name], profiling[name] = state.cluster_weights(emb), state.profile_weights(emb)
         priors[name] = state.prior
     with tqdm(total=args.trials, desc="trials", unit="trial", file=sys.stderr) as bar:
         try:
             result = compare_states(weights, priors, data.scores, data.costs, args.trials, args.seed,
-                                    progress=lambda: bar.update(1))
+                                    progress=lambda: bar.update(1), profile_weights=profiling)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     result = {"dataset": data.name or Path(args.data).name, **result,

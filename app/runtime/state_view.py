@@ -61,15 +61,19 @@ def state_fields(router: UniRouter) -> dict:
 
 
 def clusters_view(router: UniRouter, floor: int, examples: list[list[str]] | None) -> list[dict]:
-    """Per cluster: id, label, size, repset_items, graders, examples, below_floor. `examples`
+    """Per cluster: id, label, size, repset_items, graders, examples, pooled (profiled on every
+    item, `RouterState.profile_weights`), below_floor. `examples`
     (per cluster) stand in where the state's metadata has none."""
     assert router.repset is not None
-    labels = router.repset.weights.argmax(axis=1)
+    pooled = set(router.state.pooled)
+    own = router.repset.weights.copy()
+    own[:, list(pooled)] = 0.0  # every item weighs 1 in a pooled cluster: its own cluster is the rest
+    labels = np.where(own.sum(axis=1) > 0, own.argmax(axis=1), -1)
     items = router.repset.repset.items
     meta = _metadata_clusters(router)
     out = []
     for k in range(router.n_clusters):
-        members = np.flatnonzero(labels == k)
+        members = np.arange(len(items)) if k in pooled else np.flatnonzero(labels == k)
         graders = Counter(grader_name(items[i].grader) for i in members)
         note = meta.get(k, {})
         own = _strings(note.get("examples"))
@@ -79,7 +83,7 @@ def clusters_view(router: UniRouter, floor: int, examples: list[list[str]] | Non
                     "top_tasks": note.get("top_tasks") if isinstance(note.get("top_tasks"), list) else None,
                     "repset_items": int(members.size), "graders": dict(sorted(graders.items())),
                     "examples": own or (examples[k] if examples else []),
-                    "below_floor": int(members.size) < floor})
+                    "pooled": k in pooled, "below_floor": int(members.size) < floor})
     return out
 
 

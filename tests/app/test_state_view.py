@@ -3,6 +3,7 @@ state's metadata, read defensively, else the representative items nearest the ce
 representative items by grader, and whether it is below the coverage floor."""
 from __future__ import annotations
 
+import json
 import logging
 
 import httpx
@@ -62,6 +63,20 @@ def test_clusters_take_labels_from_metadata_and_count_items_by_grader(router):
     assert (cooking["label"], cooking["size"], cooking["top_tasks"]) == (None, None, None)
     assert cooking["examples"] == [f"fallback {cooking['id']}"]  # none in the metadata: the stand-ins
     assert (maths["below_floor"], cooking["below_floor"]) == (False, True)
+
+
+def test_a_pooled_cluster_counts_every_item_and_the_others_their_own(router, tmp_path):
+    cooking = next(c["id"] for c in clusters_view(router, 3, None) if c["label"] is None)
+    router.state.save(tmp_path / "state")
+    meta = json.loads((tmp_path / "state" / "state.json").read_text())
+    meta["pooled_clusters"] = [cooking]
+    (tmp_path / "state" / "state.json").write_text(json.dumps(meta))
+    write_repset(router.repset.repset.items, tmp_path / "repset.jsonl")
+    pooled = UniRouter.load(tmp_path / "state", tmp_path / "repset.jsonl")
+    view = {c["id"]: c for c in clusters_view(pooled, floor=3, examples=None)}
+    assert (view[cooking]["pooled"], view[cooking]["repset_items"], view[cooking]["below_floor"]) == (True, 5, False)
+    assert view[cooking]["graders"] == {"llm_judge:correct": 2, "mc_letter": 2, "llm_judge:rating": 1}
+    assert (view[1 - cooking]["pooled"], view[1 - cooking]["repset_items"]) == (False, 4)
 
 
 def test_examples_default_to_the_representative_items_nearest_each_centroid(router):

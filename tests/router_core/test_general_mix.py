@@ -20,8 +20,11 @@ from router_core.general_mix import (
     ARENA_V01,
     DEFAULT_EXCLUDED,
     OPEN_ENDED,
+    POOLED_NOTE,
+    POOLED_TASKS,
     KScore,
     MixConfig,
+    MixPrompt,
     build_mix,
     choose_k,
     fit_general_state,
@@ -30,6 +33,7 @@ from router_core.general_mix import (
     main,
     mostly_non_ascii,
     normalised,
+    pooled_clusters,
     question_stem,
     score_k,
     validation_folds,
@@ -190,3 +194,22 @@ def test_prompts_mostly_in_other_scripts_are_told_from_english_ones():
     assert mostly_non_ascii("写一首关于春天的诗") and mostly_non_ascii("напиши стихотворение о любви")
     assert not mostly_non_ascii("Write a poem about spring, café-style, in 3 verses.")
     assert not mostly_non_ascii("12345 + 678")
+
+
+def test_a_cluster_made_mostly_of_ungradable_chinese_prompts_is_pooled():
+    prompts = [MixPrompt(f"p{i}", "x", task) for i, task in
+               enumerate([POOLED_TASKS[0]] * 3 + ["routerdc/gsm8k"] * 2 + [POOLED_TASKS[1]] + ["routerdc/mmlu"] * 2)]
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1])  # cluster 0: 3 of 5 Chinese; 1: 1 of 3; 2: empty
+    assert pooled_clusters(labels, prompts, 3) == [0]
+
+
+def test_a_general_state_fitted_with_chinese_pools_their_cluster_and_says_so(mix, fast, tmp_path):
+    assert any(p.task in POOLED_TASKS for p in mix.fit)  # fitted, though no held-out prompt grades them
+    state = fit_general_state(mix, fast, "fast", 3, 0, MixConfig(cap=20))
+    state.save(tmp_path)
+    loaded = RouterState.load(tmp_path)
+    assert loaded.pooled and loaded.pooled == state.pooled
+    for c in loaded.metadata["clusters"]:
+        chinese = sum(share for task, share in c["top_tasks"] if task in POOLED_TASKS)
+        assert (c["id"] in loaded.pooled) == (chinese > 0.5)
+        assert c["label"].endswith(POOLED_NOTE) == (c["id"] in loaded.pooled)

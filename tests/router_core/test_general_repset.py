@@ -112,6 +112,18 @@ def test_states_fitted_on_different_mixes_are_refused(data, states, tmp_path):
 
 
 @needs_shared_data
+def test_states_whose_mixes_differ_only_in_the_tasks_left_out_share_one_set(data, states, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(states["k2"], other)
+    meta = json.loads((other / "state.json").read_text())
+    meta["metadata"]["mix"]["excluded"] = ["routerdc/ceval", "routerdc/cmmlu"]  # the held-out prompts stay the same
+    (other / "state.json").write_text(json.dumps(meta))
+    repset, coverage = gr.build_general_repset(data, {"a": states["k3"], "b": other}, tmp_path / "set.jsonl",
+                                               tmp_path / "cache", 4, 6)
+    assert [c.name for c in coverage] == ["a", "b"] and repset.items
+
+
+@needs_shared_data
 def test_the_command_prints_counts_and_a_table_per_state(data, states, tmp_path, capsys):
     code = gr.main(["--data", str(data), "--state", f"k2={states['k2']}", "--state", f"k3={states['k3']}",
                  "--out", str(tmp_path / "set.jsonl"), "--cache-dir", str(tmp_path / "cache"),
@@ -146,3 +158,10 @@ def test_within_a_cluster_the_grader_it_has_least_of_is_taken_first():
 def test_a_floor_above_the_target_is_refused():
     with pytest.raises(gr.GeneralRepsetError, match="floor"):
         gr.select_stratified(np.zeros((3, 1), dtype=int), ["numeric"] * 3, floor=5, target=4)
+
+
+def test_no_item_is_chosen_for_a_pooled_cluster_every_item_profiles():
+    # state A: clusters 0/1; cluster 1 is pooled and holds 10 stray candidates
+    clusters = np.array([[0]] * 30 + [[1]] * 10)
+    picked = gr.select_stratified(clusters, ["numeric"] * 40, floor=5, target=8, seed=0, pooled=[(1,)])
+    assert (clusters[picked, 0] == 0).all() and len(picked) == 8

@@ -94,3 +94,23 @@ def test_build_state_learned_map_needs_labels_and_uses_them(embedder):
     state = build_state(PROMPTS, embedder, k=3, method="uniroute_learned_map", embedder_spec="accurate",
                         max_chars=1000, losses=losses)
     assert state.theta is not None and state.theta.shape == state.centroids.shape
+
+
+def test_a_pooled_cluster_weighs_every_representative_prompt_and_round_trips(tmp_path):
+    c = _centroids()
+    emb = np.random.default_rng(3).normal(size=(30, 8)).astype(np.float32)
+    state = RouterState("fast", 1000, c, pooled=(2,))
+    w, one_hot = state.profile_weights(emb), state.cluster_weights(emb)
+    assert (w[:, 2] == 1).all()
+    np.testing.assert_array_equal(np.delete(w, 2, axis=1), np.delete(one_hot, 2, axis=1))  # the others unchanged
+    assert set(np.unique(one_hot[:, 2])) <= {0.0, 1.0}  # routing still assigns prompts to it
+    state.save(tmp_path)
+    again = RouterState.load(tmp_path)
+    assert again.pooled == (2,) and again.version == state.version
+    assert state.version != RouterState("fast", 1000, c).version  # profiles under one do not fit the other
+    np.testing.assert_array_equal(RouterState("fast", 1000, c).profile_weights(emb), one_hot)
+
+
+def test_pooled_clusters_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="pooled"):
+        RouterState("fast", 1000, _centroids(), pooled=(4,))

@@ -50,3 +50,12 @@ def test_too_few_fully_graded_prompts_or_a_single_state_is_a_clear_error(graded)
     holes[5:, 0] = np.nan
     with pytest.raises(ValueError, match="graded for every model"):
         compare_states(weights, {"routerbench-fast": 4.0, "one-cluster": 4.0}, holes, costs)
+
+
+def test_a_pooled_cluster_profiles_on_every_prompt_as_the_gateway_does(graded):
+    weights, scores, costs = graded
+    w = weights["routerbench-fast"]
+    every_cluster_pooled = np.ones_like(w)  # every model's mean error everywhere: no prompt information
+    out = compare_states({"one-cluster": weights["one-cluster"], "pooled": w}, {"one-cluster": 4.0, "pooled": 4.0},
+                         scores, costs, trials=3, profile_weights={"pooled": every_cluster_pooled})
+    assert out["states"]["pooled"] == out["states"]["one-cluster"]
