@@ -24,8 +24,6 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-import psutil
-
 from benchmarks import report
 from benchmarks.gateway import ROUTED_MODEL, UsageError, resolve_state, stub_models
 from benchmarks.loadgen import run, run_load
@@ -33,6 +31,7 @@ from benchmarks.services import (
     DEFAULT_CACHE_DIR,
     ROOT,
     Service,
+    cpu_seconds,
     log,
     start_gateway,
     start_stub,
@@ -41,12 +40,6 @@ from benchmarks.services import (
 from benchmarks.workload import chat_request
 
 MODES = {"non_stream": False, "stream": True}
-
-
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far (user + system, every thread)."""
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def one_run(gateway: Service, stream: bool, first: int, requests: int, clients: int) -> tuple[float, dict[str, int]]:

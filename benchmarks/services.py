@@ -76,8 +76,13 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + path, timeout=2.0).status_code == 200:
+                response = httpx.get(self.url + path, timeout=2.0)
+                if response.status_code == 200:
                     return
+                # A gateway whose start-up failed says so and stays up: waiting on is pointless.
+                if response.headers.get("content-type", "").startswith("application/json") \
+                        and response.json().get("status") == "failed":
+                    raise RuntimeError(f"{self.name} failed to start: {response.json().get('error')}")
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
@@ -202,7 +207,8 @@ def wait_workers_ready(service: Service, workers: int, timeout_s: float) -> None
                 if client.get("/readyz").status_code == 200:
                     ready.add(pid)
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.05)
 
 
 def rss_mb(pid: int) -> float:
