@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models_registry.base import RegistryUnavailable
-from models_registry.sqlite_file import SQLiteFile
+from models_registry.sqlite_file import SQLiteFile, write_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS captured (id TEXT PRIMARY KEY, captured_at REAL NOT NULL, cluster INTEGER NOT NULL,
@@ -115,19 +115,12 @@ class SQLiteCaptureStore(SQLiteFile):
 
     async def add(self, item: CapturedPrompt, max_prompts: int, not_before: float) -> None:
         def write() -> None:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(self._db()) as conn:
                 conn.execute("INSERT OR REPLACE INTO captured (id, captured_at, cluster, prompt) VALUES (?, ?, ?, ?)",
                              (item.id, item.captured_at, item.cluster, item.prompt))
                 conn.execute("DELETE FROM captured WHERE captured_at < ?", (not_before,))
                 conn.execute("DELETE FROM captured WHERE id IN (SELECT id FROM captured ORDER BY captured_at DESC "
                              "LIMIT -1 OFFSET ?)", (max_prompts,))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
 
         await self._run(write)
 

@@ -26,7 +26,12 @@ from models_registry.base import (
     Snapshot,
 )
 from models_registry.records import Answer, JobRecord, ModelRecord
-from models_registry.sqlite_file import WATCH_S, CommitWatch, watch_commits
+from models_registry.sqlite_file import (
+    WATCH_S,
+    CommitWatch,
+    watch_commits,
+    write_transaction,
+)
 
 T = TypeVar("T")
 
@@ -125,16 +130,8 @@ class SQLiteRegistry:
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` inside one write transaction (on the connection's thread)."""
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # a failed COMMIT leaves it open
-                conn.execute("ROLLBACK")
-            raise
-        return result
+        with write_transaction(self._connection()) as conn:
+            return fn(conn)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from models_registry.base import RegistryUnavailable
@@ -17,6 +18,20 @@ log = logging.getLogger("uniroute.registry")
 # How often a store looks for what other processes sharing its file (the other workers of
 # `uniroute serve`) committed: a change made through one worker reaches the others this fast.
 WATCH_S = 0.2
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a connection opened with isolation_level=None: committed when the
+    block ends, rolled back when the block or the COMMIT fails (a failed COMMIT leaves it open)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class CommitWatch:

@@ -27,7 +27,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models_registry.base import Listeners, RegistryUnavailable
-from models_registry.sqlite_file import CommitWatch, SQLiteFile, watch_commits
+from models_registry.sqlite_file import (
+    CommitWatch,
+    SQLiteFile,
+    watch_commits,
+    write_transaction,
+)
 
 log = logging.getLogger("uniroute.registry")
 
@@ -117,19 +122,12 @@ class SQLiteStateStore(_Callbacks, SQLiteFile):
 
     def _write(self, slot: Slot, sql: str, params: tuple, announce: bool) -> None:
         """One write of `slot`, with its announcement in the same transaction."""
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self._db()) as conn:
             conn.execute(sql, params)
             if announce:
                 (seq,) = conn.execute("INSERT INTO router_state_changes (slot, seq) VALUES (?, 1) ON CONFLICT (slot) "
                                       "DO UPDATE SET seq = seq + 1 RETURNING seq", (slot,)).fetchone()
                 self._seqs[slot] = seq  # this process hears of its own change by its callbacks
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     async def get(self, slot: Slot) -> dict | None:
         rows = await self._run(lambda: self._db().execute("SELECT data FROM router_state WHERE name = ?",

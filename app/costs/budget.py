@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from app.runtime.config import BudgetConfig
 from app.runtime.metrics import Metrics
 from models_registry.base import RegistryUnavailable
-from models_registry.sqlite_file import SQLiteFile
+from models_registry.sqlite_file import SQLiteFile, write_transaction
 from router_core.calibration import Calibration
 
 log = logging.getLogger("uniroute.budget")
@@ -157,19 +157,12 @@ class SQLiteStore(SQLiteFile):
         now = self._clock()
 
         def write() -> None:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(self._db()) as conn:
                 conn.execute("DELETE FROM budget_spend WHERE expires_at <= ?", (now,))
                 conn.execute("INSERT INTO budget_spend (key, spend, planned, requests, expires_at) "
                              "VALUES (?, ?, ?, 1, ?) ON CONFLICT (key) DO UPDATE SET spend = spend + excluded.spend, "
                              "planned = planned + excluded.planned, requests = requests + 1, "
                              "expires_at = excluded.expires_at", (key, spend, planned, now + ttl_s))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
 
         await self._run(write)
 
