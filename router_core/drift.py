@@ -38,6 +38,7 @@ class DriftMonitor:
         self.threshold = float(threshold)
         self.window = window
         self._far = np.zeros(window, dtype=bool)
+        self._recent_far = 0  # far prompts among the last `window`, kept as they come
         self._next = 0
         self._seen = 0
         self._far_total = 0
@@ -49,18 +50,24 @@ class DriftMonitor:
         with self._lock:
             tail = far[-self.window:]
             slots = (self._next + np.arange(len(tail))) % self.window
+            self._recent_far += int(tail.sum()) - int(self._far[slots].sum())
             self._far[slots] = tail
             self._next = int((self._next + len(tail)) % self.window)
             self._seen += len(far)
             self._far_total += int(far.sum())
         return far
 
+    @property
+    def far_share(self) -> float:
+        """The share of the recent prompts that are far (0 before any)."""
+        recent = min(self._seen, self.window)
+        return self._recent_far / recent if recent else 0.0
+
     def snapshot(self) -> dict:
         """Threshold, window, the recent prompts and how many of them are far, and totals."""
         with self._lock:
-            # Slots fill from 0, so the first min(seen, window) slots are the recent prompts.
             recent = min(self._seen, self.window)
-            recent_far = int(self._far[:recent].sum())
+            recent_far = self._recent_far
             seen, far_total = self._seen, self._far_total
         return {"threshold": self.threshold, "window": self.window, "recent": recent, "recent_far": recent_far,
                 "far_share": recent_far / recent if recent else 0.0, "expected_share": round(1 - DRIFT_QUANTILE, 6),

@@ -158,7 +158,13 @@ class CachedEmbedder:
 
 class StaticEmbedder:
     """A static (model2vec) model: a token-embedding table averaged over the text, no network
-    layers, so a prompt embeds in well under a millisecond. Thread-safe like the above."""
+    layers, so a prompt embeds in tens of microseconds. Thread-safe like the above.
+
+    `inline`: cheap enough for the gateway to embed a request's prompt on its event loop; a hand-off
+    to an embedding thread (two thread wake-ups, the GIL passed back and forth) cost several times
+    the embedding itself."""
+
+    inline = True
 
     def __init__(self, path: str | Path, model_id: str) -> None:
         from model2vec import StaticModel
@@ -168,14 +174,37 @@ class StaticEmbedder:
         self.dim = int(self._model.dim)
         self.max_chars = STATIC_MAX_TOKENS * _CHARS_PER_WORD_PIECE
         self._lock = threading.Lock()
+        tokenizer = self._model.tokenizer
+        truncation = tokenizer.truncation
+        if truncation is None or truncation["max_length"] != STATIC_MAX_TOKENS:
+            # Truncation is the tokenizer's: set once here, not on every call.
+            tokenizer.enable_truncation(STATIC_MAX_TOKENS)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) float32, L2-normalised."""
+        """(len(texts), dim) float32, L2-normalised: the mean of the text's token vectors
+        (weighted when the model has token weights), as model2vec's `encode` computes it, without
+        its per-call dispatch (about 100 µs, three quarters of one short prompt's cost)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        model = self._model
         with self._lock:
-            emb = self._model.encode(list(texts), max_length=STATIC_MAX_TOKENS, show_progress_bar=False)
-        emb = np.asarray(emb, dtype=np.float32)
+            encodings = model.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+        table = model.embedding
+        out = np.zeros((len(texts), self.dim), dtype=np.float32 if table.dtype == np.int8 else table.dtype)
+        unk = model.unk_token_id
+        for row, encoding in enumerate(encodings):
+            ids = encoding.ids
+            if unk is not None:
+                ids = [i for i in ids if i != unk]
+            if not ids:
+                continue  # no known token: a zero vector, as model2vec gives
+            rows = table[ids if model.token_mapping is None else model.token_mapping[ids]]
+            if model.weights is not None:
+                rows = rows * model.weights[ids][:, None]
+            out[row] = rows.mean(axis=0)
+        emb = out.astype(np.float32)
+        if model.normalize:  # model2vec normalises in float32 and stores in the table's type
+            emb = (emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-32)).astype(out.dtype).astype(np.float32)
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norms, 1e-12)
 

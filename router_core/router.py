@@ -162,7 +162,7 @@ class ModelTable:
         tokens = np.asarray(input_tokens, dtype=np.float64)[..., None]
         return self.per_request + tokens * self.input_per_tok + self.output_cost
 
-    def support(self, weights: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    def support(self, weights: np.ndarray, idx: np.ndarray | slice) -> np.ndarray:
         """(n, len(idx)) labelled representative prompts behind the predicted errors of the
         models `idx` for prompts of cluster weights (n, K)."""
         return weights @ self.counts[idx].T
@@ -372,8 +372,7 @@ class UniRouter:
                     out[i] = entry[0]
         if missing:
             emb = embed_for_routing(self.embedder, [texts[i] for i in missing], self.state.max_chars)
-            rows = self.state.cluster_weights(emb)
-            distances = self.state.nearest_distance(emb)
+            rows, distances = self.state.weights_and_distance(emb)
             with self._lock:
                 for i, row, dist in zip(missing, rows, distances):
                     out[i] = row
@@ -415,19 +414,19 @@ class UniRouter:
         prompt's clusters after those with it (module docstring)."""
         table = self.table
         n = len(weights)
-        if models is None and not excluded:
-            idx = np.arange(len(table.models))
-        else:
+        idx: slice | np.ndarray = slice(None)  # every model: views, no copies
+        if models is not None or excluded:
             idx = np.flatnonzero([(models is None or m in models) and m not in excluded for m in table.names])
-        if idx.size == 0:
-            return [None] * n
+            if idx.size == 0:
+                return [None] * n
         lam = max(resolution.cost_weight, min_cost_weight)
         gamma = weights @ table.psi[idx].T  # (n, M)
         support = table.support(weights, idx)
         costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64))[:, idx]  # (n, M)
         eligible = policy.supported(support, table.min_support)
         order = policy.rank(gamma, costs / table.cost_scale, lam, eligible)  # (n, M)
-        gamma, support, costs = (np.take_along_axis(a, order, axis=1) for a in (gamma, support, costs))
+        rows = np.arange(n)[:, None]
+        gamma, support, costs = gamma[rows, order], support[rows, order], costs[rows, order]
         clusters = weights.argmax(axis=1)
         names = table.name_array[idx][order]
         return [Decision(names[r, 0], int(clusters[r]), float(gamma[r, 0]), float(costs[r, 0]), lam,

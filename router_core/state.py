@@ -75,11 +75,15 @@ class RouterState:
 
     def cluster_weights(self, emb: np.ndarray) -> np.ndarray:
         """Cluster weights (n, K): one-hot nearest centroid (K-means) or Phi (learned map)."""
+        return self.weights_and_distance(emb)[0]
+
+    def weights_and_distance(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`cluster_weights` and `nearest_distance` of the same embeddings, from one
+        nearest-centroid search (a routed prompt needs both: its decision and the drift monitor)."""
         emb = self._check(emb)
-        if self.theta is not None:
-            return soft_assign(self.theta, emb)
-        labels, _ = clustering.assign(self.centroids, emb)
-        return np.eye(self.k, dtype=np.float32)[labels]
+        labels, sims = clustering.assign(self.centroids, emb)
+        weights = soft_assign(self.theta, emb) if self.theta is not None else np.eye(self.k, dtype=np.float32)[labels]
+        return weights, 1.0 - sims.astype(np.float64)
 
     def profile_weights(self, emb: np.ndarray) -> np.ndarray:
         """Weights (n, K) of representative prompts in the profiles: `cluster_weights`, except

@@ -102,8 +102,9 @@ class RequestCounter:
             gateway = getattr(scope["app"].state, "gateway", None)
             if gateway is not None:
                 state = scope.get("state") or {}
-                gateway.metrics.requests.labels(route_label(scope["path"]), state.get(openai.MODEL_STATE, "none"),
-                                                state.get(openai.OUTCOME_STATE, str(status))).inc()
+                metrics = gateway.metrics
+                metrics.child(metrics.requests, route_label(scope["path"]), state.get(openai.MODEL_STATE, "none"),
+                              state.get(openai.OUTCOME_STATE, str(status))).inc()
 
 
 def warn_about_open_doors(settings: Settings) -> None:

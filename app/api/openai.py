@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.auth import bearer, require_client_key
 from app.api.errors import APIError
+from app.api.event_stream import EventStream
 from app.api.wire import (
     ChatBody,
     CompletionBody,
@@ -116,13 +117,13 @@ async def proxy(request: Request, path: str, body: dict, dest: Destination, stre
         await gw.clear_fault(record.name)
     metrics = gw.metrics
     if dest.decision is not None:
-        metrics.decisions.labels(record.name).inc()
+        metrics.child(metrics.decisions, record.name).inc()
         if record.name != dest.decision.model:
             metrics.fallbacks.inc()
     table = gw.routing.require_ready().table
     if answer.stream is not None:
-        response: Response = StreamingResponse(settled(request, gw, table, dest, answer), media_type="text/event-stream",
-                                               headers={**headers, "cache-control": "no-cache"})
+        response: Response = EventStream(settled(request, gw, table, dest, answer), media_type="text/event-stream",
+                                         headers={**headers, "cache-control": "no-cache"})
     else:
         usage = answer.json.get("usage") if isinstance(answer.json, dict) else None
         await bill(gw.budget, table, dest, record, record_usage(metrics, table, dest, record, usage))

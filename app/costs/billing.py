@@ -28,10 +28,10 @@ def record_usage(metrics: Metrics, table: ModelTable, destination: Destination, 
     if counts is None:
         return None
     prompt, completion = counts
-    metrics.tokens.labels(record.name, "prompt").inc(prompt)
-    metrics.tokens.labels(record.name, "completion").inc(completion)
+    metrics.child(metrics.tokens, record.name, "prompt").inc(prompt)
+    metrics.child(metrics.tokens, record.name, "completion").inc(completion)
     spent = record.cost.expected(prompt, completion)
-    metrics.cost.labels(record.name).inc(spent)
+    metrics.child(metrics.cost, record.name).inc(spent)
     if destination.decision is not None and table.models:
         best = table.models[int(table.accuracy.argmax())]
         saved = best.price.expected(prompt, completion) - spent

@@ -138,8 +138,11 @@ class RoutingService:
     async def weights(self, texts: list[str], router: UniRouter | None = None) -> np.ndarray:
         """(n, K) cluster weights under `router` (default: the current one): recent texts from
         the router's LRU, the others embedded off the event loop, micro-batched with other
-        requests' prompts."""
+        requests' prompts; with an inline (static) embedder, all of it right here."""
         router = router or self.require_ready()
+        if getattr(router.embedder, "inline", False):
+            # A static embedder costs less than the hand-off to a thread would (router_core.embedding).
+            return router.weights(texts)
         rows = [router.lookup(t) for t in texts]
         missing = [i for i, row in enumerate(rows) if row is None]
         batcher = self._batchers.get(router)
@@ -217,8 +220,8 @@ class RoutingService:
         if distance is None:
             return
         far = bool(router.drift.observe(np.array([distance]))[0])
-        self.metrics.drift_prompts.labels("true" if far else "false").inc()
-        self.metrics.drift_share.set(router.drift.snapshot()["far_share"])
+        self.metrics.child(self.metrics.drift_prompts, "true" if far else "false").inc()
+        self.metrics.drift_share.set(router.drift.far_share)
 
 
 def expectation(destination: Destination, answered_by: ModelRecord) -> tuple[float, float, int]:

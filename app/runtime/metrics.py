@@ -14,6 +14,7 @@ import copy
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,6 +36,17 @@ class Metrics:
     """The gateway's metric families (README: Metrics)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _children: dict = field(default_factory=dict, repr=False)
+
+    def child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: the request path counts into the same few series
+        all the time, and prometheus_client's lookup (argument checks, a lock) costs more than the
+        count. Only for series that are never removed."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -48,7 +60,7 @@ class Metrics:
             "uniroute_routing_seconds", "Time to embed a prompt and choose a model.",
             buckets=_FAST, registry=r)
         self.embed_batch_size = Histogram(
-            "uniroute_embed_batch_size", "Prompts per embedding call (micro-batching).",
+            "uniroute_embed_batch_size", "Prompts per embedding call (micro-batching; a static embedder embeds inline, uncounted).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.upstream_seconds = Histogram(
             "uniroute_upstream_seconds", "Upstream time to response headers, by model.",

@@ -2,6 +2,8 @@
 cut streams and cooldowns. The client always gets an answer or an OpenAI-style error."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import orjson
@@ -268,3 +270,24 @@ def test_a_complete_stream_passes_untouched_with_its_done(pair, spec):
         assert data[-1] == "[DONE]"
         assert not any('"error"' in d for d in data)
         assert orjson.loads(data[-2])["usage"]["completion_tokens"] > 0
+
+
+def wait_for(check, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_stream_and_is_counted(pair):
+    """The relay notices the client going (app/api/event_stream.py): the upstream's stream is
+    closed there and then, not read to its end at the provider's expense, and the request is
+    still counted. Paced at 2 s a chunk, the upstream's stream would otherwise run for 10 s or more."""
+    upstream, make = pair
+    with make(":pace=2") as gw:
+        body = {"model": "uniroute:0", "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", gw + "/v1/chat/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200 and response.headers["x-uniroute-model"] == "first"
+            assert next(response.iter_raw()).startswith(b"data: ")
+        assert wait_for(lambda: upstream.abandoned["first:pace=2"] == 1, timeout_s=8)
+        assert wait_for(lambda: metric(gw, 'uniroute_requests_total{model="first",route="chat",status="200"}') == 1)

@@ -42,6 +42,18 @@ def test_monitor_shares_far_prompts_over_its_recent_window_only():
     assert monitor.snapshot()["far_share"] == 1.0
 
 
+def test_the_recent_far_count_kept_as_prompts_come_matches_a_recount_of_the_window():
+    rng = np.random.default_rng(0)
+    monitor = DriftMonitor(threshold=0.5, window=7)
+    seen: list[bool] = []
+    for size in rng.integers(1, 12, size=60):  # batches smaller and larger than the window
+        seen += monitor.observe(rng.uniform(size=size)).tolist()
+        recent = seen[-7:]
+        snap = monitor.snapshot()
+        assert (snap["recent"], snap["recent_far"]) == (len(recent), sum(recent))
+        assert monitor.far_share == snap["far_share"] == sum(recent) / len(recent)
+
+
 def test_a_built_state_records_its_drift_threshold_and_old_states_have_none(embedder, tmp_path):
     prompts = [f"What is {a} plus {b}?" for a in range(5) for b in range(4)] + [
         f"Translate '{w}' into French." for w in ("house", "dog", "tree", "car", "book", "water")]

@@ -116,6 +116,18 @@ def test_fast_embedder_is_a_unit_norm_static_model_that_keeps_meaning(fast_dir):
     assert fast.model_id.startswith("fast-minilm-256-")
 
 
+def test_fast_embedder_gives_model2vecs_own_vectors_bit_for_bit(fast_dir):
+    """The static embedder pools tokens itself (model2vec's dispatch cost more than the pooling):
+    the vectors must stay exactly those the shipped states' clusters were fitted on."""
+    fast = load_embedder("fast", fast_dir=fast_dir, build_fast=False)
+    texts = TEXTS + ["", "   ", "日本語のテキストです", "Привет, мир! " * 400, "def f(x):\n    return x ** 2", "x" * 5000]
+    mine = fast.encode(texts)
+    theirs = np.asarray(fast._model.encode(texts, max_length=512, show_progress_bar=False), dtype=np.float32)
+    theirs /= np.maximum(np.linalg.norm(theirs, axis=1, keepdims=True), 1e-12)
+    assert np.array_equal(mine, theirs)
+    assert fast.inline  # cheap enough for the gateway's event loop
+
+
 def test_a_missing_fast_model_is_refused_when_it_must_not_be_rebuilt(tmp_path):
     with pytest.raises(ValueError, match="build-state --embedder fast"):
         load_embedder("fast", fast_dir=tmp_path / "nothing", build_fast=False)

@@ -19,6 +19,7 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
     interrupt       streamed: the answer's chunks without the one carrying finish_reason, then
                     [DONE] (llama-cpp-python ends an in-flight stream so when another arrives)
     first_token=S   streamed: send the headers at once, then wait S seconds before the first chunk
+    pace=S          streamed: wait S seconds between chunks (tokens arriving one by one)
     crlf            streamed: frame events with CRLF line ends, as sse-starlette (so
                     llama-cpp-python) does
 
@@ -42,7 +43,8 @@ reads the request and then resets the connection (`ReadError`) or closes it with
 
 Counting: `upstream.calls[model]` counts the completion requests per requested model name
 (only requests whose body parsed); `GET /_stats` returns `{"calls": {model: n}}` for code in
-another process; `upstream.received` keeps each request's path, model, JSON body and headers.
+another process; `upstream.received` keeps each request's path, model, JSON body and headers;
+`upstream.abandoned[model]` counts streams whose reader hung up before their last chunk.
 `upstream.reset()` clears counts, log and faults.
 
 A cut is an app returning with its response unfinished, which makes the ASGI server close the
@@ -59,7 +61,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -114,6 +116,7 @@ class Fault:
     bad_json: bool = False
     interrupt: bool = False
     first_token_s: float = 0.0
+    pace_s: float = 0.0
     crlf: bool = False
 
     def failing_status(self, nth: int) -> int | None:
@@ -131,7 +134,7 @@ def parse_fault(spec: str) -> Fault:
         try:
             if key in ("bad_json", "interrupt", "crlf") and not value:
                 fields[key] = True
-            elif key in ("delay", "first_token"):
+            elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
             elif key in ("status", "fail_first", "cut"):
                 fields["cut_after" if key == "cut" else key] = int(value)
@@ -139,7 +142,7 @@ def parse_fault(spec: str) -> Fault:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
-                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S or crlf") from None
+                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S or crlf") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
@@ -177,11 +180,12 @@ class ReceivedRequest:
     headers: dict[str, str]
 
 
-def event_stream(fault: Fault, events: list[bytes]) -> Response:
-    """`events` as a server-sent event stream, after the fault's first-token delay, or cut after
-    `cut_after` of them."""
+def event_stream(fault: Fault, events: list[bytes], abandoned: Callable[[], None] | None = None) -> Response:
+    """`events` as a server-sent event stream, after the fault's first-token delay and at its pace
+    (`abandoned` is called when the reader hangs up before the last), or cut after `cut_after` of them."""
     if fault.cut_after is None:
-        return StreamingResponse(_after(fault.first_token_s, events), media_type="text/event-stream")
+        return StreamingResponse(_paced(fault.first_token_s, fault.pace_s, events, abandoned),
+                                 media_type="text/event-stream")
     return CutResponse(events[: fault.cut_after], media_type="text/event-stream")
 
 
@@ -193,6 +197,7 @@ class FaultUpstream:
         self.models = list(models)
         self.calls: Counter[str] = Counter()
         self.received: list[ReceivedRequest] = []
+        self.abandoned: Counter[str] = Counter()
         self._faults: dict[str, tuple[Fault, int]] = {}
         self.app = self._build_app()
 
@@ -207,6 +212,7 @@ class FaultUpstream:
         """Forget counts, received requests and faults set from Python."""
         self.calls.clear()
         self.received.clear()
+        self.abandoned.clear()
         self._faults.clear()
 
     def _fault_for(self, model: str) -> tuple[Fault, int]:
@@ -258,7 +264,7 @@ class FaultUpstream:
         events = [sse_event(chunk) for _, chunk in chunks] + [SSE_DONE]
         if fault.crlf:
             events = [event.replace(b"\n", b"\r\n") for event in events]
-        return event_stream(fault, events)
+        return event_stream(fault, events, lambda: self.abandoned.update([request.model]))
 
     async def _responses(self, http: Request) -> Response:
         """`POST /v1/responses`: the Responses API's response object, or its event stream."""
@@ -336,11 +342,21 @@ class RequestIds:
         await self.app(scope, receive, with_id)
 
 
-async def _after(delay_s: float, parts: list[bytes]) -> AsyncIterator[bytes]:
-    """`parts`, the first one `delay_s` seconds after the headers went out."""
-    await asyncio.sleep(delay_s)
-    for part in parts:
-        yield part
+async def _paced(delay_s: float, pace_s: float, parts: list[bytes],
+                 abandoned: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+    """`parts`, the first one `delay_s` seconds after the headers went out, then one every
+    `pace_s` seconds; `abandoned()` when the reader goes before the last."""
+    sent = 0
+    try:
+        await asyncio.sleep(delay_s)
+        for part in parts:
+            if sent and pace_s:
+                await asyncio.sleep(pace_s)
+            yield part
+            sent += 1
+    finally:
+        if sent < len(parts) and abandoned is not None:
+            abandoned()
 
 
 def response_object(model: str, text: str, status: str, usage: dict | None) -> dict:
