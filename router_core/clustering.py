@@ -1,7 +1,7 @@
-"""Spherical K-means over prompt embeddings and nearest-centroid assignment (FAISS).
+"""Spherical K-means over prompt embeddings (FAISS) and nearest-centroid assignment.
 
 Embeddings are L2-normalised, so inner product is cosine similarity: the centroids are kept on
-the unit sphere (spherical K-means) and assignment searches an inner-product index.
+the unit sphere (spherical K-means) and a prompt goes to the centroid of largest inner product.
 """
 from __future__ import annotations
 
@@ -42,12 +42,13 @@ def fit_kmeans(emb: np.ndarray, k: int, seed: int = 0, niter: int = 25) -> np.nd
 
 
 def assign(centroids: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of each row of `emb`: (labels (n,) int64, cosine similarity (n,) float32)."""
+    """Nearest centroid of each row of `emb`: (labels (n,) int64, cosine similarity (n,) float32).
+    A plain matrix product: with tens of centroids it is exact and a third of the cost of building
+    and searching a FAISS index, which a routed prompt paid each time."""
     c = _as_matrix(centroids, "centroids")
     x = np.ascontiguousarray(emb, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != c.shape[1]:
         raise ValueError(f"emb must be (n, {c.shape[1]}), got shape {x.shape}")
-    index = faiss.IndexFlatIP(c.shape[1])
-    index.add(c)
-    sims, labels = index.search(x, 1)
-    return labels[:, 0].astype(np.int64), sims[:, 0]
+    sims = x @ c.T
+    labels = sims.argmax(axis=1)
+    return labels.astype(np.int64), sims[np.arange(len(x)), labels]

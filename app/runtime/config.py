@@ -139,7 +139,7 @@ class Timeouts(BaseModel):
 
     connect_s: float = Field(3.0, gt=0)
     read_s: float = Field(60.0, gt=0)
-    # Accepted so that older config files still load; aiohttp has no separate write timeout.
+    # Accepted so that older config files still load; bounds nothing (README: Configuration).
     write_s: float = Field(10.0, gt=0)
     pool_s: float = Field(5.0, gt=0)
 

@@ -12,8 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import aiohttp
-import faiss
 from starlette.requests import Request
 
 from app.costs.budget import open_guard
@@ -27,6 +25,7 @@ from app.runtime.migration import StateManager, load_router
 from app.runtime.state_view import log_coverage
 from app.upstream.faults import UpstreamFault, fault_error, fault_of
 from app.upstream.forwarding import Forwarder, Health
+from app.upstream.http1 import Limits, UpstreamClient
 from models_registry.base import RegistryUnavailable, turn
 from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry
@@ -45,22 +44,14 @@ def gateway_of(request: Request) -> "Gateway":
     return request.app.state.gateway
 
 
-def upstream_client(settings: Settings) -> aiohttp.ClientSession:
-    """The pooled session every upstream call goes through (made on the running event loop).
-    aiohttp took a third off the gateway's CPU per request against httpx (docs/benchmarks.md)."""
+def upstream_client(settings: Settings) -> UpstreamClient:
+    """The pooled client every upstream call goes through (made on the running event loop)."""
     t = settings.timeouts
     # An idle upstream connection is dropped well before servers close theirs (uvicorn, which
     # vLLM and many others run on, closes after 5 s): reusing one at that moment loses the
     # request to a race.
-    connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
-    return aiohttp.ClientSession(
-        connector=connector,
-        # `connect` covers waiting for a pooled connection and opening one; `sock_read` bounds
-        # every wait for data, from the request's sending to the answer's last chunk.
-        timeout=aiohttp.ClientTimeout(total=None, connect=t.pool_s + t.connect_s, sock_connect=t.connect_s,
-                                      sock_read=t.read_s),
-        # Not trust_env: it reads ~/.netrc on every request; the forwarder looks proxies up once.
-    )
+    return UpstreamClient(Limits(connect_s=t.connect_s, read_s=t.read_s, pool_s=t.pool_s,
+                                 keepalive_s=UPSTREAM_KEEPALIVE_S))
 
 
 def resilience(settings: Settings) -> Resilience:
@@ -159,12 +150,6 @@ class Gateway:
                 import torch  # the gateway owns its process: one thread leaves a core to the event loop
 
                 torch.set_num_threads(s.embed_threads)
-            # A routed prompt's nearest-centroid searches are one query each: a parallel region
-            # buys nothing there, and its OpenMP worker spun on a core after every one (more CPU
-            # per request than all the gateway's own work: docs/benchmarks.md). OpenMP's thread
-            # count is per calling thread: the event loop's and the embedding thread's.
-            faiss.omp_set_num_threads(1)
-            await loop.run_in_executor(self.embed_pool, faiss.omp_set_num_threads, 1)
             # One process at a time (the workers of a `uniroute serve`, replicas sharing a Redis):
             # the first embeds the representative set into the shared cache and registers the
             # configured models; the next ones find both done.

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import aiohttp
+from app.upstream.http1 import ConnectFailed, Disconnected, UpstreamError, WriteFailed
 
 FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "rate_limit",
                      "server", "bad_body", "cut", "client_error"]
@@ -98,20 +98,15 @@ def status_class(status: int) -> FaultClass | None:
     return None
 
 
-# aiohttp sends a request and awaits its answer in one call; a failure while sending the body is
-# told apart only by the message it wraps the OS error in.
-_WRITE_FAILED = "Can not write request body"
-
-
-def transport_class(exc: aiohttp.ClientError | TimeoutError) -> FaultClass:
+def transport_class(exc: UpstreamError | TimeoutError) -> FaultClass:
     """The class of a transport error while sending a request and waiting for its answer."""
-    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)):
+    if isinstance(exc, ConnectFailed):
         return "connect"  # the request never left (refused, DNS, connect or pool timeout, bad URL)
-    if isinstance(exc, aiohttp.ClientOSError) and str(exc).startswith(_WRITE_FAILED):
+    if isinstance(exc, WriteFailed):
         return "write"  # the request did not arrive whole: the upstream cannot have acted on it
     if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+    if isinstance(exc, Disconnected):
         return "disconnect"  # the server closed the connection without a (complete, well-formed) answer
     return "read"
 

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 
 from app.errors import GatewayError, error_body
@@ -30,6 +26,7 @@ from app.upstream.faults import (
     status_class,
     transport_class,
 )
+from app.upstream.http1 import Reply, UpstreamClient, UpstreamError
 from app.upstream.streams import EventSplitter, StreamWatch
 from models_registry.records import ModelRecord
 
@@ -112,16 +109,6 @@ def upstream_url(record: ModelRecord, path: str) -> str:
     return record.base_url.rstrip("/") + path
 
 
-@functools.lru_cache(maxsize=1024)
-def env_proxy(url: str) -> str | None:
-    """The proxy the environment names for an upstream URL (HTTP_PROXY, HTTPS_PROXY, NO_PROXY),
-    looked up once per URL: the environment does not change while the gateway runs."""
-    parts = urllib.parse.urlsplit(url)
-    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
-        return None
-    return urllib.request.getproxies_environment().get(parts.scheme)
-
-
 def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> dict[str, str]:
     """Headers for the upstream: its own key (from the environment), never the client's."""
     headers = {k: v for k, v in client_headers.items() if k in _PASS_HEADERS}
@@ -137,10 +124,10 @@ def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> 
 
 @dataclass
 class Forwarder:
-    """Sends requests to upstream models over one shared, pooled aiohttp session. `disable` takes
-    a model out of routing after a fault whose class says so."""
+    """Sends requests to upstream models over one shared, pooled client (app/upstream/http1.py).
+    `disable` takes a model out of routing after a fault whose class says so."""
 
-    client: aiohttp.ClientSession
+    client: UpstreamClient
     metrics: Metrics
     health: Health
     retries: int
@@ -213,14 +200,14 @@ class Forwarder:
     ) -> UpstreamReply:
         start = time.perf_counter()
         try:
-            response = await self.client.post(url, data=payload, headers=headers, proxy=env_proxy(url))
+            response = await self.client.post(url, payload, headers)
             kind = status_class(response.status)
             if kind is not None and kind != "client_error":
                 response.close()  # its body is the provider's business, never the client's
                 raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status)
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
             content = await response.read() if kind == "client_error" or not stream else b""
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             raise UpstreamFault(transport_class(exc), f"{type(exc).__name__} calling {record.name}") from exc
         elapsed = time.perf_counter() - start
         self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
@@ -240,7 +227,7 @@ class Forwarder:
                 raise UpstreamFault("bad_body", f"{record.name} sent a body that is not JSON") from exc
             return UpstreamReply(record, response.status, elapsed, body=content, json=parsed,
                           request_id=request_id)
-        chunks = response.content.iter_any()
+        chunks = response.iter_chunks()
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
@@ -249,7 +236,7 @@ class Forwarder:
         except TimeoutError as exc:
             response.close()
             raise UpstreamFault("timeout", f"{record.name} sent no stream data in time") from exc
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             response.close()
             raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
         watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage)
@@ -257,7 +244,7 @@ class Forwarder:
                       watch=watch, request_id=request_id)
 
     async def _relay(
-        self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: aiohttp.ClientResponse,
+        self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: Reply,
         watch: StreamWatch,
     ) -> AsyncIterator[bytes]:
         """Pass the upstream's events on as they come; end an incomplete stream with an error event
@@ -271,7 +258,7 @@ class Forwarder:
             async for chunk in chunks:
                 if out := b"".join(map(watch.see, events.feed(chunk))):
                     yield out
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             cut = f"the upstream model {record.name} cut the stream mid-way"
             log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)
         finally:

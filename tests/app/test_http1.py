@@ -1,0 +1,212 @@
+"""The upstream client (app/upstream/http1.py) against scripted servers on real sockets: what it
+sends, how it reads each way a body can be framed, when it reuses a connection, and how each
+transport failure is told apart. The gateway's own fault tests (test_faults.py) cover it behind
+the forwarder against the fault upstream."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from app.upstream.http1 import (
+    ConnectFailed,
+    Disconnected,
+    Limits,
+    ReadFailed,
+    UpstreamClient,
+)
+from tests.support.fault_upstream import closed_port
+
+LIMITS = Limits(connect_s=2, read_s=2, pool_s=0.3)
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+class Script:
+    """A server answering each request (head and body read by content-length) with what
+    `answer(n, head)` writes, n counting from 0; it records the requests and counts connections."""
+
+    def __init__(self, answer: Callable[[int, bytes, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        self.answer = answer
+        self.requests: list[bytes] = []
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                self.requests.append(head + await reader.readexactly(length))
+                await self.answer(len(self.requests) - 1, head, writer)
+                if writer.is_closing():
+                    return
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def scripted(answer) -> AsyncIterator[tuple[Script, str]]:
+    script = Script(answer)
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+    try:
+        yield script, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def replies(*raw: bytes, close_after: bool = False):
+    async def answer(n: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(raw[min(n, len(raw) - 1)])
+        await writer.drain()
+        if close_after:
+            writer.close()
+    return answer
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[UpstreamClient]:
+    c = UpstreamClient(LIMITS, proxies={})
+    yield c
+    await c.close()
+
+
+async def test_a_post_sends_host_length_headers_and_body_and_reads_the_answer(client):
+    async with scripted(replies(OK)) as (script, url):
+        reply = await client.post(url + "/v1/chat/completions?x=1", b'{"a": 1}', {"content-type": "application/json"})
+        assert (reply.status, reply.headers["content-type"]) == (200, "application/json")
+        assert await reply.read() == b"{}"
+    head, _, body = script.requests[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
+    port = url.rsplit(":", 1)[1].encode()
+    assert set(lines[1:]) == {b"host: 127.0.0.1:" + port, b"content-length: 8", b"content-type: application/json"}
+    assert body == b'{"a": 1}'
+
+
+async def test_sequential_requests_share_one_kept_alive_connection(client):
+    async with scripted(replies(OK)) as (script, url):
+        for _ in range(3):
+            assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+        assert script.connections == 1 and len(script.requests) == 3
+
+
+async def test_an_answer_that_says_connection_close_is_not_reused(client):
+    closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"
+    async with scripted(replies(closing, close_after=True)) as (script, url):
+        for _ in range(2):
+            assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+        assert script.connections == 2
+
+
+async def test_an_idle_connection_older_than_the_keepalive_is_not_reused():
+    c = UpstreamClient(Limits(connect_s=2, read_s=2, pool_s=1, keepalive_s=0.05), proxies={})
+    async with scripted(replies(OK)) as (script, url):
+        await (await c.post(url + "/v1/x", b"{}", {})).read()
+        await asyncio.sleep(0.2)
+        await (await c.post(url + "/v1/x", b"{}", {})).read()
+        assert script.connections == 2
+    await c.close()
+
+
+async def test_chunked_bodies_are_joined_and_streams_come_piece_by_piece(client):
+    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+               b"7\r\ndata: a\r\n7\r\ndata: b\r\n0\r\n\r\n")
+    async with scripted(replies(chunked)) as (_, url):
+        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"data: adata: b"
+        pieces = [p async for p in (await client.post(url + "/v1/x", b"{}", {})).iter_chunks()]
+        assert b"".join(pieces) == b"data: adata: b"
+
+
+async def test_a_body_delimited_by_the_connections_end_is_whole(client):
+    async with scripted(replies(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", close_after=True)) as (_, url):
+        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"until the end"
+
+
+async def test_response_headers_over_8_kb_are_read(client):
+    """aiohttp, the client before this one, refused them (docs/benchmarks.md, issue 15's notes)."""
+    big = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 20_000 + b"\r\ncontent-length: 2\r\n\r\n{}"
+    async with scripted(replies(big)) as (_, url):
+        reply = await client.post(url + "/v1/x", b"{}", {})
+        assert len(reply.headers["x-big"]) == 20_000 and await reply.read() == b"{}"
+
+
+async def test_a_body_cut_short_is_a_disconnect(client):
+    cut = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial"
+    async with scripted(replies(cut, close_after=True)) as (_, url):
+        reply = await client.post(url + "/v1/x", b"{}", {})
+        with pytest.raises(Disconnected):
+            await reply.read()
+
+
+async def test_a_malformed_answer_is_a_disconnect(client):
+    async with scripted(replies(b"NOT HTTP AT ALL\r\n\r\n")) as (_, url):
+        with pytest.raises(Disconnected):
+            await client.post(url + "/v1/x", b"{}", {})
+
+
+async def test_a_reset_after_the_request_is_a_read_failure(client):
+    async def reset(n, head, writer):
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    async with scripted(reset) as (_, url):
+        with pytest.raises(ReadFailed):
+            await client.post(url + "/v1/x", b"{}", {})
+
+
+async def test_no_data_in_time_is_a_timeout_and_a_refused_port_a_connect_failure():
+    c = UpstreamClient(Limits(connect_s=2, read_s=0.2, pool_s=1), proxies={})
+
+    async def stall(n, head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")  # headers, then nothing
+    async with scripted(stall) as (_, url):
+        reply = await c.post(url + "/v1/x", b"{}", {})
+        with pytest.raises(TimeoutError):
+            await reply.read()
+    with pytest.raises(ConnectFailed):
+        await c.post(f"http://127.0.0.1:{closed_port()}/v1/x", b"{}", {})
+    await c.close()
+
+
+async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(client):
+    async with scripted(replies(OK)) as (script, url):
+        with pytest.raises(ConnectFailed, match="line break"):
+            await client.post(url + "/v1/x", b"{}", {"authorization": "Bearer k\r\nx-injected: 1"})
+        assert script.requests == []
+
+
+async def test_no_free_connection_within_the_pool_wait_is_a_connect_failure():
+    c = UpstreamClient(Limits(connect_s=2, read_s=2, pool_s=0.2, max_connections=1), proxies={})
+    async with scripted(replies(OK)) as (_, url):
+        held = await c.post(url + "/v1/x", b"{}", {})  # not read: its connection stays taken
+        with pytest.raises(ConnectFailed, match="no free upstream connection"):
+            await c.post(url + "/v1/x", b"{}", {})
+        await held.read()
+        assert await (await c.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+    await c.close()
+
+
+async def test_an_http_proxy_gets_the_absolute_url_and_no_proxy_bypasses_it():
+    async with scripted(replies(OK)) as (proxy, proxy_url), scripted(replies(OK)) as (direct, url):
+        target = "http://upstream.example:8000/v1/chat/completions"
+        c = UpstreamClient(LIMITS, proxies={"http": proxy_url, "no": "127.0.0.1"})
+        assert await (await c.post(target, b"{}", {})).read() == b"{}"
+        assert proxy.requests[0].startswith(b"POST http://upstream.example:8000/v1/chat/completions HTTP/1.1\r\n")
+        assert b"host: upstream.example:8000\r\n" in proxy.requests[0]
+        await (await c.post(url + "/v1/x", b"{}", {})).read()  # NO_PROXY: straight there
+        assert len(direct.requests) == 1 and len(proxy.requests) == 1
+        await c.close()
+
+
+async def test_an_https_upstream_goes_through_a_connect_tunnel_and_a_refused_tunnel_is_a_connect_failure():
+    async with scripted(replies(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")) \
+            as (proxy, proxy_url):
+        c = UpstreamClient(LIMITS, proxies={"https": proxy_url})
+        with pytest.raises(ConnectFailed, match="refused a tunnel"):
+            await c.post("https://api.example.com/v1/chat/completions", b"{}", {})
+        assert proxy.requests[0].startswith(b"CONNECT api.example.com:443 HTTP/1.1\r\n")
+        await c.close()
