@@ -201,12 +201,18 @@ class StaticEmbedder:
             rows = table[ids if model.token_mapping is None else model.token_mapping[ids]]
             if model.weights is not None:
                 rows = rows * model.weights[ids][:, None]
-            out[row] = rows.mean(axis=0)
+            # numpy's own mean of a float16 table, step by step: a float32 sum divided by the
+            # count, then stored in the table's type (the same bits, without `mean`'s overhead).
+            out[row] = np.add.reduce(rows, axis=0, dtype=np.float32) / len(ids)
         emb = out.astype(np.float32)
         if model.normalize:  # model2vec normalises in float32 and stores in the table's type
-            emb = (emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-32)).astype(out.dtype).astype(np.float32)
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        return emb / np.maximum(norms, 1e-12)
+            emb = (emb / (_norms(emb) + 1e-32)).astype(out.dtype).astype(np.float32)
+        return emb / np.maximum(_norms(emb), 1e-12)
+
+
+def _norms(emb: np.ndarray) -> np.ndarray:
+    """(n, 1) L2 norms of float32 rows, as np.linalg.norm(axis=1) computes them."""
+    return np.sqrt(np.add.reduce(emb * emb, axis=1, keepdims=True))
 
 
 # Tokens a static model averages over: it has no position limit, but more text than the

@@ -34,7 +34,9 @@ def normalise_costs(cost: np.ndarray) -> np.ndarray:
 
 def _objective(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     g = np.asarray(gamma, dtype=np.float64)
-    c = np.broadcast_to(np.asarray(cost, dtype=np.float64), g.shape)
+    c = np.asarray(cost, dtype=np.float64)
+    if c.shape != g.shape:
+        c = np.broadcast_to(c, g.shape)
     return g + np.asarray(lam, dtype=np.float64) * c, c
 
 
