@@ -37,8 +37,10 @@ class DriftMonitor:
             raise ValueError(f"window must be >= 1, got {window}")
         self.threshold = float(threshold)
         self.window = window
-        self._far = np.zeros(window, dtype=bool)
-        self._recent_far = 0  # far prompts among the last `window`, kept as they come
+        # A ring of the last `window` flags, kept in plain Python: prompts come one at a time
+        # on the request path, where a numpy call costs more than this whole update.
+        self._far = [False] * window
+        self._recent_far = 0  # far prompts among them, kept as they come
         self._next = 0
         self._seen = 0
         self._far_total = 0
@@ -47,14 +49,14 @@ class DriftMonitor:
     def observe(self, distances: np.ndarray) -> np.ndarray:
         """Record prompts' distances; returns which of them are far."""
         far = np.asarray(distances, dtype=np.float64) > self.threshold
+        flags = far.tolist()
         with self._lock:
-            tail = far[-self.window:]
-            slots = (self._next + np.arange(len(tail))) % self.window
-            self._recent_far += int(tail.sum()) - int(self._far[slots].sum())
-            self._far[slots] = tail
-            self._next = int((self._next + len(tail)) % self.window)
-            self._seen += len(far)
-            self._far_total += int(far.sum())
+            for flag in flags[-self.window:]:
+                self._recent_far += flag - self._far[self._next]
+                self._far[self._next] = flag
+                self._next = (self._next + 1) % self.window
+            self._seen += len(flags)
+            self._far_total += sum(flags)
         return far
 
     @property

@@ -48,6 +48,8 @@ from router_core.text import routing_text
 
 # Curves kept for subsets of the models asked with a budget or quality target.
 _SUBSET_CURVES = 64
+# Remembered decisions per model table: (clusters x targets x prompt lengths) seen lately.
+_DECISIONS = 8192
 # Used for a model's expected cost until its profile has measured its answers' length.
 DEFAULT_OUTPUT_TOKENS = 256
 
@@ -146,6 +148,8 @@ class ModelTable:
     calibration_weights: np.ndarray | None = None
     calibration_tokens: np.ndarray | None = None
     _curves: dict = field(default_factory=dict, compare=False, repr=False)
+    # Single-prompt decisions under one-hot weights, by their terms (UniRouter.decide).
+    decisions: dict = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def names(self) -> list[str]:
@@ -398,21 +402,41 @@ class UniRouter:
     def decide(self, weights: np.ndarray, resolution: Resolution, input_tokens: float,
                models: frozenset[str] | set[str] | None = None,
                excluded: frozenset[str] | set[str] = frozenset(), min_cost_weight: float = 0.0) -> Decision | None:
-        """Rank the models for one prompt's (K,) cluster weights; see `decide_batch`."""
-        return self.decide_batch(np.asarray(weights)[None, :], resolution, np.array([input_tokens]), models,
-                                 excluded, min_cost_weight)[0]
+        """Rank the models for one prompt's (K,) cluster weights; see `decide_batch`.
+
+        Under K-means a prompt's weights are one-hot, so its decision depends on nothing but its
+        cluster and the request's terms: it is remembered in the model table (a new table, made
+        whenever the models change, starts empty), and a gateway's steady traffic skips the
+        matrix work."""
+        weights = np.asarray(weights)
+        table = self.table
+        key = None
+        if self.state.theta is None:
+            key = (int(weights.argmax()), resolution, float(input_tokens), None if models is None else frozenset(models),
+                   frozenset(excluded), min_cost_weight)
+            found = table.decisions.get(key)
+            if found is not None or key in table.decisions:
+                return found
+        decision = self.decide_batch(weights[None, :], resolution, np.array([input_tokens]), models, excluded,
+                                     min_cost_weight, table)[0]
+        if key is not None:
+            if len(table.decisions) >= _DECISIONS:
+                table.decisions.clear()
+            table.decisions[key] = decision
+        return decision
 
     def decide_batch(self, weights: np.ndarray, resolution: Resolution, input_tokens: np.ndarray,
                      models: frozenset[str] | set[str] | None = None,
                      excluded: frozenset[str] | set[str] = frozenset(),
-                     min_cost_weight: float = 0.0) -> list[Decision | None]:
+                     min_cost_weight: float = 0.0, table: ModelTable | None = None) -> list[Decision | None]:
         """Rank the models for (n, K) cluster weights and (n,) prompt token counts, in one matrix
         operation, at the resolved target's λ (or `min_cost_weight`, a floor such as the budget
         guard's, when higher); None for each prompt when no model is allowed. Costs are divided
         by the fixed cost scale, never by a quantity of the candidates, so a model no prompt
         chooses changes no decision; the support guard ranks models without support in the
-        prompt's clusters after those with it (module docstring)."""
-        table = self.table
+        prompt's clusters after those with it (module docstring). `table`: the model table to
+        rank in (default: the current one)."""
+        table = table or self.table
         n = len(weights)
         idx: slice | np.ndarray = slice(None)  # every model: views, no copies
         if models is not None or excluded:

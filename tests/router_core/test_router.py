@@ -191,6 +191,28 @@ def test_adding_a_model_changes_no_decision_but_those_it_takes(pool_router, pool
             assert tuple(m for m in a.ranking if m != newcomer.name) == b.ranking
 
 
+def test_a_remembered_decision_is_the_one_the_matrix_work_gives_and_a_model_change_forgets_them(pool_router):
+    """UniRouter.decide remembers single-prompt decisions under K-means; every term of the
+    request is part of what it remembers them by."""
+    router, weights, tokens = pool_router
+    router.set_models(_pool_models(router, [(Price(1, 3), 0.8, 1), (Price(0.1, 0.3), 0.6, 2),
+                                            (Price(5, 15), 0.9, 3)], "d"))
+    resolutions = [router.resolve(RoutingTarget("cost_weight", lam)) for lam in (0.0, 0.4, 30.0)]
+    terms = [(res, models, excluded, floor) for res in resolutions for models in (None, frozenset({"d0", "d1"}))
+             for excluded in (frozenset(), frozenset({"d2"})) for floor in (0.0, 5.0)]
+    for _ in range(2):  # the second pass answers from memory
+        for row, n in zip(weights[::7], tokens[::7]):
+            for res, models, excluded, floor in terms:
+                fresh = router.decide_batch(row[None, :], res, np.array([n]), models, excluded, floor)[0]
+                kept = router.decide(row, res, n, models, excluded, floor)
+                assert (kept.model, kept.ranking, kept.cluster, kept.expected_cost, kept.cost_weight) == \
+                       (fresh.model, fresh.ranking, fresh.cluster, fresh.expected_cost, fresh.cost_weight)
+    assert router.table.decisions
+    router.set_models(router.models[:2])
+    assert router.table.decisions == {}
+    assert router.decide(weights[0], resolutions[0], tokens[0]).ranking in {("d0", "d1"), ("d1", "d0")}
+
+
 def test_an_expensive_model_never_chosen_moves_neither_decisions_nor_the_curve(shipped):
     router = two_model_router(shipped)
     curve = router.calibration()
