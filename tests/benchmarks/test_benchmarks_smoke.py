@@ -174,3 +174,12 @@ def test_workers_benchmark_prints_throughput_per_worker_count(cache_dir):
             assert positive(case[key]), key
         assert case["gateway"]["errors"] == {}
     assert out["cases"][0]["speedup"] == 1.0
+
+
+def test_upstream_client_benchmark_prints_cpu_per_call_for_each_mode():
+    out = json_out(run_benchmark("upstream_client", "--requests", "30", "--rounds", "1", "--json", "-"))
+    for mode in ("non_stream", "stream"):
+        per = out[mode]["cpu_us_per_call"]
+        assert positive(per["uniroute"])
+        assert all(positive(v) for v in per.values())  # aiohttp's too, when it is installed
+    assert (out["requests_per_round"], out["rounds"]) == (30, 1)
