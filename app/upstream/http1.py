@@ -274,13 +274,19 @@ class UpstreamClient:
         except BaseException:
             self._slots.release()
             raise
-        host = origin.host if origin.port in (80, 443) else f"{origin.host}:{origin.port}"
+        host = f"[{origin.host}]" if ":" in origin.host else origin.host  # an IPv6 literal
+        if origin.port not in (80, 443):
+            host = f"{host}:{origin.port}"
         head = [f"POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         head.append("\r\n")
         reply = Reply(self, origin, conn)
         try:
-            conn.start(reply, "".join(head).encode("latin-1") + body)
+            try:
+                request = "".join(head).encode("latin-1") + body
+            except UnicodeEncodeError:
+                raise ConnectFailed("a header holds characters HTTP/1.1 cannot carry; nothing was sent") from None
+            conn.start(reply, request)
             await reply._headers()
         except BaseException:
             reply.close()

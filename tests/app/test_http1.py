@@ -49,11 +49,12 @@ class Script:
 
 
 @contextlib.asynccontextmanager
-async def scripted(answer) -> AsyncIterator[tuple[Script, str]]:
+async def scripted(answer, host: str = "127.0.0.1") -> AsyncIterator[tuple[Script, str]]:
     script = Script(answer)
-    server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(script.handle, host, 0)
     try:
-        yield script, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        netloc = f"[{host}]" if ":" in host else host
+        yield script, f"http://{netloc}:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
 
@@ -85,6 +86,12 @@ async def test_a_post_sends_host_length_headers_and_body_and_reads_the_answer(cl
     port = url.rsplit(":", 1)[1].encode()
     assert set(lines[1:]) == {b"host: 127.0.0.1:" + port, b"content-length: 8", b"content-type: application/json"}
     assert body == b'{"a": 1}'
+
+
+async def test_an_ipv6_upstream_is_named_in_brackets_in_the_host_header(client):
+    async with scripted(replies(OK), host="::1") as (script, url):
+        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+    assert b"\r\nhost: [::1]:" + url.rsplit(":", 1)[1].encode() + b"\r\n" in script.requests[0]
 
 
 async def test_sequential_requests_share_one_kept_alive_connection(client):
@@ -177,6 +184,14 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(cli
         with pytest.raises(ConnectFailed, match="line break"):
             await client.post(url + "/v1/x", b"{}", {"authorization": "Bearer k\r\nx-injected: 1"})
         assert script.requests == []
+
+
+async def test_a_header_value_http_cannot_carry_is_refused_and_the_connection_is_not_lost(client):
+    async with scripted(replies(OK)) as (script, url):
+        with pytest.raises(ConnectFailed, match="cannot carry"):
+            await client.post(url + "/v1/x", b"{}", {"user-agent": "snowman \u2603"})
+        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+        assert len(script.requests) == 1
 
 
 async def test_no_free_connection_within_the_pool_wait_is_a_connect_failure():
