@@ -5,9 +5,11 @@ start-up work (registering a configured model, which starts its profiling job) h
 a worker that dies is replaced, and workers whose supervisor is killed stop."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.runtime.workers import bind
 from tests.app.conftest import ROUTERBENCH_SETTINGS
 from tests.app.test_demo_command import alive
 from tests.support.workers import Served, serve_workers
@@ -150,3 +153,22 @@ def test_workers_stop_by_themselves_when_their_supervisor_is_killed(tmp_path, sh
             assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
             time.sleep(0.1)
 
+
+
+async def test_connections_on_the_workers_socket_have_nagle_off():
+    """uvicorn writes a response's head, then its body: with Nagle's algorithm on, the body waits
+    for the client's delayed ACK (40 ms on Linux) on every kept-alive connection. Each worker
+    accepts on the supervisor's socket as uvicorn does (`loop.create_server(sock=...)`)."""
+    loop = asyncio.get_running_loop()
+    nodelay: asyncio.Future[int] = loop.create_future()
+
+    class Accepted(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            nodelay.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    sock = bind("127.0.0.1", 0)
+    async with await loop.create_server(Accepted, sock=sock):
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        assert await asyncio.wait_for(nodelay, 10) != 0
+        writer.close()
