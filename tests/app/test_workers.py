@@ -161,7 +161,8 @@ def test_workers_stop_by_themselves_when_their_supervisor_is_killed(tmp_path, sh
 async def test_connections_on_the_workers_socket_have_nagle_off():
     """uvicorn writes a response's head, then its body: with Nagle's algorithm on, the body waits
     for the client's delayed ACK (40 ms on Linux) on every kept-alive connection. Each worker
-    accepts on the supervisor's socket as uvicorn does (`loop.create_server(sock=...)`)."""
+    accepts on the supervisor's socket as uvicorn does (`loop.create_server(sock=...)`), on
+    asyncio's loop where uvloop is not installed (uvloop turns Nagle off on any socket)."""
     loop = asyncio.get_running_loop()
     nodelay: asyncio.Future[int] = loop.create_future()
 
