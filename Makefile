@@ -37,8 +37,11 @@ promtool: $(STAMP)
 run: install
 	$(VENV)/bin/uniroute demo --host 127.0.0.1 --port 8000
 
+# The suite in TEST_WORKERS processes; a file's tests stay in one process (--dist loadfile), so
+# module fixtures are built once.
+TEST_WORKERS ?= 2
 test: install promtool
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # wrk (Debian's package) sends benchmarks.peer's load; installed when missing and apt-get runs as
 # root. Without it the benchmark falls back to the project's Python load generator.

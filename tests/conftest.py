@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.run_cache import build_once, run_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -36,17 +38,20 @@ def default_state():
 
 @pytest.fixture(scope="session")
 def fast_dir(tmp_path_factory):
-    """The `fast` static embedder, distilled once for the session from the shipped MiniLM."""
+    """The `fast` static embedder, distilled once for the run (whichever xdist worker asks
+    first) from the shipped MiniLM."""
     from router_core.embedding import FAST_DIRNAME, distill_fast
 
-    return distill_fast(tmp_path_factory.mktemp("fast") / FAST_DIRNAME)
+    return build_once(tmp_path_factory, "fast", lambda path: distill_fast(path / FAST_DIRNAME)) / FAST_DIRNAME
 
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> str:
-    """One embedding cache for every gateway of the session, in any test folder (the
-    representative set is embedded once)."""
-    return str(tmp_path_factory.mktemp("embed-cache"))
+    """One embedding cache for every gateway of the run, in any test folder and any xdist worker
+    (the representative set is embedded once; the cache is made for processes sharing it)."""
+    path = run_dir(tmp_path_factory) / "embed-cache"
+    path.mkdir(exist_ok=True)
+    return str(path)
 
 
 def _redis_reachable(url: str) -> bool:

@@ -1,5 +1,6 @@
 """The routing-quality studies run end to end on a small real dataset (the vendored MBPP test
-file, 128 prompts, 11 LLMs, the shipped MiniLM) and write what the docs read."""
+file, 128 prompts, 11 LLMs, the shipped MiniLM) and write what the docs read. Both embed through
+the run's cache, so the file is embedded once."""
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ SMALL = ROUTERBENCH_DIR / "mbpp_test.csv"
 pytestmark = pytest.mark.slow
 
 
-def test_repset_size_study_writes_closure_per_size_and_selection_and_a_plot(tmp_path):
+def test_repset_size_study_writes_closure_per_size_and_selection_and_a_plot(tmp_path, shared_cache):
     out, plot = tmp_path / "study.json", tmp_path / "study.png"
     run_benchmark("repset_size", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",
-                  "--cache-dir", str(tmp_path / "cache"), "--sizes", "10", "30", "--trials", "2",
+                  "--cache-dir", shared_cache, "--sizes", "10", "30", "--trials", "2",
                   "--json", str(out), "--plot", str(plot))
     result = json.loads(out.read_text())
     assert [(r["selection"], r["size"]) for r in result["rows"]] == [
@@ -29,10 +30,10 @@ def test_repset_size_study_writes_closure_per_size_and_selection_and_a_plot(tmp_
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_oracle(tmp_path):
+def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_oracle(tmp_path, shared_cache):
     out = tmp_path / "ceiling.json"
     run_benchmark("dense_ceiling", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",
-                  "--cache-dir", str(tmp_path / "cache"), "--trials", "2", "--json", str(out))
+                  "--cache-dir", shared_cache, "--trials", "2", "--json", str(out))
     methods = json.loads(out.read_text())["methods"]
     assert methods["zero_router"]["closure"] == 0.0 and methods["oracle"]["closure"] == pytest.approx(1.0)
     assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10"} <= set(methods)

@@ -20,8 +20,8 @@ FLOOR = 15
 
 
 @pytest.fixture(scope="module", params=GENERAL)
-def general(request) -> UniRouter:
-    return UniRouter.load(request.param)
+def general(request, shared_cache) -> UniRouter:
+    return UniRouter.load(request.param, cache_dir=shared_cache)
 
 
 def top_task(router: UniRouter, prompt: str, top: int = 1) -> str:
@@ -30,10 +30,12 @@ def top_task(router: UniRouter, prompt: str, top: int = 1) -> str:
     return " ".join(task for task, _ in router.state.metadata["clusters"][cluster]["top_tasks"][:top])
 
 
-def test_every_shipped_state_loads_with_the_default_set_and_fast_is_the_default():
+def test_every_shipped_state_loads_with_the_default_set_and_fast_is_the_default(shared_cache):
     assert DEFAULT_STATE == "fast"
     for name in SHIPPED_STATES:
-        router = UniRouter.load(name)
+        # The run's cache: the set is embedded once per embedder, not once per state and test
+        # (loading without a cache is test_the_first_routerbench_states_and_set_still_ship's).
+        router = UniRouter.load(name, cache_dir=shared_cache)
         assert router.repset.repset.items == load_repset(DEFAULT_REPSET).items
         assert router.repset.weights.shape == (len(router.repset.ids), router.n_clusters)
 

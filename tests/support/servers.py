@@ -24,6 +24,8 @@ from types import TracebackType
 import uvicorn
 from starlette.types import ASGIApp
 
+from app.runtime.workers import bind
+
 
 class ServerStartError(RuntimeError):
     """The app could not be served (its startup failed or took too long)."""
@@ -51,9 +53,7 @@ class serve:  # noqa: N801 - used like a function: `with serve(app) as url`
     def start(self) -> str:
         """Start the server; returns its base URL once it accepts connections."""
         ipv6 = ":" in self.host
-        sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        sock = bind(self.host, 0)  # as the gateway's workers bind theirs (TCP_NODELAY on each connection)
         port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
