@@ -289,5 +289,6 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_stream_and_is_coun
         with httpx.stream("POST", gw + "/v1/chat/completions", json=body, timeout=30) as response:
             assert response.status_code == 200 and response.headers["x-uniroute-model"] == "first"
             assert next(response.iter_raw()).startswith(b"data: ")
-        assert wait_for(lambda: upstream.abandoned["first:pace=2"] == 1, timeout_s=8)
+        # A stream read to its end is not abandoned, however long this waits: no timing is asserted.
+        assert wait_for(lambda: upstream.abandoned["first:pace=2"] == 1, timeout_s=60)
         assert wait_for(lambda: metric(gw, 'uniroute_requests_total{model="first",route="chat",status="200"}') == 1)
