@@ -10,7 +10,6 @@ puts its error event before it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -28,12 +27,16 @@ class EventSplitter:
     def __init__(self) -> None:
         self._buffer = b""
 
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        """The events completed by `chunk`."""
-        self._buffer += chunk
-        while (match := _EVENT_END.search(self._buffer)) is not None:
-            event, self._buffer = self._buffer[: match.end()], self._buffer[match.end():]
-            yield event
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events completed by `chunk` (the buffer is cut once, not once per event)."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events = []
+        start = 0
+        while (match := _EVENT_END.search(buffer, start)) is not None:
+            events.append(buffer[start:match.end()])
+            start = match.end()
+        self._buffer = buffer[start:]
+        return events
 
     def rest(self) -> bytes:
         """What came after the last whole event (an unterminated event, or nothing)."""
@@ -43,6 +46,9 @@ class EventSplitter:
 
 def event_data(event: bytes) -> bytes | None:
     """The `data:` field of an event (several data lines joined by newlines), None if it has none."""
+    if (event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2 and event.endswith(b"\n\n")
+            and b"\r" not in event):
+        return event[6:-2]  # the usual event, one `data: ` line: no line splitting needed
     lines = [line[5:] for line in _LINE.split(event) if line.startswith(b"data:")]
     if not lines:
         return None

@@ -31,6 +31,26 @@ def test_events_come_out_whole_however_the_bytes_are_cut(newline):
     assert [event_data(e) for e in events][-1] == b"[DONE]"
 
 
+@pytest.mark.parametrize("event,data", [
+    (b"data: {}\n\n", b"{}"),
+    (b"data:{}\n\n", b"{}"),
+    (b"data: a\ndata: b\n\n", b"a\nb"),
+    (b"data: a\rdata: b\n\n", b"a\nb"),
+    (b"event: x\ndata: y\n\n", b"y"),
+    (b"data: [DONE]\r\n\r\n", b"[DONE]"),
+    (b": keep-alive\n\n", None),
+])
+def test_an_events_data_is_read_from_every_line_end_and_line_count(event, data):
+    assert event_data(event) == data
+
+
+def test_many_events_in_one_chunk_come_out_in_order_with_the_rest_kept():
+    splitter = EventSplitter()
+    body = b"".join(STREAM)
+    assert splitter.feed(body + b"data: par") == STREAM
+    assert splitter.feed(b"tial\n\n") == [b"data: partial\n\n"] and splitter.rest() == b""
+
+
 def test_a_stream_with_every_finish_reason_is_complete_and_done_is_held_back():
     watch = StreamWatch()
     out = [watch.see(e) for e in STREAM]
