@@ -92,7 +92,9 @@ async def test_an_outage_keeps_snapshots_fails_writes_fast_and_resyncs_on_return
             await a.put_model(make_record("during-outage"))
         with pytest.raises(RegistryUnavailable):
             await a.list_jobs()
-        assert time.monotonic() - started < 0.5
+        # Failing fast: not waiting out a 1 s socket timeout with its retry on each call (4 s for
+        # the two); the bound is loose so that a loaded machine cannot fail it.
+        assert time.monotonic() - started < 3.0
         assert a.snapshot() == {"before-outage": before}
 
         # Back, empty (no persistence); another replica writes before A has reconnected.
