@@ -19,8 +19,12 @@ DRIFT_QUANTILE = 0.99
 
 def nearest_distance(centroids: np.ndarray, emb: np.ndarray) -> np.ndarray:
     """(n,) cosine distance of each embedding to its nearest centroid."""
-    _, sims = clustering.assign(centroids, emb)
-    return 1.0 - sims.astype(np.float64)
+    return distance_from(clustering.assign(centroids, emb)[1])
+
+
+def distance_from(similarity: np.ndarray) -> np.ndarray:
+    """The drift distance of a prompt whose cosine similarity to its nearest centroid is given."""
+    return 1.0 - np.asarray(similarity, dtype=np.float64)
 
 
 def drift_threshold(distances: np.ndarray, quantile: float = DRIFT_QUANTILE) -> float:

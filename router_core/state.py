@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from router_core import clustering
-from router_core.drift import DRIFT_QUANTILE, drift_threshold, nearest_distance
+from router_core.drift import (
+    DRIFT_QUANTILE,
+    distance_from,
+    drift_threshold,
+    nearest_distance,
+)
 from router_core.embedding import FAST_DIRNAME, Embedder, fast_model_id, load_embedder
 from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
 
@@ -83,7 +88,7 @@ class RouterState:
         emb = self._check(emb)
         labels, sims = clustering.assign(self.centroids, emb)
         weights = soft_assign(self.theta, emb) if self.theta is not None else np.eye(self.k, dtype=np.float32)[labels]
-        return weights, 1.0 - sims.astype(np.float64)
+        return weights, distance_from(sims)
 
     def profile_weights(self, emb: np.ndarray) -> np.ndarray:
         """Weights (n, K) of representative prompts in the profiles: `cluster_weights`, except

@@ -270,8 +270,9 @@ class BudgetGuard:
             rate = cur.requests / elapsed if elapsed > 0 else 0.0
         floor, allowed = floor_for(curve, self.target, cur.spend, cur.planned, rate * left)
         if self._metrics is not None:
-            self._metrics.budget_spend.labels(scope).set(cur.spend)
-            self._metrics.budget_cost_weight.labels(scope).set(floor)
+            metrics = self._metrics
+            metrics.child(metrics.budget_spend, scope).set(cur.spend)
+            metrics.child(metrics.budget_cost_weight, scope).set(floor)
         return GuardState(scope, start, self.window_s, self.target, cur.spend, cur.planned, cur.requests,
                           allowed, floor)
 
@@ -286,7 +287,7 @@ class BudgetGuard:
             except _STORE_FAULTS as exc:
                 self._shared_away(exc)
         if self._metrics is not None:
-            self._metrics.budget_spent.labels(scope).inc(spend)
+            self._metrics.child(self._metrics.budget_spent, scope).inc(spend)
 
     async def start(self) -> None:
         """Open the shared store; while it cannot be opened the guard counts locally."""
