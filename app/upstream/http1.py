@@ -69,8 +69,7 @@ class _Origin:
 class _Connection(asyncio.Protocol):
     """One connection and the answer being read on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -167,7 +166,7 @@ class _Connection(asyncio.Protocol):
 
 class Reply:
     """An upstream's answer: `status` and `headers` (lower-case names) once `post` returns, then
-    the body by `read()` or `chunks()`. `close()` (always, `read` does it) gives the connection
+    the body by `read()` or `iter_chunks()`. `close()` (always, `read` does it) gives the connection
     back to the pool when the answer was read whole, else closes it."""
 
     def __init__(self, client: UpstreamClient, origin: _Origin, conn: _Connection) -> None:
@@ -274,9 +273,7 @@ class UpstreamClient:
         except BaseException:
             self._slots.release()
             raise
-        host = f"[{origin.host}]" if ":" in origin.host else origin.host  # an IPv6 literal
-        if origin.port not in (80, 443):
-            host = f"{host}:{origin.port}"
+        host = _authority(origin.host, None if origin.port in (80, 443) else origin.port)
         head = [f"POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         head.append("\r\n")
@@ -349,7 +346,7 @@ class UpstreamClient:
         return parts.hostname, parts.port or 80
 
     async def _connect(self, origin: _Origin) -> _Connection:
-        conn = _Connection(self.loop)
+        conn = _Connection()
         host, port = origin.proxy or (origin.host, origin.port)
         tls = self._context() if origin.scheme == "https" and origin.proxy is None else None
         try:
@@ -368,7 +365,7 @@ class UpstreamClient:
 
     async def _tunnel(self, conn: _Connection, origin: _Origin) -> None:
         """CONNECT through the proxy, then TLS to the upstream inside the tunnel."""
-        authority = f"{origin.host}:{origin.port}"
+        authority = _authority(origin.host, origin.port)
         reply = Reply(self, origin, conn)
         conn.start(reply, f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n\r\n".encode("latin-1"))
         await reply._headers()
@@ -383,3 +380,9 @@ class UpstreamClient:
         if self._tls is None:
             self._tls = ssl.create_default_context()
         return self._tls
+
+
+def _authority(host: str, port: int | None) -> str:
+    """`host[:port]` as a Host header or a CONNECT target names it (an IPv6 literal in brackets)."""
+    named = f"[{host}]" if ":" in host else host
+    return named if port is None else f"{named}:{port}"

@@ -224,4 +224,7 @@ async def test_an_https_upstream_goes_through_a_connect_tunnel_and_a_refused_tun
         with pytest.raises(ConnectFailed, match="refused a tunnel"):
             await c.post("https://api.example.com/v1/chat/completions", b"{}", {})
         assert proxy.requests[0].startswith(b"CONNECT api.example.com:443 HTTP/1.1\r\n")
+        with pytest.raises(ConnectFailed, match="refused a tunnel"):
+            await c.post("https://[2001:db8::1]:8443/v1/chat/completions", b"{}", {})
+        assert proxy.requests[1].startswith(b"CONNECT [2001:db8::1]:8443 HTTP/1.1\r\nhost: [2001:db8::1]:8443\r\n")
         await c.close()
