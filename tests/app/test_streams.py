@@ -5,6 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from app.demo.replay_upstream import (
+    CannedAnswer,
+    CompletionRequest,
+    sse_event,
+    stream_chunks,
+)
+from app.upstream import streams
 from app.upstream.streams import EventSplitter, StreamWatch, event_data
 
 
@@ -86,3 +93,61 @@ def test_a_responses_stream_is_complete_at_response_completed_with_its_usage():
     done = {"type": "response.completed", "response": {"usage": {"input_tokens": 4, "output_tokens": 1}}}
     watch.see(b"event: response.completed\ndata: " + orjson.dumps(done) + b"\n\n")
     assert watch.complete and watch.usage == {"input_tokens": 4, "output_tokens": 1}
+
+
+def replayed(kind: str, include_usage: bool, text: str) -> list[bytes]:
+    """A stream as the replay upstream writes it (OpenAI's wire format, compact JSON), then [DONE]."""
+    request = CompletionRequest(kind, "m", "hi", 2, True, include_usage, None)
+    return [sse_event(c) for _, c in stream_chunks(request, CannedAnswer.for_request(request, text))] + [b"data: [DONE]\n\n"]
+
+
+# Streams whose chunks look like a text chunk of choice 0 to a careless byte test, but are not one.
+TRICKY = [
+    # the answer's text spells keys; inside a JSON string their quotes are escaped
+    [chunk([choice(text="a")]), chunk([choice(text='"finish_reason":"stop","usage":{"total_tokens":1}')]),
+     b"data: [DONE]\n\n"],
+    # a second choice that never finishes, opened after choice 0 and in a chunk of its own
+    [chunk([choice(0, "a")]), chunk([choice(1, "b")]), chunk([choice(0, finish="stop")]), b"data: [DONE]\n\n"],
+    # choice 0 opened by a text chunk and never finished, choice 1 finished
+    [chunk([choice(0, "a")]), chunk([choice(1, finish="stop")]), b"data: [DONE]\n\n"],
+    # usage on a chunk that also carries text
+    [chunk([choice(text="a")]), chunk([choice(text="b")], USAGE), chunk([choice(finish="stop")]), b"data: [DONE]\n\n"],
+    # an error event shaped like a text chunk
+    [chunk([choice(text="a")]),
+     b'data: {"choices":[{"index":0,"delta":{},"finish_reason":null}],"error":{"message":"x"}}\n\n'],
+    # spaces after the colons: parsed, and still right
+    [b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}\n\n',
+     b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}\n\n', b"data: [DONE]\n\n"],
+    # a tool call's own index
+    [chunk([choice(text="")]),
+     b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]},'
+     b'"finish_reason":null}]}\n\n', chunk([choice(finish="tool_calls")]), b"data: [DONE]\n\n"],
+]
+
+
+def outcome(stream: list[bytes], strip_usage: bool) -> tuple:
+    watch = StreamWatch(strip_usage=strip_usage)
+    out = [watch.see(e) for e in stream]
+    return out, watch.usage, watch.complete, watch.upstream_error, watch.done
+
+
+@pytest.mark.parametrize("stream", [
+    *(replayed(kind, usage, "one two three four five") for kind in ("chat", "text") for usage in (False, True)),
+    *TRICKY,
+])
+@pytest.mark.parametrize("strip_usage", [False, True])
+def test_recognising_text_chunks_by_their_bytes_changes_no_outcome(stream, strip_usage, monkeypatch):
+    fast = outcome(stream, strip_usage)
+    monkeypatch.setattr(StreamWatch, "_more_text", lambda self, data: False)  # every chunk parsed
+    assert fast == outcome(stream, strip_usage)
+
+
+def test_a_usual_stream_parses_only_its_first_last_and_usage_chunks(monkeypatch):
+    stream = replayed("chat", True, " ".join(["word"] * 20))
+    parsed, loads = [], orjson.loads
+    monkeypatch.setattr(streams.orjson, "loads", lambda data: parsed.append(data) or loads(data))
+    watch = StreamWatch(strip_usage=True)
+    for event in stream:
+        watch.see(event)
+    assert watch.complete and watch.usage is not None
+    assert len(stream) > 20 and len(parsed) == 3  # the role chunk, the finish_reason chunk, the usage chunk
