@@ -79,6 +79,12 @@ def known_error_response(err: APIError | GatewayError) -> JSONResponse:
     return error_response(err if isinstance(err, APIError) else from_domain(err))
 
 
+def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """The 500 for an error nobody expected, logged with its traceback."""
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return error_response(APIError(500, "internal error in the gateway", type="api_error"))
+
+
 def is_json_type(content_type: str | None) -> bool:
     """Whether a Content-Type header announces JSON (`application/json`, `…+json`, any parameters)."""
     if not content_type:
@@ -119,5 +125,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(APIError(500, "internal error in the gateway", type="api_error"))
+        return unexpected_error_response(request.method, request.url.path, exc)

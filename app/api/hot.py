@@ -1,45 +1,109 @@
 """The routed endpoints' short way in: their POSTs are served straight from the ASGI call.
 
-FastAPI's way to an endpoint (route matching over every route, dependency injection, its
-exception middlewares) cost about a fifth of the gateway's CPU per routed request
-(docs/benchmarks.md). The FastAPI routes stay registered: they describe the endpoints in the
-OpenAPI schema and answer what this does not take (other methods, a trailing slash, a
-`root_path`). What a client sees is the same: the client key is checked first, and the
-gateway's errors get the very responses the app's error handlers give.
+Each ASGI layer a request crosses costs a few function calls and a wrapped `send` or
+`receive`: FastAPI's and Starlette's entry, the server-error middleware, FastAPI's body limit
+and telemetry layers, the gateway's request counter and body limit, route matching and
+dependency injection. For a routed request that was about a tenth of the gateway's CPU
+(docs/benchmarks.md). `GatewayApp` serves the routed POSTs itself and does for them, in one
+place, what those layers do: the body limit, the client key, the OpenAI-style errors, the
+last-resort 500 and the request count. The FastAPI routes stay registered: they describe the
+endpoints in the OpenAPI schema and answer what this does not take (other methods, a trailing
+slash, a `root_path`), through the middlewares, with the same answers.
 """
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from starlette.requests import Request
+from fastapi import FastAPI
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.api.auth import require_client_key
-from app.api.errors import APIError, known_error_response
+from app.api.counting import count_request
+from app.api.errors import APIError, known_error_response, unexpected_error_response
+from app.api.limits import body_too_large, declared_too_large
 from app.errors import GatewayError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-class HotRoutes:
-    """ASGI middleware serving `POST <path>` with `endpoints[path]`, everything else with `app`."""
+class GatewayApp(FastAPI):
+    """FastAPI, with `POST <path>` served by `hot_endpoints[path]` without its middlewares."""
 
-    def __init__(self, app: ASGIApp, endpoints: Mapping[str, Endpoint]) -> None:
-        self.app = app
-        self.endpoints = dict(endpoints)
+    hot_endpoints: Mapping[str, Endpoint] = {}
+    max_body_bytes: int = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = (self.endpoints.get(scope["path"])
+        endpoint = (self.hot_endpoints.get(scope["path"])
                     if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path") else None)
         if endpoint is None:
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
-        request = Request(scope, receive, send)
+        scope["app"] = self
+        status = 500  # what the client gets when the app fails before answering
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
         try:
-            await require_client_key(request)
-            response = await endpoint(request)
+            response = await self._answer(endpoint, scope, receive)
+            await response(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise  # mid-stream: the server drops the connection, as for any route
+            await unexpected_error_response(scope["method"], scope["path"], exc)(scope, receive, sending)
+            raise
+        finally:
+            count_request(self.state, scope, status)
+
+    async def _answer(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> Response:
+        """The endpoint's response, or the response to the client's or the gateway's error."""
+        try:
+            if declared_too_large(scope, self.max_body_bytes):
+                raise body_too_large(self.max_body_bytes)
+            replay = _BodyFirst(receive)
+            request = Request(scope, replay)
+            await require_client_key(request)  # before the body is read, as for a FastAPI route
+            replay.body = await _read_body(receive, self.max_body_bytes)
+            return await endpoint(request)
         except (APIError, GatewayError) as exc:
-            # Anything else goes on to the server-error handler, as from a FastAPI route.
-            response = known_error_response(exc)
-        await response(scope, receive, send)
+            return known_error_response(exc)
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> bytes:
+    """The request's body, a 413 once more than `max_bytes` of it have arrived."""
+    chunks = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()  # as Starlette's own body read does
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > max_bytes:
+            raise body_too_large(max_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _BodyFirst:
+    """A `receive` that gives the body read beforehand first: the endpoint reads it as usual,
+    and what comes after (a disconnect during a stream) still comes from the server."""
+
+    __slots__ = ("receive", "body")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.body: bytes | None = None
+
+    async def __call__(self) -> Message:
+        if self.body is not None:
+            body, self.body = self.body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await self.receive()

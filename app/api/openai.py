@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.auth import bearer, require_client_key
+from app.api.counting import MODEL_STATE, OUTCOME_STATE
 from app.api.errors import APIError
 from app.api.event_stream import EventStream
 from app.api.wire import (
@@ -42,10 +43,6 @@ from router_core.router import ModelTable
 
 # Where the gateway asks a stream's upstream for its usage chunk when the client did not.
 USAGE_PATHS = ("/chat/completions", "/completions")
-# What the request counter (app/api/main.py) reads of a request: the model that answered, and
-# an outcome that replaces the HTTP status ("cut").
-MODEL_STATE = "uniroute_model"
-OUTCOME_STATE = "uniroute_outcome"
 
 router = APIRouter(dependencies=[Depends(require_client_key)])
 
@@ -225,7 +222,8 @@ async def embeddings(request: Request) -> Response:
     return await proxy(request, "/embeddings", body, dest, False, started)
 
 
-# The POSTs app/api/hot.py serves without FastAPI's routing (the routes above stay for the schema).
+# The POSTs app/api/hot.py serves without the middlewares and FastAPI's routing (the routes above
+# stay for the schema).
 HOT_ENDPOINTS = {"/v1/chat/completions": chat_completions, "/v1/completions": completions,
                  "/v1/responses": responses, "/v1/embeddings": embeddings}
 

@@ -116,3 +116,21 @@ def test_every_response_is_counted_with_its_status(make_gateway, fault_upstream,
             assert metric(gw, f'uniroute_requests_total{{model="{model}",route="chat",status="{status}"}}') == 1, status
         assert metric(gw, 'uniroute_requests_total{model="cut",route="chat",status="200"}') == 0
         assert metric(gw, 'uniroute_requests_total{model="none",route="models",status="404"}') == 1
+
+
+def test_a_gateway_bug_on_a_routed_request_is_an_openai_500_that_is_counted(make_gateway, fault_upstream,
+                                                                          model_config, monkeypatch, caplog):
+    _, url = fault_upstream
+    with make_gateway(models=[model_config("ok", url)]) as gw:
+        def broken(*_: object) -> dict:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr("app.api.openai.routing_headers", broken)
+        r = httpx.post(gw + "/v1/chat/completions", json={"model": "ok", "messages": MESSAGES}, timeout=30)
+        assert r.status_code == 500
+        assert r.json()["error"]["message"] == "internal error in the gateway" and r.json()["error"]["type"] == "api_error"
+        assert "a bug" in caplog.text  # logged with its traceback
+        assert metric(gw, 'uniroute_requests_total{model="ok",route="chat",status="500"}') == 1
+        monkeypatch.undo()
+        assert httpx.post(gw + "/v1/chat/completions", json={"model": "ok", "messages": MESSAGES},
+                          timeout=30).status_code == 200
