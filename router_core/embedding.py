@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from router_core.text import DEFAULT_MAX_CHARS, routing_text
+from router_core.wordpiece import WordPieceCache, is_bert_wordpiece
 
 ACCURATE_MODEL_ID = "all-MiniLM-L6-v2"
 
@@ -174,11 +175,17 @@ class StaticEmbedder:
         self.dim = int(self._model.dim)
         self.max_chars = STATIC_MAX_TOKENS * _CHARS_PER_WORD_PIECE
         self._lock = threading.Lock()
+        # Rows gathered from a float16 table were cast to float32 inside every sum: a tenth of a
+        # routed request's instructions. Cast once here (float16 -> float32 is exact, so the sums
+        # are the same); the table's own type still rounds the mean, as model2vec's does.
+        table = self._model.embedding
+        self._table = table.astype(np.float32) if table.dtype == np.float16 else table
         tokenizer = self._model.tokenizer
         truncation = tokenizer.truncation
         if truncation is None or truncation["max_length"] != STATIC_MAX_TOKENS:
             # Truncation is the tokenizer's: set once here, not on every call.
             tokenizer.enable_truncation(STATIC_MAX_TOKENS)
+        self._words = WordPieceCache(tokenizer, STATIC_MAX_TOKENS) if is_bert_wordpiece(tokenizer.to_str()) else None
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised: the mean of the text's token vectors
@@ -187,13 +194,16 @@ class StaticEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self._model
-        with self._lock:
-            encodings = model.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
-        table = model.embedding
-        out = np.zeros((len(texts), self.dim), dtype=np.float32 if table.dtype == np.int8 else table.dtype)
+        if self._words is not None:
+            token_ids = self._words.ids(texts)
+        else:
+            with self._lock:
+                token_ids = [e.ids for e in model.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+        table = self._table
+        kind = model.embedding.dtype
+        out = np.zeros((len(texts), self.dim), dtype=np.float32 if kind == np.int8 else kind)
         unk = model.unk_token_id
-        for row, encoding in enumerate(encodings):
-            ids = encoding.ids
+        for row, ids in enumerate(token_ids):
             if unk is not None:
                 ids = [i for i in ids if i != unk]
             if not ids:

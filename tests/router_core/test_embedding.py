@@ -12,6 +12,8 @@ from router_core.embedding import (
     embed_for_routing,
     load_embedder,
 )
+from router_core.repset import load_repset
+from router_core.shipped import DEFAULT_REPSET
 from router_core.text import routing_text
 
 TEXTS = [
@@ -121,6 +123,7 @@ def test_fast_embedder_gives_model2vecs_own_vectors_bit_for_bit(fast_dir):
     the vectors must stay exactly those the shipped states' clusters were fitted on."""
     fast = load_embedder("fast", fast_dir=fast_dir, build_fast=False)
     texts = TEXTS + ["", "   ", "日本語のテキストです", "Привет, мир! " * 400, "def f(x):\n    return x ** 2", "x" * 5000]
+    texts += [item.prompt for item in load_repset(DEFAULT_REPSET).items]  # real prompts, short to long
     mine = fast.encode(texts)
     theirs = np.asarray(fast._model.encode(texts, max_length=512, show_progress_bar=False), dtype=np.float32)
     theirs /= np.maximum(np.linalg.norm(theirs, axis=1, keepdims=True), 1e-12)
