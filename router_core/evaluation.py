@@ -22,10 +22,13 @@ cost so x runs over [0, 1]:
 
 Routers: the zero router, K-NN, UniRoute's K-means and learned map, and the transfer routers of
 `router_core.transfer` (the training LLMs' dense labels describe the prompts; a new LLM gets a
-few numbers fitted from its representative answers only).
+few numbers fitted from its representative answers only), and three combinations of K-means with
+a transfer router (`router_core.shrinkage`: K-means profiles shrunk toward the transfer
+prediction, transfer plus a shrunk per-cluster residual, a per-prompt blend).
 
 Hyper-parameters (K, shrinkage prior, k of K-NN; k, rank, ridge of the transfer routers, see
-`_choose_transfer`) are chosen per trial without touching test
+`_choose_transfer`; K, strength, blend weight and transfer router of the combinations, see
+`_choose_combined`) are chosen per trial without touching test
 prompts or test LLMs (see `_choose`): the TRAINING LLMs route among themselves on the training
 prompts, two-fold cross-fitted (fit on one half, score on the other, swap), with their Psi taken
 from the validation prompts exactly as the test LLMs' will be; the largest summed area wins and

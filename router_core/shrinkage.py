@@ -3,13 +3,15 @@
 UniRoute's K-means profile shrinks a new LLM h's error in cluster c toward h's global mean
 (`router_core.profiles`). When the representative set is small, n_hc is a handful of answers and
 the profile is mostly noise; the transfer router (`router_core.transfer`) predicts h's per-prompt
-loss t(x, h) from the training LLMs' dense labels with a few numbers per LLM. Two ways to
-combine them, both using h's representative answers only:
+loss t(x, h) from the training LLMs' dense labels with a few numbers per LLM. Ways to combine
+them, all using h's representative answers only (the evaluation's `combined_gammas` applies them):
 
-- toward the transfer prior (`profiles_toward`):
+- toward the transfer prior (`profiles_toward` with target `cluster_means` of t):
       Psi_hc = (sum_{i in rep, c} l_ih + m * p_hc) / (n_hc + m)
   with p_hc the mean of t(x, h) over the cluster's prompts: m = 0 is K-means without shrinkage,
   m -> infinity the cluster-averaged transfer prediction;
+- transfer plus residual: t(x, h) + (sum_{i in rep, c} (l_ih - t_ih)) / (n_hc + m), i.e.
+  `profiles_toward` of the residuals with target 0;
 - a per-prompt blend (`blend`): gamma = w * gamma_kmeans + (1 - w) * gamma_transfer.
 """
 from __future__ import annotations
