@@ -466,8 +466,8 @@ def _choose_combined(
         k, strength, name = max(scored, key=scored.get)
         out.update({f"{method}.clusters": k, f"{method}.strength": strength, f"{method}.transfer": name})
     scored = {key[1:]: v for key, v in totals.items() if key[0] == "kmeans_transfer_blend"}
-    # K-means' K may be above the halves' cap used here (it was chosen on the same halves): then
-    # the blend was not scored and stays K-means.
+    # K-means' K was chosen from the same grid under the same cap, so it is among `ks` and the
+    # blend was scored; should it ever not be, the blend stays K-means.
     w, name = max(scored, key=scored.get) if scored else (1.0, "transfer")
     return {**out, "kmeans_transfer_blend.weight": w, "kmeans_transfer_blend.transfer": name}
 
