@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_arguments(p)
     p.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400, 800])
+    p.add_argument("--selections", nargs="+", choices=VALIDATION_SELECTIONS, default=list(VALIDATION_SELECTIONS),
+                   help="ways of choosing the representative prompts to run (default: all)")
     p.add_argument("--json", dest="json_out", required=True)
     p.add_argument("--plot", required=True)
     args = p.parse_args(argv)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     name, emb, scores, costs = load_embedded(args)
     base = EvalConfig(trials=args.trials, learned_map=None)
     rows = []
-    for selection in VALIDATION_SELECTIONS:
+    for selection in args.selections:
         for size in args.sizes:
             started = time.perf_counter()
             report = evaluate(emb, scores, costs, replace(base, validation_size=size, validation_selection=selection))
@@ -85,6 +87,8 @@ def _plot(result: dict, path: str) -> None:
     for i, method in enumerate(PLOTTED):
         for selection, style in zip(VALIDATION_SELECTIONS, ("-", "--")):
             pts = [(r["size"], r["methods"][method]["closure"]) for r in result["rows"] if r["selection"] == selection]
+            if not pts:
+                continue
             ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{method}, {selection}")
     ax.set_xscale("log")
     sizes = sorted({r["size"] for r in result["rows"]})

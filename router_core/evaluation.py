@@ -22,10 +22,13 @@ cost so x runs over [0, 1]:
 
 Routers: the zero router, K-NN, UniRoute's K-means and learned map, and the transfer routers of
 `router_core.transfer` (the training LLMs' dense labels describe the prompts; a new LLM gets a
-few numbers fitted from its representative answers only).
+few numbers fitted from its representative answers only), and three combinations of K-means with
+a transfer router (`router_core.shrinkage`: K-means profiles shrunk toward the transfer
+prediction, transfer plus a shrunk per-cluster residual, a per-prompt blend).
 
 Hyper-parameters (K, shrinkage prior, k of K-NN; k, rank, ridge of the transfer routers, see
-`_choose_transfer`) are chosen per trial without touching test
+`_choose_transfer`; K, strength, blend weight and transfer router of the combinations, see
+`_choose_combined`) are chosen per trial without touching test
 prompts or test LLMs (see `_choose`): the TRAINING LLMs route among themselves on the training
 prompts, two-fold cross-fitted (fit on one half, score on the other, swap), with their Psi taken
 from the validation prompts exactly as the test LLMs' will be; the largest summed area wins and
@@ -39,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from router_core import transfer
+from router_core import shrinkage, transfer
 from router_core.clustering import assign, fit_kmeans
 from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
 from router_core.neighbours import knn_gamma
@@ -48,12 +51,15 @@ from router_core.profiles import cluster_profiles, soft_profiles
 
 # Transfer routers (router_core.transfer) by name -> link.
 TRANSFER_LINKS = {"transfer": "identity", "transfer_irt": "logit"}
-METHODS = ("zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map", *TRANSFER_LINKS, "oracle")
-# Differences reported with their intervals: every router against the zero router, and every
-# router that reads prompts against K-NN and K-means.
+# K-means combined with a transfer router (router_core.shrinkage), see `_choose_combined`.
+COMBINED = ("kmeans_shrunk_transfer", "transfer_kmeans_residual", "kmeans_transfer_blend")
+METHODS = ("zero_router", "knn", "uniroute_kmeans", "uniroute_learned_map", *TRANSFER_LINKS, *COMBINED, "oracle")
+# Differences reported with their intervals: every router against the zero router, every
+# router that reads prompts against K-NN and K-means, and the combined ones against transfer.
 _ROUTERS = tuple(m for m in METHODS if m not in ("zero_router", "oracle"))
 PAIRS = (tuple((a, "zero_router") for a in _ROUTERS)
-         + tuple((a, b) for b in ("knn", "uniroute_kmeans") for a in _ROUTERS if a not in ("knn", b)))
+         + tuple((a, b) for b in ("knn", "uniroute_kmeans") for a in _ROUTERS if a not in ("knn", b))
+         + tuple((a, b) for b in TRANSFER_LINKS for a in COMBINED))
 VALIDATION_SELECTIONS = ("random", "disagreement")
 
 
@@ -77,6 +83,10 @@ class EvalConfig:
     transfer_k_grid: tuple[int, ...] = (10, 40, 160)
     transfer_rank_grid: tuple[int, ...] = (1, 2, 4, 64)  # capped at the number of training LLMs
     transfer_alpha_grid: tuple[float, ...] = (0.1, 0.8, 6.4, 51.2)
+    # The combined routers: pseudo-prompts of the transfer prior per cluster (a large value is
+    # the prior itself), and K-means' weight in the per-prompt blend (0 = transfer, 1 = K-means).
+    strength_grid: tuple[float, ...] = (0.0, 1.0, 4.0, 16.0, 64.0, 1e6)
+    blend_grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     n_lambdas: int = 200
     # Representative-set size study: with `validation_size`, the test prompts are drawn first
     # (1 - train_fraction - validation_fraction of them) and the representative set is taken
@@ -100,7 +110,7 @@ class TrialResult:
 
     curves: dict[str, Curve]
     metrics: dict[str, dict[str, float | None]]
-    settings: dict[str, int | float]
+    settings: dict[str, int | float | str]
     test_models: list[int]
 
 
@@ -336,22 +346,13 @@ def _choose_transfer(
         h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
         c_max = h_spend.mean(axis=0).max() or 1.0
         # Without its own column, a lone training LLM has nothing to transfer from.
-        others = [np.delete(np.arange(m), j) for j in range(m)] if m > 1 else []
-        directions = [transfer.principal_directions(fit_loss[:, o]) for o in others]
+        directions = _leave_one_out_directions(fit_loss) if m > 1 else []
         for k in cfg.transfer_k_grid:
             g_hold = knn_gamma(emb[hold], emb[fit], fit_loss, k)
             g_val = knn_gamma(emb[val_p], emb[fit], fit_loss, k)
-            gammas: dict = {}
-            for j, o in enumerate(others):
-                centre, dirs = directions[j]
-                for rank in cfg.transfer_rank_grid:
-                    f_hold = (g_hold[:, o] - centre) @ dirs[:, :rank]
-                    f_val = (g_val[:, o] - centre) @ dirs[:, :rank]
-                    for name, link in TRANSFER_LINKS.items():
-                        for alpha in cfg.transfer_alpha_grid:
-                            prof = transfer.profiles_from_features(f_val, val_loss[:, [j]], alpha, link)
-                            col = transfer.gamma_from_features(f_hold, prof)[:, 0]
-                            gammas.setdefault((name, k, rank, alpha), np.empty((hold.size, m)))[:, j] = col
+            gammas = {(name, k, rank, alpha): _transfer_as_new(g_hold, g_val, val_loss, directions, rank, alpha, link)
+                      for rank in cfg.transfer_rank_grid for name, link in TRANSFER_LINKS.items()
+                      for alpha in cfg.transfer_alpha_grid} if directions else {}
             for key, gamma in gammas.items():
                 curve = deferral_curve(gamma, route_cost, h_score, h_spend, c_max, cfg.n_lambdas // 2)
                 totals[key] += area_under(curve)
@@ -362,6 +363,113 @@ def _choose_transfer(
         k, rank, alpha = max(scored, key=scored.get) if scored else (cfg.transfer_k_grid[0], 1, cfg.transfer_alpha_grid[-1])
         chosen.update({f"{name}.k": k, f"{name}.rank": rank, f"{name}.alpha": alpha})
     return chosen
+
+
+def _leave_one_out_directions(fit_loss: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each training LLM j, the centre and principal directions of the OTHER training LLMs'
+    losses (n, m): the prompt side of the transfer router when j plays a new LLM."""
+    m = fit_loss.shape[1]
+    return [transfer.principal_directions(np.delete(fit_loss, j, axis=1)) for j in range(m)]
+
+
+def _transfer_as_new(
+    g_query: np.ndarray, g_val: np.ndarray, val_loss: np.ndarray, directions: list, rank: int, alpha: float, link: str
+) -> np.ndarray:
+    """Transfer gamma (n_query, m) of each training LLM j playing a new LLM: its prompt features
+    from the other training LLMs' neighbour averages `g_query`/`g_val` (n, m) and `directions[j]`,
+    its profile from its own validation losses `val_loss[:, j]` only."""
+    m = val_loss.shape[1]
+    out = np.empty((g_query.shape[0], m))
+    for j, (centre, dirs) in enumerate(directions):
+        o = np.delete(np.arange(m), j)
+        prof = transfer.profiles_from_features((g_val[:, o] - centre) @ dirs[:, :rank], val_loss[:, [j]], alpha, link)
+        out[:, j] = transfer.gamma_from_features((g_query[:, o] - centre) @ dirs[:, :rank], prof)[:, 0]
+    return out
+
+
+def combined_gammas(
+    t_fit: np.ndarray, t_val: np.ndarray, t_query: np.ndarray, labels: tuple[np.ndarray, np.ndarray, np.ndarray],
+    k: int, val_loss: np.ndarray, strength: float,
+) -> dict[str, np.ndarray]:
+    """gamma (n_query, M) of the two cluster-level combinations of K-means and a transfer router.
+
+    t_* the transfer router's gamma of the candidate LLMs on the fit / representative / query
+    prompts, `labels` their clusters (fit, val, query) among `k`, `val_loss` the candidates'
+    representative losses. "kmeans_shrunk_transfer": per-cluster errors shrunk toward the
+    transfer gamma averaged over the cluster's fit prompts; "transfer_kmeans_residual": the
+    transfer gamma plus the cluster's mean representative residual, shrunk toward 0.
+    """
+    fit_lab, val_lab, q_lab = labels
+    toward = shrinkage.profiles_toward(val_lab, val_loss, k, shrinkage.cluster_means(fit_lab, t_fit, k), strength)
+    residual = shrinkage.profiles_toward(val_lab, val_loss - t_val, k, np.zeros((val_loss.shape[1], k)), strength)
+    return {"kmeans_shrunk_transfer": toward[:, q_lab].T,
+            "transfer_kmeans_residual": np.clip(t_query + residual[:, q_lab].T, 0.0, 1.0)}
+
+
+def _choose_combined(
+    emb: np.ndarray, loss: np.ndarray, score: np.ndarray, spend: np.ndarray,
+    train_p: np.ndarray, val_p: np.ndarray, train_m: np.ndarray, cfg: EvalConfig, rng: np.random.Generator,
+    chosen: dict[str, int | float],
+) -> dict[str, int | float | str]:
+    """Pick the settings of the routers combining K-means with a transfer router, with the
+    training LLMs only, as `_choose_transfer` does (two folds; each training LLM plays a new LLM,
+    its transfer gamma built from the others). The transfer routers keep their chosen k, rank and
+    alpha; which of them to combine with is chosen too. The shrunk and residual routers pick K and
+    the strength; the blend keeps K-means' chosen K and prior and picks the weight."""
+    usable = train_p[~np.isnan(loss[np.ix_(train_p, train_m)]).any(axis=1)]
+    halves = np.array_split(rng.permutation(usable), 2)
+    seed = int(rng.integers(1 << 31))
+    m = train_m.size
+    if m < 2:  # a lone training LLM has nothing to transfer from: keep K-means' K, no shrinkage
+        fixed: dict[str, int | float | str] = {"kmeans_transfer_blend.weight": 1.0,
+                                               "kmeans_transfer_blend.transfer": "transfer"}
+        for method in COMBINED[:2]:
+            fixed.update({f"{method}.clusters": chosen["uniroute_kmeans.clusters"], f"{method}.strength": 0.0,
+                          f"{method}.transfer": "transfer"})
+        return fixed
+    val_loss = loss[np.ix_(val_p, train_m)]
+    route_cost = normalise_costs(np.nanmean(spend[np.ix_(val_p, train_m)], axis=0))
+    ks = (cfg.clusters,) if cfg.clusters else tuple(k for k in cfg.cluster_grid if k <= len(halves[1]) // 2) or (1,)
+    k_km, prior_km = int(chosen["uniroute_kmeans.clusters"]), float(chosen["uniroute_kmeans.prior"])
+    totals: Counter = Counter()
+    for f in (0, 1):
+        fit, hold = np.sort(halves[f]), np.sort(halves[1 - f])
+        fit_loss = loss[np.ix_(fit, train_m)]
+        h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
+        c_max = h_spend.mean(axis=0).max() or 1.0
+
+        def area(gamma: np.ndarray) -> float:
+            return area_under(deferral_curve(gamma, route_cost, h_score, h_spend, c_max, cfg.n_lambdas // 2))
+
+        directions = _leave_one_out_directions(fit_loss)
+        t: dict = {}  # transfer name -> (gamma on fit, val, hold prompts)
+        for name, link in TRANSFER_LINKS.items():
+            k, rank, alpha = int(chosen[f"{name}.k"]), int(chosen[f"{name}.rank"]), float(chosen[f"{name}.alpha"])
+            g_val = knn_gamma(emb[val_p], emb[fit], fit_loss, k)
+            t[name] = tuple(_transfer_as_new(knn_gamma(emb[rows], emb[fit], fit_loss, k), g_val, val_loss,
+                                             directions, rank, alpha, link) for rows in (fit, val_p, hold))
+        for k in ks:
+            centroids = fit_kmeans(emb[fit], k, seed=seed)
+            labels = tuple(assign(centroids, emb[rows])[0] for rows in (fit, val_p, hold))
+            for name, (t_fit, t_val, t_hold) in t.items():
+                for strength in cfg.strength_grid:
+                    for method, gamma in combined_gammas(t_fit, t_val, t_hold, labels, k, val_loss, strength).items():
+                        totals[(method, k, strength, name)] += area(gamma)
+            if k == k_km:
+                km = cluster_profiles(labels[1], val_loss, k, prior_km)[0][:, labels[2]].T
+                for name, (_, _, t_hold) in t.items():
+                    for w in cfg.blend_grid:
+                        totals[("kmeans_transfer_blend", w, name)] += area(shrinkage.blend(km, t_hold, w))
+    out: dict[str, int | float | str] = {}
+    for method in COMBINED[:2]:
+        scored = {key[1:]: v for key, v in totals.items() if key[0] == method}
+        k, strength, name = max(scored, key=scored.get)
+        out.update({f"{method}.clusters": k, f"{method}.strength": strength, f"{method}.transfer": name})
+    scored = {key[1:]: v for key, v in totals.items() if key[0] == "kmeans_transfer_blend"}
+    # K-means' K was chosen from the same grid under the same cap, so it is among `ks` and the
+    # blend was scored; should it ever not be, the blend stays K-means.
+    w, name = max(scored, key=scored.get) if scored else (1.0, "transfer")
+    return {**out, "kmeans_transfer_blend.weight": w, "kmeans_transfer_blend.transfer": name}
 
 
 @dataclass(frozen=True)
@@ -382,7 +490,7 @@ class Routers:
     gammas: dict[str, np.ndarray]  # method -> expected loss (n_test_prompts, n_test_models)
     route_cost: np.ndarray  # (n_test_models,) normalised costs the rule sees
     theta: np.ndarray  # the learned map
-    settings: dict[str, int | float]
+    settings: dict[str, int | float | str]
 
 
 def draw_split(scores: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> TrialSplit:
@@ -431,10 +539,24 @@ def fit_routers(
         theta = fitted.get("theta", theta)
     # Drawn after every other router's randomness, so those stay as they were without transfer.
     chosen.update(_choose_transfer(emb, loss, scores, costs, split.train_prompts, split.val_prompts, tr_m, cfg, rng))
+    t: dict = {}  # transfer name -> its gamma of the test LLMs on (training, representative, test) prompts
     for name, link in TRANSFER_LINKS.items():
         basis = transfer.fit_basis(s.fit_emb, s.fit_loss, int(chosen[f"{name}.k"]), int(chosen[f"{name}.rank"]))
         profiles = transfer.fit_profiles(basis, s.val_emb, val_loss, float(chosen[f"{name}.alpha"]), link)
-        gammas[name] = transfer.transfer_gamma(basis, profiles, s.query_emb)
+        t[name] = tuple(transfer.transfer_gamma(basis, profiles, e) for e in (s.fit_emb, s.val_emb, s.query_emb))
+        gammas[name] = t[name][2]
+    # Drawn last, so every router above stays as it was without the combined routers.
+    chosen.update(_choose_combined(emb, loss, scores, costs, split.train_prompts, split.val_prompts, tr_m, cfg,
+                                   rng, chosen))
+    for method in COMBINED[:2]:
+        k, name = int(chosen[f"{method}.clusters"]), str(chosen[f"{method}.transfer"])
+        # The K-means router's seed: at strength 0 and the same K, the same clusters.
+        centroids = fit_kmeans(s.fit_emb, k, seed=seed)
+        labels = tuple(assign(centroids, e)[0] for e in (s.fit_emb, s.val_emb, s.query_emb))
+        gammas[method] = combined_gammas(*t[name], labels, k, val_loss, float(chosen[f"{method}.strength"]))[method]
+    name = str(chosen["kmeans_transfer_blend.transfer"])
+    gammas["kmeans_transfer_blend"] = shrinkage.blend(gammas["uniroute_kmeans"], gammas[name],
+                                                      float(chosen["kmeans_transfer_blend.weight"]))
     route_cost = normalise_costs(np.nanmean(costs[np.ix_(split.val_prompts, te_m)], axis=0))
     return Routers(gammas, route_cost, theta, chosen)
 

@@ -47,10 +47,13 @@ def soft_profiles(weights: np.ndarray, losses: np.ndarray, prior: float) -> tupl
 def shrunk_sums(weights, filled, observed, mean, prior: float):
     """Numerator and denominator of the shrunk estimate, (M, K) each.
 
+    `mean` is the shrinkage target: (M,) one value per model (its own mean), or (M, K) one per
+    model and cluster (`router_core.shrinkage` shrinks toward the transfer router's prediction).
     Written with matrix operators only, so the learned map can run the very same rule on
     torch tensors and differentiate through it.
     """
-    return filled.T @ weights + prior * mean[:, None], observed.T @ weights + prior
+    target = mean if mean.ndim == 2 else mean[:, None]
+    return filled.T @ weights + prior * target, observed.T @ weights + prior
 
 
 def cluster_profiles(

@@ -127,20 +127,22 @@ def _run(args: argparse.Namespace) -> int:
 
 def format_table(result: dict) -> str:
     """The methods' metrics and the paired differences as aligned text."""
+    w = max(map(len, result["methods"]))  # the longest method name sets the first column
+    wp = max(map(len, result["paired"]), default=0)
     lines = [f"{result['dataset']}: {result['n_prompts']} prompts, {result['n_models']} models, "
              f"{result['trials']} trials (mean, 95% CI)",
-             f"{'method':<22} {'area':>7} {'95% CI':>17} {'closure':>7} {'- zero_router (95% CI)':>27} "
+             f"{'method':<{w}} {'area':>7} {'95% CI':>17} {'closure':>7} {'- zero_router (95% CI)':>27} "
              f"{'area50':>7} {'QNC':>6} {'peak':>6}"]
     for name, s in result["methods"].items():
         qnc = "-" if s["qnc"] is None else f"{s['qnc']:.3f}"
         closure = "-" if s["closure"] is None else f"{100 * s['closure']:6.1f}%"
         d = result["paired"].get(f"{name} - zero_router")
         vs_zero = "" if d is None else f"{d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
-        lines.append(f"{name:<22} {s['area']:7.4f} [{s['area_ci'][0]:.4f}, {s['area_ci'][1]:.4f}] "
+        lines.append(f"{name:<{w}} {s['area']:7.4f} [{s['area_ci'][0]:.4f}, {s['area_ci'][1]:.4f}] "
                      f"{closure:>7} {vs_zero:>27} {s['area50']:7.4f} {qnc:>6} {s['peak']:6.3f}")
     lines.append("paired area differences")
     for name, d in result["paired"].items():
-        lines.append(f"  {name:<38} {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+        lines.append(f"  {name:<{wp}} {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
                      f"  wins {d['wins']}/{result['trials']}")
     return "\n".join(lines)
 

@@ -30,6 +30,17 @@ def test_repset_size_study_writes_closure_per_size_and_selection_and_a_plot(tmp_
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_repset_size_study_runs_only_the_selections_asked_for(tmp_path, shared_cache):
+    out, plot = tmp_path / "study.json", tmp_path / "study.png"
+    run_benchmark("repset_size", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",
+                  "--cache-dir", shared_cache, "--sizes", "30", "--selections", "random", "--trials", "2",
+                  "--json", str(out), "--plot", str(plot))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["selection"], r["size"]) for r in rows] == [("random", 30)]
+    assert "kmeans_transfer_blend - uniroute_kmeans" in rows[0]["paired"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_oracle(tmp_path, shared_cache):
     out = tmp_path / "ceiling.json"
     run_benchmark("dense_ceiling", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from router_core.evaluation import (
+    COMBINED,
     METHODS,
+    TRANSFER_LINKS,
     Curve,
     EvalConfig,
     area_under,
@@ -158,3 +160,26 @@ def test_unknown_costs_are_a_clear_error():
     costs[3, 1] = np.nan
     with pytest.raises(ValueError, match="needs a known, non-negative cost"):
         evaluate(emb, scores, costs, FAST)
+
+
+def test_combined_routers_reduce_to_kmeans_and_transfer_at_the_ends_of_their_grids():
+    emb, scores, costs, _ = centred_data(seed=3)
+    split = draw_split(scores, FAST, np.random.default_rng(2))
+    # No shrinkage and K-means' own K: the shrunk router is K-means without a prior; blend weight 1 is K-means.
+    ends = replace(FAST, clusters=4, prior=0.0, strength_grid=(0.0,), blend_grid=(1.0,))
+    r = fit_routers(emb, scores, costs, split, ends, np.random.default_rng(4))
+    np.testing.assert_allclose(r.gammas["kmeans_shrunk_transfer"], r.gammas["uniroute_kmeans"], atol=1e-12)
+    np.testing.assert_array_equal(r.gammas["kmeans_transfer_blend"], r.gammas["uniroute_kmeans"])
+    # An overwhelming prior on the residual, and blend weight 0: the chosen transfer router itself.
+    ends = replace(ends, strength_grid=(1e12,), blend_grid=(0.0,))
+    r = fit_routers(emb, scores, costs, split, ends, np.random.default_rng(4))
+    for method in ("transfer_kmeans_residual", "kmeans_transfer_blend"):
+        source = r.gammas[str(r.settings[f"{method}.transfer"])]
+        np.testing.assert_allclose(r.gammas[method], source, atol=1e-9)
+
+
+def test_combined_routers_are_paired_with_both_transfer_routers():
+    emb, scores, costs, _ = centred_data(seed=4)
+    report = evaluate(emb, scores, costs, replace(FAST, trials=2))
+    for method in COMBINED:
+        assert {f"{method} - {b}" for b in ("zero_router", "knn", "uniroute_kmeans", *TRANSFER_LINKS)} <= set(report.paired)

@@ -8,7 +8,13 @@ import pytest
 from app.demo import ROUTERBENCH_DIR
 from router_core.datasets import load_dataset
 from router_core.embedding import embed_for_routing
-from router_core.evaluation import EvalConfig, draw_split, fit_routers
+from router_core.evaluation import (
+    COMBINED,
+    TRANSFER_LINKS,
+    EvalConfig,
+    draw_split,
+    fit_routers,
+)
 from router_core.learned_map import LearnedMapConfig
 from router_core.policy import route
 from router_core.transfer import (
@@ -99,18 +105,20 @@ def test_bad_inputs_are_clear_errors(bench):
 
 def test_transfer_decisions_ignore_every_test_llm_label_outside_the_representative_set(bench):
     """The contract: a new LLM is known only from its representative answers. Flipping every
-    test-LLM label outside the representative prompts changes no setting and no decision."""
+    test-LLM label outside the representative prompts changes no setting and no decision of the
+    transfer routers and of the routers combining them with K-means."""
     emb, scores, costs = bench
+    names = (*TRANSFER_LINKS, *COMBINED)
     cfg = EvalConfig(trials=1, cluster_grid=(3, 5), prior_grid=(4.0,), knn_grid=(20,),
                      learned_map=LearnedMapConfig(steps=20), n_lambdas=40)
     split = draw_split(scores, cfg, np.random.default_rng(7))
     flipped = flipped_outside_validation(scores, split)
     a = fit_routers(emb, scores, costs, split, cfg, np.random.default_rng(3))
     b = fit_routers(emb, flipped, costs, split, cfg, np.random.default_rng(3))
-    assert {k: v for k, v in a.settings.items() if k.startswith("transfer")} == \
-        {k: v for k, v in b.settings.items() if k.startswith("transfer")}
+    assert {k: v for k, v in a.settings.items() if k.startswith(names)} == \
+        {k: v for k, v in b.settings.items() if k.startswith(names)}
     lams = np.linspace(0, 2, 41)[:, None, None]
-    for name in ("transfer", "transfer_irt"):
+    for name in names:
         np.testing.assert_array_equal(a.gammas[name], b.gammas[name])
         np.testing.assert_array_equal(route(a.gammas[name][None], a.route_cost, lams),
                                       route(b.gammas[name][None], b.route_cost, lams))
