@@ -128,6 +128,12 @@ class Snapshot(Mapping[str, ModelRecord]):
     def __contains__(self, name: object) -> bool:
         return name in self._records
 
+    def peek(self, name: str) -> ModelRecord:
+        """The record itself, not a copy, for a reader that never changes it: the request path
+        reads a routed request's model and fallbacks on every request, and copying them cost more
+        than the routing decision's arithmetic."""
+        return self._records[name]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._records)
 

@@ -64,15 +64,11 @@ class WordPieceCache:
 
     def _ascii_ids(self, text: str) -> list[int]:
         ids: list[int] = []
-        pieces = self._pieces
+        get = self._pieces.get
         for word in _WORDS.findall(text.translate(_CLEAN)):
-            found = pieces.get(word)
-            if found is None:
-                found = self._cut(word)
-            ids += found
-            if len(ids) >= self._max_tokens:
-                return ids[: self._max_tokens]
-        return ids
+            ids += get(word) or self._cut(word)
+        # Cut once at the end: the routing text the gateway embeds is already short.
+        return ids[: self._max_tokens] if len(ids) > self._max_tokens else ids
 
     def _cut(self, word: str) -> list[int]:
         with self._lock:

@@ -40,7 +40,8 @@ RETIRE_AFTER_S = 30.0
 @dataclass(frozen=True)
 class Destination:
     """Where a request goes: a routing decision, or a model named by the client; the records to
-    try in order, the budget guard's view, and the guard scope it is billed to."""
+    try in order (the registry snapshot's own: read, never changed), the budget guard's view, and
+    the guard scope it is billed to."""
 
     decision: Decision | None
     records: list[ModelRecord]
@@ -212,7 +213,7 @@ class RoutingService:
             self.capture.offer(routing_text(text, router.state.max_chars), decision.cluster)
         records = self.registry.snapshot()
         fallbacks = decision.ranking[: 1 + self.settings.max_fallbacks]
-        return Destination(decision, [records[name] for name in fallbacks if name in records], scope, guard)
+        return Destination(decision, [records.peek(name) for name in fallbacks if name in records], scope, guard)
 
     def watch_drift(self, router: UniRouter, text: str) -> None:
         """Count a routed prompt as near or far from the router's clusters."""

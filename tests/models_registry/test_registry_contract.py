@@ -55,6 +55,16 @@ async def test_snapshot_gives_copies_so_editing_one_changes_nothing_until_writte
     assert registry.snapshot()["a"].enabled is False
 
 
+async def test_a_peeked_record_is_the_snapshots_own_and_still_the_moment_it_was_taken(registry):
+    await registry.put_model(make_record("a"))
+    snapshot = registry.snapshot()
+    assert snapshot.peek("a") is snapshot.peek("a") and snapshot.peek("a") == snapshot["a"]
+    changed = snapshot["a"]
+    changed.enabled = False
+    await registry.put_model(changed)
+    assert snapshot.peek("a").enabled is True and registry.snapshot().peek("a").enabled is False
+
+
 async def test_a_snapshot_keeps_showing_the_moment_it_was_taken(registry):
     await registry.put_model(make_record("a"))
     earlier = registry.snapshot()
