@@ -32,9 +32,14 @@ class EventSplitter:
         buffer = self._buffer + chunk if self._buffer else chunk
         events = []
         start = 0
-        while (match := _EVENT_END.search(buffer, start)) is not None:
-            events.append(buffer[start:match.end()])
-            start = match.end()
+        if b"\r" not in buffer:  # the usual line ends: a plain search, no match objects
+            while (end := buffer.find(b"\n\n", start)) >= 0:
+                events.append(buffer[start:end + 2])
+                start = end + 2
+        else:
+            while (match := _EVENT_END.search(buffer, start)) is not None:
+                events.append(buffer[start:match.end()])
+                start = match.end()
         self._buffer = buffer[start:]
         return events
 
@@ -82,11 +87,11 @@ class StreamWatch:
 
     def see(self, event: bytes) -> bytes:
         """The bytes to pass on for one upstream event: itself, a rewrite, or nothing (held back or stripped)."""
+        if not self.responses_api and self._more_text(event):
+            return event
         data = event_data(event)
         if data is None:
             return event  # a comment or a keep-alive
-        if not self.responses_api and self._more_text(data):
-            return event
         if data.strip() == DONE:
             self.done = event
             return b""
@@ -103,18 +108,20 @@ class StreamWatch:
             return self._see_response_event(event, obj)
         return self._see_chunk(event, obj)
 
-    def _more_text(self, data: bytes) -> bool:
-        """Whether a chunk only carries more of choice 0's answer, once choice 0 has been seen: one
-        choice, index 0, finish_reason null, no usage, no error. Such a chunk changes nothing the
-        watch keeps, and most of a stream is such chunks; telling one by its bytes costs a fraction
-        of parsing it. A key's bytes cannot occur inside a JSON string (its quotes would be
-        escaped there), so these counts see only the chunk's own keys; a chunk written otherwise
-        (spaces after colons, a tool call's own index) is simply parsed."""
+    def _more_text(self, event: bytes) -> bool:
+        """Whether an event is a chunk that only carries more of choice 0's answer, once choice 0
+        has been seen: one `data: ` line holding one choice, index 0, finish_reason null, no
+        usage, no error. Such a chunk changes nothing the watch keeps, and most of a stream is
+        such chunks; telling one by its bytes costs a fraction of parsing it. A key's bytes cannot
+        occur inside a JSON string (its quotes would be escaped there), so these counts see only
+        the chunk's own keys; a chunk written otherwise (spaces after colons, a tool call's own
+        index) is simply parsed."""
         return (0 in self._finished
-                and data.count(b'"finish_reason"') == 1 and b'"finish_reason":null' in data
-                and data.count(b'"index"') == 1 and (b'"index":0,' in data or b'"index":0}' in data)
-                and b'"error"' not in data and b'"type"' not in data
-                and (b'"usage"' not in data or (data.count(b'"usage"') == 1 and b'"usage":null' in data)))
+                and event.startswith(b"data: {") and event.find(b"\n") == len(event) - 2
+                and event.count(b'"finish_reason"') == 1 and b'"finish_reason":null' in event
+                and event.count(b'"index"') == 1 and (b'"index":0,' in event or b'"index":0}' in event)
+                and b'"error"' not in event and b'"type"' not in event
+                and (b'"usage"' not in event or (event.count(b'"usage"') == 1 and b'"usage":null' in event)))
 
     def _see_response_event(self, event: bytes, obj: dict) -> bytes:
         if obj.get("type") in _RESPONSE_ENDS:

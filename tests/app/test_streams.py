@@ -115,6 +115,9 @@ TRICKY = [
     # an error event shaped like a text chunk
     [chunk([choice(text="a")]),
      b'data: {"choices":[{"index":0,"delta":{},"finish_reason":null}],"error":{"message":"x"}}\n\n'],
+    # text chunks with an event name, a comment, or CR line ends
+    [chunk([choice(text="a")]), b"event: delta\n" + chunk([choice(text="b")]), b": keep-alive\n\n",
+     chunk([choice(text="c")]).replace(b"\n", b"\r\n"), chunk([choice(finish="stop")]), b"data: [DONE]\n\n"],
     # spaces after the colons: parsed, and still right
     [b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}\n\n',
      b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}\n\n', b"data: [DONE]\n\n"],
