@@ -160,9 +160,10 @@ def write_config(workdir: Path, models: Sequence[StubModel], seed: int = 0) -> P
 
 def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str, str] | None = None,
                   state_dir: str | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                  name: str = "gateway", root: Path = ROOT) -> Service:
+                  name: str = "gateway", root: Path = ROOT, launcher: Sequence[str] = ()) -> Service:
     """`python -m app.cli.main serve` on a free port with a fresh SQLite registry in `workdir`, ready.
-    `root` is the source tree it runs from (another checkout, to compare two versions).
+    `root` is the source tree it runs from (another checkout, to compare two versions);
+    `launcher` a command it runs under (valgrind, for benchmarks.instructions).
 
     `env` adds `UNIROUTE_*` settings; none of the caller's own `UNIROUTE_*` variables is passed on.
     """
@@ -180,7 +181,7 @@ def start_gateway(workdir: Path, *, config: Path | None = None, env: Mapping[str
     # One process unless `env` asks for workers: the figures describe one gateway process.
     child_env["UNIROUTE_WORKERS"] = "1"
     child_env.update(env or {})
-    argv = [sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*launcher, sys.executable, "-m", "app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if config is not None:
         argv += ["--config", str(config)]
     service = Service(name, argv, f"http://127.0.0.1:{port}", workdir / f"{name}.log", child_env, root)

@@ -94,6 +94,15 @@ def test_cpu_per_request_compares_this_tree_with_another_in_both_modes(cache_dir
     assert out["cpu_ms_per_request"] == {m: out["modes"][m]["cpu_ms_per_request"]["this"] for m in out["modes"]}
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_counts_a_tree_under_callgrind(cache_dir):
+    out = json_out(run_benchmark("instructions", "--modes", "non_stream", "--requests", "10", "--warmup", "3",
+                                 "--cache-dir", cache_dir, "--json", "-"))
+    assert list(out["trees"]) == ["this"] and list(out["m_instructions_per_request"]["this"]) == ["non_stream"]
+    # A routed request runs hundreds of thousands of instructions at the least, and far fewer than a billion.
+    assert 0.1 < out["m_instructions_per_request"]["this"]["non_stream"] < 1000
+
+
 def test_time_to_routable_prints_measured_time_against_its_bound(cache_dir):
     out = json_out(run_benchmark("time_to_routable", "--latency-ms", "20", "--concurrency", "32",
                                  "--cache-dir", cache_dir, "--json", "-"))
