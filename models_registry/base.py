@@ -202,8 +202,9 @@ class Listeners:
                 log.exception("%s change callback failed for %r", self.what, name)
 
 
-# How long a lock held by a process lasts unless refreshed: a process that dies leaves its locks
-# (a profiling job's, a migration's) to expire, and another replica takes the work over.
+# How long a lock held by a process lasts unless refreshed, by default (the gateway's is its
+# `lock_ttl_s` setting): a process that dies leaves its locks (a profiling job's, a migration's)
+# to expire, and another replica takes the work over.
 LOCK_TTL_S = 30.0
 
 
@@ -219,19 +220,20 @@ async def hold_lock(registry: Registry, name: str, owner: str, ttl_s: float = LO
 
 
 @contextlib.asynccontextmanager
-async def turn(registry: Registry, name: str, owner: str, poll_s: float = 0.2) -> AsyncIterator[None]:
+async def turn(registry: Registry, name: str, owner: str, ttl_s: float = LOCK_TTL_S,
+               poll_s: float = 0.2) -> AsyncIterator[None]:
     """Work that one process at a time may do (the start-up's: embedding the representative set,
     registering the configured models): waits for lock `name`, keeps it while the block runs,
     and lets it go. A registry that is away is logged and the block runs unlocked, as a lone
     process would."""
     try:
-        while not await registry.acquire_lock(name, owner, LOCK_TTL_S):
+        while not await registry.acquire_lock(name, owner, ttl_s):
             await asyncio.sleep(poll_s)
     except RegistryUnavailable as exc:
         log.warning("running %s without its lock: registry unavailable (%s)", name, exc)
         yield
         return
-    keeper = asyncio.create_task(hold_lock(registry, name, owner))
+    keeper = asyncio.create_task(hold_lock(registry, name, owner, ttl_s))
     try:
         yield
     finally:

@@ -91,6 +91,7 @@ class Resilience:
     auto_resumes: int
     min_coverage: float
     min_cluster_coverage: float
+    lock_ttl_s: float = LOCK_TTL_S  # a job's lock (Settings.lock_ttl_s)
 
 
 @dataclass
@@ -247,8 +248,8 @@ class JobRunner:
         """Resume orphaned jobs now and every lock period (or sooner, to resume paused jobs on
         time): a replica that died leaves its jobs' locks to expire, and the next sweep anywhere
         picks them up."""
-        period = min(LOCK_TTL_S, max(self.resilience.resume_after_s / 6, 0.2)) \
-            if self.resilience.resume_after_s > 0 else LOCK_TTL_S
+        ttl = self.resilience.lock_ttl_s
+        period = min(ttl, max(self.resilience.resume_after_s / 6, 0.2)) if self.resilience.resume_after_s > 0 else ttl
         while True:
             try:
                 await self.resume_orphans()
@@ -320,9 +321,10 @@ class JobRunner:
 
     async def _guarded(self, job: JobRecord) -> None:
         lock = f"job:{job.id}"
-        if not await self.registry.acquire_lock(lock, self.owner, LOCK_TTL_S):
+        ttl = self.resilience.lock_ttl_s
+        if not await self.registry.acquire_lock(lock, self.owner, ttl):
             return  # another replica runs it
-        keeper = asyncio.create_task(hold_lock(self.registry, lock, self.owner))
+        keeper = asyncio.create_task(hold_lock(self.registry, lock, self.owner, ttl))
         try:
             # Another process may have finished (or paused) the job between this one's listing it
             # as running and taking the lock it had just let go.

@@ -223,6 +223,10 @@ class Settings(BaseSettings):
     profile_auto_resumes: int = Field(5, ge=0)
     profile_min_coverage: float = Field(0.9, gt=0, le=1)
     profile_min_cluster_coverage: float = Field(0.5, ge=0, le=1)
+    # How long a process's lock (a profiling job's, a state migration's, the start-up's) lasts
+    # unless refreshed, every third of it: a dead replica's job or migration is taken over by
+    # another within about this long, twice this at worst.
+    lock_ttl_s: float = Field(30.0, gt=0)
 
     models: list[ModelConfig] = []
     # Where /v1/embeddings goes when the request names no registered model.

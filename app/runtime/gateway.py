@@ -60,7 +60,8 @@ def resilience(settings: Settings) -> Resilience:
         backoff_s=settings.profile_backoff_s, backoff_max_s=settings.profile_backoff_max_s,
         attempts=settings.profile_attempts, pause_after=settings.profile_pause_after,
         resume_after_s=settings.profile_resume_after_s, auto_resumes=settings.profile_auto_resumes,
-        min_coverage=settings.profile_min_coverage, min_cluster_coverage=settings.profile_min_cluster_coverage)
+        min_coverage=settings.profile_min_coverage, min_cluster_coverage=settings.profile_min_cluster_coverage,
+        lock_ttl_s=settings.lock_ttl_s)
 
 
 class Gateway:
@@ -153,7 +154,7 @@ class Gateway:
             # One process at a time (the workers of a `uniroute serve`, replicas sharing a Redis):
             # the first embeds the representative set into the shared cache and registers the
             # configured models; the next ones find both done.
-            async with turn(self.registry, "startup", self.jobs.owner):
+            async with turn(self.registry, "startup", self.jobs.owner, self.settings.lock_ttl_s):
                 state_dir, repset_path = await self.states.startup_paths()
                 router = await loop.run_in_executor(self.embed_pool, load_router, s, state_dir, repset_path)
                 self.routing.attach(router, self.embed_pool)

@@ -41,7 +41,7 @@ from app.profiling.jobs import JobRunner
 from app.profiling.profiles import profile_from_answers
 from app.routing.service import RoutingService
 from app.runtime.config import Settings
-from models_registry.base import LOCK_TTL_S, Registry, RegistryUnavailable, hold_lock
+from models_registry.base import Registry, RegistryUnavailable, hold_lock
 from models_registry.records import ModelRecord
 from models_registry.states import Slot, StateStore
 from router_core.profiles import Profile
@@ -132,7 +132,7 @@ class StateManager:
                 await self._on_change("pending")
             except RegistryUnavailable:
                 pass
-            await asyncio.sleep(LOCK_TTL_S)
+            await asyncio.sleep(self.settings.lock_ttl_s)
 
     async def _on_change(self, slot: Slot) -> None:
         async with self._changes:
@@ -276,11 +276,11 @@ class StateManager:
     async def _run(self, migration_id: str) -> None:
         lock = f"migration:{migration_id}"
         try:
-            if not await self.registry.acquire_lock(lock, self.owner, LOCK_TTL_S):
+            if not await self.registry.acquire_lock(lock, self.owner, self.settings.lock_ttl_s):
                 return  # another replica runs it
         except RegistryUnavailable:
             return
-        keeper = asyncio.create_task(hold_lock(self.registry, lock, self.owner))
+        keeper = asyncio.create_task(hold_lock(self.registry, lock, self.owner, self.settings.lock_ttl_s))
         try:
             await self._reprofile(migration_id)
         except asyncio.CancelledError:

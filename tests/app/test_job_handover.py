@@ -32,3 +32,25 @@ async def test_a_job_finished_elsewhere_is_not_run_again_from_a_stale_listing(tm
         await asyncio.gather(*runner._tasks.values())
         assert await registry.get_job("j1") == done
         assert await registry.acquire_lock("job:j1", "another", 1.0)  # and its lock was let go
+
+
+async def test_a_job_takes_its_lock_for_the_configured_lock_ttl(tmp_path):
+    async with started(SQLiteRegistry(tmp_path / "registry.db")) as (registry,):
+        now = time.time()
+        done = JobRecord(id="j2", model="m", state="done", done=1, total=1, errors=0, spend=0.0,
+                         started_at=now, updated_at=now)
+        await registry.put_job(done)
+        asked: list[float] = []
+        acquire = registry.acquire_lock
+
+        async def recording(key: str, owner: str, ttl_s: float) -> bool:
+            asked.append(ttl_s)
+            return await acquire(key, owner, ttl_s)
+
+        registry.acquire_lock = recording
+        runner = JobRunner(registry, forwarder=None, metrics=Metrics(), clusters=never,
+                           options=JobOptions(concurrency=1, max_tokens=16, spend_cap=None), judge_model=None,
+                           resilience=resilience(Settings(lock_ttl_s=2.5)))
+        runner._spawn(dataclasses.replace(done, state="running"))
+        await asyncio.gather(*runner._tasks.values())
+        assert asked == [2.5]

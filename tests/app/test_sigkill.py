@@ -101,7 +101,8 @@ def test_sigkill_mid_write_loses_nothing_acknowledged_and_the_job_resumes(tmp_pa
                UNIROUTE_PROFILE_CONCURRENCY=str(CONCURRENCY), UNIROUTE_LOG_LEVEL="warning",
                UNIROUTE_STATE_DIR=ROUTERBENCH_SETTINGS["state_dir"],
                UNIROUTE_REPSET_PATH=ROUTERBENCH_SETTINGS["repset_path"],
-               UNIROUTE_WORKERS="1")  # the process killed is the one writing (test_workers.py: several)
+               UNIROUTE_WORKERS="1",  # the process killed is the one writing (test_workers.py: several)
+               UNIROUTE_LOCK_TTL_S="3")  # the dead process's job lock expires in 3 s, not the default 30
 
     with gateway_process(env, log) as (proc, gw):
         r = admin(gw, "POST", "/models", json={"name": "slow", "base_url": upstream_url, "upstream_model": SLOW,
