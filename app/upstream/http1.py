@@ -11,7 +11,10 @@ timeouts of `Timeouts`: connect, a wait for a free connection, and every wait fo
 Failures are told apart the way the fault classes need (app/upstream/faults.py): the request
 never left (`ConnectFailed`), did not leave whole (`WriteFailed`), the connection was reset
 (`ReadFailed`) or closed (`Disconnected`) before the answer was whole, or no data came in time
-(`TimeoutError`).
+(`TimeoutError`). One failure is not passed on: a kept-alive connection that fails before any
+byte of its answer came was closed by the upstream as it was reused (its keep-alive ended
+first), so the request goes once more on a new connection rather than counting against the
+model.
 """
 from __future__ import annotations
 
@@ -41,6 +44,10 @@ class WriteFailed(UpstreamError):
 
 class ReadFailed(UpstreamError):
     """The connection failed (reset) after the request was sent, before the answer was whole."""
+
+
+class _Stale(Exception):
+    """A reused connection failed before any byte of its answer came."""
 
 
 class Disconnected(UpstreamError):
@@ -73,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.heard = False  # whether any of the current answer's bytes came
         self._parser: httptools.HttpResponseParser | None = None
         self._reply: Reply | None = None
 
@@ -84,6 +92,7 @@ class _Connection(asyncio.Protocol):
         if self._parser is None or self._reply is None:
             self.close()  # data no request asked for: this connection cannot be trusted again
             return
+        self.heard = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -126,6 +135,7 @@ class _Connection(asyncio.Protocol):
         """Send `request` and read its answer into `reply`."""
         self._reply = reply
         self._parser = httptools.HttpResponseParser(self)
+        self.heard = False
         assert self.transport is not None
         self.transport.write(request)
 
@@ -261,6 +271,22 @@ class UpstreamClient:
         origin, target = self._origin(url)
         if any("\r" in v or "\n" in v for v in headers.values()):
             raise ConnectFailed("a header value holds a line break; nothing was sent")
+        host = _authority(origin.host, None if origin.port in (80, 443) else origin.port)
+        head = [f"POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"]
+        head += [f"{k}: {v}\r\n" for k, v in headers.items()]
+        head.append("\r\n")
+        try:
+            request = "".join(head).encode("latin-1") + body
+        except UnicodeEncodeError:
+            raise ConnectFailed("a header holds characters HTTP/1.1 cannot carry; nothing was sent") from None
+        try:
+            return await self._send(origin, request, reuse=True)
+        except _Stale:
+            # The upstream closed a kept-alive connection as it was reused (its own keep-alive
+            # ended first) and read nothing of the request: it goes once more, on a new connection.
+            return await self._send(origin, request, reuse=False)
+
+    async def _send(self, origin: _Origin, request: bytes, reuse: bool) -> Reply:
         if self._slots.locked():
             try:
                 await asyncio.wait_for(self._slots.acquire(), self.limits.pool_s)
@@ -269,22 +295,20 @@ class UpstreamClient:
         else:
             await self._slots.acquire()
         try:
-            conn = self._pooled(origin) or await self._connect(origin)
+            pooled = self._pooled(origin) if reuse else None
+            conn = pooled or await self._connect(origin)
         except BaseException:
             self._slots.release()
             raise
-        host = _authority(origin.host, None if origin.port in (80, 443) else origin.port)
-        head = [f"POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"]
-        head += [f"{k}: {v}\r\n" for k, v in headers.items()]
-        head.append("\r\n")
         reply = Reply(self, origin, conn)
         try:
-            try:
-                request = "".join(head).encode("latin-1") + body
-            except UnicodeEncodeError:
-                raise ConnectFailed("a header holds characters HTTP/1.1 cannot carry; nothing was sent") from None
             conn.start(reply, request)
             await reply._headers()
+        except (WriteFailed, ReadFailed, Disconnected) as exc:
+            reply.close()
+            if pooled is not None and not conn.heard:
+                raise _Stale() from exc
+            raise
         except BaseException:
             reply.close()
             raise

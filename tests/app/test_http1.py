@@ -109,6 +109,30 @@ async def test_an_answer_that_says_connection_close_is_not_reused(client):
         assert script.connections == 2
 
 
+async def test_a_kept_alive_connection_the_upstream_closed_as_it_was_reused_is_replaced_once(client):
+    async def close_the_second(n, head, writer):
+        if n == 1:  # the upstream's keep-alive ended as this request came: it closes, answering nothing
+            writer.close()
+            return
+        writer.write(OK)
+        await writer.drain()
+
+    async with scripted(close_the_second) as (script, url):
+        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"  # sent again, new connection
+        assert script.connections == 2 and len(script.requests) == 3
+
+
+async def test_a_new_connection_closed_without_an_answer_is_not_tried_again(client):
+    async def close(n, head, writer):
+        writer.close()
+
+    async with scripted(close) as (script, url):
+        with pytest.raises(Disconnected):
+            await client.post(url + "/v1/x", b"{}", {})
+        assert script.connections == 1 and len(script.requests) == 1
+
+
 async def test_an_idle_connection_older_than_the_keepalive_is_not_reused():
     c = UpstreamClient(Limits(connect_s=2, read_s=2, pool_s=1, keepalive_s=0.05), proxies={})
     async with scripted(replies(OK)) as (script, url):
