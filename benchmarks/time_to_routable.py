@@ -4,10 +4,12 @@ How long a new LLM takes from `POST /admin/models` to `ready` (profiled on the d
 representative set, routable), against an upstream stub answering every request after a fixed
 latency (1 s by default), at each profiling concurrency (`UNIROUTE_PROFILE_CONCURRENCY`, one
 gateway process each), and what its profiling cost at the stated prices (the newcomer's answers
-and the judge's verdicts on `llm_judge` items: the stub judges too, as `stub-judge`). The bound is N x latency / concurrency for the set's N prompts: the time
-the prompts take in flight, nothing else; the ratio measured / bound says what the rest costs
-(grading, registry writes, Ψ). Requests go in whole waves, so ceil(N / concurrency) x latency
-(`waves_bound_s`) is the least any run can take: above the bound when N is not a multiple.
+and the judge's verdicts on `llm_judge` items: the stub judges too, as `stub-judge`). The bound is
+calls x latency / concurrency for the run's upstream calls (the set's N prompts, plus a judge's
+verdict for each `llm_judge` item, which holds its prompt's slot for a second latency; the stub
+counts them): the time the calls take in flight, nothing else; the ratio measured / bound says
+what the rest costs (grading, registry writes, Ψ). Requests go in whole waves, so
+ceil(calls / concurrency) x latency (`waves_bound_s`) is about the least any run can take.
 """
 from __future__ import annotations
 
@@ -75,6 +77,11 @@ def time_one(gateway: Service, admin_key: str, stub_url: str, timeout_s: float) 
     return {"measured_s": elapsed, "prompts": job["total"], "errors": job["errors"], "spend": job["spend"]}
 
 
+def stub_calls(stub_url: str) -> int:
+    """The requests the stub has answered so far."""
+    return int(httpx.get(stub_url + "/_stats", timeout=10.0).json()["requests"])
+
+
 def measure(latency_ms: float, concurrencies: list[int], cache_dir: str, workdir: Path) -> dict:
     """Every concurrency against one stub, each with a fresh gateway and registry."""
     host = report.machine()
@@ -82,15 +89,17 @@ def measure(latency_ms: float, concurrencies: list[int], cache_dir: str, workdir
     runs = []
     with start_stub(workdir, delay_ms=latency_ms) as stub:
         for c in concurrencies:
-            bound = n * latency_ms / 1000 / c
             admin_key = secrets.token_urlsafe(16)
-            log(f"concurrency {c}: starting a gateway, then profiling {n} prompts (bound {bound:.1f} s) ...")
+            log(f"concurrency {c}: starting a gateway, then profiling {n} prompts ...")
             with start_gateway(workdir, env={"UNIROUTE_PROFILE_CONCURRENCY": str(c), "UNIROUTE_ADMIN_KEY": admin_key},
                                config=judge_config(workdir, stub.url), cache_dir=cache_dir,
                                name=f"gateway-c{c}") as gateway:
-                run = time_one(gateway, admin_key, stub.url, timeout_s=max(60.0, 5 * bound))
-            run.update(concurrency=c, bound_s=bound, ratio=run["measured_s"] / bound,
-                       waves_bound_s=math.ceil(n / c) * latency_ms / 1000)
+                before = stub_calls(stub.url)
+                run = time_one(gateway, admin_key, stub.url, timeout_s=max(60.0, 10 * n * latency_ms / 1000 / c))
+                calls = stub_calls(stub.url) - before
+            bound = calls * latency_ms / 1000 / c
+            run.update(concurrency=c, calls=calls, bound_s=bound, ratio=run["measured_s"] / bound,
+                       waves_bound_s=math.ceil(calls / c) * latency_ms / 1000)
             log(f"  ready in {run['measured_s']:.2f} s; bound {bound:.2f} s; ratio {run['ratio']:.3f}; "
                 f"{run['errors']} failed prompts")
             runs.append(run)
@@ -100,12 +109,13 @@ def measure(latency_ms: float, concurrencies: list[int], cache_dir: str, workdir
 
 def table(result: dict) -> str:
     """The markdown table of the runs."""
-    rows = [[str(r["concurrency"]), str(r["prompts"]), report.fmt(r["bound_s"], 2), report.fmt(r["waves_bound_s"], 2),
+    rows = [[str(r["concurrency"]), str(r["prompts"]), str(r["calls"]), report.fmt(r["bound_s"], 2),
+             report.fmt(r["waves_bound_s"], 2),
              report.fmt(r["measured_s"], 2), report.fmt(r["ratio"], 3), str(r["errors"]),
              f"{r['spend']:.4f}"] for r in result["runs"]]
     return report.markdown_table(
-        ["profile concurrency", "prompts N", "bound N x latency / concurrency (s)",
-         "whole waves ceil(N / concurrency) x latency (s)", "measured (s)", "ratio measured / bound",
+        ["profile concurrency", "prompts N", "upstream calls (answers and verdicts)",
+         "bound calls x latency / concurrency (s)", "whole waves ceil(calls / concurrency) x latency (s)", "measured (s)", "ratio measured / bound",
          "failed prompts", "spend (USD)"], rows)
 
 

@@ -106,12 +106,15 @@ def test_instructions_counts_a_tree_under_callgrind(cache_dir):
 def test_time_to_routable_prints_measured_time_against_its_bound(cache_dir):
     out = json_out(run_benchmark("time_to_routable", "--latency-ms", "20", "--concurrency", "32",
                                  "--cache-dir", cache_dir, "--json", "-"))
-    n = len(load_repset(DEFAULT_REPSET).items)  # the default set, judge items included
+    items = load_repset(DEFAULT_REPSET).items  # the default set, judge items included
+    n, judged = len(items), sum(item.grader.startswith("llm_judge") for item in items)
     assert out["prompts"] == n and out["latency_ms"] == 20
     (run,) = out["runs"]
     assert run["concurrency"] == 32 and run["prompts"] == n and run["errors"] == 0
-    assert run["bound_s"] == pytest.approx(n * 0.020 / 32)
-    assert run["waves_bound_s"] == pytest.approx(math.ceil(n / 32) * 0.020)
+    # Every prompt answered, and a judge's verdict for each judged item (the default set's are one call each).
+    assert judged > 0 and run["calls"] == n + judged
+    assert run["bound_s"] == pytest.approx(run["calls"] * 0.020 / 32)
+    assert run["waves_bound_s"] == pytest.approx(math.ceil(run["calls"] / 32) * 0.020)
     assert positive(run["spend"])
     assert positive(run["measured_s"]) and run["ratio"] == pytest.approx(run["measured_s"] / run["bound_s"])
 
