@@ -128,7 +128,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"embedding {len(rows)} prompts under the {state.k}-cluster state {state.version}", file=sys.stderr)
     emb = embed_for_routing(embedder, [r["prompt"] for r in rows], state.max_chars)
     labels = state.cluster_weights(emb).argmax(axis=1)
-    draw = stratified_draw(emb, labels, state.k, args.per_cluster, args.near_duplicate, args.seed)
+    draw = stratified_draw(emb, labels, state.k, args.per_cluster, args.near_duplicate, args.seed, state.pooled)
+    if state.pooled:
+        print(f"clusters {list(state.pooled)} are pooled (profiled on the whole set): nothing drawn there",
+              file=sys.stderr)
     chosen = [(rows[i], int(labels[i])) for i in draw.indices]
     graders = [row.get("grader") or args.grader for row, _ in chosen]
     missing = [j for j, (row, _) in enumerate(chosen) if not row.get("reference")]

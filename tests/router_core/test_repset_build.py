@@ -23,6 +23,15 @@ def test_each_cluster_gets_its_share_and_no_two_kept_items_are_near_duplicates()
     assert (sims[~np.eye(30, dtype=bool)] < 0.9).all()
 
 
+def test_nothing_is_drawn_from_a_pooled_cluster_nor_reported_short():
+    rng = np.random.default_rng(2)
+    emb = unit(rng.normal(size=(300, 32)))
+    labels = rng.integers(0, 3, size=300)
+    draw = stratified_draw(emb, labels, 3, per_cluster=10, threshold=0.9, pooled=[1])
+    assert draw.per_cluster == {0: 10, 2: 10} and len(draw.indices) == 20
+    assert 1 not in {int(labels[i]) for i in draw.indices} and draw.short(10) == {}
+
+
 def test_exact_and_near_duplicates_are_refused():
     rng = np.random.default_rng(1)
     base = unit(rng.normal(size=(5, 64)))
