@@ -2,10 +2,12 @@
 default) and over Redis: a model registered through one request is routed by both workers, one
 scrape of /metrics sums both workers' counters, the budget guard counts both workers' spend, the
 start-up work (registering a configured model, which starts its profiling job) happens once, and
-a worker that dies is replaced, and workers whose supervisor is killed stop."""
+a worker that dies is replaced, and workers whose supervisor is killed stop; a router state
+applied through one worker is routed on by both."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +22,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.runtime.workers import bind
+from router_core.shipped import state_path
+from router_core.state import RouterState
 from tests.app.conftest import ROUTERBENCH_SETTINGS
 from tests.app.test_demo_command import alive
 from tests.support.workers import Served, serve_workers
@@ -176,3 +180,29 @@ async def test_connections_on_the_workers_socket_have_nagle_off():
         _, writer = await asyncio.open_connection(*sock.getsockname())
         assert await asyncio.wait_for(nodelay, 10) != 0
         writer.close()
+
+
+def test_a_state_applied_through_one_worker_reaches_the_other(tmp_path, shared_cache, model_config, replay_url,
+                                                               demo_configs):
+    # Another real state (the shipped clusters, fewer of them) on the same representative set; the
+    # model answers as a RouterBench LLM did (the replay upstream), for the profile the state asks.
+    shipped = RouterState.load(state_path(ROUTERBENCH_SETTINGS["state_dir"]))
+    smaller = dataclasses.replace(shipped, centroids=shipped.centroids[:6].copy())
+    smaller.save(tmp_path / "state-6")
+    configured = model_config("scored", replay_url, upstream_model=demo_configs[1].upstream_model,
+                              score=0.9).model_dump(mode="json")
+    with serve_workers(gateway_env(tmp_path, shared_cache, configured), tmp_path / "serve.log",
+                       headers=AUTH) as served:
+        old = served.on_new_connection(("GET", "/admin/state", None))[1][0].json()["state"]["version"]
+        body = {"state_dir": str(tmp_path / "state-6"), "repset_path": ROUTERBENCH_SETTINGS["repset_path"]}
+        applier, (r,) = served.on_new_connection(("POST", "/admin/state", body))
+        assert r.status_code == 202, r.text
+        assert r.json()["state_version"] == smaller.version != old and r.json()["k"] == 6
+        route = {"model": "uniroute", "messages": [{"role": "user", "content": PROMPT}]}
+        switched = served.each_worker(
+            2, ("GET", "/admin/state", None), ("POST", "/v1/route", route), timeout_s=300,
+            accept=lambda rs: rs[0].json()["state"]["version"] == smaller.version)
+        assert applier in switched
+        for state, routed in switched.values():
+            assert state.json()["state"]["routable_models"] == 1
+            assert routed.status_code == 200 and 0 <= routed.json()["cluster"] < 6, routed.text
