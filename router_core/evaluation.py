@@ -254,6 +254,31 @@ def _split_indices(n: int, fractions: tuple[float, float], rng: np.random.Genera
     return [np.sort(perm[:a]), np.sort(perm[a:b]), np.sort(perm[b:])]
 
 
+def _two_folds(train_p: np.ndarray, loss: np.ndarray, train_m: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The training prompts every training LLM is labelled on (only those can be scored), and
+    their two (fit, hold) folds: a random half on either side."""
+    usable = train_p[~np.isnan(loss[np.ix_(train_p, train_m)]).any(axis=1)]
+    halves = np.array_split(rng.permutation(usable), 2)
+    return usable, [(np.sort(halves[f]), np.sort(halves[1 - f])) for f in (0, 1)]
+
+
+def _hold_out_area(route_cost: np.ndarray, score: np.ndarray, spend: np.ndarray, hold: np.ndarray,
+                   train_m: np.ndarray, n_lambdas: int) -> Callable[[np.ndarray], float]:
+    """The area under the deferral curve of a gamma (hold prompts x training LLMs), the training
+    LLMs routing among themselves on the `hold` prompts."""
+    h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
+    c_max = h_spend.mean(axis=0).max() or 1.0
+    return lambda gamma: area_under(deferral_curve(gamma, route_cost, h_score, h_spend, c_max, n_lambdas // 2))
+
+
+def _cluster_grid(cfg: EvalConfig, folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, ...]:
+    """The K to try: the fixed one, else the grid's that leave every cluster of a fit half about
+    two prompts."""
+    half = len(folds[0][1])  # the second half, as the folds were drawn
+    return (cfg.clusters,) if cfg.clusters else tuple(k for k in cfg.cluster_grid if k <= half // 2) or (1,)
+
+
 def _choose(
     emb: np.ndarray, loss: np.ndarray, score: np.ndarray, spend: np.ndarray,
     train_p: np.ndarray, val_p: np.ndarray, train_m: np.ndarray, cfg: EvalConfig, rng: np.random.Generator,
@@ -265,29 +290,22 @@ def _choose(
     prompts, as it will for the test LLMs. The learned map, costlier to fit, reuses the K
     chosen for K-means and picks only its prior.
     """
-    # Only prompts where every training LLM is labelled can be scored.
-    usable = train_p[~np.isnan(loss[np.ix_(train_p, train_m)]).any(axis=1)]
-    halves = np.array_split(rng.permutation(usable), 2)
-    folds = [(np.sort(halves[f]), np.sort(halves[1 - f])) for f in (0, 1)]
+    usable, folds = _two_folds(train_p, loss, train_m, rng)
     val_loss = loss[np.ix_(val_p, train_m)]
     route_cost = normalise_costs(np.nanmean(spend[np.ix_(val_p, train_m)], axis=0))
     seed = int(rng.integers(1 << 31))
-
-    def area(gamma: np.ndarray, hold: np.ndarray) -> float:
-        h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
-        c_max = h_spend.mean(axis=0).max() or 1.0
-        return area_under(deferral_curve(gamma, route_cost, h_score, h_spend, c_max, cfg.n_lambdas // 2))
+    areas = [_hold_out_area(route_cost, score, spend, hold, train_m, cfg.n_lambdas) for _, hold in folds]
 
     def crossfit(k: int, priors: tuple[float, ...], lm: LearnedMapConfig | None) -> Counter:
         total: Counter = Counter()
-        for fit, hold in folds:
+        for (fit, hold), area in zip(folds, areas, strict=True):
             split = _Split(emb[fit], loss[np.ix_(fit, train_m)], emb[val_p], val_loss, emb[hold])
             for key, gamma in _uniroute_gammas(split, k, priors, lm, seed).items():
                 if key != "theta":
-                    total[key] += area(gamma, hold)
+                    total[key] += area(gamma)
         return total
 
-    ks = (cfg.clusters,) if cfg.clusters else tuple(k for k in cfg.cluster_grid if k <= len(halves[1]) // 2) or (1,)
+    ks = _cluster_grid(cfg, folds)
     priors = (cfg.prior,) if cfg.prior is not None else cfg.prior_grid
     km = {(k, prior): v for k in ks for (_, prior), v in crossfit(k, priors, None).items()}
     k_best, prior_km = max(km, key=km.get)
@@ -299,7 +317,8 @@ def _choose(
                        "uniroute_learned_map.prior": max(lm_scores, key=lm_scores.get)})
     knn_ks = (cfg.knn_k,) if cfg.knn_k else cfg.knn_grid
     # K-NN fits nothing on the training prompts: score it on all of them.
-    knn = {k: area(knn_gamma(emb[usable], emb[val_p], val_loss, k), usable) for k in knn_ks}
+    knn_area = _hold_out_area(route_cost, score, spend, usable, train_m, cfg.n_lambdas)
+    knn = {k: knn_area(knn_gamma(emb[usable], emb[val_p], val_loss, k)) for k in knn_ks}
     return {**chosen, "knn.k": max(knn, key=knn.get)}
 
 
@@ -334,17 +353,14 @@ def _choose_transfer(
     turn: its features are built from the OTHER training LLMs (basis and neighbour averages),
     its profile from its own validation labels; so no LLM ever predicts itself.
     """
-    usable = train_p[~np.isnan(loss[np.ix_(train_p, train_m)]).any(axis=1)]
-    halves = np.array_split(rng.permutation(usable), 2)
+    _, folds = _two_folds(train_p, loss, train_m, rng)
     val_loss = loss[np.ix_(val_p, train_m)]
     route_cost = normalise_costs(np.nanmean(spend[np.ix_(val_p, train_m)], axis=0))
     m = train_m.size
     totals: Counter = Counter()
-    for f in (0, 1):
-        fit, hold = np.sort(halves[f]), np.sort(halves[1 - f])
+    for fit, hold in folds:
         fit_loss = loss[np.ix_(fit, train_m)]
-        h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
-        c_max = h_spend.mean(axis=0).max() or 1.0
+        area = _hold_out_area(route_cost, score, spend, hold, train_m, cfg.n_lambdas)
         # Without its own column, a lone training LLM has nothing to transfer from.
         directions = _leave_one_out_directions(fit_loss) if m > 1 else []
         for k in cfg.transfer_k_grid:
@@ -354,8 +370,7 @@ def _choose_transfer(
                       for rank in cfg.transfer_rank_grid for name, link in TRANSFER_LINKS.items()
                       for alpha in cfg.transfer_alpha_grid} if directions else {}
             for key, gamma in gammas.items():
-                curve = deferral_curve(gamma, route_cost, h_score, h_spend, c_max, cfg.n_lambdas // 2)
-                totals[key] += area_under(curve)
+                totals[key] += area(gamma)
     chosen: dict[str, int | float] = {}
     for name in TRANSFER_LINKS:
         scored = {key[1:]: v for key, v in totals.items() if key[0] == name}
@@ -416,8 +431,7 @@ def _choose_combined(
     its transfer gamma built from the others). The transfer routers keep their chosen k, rank and
     alpha; which of them to combine with is chosen too. The shrunk and residual routers pick K and
     the strength; the blend keeps K-means' chosen K and prior and picks the weight."""
-    usable = train_p[~np.isnan(loss[np.ix_(train_p, train_m)]).any(axis=1)]
-    halves = np.array_split(rng.permutation(usable), 2)
+    _, folds = _two_folds(train_p, loss, train_m, rng)
     seed = int(rng.integers(1 << 31))
     m = train_m.size
     if m < 2:  # a lone training LLM has nothing to transfer from: keep K-means' K, no shrinkage
@@ -429,18 +443,12 @@ def _choose_combined(
         return fixed
     val_loss = loss[np.ix_(val_p, train_m)]
     route_cost = normalise_costs(np.nanmean(spend[np.ix_(val_p, train_m)], axis=0))
-    ks = (cfg.clusters,) if cfg.clusters else tuple(k for k in cfg.cluster_grid if k <= len(halves[1]) // 2) or (1,)
+    ks = _cluster_grid(cfg, folds)
     k_km, prior_km = int(chosen["uniroute_kmeans.clusters"]), float(chosen["uniroute_kmeans.prior"])
     totals: Counter = Counter()
-    for f in (0, 1):
-        fit, hold = np.sort(halves[f]), np.sort(halves[1 - f])
+    for fit, hold in folds:
         fit_loss = loss[np.ix_(fit, train_m)]
-        h_score, h_spend = score[np.ix_(hold, train_m)], spend[np.ix_(hold, train_m)]
-        c_max = h_spend.mean(axis=0).max() or 1.0
-
-        def area(gamma: np.ndarray) -> float:
-            return area_under(deferral_curve(gamma, route_cost, h_score, h_spend, c_max, cfg.n_lambdas // 2))
-
+        area = _hold_out_area(route_cost, score, spend, hold, train_m, cfg.n_lambdas)
         directions = _leave_one_out_directions(fit_loss)
         t: dict = {}  # transfer name -> (gamma on fit, val, hold prompts)
         for name, link in TRANSFER_LINKS.items():
