@@ -29,10 +29,10 @@ from benchmarks.gateway import ROUTED_MODEL, UsageError, resolve_state, stub_mod
 from benchmarks.loadgen import run, run_load
 from benchmarks.services import (
     DEFAULT_CACHE_DIR,
-    ROOT,
     Service,
     cpu_seconds,
     log,
+    source_trees,
     start_gateway,
     start_stub,
     write_config,
@@ -71,11 +71,10 @@ def measure_mode(gateways: dict[str, Service], stream: bool, first: int, args: a
             "load_average_1m": {"before": load[0], "after": load[1]}}
 
 
-def measure(args: argparse.Namespace, state_dir: Path, workdir: Path) -> dict:
+def measure(args: argparse.Namespace, trees: dict[str, Path], state_dir: Path, workdir: Path) -> dict:
     """Both modes against one stub and the gateway(s)."""
     host = report.machine()
     env = dict(kv.split("=", 1) for kv in args.env)
-    trees = {"this": ROOT} | {Path(d).resolve().name: Path(d).resolve() for d in args.against}
     with start_stub(workdir, delay_ms=args.delay_ms) as stub, ExitStack() as stack:
         config = write_config(workdir, stub_models(stub.url))
         gateways: dict[str, Service] = {}
@@ -135,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.requests, args.repeats, args.clients) < 1 or args.warmup < 0:
         p.error("--requests, --repeats and --clients must be >= 1, --warmup >= 0")
-    for tree in args.against:
-        if not (Path(tree) / "app" / "cli" / "main.py").is_file():
-            p.error(f"--against {tree}: not a uniroute source tree")
+    try:
+        trees = source_trees(args.against)
+    except ValueError as exc:
+        p.error(str(exc))
     if any("=" not in kv or not kv.startswith("UNIROUTE_") for kv in args.env):
         p.error("--env takes UNIROUTE_NAME=VALUE")
     try:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.cpu_per_request: error: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="uniroute-cpu-") as tmp:
-        result = measure(args, state_dir, Path(tmp))
+        result = measure(args, trees, state_dir, Path(tmp))
     report.publish(result, "cpu_per_request", argv, args.json, text, None)
     return 0
 

@@ -26,9 +26,9 @@ from benchmarks.gateway import ROUTED_MODEL, UsageError, resolve_state, stub_mod
 from benchmarks.loadgen import run, run_load
 from benchmarks.services import (
     DEFAULT_CACHE_DIR,
-    ROOT,
     Service,
     log,
+    source_trees,
     start_gateway,
     start_stub,
     write_config,
@@ -84,9 +84,8 @@ def measure_tree(root: Path, workdir: Path, config: Path, args: argparse.Namespa
     return out
 
 
-def measure(args: argparse.Namespace, state_dir: Path, workdir: Path) -> dict:
+def measure(args: argparse.Namespace, trees: dict[str, Path], state_dir: Path, workdir: Path) -> dict:
     """Every tree, one after the other, against one stub."""
-    trees = {"this": ROOT} | {Path(d).resolve().name: Path(d).resolve() for d in args.against}
     with start_stub(workdir, delay_ms=args.delay_ms) as stub:
         config = write_config(workdir, stub_models(stub.url))
         counts = {name: measure_tree(root, workdir, config, args, state_dir) for name, root in trees.items()}
@@ -121,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.requests, args.clients) < 1 or args.warmup < 0:
         p.error("--requests and --clients must be >= 1, --warmup >= 0")
-    for tree in args.against:
-        if not (Path(tree) / "app" / "cli" / "main.py").is_file():
-            p.error(f"--against {tree}: not a uniroute source tree")
+    try:
+        trees = source_trees(args.against)
+    except ValueError as exc:
+        p.error(str(exc))
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
     if missing:
         print(f"benchmarks.instructions: error: {', '.join(missing)} not on PATH (Debian's package: valgrind)", file=sys.stderr)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.instructions: error: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="uniroute-instructions-") as tmp:
-        result = measure(args, state_dir, Path(tmp))
+        result = measure(args, trees, state_dir, Path(tmp))
     report.publish(result, "instructions", argv, args.json, text, None)
     return 0
 
