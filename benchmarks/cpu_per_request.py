@@ -4,8 +4,8 @@ Starts the upstream stub and a gateway (`python -m app.cli.main serve`, its own 
 shipped state of `--embedder`, three models on the stub), warms it up, then sends `--requests`
 routed chat requests (model `uniroute`, a unique short prompt each, so every one is embedded)
 from `--clients` clients, non-streamed and then streamed, `--repeats` times each. Per run, the
-figure is the gateway process's CPU time (user + system, all its threads, read from the per-process CPU clock) over the run,
-divided by the requests it answered. CPU time counts only the gateway's own work, so it holds
+figure is the gateway process's CPU time (user + system, all its threads, read from the
+per-process CPU clock) over the run, divided by the requests it answered. CPU time counts only the gateway's own work, so it holds
 up better than latency or throughput on a machine shared with other jobs (cache and frequency
 effects remain): the load average before and after each mode is printed beside it.
 
