@@ -5,9 +5,9 @@ shipped state of `--embedder`, three models on the stub), warms it up, then send
 routed chat requests (model `uniroute`, a unique short prompt each, so every one is embedded)
 from `--clients` clients, non-streamed and then streamed, `--repeats` times each. Per run, the
 figure is the gateway process's CPU time (user + system, all its threads, read from the
-per-process CPU clock) over the run, divided by the requests it answered. CPU time counts only the gateway's own work, so it holds
-up better than latency or throughput on a machine shared with other jobs (cache and frequency
-effects remain): the load average before and after each mode is printed beside it.
+per-process CPU clock) over the run, divided by the requests it answered. CPU time counts only
+the gateway's own work, so it holds up better than latency or throughput on a machine shared
+with other jobs (cache and frequency effects remain): the load average before and after each mode is printed beside it.
 
 `--against DIR` (repeatable) compares this tree's gateway with other source trees' (e.g. `git
 worktree add /tmp/base main`), all up at once on the same stub, their runs alternating (A B C,
