@@ -7,7 +7,8 @@ from `--clients` clients, non-streamed and then streamed, `--repeats` times each
 figure is the gateway process's CPU time (user + system, all its threads, read from the
 per-process CPU clock) over the run, divided by the requests it answered. CPU time counts only
 the gateway's own work, so it holds up better than latency or throughput on a machine shared
-with other jobs (cache and frequency effects remain): the load average before and after each mode is printed beside it.
+with other jobs (cache and frequency effects remain): the load average before and after each
+mode is printed beside it.
 
 `--against DIR` (repeatable) compares this tree's gateway with other source trees' (e.g. `git
 worktree add /tmp/base main`), all up at once on the same stub, their runs alternating (A B C,
