@@ -4,7 +4,8 @@
 A diagnostic that breaks the UniRoute contract on purpose: on the same seeded splits as
 `uniroute eval`, it routes the TEST LLMs with their own labels on every non-test prompt (the
 training and the representative prompts, about 7 times the representative set), through K-NN,
-K-means profiles, and a ridge probe on the embedding. No router that knows a new LLM only from
+K-means profiles, a ridge probe and a one-hidden-layer network on the embedding (the last to
+see whether a probe that is not linear finds more). No router that knows a new LLM only from
 its representative answers should do better than these by more than noise, so their closure is
 a practical ceiling for embedding-based routing on the dataset.
 """
@@ -45,7 +46,37 @@ def dense_gammas(emb: np.ndarray, loss: np.ndarray, dense: np.ndarray, query: np
     for alpha in (10.0, 100.0):
         w = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y)
         out[f"ridge_dense alpha={alpha:g}"] = np.clip(np.c_[emb[query], np.ones(query.size)] @ w, 0.0, 1.0)
+    out["mlp_dense hidden=64"] = mlp_probe(emb[dense], loss[dense], emb[query])
     return out
+
+
+def mlp_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, hidden: int = 64, epochs: int = 60,
+              seed: int = 0) -> np.ndarray:
+    """Each routed LLM's loss on `query`, from a network with one hidden layer (ReLU, dropout,
+    weight decay) fitted to its losses on `x` by cross-entropy; a missing label weighs nothing."""
+    import torch  # heavy import, only this probe needs it
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads spin-wait on each other on the shared 2 cores
+    try:
+        xs = torch.from_numpy(x.astype(np.float32))
+        ys = torch.from_numpy(np.nan_to_num(loss).astype(np.float32))
+        seen = torch.from_numpy(~np.isnan(loss)).float()
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                  torch.nn.Linear(hidden, loss.shape[1]))
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
+        for _ in range(epochs):
+            for batch in torch.randperm(len(xs)).split(128):
+                each = torch.nn.functional.binary_cross_entropy_with_logits(net(xs[batch]), ys[batch], reduction="none")
+                opt.zero_grad()
+                ((each * seen[batch]).sum() / seen[batch].sum().clamp(min=1.0)).backward()
+                opt.step()
+        net.eval()
+        with torch.no_grad():
+            return torch.sigmoid(net(torch.from_numpy(query.astype(np.float32)))).numpy().astype(np.float64)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:

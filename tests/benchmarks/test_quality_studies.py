@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from app.demo import ROUTERBENCH_DIR
@@ -47,6 +48,20 @@ def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_orac
                   "--cache-dir", shared_cache, "--trials", "2", "--json", str(out))
     methods = json.loads(out.read_text())["methods"]
     assert methods["zero_router"]["closure"] == 0.0 and methods["oracle"]["closure"] == pytest.approx(1.0)
-    assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10"} <= set(methods)
+    assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10", "mlp_dense hidden=64"} <= set(methods)
     for m in methods.values():
         assert m["minus_zero_router"][1] <= m["minus_zero_router"][0] <= m["minus_zero_router"][2]
+
+
+def test_dense_ceiling_network_probe_learns_a_loss_the_embedding_determines_and_ignores_missing_labels():
+    from benchmarks.dense_ceiling import mlp_probe
+
+    rng = np.random.default_rng(0)
+    side = rng.integers(0, 2, 400)
+    x = rng.normal(size=(400, 8)) + 3.0 * side[:, None]
+    loss = np.c_[side, 1 - side].astype(float)
+    loss[::3, 0] = np.nan  # a label missing for one LLM must not pull its fit anywhere
+    query_side = np.array([0, 1, 0, 1])
+    predicted = mlp_probe(x, loss, rng.normal(size=(4, 8)) + 3.0 * query_side[:, None])
+    assert predicted.shape == (4, 2) and not np.isnan(predicted).any()
+    assert np.all(np.abs(predicted - np.c_[query_side, 1 - query_side]) < 0.2), predicted
