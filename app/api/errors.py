@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.errors import ErrorKind, GatewayError, error_body
 
@@ -79,6 +80,18 @@ def known_error_response(err: APIError | GatewayError) -> JSONResponse:
     return error_response(err if isinstance(err, APIError) else from_domain(err))
 
 
+# nginx's "client closed request": nobody reads the answer, but the request count and the access
+# log tell a client that left from a gateway error (a 500 there would page someone).
+CLIENT_CLOSED = 499
+
+
+def client_closed_response(method: str, path: str) -> JSONResponse:
+    """The answer to a request whose client hung up before its body had arrived."""
+    log.info("the client closed the connection before its request body arrived: %s %s", method, path)
+    return error_response(APIError(CLIENT_CLOSED, "the client closed the connection before the request body arrived",
+                                   type="invalid_request_error", code="client_closed_request"))
+
+
 def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     """The 500 for an error nobody expected, logged with its traceback."""
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
@@ -95,6 +108,10 @@ def is_json_type(content_type: str | None) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves the gateway in OpenAI's format, including FastAPI's own."""
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_closed(request: Request, _: ClientDisconnect) -> JSONResponse:
+        return client_closed_response(request.method, request.url.path)
 
     @app.exception_handler(APIError)
     @app.exception_handler(GatewayError)

@@ -22,7 +22,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.api.auth import require_client_key
 from app.api.counting import count_request
-from app.api.errors import APIError, known_error_response, unexpected_error_response
+from app.api.errors import (
+    APIError,
+    client_closed_response,
+    known_error_response,
+    unexpected_error_response,
+)
 from app.api.limits import body_too_large, declared_too_large
 from app.errors import GatewayError
 
@@ -74,6 +79,8 @@ class GatewayApp(FastAPI):
             return await endpoint(request)
         except (APIError, GatewayError) as exc:
             return known_error_response(exc)
+        except ClientDisconnect:
+            return client_closed_response(scope["method"], scope["path"])
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> bytes:

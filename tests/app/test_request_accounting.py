@@ -3,6 +3,10 @@ streams billed from their real usage, the gateway's overhead without the upstrea
 every response counted with its status. Real gateways, a real fault upstream, the openai SDK."""
 from __future__ import annotations
 
+import logging
+import socket
+import time
+
 import httpx
 import openai
 import pytest
@@ -132,5 +136,29 @@ def test_a_gateway_bug_on_a_routed_request_is_an_openai_500_that_is_counted(make
         assert "a bug" in caplog.text  # logged with its traceback
         assert metric(gw, 'uniroute_requests_total{model="ok",route="chat",status="500"}') == 1
         monkeypatch.undo()
+        assert httpx.post(gw + "/v1/chat/completions", json={"model": "ok", "messages": MESSAGES},
+                          timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(("path", "route"), [("/v1/chat/completions", "chat"), ("/v1/route", "route")])
+def test_a_client_that_hangs_up_before_its_body_arrives_is_a_499_not_a_gateway_error(
+        make_gateway, fault_upstream, model_config, caplog, path, route):
+    # app/api/hot.py serves the chat POST; FastAPI's route and its error handlers answer /v1/route.
+    caplog.set_level(logging.INFO, logger="uniroute")
+    _, url = fault_upstream
+    with make_gateway(models=[model_config("ok", url)]) as gw:
+        host, port = gw.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                         f"content-length: 500\r\n\r\n".encode() + b'{"model": "ok", "mess')
+            time.sleep(0.2)  # let the gateway start reading the body before the client leaves
+        counted = f'uniroute_requests_total{{model="none",route="{route}",status="499"}}'
+        deadline = time.monotonic() + 30
+        while metric(gw, counted) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(gw, counted) == 1
+        assert metric(gw, f'uniroute_requests_total{{model="none",route="{route}",status="500"}}') == 0
+        assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
+        assert "closed the connection" in caplog.text
         assert httpx.post(gw + "/v1/chat/completions", json={"model": "ok", "messages": MESSAGES},
                           timeout=30).status_code == 200
