@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -49,12 +51,14 @@ class Script:
 
 
 @contextlib.asynccontextmanager
-async def scripted(answer, host: str = "127.0.0.1") -> AsyncIterator[tuple[Script, str]]:
+async def scripted(answer, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+                   ) -> AsyncIterator[tuple[Script, str]]:
+    """A Script on a free port, speaking TLS with `tls`; yields it and its base URL."""
     script = Script(answer)
-    server = await asyncio.start_server(script.handle, host, 0)
+    server = await asyncio.start_server(script.handle, host, 0, ssl=tls)
     try:
         netloc = f"[{host}]" if ":" in host else host
-        yield script, f"http://{netloc}:{server.sockets[0].getsockname()[1]}"
+        yield script, f"{'https' if tls else 'http'}://{netloc}:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
 
@@ -252,3 +256,70 @@ async def test_an_https_upstream_goes_through_a_connect_tunnel_and_a_refused_tun
             await c.post("https://[2001:db8::1]:8443/v1/chat/completions", b"{}", {})
         assert proxy.requests[1].startswith(b"CONNECT [2001:db8::1]:8443 HTTP/1.1\r\nhost: [2001:db8::1]:8443\r\n")
         await c.close()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory) -> tuple[ssl.SSLContext, str]:
+    """A TLS server context with a self-signed certificate for 127.0.0.1 (made by openssl's CLI),
+    and the certificate's path, for a client to trust through SSL_CERT_FILE."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=uniroute-test",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, str(cert)
+
+
+async def test_an_https_upstream_is_answered_over_tls_on_one_kept_alive_connection(tls_server, monkeypatch):
+    context, cert = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # how a user trusts a private CA: OpenSSL reads it
+    async with scripted(replies(OK), tls=context) as (script, url):
+        c = UpstreamClient(LIMITS, proxies={})
+        for _ in range(2):
+            reply = await c.post(url + "/v1/chat/completions", b'{"a": 1}', {})
+            assert reply.status == 200 and await reply.read() == b"{}"
+        assert script.connections == 1 and script.requests[1].endswith(b'{"a": 1}')
+        await c.close()
+
+
+async def test_an_https_upstream_whose_certificate_is_not_trusted_is_a_connect_failure(tls_server):
+    context, _ = tls_server
+    async with scripted(replies(OK), tls=context) as (script, url):
+        c = UpstreamClient(LIMITS, proxies={})
+        with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            await c.post(url + "/v1/chat/completions", b"{}", {})
+        assert script.requests == []
+        await c.close()
+
+
+async def test_an_https_upstream_is_answered_through_a_connect_tunnel(tls_server, monkeypatch):
+    context, cert = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    tunnels: list[bytes] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        tunnels.append(head)
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async with scripted(replies(OK), tls=context) as (script, url):
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        c = UpstreamClient(LIMITS, proxies={"https": f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"})
+        reply = await c.post(url + "/v1/chat/completions", b"{}", {})
+        assert reply.status == 200 and await reply.read() == b"{}"
+        assert tunnels[0].startswith(f"CONNECT {url.removeprefix('https://')} HTTP/1.1\r\n".encode())
+        assert script.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")  # inside the tunnel
+        await c.close()
+        server.close()
