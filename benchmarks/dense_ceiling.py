@@ -27,6 +27,7 @@ from router_core.evaluation import (
     draw_split,
     mean_ci,
 )
+from router_core.learned_map import one_torch_thread
 from router_core.neighbours import knn_gamma
 from router_core.policy import normalise_costs
 from router_core.profiles import cluster_profiles
@@ -54,12 +55,8 @@ def mlp_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, hidden: int = 
               seed: int = 0) -> np.ndarray:
     """Each routed LLM's loss on `query`, from a network with one hidden layer (ReLU, dropout,
     weight decay) fitted to its losses on `x` by cross-entropy; a missing label weighs nothing."""
-    import torch  # heavy import, only this probe needs it
-
-    torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads spin-wait on each other on the shared 2 cores
-    try:
+    with one_torch_thread() as torch:
+        torch.manual_seed(seed)
         xs = torch.from_numpy(x.astype(np.float32))
         ys = torch.from_numpy(np.nan_to_num(loss).astype(np.float32))
         seen = torch.from_numpy(~np.isnan(loss)).float()
@@ -75,8 +72,6 @@ def mlp_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, hidden: int = 
         net.eval()
         with torch.no_grad():
             return torch.sigmoid(net(torch.from_numpy(query.astype(np.float32)))).numpy().astype(np.float64)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,10 @@ from the representative prompts weighted by Phi (`soft_profiles(soft_assign(thet
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -49,13 +52,20 @@ def fit_learned_map(
 ) -> np.ndarray:
     """Train theta (K, d) float32 from training prompts `emb` (n, d) and the training LLMs'
     `losses` (n, M) in [0, 1] (NaN = unlabelled, ignored), starting from `centroids` (K, d)."""
-    import torch  # heavy import, only needed when a map is trained
+    with one_torch_thread() as torch:
+        return _train(torch, emb, losses, centroids, config)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[ModuleType]:
+    """torch (imported here: heavy, and only training needs it), on one thread for the block. The
+    problems trained here are small: one thread avoids OpenMP spin-waiting when cores are shared."""
+    import torch
 
     threads = torch.get_num_threads()
-    # The problem is small: one thread avoids OpenMP spin-waiting when cores are shared.
     torch.set_num_threads(1)
     try:
-        return _train(torch, emb, losses, centroids, config)
+        yield torch
     finally:
         torch.set_num_threads(threads)
 
