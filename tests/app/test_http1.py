@@ -298,6 +298,7 @@ async def test_an_https_upstream_is_answered_through_a_connect_tunnel(tls_server
     context, cert = tls_server
     monkeypatch.setenv("SSL_CERT_FILE", cert)
     tunnels: list[bytes] = []
+    tunnels_open: list[asyncio.Future] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -312,7 +313,8 @@ async def test_an_https_upstream_is_answered_through_a_connect_tunnel(tls_server
         host, _, port = head.split(b" ")[1].decode().rpartition(":")
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        tunnels_open.append(asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer)))
+        await tunnels_open[-1]
 
     async with scripted(replies(OK), tls=context) as (script, url):
         server = await asyncio.start_server(proxy, "127.0.0.1", 0)
@@ -322,4 +324,5 @@ async def test_an_https_upstream_is_answered_through_a_connect_tunnel(tls_server
         assert tunnels[0].startswith(f"CONNECT {url.removeprefix('https://')} HTTP/1.1\r\n".encode())
         assert script.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")  # inside the tunnel
         await c.close()
+        await asyncio.wait_for(tunnels_open[0], 10)  # the tunnel ends with the client's connection
         server.close()
