@@ -86,9 +86,10 @@ CLIENT_CLOSED = 499
 
 
 def client_closed_response(method: str, path: str) -> JSONResponse:
-    """The answer to a request whose client hung up before its body had arrived."""
-    log.info("the client closed the connection before its request body arrived: %s %s", method, path)
-    return error_response(APIError(CLIENT_CLOSED, "the client closed the connection before the request body arrived",
+    """The answer to a request whose client hung up before it was answered (while its body was
+    arriving, or while the upstream was asked)."""
+    log.info("the client closed the connection before it was answered: %s %s", method, path)
+    return error_response(APIError(CLIENT_CLOSED, "the client closed the connection before it was answered",
                                    type="invalid_request_error", code="client_closed_request"))
 
 

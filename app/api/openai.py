@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from app.api.auth import bearer, require_client_key
 from app.api.counting import MODEL_STATE, OUTCOME_STATE
 from app.api.errors import APIError
 from app.api.event_stream import EventStream
+from app.api.hangup import HangUpWatch
 from app.api.wire import (
     ChatBody,
     CompletionBody,
@@ -97,11 +99,19 @@ def upstream_body(body: dict, path: str, stream: bool) -> tuple[dict, bool]:
     return out, True
 
 
+# How long the upstream may think before the gateway watches for the client hanging up (a
+# shorter wait leaves little for the client to abandon, and the watch would cost more than it saves).
+WATCH_UPSTREAM_AFTER_S = 0.2
+
+
 async def proxy(request: Request, path: str, body: dict, dest: Destination, stream: bool, started: float) -> Response:
     """Forward to the destination's models in order and relay the answer."""
     gw = gateway_of(request)
     sent, strip_usage = upstream_body(body, path, stream)
-    answer = await gw.forwarder.send(path, sent, dest.records, request.headers, stream, strip_usage)
+    async with HangUpWatch(request.receive, after_s=WATCH_UPSTREAM_AFTER_S) as watch:
+        answer = await gw.forwarder.send(path, sent, dest.records, request.headers, stream, strip_usage)
+    if watch.gone:
+        raise ClientDisconnect()
     record = answer.record
     setattr(request.state, MODEL_STATE, record.name)
     headers = routing_headers(dest, record)

@@ -2,6 +2,7 @@
 cut streams and cooldowns. The client always gets an answer or an OpenAI-style error."""
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
@@ -292,3 +293,24 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_stream_and_is_coun
         # A stream read to its end is not abandoned, however long this waits: no timing is asserted.
         assert wait_for(lambda: upstream.abandoned["first:pace=2"] == 1, timeout_s=60)
         assert wait_for(lambda: metric(gw, 'uniroute_requests_total{model="first",route="chat",status="200"}') == 1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_hangs_up_while_the_upstream_thinks_is_let_go_with_no_fallback_tried(pair, stream):
+    """A client that gives up (its own timeout) while the first choice is slow: the gateway stops
+    waiting there and then (app/api/hangup.py). Before, it waited out `read_s`, counted a timeout
+    against the model and asked the next one, for nobody."""
+    upstream, make = pair
+    with make(":delay=4", timeouts={"read_s": 2}) as gw:
+        host, port = gw.removeprefix("http://").split(":")
+        body = orjson.dumps({"model": "uniroute:0", "messages": MESSAGES, "stream": stream})
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                         f"content-length: {len(body)}\r\n\r\n".encode() + body)
+            assert wait_for(lambda: upstream.calls["first:delay=4"] == 1)
+        assert wait_for(lambda: metric(gw, 'uniroute_requests_total{model="none",route="chat",status="499"}') == 1,
+                        timeout_s=60)
+        # Counted once the gateway is done with the request: nothing more can be asked for it.
+        assert upstream.calls["second"] == 0
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="timeout"}') == 0
+        assert client(gw).chat.completions.create(model="second", messages=MESSAGES).choices[0].message.content
