@@ -21,23 +21,21 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.gateway import ROUTED_MODEL, UsageError, resolve_state, stub_models
+from benchmarks.gateway import ROUTED_MODEL, stub_models
 from benchmarks.loadgen import run, run_load
 from benchmarks.services import (
-    DEFAULT_CACHE_DIR,
     Service,
     cpu_seconds,
     log,
-    source_trees,
     start_gateway,
     start_stub,
     write_config,
 )
+from benchmarks.trees import compare, comparison_arguments
 from benchmarks.workload import chat_request
 
 MODES = {"non_stream": False, "stream": True}
@@ -119,37 +117,18 @@ def text(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_per_request", description=__doc__.splitlines()[0])
-    p.add_argument("--embedder", default="fast", choices=["accurate", "fast"])
     p.add_argument("--requests", type=int, default=2000, help="requests per run (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="runs per mode; the median is reported (default %(default)s)")
     p.add_argument("--warmup", type=int, default=300, help="requests before each mode's runs (default %(default)s)")
-    p.add_argument("--clients", type=int, default=10, help="concurrent clients (default %(default)s)")
-    p.add_argument("--delay-ms", type=float, default=5.0, help="the stub's delay per answer (default %(default)s)")
     p.add_argument("--env", action="append", default=[], metavar="UNIROUTE_X=V",
                    help="a setting for the gateway (repeatable)")
-    p.add_argument("--against", metavar="DIR", action="append", default=[],
-                   help="another source tree whose gateway to compare with (repeatable)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
-                   help="the gateway's embedding cache (representative set only; default %(default)s)")
-    p.add_argument("--json", metavar="FILE|-", help="write the result as JSON; '-' prints one object on stdout")
+    comparison_arguments(p, "another source tree whose gateway to compare with (repeatable)")
     args = p.parse_args(argv)
     if min(args.requests, args.repeats, args.clients) < 1 or args.warmup < 0:
         p.error("--requests, --repeats and --clients must be >= 1, --warmup >= 0")
-    try:
-        trees = source_trees(args.against)
-    except ValueError as exc:
-        p.error(str(exc))
     if any("=" not in kv or not kv.startswith("UNIROUTE_") for kv in args.env):
         p.error("--env takes UNIROUTE_NAME=VALUE")
-    try:
-        state_dir = resolve_state(args.embedder, None)
-    except UsageError as exc:
-        print(f"benchmarks.cpu_per_request: error: {exc}", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="uniroute-cpu-") as tmp:
-        result = measure(args, trees, state_dir, Path(tmp))
-    report.publish(result, "cpu_per_request", argv, args.json, text, None)
-    return 0
+    return compare("cpu_per_request", p, args, argv, measure, text)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,16 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.gateway import ROUTED_MODEL, UsageError, resolve_state, stub_models
+from benchmarks.gateway import ROUTED_MODEL, stub_models
 from benchmarks.loadgen import run, run_load
 from benchmarks.services import (
-    DEFAULT_CACHE_DIR,
     Service,
     log,
-    source_trees,
     start_gateway,
     start_stub,
     write_config,
 )
+from benchmarks.trees import compare, comparison_arguments
 from benchmarks.workload import chat_request
 
 MODES = {"non_stream": False, "stream": True}
@@ -106,37 +105,18 @@ def text(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.splitlines()[0])
-    p.add_argument("--embedder", default="fast", choices=["accurate", "fast"])
     p.add_argument("--requests", type=int, default=300, help="counted requests per mode (default %(default)s)")
     p.add_argument("--warmup", type=int, default=200, help="requests before counting (default %(default)s)")
-    p.add_argument("--clients", type=int, default=10, help="concurrent clients (default %(default)s)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="what to count (default: both)")
-    p.add_argument("--delay-ms", type=float, default=5.0, help="the stub's delay per answer (default %(default)s)")
-    p.add_argument("--against", metavar="DIR", action="append", default=[],
-                   help="another source tree whose gateway to count too (repeatable)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
-                   help="the gateway's embedding cache (representative set only; default %(default)s)")
-    p.add_argument("--json", metavar="FILE|-", help="write the result as JSON; '-' prints one object on stdout")
+    comparison_arguments(p, "another source tree whose gateway to count too (repeatable)")
     args = p.parse_args(argv)
     if min(args.requests, args.clients) < 1 or args.warmup < 0:
         p.error("--requests and --clients must be >= 1, --warmup >= 0")
-    try:
-        trees = source_trees(args.against)
-    except ValueError as exc:
-        p.error(str(exc))
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
     if missing:
         print(f"benchmarks.instructions: error: {', '.join(missing)} not on PATH (Debian's package: valgrind)", file=sys.stderr)
         return 2
-    try:
-        state_dir = resolve_state(args.embedder, None)
-    except UsageError as exc:
-        print(f"benchmarks.instructions: error: {exc}", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="uniroute-instructions-") as tmp:
-        result = measure(args, trees, state_dir, Path(tmp))
-    report.publish(result, "instructions", argv, args.json, text, None)
-    return 0
+    return compare("instructions", p, args, argv, measure, text)
 
 
 if __name__ == "__main__":

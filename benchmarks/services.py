@@ -107,18 +107,6 @@ class Service:
         self.stop()
 
 
-def source_trees(against: Sequence[str]) -> dict[str, Path]:
-    """This source tree as "this" and each of `against` by its folder's name, for a benchmark that
-    compares the gateways of several trees; ValueError for a folder that is no uniroute tree."""
-    trees = {"this": ROOT}
-    for folder in against:
-        root = Path(folder).resolve()
-        if not (root / "app" / "cli" / "main.py").is_file():
-            raise ValueError(f"--against {folder}: not a uniroute source tree")
-        trees[root.name] = root
-    return trees
-
-
 def start_stub(workdir: Path, *, delay_ms: float = 5.0, fail_rate: float = 0.0, cut_rate: float = 0.0,
                name: str = "stub") -> Service:
     """The upstream stub (benchmarks.stub_upstream) in its own process, up and answering."""
