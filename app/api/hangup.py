@@ -39,8 +39,10 @@ class HangUpWatch:
         assert task is not None
         self._task = task
         self._watcher: asyncio.Task | None = None
-        self._timer = asyncio.get_running_loop().call_later(self.after_s, self._start) if self.after_s > 0 else None
-        if self._timer is None:
+        self._timer: asyncio.TimerHandle | None = None
+        if self.after_s > 0:
+            self._timer = asyncio.get_running_loop().call_later(self.after_s, self._start)
+        else:
             self._start()
         return self
 

@@ -102,7 +102,8 @@ async def _read_body(receive: Receive, max_bytes: int) -> bytes:
 
 class _BodyFirst:
     """A `receive` that gives the body read beforehand first: the endpoint reads it as usual,
-    and what comes after (a disconnect during a stream) still comes from the server."""
+    and what comes after (a disconnect while the upstream thinks or streams) still comes from
+    the server."""
 
     __slots__ = ("receive", "body")
 
