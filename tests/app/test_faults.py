@@ -2,15 +2,12 @@
 cut streams and cooldowns. The client always gets an answer or an OpenAI-style error."""
 from __future__ import annotations
 
-import socket
-import time
-
 import httpx
 import openai
 import orjson
 import pytest
 
-from tests.support.clients import client, metric
+from tests.support.clients import client, hanging_post, metric, wait_for
 from tests.support.fault_upstream import Fault, closed_port, hangup_server
 
 ADMIN = {"authorization": "Bearer admin-key"}
@@ -273,13 +270,6 @@ def test_a_complete_stream_passes_untouched_with_its_done(pair, spec):
         assert orjson.loads(data[-2])["usage"]["completion_tokens"] > 0
 
 
-def wait_for(check, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return check()
-
-
 def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_stream_and_is_counted(pair):
     """The relay notices the client going (app/api/event_stream.py): the upstream's stream is
     closed there and then, not read to its end at the provider's expense, and the request is
@@ -302,11 +292,8 @@ def test_a_client_that_hangs_up_while_the_upstream_thinks_is_let_go_with_no_fall
     against the model and asked the next one, for nobody."""
     upstream, make = pair
     with make(":delay=4", timeouts={"read_s": 2}) as gw:
-        host, port = gw.removeprefix("http://").split(":")
         body = orjson.dumps({"model": "uniroute:0", "messages": MESSAGES, "stream": stream})
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-                         f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        with hanging_post(gw, "/v1/chat/completions", body):
             assert wait_for(lambda: upstream.calls["first:delay=4"] == 1)
         assert wait_for(lambda: metric(gw, 'uniroute_requests_total{model="none",route="chat",status="499"}') == 1,
                         timeout_s=60)

@@ -4,7 +4,6 @@ every response counted with its status. Real gateways, a real fault upstream, th
 from __future__ import annotations
 
 import logging
-import socket
 import time
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 
 from app.runtime.config import PriceIn
 from router_core.pricing import estimate_tokens
-from tests.support.clients import client, metric
+from tests.support.clients import client, hanging_post, metric, wait_for
 from tests.support.fault_upstream import Fault
 
 QUESTION = "Which gas do green plants take in from the air? A) oxygen B) carbon dioxide"
@@ -147,16 +146,10 @@ def test_a_client_that_hangs_up_before_its_body_arrives_is_a_499_not_a_gateway_e
     caplog.set_level(logging.INFO, logger="uniroute")
     _, url = fault_upstream
     with make_gateway(models=[model_config("ok", url)]) as gw:
-        host, port = gw.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-                         f"content-length: 500\r\n\r\n".encode() + b'{"model": "ok", "mess')
+        with hanging_post(gw, path, b'{"model": "ok", "mess', content_length=500):
             time.sleep(0.2)  # let the gateway start reading the body before the client leaves
-        counted = f'uniroute_requests_total{{model="none",route="{route}",status="499"}}'
-        deadline = time.monotonic() + 30
-        while metric(gw, counted) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert metric(gw, counted) == 1
+        assert wait_for(lambda: metric(gw, f'uniroute_requests_total{{model="none",route="{route}",status="499"}}') == 1,
+                        timeout_s=30)
         assert metric(gw, f'uniroute_requests_total{{model="none",route="{route}",status="500"}}') == 0
         assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
         assert "closed the connection" in caplog.text
