@@ -291,10 +291,11 @@ def test_a_client_that_hangs_up_while_the_upstream_thinks_is_let_go_with_no_fall
     waiting there and then (app/api/hangup.py). Before, it waited out `read_s`, counted a timeout
     against the model and asked the next one, for nobody."""
     upstream, make = pair
-    with make(":delay=4", timeouts={"read_s": 2}) as gw:
+    # read_s of 5 s: a loaded machine still sees the hang-up long before the timeout would come.
+    with make(":delay=8", timeouts={"read_s": 5}) as gw:
         body = orjson.dumps({"model": "uniroute:0", "messages": MESSAGES, "stream": stream})
         with hanging_post(gw, "/v1/chat/completions", body):
-            assert wait_for(lambda: upstream.calls["first:delay=4"] == 1)
+            assert wait_for(lambda: upstream.calls["first:delay=8"] == 1)
         assert wait_for(lambda: metric(gw, 'uniroute_requests_total{model="none",route="chat",status="499"}') == 1,
                         timeout_s=60)
         # Counted once the gateway is done with the request: nothing more can be asked for it.
