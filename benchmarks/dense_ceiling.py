@@ -23,6 +23,7 @@ from router_core.clustering import assign, fit_kmeans
 from router_core.evaluation import (
     EvalConfig,
     area_under,
+    closure_ci,
     deferral_curve,
     draw_split,
     mean_ci,
@@ -97,15 +98,16 @@ def main(argv: list[str] | None = None) -> int:
             curve = deferral_curve(gamma, route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
             areas.setdefault(method, []).append(area_under(curve))
         print(f"trial {t + 1}/{cfg.trials}", file=sys.stderr, flush=True)
-    zero, oracle = np.mean(areas["zero_router"]), np.mean(areas["oracle"])
+    zero, oracle = np.array(areas["zero_router"]), np.array(areas["oracle"])
     result = {"dataset": name, "trials": cfg.trials, "methods": {}}
     for method, values in areas.items():
-        diff = np.subtract(values, areas["zero_router"])
-        m, lo, hi = mean_ci(diff)
+        m, lo, hi = mean_ci(np.subtract(values, zero))
+        ci = closure_ci(np.array(values), zero, oracle)
         result["methods"][method] = {"area": float(np.mean(values)),
-                                     "closure": float((np.mean(values) - zero) / (oracle - zero)),
-                                     "minus_zero_router": [m, lo, hi]}
-        print(f"{method:<26} area {np.mean(values):.4f}  closure {result['methods'][method]['closure']:+.3f}")
+                                     "closure": float((np.mean(values) - zero.mean()) / (oracle.mean() - zero.mean())),
+                                     "closure_ci": ci, "minus_zero_router": [m, lo, hi]}
+        shown = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        print(f"{method:<26} area {np.mean(values):.4f}  closure {result['methods'][method]['closure']:+.3f}{shown}")
     Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400, 800])
     p.add_argument("--selections", nargs="+", choices=VALIDATION_SELECTIONS, default=list(VALIDATION_SELECTIONS),
                    help="ways of choosing the representative prompts to run (default: all)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the trials' seed: another value draws other splits, e.g. to confirm a finding on fresh data")
     p.add_argument("--json", dest="json_out", required=True)
     p.add_argument("--plot", required=True)
     args = p.parse_args(argv)
 
     name, emb, scores, costs = load_embedded(args)
-    base = EvalConfig(trials=args.trials, learned_map=None)
+    base = EvalConfig(trials=args.trials, seed=args.seed, learned_map=None)
     rows = []
     for selection in args.selections:
         for size in args.sizes:
@@ -66,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate(emb, scores, costs, replace(base, validation_size=size, validation_selection=selection))
             rows.append({"selection": selection, "size": size,
                          "seconds_per_trial": round((time.perf_counter() - started) / args.trials, 1),
-                         "methods": {m: {"area": s["area"], "closure": s["closure"]} for m, s in report.summary.items()},
+                         "methods": {m: {k: s[k] for k in ("area", "closure", "closure_ci")} for m, s in report.summary.items()},
                          "paired": report.paired})
             shown = ", ".join(f"{m} {rows[-1]['methods'][m]['closure']:+.3f}" for m in PLOTTED)
             print(f"{selection:>12} {size:>5}: closure {shown}", file=sys.stderr, flush=True)
     result = {"dataset": name, "n_prompts": int(scores.shape[0]),
-              "trials": args.trials, "embedder": args.embedder, "rows": rows}
+              "trials": args.trials, "seed": args.seed, "embedder": args.embedder, "rows": rows}
     Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, args.plot)
     return 0

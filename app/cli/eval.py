@@ -131,15 +131,17 @@ def format_table(result: dict) -> str:
     wp = max(map(len, result["paired"]), default=0)
     lines = [f"{result['dataset']}: {result['n_prompts']} prompts, {result['n_models']} models, "
              f"{result['trials']} trials (mean, 95% CI)",
-             f"{'method':<{w}} {'area':>7} {'95% CI':>17} {'closure':>7} {'- zero_router (95% CI)':>27} "
+             f"{'method':<{w}} {'area':>7} {'95% CI':>17} {'closure (95% CI)':>22} {'- zero_router (95% CI)':>27} "
              f"{'area50':>7} {'QNC':>6} {'peak':>6}"]
     for name, s in result["methods"].items():
         qnc = "-" if s["qnc"] is None else f"{s['qnc']:.3f}"
-        closure = "-" if s["closure"] is None else f"{100 * s['closure']:6.1f}%"
+        closure = "-" if s["closure"] is None else f"{100 * s['closure']:.1f}%"
+        if s["closure_ci"] is not None:
+            closure += f" [{100 * s['closure_ci'][0]:.1f}, {100 * s['closure_ci'][1]:.1f}]"
         d = result["paired"].get(f"{name} - zero_router")
         vs_zero = "" if d is None else f"{d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
         lines.append(f"{name:<{w}} {s['area']:7.4f} [{s['area_ci'][0]:.4f}, {s['area_ci'][1]:.4f}] "
-                     f"{closure:>7} {vs_zero:>27} {s['area50']:7.4f} {qnc:>6} {s['peak']:6.3f}")
+                     f"{closure:>22} {vs_zero:>27} {s['area50']:7.4f} {qnc:>6} {s['peak']:6.3f}")
     lines.append("paired area differences")
     for name, d in result["paired"].items():
         lines.append(f"  {name:<{wp}} {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"

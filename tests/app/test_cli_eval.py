@@ -34,11 +34,11 @@ def test_eval_json_stdout_is_exactly_one_object_and_the_plot_is_drawn(tmp_path, 
     assert set(result["methods"]) == set(METHODS)
     for m in result["methods"].values():
         assert m["area_ci"][0] <= m["area"] <= m["area_ci"][1]
-        assert {"area50", "qnc", "peak", "closure"} <= set(m)
+        assert {"area50", "qnc", "peak", "closure", "closure_ci"} <= set(m)
     assert result["methods"]["oracle"]["closure"] == pytest.approx(1.0)
     assert "uniroute_learned_map - knn" in result["paired"]
     assert {f"{m} - zero_router" for m in METHODS if m not in ("zero_router", "oracle")} <= set(result["paired"])
-    assert "closure" in run.stderr and "- zero_router" in run.stderr  # the table shows both
+    assert "closure (95% CI)" in run.stderr and "- zero_router" in run.stderr  # the table shows both
     assert "area" in run.stderr and "trials" in run.stderr  # table and progress on stderr
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

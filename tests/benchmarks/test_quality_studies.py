@@ -42,6 +42,20 @@ def test_repset_size_study_runs_only_the_selections_asked_for(tmp_path, shared_c
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_repset_size_study_draws_other_splits_under_another_seed(tmp_path, shared_cache):
+    """--seed gives a finding fresh splits to be confirmed on; it is recorded with the result."""
+    results = {}
+    for seed in ("0", "1"):
+        out = tmp_path / f"study{seed}.json"
+        run_benchmark("repset_size", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",
+                      "--cache-dir", shared_cache, "--sizes", "30", "--selections", "random", "--trials", "2",
+                      "--seed", seed, "--json", str(out), "--plot", str(tmp_path / "study.png"))
+        results[seed] = json.loads(out.read_text())
+    assert [r["seed"] for r in results.values()] == [0, 1]
+    oracle = [r["rows"][0]["methods"]["oracle"]["area"] for r in results.values()]
+    assert oracle[0] != oracle[1]  # other test prompts and test LLMs
+
+
 def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_oracle(tmp_path, shared_cache):
     out = tmp_path / "ceiling.json"
     run_benchmark("dense_ceiling", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",
@@ -51,6 +65,8 @@ def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_orac
     assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10", "mlp_dense hidden=64"} <= set(methods)
     for m in methods.values():
         assert m["minus_zero_router"][1] <= m["minus_zero_router"][0] <= m["minus_zero_router"][2]
+    assert methods["zero_router"]["closure_ci"] == [0.0, 0.0]
+    assert all(len(m["closure_ci"]) == 2 for m in methods.values())
 
 
 def test_dense_ceiling_network_probe_learns_a_loss_the_embedding_determines_and_ignores_missing_labels():

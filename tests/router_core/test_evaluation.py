@@ -11,6 +11,7 @@ from router_core.evaluation import (
     Curve,
     EvalConfig,
     area_under,
+    closure_ci,
     deferral_curve,
     draw_split,
     evaluate,
@@ -132,6 +133,25 @@ def test_closure_is_the_share_of_the_zero_router_to_oracle_gap():
     assert s["zero_router"]["closure"] == 0.0 and s["oracle"]["closure"] == pytest.approx(1.0)
     gap = s["oracle"]["area"] - s["zero_router"]["area"]
     assert s["knn"]["closure"] == pytest.approx((s["knn"]["area"] - s["zero_router"]["area"]) / gap)
+    assert s["zero_router"]["closure_ci"] == [0.0, 0.0]
+    assert s["oracle"]["closure_ci"] == pytest.approx([1.0, 1.0])
+
+
+def test_closure_interval_is_exact_for_a_constant_share_and_narrows_with_more_trials():
+    rng = np.random.default_rng(0)
+    zero, oracle = rng.uniform(0.5, 0.7, 400), rng.uniform(0.8, 0.9, 400)
+    steady = zero + 0.25 * (oracle - zero)  # every trial closes a quarter of its own gap
+    assert closure_ci(steady, zero, oracle) == pytest.approx([0.25, 0.25])
+    noisy = steady + rng.normal(0.0, 0.03, 400)
+    wide, narrow = closure_ci(noisy[:25], zero[:25], oracle[:25]), closure_ci(noisy, zero, oracle)
+    point = (noisy.mean() - zero.mean()) / (oracle.mean() - zero.mean())
+    assert narrow[0] < point < narrow[1] and wide[0] < 0.25 < wide[1]
+    assert narrow[1] - narrow[0] < 0.6 * (wide[1] - wide[0])
+
+
+def test_closure_interval_is_none_when_a_resample_has_no_gap():
+    area = np.array([0.5, 0.6, 0.7])
+    assert closure_ci(area, area, area) is None
 
 
 def test_without_the_learned_map_every_other_router_is_unchanged():
