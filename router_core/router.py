@@ -249,7 +249,8 @@ class UniRouter:
             raise ValueError(f"min_support must be >= 0, got {min_support}")
         self.state = state
         self.embedder = embedder
-        self.default_cost_weight = default_cost_weight
+        # Made once: a bad default λ fails here, not on every route.
+        self.default_target = RoutingTarget("cost_weight", default_cost_weight)
         self.default_output_tokens = default_output_tokens
         self.cost_scale = cost_scale
         self.min_support = min_support
@@ -396,7 +397,7 @@ class UniRouter:
     def resolve(self, target: RoutingTarget | None, models: frozenset[str] | None = None) -> Resolution:
         """The cost weight a target asks for among `models` (default: the router's default λ).
         A budget or quality target needs the λ curve: NotCalibrated without one."""
-        target = target or RoutingTarget("cost_weight", self.default_cost_weight)
+        target = target or self.default_target
         return resolve(target, self.table.calibration(models))
 
     def decide(self, weights: np.ndarray, resolution: Resolution, input_tokens: float,

@@ -12,6 +12,7 @@ the representative set.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,17 @@ class RoutingTarget:
     kind: Kind
     value: float
     policy: str | None = None
+
+    def __post_init__(self) -> None:
+        # The HTTP edge checks these bounds before a target is made; the in-process API and a
+        # router's default λ come straight here, and a NaN or negative value, or a quality given
+        # in percent, would otherwise route without a word.
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown target {self.kind!r}; expected one of {KINDS}")
+        if not (math.isfinite(self.value) and self.value >= 0):
+            raise ValueError(f"{self.kind} must be a finite number >= 0, got {self.value}")
+        if self.kind == "quality" and not 0 < self.value <= 1:
+            raise ValueError(f"quality is a fraction of the best model's score, in (0, 1]; got {self.value}")
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ class Settings(BaseSettings):
 
     # λ for the model name `uniroute`. λ weighs an expected cost of `cost_scale` per request (the
     # models' cost unit) as one full unit of error rate, whichever models are registered.
-    default_cost_weight: float = Field(0.4, ge=0)
+    default_cost_weight: float = Field(0.4, ge=0, allow_inf_nan=False)
     cost_scale: float = Field(0.01, gt=0, allow_inf_nan=False)
     # The support guard: a model whose predicted error for a prompt rests on fewer labelled
     # representative prompts is ranked after those with more (None: the router state's prior).

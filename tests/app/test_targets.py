@@ -46,6 +46,13 @@ def test_policies_must_be_words_holding_exactly_one_valid_target(policies):
         Settings(policies=policies)
 
 
+@pytest.mark.parametrize("weight", [float("inf"), float("nan"), -1.0])
+def test_the_default_cost_weight_must_be_a_finite_number_at_least_zero(weight):
+    # An infinite one passed the config and only failed when the router was made.
+    with pytest.raises(ValidationError, match="default_cost_weight"):
+        Settings(default_cost_weight=weight)
+
+
 def test_default_policies_span_cheap_to_best():
     targets = {name: p.target(name) for name, p in Settings().policies.items()}
     assert targets == {"economy": RoutingTarget("quality", 0.9, "economy"),

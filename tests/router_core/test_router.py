@@ -89,6 +89,26 @@ def test_one_target_at_a_time(shipped):
         two_model_router(shipped).route(PROMPTS[0], budget=0.01, quality=0.9)
 
 
+@pytest.mark.parametrize("target, message", [
+    ({"cost_weight": float("nan")}, "cost_weight must be a finite number >= 0"),
+    ({"cost_weight": float("inf")}, "cost_weight must be a finite number >= 0"),
+    ({"cost_weight": -0.1}, "cost_weight must be a finite number >= 0"),
+    ({"budget": -1.0}, "budget must be a finite number >= 0"),
+    ({"quality": 95.0}, r"quality is a fraction .* in \(0, 1\]"),  # percent for a fraction
+    ({"quality": 0.0}, r"quality is a fraction .* in \(0, 1\]"),
+])
+def test_a_target_out_of_its_range_is_refused_not_routed(shipped, target, message):
+    # These used to route: a NaN or negative weight picked the cheap model, quality=95 the dear one.
+    with pytest.raises(ValueError, match=message):
+        two_model_router(shipped).route(PROMPTS[0], **target)
+
+
+def test_a_bad_default_cost_weight_is_refused_when_the_router_is_made(shipped):
+    state, embedder, repset = shipped
+    with pytest.raises(ValueError, match="cost_weight must be a finite number >= 0"):
+        UniRouter(state, embedder, repset, default_cost_weight=-1.0)
+
+
 def test_routing_among_a_subset_never_picks_a_model_outside_it(shipped):
     router = two_model_router(shipped)
     assert {d.model for d in router.route(PROMPTS, cost_weight=0.0, models=["small"])} == {"small"}
