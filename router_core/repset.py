@@ -144,7 +144,12 @@ class RepsetClusters:
 
     def profile(self, scores: dict[str, float], avg_output_tokens: float = 0.0) -> Profile:
         """Ψ of a model from its scores in [0, 1] by prompt id; unscored prompts are ignored.
-        ValueError when no prompt of the set is scored."""
+        ValueError when no prompt of the set is scored, or for a score outside [0, 1] (NaN
+        included: leave an unanswered prompt out), which would make an error rate below 0 or
+        above 1 that wins or loses every routing."""
+        bad = [(i, v) for i, v in scores.items() if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"scores must lie in [0, 1]; {len(bad)} do not, e.g. {bad[:3]}")
         losses = np.array([1.0 - scores[i] if i in scores else np.nan for i in self.ids])[:, None]
         errors, counts = soft_profiles(self.weights, losses, self.prior)
         scored = [scores[i] for i in self.ids if i in scores]

@@ -138,6 +138,16 @@ def test_bad_models_are_refused_with_a_reason(shipped):
         router.add_model("z", Price())
 
 
+@pytest.mark.parametrize("score", [2.0, -0.5, float("nan"), float("inf")])
+def test_a_score_outside_0_1_is_refused_not_made_into_an_error_rate_out_of_range(shipped, score):
+    # A score of 2 used to make a profile with error -1 on its cluster, which won every routing there.
+    router = two_model_router(shipped)
+    ids = router.repset.ids
+    with pytest.raises(ValueError, match=r"scores must lie in \[0, 1\]"):
+        router.add_model("x", Price(), scores={ids[0]: score, ids[1]: 1.0})
+    assert [m.name for m in router.models] == ["big", "small"]
+
+
 def test_removing_a_model_stops_routing_to_it(shipped):
     router = two_model_router(shipped)
     router.remove_model("big")
