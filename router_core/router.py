@@ -465,6 +465,9 @@ class UniRouter:
         quality (fraction of the best single model's expected score). NoRoutableModel when no
         model may answer; NotCalibrated for a budget or quality without a representative set."""
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not all(isinstance(t, str) for t in texts):  # bytes would iterate as ints
+            raise TypeError(f"route takes a prompt (str) or a list of them, not {type(prompts).__name__} "
+                            f"of {sorted({type(t).__name__ for t in texts if not isinstance(t, str)})}")
         allowed = frozenset(models) if models is not None else None
         if not self.table.models or (allowed is not None and not allowed & set(self.table.names)):
             raise NoRoutableModel("no routable model: add a model first" if not self.table.models

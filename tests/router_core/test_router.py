@@ -103,6 +103,12 @@ def test_a_target_out_of_its_range_is_refused_not_routed(shipped, target, messag
         two_model_router(shipped).route(PROMPTS[0], **target)
 
 
+@pytest.mark.parametrize("prompts", [b"Which gas do plants take in?", ["a prompt", 3]])
+def test_a_prompt_that_is_not_text_is_a_type_error_that_says_so(shipped, prompts):
+    with pytest.raises(TypeError, match="route takes a prompt"):
+        two_model_router(shipped).route(prompts)
+
+
 def test_a_bad_default_cost_weight_is_refused_when_the_router_is_made(shipped):
     state, embedder, repset = shipped
     with pytest.raises(ValueError, match="cost_weight must be a finite number >= 0"):
