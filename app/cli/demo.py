@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                             profile_max_tokens=DEMO_PROFILE_MAX_TOKENS, workers=1)
         repset, arena = load_repset(settings.repset_path), load_arena()
         settings.models = demo_configs(load_routerbench(ROUTERBENCH_DIR), arena, repset.items, base_url, workdir)
-        judge = judge_config(arena, repset.items, base_url, workdir)
+        judge = judge_config(arena, repset.items, base_url)
         if judge is not None:  # the set has llm_judge items: the replay judge grades them
             settings.models.append(judge)
             settings.judge_model = judge.name

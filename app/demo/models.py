@@ -23,9 +23,11 @@ RouterBench's means are over short multiple-choice answers.
 
 The judge: with `llm_judge` items in the set, `uniroute demo` also registers the replay judge
 (`judge_config`) and names it `judge_model`, so a model registered in the demo is profiled on
-every kind of item. A registered model is routable, so the judge is registered as never the
-best choice: score 0 on every item, priced as GPT-4 (gpt-4-0314's list price; the recording
-names its judge only as GPT-4), which also makes its calls count at a judge's real price.
+every kind of item. It is registered disabled (`enabled: false`), so it is never routed nor
+served to clients: an earlier demo registered it routable with score 0 on every item, which the
+support guard then ranked first in the clusters where no recorded LLM has answers, so "hi" got
+the judge's refusal. It is priced as GPT-4 (gpt-4-0314's list price; the recording names its
+judge only as GPT-4), so its calls count at a judge's real price.
 """
 from __future__ import annotations
 
@@ -134,13 +136,10 @@ def demo_configs(dataset: RoutingDataset, arena: ArenaRecords | None, items: Seq
     return configs
 
 
-def judge_config(arena: ArenaRecords, items: Sequence[RepItem], base_url: str, workdir: Path) -> ModelConfig | None:
-    """The replay judge as a config entry when `items` hold `llm_judge` items, else None; never
-    the best choice for routing (module docstring), its scores written under `workdir`."""
+def judge_config(arena: ArenaRecords, items: Sequence[RepItem], base_url: str) -> ModelConfig | None:
+    """The replay judge as a config entry when `items` hold `llm_judge` items, else None;
+    disabled, so never routed (module docstring)."""
     if not any(item.grader.startswith("llm_judge") for item in items):
         return None
-    path = workdir / "scores" / "judge.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({item.id: 0.0 for item in items}))
     return ModelConfig(name=JUDGE_MODEL, base_url=base_url, upstream_model=JUDGE_MODEL,
-                       cost=PriceIn(**arena.prices[JUDGE_PRICED_AS].to_dict()), scores_file=str(path))
+                       cost=PriceIn(**arena.prices[JUDGE_PRICED_AS].to_dict()), enabled=False)

@@ -60,6 +60,9 @@ class ModelConfig(BaseModel):
     # {prompt_id: score} of this model on the representative set, as a JSON file: the model is
     # profiled from it without calling the upstream.
     scores_file: str | None = None
+    # false: a model the gateway only calls itself, such as the `judge_model`: never routed,
+    # listed or served to clients, and not profiled. Applied at every start.
+    enabled: bool = True
 
 
 class EmbeddingsConfig(BaseModel):

@@ -273,11 +273,30 @@ class Gateway:
         version = self._clusters().state_version
         for m in models:
             known = existing.get(m.name)
+            if not m.enabled:
+                await self._register_disabled(m, known)
+                continue
             stale = (known is not None and m.scores_file is not None and known.profile is not None
                      and known.profile.state_version != version)
             if known is not None and not stale:
                 continue
-            record = ModelRecord.new(name=m.name, base_url=m.base_url, upstream_model=m.upstream_model or m.name,
-                                     api_key_env=m.api_key_env, cost=m.cost.to_price())
+            record = _new_record(m)
             scores = json.loads(Path(m.scores_file).read_text()) if m.scores_file else None
             await self.register(record, scores)
+
+    async def _register_disabled(self, m: ModelConfig, known: ModelRecord | None) -> None:
+        """A config model with `enabled: false`: registered (or kept) disabled, with no profile
+        made for it. Applied to a record the registry already holds too, which may have been
+        registered routable before (the demo's judge was)."""
+        if known is not None and not known.enabled:
+            return
+        record = known or _new_record(m)
+        record.enabled, record.state = False, "disabled"
+        await self.registry.put_model(record)
+        log.info("%s registered disabled, as the config asks: never routed", m.name)
+
+
+def _new_record(m: ModelConfig) -> ModelRecord:
+    """The registry record a config model starts as."""
+    return ModelRecord.new(name=m.name, base_url=m.base_url, upstream_model=m.upstream_model or m.name,
+                           api_key_env=m.api_key_env, cost=m.cost.to_price())

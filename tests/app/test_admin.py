@@ -7,14 +7,17 @@ import time
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from openai import OpenAI
 
 from app.demo import ROUTERBENCH_DIR
+from app.runtime.config import ModelConfig
 from router_core.datasets import load_routerbench_responses
 from router_core.grading import grade
 from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
+from tests.support.clients import client
 from tests.support.fault_upstream import Fault
 
 ADMIN = "admin-secret-key"
@@ -143,6 +146,34 @@ def test_patch_disable_and_delete_change_routing(make_gateway, fault_upstream, m
         assert admin(gw, "DELETE", "/models/a").status_code == 200
         assert admin(gw, "GET", "/models/a").status_code == 404
         assert route() == "b"
+
+
+def test_a_config_model_with_enabled_false_is_never_routed_listed_or_served_even_if_it_was_routable(
+        make_gateway, fault_upstream, model_config, tmp_path):
+    # The demo registered its judge routable with score 0 everywhere; the support guard then
+    # ranked it first wherever the recorded LLMs had no answers, and "hi" got the judge's refusal.
+    upstream, url = fault_upstream
+    db = str(tmp_path / "kept.db")
+    worker, judge = model_config("worker", url, score=0.5), model_config("judge", url, score=1.0, per_request=0.01)
+    route = lambda gw: httpx.post(gw + "/v1/route", json={"model": "uniroute:0", "messages": [
+        {"role": "user", "content": "hi"}]}, timeout=10).json()
+    with make_gateway(models=[worker, judge], sqlite_path=db, admin_key=ADMIN) as gw:
+        assert route(gw)["model"] == "judge"  # registered routable, as before
+    with make_gateway(models=[worker, judge.model_copy(update={"enabled": False})], sqlite_path=db,
+                      admin_key=ADMIN) as gw:
+        shown = admin(gw, "GET", "/models/judge").json()
+        assert (shown["enabled"], shown["state"]) == (False, "disabled")
+        decision = route(gw)
+        assert decision["model"] == "worker" and [c["model"] for c in decision["candidates"]] == ["worker"]
+        assert "judge" not in [m.id for m in client(gw).models.list()]
+        with pytest.raises(openai.NotFoundError):
+            client(gw).chat.completions.create(model="judge", messages=[{"role": "user", "content": "hi"}])
+    fresh = ModelConfig(name="judge", base_url=url, enabled=False)  # first start: registered disabled, unprofiled
+    with make_gateway(models=[worker, fresh], admin_key=ADMIN) as gw:
+        shown = admin(gw, "GET", "/models/judge").json()
+        assert (shown["enabled"], shown["state"], shown["profile"]) == (False, "disabled", None)
+        assert route(gw)["model"] == "worker"
+    assert "judge" not in {r.model for r in upstream.received}  # the refused call never left the gateway
 
 
 def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, caplog):

@@ -3,7 +3,6 @@ ratings, an item without a recorded answer absent (unanswered), not 0."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,11 +89,11 @@ def test_on_the_default_set_all_seventeen_are_scored_on_their_recorded_items(rou
         assert len(m.scores) == n_mc * ("mc_letter" in kinds) + n_rated * ("llm_judge:rating" in kinds)
 
 
-def test_the_replay_judge_is_registered_only_for_judged_items_and_never_the_best_choice(arena, items, tmp_path):
+def test_the_replay_judge_is_registered_only_for_judged_items_and_never_routed(arena, items):
     mc_only = load_repset(ROUTERBENCH_REPSET).items
-    assert judge_config(arena, mc_only, "http://x/v1", tmp_path) is None
-    judge = judge_config(arena, items, "http://x/v1", tmp_path)
+    assert judge_config(arena, mc_only, "http://x/v1") is None
+    judge = judge_config(arena, items, "http://x/v1")
     assert judge.name == judge.upstream_model == JUDGE_MODEL
-    assert json.loads(Path(judge.scores_file).read_text()) == {it.id: 0.0 for it in items}
+    assert judge.enabled is False and judge.scores_file is None
     gpt4 = json.loads((ARENA_DIR / "prices.json").read_text())["gpt-4-0314"]
     assert (judge.cost.input_per_mtok, judge.cost.output_per_mtok) == (gpt4["input_per_mtok"], gpt4["output_per_mtok"])

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from app.demo.arena import ArenaRecords
+from app.demo.models import judge_config
 from app.demo.replay_data import demo_replay_app
 from app.demo.replay_judge import JUDGE_MODEL
 from app.profiling import jobs
-from app.runtime.config import ModelConfig, PriceIn
 from router_core.repset import RepItem, load_repset, write_repset
 from router_core.shipped import ROUTERBENCH_REPSET
 from tests.app.test_admin import ADMIN, admin, wait_job
@@ -105,10 +105,7 @@ def test_rating_items_are_graded_by_the_replay_judge_as_recorded(make_gateway, r
     items = mc_items() + arena_items(arena)
     repset = tmp_path / "mc-and-arena.jsonl"
     write_repset(items, repset)
-    scores = tmp_path / "judge-scores.json"
-    scores.write_text(json.dumps({item.id: 1.0 for item in items}))
-    judge = ModelConfig(name=JUDGE_MODEL, base_url=replay, upstream_model=JUDGE_MODEL,
-                        cost=PriceIn(input_per_mtok=30.0, output_per_mtok=60.0), scores_file=str(scores))
+    judge = judge_config(arena, items, replay)  # as the demo registers it: disabled, never routed
     db = tmp_path / "registry.db"
     with make_gateway(models=[judge], admin_key=ADMIN, repset_path=str(repset), sqlite_path=str(db),
                       judge_model=JUDGE_MODEL, profile_max_tokens=PROFILE_MAX_TOKENS) as gw:
