@@ -285,13 +285,13 @@ class Gateway:
             await self.register(record, scores)
 
     async def _register_disabled(self, m: ModelConfig, known: ModelRecord | None) -> None:
-        """A config model with `enabled: false`: registered (or kept) disabled, with no profile
-        made for it. Applied to a record the registry already holds too, which may have been
-        registered routable before (the demo's judge was)."""
-        if known is not None and not known.enabled:
+        """A config model with `enabled: false`: registered (or kept) disabled, with no profile,
+        so enabling it by hand does not route it on one. Applied to a record the registry
+        already holds too, which may have been registered routable before (the demo's judge was)."""
+        if known is not None and not known.enabled and known.profile is None:
             return
         record = known or _new_record(m)
-        record.enabled, record.state = False, "disabled"
+        record.enabled, record.state, record.profile = False, "disabled", None
         await self.registry.put_model(record)
         log.info("%s registered disabled, as the config asks: never routed", m.name)
 

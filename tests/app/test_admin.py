@@ -162,12 +162,15 @@ def test_a_config_model_with_enabled_false_is_never_routed_listed_or_served_even
     with make_gateway(models=[worker, judge.model_copy(update={"enabled": False})], sqlite_path=db,
                       admin_key=ADMIN) as gw:
         shown = admin(gw, "GET", "/models/judge").json()
-        assert (shown["enabled"], shown["state"]) == (False, "disabled")
+        assert (shown["enabled"], shown["state"], shown["profile"]) == (False, "disabled", None)
         decision = route(gw)
         assert decision["model"] == "worker" and [c["model"] for c in decision["candidates"]] == ["worker"]
         assert "judge" not in [m.id for m in client(gw).models.list()]
         with pytest.raises(openai.NotFoundError):
             client(gw).chat.completions.create(model="judge", messages=[{"role": "user", "content": "hi"}])
+        # enabled by hand, it has no profile to route on
+        assert admin(gw, "PATCH", "/models/judge", json={"enabled": True}).json()["state"] == "disabled"
+        assert route(gw)["model"] == "worker"
     fresh = ModelConfig(name="judge", base_url=url, enabled=False)  # first start: registered disabled, unprofiled
     with make_gateway(models=[worker, fresh], admin_key=ADMIN) as gw:
         shown = admin(gw, "GET", "/models/judge").json()
