@@ -9,6 +9,8 @@ come from `app.demo.replay_data`: RouterBench's and arena-bench-v1's) and every 
 - `POST /v1/chat/completions` — the prompt is the LAST user message's text (a string, or its
   text parts joined by newlines, as `app.routing.prompts.content_text` reads them);
 - `POST /v1/completions` — the prompt is the `prompt` field (a string or a one-string list);
+- `POST /v1/responses` — the Responses API: the prompt is `input` when it is a string, else the
+  last user message of its items; `max_output_tokens` cuts the answer (status "incomplete");
 - `GET /v1/models`, `GET /v1/models/{model}`.
 
 Lookup: the exact prompt, then the prompt with whitespace runs collapsed. A prompt the model has
@@ -25,7 +27,9 @@ Responses echo the requested model name. `max_tokens` / `max_completion_tokens` 
 as a provider would (finish_reason "length"). Streams (`stream: true`) are SSE
 `data: {json}\\n\\n` chunks of "chat.completion.chunk" / "text_completion" objects split at word
 boundaries, a last chunk carrying finish_reason, a usage chunk (empty `choices`) when
-`stream_options.include_usage` is set, then `data: [DONE]\\n\\n`.
+`stream_options.include_usage` is set, then `data: [DONE]\\n\\n`. A Responses API stream is
+its typed events (`event: response.created` ... `response.completed`, each with its
+`sequence_number`), the text in `response.output_text.delta` events, and no `[DONE]`.
 
 Token counts are approximate: ceil(characters / 4), the usual rule of thumb for English text
 with OpenAI's tokenisers; chat prompt tokens count the text of every message.
@@ -60,7 +64,8 @@ Both are multiplied by `latency_scale` (0 = instant, as in tests). A non-streame
 arrives after first-token time + all its tokens; a stream paces each chunk by its own tokens.
 
 The wire-format builders here (`CompletionRequest`, `CannedAnswer`, `response_body`,
-`stream_chunks`, `sse_event`) are shared with the fault-injecting upstream of the tests.
+`stream_chunks`, `responses_events`, `sse_event`) are shared with the fault-injecting upstream of
+the tests.
 """
 from __future__ import annotations
 
@@ -88,7 +93,7 @@ STAND_IN_MARK = "[uniroute replay: no recorded answer for this prompt from {mode
 NO_RECORDED_ANSWER = "no_recorded_answer"
 SSE_DONE = b"data: [DONE]\n\n"
 
-Kind = Literal["chat", "text"]
+Kind = Literal["chat", "text", "responses"]
 
 
 # --- OpenAI wire format -------------------------------------------------------------------------
@@ -144,6 +149,17 @@ class TextCompletionBody(_RequestBase):
     prompt: str | list[str]
 
 
+class ResponsesBody(BaseModel):
+    """The body of `POST /v1/responses`, as far as an upstream stand-in reads it."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    input: str | list[dict]
+    instructions: str | None = None
+    stream: bool | None = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
     """What an upstream stand-in needs of a completion request, either endpoint."""
@@ -195,6 +211,28 @@ def text_request(body: TextCompletionBody) -> CompletionRequest:
     )
 
 
+def responses_request(body: ResponsesBody) -> CompletionRequest:
+    """The prompt of a Responses API request: its `input` string, or the last user message of its
+    input items; prompt size counts the instructions and every item's text."""
+    if isinstance(body.input, str):
+        prompt, texts = body.input, [body.input]
+    else:
+        texts = [content_text(item.get("content")) for item in body.input]
+        user = [text for item, text in zip(body.input, texts) if item.get("role") == "user"]
+        if not user:
+            raise APIError(400, "input: at least one item must be a message with role 'user'", param="input")
+        prompt = user[-1]
+    return CompletionRequest(
+        kind="responses",
+        model=body.model,
+        prompt=prompt,
+        prompt_chars=len(body.instructions or "") + sum(map(len, texts)),
+        stream=bool(body.stream),
+        include_usage=False,
+        max_tokens=body.max_output_tokens,
+    )
+
+
 def approx_tokens(text: str) -> int:
     """Token count estimate: ceil(characters / 4)."""
     return math.ceil(len(text) / CHARS_PER_TOKEN)
@@ -236,7 +274,7 @@ class _Envelope:
 
     @classmethod
     def new(cls, request: CompletionRequest) -> _Envelope:
-        prefix = "chatcmpl-" if request.kind == "chat" else "cmpl-"
+        prefix = {"chat": "chatcmpl-", "text": "cmpl-", "responses": "resp_"}[request.kind]
         return cls(prefix + uuid.uuid4().hex, int(time.time()), request.model)
 
     def wrap(self, obj: str, choices: list[dict], **extra: object) -> dict:
@@ -245,8 +283,11 @@ class _Envelope:
 
 
 def response_body(request: CompletionRequest, answer: CannedAnswer) -> dict:
-    """The non-streamed response: a "chat.completion" or a "text_completion" object."""
+    """The non-streamed response: a "chat.completion", a "text_completion" or a Responses API
+    "response" object."""
     env = _Envelope.new(request)
+    if request.kind == "responses":
+        return _response_object(env, answer, _output_message(answer.text, "completed"), done=True)
     if request.kind == "chat":
         message = {"role": "assistant", "content": answer.text, "refusal": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}
@@ -289,6 +330,51 @@ def stream_chunks(request: CompletionRequest, answer: CannedAnswer) -> list[tupl
     if request.include_usage:
         chunks.append(("", env.wrap(obj, [], usage=answer.usage())))
     return chunks
+
+
+def _output_message(text: str, status: str) -> dict:
+    """The Responses API's assistant message item holding `text`."""
+    return {"type": "message", "id": "msg_" + uuid.uuid4().hex, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def _response_object(env: _Envelope, answer: CannedAnswer, message: dict | None, done: bool) -> dict:
+    """A Responses API "response" object: in progress (no output yet), or finished with `message`
+    ("incomplete" when max_output_tokens cut it)."""
+    cut = answer.finish_reason == "length"
+    status = ("incomplete" if cut else "completed") if done else "in_progress"
+    usage = {"input_tokens": answer.prompt_tokens,
+             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens": answer.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": answer.prompt_tokens + answer.completion_tokens} if done else None
+    return {"id": env.id, "object": "response", "created_at": env.created, "status": status, "model": env.model,
+            "output": [message] if done and message is not None else [], "usage": usage, "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if done and cut else None,
+            "instructions": None, "metadata": {}, "parallel_tool_calls": True, "temperature": 1.0,
+            "tool_choice": "auto", "tools": [], "top_p": 1.0}
+
+
+def responses_events(request: CompletionRequest, answer: CannedAnswer) -> list[tuple[str, bytes]]:
+    """Every server-sent event of a streamed Responses API answer, each with the answer text it
+    carries: the response created, its message and text part opened, a delta per piece, then
+    everything closed and the response completed (or incomplete), numbered in order."""
+    env = _Envelope.new(request)
+    message = _output_message(answer.text, "completed")
+    part, where = message["content"][0], {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    events: list[tuple[str, str, dict]] = [
+        ("", "response.created", {"response": _response_object(env, answer, None, done=False)}),
+        ("", "response.output_item.added", {"output_index": 0,
+                                            "item": {**message, "status": "in_progress", "content": []}}),
+        ("", "response.content_part.added", {**where, "part": {**part, "text": ""}}),
+        *[(piece, "response.output_text.delta", {**where, "delta": piece}) for piece in split_pieces(answer.text)],
+        ("", "response.output_text.done", {**where, "text": answer.text}),
+        ("", "response.content_part.done", {**where, "part": part}),
+        ("", "response.output_item.done", {"output_index": 0, "item": message}),
+        ("", "response." + ("incomplete" if answer.finish_reason == "length" else "completed"),
+         {"response": _response_object(env, answer, message, done=True)}),
+    ]
+    return [(piece, b"event: " + kind.encode() + b"\n" + sse_event({"type": kind, "sequence_number": n, **data}))
+            for n, (piece, kind, data) in enumerate(events)]
 
 
 def sse_event(obj: object) -> bytes:
@@ -412,13 +498,19 @@ def no_recorded_answer(model: str) -> APIError:
                     type="invalid_request_error", param="messages", code=NO_RECORDED_ANSWER)
 
 
-async def _paced_stream(chunks: list[tuple[str, dict]], latency: Latency) -> AsyncIterator[bytes]:
+def stream_frames(request: CompletionRequest, answer: CannedAnswer) -> list[tuple[str, bytes]]:
+    """Every frame of the streamed answer, each with the answer text it carries."""
+    if request.kind == "responses":
+        return responses_events(request, answer)
+    return [(piece, sse_event(chunk)) for piece, chunk in stream_chunks(request, answer)] + [("", SSE_DONE)]
+
+
+async def _paced_stream(frames: list[tuple[str, bytes]], latency: Latency) -> AsyncIterator[bytes]:
     await asyncio.sleep(latency.first_token_s)
-    for piece, chunk in chunks:
+    for piece, frame in frames:
         if piece:
             await asyncio.sleep(latency.per_token_s * approx_tokens(piece))
-        yield sse_event(chunk)
-    yield SSE_DONE
+        yield frame
 
 
 def create_replay_app(responses: Mapping[str, Mapping[str, str]], latency_scale: float = 1.0,
@@ -451,12 +543,16 @@ def create_replay_app(responses: Mapping[str, Mapping[str, str]], latency_scale:
         answer = CannedAnswer.for_request(request, text_for(request, http.headers.get(PURPOSE_HEADER) == "profiling"))
         latency = LATENCY.get(request.model, DEFAULT_LATENCY).scaled(latency_scale)
         if request.stream:
-            return StreamingResponse(_paced_stream(stream_chunks(request, answer), latency),
+            return StreamingResponse(_paced_stream(stream_frames(request, answer), latency),
                                      media_type="text/event-stream")
         await asyncio.sleep(latency.first_token_s + latency.per_token_s * answer.completion_tokens)
         return json_response(response_body(request, answer))
 
     add_completion_routes(app, respond)
+
+    @app.post("/v1/responses")
+    async def responses(body: ResponsesBody, http: Request) -> Response:
+        return await respond(responses_request(body), http)
 
     @app.get("/v1/models")
     async def list_models() -> Response:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response as ResponsesResponse
 
 from app.cli import replay_upstream as replay_command
 from app.demo import ROUTERBENCH_DIR
@@ -156,6 +157,35 @@ def test_unknown_prompt_gets_a_marked_stand_in(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in chunks).startswith(STAND_IN_MARK.format(model=model))
 
 
+def test_responses_api_returns_the_recorded_answer_streamed_and_not(client: openai.OpenAI) -> None:
+    # The demo's gateway forwards /v1/responses; without this route every model 404'd and a
+    # client of the Responses API got a 502.
+    prompt, answers = recorded("arc_challenge_test", 4)
+    model = "gpt-3.5-turbo-1106"
+    reply = client.responses.create(model=model, input=prompt, instructions="Answer with a letter.")
+    assert reply.output_text == answers[model] and reply.status == "completed" and reply.model == model
+    assert reply.usage.output_tokens == approx_tokens(answers[model])
+    assert reply.usage.input_tokens == approx_tokens("Answer with a letter." + prompt)
+    items = [{"role": "user", "content": "an earlier question"}, {"role": "assistant", "content": "an answer"},
+             {"role": "user", "content": [{"type": "input_text", "text": prompt}]}]
+    events = list(client.responses.create(model=model, input=items, stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == answers[model]
+    assert events[-1].response.output_text == answers[model]
+    with client.responses.stream(model=model, input=prompt) as stream:  # the SDK's accumulating helper
+        assert stream.get_final_response().output_text == answers[model]
+
+
+def test_responses_api_max_output_tokens_cuts_the_answer_as_incomplete(client: openai.OpenAI) -> None:
+    prompt, answers = recorded("mbpp_test", 1)
+    reply = client.responses.create(model="claude-v1", input=prompt, max_output_tokens=5)
+    assert reply.output_text == answers["claude-v1"][:20]
+    assert reply.status == "incomplete" and reply.incomplete_details.reason == "max_output_tokens"
+    events = list(client.responses.create(model="claude-v1", input=prompt, max_output_tokens=5, stream=True))
+    assert events[-1].type == "response.incomplete" and events[-1].response.output_text == answers["claude-v1"][:20]
+
+
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(client: openai.OpenAI) -> None:
     prompt, answers = recorded("mbpp_test", 1)
     assert len(answers["claude-v1"]) > 20
@@ -172,9 +202,11 @@ def test_raw_responses_validate_strictly_against_openai_types(base_url: str) -> 
     url = base_url + "/v1"
     chat = httpx.post(url + "/chat/completions", json={"model": "claude-v2", "messages": user(prompt)})
     text = httpx.post(url + "/completions", json={"model": "claude-v2", "prompt": prompt})
+    answered = httpx.post(url + "/responses", json={"model": "claude-v2", "input": prompt})
     assert chat.headers["content-type"] == "application/json"
     assert ChatCompletion.model_validate(chat.json()).object == "chat.completion"
     assert Completion.model_validate(text.json()).object == "text_completion"
+    assert ResponsesResponse.model_validate(answered.json()).object == "response"
 
     streamed = httpx.post(url + "/chat/completions", json={"model": "claude-v2", "messages": user(prompt),
                                                            "stream": True, "stream_options": {"include_usage": True}})
@@ -223,6 +255,16 @@ def test_models_endpoint_lists_the_eleven_routerbench_models(client: openai.Open
 )
 def test_malformed_requests_get_an_openai_400(base_url: str, body: dict) -> None:
     response = httpx.post(base_url + "/v1/chat/completions", json=body)
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "claude-v2", "input": [{"role": "system", "content": "no user turn"}]},
+    {"model": "claude-v2"},
+    {"model": "claude-v2", "input": "hi", "max_output_tokens": 0},
+])
+def test_malformed_responses_requests_get_an_openai_400(base_url: str, body: dict) -> None:
+    response = httpx.post(base_url + "/v1/responses", json=body)
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
 
 

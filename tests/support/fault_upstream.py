@@ -58,7 +58,6 @@ import contextlib
 import socket
 import struct
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -75,11 +74,14 @@ from app.demo.replay_upstream import (
     CannedAnswer,
     CompletionRequest,
     CutResponse,
+    ResponsesBody,
     add_completion_routes,
     approx_tokens,
     json_response,
     model_object,
     response_body,
+    responses_events,
+    responses_request,
     sse_event,
     stream_chunks,
 )
@@ -268,27 +270,13 @@ class FaultUpstream:
 
     async def _responses(self, http: Request) -> Response:
         """`POST /v1/responses`: the Responses API's response object, or its event stream."""
-        body = orjson.loads(await http.body())
-        model = str(body.get("model"))
-        fault = await self._arrive(model, http)
-        text = f"answer from {model}"
-        prompt = body.get("input")
-        usage = {"input_tokens": approx_tokens(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()),
-                 "output_tokens": approx_tokens(text), "input_tokens_details": {"cached_tokens": 0},
-                 "output_tokens_details": {"reasoning_tokens": 0}}
-        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-        done = response_object(model, text, "completed", usage)
-        if not body.get("stream"):
-            return json_response(done)
-        item = done["output"][0]
-        events = [("response.created", {"response": response_object(model, "", "in_progress", None)}),
-                  ("response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}),
-                  *[("response.output_text.delta", {"item_id": item["id"], "output_index": 0, "content_index": 0,
-                                                    "delta": piece}) for piece in text.split(" ")],
-                  ("response.completed", {"response": done})]
-        frames = [b"event: " + kind.encode() + b"\n" + sse_event({"type": kind, "sequence_number": n, **data})
-                  for n, (kind, data) in enumerate(events)]
-        return event_stream(fault, frames)
+        body = ResponsesBody.model_validate(orjson.loads(await http.body()))
+        fault = await self._arrive(body.model, http)
+        request = responses_request(body)
+        answer = CannedAnswer.for_request(request, f"answer from {body.model}")
+        if not request.stream:
+            return json_response(response_body(request, answer))
+        return event_stream(fault, [frame for _, frame in responses_events(request, answer)])
 
     async def _embeddings(self, http: Request) -> Response:
         """`POST /v1/embeddings`: one 4-dimensional vector per input, floats or base64 float32."""
@@ -357,16 +345,6 @@ async def _paced(delay_s: float, pace_s: float, parts: list[bytes],
     finally:
         if sent < len(parts) and abandoned is not None:
             abandoned()
-
-
-def response_object(model: str, text: str, status: str, usage: dict | None) -> dict:
-    """A Responses API `response` object holding one assistant message."""
-    message = {"type": "message", "id": "msg_" + uuid.uuid4().hex, "status": status, "role": "assistant",
-               "content": [{"type": "output_text", "text": text, "annotations": []}] if text else []}
-    return {"id": "resp_" + uuid.uuid4().hex, "object": "response", "created_at": int(time.time()),
-            "status": status, "model": model, "output": [message] if text else [], "usage": usage,
-            "error": None, "incomplete_details": None, "instructions": None, "metadata": {},
-            "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0}
 
 
 @contextlib.contextmanager
