@@ -290,6 +290,11 @@ class UniRouter:
     # --- models ---------------------------------------------------------------------------
 
     @property
+    def default_cost_weight(self) -> float:
+        """The λ a route without a target uses."""
+        return self.default_target.value
+
+    @property
     def n_clusters(self) -> int:
         return self.state.k
 

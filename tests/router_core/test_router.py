@@ -113,6 +113,7 @@ def test_a_bad_default_cost_weight_is_refused_when_the_router_is_made(shipped):
     state, embedder, repset = shipped
     with pytest.raises(ValueError, match="cost_weight must be a finite number >= 0"):
         UniRouter(state, embedder, repset, default_cost_weight=-1.0)
+    assert UniRouter(state, embedder, repset, default_cost_weight=0.7).default_cost_weight == 0.7
 
 
 def test_routing_among_a_subset_never_picks_a_model_outside_it(shipped):
