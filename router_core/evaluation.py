@@ -629,10 +629,11 @@ def evaluate(
 def summarise(trials: list[TrialResult]) -> EvalReport:
     """Means, intervals and paired differences across trials."""
     methods = [m for m in METHODS if m in trials[0].metrics]
+    areas = {name: np.array([t.metrics[name]["area"] for t in trials]) for name in methods}
     summary = {}
     for name in methods:
         rows = [t.metrics[name] for t in trials]
-        area, lo, hi = mean_ci(np.array([r["area"] for r in rows]))
+        area, lo, hi = mean_ci(areas[name])
         qncs = [r["qnc"] for r in rows]
         summary[name] = {
             "area": area,
@@ -645,13 +646,12 @@ def summarise(trials: list[TrialResult]) -> EvalReport:
         }
     # Closure: the share of the zero router -> oracle gap in mean area that a method captures.
     gap = summary["oracle"]["area"] - summary["zero_router"]["area"]
-    areas = {name: np.array([t.metrics[name]["area"] for t in trials]) for name in methods}
     for name in methods:
         summary[name]["closure"] = (summary[name]["area"] - summary["zero_router"]["area"]) / gap if gap > 0 else None
         summary[name]["closure_ci"] = closure_ci(areas[name], areas["zero_router"], areas["oracle"])
     paired = {}
     for a, b in (p for p in PAIRS if set(p) <= set(methods)):
-        diff = np.array([t.metrics[a]["area"] - t.metrics[b]["area"] for t in trials])
+        diff = areas[a] - areas[b]
         mean, lo, hi = mean_ci(diff)
         paired[f"{a} - {b}"] = {"area_diff": mean, "ci": [lo, hi], "wins": int((diff > 0).sum())}
     keys = sorted({k for t in trials for k in t.settings})
