@@ -268,9 +268,8 @@ class FaultUpstream:
             events = [event.replace(b"\n", b"\r\n") for event in events]
         return event_stream(fault, events, lambda: self.abandoned.update([request.model]))
 
-    async def _responses(self, http: Request) -> Response:
+    async def _responses(self, body: ResponsesBody, http: Request) -> Response:
         """`POST /v1/responses`: the Responses API's response object, or its event stream."""
-        body = ResponsesBody.model_validate(orjson.loads(await http.body()))
         fault = await self._arrive(body.model, http)
         request = responses_request(body)
         answer = CannedAnswer.for_request(request, f"answer from {body.model}")
