@@ -31,6 +31,7 @@ from app.api.wire import (
 )
 from app.costs.billing import bill, record_usage
 from app.costs.budget import key_scope
+from app.errors import GatewayError
 from app.routing.service import (
     ROUTER_MODEL,
     Destination,
@@ -279,8 +280,17 @@ async def list_models(request: Request) -> JSONResponse:
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
-    """One model of the list (`models.retrieve` in the openai SDK)."""
-    for item in model_objects(gateway_of(request)):
+    """One model of the list (`models.retrieve` in the openai SDK), or a router name with a target
+    (`uniroute:0.5`, `uniroute:budget=0.001`, ...): clients that check a model name before using it
+    must accept every name a completion accepts."""
+    gw = gateway_of(request)
+    for item in model_objects(gw):
         if item["id"] == model_id:
             return JSONResponse(item)
-    raise APIError(404, f"The model `{model_id}` does not exist", param="model", code="model_not_found")
+    why = ""
+    try:
+        if parse_router_model(model_id, gw.settings) is not None:
+            return JSONResponse({"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "uniroute"})
+    except GatewayError as exc:
+        why = f": {exc.message}"
+    raise APIError(404, f"The model `{model_id}` does not exist{why}", param="model", code="model_not_found")

@@ -34,6 +34,22 @@ def test_models_retrieve_finds_router_names_and_registered_models(surface):
         client(gw).models.retrieve("gpt-nothing")
 
 
+def test_models_retrieve_accepts_every_router_name_a_completion_accepts(surface):
+    # Clients that check a model name before using it must not refuse `uniroute:0.5`.
+    _, gw = surface
+    for name in ("uniroute:0.5", "uniroute:budget=0.001", "uniroute:quality=0.9"):
+        found = client(gw).models.retrieve(name)
+        assert (found.id, found.owned_by) == (name, "uniroute")
+        assert client(gw).chat.completions.create(model=name, messages=MESSAGES).choices[0].message.content
+    for name in ("uniroute:-1", "uniroute:quality=2", "uniroute:cheapest"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client(gw).models.retrieve(name)
+        with pytest.raises(openai.BadRequestError):
+            client(gw).chat.completions.create(model=name, messages=MESSAGES)
+        assert caught.value.body["code"] == "model_not_found"
+        assert name in caught.value.body["message"]
+
+
 def test_stream_null_is_the_default_not_an_error(surface):
     upstream, gw = surface
     r = httpx.post(gw + "/v1/chat/completions", json={"model": "b", "messages": MESSAGES, "stream": None}, timeout=30)
