@@ -172,6 +172,9 @@ class JobRecord:
     options: dict[str, Any] = field(default_factory=dict)
     # llm_judge items of the set left out: no judge model is configured to grade them
     skipped: int = 0
+    # Prompts the model refused (a 4xx that is no fault: too long, the demo's "no recorded
+    # answer"): stored, never asked again, out of the coverage count; not `errors`.
+    declined: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -90,7 +90,7 @@ def model_json(record: ModelRecord, detail: bool = False) -> dict:
 def job_json(job: JobRecord) -> dict:
     """A job for the admin API; `error` holds why it failed, was cancelled or is paused."""
     return {"id": job.id, "model": job.model, "state": job.state, "done": job.done, "total": job.total,
-            "errors": job.errors, "spend": job.spend, "eta_s": job.eta_s, "error": job.error,
+            "declined": job.declined, "errors": job.errors, "spend": job.spend, "eta_s": job.eta_s, "error": job.error,
             "started_at": job.started_at, "updated_at": job.updated_at, "resume_at": job.resume_at,
             "resumes": job.resumes, "reprofile": job.since is not None, "options": job.options,
             "skipped": job.skipped}

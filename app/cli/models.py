@@ -97,8 +97,9 @@ def follow(args: argparse.Namespace, job_id: str) -> dict:
     job = call(args, "GET", f"/jobs/{job_id}")
     with tqdm(total=job["total"], desc=f"profiling {job['model']}", unit="prompt", file=sys.stderr) as bar:
         while True:
-            bar.n = job["done"]
-            bar.set_postfix(errors=job["errors"], spend=f"{job['spend']:.4g}",
+            # declined prompts are settled too: a bar of graded ones alone would stop short
+            bar.n = job["done"] + job["declined"]
+            bar.set_postfix(declined=job["declined"], errors=job["errors"], spend=f"{job['spend']:.4g}",
                             eta=f"{job['eta_s']:.0f}s" if job.get("eta_s") is not None else "?")
             bar.refresh()
             if job["state"] != "running":
@@ -177,10 +178,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     params = {k: v for k, v in (("model", args.name), ("state", args.state)) if v}
     rows = admin_call(args.url, args.admin_key, "GET", "/jobs", params=params)["data"]
-    print(f"{'job':16} {'model':32} {'state':9} {'done':>11} {'errors':>6} {'spend':>9}  reason")
+    print(f"{'job':16} {'model':32} {'state':9} {'done':>11} {'declined':>8} {'errors':>6} {'spend':>9}  reason")
     for j in rows:
-        print(f"{j['id']:16} {j['model']:32} {j['state']:9} {j['done']:>5}/{j['total']:<5} {j['errors']:>6} "
-              f"{j['spend']:>9.4g}  {j['error'] or ''}")
+        print(f"{j['id']:16} {j['model']:32} {j['state']:9} {j['done']:>5}/{j['total']:<5} {j['declined']:>8} "
+              f"{j['errors']:>6} {j['spend']:>9.4g}  {j['error'] or ''}")
     return 0
 
 

@@ -374,14 +374,16 @@ class JobRunner:
         if job.skipped:
             log.warning("profiling %s without its %d llm_judge items: no judge_model is configured",
                         job.model, job.skipped)
-        graded = {pid: a for pid, a in (await self._job_answers(job, repset.version, items)).items()
-                  if a.error is None}
-        todo = deque(item for item in items if item.id not in graded)
-        job.total, job.done = len(items), len(graded)
+        stored = await self._job_answers(job, repset.version, items)
+        graded = {pid for pid, a in stored.items() if a.error is None}
+        # a resumed job does not ask again what the model declined before
+        declined = {pid for pid, a in stored.items() if a.error is not None and a.declined}
+        todo = deque(item for item in items if item.id not in graded and item.id not in declined)
+        job.total, job.done, job.declined = len(items), len(graded), len(declined)
         metrics = self.metrics
         metrics.profiling_total.labels(record.name).set(job.total)
         metrics.profiling_done.labels(record.name).set(job.done)
-        started, done_at_start = time.monotonic(), job.done
+        started, settled_at_start = time.monotonic(), job.done + job.declined
         run = _Run(self.resilience)
         tries: Counter[str] = Counter()
         cap = options.spend_cap
@@ -402,15 +404,17 @@ class JobRunner:
                     metrics.profiling_done.labels(record.name).set(job.done)
                 elif answer.declined:  # the upstream is up and refused this prompt: not asked again
                     run.succeeded()
-                    job.errors += 1
+                    job.declined += 1
                 else:
                     job.errors += 1
                     run.failed(answer.error)
                     tries[item.id] += 1
                     if tries[item.id] < self.resilience.attempts:
                         todo.append(item)  # asked again once the others have had their turn
-                rate = (job.done - done_at_start) / max(time.monotonic() - started, 1e-6)
-                job.eta_s = (job.total - job.done) / rate if rate > 0 else None
+                # a declined prompt is settled as a graded one is: both advance the job
+                settled = job.done + job.declined
+                rate = (settled - settled_at_start) / max(time.monotonic() - started, 1e-6)
+                job.eta_s = (job.total - settled) / rate if rate > 0 else None
                 job.updated_at = time.time()
                 await self.registry.put_job(job)
                 if cap is not None and job.spend >= cap:
@@ -420,7 +424,7 @@ class JobRunner:
         if run.pause_reason is not None:
             await self._pause(job, run.pause_reason)
             return
-        if run.over_cap and job.done < job.total:
+        if run.over_cap and job.done + job.declined < job.total:
             await self._finish(job, "failed", f"spend cap {cap:g} reached after {job.done} of {job.total} prompts")
             return
         stored = await self._job_answers(job, repset.version, items)

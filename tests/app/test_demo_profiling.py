@@ -89,7 +89,8 @@ def test_mc_grades_agree_with_routerbench_and_unrecorded_items_end_unanswered(ma
     db = tmp_path / "registry.db"
     with make_gateway(models=[], admin_key=ADMIN, repset_path=str(repset), sqlite_path=str(db)) as gw:
         job = register(gw, SHARED, replay, {"per_request": 0.004})
-        assert job["state"] == "done" and job["errors"] >= len(UNRECORDED)
+        assert job["state"] == "done" and job["declined"] == len(UNRECORDED)
+        assert job["done"] + job["declined"] == job["total"]
         shown = admin(gw, "GET", f"/models/{SHARED}").json()
     answers = graded(db, SHARED)
     assert mc_agreement(answers, routerbench, SHARED) >= 0.95
@@ -120,7 +121,7 @@ def test_rating_items_are_graded_by_the_replay_judge_as_recorded(make_gateway, r
         assert answers[item.id]["score"] == arena.answers[SHARED][pid].score
 
     # the arena-only LLM has no recorded multiple-choice answers: unanswered, its ratings as recorded
-    assert only["state"] == "done" and only["errors"] >= MC_ITEMS
+    assert only["state"] == "done" and only["declined"] == MC_ITEMS
     answers = graded(db, ARENA_ONLY)
     assert all("no recorded answer" in answers[it.id]["error"] for it in mc_items())
     ratings = [arena.answers[ARENA_ONLY][it.id.split("/", 1)[1]].score for it in arena_items(arena)]

@@ -1,5 +1,5 @@
 """Profiling survives: a gateway restarted mid-profiling resumes the job and asks only the
-prompts not yet graded; an upstream outage pauses the job (the model stays unroutable) and it
+prompts not yet graded nor declined; an upstream outage pauses the job (the model stays unroutable) and it
 resumes by itself; a pass that graded too little never ends `done`."""
 from __future__ import annotations
 
@@ -44,6 +44,30 @@ def test_restart_mid_profiling_resumes_without_asking_again(tmp_path, shared_cac
     assert sum(n - 1 for n in asked.values() if n > 1) <= 4
     assert len(asked) == job["total"]
     assert 40 <= asked_before_restart < job["total"]
+
+
+def test_a_resumed_job_does_not_ask_again_what_the_model_declined(tmp_path, shared_cache, fault_upstream):
+    upstream, url = fault_upstream
+    settings = Settings(sqlite_path=str(tmp_path / "registry.db"), cache_dir=shared_cache, admin_key=ADMIN,
+                        **ROUTERBENCH_SETTINGS, profile_concurrency=1)
+    # The first 5 prompts are refused with a 422 (declined: never wrong, never asked again).
+    with serve(create_app(settings)) as gw:
+        wait_ready(gw)
+        r = admin(gw, "POST", "/models", json={"name": "picky", "base_url": url, "cost": {"per_request": 1},
+                                                "upstream_model": "picky:fail_first=5,status=422,delay=0.02",
+                                                "job": {"limit": 40}})
+        job_id = r.json()["job_id"]
+        while (running := admin(gw, "GET", f"/jobs/{job_id}").json())["done"] < 10:
+            time.sleep(0.02)
+        assert running["declined"] == 5 and running["errors"] == 0
+    declined_prompts = [req.body["messages"][0]["content"] for req in upstream.received[:5]]
+    with serve(create_app(settings)) as gw:
+        wait_ready(gw)
+        job = wait_job(gw, job_id)
+    assert job["state"] == "done"
+    assert (job["done"], job["declined"], job["errors"], job["total"]) == (35, 5, 0, 40)
+    asked = Counter(req.body["messages"][0]["content"] for req in upstream.received)
+    assert all(asked[prompt] == 1 for prompt in declined_prompts)
 
 
 def series(gw: str, name: str, model: str) -> list[str]:
