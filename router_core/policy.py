@@ -42,11 +42,12 @@ def _objective(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray) -> 
 
 def supported(support: np.ndarray, min_support: float) -> np.ndarray:
     """The support guard, (..., M) bool: a model is eligible for a prompt when the labelled
-    prompts behind its predicted error there (`support`) reach `min_support`; when no model's
-    do, every model is (they are all equally blind there, and their overall means are all
-    there is to go on)."""
-    ok = np.asarray(support, dtype=np.float64) >= min_support
-    return ok | ~ok.any(axis=-1, keepdims=True)
+    prompts behind its predicted error there (`support`) reach `min_support`. Where no model's
+    do, the floor falls to the most any model has: a model with some answers of that kind goes
+    before one whose prediction there is only its overall mean (one profiled where it declined
+    every such prompt); where nobody has any, every model is eligible."""
+    s = np.asarray(support, dtype=np.float64)
+    return s >= np.minimum(min_support, s.max(axis=-1, keepdims=True, initial=0.0))
 
 
 def route(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray,

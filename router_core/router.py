@@ -19,7 +19,8 @@ Two rules keep a decision about the prompt and the model, not about the rest of 
   `min_support` labelled representative prompts (default: the state's prior, the pseudo-prompts
   of Ψ's shrinkage, i.e. the cluster's own evidence must weigh at least as much as the model's
   overall mean) is ranked after every model that has that support, so it answers there only as a
-  fallback; when no allowed model has it, all are ranked by the rule as usual.
+  fallback; when no allowed model has it, the floor falls to the most support any allowed model
+  has (with none anywhere, all are ranked by the rule as usual).
 """
 from __future__ import annotations
 

@@ -53,8 +53,15 @@ def test_negative_costs_are_rejected():
 
 
 def test_the_support_guard_keeps_models_with_support_and_everyone_when_nobody_has_it():
-    support = np.array([[0.0, 5.0, 4.0], [1.0, 0.0, 3.9]])
+    support = np.array([[0.0, 5.0, 4.0], [0.0, 0.0, 0.0]])
     assert supported(support, 4.0).tolist() == [[False, True, True], [True, True, True]]
+
+
+def test_below_the_floor_everywhere_the_support_guard_keeps_the_best_informed_models():
+    # No model reaches 4 answers: the ones with the most go first, not one with none at all.
+    support = np.array([[3.0, 0.0, 3.0], [1.0, 0.0, 2.5]])
+    assert supported(support, 4.0).tolist() == [[True, False, True], [False, False, True]]
+    assert supported(np.zeros((2, 0)), 4.0).shape == (2, 0)
 
 
 def test_ineligible_models_are_never_chosen_and_ranked_after_the_eligible_ones():

@@ -301,6 +301,19 @@ def test_a_model_without_support_in_a_prompts_cluster_is_not_chosen_there_even_c
     assert router.route(winogrande, cost_weight=50.0, models=["partial"]).model == "partial"
 
 
+def test_where_no_model_reaches_the_floor_one_with_no_answers_there_still_goes_last(shipped):
+    # A floor above every cluster's count: nobody is `supported`, but "big" and "small" answered
+    # the Winogrande prompts and "partial" none of them (it declined them while profiled, say).
+    router = two_model_router(shipped, min_support=1e6)
+    ids, items = router.repset.ids, router.repset.repset.items
+    router.add_model("partial", Price(per_request=1e-9),
+                     scores={i: 1.0 for i, item in zip(ids, items) if item.task == "arc-challenge"})
+    d = router.route(PROMPTS[2], cost_weight=50.0)
+    assert not any(c.supported for c in d.candidates)
+    assert d.model == "small" and d.ranking[-1] == "partial"
+    assert router.route(PROMPTS[0], cost_weight=50.0).model == "partial"  # ARC: it has answers there
+
+
 def test_where_no_model_has_support_the_rule_ranks_all_and_says_none_is_supported(shipped):
     router = two_model_router(shipped)
     code = PROMPTS[1]  # the shipped set holds no code prompt: its cluster has no support for anyone
