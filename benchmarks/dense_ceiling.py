@@ -8,12 +8,21 @@ K-means profiles, a ridge probe and a one-hidden-layer network on the embedding 
 see whether a probe that is not linear finds more). No router that knows a new LLM only from
 its representative answers should do better than these by more than noise, so their closure is
 a practical ceiling for embedding-based routing on the dataset.
+
+`--lexical` adds the same ridge probe on a bag of words (hashed word uni- and bigrams, tf-idf)
+alone and beside the embedding, to see whether another representation of the prompt raises the
+ceiling; `--labels-on-x` adds a probe that no router can be: the ridge probe on the TRAINING
+LLMs' labels on the routed prompt itself, a bound on what knowing the prompt's difficulty for
+other LLMs would be worth. The JSON keeps each method's per-trial areas, so that any two
+probes can be compared trial by trial.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +52,39 @@ def dense_gammas(emb: np.ndarray, loss: np.ndarray, dense: np.ndarray, query: np
         centroids = fit_kmeans(emb[dense], n_clusters)
         psi, _ = cluster_profiles(assign(centroids, emb[dense])[0], loss[dense], n_clusters, 4.0)
         out[f"kmeans_dense K={n_clusters}"] = psi[:, assign(centroids, emb[query])[0]].T
-    x = np.c_[emb[dense], np.ones(dense.size)]
-    y = np.nan_to_num(loss[dense], nan=float(np.nanmean(loss[dense])))
     for alpha in (10.0, 100.0):
-        w = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y)
-        out[f"ridge_dense alpha={alpha:g}"] = np.clip(np.c_[emb[query], np.ones(query.size)] @ w, 0.0, 1.0)
+        out[f"ridge_dense alpha={alpha:g}"] = ridge_probe(emb[dense], loss[dense], emb[query], alpha)
     out["mlp_dense hidden=64"] = mlp_probe(emb[dense], loss[dense], emb[query])
     return out
+
+
+def ridge_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, alpha: float) -> np.ndarray:
+    """Each routed LLM's loss on `query`, from a ridge regression (intercept penalised like the
+    weights; a missing label filled with the mean) on the features `x` of the labelled prompts.
+    Solved in the dual when there are more features than prompts: the same fit, a smaller system."""
+    xa, qa = np.c_[x, np.ones(len(x))], np.c_[query, np.ones(len(query))]
+    y = np.nan_to_num(loss, nan=float(np.nanmean(loss)))
+    if xa.shape[1] <= xa.shape[0]:
+        predicted = qa @ np.linalg.solve(xa.T @ xa + alpha * np.eye(xa.shape[1]), xa.T @ y)
+    else:
+        predicted = (qa @ xa.T) @ np.linalg.solve(xa @ xa.T + alpha * np.eye(xa.shape[0]), y)
+    return np.clip(predicted, 0.0, 1.0)
+
+
+def lexical_features(prompts: list[str], dims: int = 4096) -> np.ndarray:
+    """A bag of words per prompt: word and punctuation uni- and bigrams hashed into `dims`
+    columns, sublinear term frequency times inverse document frequency, rows of unit length.
+    Hashing keeps it a plain array; at 4,096 columns collisions cost a probe little."""
+    rows = np.zeros((len(prompts), dims))
+    for i, text in enumerate(prompts):
+        words = re.findall(r"\w+|[^\w\s]", text.lower())
+        grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        if grams:
+            cols, counts = np.unique([zlib.crc32(g.encode()) % dims for g in grams], return_counts=True)
+            rows[i, cols] = 1.0 + np.log(counts)
+    rows *= np.log((1 + len(prompts)) / (1 + (rows > 0).sum(axis=0))) + 1.0
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
 
 
 def mlp_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, hidden: int = 64, epochs: int = 60,
@@ -78,9 +113,13 @@ def mlp_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, hidden: int = 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_arguments(p)
+    p.add_argument("--lexical", action="store_true", help="add ridge probes on a bag of words, alone and with the embedding")
+    p.add_argument("--labels-on-x", action="store_true",
+                   help="add the ridge probe on the training LLMs' labels on the routed prompt (no router can be it)")
     p.add_argument("--json", dest="json_out", required=True)
     args = p.parse_args(argv)
-    name, emb, scores, costs = load_embedded(args)
+    name, prompts, emb, scores, costs = load_embedded(args)
+    words = lexical_features(prompts) if args.lexical else None
     cfg = EvalConfig(trials=args.trials)
     master = np.random.default_rng(cfg.seed)  # the same trial seeds as `evaluate`
     areas: dict[str, list[float]] = {}
@@ -91,9 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         q_score, q_spend = scores[np.ix_(q, te)], costs[np.ix_(q, te)]
         c_max = q_spend.mean(axis=0).max() or 1.0
         loss = 1.0 - scores[:, te]
+        dense = np.r_[split.train_prompts, split.val_prompts]
         gammas = {"zero_router": np.broadcast_to(np.nanmean(loss[split.val_prompts], axis=0), q_score.shape),
                   "oracle": 1.0 - q_score,
-                  **dense_gammas(emb, loss, np.r_[split.train_prompts, split.val_prompts], q)}
+                  **dense_gammas(emb, loss, dense, q)}
+        if words is not None:
+            both = np.c_[words, emb]
+            gammas["ridge_lexical alpha=10"] = ridge_probe(words[dense], loss[dense], words[q], 10.0)
+            gammas["ridge_lexical+embedding alpha=10"] = ridge_probe(both[dense], loss[dense], both[q], 10.0)
+        if args.labels_on_x:
+            others = np.setdiff1d(np.arange(scores.shape[1]), te)
+            labels = 1.0 - scores[:, others]
+            labels = np.where(np.isnan(labels), np.nanmean(labels, axis=0), labels)
+            gammas["train_llm_labels_on_x alpha=10"] = ridge_probe(labels[dense], loss[dense], labels[q], 10.0)
         for method, gamma in gammas.items():
             curve = deferral_curve(gamma, route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
             areas.setdefault(method, []).append(area_under(curve))
@@ -105,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         ci = closure_ci(np.array(values), zero, oracle)
         result["methods"][method] = {"area": float(np.mean(values)),
                                      "closure": float((np.mean(values) - zero.mean()) / (oracle.mean() - zero.mean())),
-                                     "closure_ci": ci, "minus_zero_router": [m, lo, hi]}
+                                     "closure_ci": ci, "minus_zero_router": [m, lo, hi], "trial_areas": values}
         shown = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
         print(f"{method:<26} area {np.mean(values):.4f}  closure {result['methods'][method]['closure']:+.3f}{shown}")
     Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")

@@ -35,16 +35,17 @@ def data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="dataset name for the output (default: the data's own)")
 
 
-def load_embedded(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-    """(name, embeddings, scores, costs) of the dataset, subsampled as `uniroute eval --max-prompts`."""
+def load_embedded(args: argparse.Namespace) -> tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(name, prompts, embeddings, scores, costs) of the dataset, subsampled as `uniroute eval --max-prompts`."""
     from router_core.datasets import load_dataset, read_model_costs
     from router_core.embedding import embed_for_routing, load_embedder
 
     data = load_dataset(args.data, args.format).priced(read_model_costs(args.model_costs) if args.model_costs else None)
     if args.max_prompts and args.max_prompts < len(data.prompts):
         data = data.subset(np.sort(np.random.default_rng(0).choice(len(data.prompts), args.max_prompts, replace=False)))
-    emb = embed_for_routing(load_embedder(args.embedder, args.cache_dir), list(data.prompts))
-    return args.name or data.name or Path(args.data).name, emb, data.scores, data.costs
+    prompts = list(data.prompts)
+    emb = embed_for_routing(load_embedder(args.embedder, args.cache_dir), prompts)
+    return args.name or data.name or Path(args.data).name, prompts, emb, data.scores, data.costs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", required=True)
     args = p.parse_args(argv)
 
-    name, emb, scores, costs = load_embedded(args)
+    name, _, emb, scores, costs = load_embedded(args)
     base = EvalConfig(trials=args.trials, seed=args.seed, learned_map=None)
     rows = []
     for selection in args.selections:

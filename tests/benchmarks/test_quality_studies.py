@@ -59,10 +59,13 @@ def test_repset_size_study_draws_other_splits_under_another_seed(tmp_path, share
 def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_oracle(tmp_path, shared_cache):
     out = tmp_path / "ceiling.json"
     run_benchmark("dense_ceiling", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",
-                  "--cache-dir", shared_cache, "--trials", "2", "--json", str(out))
+                  "--cache-dir", shared_cache, "--trials", "2", "--lexical", "--labels-on-x", "--json", str(out))
     methods = json.loads(out.read_text())["methods"]
     assert methods["zero_router"]["closure"] == 0.0 and methods["oracle"]["closure"] == pytest.approx(1.0)
-    assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10", "mlp_dense hidden=64"} <= set(methods)
+    assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10", "mlp_dense hidden=64", "ridge_lexical alpha=10",
+            "ridge_lexical+embedding alpha=10", "train_llm_labels_on_x alpha=10"} <= set(methods)
+    for m in methods.values():  # per-trial areas, for paired comparisons between probes
+        assert len(m["trial_areas"]) == 2 and np.mean(m["trial_areas"]) == pytest.approx(m["area"])
     for m in methods.values():
         assert m["minus_zero_router"][1] <= m["minus_zero_router"][0] <= m["minus_zero_router"][2]
     assert methods["zero_router"]["closure_ci"] == [0.0, 0.0]
@@ -81,3 +84,29 @@ def test_dense_ceiling_network_probe_learns_a_loss_the_embedding_determines_and_
     predicted = mlp_probe(x, loss, rng.normal(size=(4, 8)) + 3.0 * query_side[:, None])
     assert predicted.shape == (4, 2) and not np.isnan(predicted).any()
     assert np.all(np.abs(predicted - np.c_[query_side, 1 - query_side]) < 0.2), predicted
+
+
+def test_ridge_probe_solves_the_same_fit_in_the_dual_when_features_outnumber_prompts():
+    from benchmarks.dense_ceiling import ridge_probe
+
+    rng = np.random.default_rng(0)
+    x, query = rng.normal(size=(30, 5)), rng.normal(size=(4, 5))
+    loss = rng.random((30, 2))
+    loss[3, 1] = np.nan
+    # zero columns change no ridge fit, but 40 of them push the solve into the dual
+    padded = ridge_probe(np.c_[x, np.zeros((30, 40))], loss, np.c_[query, np.zeros((4, 40))], 3.0)
+    assert np.allclose(ridge_probe(x, loss, query, 3.0), padded)
+
+
+def test_lexical_features_let_a_probe_learn_a_loss_that_one_word_decides():
+    from benchmarks.dense_ceiling import lexical_features, ridge_probe
+
+    rng = np.random.default_rng(0)
+    filler = ["river", "table", "green", "music", "stone", "paper", "cloud", "light"]
+    texts = [" ".join(rng.choice(filler, 6)) + (" integral" if i % 2 else "") for i in range(200)] + [""]
+    words = lexical_features(texts)
+    assert np.allclose(np.linalg.norm(words[:-1], axis=1), 1.0) and not words[-1].any()
+    loss = (np.arange(200) % 2).astype(float)[:, None]
+    predicted = ridge_probe(words[:150], loss[:150], words[150:200], 1.0)[:, 0]
+    # every held-out prompt with the word is predicted harder than every one without it
+    assert predicted[1::2].min() > predicted[::2].max() + 0.2, predicted
