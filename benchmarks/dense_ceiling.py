@@ -32,6 +32,7 @@ from router_core.clustering import assign, fit_kmeans
 from router_core.evaluation import (
     EvalConfig,
     area_under,
+    closure,
     closure_ci,
     deferral_curve,
     draw_split,
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         m, lo, hi = mean_ci(np.subtract(values, zero))
         ci = closure_ci(np.array(values), zero, oracle)
         result["methods"][method] = {"area": float(np.mean(values)),
-                                     "closure": float((np.mean(values) - zero.mean()) / (oracle.mean() - zero.mean())),
+                                     "closure": closure(np.array(values), zero, oracle),
                                      "closure_ci": ci, "minus_zero_router": [m, lo, hi], "trial_areas": values}
         shown = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
         print(f"{method:<26} area {np.mean(values):.4f}  closure {result['methods'][method]['closure']:+.3f}{shown}")

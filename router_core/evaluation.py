@@ -644,10 +644,8 @@ def summarise(trials: list[TrialResult]) -> EvalReport:
             "qnc_reached": sum(q is not None for q in qncs),
             "peak": float(np.mean([r["peak"] for r in rows])),
         }
-    # Closure: the share of the zero router -> oracle gap in mean area that a method captures.
-    gap = summary["oracle"]["area"] - summary["zero_router"]["area"]
     for name in methods:
-        summary[name]["closure"] = (summary[name]["area"] - summary["zero_router"]["area"]) / gap if gap > 0 else None
+        summary[name]["closure"] = closure(areas[name], areas["zero_router"], areas["oracle"])
         summary[name]["closure_ci"] = closure_ci(areas[name], areas["zero_router"], areas["oracle"])
     paired = {}
     for a, b in (p for p in PAIRS if set(p) <= set(methods)):
@@ -657,6 +655,13 @@ def summarise(trials: list[TrialResult]) -> EvalReport:
     keys = sorted({k for t in trials for k in t.settings})
     settings = {k: {str(v): c for v, c in sorted(Counter(t.settings[k] for t in trials).items())} for k in keys}
     return EvalReport(trials, summary, paired, settings)
+
+
+def closure(area: np.ndarray, zero: np.ndarray, oracle: np.ndarray) -> float | None:
+    """The share of the zero router -> oracle gap in mean area that a method captures, from
+    per-trial areas (T,); None when there is no gap."""
+    gap = float(np.mean(oracle) - np.mean(zero))
+    return float((np.mean(area) - np.mean(zero)) / gap) if gap > 0 else None
 
 
 def closure_ci(
