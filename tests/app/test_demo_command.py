@@ -17,7 +17,13 @@ from openai import OpenAI
 from app.demo.replay_judge import JUDGE_MODEL
 from tests.app.conftest import wait_ready
 from tests.app.test_replay_arena import ARENA_ONLY, ROUTERBENCH_ONLY, SHARED
+from tests.docs.test_readme import readme_block
 from tests.support.redis_server import free_port
+
+STAND_IN = "[uniroute replay"
+ARENA_PROMPTS = ["How to explain RNA sequencing to a 4 year old?",
+                 "solve the equation step by step: x + y = 30 and 2x+3y=80",
+                 "Provide a proof of the Banach Fixed Point Theorem"]
 
 
 def start_demo(tmp_path, shared_cache, port: int, upstream_port: int) -> subprocess.Popen:
@@ -59,6 +65,17 @@ def test_demo_serves_routed_answers_and_the_admin_api(tmp_path, shared_cache):
         # the default set has recorded labels for all 17 LLMs, and llm_judge items: the replay judge too
         assert models.status_code == 200
         assert {m["name"] for m in models.json()["data"]} == ROUTERBENCH_ONLY | SHARED | ARENA_ONLY | {JUDGE_MODEL}
+        # The README's first example, as written but for the port: a recorded answer, no stand-in.
+        example = readme_block("Two commands on a fresh machine").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        run = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() and STAND_IN not in run.stdout
+        # Open-ended prompts go to LLMs profiled on such prompts, which have answers to replay:
+        # not to a RouterBench-only LLM whose error there is only its multiple-choice mean.
+        client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        for prompt in ARENA_PROMPTS:
+            answer = client.chat.completions.create(model="uniroute", messages=[{"role": "user", "content": prompt}])
+            assert not answer.choices[0].message.content.startswith(STAND_IN), (prompt, answer.model)
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
