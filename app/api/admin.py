@@ -19,7 +19,7 @@ from app.profiling.jobs import ACTIVE
 from app.runtime.config import PriceIn
 from app.runtime.gateway import Gateway, gateway_of
 from models_registry.base import RegistryUnavailable
-from models_registry.records import JobRecord, ModelRecord
+from models_registry.records import JobRecord, JobState, ModelRecord
 from router_core.pricing import InvalidField
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
@@ -232,7 +232,7 @@ async def reprofile_model(name: str, request: Request, body: JobOptionsIn | None
 
 
 @router.get("/jobs")
-async def list_jobs(request: Request, model: str | None = None, state: str | None = None) -> dict:
+async def list_jobs(request: Request, model: str | None = None, state: JobState | None = None) -> dict:
     """Profiling jobs, oldest first (of one model, in one state)."""
     jobs = await writing(gateway_of(request).registry.list_jobs(model))
     return {"data": [job_json(j) for j in jobs if state is None or j.state == state]}
@@ -248,7 +248,12 @@ async def get_job(job_id: str, request: Request) -> dict:
 
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, request: Request) -> dict:
-    return job_json(await writing(gateway_of(request).jobs.cancel(job_id)))
+    """Stop a running or paused job. One cancelled already is answered as it is; one that ended
+    otherwise (done, failed) is a 409, as pausing or resuming it is: nothing was stopped."""
+    job = await writing(gateway_of(request).jobs.cancel(job_id))
+    if job.state != "cancelled":
+        raise APIError(409, f"job {job_id} is {job.state}, not running or paused", param="id", code="job_not_active")
+    return job_json(job)
 
 
 @router.post("/jobs/{job_id}/pause")

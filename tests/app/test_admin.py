@@ -263,6 +263,16 @@ def test_reprofile_keeps_the_old_profile_routing_through_outage_cancel_and_spend
         assert admin(gw, "GET", "/models/m").json()["profile"]["n_prompts"] == 10
         states = [j["state"] for j in admin(gw, "GET", "/jobs", params={"model": "m"}).json()["data"]]
         assert states == ["done", "cancelled", "failed", "done"]
+        # a job that has ended is not cancelled afterwards; one cancelled already answers as it is
+        ended = admin(gw, "POST", f"/jobs/{first['id']}/cancel")
+        assert ended.status_code == 409 and ended.json()["error"]["code"] == "job_not_active"
+        assert admin(gw, "GET", f"/jobs/{first['id']}").json()["state"] == "done"
+        again = admin(gw, "POST", f"/jobs/{paused['id']}/cancel")
+        assert again.status_code == 200 and again.json()["state"] == "cancelled"
+        # a state filter that names no state is refused, not an empty list
+        typo = admin(gw, "GET", "/jobs", params={"state": "canceled"})
+        assert typo.status_code == 400 and typo.json()["error"]["param"] == "query.state"
+        assert len(admin(gw, "GET", "/jobs", params={"state": "cancelled"}).json()["data"]) == 1
 
 
 def test_a_first_job_cancelled_leaves_a_model_failed_that_enabling_does_not_route(make_gateway, fault_upstream):
