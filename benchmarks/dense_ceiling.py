@@ -114,7 +114,8 @@ def mlp_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, hidden: int = 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_arguments(p)
-    p.add_argument("--lexical", action="store_true", help="add ridge probes on a bag of words, alone and with the embedding")
+    p.add_argument("--lexical", action="store_true",
+                   help="add ridge probes on a bag of words, alone and with the embedding")
     p.add_argument("--labels-on-x", action="store_true",
                    help="add the ridge probe on the training LLMs' labels on the routed prompt (no router can be it)")
     p.add_argument("--json", dest="json_out", required=True)

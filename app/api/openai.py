@@ -290,7 +290,8 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     why = ""
     try:
         if parse_router_model(model_id, gw.settings) is not None:
-            return JSONResponse({"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "uniroute"})
+            return JSONResponse({"id": model_id, "object": "model", "created": int(time.time()),
+                                 "owned_by": "uniroute"})
     except GatewayError as exc:
         why = f": {exc.message}"
     raise APIError(404, f"The model `{model_id}` does not exist{why}", param="model", code="model_not_found")

@@ -186,6 +186,11 @@ class _Run:
         self._stop.set()
 
 
+def declined_ids(answers: dict[str, GradedAnswer]) -> set[str]:
+    """The prompts among `answers` that the model declined: unanswerable, not failures."""
+    return {pid for pid, a in answers.items() if a.error is not None and a.declined}
+
+
 @dataclass(eq=False)
 class JobRunner:
     """Runs profiling jobs inside one gateway; see the module docstring. `clusters` gives the
@@ -377,7 +382,7 @@ class JobRunner:
         stored = await self._job_answers(job, repset.version, items)
         graded = {pid for pid, a in stored.items() if a.error is None}
         # a resumed job does not ask again what the model declined before
-        declined = {pid for pid, a in stored.items() if a.error is not None and a.declined}
+        declined = declined_ids(stored)
         todo = deque(item for item in items if item.id not in graded and item.id not in declined)
         job.total, job.done, job.declined = len(items), len(graded), len(declined)
         metrics = self.metrics
@@ -430,7 +435,7 @@ class JobRunner:
         stored = await self._job_answers(job, repset.version, items)
         answers = {pid: a for pid, a in stored.items() if a.error is None}
         # prompts the model declines are unanswerable, not failures: out of the coverage count
-        declined = {pid for pid, a in stored.items() if a.error is not None and a.declined}
+        declined = declined_ids(stored)
         cover = coverage(clusters, [item.id for item in items if item.id not in declined], set(answers))
         policy = self.resilience
         if not cover.meets(policy.min_coverage, policy.min_cluster_coverage):

@@ -62,8 +62,8 @@ def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_orac
                   "--cache-dir", shared_cache, "--trials", "2", "--lexical", "--labels-on-x", "--json", str(out))
     methods = json.loads(out.read_text())["methods"]
     assert methods["zero_router"]["closure"] == 0.0 and methods["oracle"]["closure"] == pytest.approx(1.0)
-    assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10", "mlp_dense hidden=64", "ridge_lexical alpha=10",
-            "ridge_lexical+embedding alpha=10", "train_llm_labels_on_x alpha=10"} <= set(methods)
+    assert {"knn_dense k=40", "kmeans_dense K=3", "ridge_dense alpha=10", "mlp_dense hidden=64",
+            "ridge_lexical alpha=10", "ridge_lexical+embedding alpha=10", "train_llm_labels_on_x alpha=10"} <= set(methods)
     for m in methods.values():  # per-trial areas, for paired comparisons between probes
         assert len(m["trial_areas"]) == 2 and np.mean(m["trial_areas"]) == pytest.approx(m["area"])
     for m in methods.values():
