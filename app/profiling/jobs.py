@@ -354,7 +354,7 @@ class JobRunner:
     def _forget_progress(self, model: str) -> None:
         """Drop the model's progress series: a gauge left behind would show a stopped job as
         still at its last count."""
-        for gauge in (self.metrics.profiling_done, self.metrics.profiling_total):
+        for gauge in (self.metrics.profiling_done, self.metrics.profiling_total, self.metrics.profiling_declined):
             try:
                 gauge.remove(model)
             except KeyError:
@@ -388,6 +388,7 @@ class JobRunner:
         metrics = self.metrics
         metrics.profiling_total.labels(record.name).set(job.total)
         metrics.profiling_done.labels(record.name).set(job.done)
+        metrics.profiling_declined.labels(record.name).set(job.declined)
         started, settled_at_start = time.monotonic(), job.done + job.declined
         run = _Run(self.resilience)
         tries: Counter[str] = Counter()
@@ -410,6 +411,7 @@ class JobRunner:
                 elif answer.declined:  # the upstream is up and refused this prompt: not asked again
                     run.succeeded()
                     job.declined += 1
+                    metrics.profiling_declined.labels(record.name).set(job.declined)
                 else:
                     job.errors += 1
                     run.failed(answer.error)

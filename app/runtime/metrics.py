@@ -111,6 +111,10 @@ class Metrics:
         self.profiling_total = Gauge(
             "uniroute_profiling_prompts", "Prompts a model's running profiling job must grade.",
             ["model"], registry=r, multiprocess_mode="livemostrecent")
+        # done + declined reaches the total when every prompt is settled.
+        self.profiling_declined = Gauge(
+            "uniroute_profiling_prompts_declined", "Prompts the model refused in its running profiling job.",
+            ["model"], registry=r, multiprocess_mode="livemostrecent")
         self.profiling_upstream_seconds = Histogram(
             "uniroute_profiling_upstream_seconds",
             "Upstream time to response headers of profiling and judge calls, by model (not client traffic).",
@@ -152,7 +156,7 @@ class Metrics:
 
 # The profiling progress gauges: a worker's files keep a series it removed (prometheus_client
 # cannot remove one in multiprocess mode), so the scrape drops those of jobs no longer running.
-_PROGRESS = ("uniroute_profiling_prompts_done", "uniroute_profiling_prompts")
+_PROGRESS = ("uniroute_profiling_prompts_done", "uniroute_profiling_prompts", "uniroute_profiling_prompts_declined")
 
 
 class _Workers:

@@ -60,6 +60,8 @@ def test_a_resumed_job_does_not_ask_again_what_the_model_declined(tmp_path, shar
         while (running := admin(gw, "GET", f"/jobs/{job_id}").json())["done"] < 10:
             time.sleep(0.02)
         assert running["declined"] == 5 and running["errors"] == 0
+        assert series(gw, "uniroute_profiling_prompts_declined", "picky") == [
+            'uniroute_profiling_prompts_declined{model="picky"} 5.0']
     declined_prompts = [req.body["messages"][0]["content"] for req in upstream.received[:5]]
     with serve(create_app(settings)) as gw:
         wait_ready(gw)
