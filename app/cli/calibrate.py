@@ -18,7 +18,7 @@ from app.cli import DEFAULT_CACHE, AdminError, UsageError, admin_call, one_line_
 from app.demo import ROUTERBENCH_DIR
 from app.demo.arena import load_arena
 from app.demo.models import add_demo_models
-from app.runtime.config import Settings
+from app.runtime.config import load_settings
 from router_core.datasets import FORMATS, load_dataset
 from router_core.router import UniRouter
 
@@ -50,8 +50,8 @@ def fetch_curve(url: str, admin_key: str | None, models: str | None) -> dict:
 
 def local_curve(args: argparse.Namespace) -> dict:
     """The curve of a dataset's models under the given state and representative set."""
-    settings = Settings()
-    try:
+    try:  # a ConfigError is a ValueError: reported in one line as the dataset's errors are
+        settings = load_settings()
         dataset = load_dataset(args.data, args.format)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None

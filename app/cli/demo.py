@@ -26,7 +26,7 @@ from app.cli.serve import serve
 from app.demo import ROUTERBENCH_DIR
 from app.demo.arena import load_arena
 from app.demo.models import demo_configs, judge_config
-from app.runtime.config import Settings
+from app.runtime.config import ConfigError, load_settings
 from router_core.datasets import load_routerbench
 from router_core.repset import load_repset
 
@@ -89,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
                          f"perhaps an earlier demo's replay upstream: stop it or pass --upstream-port")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # One worker: a trial on one machine, whose one child process is its replay upstream.
+    # Room for the recorded open-ended answers (99th percentile about 1,100 tokens): a cut
+    # answer is not the recorded one, and the replay judge has no rating for it.
+    try:
+        settings = load_settings(host=args.host, port=args.port, sqlite_path=str(workdir / "registry.db"),
+                                 profile_max_tokens=DEMO_PROFILE_MAX_TOKENS, workers=1)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     # SIGTERM stops the demo as Ctrl-C does: uvicorn shuts down on either, then re-raises the
     # signal, which by default would end this process before it stops its child.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -99,11 +107,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         base_url = f"http://127.0.0.1:{args.upstream_port}/v1"
         wait_until_up(f"{base_url}/models", upstream)
-        # room for the recorded open-ended answers (99th percentile about 1,100 tokens): a cut
-        # answer is not the recorded one, and the replay judge has no rating for it
-        # One worker: a trial on one machine, whose one child process is its replay upstream.
-        settings = Settings(host=args.host, port=args.port, sqlite_path=str(workdir / "registry.db"),
-                            profile_max_tokens=DEMO_PROFILE_MAX_TOKENS, workers=1)
         repset, arena = load_repset(settings.repset_path), load_arena()
         settings.models = demo_configs(load_routerbench(ROUTERBENCH_DIR), arena, repset.items, base_url, workdir)
         judge = judge_config(arena, repset.items, base_url)

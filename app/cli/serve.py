@@ -8,7 +8,8 @@ import logging
 import uvicorn
 
 from app.api.main import create_app
-from app.runtime.config import Settings, load_settings, worker_count
+from app.cli import one_line_errors
+from app.runtime.config import ConfigError, Settings, load_settings, worker_count
 from app.runtime.workers import LOG_FORMAT, run_workers
 
 
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@one_line_errors("serve", ConfigError, 2, "error: ")
 def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
                  if v is not None}

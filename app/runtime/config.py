@@ -6,11 +6,21 @@ the YAML file named by `UNIROUTE_CONFIG`, then the defaults below. Nested fields
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from typing import Annotated, ClassVar, Literal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -51,6 +61,8 @@ class PriceIn(BaseModel):
 
 class ModelConfig(BaseModel):
     """A model declared in the config file; registered at start if the registry lacks it."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
     name: str
     base_url: str
@@ -123,6 +135,8 @@ class BudgetConfig(BaseModel):
     """The online budget guard: a spend target per time window, per client key when keys are
     configured (else for the whole gateway). No target: the guard is off."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
+
     target: float | None = Field(None, gt=0, allow_inf_nan=False)
     window_s: float = Field(3600.0, gt=0)
 
@@ -130,6 +144,8 @@ class BudgetConfig(BaseModel):
 class CaptureConfig(BaseModel):
     """Opt-in capture of routed prompts' routing texts (README, "Capture"): off while
     `sample_rate` is 0. At most `max_prompts` are kept, none older than `retention_days`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
     sample_rate: float = Field(0.0, ge=0, le=1)
     max_prompts: int = Field(10_000, ge=1)
@@ -139,6 +155,8 @@ class CaptureConfig(BaseModel):
 class Timeouts(BaseModel):
     """Upstream timeouts in seconds. `read_s` bounds every wait for data: from sending the request
     to the first byte, and between chunks."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
     connect_s: float = Field(3.0, gt=0)
     read_s: float = Field(60.0, gt=0)
@@ -273,8 +291,38 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = settings_cls.config_file or os.environ.get("UNIROUTE_CONFIG")
         if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            sources.append(_ConfigFile(settings_cls, config_file))
         return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """Settings the gateway cannot start with, said in a line for the operator."""
+
+
+class _ConfigFile(YamlConfigSettingsSource):
+    """The YAML config file, refused when it is missing, unreadable, not a mapping or names a
+    setting that does not exist: each would otherwise leave the gateway on defaults unsaid (the
+    settings ignore unknown names, as unrelated UNIROUTE_* variables must not stop a start)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str) -> None:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such config file")
+        self._known = list(settings_cls.model_fields)  # the file is read by super().__init__
+        super().__init__(settings_cls, yaml_file=path)
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{file_path}: cannot be read as YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file_path}: must be a mapping of settings, not a {type(data).__name__}")
+        for key in data:
+            if key not in self._known:
+                close = difflib.get_close_matches(str(key), self._known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{file_path}: unknown setting {key!r}{hint}")
+        return data
 
 
 def _is_number(text: str) -> bool:
@@ -299,6 +347,11 @@ def worker_count(settings: Settings) -> int:
 
 def load_settings(config_file: str | None = None, **overrides: object) -> Settings:
     """Settings from `config_file` (else UNIROUTE_CONFIG's file), the environment and `overrides`,
-    leaving the process environment as it is."""
+    leaving the process environment as it is; ConfigError, one line, for settings that cannot be
+    used."""
     cls = Settings if config_file is None else type("Settings", (Settings,), {"config_file": config_file})
-    return cls(**overrides)
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None

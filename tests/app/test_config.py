@@ -1,0 +1,76 @@
+"""The config file and settings refuse what they cannot use, in one line, instead of starting the
+gateway on defaults: a missing file, a file that is not a mapping of settings, a misspelt setting
+(top level or nested), a value out of range. `uniroute serve` and `uniroute demo` say so and exit 2."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.runtime.config import ConfigError, load_settings
+from tests.support.redis_server import free_port
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_valid_file_is_read(tmp_path):
+    settings = load_settings(write(tmp_path, "default_cost_weight: 0.3\ntimeouts: {read_s: 12}\n"))
+    assert settings.default_cost_weight == 0.3 and settings.timeouts.read_s == 12
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("defualt_cost_weight: 0.3\n", "unknown setting 'defualt_cost_weight' (did you mean 'default_cost_weight'?)"),
+    ("- a\n- b\n", "must be a mapping of settings, not a list"),
+    ("models: [\n", "cannot be read as YAML"),
+    ("timeouts: {read: 12}\n", "timeouts.read: Extra inputs are not permitted"),
+    ("models:\n  - {name: a, base_url: 'http://x/v1', upstream_modle: b}\n",
+     "models.0.upstream_modle: Extra inputs are not permitted"),
+    ("capture: {sample_rate: 2}\n", "capture.sample_rate: Input should be less than or equal to 1"),
+    ("default_cost_weight: .nan\n", "default_cost_weight: Input should be a finite number"),
+])
+def test_a_file_the_gateway_cannot_use_is_one_clear_error(tmp_path, text, said):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_missing_config_file_is_an_error_not_the_defaults(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(str(tmp_path / "typo.yaml"))
+
+
+def test_a_nested_environment_variable_naming_no_field_is_an_error(monkeypatch):
+    monkeypatch.setenv("UNIROUTE_TIMEOUTS__READ", "30")
+    with pytest.raises(ConfigError, match="timeouts.read: Extra inputs are not permitted"):
+        load_settings()
+
+
+def cli(*args: str, config: str | None = None, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIROUTE_")}
+    if config is not None:
+        env["UNIROUTE_CONFIG"] = config
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_serve_and_demo_stop_on_a_bad_config_with_one_line_and_serve_nothing(tmp_path):
+    port, upstream_port = free_port(), free_port()
+    typo = write(tmp_path, "defualt_cost_weight: 0.3\n")
+    served = cli("serve", "--port", str(port), "--config", str(tmp_path / "nowhere.yaml"), cwd=tmp_path)
+    assert served.returncode == 2 and "Traceback" not in served.stderr
+    assert served.stderr.strip() == f"uniroute serve: error: {tmp_path / 'nowhere.yaml'}: no such config file"
+    demo = cli("demo", "--port", str(port), "--upstream-port", str(upstream_port), "--workdir", str(tmp_path / "d"),
+               config=typo, cwd=tmp_path)
+    assert demo.returncode == 2 and "Traceback" not in demo.stderr
+    assert demo.stderr.strip().endswith("unknown setting 'defualt_cost_weight' (did you mean 'default_cost_weight'?)")
+    for listening in (port, upstream_port):  # neither the gateway nor the demo's replay upstream started
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{listening}/healthz", timeout=2)
