@@ -21,6 +21,11 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+def test_the_example_config_loads_with_every_key_known():
+    settings = load_settings(str(Path(__file__).resolve().parents[2] / "config.example.yaml"))
+    assert settings.models and all(m.base_url.startswith("http") for m in settings.models)
+
+
 def test_a_valid_file_is_read(tmp_path):
     settings = load_settings(write(tmp_path, "default_cost_weight: 0.3\ntimeouts: {read_s: 12}\n"))
     assert settings.default_cost_weight == 0.3 and settings.timeouts.read_s == 12
