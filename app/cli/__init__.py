@@ -3,6 +3,7 @@ errors, the embedding cache's default place, and the admin API client."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,23 @@ import httpx
 Command = Callable[[argparse.Namespace], int]
 
 DEFAULT_CACHE = Path.home() / ".cache" / "uniroute" / "embeddings"
+
+
+def gateway_options(command: argparse.ArgumentParser) -> None:
+    """`--url` and `--admin-key` (UNIROUTE_URL, UNIROUTE_ADMIN_KEY) on a command whose verbs talk
+    to a running gateway; `verbs_take_gateway_options` lets each verb take them after it too."""
+    command.add_argument("--url", default=os.environ.get("UNIROUTE_URL", "http://127.0.0.1:8000"),
+                         help="the gateway (default: UNIROUTE_URL, else http://127.0.0.1:8000)")
+    command.add_argument("--admin-key", default=os.environ.get("UNIROUTE_ADMIN_KEY"),
+                         help="the admin key (default: UNIROUTE_ADMIN_KEY)")
+
+
+def verbs_take_gateway_options(verbs: argparse._SubParsersAction) -> None:
+    """`uniroute models list --admin-key K` as well as `uniroute models --admin-key K list`: the
+    verbs' own copies set nothing unless given (SUPPRESS), so the command's value stands."""
+    for verb in verbs.choices.values():
+        verb.add_argument("--url", default=argparse.SUPPRESS, help="the gateway (also before the verb)")
+        verb.add_argument("--admin-key", default=argparse.SUPPRESS, help="the admin key (also before the verb)")
 
 
 class UsageError(Exception):

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from tqdm import tqdm
 
-from app.cli import AdminError, admin_call, one_line_errors
+from app.cli import (
+    AdminError,
+    UsageError,
+    admin_call,
+    gateway_options,
+    one_line_errors,
+    verbs_take_gateway_options,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="register, list, show, remove, reprofile and audit models, follow their jobs")
-    p.add_argument("--url", default=os.environ.get("UNIROUTE_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--admin-key", default=os.environ.get("UNIROUTE_ADMIN_KEY"))
+    gateway_options(p)
     verbs = p.add_subparsers(dest="verb", required=True)
 
     add = verbs.add_parser("add", help="register a model and follow its profiling job")
@@ -69,6 +74,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     answers.add_argument("--limit", type=int, default=20)
     answers.add_argument("--offset", type=int, default=0)
     answers.set_defaults(func=cmd_answers)
+    verbs_take_gateway_options(verbs)
+
+
+def read_scores(path: str) -> dict:
+    """The {prompt_id: score} JSON file `--scores` names; UsageError when it cannot be read."""
+    try:
+        with open(path) as f:
+            scores = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"--scores {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"--scores {path}: not JSON: {exc}") from None
+    if not isinstance(scores, dict):
+        raise UsageError(f"--scores {path}: must be a JSON object {{prompt_id: score}}, not a {type(scores).__name__}")
+    return scores
 
 
 def job_options(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +132,7 @@ def follow(args: argparse.Namespace, job_id: str) -> dict:
 run_safely = one_line_errors("models", AdminError, 1)
 
 
+@one_line_errors("models", UsageError, 2, "error: ")
 @run_safely
 def cmd_add(args: argparse.Namespace) -> int:
     cost = {k: v for k, v in (("input_per_mtok", args.input_per_mtok), ("output_per_mtok", args.output_per_mtok),
@@ -122,8 +143,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     if args.api_key_env:
         body["api_key_env"] = args.api_key_env
     if args.scores:
-        with open(args.scores) as f:
-            body["scores"] = json.load(f)
+        body["scores"] = read_scores(args.scores)
     if job_body(args):
         body["job"] = job_body(args)
     try:

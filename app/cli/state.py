@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-from app.cli import AdminError, admin_call, one_line_errors
+from app.cli import (
+    AdminError,
+    admin_call,
+    gateway_options,
+    one_line_errors,
+    verbs_take_gateway_options,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("state", help="show or switch a running gateway's router state")
-    p.add_argument("--url", default=os.environ.get("UNIROUTE_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--admin-key", default=os.environ.get("UNIROUTE_ADMIN_KEY"))
+    gateway_options(p)
     verbs = p.add_subparsers(dest="verb", required=True)
     verbs.add_parser("show", help="the active state, its clusters and the pending migration").set_defaults(func=cmd_show)
     apply = verbs.add_parser("apply", help="switch to another state and representative set, live")
@@ -32,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     commit.add_argument("--force", action="store_true", help="even if some model is not ready")
     commit.set_defaults(func=cmd_commit)
     verbs.add_parser("abandon", help="abandon the pending migration").set_defaults(func=cmd_abandon)
+    verbs_take_gateway_options(verbs)
 
 
 def _print(doc: dict) -> int:

@@ -3,6 +3,7 @@ running gateway's admin API for ops; Ctrl-C stops following a job, not the job."
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -52,6 +53,45 @@ def test_errors_are_one_line_and_exit_1(make_gateway, capsys):
         assert code == 1 and "HTTP 401" in capsys.readouterr().err
     code = main(["models", "--url", "http://127.0.0.1:9", "list"])
     assert code == 1 and "cannot reach the gateway" in capsys.readouterr().err
+
+
+def test_the_gateway_options_also_follow_the_verb(make_gateway, capsys, monkeypatch):
+    monkeypatch.delenv("UNIROUTE_ADMIN_KEY", raising=False)
+    monkeypatch.delenv("UNIROUTE_URL", raising=False)
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        capsys.readouterr()
+        assert main(["models", "list", "--url", gw, "--admin-key", ADMIN]) == 0
+        assert capsys.readouterr().out.startswith("name")
+        assert main(["state", "show", "--url", gw, "--admin-key", ADMIN]) == 0
+        assert json.loads(capsys.readouterr().out)["state"]["version"]
+        # before the verb as ever; given in both places, the verb's wins
+        assert main(["models", "--url", gw, "--admin-key", "wrong", "list", "--admin-key", ADMIN]) == 0
+        assert main(["models", "--url", gw, "--admin-key", ADMIN, "list", "--admin-key", "wrong"]) == 1
+        assert "HTTP 401" in capsys.readouterr().err
+
+
+def test_an_unreadable_scores_file_is_one_line_and_exit_2(tmp_path, capsys):
+    bad, listed = tmp_path / "bad.json", tmp_path / "list.json"
+    bad.write_text("{bad")
+    listed.write_text("[1]")
+    for path, said in ((tmp_path / "none.json", "No such file or directory"), (bad, "not JSON"),
+                       (listed, "must be a JSON object")):
+        code = main(["models", "--url", "http://127.0.0.1:9", "add", "m", "--base-url", "http://x/v1",
+                     "--per-request", "1", "--scores", str(path)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"uniroute models: error: --scores {path}: ") and said in err
+        assert err.count("\n") == 1
+
+
+def test_a_listing_whose_reader_has_gone_ends_quietly(make_gateway):
+    # `uniroute models list | head -0`: the reading end of the pipe is closed before a line is printed
+    read, write = os.pipe()
+    os.close(read)
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        lister = subprocess.run([sys.executable, "-m", "app.cli.main", "models", "--url", gw, "--admin-key", ADMIN,
+                                 "list"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert lister.returncode == 141 and lister.stderr == "", lister.stderr
 
 
 def test_jobs_reprofile_cancel_disable_and_enable(make_gateway, fault_upstream, capsys):
