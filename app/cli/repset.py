@@ -22,7 +22,14 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from app.cli import DEFAULT_CACHE, AdminError, UsageError, admin_call, one_line_errors
+from app.cli import (
+    DEFAULT_CACHE,
+    AdminError,
+    UsageError,
+    admin_call,
+    gateway_options,
+    one_line_errors,
+)
 from router_core.repset_build import DEFAULT_THRESHOLD
 
 DEFAULT_GRADER = "llm_judge:rating"
@@ -41,9 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cosine similarity at which two prompts count as one (default %(default)s)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--reference-model", help="registered model whose answers become judge items' references")
-    b.add_argument("--url", default=os.environ.get("UNIROUTE_URL", "http://127.0.0.1:8000"), help="the gateway")
-    b.add_argument("--admin-key", default=os.environ.get("UNIROUTE_ADMIN_KEY"),
-                   help="checks that the reference model is registered")
+    gateway_options(b)  # the admin key checks that the reference model is registered
     b.add_argument("--api-key", default=os.environ.get("UNIROUTE_API_KEY"), help="the gateway's client key, if any")
     b.add_argument("--max-tokens", type=int, default=1024, help="length limit of a reference answer")
     b.add_argument("--concurrency", type=int, default=8)
