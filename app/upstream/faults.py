@@ -17,17 +17,21 @@ will refuse every request: the model is disabled in the registry (`enabled` fals
 `disabled`, `error` starting with `FAULT_PREFIX`), which every replica sees, and stays out until
 `PATCH /admin/models/{name} {"enabled": true}`. Neither the provider's message nor anything
 else of its answer reaches the client. Any other 4xx is the client's own mistake (bad
-parameters): its answer goes back to the client as the upstream sent it.
+parameters): its answer goes back to the client as the upstream sent it; except a prompt longer
+than the model's context (`context_length`, told by OpenAI's, vLLM's and llama.cpp's error
+bodies): the router chose that model, and another may have room for the prompt, so the next
+model is tried; when none is left the client gets the last refusal as the upstream sent it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from app.upstream.http1 import ConnectFailed, Disconnected, UpstreamError, WriteFailed
 
 FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "rate_limit",
-                     "server", "bad_body", "cut", "client_error"]
+                     "server", "bad_body", "cut", "context_length", "client_error"]
 
 # The path every registered model was profiled through: a 404 there means the model is gone.
 PROFILED_PATH = "/chat/completions"
@@ -57,19 +61,45 @@ POLICIES: dict[FaultClass, Policy] = {
     **dict.fromkeys(("connect", "write", "rate_limit", "server"), _RETRY),
     **dict.fromkeys(("timeout", "read", "disconnect", "bad_body", "cut"), _NEXT),
     **dict.fromkeys(("auth", "not_found"), _REFUSED),
+    # the prompt does not fit this model: another may take it; the model is as healthy as before
+    "context_length": Policy(retry=False, fallback=True, cooldown=False, disable=False),
     # the client's own mistake: back to it as the upstream said it
     "client_error": Policy(retry=False, fallback=False, cooldown=False, disable=False),
 }
+
+# How servers say a prompt is longer than the model's context: OpenAI's `code`, llama.cpp's
+# `type`, and the messages of OpenAI and vLLM ("maximum context length is N tokens") and of
+# llama.cpp ("exceeds the available context size").
+_CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error"}
+_CONTEXT_MESSAGE = re.compile(r"maximum context length|exceeds the available context size", re.IGNORECASE)
+
+
+def exceeds_context(body: Any) -> bool:
+    """Whether an upstream's 4xx error body says the prompt is longer than the model's context:
+    `{"error": {...}}` as OpenAI, llama.cpp and recent vLLM send it, or the fields at the top
+    level (`"object": "error"`) as earlier vLLM releases did."""
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    if not isinstance(error, dict):
+        if body.get("object") != "error":
+            return False
+        error = body
+    if error.get("code") in _CONTEXT_CODES or error.get("type") in _CONTEXT_CODES:
+        return True
+    return isinstance(error.get("message"), str) and bool(_CONTEXT_MESSAGE.search(error["message"]))
 
 
 class UpstreamFault(Exception):
     """A failed attempt: its class (`kind`) and a description the client may see (never the
     upstream's own message)."""
 
-    def __init__(self, kind: FaultClass, detail: str, status: int | None = None) -> None:
+    def __init__(self, kind: FaultClass, detail: str, status: int | None = None, reply: Any = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.status = status
+        # The upstream's own answer, relayed as it is when no model is left to try (context_length).
+        self.reply = reply
 
     @property
     def policy(self) -> Policy:

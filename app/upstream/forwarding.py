@@ -23,6 +23,7 @@ from app.upstream.faults import (
     UpstreamFault,
     describe,
     disables,
+    exceeds_context,
     status_class,
     transport_class,
 )
@@ -145,7 +146,8 @@ class Forwarder:
     ) -> UpstreamReply:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
         when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
-        as it is, untried elsewhere. `strip_usage`: streams' usage chunks are read, not passed on.
+        as it is, untried elsewhere, but for a prompt longer than the model's context: the next
+        target is tried, and the last one's refusal answered as it is. `strip_usage`: streams' usage chunks are read, not passed on.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
         configured deadline passes first.
@@ -155,7 +157,7 @@ class Forwarder:
         waited = 0.0
         try:
             async with asyncio.timeout(self.deadline_s):
-                for record in targets:
+                for position, record in enumerate(targets):
                     payload = orjson.dumps({**body, "model": record.upstream_model})
                     headers = upstream_headers(record, client_headers)
                     url = upstream_url(record, path)
@@ -168,6 +170,10 @@ class Forwarder:
                             waited += time.perf_counter() - start
                             last = fault
                             await self._failed(record, path, fault)
+                            if fault.reply is not None and position == len(targets) - 1:
+                                answer = fault.reply  # no model left: the upstream's own refusal
+                                answer.upstream_seconds, answer.attempts = waited, attempts
+                                return answer
                             if not fault.policy.retry:
                                 break
                             continue
@@ -218,8 +224,12 @@ class Forwarder:
                 parsed = orjson.loads(content)
             except orjson.JSONDecodeError:
                 parsed = error_body(content.decode(errors="replace")[:500], "upstream_error")
-            return UpstreamReply(record, response.status, elapsed, body=orjson.dumps(parsed), json=parsed,
-                          request_id=request_id)
+            reply = UpstreamReply(record, response.status, elapsed, body=orjson.dumps(parsed), json=parsed,
+                                  request_id=request_id)
+            if exceeds_context(parsed):
+                raise UpstreamFault("context_length", f"the prompt does not fit the context of {record.name} "
+                                    f"(HTTP {response.status})", response.status, reply)
+            return reply
         if not stream:
             try:
                 parsed = orjson.loads(content)

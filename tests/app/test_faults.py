@@ -7,6 +7,7 @@ import openai
 import orjson
 import pytest
 
+from app.upstream.faults import exceeds_context
 from tests.support.clients import client, hanging_post, metric, wait_for
 from tests.support.fault_upstream import Fault, closed_port, hangup_server
 
@@ -224,6 +225,49 @@ def test_a_client_error_goes_back_as_the_upstream_said_it_without_retry_or_fallb
         assert record["enabled"] is True
 
 
+@pytest.mark.parametrize("body,too_long", [
+    ({"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+                           "9000 tokens.", "type": "invalid_request_error", "param": "messages",
+                "code": "context_length_exceeded"}}, True),  # OpenAI
+    ({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested "
+                                    "5000 tokens.", "type": "BadRequestError", "param": None, "code": 400}, True),  # vLLM
+    ({"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error", "n_prompt_tokens": 5000, "n_ctx": 4096}}, True),  # llama.cpp
+    ({"error": {"message": "temperature must be at most 2", "type": "invalid_request_error", "code": None}}, False),
+    ({"detail": "Not Found"}, False),
+    (["not", "an", "object"], False),
+])
+def test_a_context_length_refusal_is_told_from_other_client_errors(body, too_long):
+    assert exceeds_context(body) is too_long
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_too_long_for_the_chosen_model_goes_to_the_next_one(pair, stream):
+    upstream, make = pair
+    long_prompt = [{"role": "user", "content": "Summarise this: " + "word " * 400}]  # ~500 tokens
+    with make(":context=100") as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=long_prompt,
+                                                                   stream=stream)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert (upstream.calls["first:context=100"], upstream.calls["second"]) == (1, 1)
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 1
+        # a prompt that fits still goes to the better model, which no cooldown or disabling touched
+        short = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert short.headers["x-uniroute-model"] == "first"
+
+
+def test_a_prompt_too_long_for_every_model_gets_the_last_refusal_as_the_upstream_said_it(pair):
+    upstream, make = pair
+    long_prompt = [{"role": "user", "content": "word " * 400}]
+    with make(":context=100") as gw:
+        with pytest.raises(openai.BadRequestError) as err:  # a named model: no other to try
+            client(gw).chat.completions.create(model="first", messages=long_prompt)
+        assert err.value.body["code"] == "context_length_exceeded"
+        assert "maximum context length is 100 tokens" in err.value.body["message"]
+        assert upstream.calls["second"] == 0
+
+
+# --- streams that end early ---------------------------------------------------------------------------
 # --- streams that end early ---------------------------------------------------------------------------
 
 

@@ -22,6 +22,9 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
     pace=S          streamed: wait S seconds between chunks (tokens arriving one by one)
     crlf            streamed: frame events with CRLF line ends, as sse-starlette (so
                     llama-cpp-python) does
+    context=N       a context of N tokens (a token taken as 4 characters of the request's
+                    messages, prompt or input): a longer request gets OpenAI's HTTP 400
+                    `context_length_exceeded`
 
 e.g. "m1:status=429", "m2:delay=0.5", "m3:fail_first=2,status=500", "m4:delay=0.2,cut=3".
 Statuses 401, 403 and 404 carry OpenAI's own bodies, with the provider's message (for 401, a
@@ -120,6 +123,7 @@ class Fault:
     first_token_s: float = 0.0
     pace_s: float = 0.0
     crlf: bool = False
+    context: int | None = None
 
     def failing_status(self, nth: int) -> int | None:
         """The error status for the `nth` request (1-based) under this fault, or None to answer."""
@@ -138,13 +142,14 @@ def parse_fault(spec: str) -> Fault:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
-            elif key in ("status", "fail_first", "cut"):
+            elif key in ("status", "fail_first", "cut", "context"):
                 fields["cut_after" if key == "cut" else key] = int(value)
             else:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
-                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S or crlf") from None
+                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf or context=N"
+                             ) from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
@@ -230,10 +235,15 @@ class FaultUpstream:
     async def _arrive(self, model: str, http: Request) -> Fault:
         """Count and log a request, wait its delay, and raise its failing status; its fault."""
         self.calls[model] += 1
-        self.received.append(ReceivedRequest(http.url.path, model, orjson.loads(await http.body()),
-                                             dict(http.headers)))
+        body = orjson.loads(await http.body())
+        self.received.append(ReceivedRequest(http.url.path, model, body, dict(http.headers)))
         fault, nth = self._fault_for(model)
         await asyncio.sleep(fault.delay_s)
+        tokens = len(orjson.dumps([body.get(k) for k in ("messages", "prompt", "input")])) // 4
+        if fault.context is not None and tokens > fault.context:
+            raise APIError(400, f"This model's maximum context length is {fault.context} tokens. However, your "
+                                f"messages resulted in {tokens} tokens. Please reduce the length of the messages.",
+                           type="invalid_request_error", param="messages", code="context_length_exceeded")
         status = fault.failing_status(nth)
         if status == 401:
             raise APIError(401, f"Incorrect API key provided: {masked_key(http.headers.get('authorization'))}. "
