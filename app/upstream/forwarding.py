@@ -147,7 +147,8 @@ class Forwarder:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
         when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
         as it is, untried elsewhere, but for a prompt longer than the model's context: the next
-        target is tried, and the last one's refusal answered as it is. `strip_usage`: streams' usage chunks are read, not passed on.
+        target is tried, and the last one's refusal answered as it is. `strip_usage`: streams'
+        usage chunks are read, not passed on.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
         configured deadline passes first.
