@@ -40,11 +40,17 @@ _POLICY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class PriceIn(BaseModel):
+class _Closed(BaseModel):
+    """A section of the config (or of a request) that refuses a key it does not know: a
+    misspelt key is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PriceIn(_Closed):
     """A model's price as the config file and the admin API take it: per million input/output
     tokens and/or per request (USD or any one unit). Fields left out are 0."""
 
-    model_config = ConfigDict(extra="forbid")
     input_per_mtok: Amount | None = None
     output_per_mtok: Amount | None = None
     per_request: Amount | None = None
@@ -59,10 +65,8 @@ class PriceIn(BaseModel):
         return Price(self.input_per_mtok or 0.0, self.output_per_mtok or 0.0, self.per_request or 0.0)
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(_Closed):
     """A model declared in the config file; registered at start if the registry lacks it."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
     name: str
     base_url: str
@@ -77,11 +81,10 @@ class ModelConfig(BaseModel):
     enabled: bool = True
 
 
-class EmbeddingsConfig(BaseModel):
+class EmbeddingsConfig(_Closed):
     """The upstream `POST /v1/embeddings` goes to: not a routed LLM, so not in the registry.
     Clients ask for it by `name` (or by a router name such as `uniroute`)."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
     base_url: str
     upstream_model: str | None = None
@@ -89,11 +92,10 @@ class EmbeddingsConfig(BaseModel):
     cost: PriceIn = PriceIn(per_request=0.0)
 
 
-class TargetFields(BaseModel):
+class TargetFields(_Closed):
     """At most one routing target: a cost weight λ, a budget (expected cost per request, in the
     models' cost unit) or a quality (fraction of the best single model's expected score)."""
 
-    model_config = ConfigDict(extra="forbid")
     cost_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     quality: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
@@ -131,32 +133,26 @@ DEFAULT_POLICIES = {
 }
 
 
-class BudgetConfig(BaseModel):
+class BudgetConfig(_Closed):
     """The online budget guard: a spend target per time window, per client key when keys are
     configured (else for the whole gateway). No target: the guard is off."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
     target: float | None = Field(None, gt=0, allow_inf_nan=False)
     window_s: float = Field(3600.0, gt=0)
 
 
-class CaptureConfig(BaseModel):
+class CaptureConfig(_Closed):
     """Opt-in capture of routed prompts' routing texts (README, "Capture"): off while
     `sample_rate` is 0. At most `max_prompts` are kept, none older than `retention_days`."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
     sample_rate: float = Field(0.0, ge=0, le=1)
     max_prompts: int = Field(10_000, ge=1)
     retention_days: float = Field(30.0, gt=0)
 
 
-class Timeouts(BaseModel):
+class Timeouts(_Closed):
     """Upstream timeouts in seconds. `read_s` bounds every wait for data: from sending the request
     to the first byte, and between chunks."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
     connect_s: float = Field(3.0, gt=0)
     read_s: float = Field(60.0, gt=0)
