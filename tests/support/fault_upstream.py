@@ -239,7 +239,7 @@ class FaultUpstream:
         self.received.append(ReceivedRequest(http.url.path, model, body, dict(http.headers)))
         fault, nth = self._fault_for(model)
         await asyncio.sleep(fault.delay_s)
-        tokens = len(orjson.dumps([body.get(k) for k in ("messages", "prompt", "input")])) // 4
+        tokens = approx_tokens(orjson.dumps([body.get(k) for k in ("messages", "prompt", "input")]).decode())
         if fault.context is not None and tokens > fault.context:
             raise APIError(400, f"This model's maximum context length is {fault.context} tokens. However, your "
                                 f"messages resulted in {tokens} tokens. Please reduce the length of the messages.",
