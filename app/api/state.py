@@ -97,11 +97,13 @@ async def examples(gw: Gateway, router: UniRouter) -> list[list[str]] | None:
 
 
 def pending_view(doc: dict | None) -> dict | None:
-    """The pending migration with its overall progress (items graded of items to grade)."""
+    """The pending migration with its overall progress (items graded, and declined by their
+    model, of items to grade)."""
     if doc is None:
         return None
     models = doc.get("models", {})
     return {**doc, "progress": {"done": sum(m.get("done", 0) for m in models.values()),
+                                "declined": sum(m.get("declined", 0) for m in models.values()),
                                 "total": sum(m.get("total", 0) for m in models.values()),
                                 "ready_models": sum(m.get("state") == "ready" for m in models.values()),
                                 "models": len(models)}}

@@ -69,7 +69,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 return _print(view["state"])
             raise AdminError("the migration was abandoned")
         p = current["progress"]
-        print(f"{current['status']}: {p['done']}/{p['total']} items graded, {p['ready_models']}/{p['models']} "
+        declined = f" ({p['declined']} declined)" if p.get("declined") else ""
+        print(f"{current['status']}: {p['done']}/{p['total']} items graded{declined}, {p['ready_models']}/{p['models']} "
               f"models ready, spend {current['spend']:.4g}", file=sys.stderr)
         if current["status"] in ("ready", "stopped", "failed") and (args.manual or current["status"] != "ready"):
             print(f"not switched: {current.get('error') or 'commit it with `uniroute state commit`'}", file=sys.stderr)

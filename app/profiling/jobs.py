@@ -28,12 +28,13 @@ whose cost counts in the job's spend and cap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -134,8 +135,9 @@ def job_items(repset: RepresentativeSet, limit: int | None, seed: int, judge: bo
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
 
 
-class _Run:
-    """One pass of a job over its prompts: failures in a row, the backoff, why it stops."""
+class Pass:
+    """One pass over a model's prompts (a job's, or a state migration's for one model):
+    failures in a row, the backoff, why it stops."""
 
     def __init__(self, resilience: Resilience) -> None:
         self.policy = resilience
@@ -383,51 +385,37 @@ class JobRunner:
         graded = {pid for pid, a in stored.items() if a.error is None}
         # a resumed job does not ask again what the model declined before
         declined = declined_ids(stored)
-        todo = deque(item for item in items if item.id not in graded and item.id not in declined)
+        todo = [item for item in items if item.id not in graded and item.id not in declined]
         job.total, job.done, job.declined = len(items), len(graded), len(declined)
         metrics = self.metrics
         metrics.profiling_total.labels(record.name).set(job.total)
         metrics.profiling_done.labels(record.name).set(job.done)
         metrics.profiling_declined.labels(record.name).set(job.declined)
         started, settled_at_start = time.monotonic(), job.done + job.declined
-        run = _Run(self.resilience)
-        tries: Counter[str] = Counter()
+        run = Pass(self.resilience)
         cap = options.spend_cap
 
-        async def worker() -> None:
-            while todo and not run.stopping:
-                item = todo.popleft()
-                await run.wait_turn()
-                if run.stopping:
-                    return
-                answer = await self._ask(record, item, options)
-                await self.registry.record_answer(record.name, repset.version, answer)
-                job.spend += answer.cost
-                metrics.profiling_spend.labels(record.name).inc(answer.cost)
-                if answer.error is None:
-                    run.succeeded()
-                    job.done += 1
-                    metrics.profiling_done.labels(record.name).set(job.done)
-                elif answer.declined:  # the upstream is up and refused this prompt: not asked again
-                    run.succeeded()
-                    job.declined += 1
-                    metrics.profiling_declined.labels(record.name).set(job.declined)
-                else:
-                    job.errors += 1
-                    run.failed(answer.error)
-                    tries[item.id] += 1
-                    if tries[item.id] < self.resilience.attempts:
-                        todo.append(item)  # asked again once the others have had their turn
-                # a declined prompt is settled as a graded one is: both advance the job
-                settled = job.done + job.declined
-                rate = (settled - settled_at_start) / max(time.monotonic() - started, 1e-6)
-                job.eta_s = (job.total - settled) / rate if rate > 0 else None
-                job.updated_at = time.time()
-                await self.registry.put_job(job)
-                if cap is not None and job.spend >= cap:
-                    run.cap_reached()
+        async def settle(answer: GradedAnswer) -> None:
+            job.spend += answer.cost
+            metrics.profiling_spend.labels(record.name).inc(answer.cost)
+            if answer.error is None:
+                job.done += 1
+                metrics.profiling_done.labels(record.name).set(job.done)
+            elif answer.declined:
+                job.declined += 1
+                metrics.profiling_declined.labels(record.name).set(job.declined)
+            else:
+                job.errors += 1
+            # a declined prompt is settled as a graded one is: both advance the job
+            settled = job.done + job.declined
+            rate = (settled - settled_at_start) / max(time.monotonic() - started, 1e-6)
+            job.eta_s = (job.total - settled) / rate if rate > 0 else None
+            job.updated_at = time.time()
+            await self.registry.put_job(job)
+            if cap is not None and job.spend >= cap:
+                run.cap_reached()
 
-        await asyncio.gather(*(worker() for _ in range(max(1, min(options.concurrency, len(todo))))))
+        await self.ask_each(record, todo, options, run, repset.version, settle)
         if run.pause_reason is not None:
             await self._pause(job, run.pause_reason)
             return
@@ -460,10 +448,36 @@ class JobRunner:
         log.info("profiled %s: accuracy %.3f on %d prompts, spend %.4g", record.name,
                  record.profile.accuracy, record.profile.n_prompts, job.spend)
 
-    async def answer(self, record: ModelRecord, item: RepItem) -> GradedAnswer:
-        """Ask `record` one representative item with the gateway's job options and grade its
-        answer: the unit of profiling, also used by a state migration (app/runtime/migration.py)."""
-        return await self._ask(record, item, self.options)
+    async def ask_each(self, record: ModelRecord, items: list[RepItem], options: JobOptions, run: Pass,
+                       version: str, settle: Callable[[GradedAnswer], Awaitable[None]],
+                       gate: asyncio.Semaphore | None = None) -> None:
+        """Ask `record` each of `items` (`options.concurrency` at a time, and under `gate` when
+        several models' passes share one bound), store every answer under the set `version`, then
+        hand it to `settle`. A failed item is asked again once the others have had their turn, at
+        most `attempts` times; a declined one is not; failures in a row back off and may stop
+        `run` (module docstring). Also a state migration's, per model (app/runtime/migration.py)."""
+        todo = deque(items)
+        tries: Counter[str] = Counter()
+
+        async def worker() -> None:
+            while todo and not run.stopping:
+                item = todo.popleft()
+                await run.wait_turn()
+                if run.stopping:
+                    return
+                async with gate or contextlib.nullcontext():
+                    answer = await self._ask(record, item, options)
+                await self.registry.record_answer(record.name, version, answer)
+                if answer.error is None or answer.declined:  # the upstream is up; a declined item is not asked again
+                    run.succeeded()
+                else:
+                    run.failed(answer.error)
+                    tries[item.id] += 1
+                    if tries[item.id] < self.resilience.attempts:
+                        todo.append(item)
+                await settle(answer)
+
+        await asyncio.gather(*(worker() for _ in range(max(1, min(options.concurrency, len(todo))))))
 
     async def _ask(self, record: ModelRecord, item: RepItem, options: JobOptions) -> GradedAnswer:
         body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,

@@ -8,8 +8,12 @@ the migration's lock) re-profiles every registered model on the new set:
 - answers are stored per representative set version and item id, so a model's graded answers
   to items of the new set it already answered (under the active set) are copied, not asked;
 - the missing items are asked and graded through the profiling machinery
-  (`JobRunner.answer`), `profile_concurrency` at a time, under one total spend cap for the
-  whole migration (`spend_cap`, default `profile_spend_cap`);
+  (`JobRunner.ask_each`), `profile_concurrency` at a time, under one total spend cap for the
+  whole migration (`spend_cap`, default `profile_spend_cap`), each model riding out its
+  upstream's faults as a job does (items asked again, backoff; `profile_pause_after` failures in
+  a row stop asking it), judged items left out without a `judge_model`;
+- a model is ready when its graded answers meet a job's coverage floors (`profile_min_coverage`
+  of the items it did not decline, `profile_min_cluster_coverage` in every cluster);
 - progress is written to the pending document; traffic keeps routing on the active state and
   profiles meanwhile (model records are not touched).
 
@@ -32,20 +36,20 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
 from app.errors import GatewayError
-from app.profiling.jobs import JobRunner
-from app.profiling.profiles import profile_from_answers
+from app.profiling.jobs import JobRunner, Pass, declined_ids, job_items
+from app.profiling.profiles import coverage, profile_from_answers
 from app.routing.service import RoutingService
 from app.runtime.config import Settings
 from models_registry.base import Registry, RegistryUnavailable, hold_lock
-from models_registry.records import ModelRecord
+from models_registry.records import Answer, ModelRecord
 from models_registry.states import Slot, StateStore
 from router_core.profiles import Profile
-from router_core.repset import RepsetError, load_repset
+from router_core.repset import RepItem, RepsetError, load_repset
 from router_core.router import RoutedModel, UniRouter
 from router_core.shipped import state_path
 from router_core.state import RouterState
@@ -306,59 +310,60 @@ class StateManager:
             return
         router = await self._router_for(doc)
         assert router.repset is not None
-        items = router.repset.repset.items
+        # as a job does: without a judge, judged items cannot be graded, so they are not asked
+        items = job_items(router.repset.repset, None, 0, judge=self.settings.judge_model is not None)
         new_version = doc["repset_version"]
         old_version = doc["from"]["repset_version"]
         doc["status"] = "profiling"
-        todo = []
+        todo: dict[str, tuple[ModelRecord, list[RepItem]]] = {}
         for record in [r for r in self.registry.snapshot().values() if _profiled(r)]:
-            have = {pid: a for pid, a in (await self.registry.answers(record.name, new_version)).items()
-                    if a.error is None}
+            stored = await self.registry.answers(record.name, new_version)
+            have = {pid for pid, a in stored.items() if a.error is None}
+            declined = declined_ids(stored)
             old = await self.registry.answers(record.name, old_version) if old_version != new_version else {}
             reused = [old[i.id] for i in items if i.id not in have and i.id in old and old[i.id].error is None]
             for answer in reused:
                 await self.registry.record_answer(record.name, new_version, answer)
-            known = set(have) | {a.prompt_id for a in reused}
-            missing = [i for i in items if i.id not in known]
+            known = have | {a.prompt_id for a in reused}
             progress = doc["models"].setdefault(record.name, {"asked": 0, "errors": 0, "spend": 0.0})
             progress.update(state="profiling", total=len(items), reused=len(reused), done=len(known),
-                            error=None)
-            todo += [(record, item) for item in missing]
+                            declined=len([i for i in items if i.id in declined]), error=None)
+            todo[record.name] = (record, [i for i in items if i.id not in known and i.id not in declined])
         await self._save(doc)
-        sem = asyncio.Semaphore(self.settings.profile_concurrency)
         cap = doc["spend_cap"]
-        over_cap = asyncio.Event()
+        # each model's own backoff and failures in a row (its upstream's outage is its own), one
+        # bound on the requests in flight for the whole migration
+        passes = {name: Pass(self.jobs.resilience) for name in todo}
+        gate = asyncio.Semaphore(self.settings.profile_concurrency)
 
-        async def one(record: ModelRecord, item) -> None:
-            async with sem:
-                if over_cap.is_set():
-                    return
-                answer = await self.jobs.answer(record, item)
-                await self.registry.record_answer(record.name, new_version, answer)
-                p = doc["models"][record.name]
+        def settle_for(name: str) -> Callable[[Answer], Awaitable[None]]:
+            async def settle(answer: Answer) -> None:
+                p = doc["models"][name]
                 p["asked"] += 1
                 p["done"] += answer.error is None
-                p["errors"] += answer.error is not None
+                p["declined"] += answer.error is not None and answer.declined
+                p["errors"] += answer.error is not None and not answer.declined
                 p["spend"] += answer.cost
                 doc["spend"] += answer.cost
                 if cap is not None and doc["spend"] >= cap:
-                    over_cap.set()
+                    for run in passes.values():
+                        run.cap_reached()
                 await self._save(doc)
+            return settle
 
-        await asyncio.gather(*(one(r, i) for r, i in todo))
+        await asyncio.gather(*(self.jobs.ask_each(record, missing, self.jobs.options, passes[name], new_version,
+                                                  settle_for(name), gate)
+                               for name, (record, missing) in todo.items()))
+        over_cap = any(run.over_cap for run in passes.values())
         for name, p in doc["models"].items():
-            graded = await self.registry.answers(name, new_version)
-            good = sum(a.error is None for a in graded.values())
-            p["done"] = good
-            if good == 0:
-                p.update(state="failed", error="no item of the new set was answered")
-            elif len(graded) < len(items):
-                p.update(state="incomplete", error=f"spend cap reached after {len(graded)} of {len(items)} items")
-            else:
-                p.update(state="ready", error=None)
+            p.update(self._readiness(router, items, await self.registry.answers(name, new_version)))
+            if p["state"] == "ready" and over_cap and p["done"] + p["declined"] < p["total"]:
+                p.update(state="incomplete", error=f"spend cap reached after {p['done']} of {p['total']} items")
+            elif p["state"] != "ready" and name in passes and passes[name].pause_reason is not None:
+                p["error"] = f"stopped asking after {passes[name].pause_reason}; {p['error']}"
         behind = sorted(name for name, p in doc["models"].items() if p["state"] != "ready")
         if behind:
-            why = f"spend cap {cap:g} reached; " if over_cap.is_set() else ""
+            why = f"spend cap {cap:g} reached; " if over_cap else ""
             doc.update(status="stopped", error=f"{why}not ready: {', '.join(behind)}; commit with force to switch "
                                                "anyway (they route on what they answered, or not at all)")
         else:
@@ -367,6 +372,27 @@ class StateManager:
         log.info("state migration %s: %s (spend %.4g)", migration_id, doc["status"], doc["spend"])
         if doc["status"] == "ready" and doc["auto_commit"]:
             await self.commit()
+
+    def _readiness(self, router: UniRouter, items: list[RepItem], stored: dict[str, Answer]) -> dict:
+        """A model's progress fields once it has been asked: ready under the rule a profiling job
+        routes by (the coverage floors, declined items left out), else why not."""
+        assert router.repset is not None
+        wanted = {item.id for item in items}
+        stored = {pid: a for pid, a in stored.items() if pid in wanted}
+        good = {pid for pid, a in stored.items() if a.error is None}
+        declined = declined_ids(stored)
+        fields = {"done": len(good), "declined": len(declined)}
+        if not good:
+            why = "the model declined every item of the new set" if declined == wanted else \
+                "no item of the new set was answered"
+            return {**fields, "state": "failed", "error": why}
+        policy = self.jobs.resilience
+        cover = coverage(router.repset, [item.id for item in items if item.id not in declined], good)
+        if not cover.meets(policy.min_coverage, policy.min_cluster_coverage):
+            return {**fields, "state": "incomplete",
+                    "error": "too little graded to route on: " + cover.describe(policy.min_coverage,
+                                                                               policy.min_cluster_coverage)}
+        return {**fields, "state": "ready", "error": None}
 
     async def _save(self, doc: dict, announce: bool = False) -> None:
         doc["updated_at"] = time.time()

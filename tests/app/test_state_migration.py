@@ -10,9 +10,13 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from app.cli.main import main
+from app.demo.replay_upstream import approx_tokens
+from app.runtime.config import ModelConfig
 from router_core.repset import load_repset
+from router_core.shipped import DEFAULT_REPSET
 from tests.app.conftest import ROUTERBENCH_SETTINGS
 
 ADMIN = "migration-admin"
@@ -46,7 +50,7 @@ def test_a_manual_migration_waits_for_its_commit_then_switches(make_gateway, dem
         again = call(gw, "POST", "/state", body)
         assert again.status_code == 409 and again.json()["error"]["code"] == "migration_pending"
         pending = wait_pending(gw, "ready")
-        assert pending["progress"] == {"done": 20 * len(demo_configs), "total": 20 * len(demo_configs),
+        assert pending["progress"] == {"done": 20 * len(demo_configs), "declined": 0, "total": 20 * len(demo_configs),
                                        "ready_models": len(demo_configs), "models": len(demo_configs)}
         assert all(m["asked"] == 20 and m["reused"] == 0 for m in pending["models"].values())
         assert call(gw, "GET", "/state").json()["state"]["repset_items"] == 400  # not switched by itself
@@ -102,3 +106,70 @@ def test_the_spend_cap_stops_the_migration_and_a_forced_commit_switches_anyway(m
         # Those that answered route on the new set; the others keep their profile (same clusters).
         models = {m["name"]: m["profile"]["repset_version"] for m in call(gw, "GET", "/models").json()["data"]}
         assert {n for n, v in models.items() if v == load_repset(repset).version} == answered
+
+
+def mixed_set(tmp_path: Path, n_choice: int = 10, n_judged: int = 10) -> tuple[Path, list[dict]]:
+    """A new set under the same clusters: RouterBench multiple-choice items, then open-ended
+    items graded by the judge (the general set's arena items)."""
+    choice = [json.loads(line) for line in Path(ROUTERBENCH_SETTINGS["repset_path"]).read_text().splitlines()]
+    judged = [row for row in map(json.loads, DEFAULT_REPSET.read_text().splitlines())
+              if row["grader"].startswith("llm_judge")]
+    rows = choice[:n_choice] + judged[:n_judged]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path, rows
+
+
+def test_a_migration_asks_failed_items_again_and_keeps_a_model_it_could_not_grade_enough_from_switching(
+        make_gateway, model_config, fault_upstream, tmp_path):
+    """A migration rides out faults as a profiling job does, and switches only to profiles a job
+    would route on: before, every item was asked once, and a model was ready (and the migration
+    committed) whatever share of its items had failed."""
+    upstream, url = fault_upstream
+    repset, _ = mixed_set(tmp_path)
+    flaky = model_config("flaky", url, upstream_model="flaky:fail_first=3")  # an outage's tail
+    steady = model_config("steady", url)
+    judge = ModelConfig(name="judge", base_url=url, upstream_model="judge:status=500", enabled=False)  # down
+    with make_gateway(models=[flaky, steady, judge], judge_model="judge", admin_key=ADMIN, retries=0,
+                      profile_attempts=2, profile_pause_after=100, profile_backoff_s=0.01,
+                      profile_backoff_max_s=0.05) as gw:
+        body = {"state_dir": ROUTERBENCH_SETTINGS["state_dir"], "repset_path": str(repset)}
+        assert call(gw, "POST", "/state", body).status_code == 202
+        pending = wait_pending(gw, "stopped")
+        models = pending["models"]
+        # the multiple-choice items that failed were asked again and graded
+        assert models["flaky"]["errors"] >= 3 and models["flaky"]["done"] == 10 == models["steady"]["done"]
+        # every judged item failed twice (the judge is down): half the set graded is too little to route on
+        assert upstream.calls["judge:status=500"] == 2 * 2 * 10
+        for name in ("flaky", "steady"):
+            assert models[name]["state"] == "incomplete", models[name]
+            assert models[name]["error"].startswith("too little graded to route on: 10/20 prompts graded")
+        assert set(pending["error"].partition("not ready: ")[2].split(";")[0].split(", ")) == {"flaky", "steady"}
+        assert call(gw, "GET", "/state").json()["state"]["repset_items"] == 400  # not switched
+
+
+def test_without_a_judge_a_migration_leaves_judged_items_out_and_declined_items_do_not_count_against_a_model(
+        make_gateway, model_config, fault_upstream, tmp_path):
+    """As a job does: with no judge_model the judged items are not asked (before, each was asked
+    and failed), and an item the model refuses (a prompt over its context) is declined: counted
+    as such, out of its coverage, never an error."""
+    upstream, url = fault_upstream
+    repset, rows = mixed_set(tmp_path)
+    # the fault upstream's measure of a request (its `context=N` directive)
+    lengths = [approx_tokens(orjson.dumps([[{"role": "user", "content": row["prompt"]}], None, None]).decode())
+               for row in rows[:10]]
+    context = sorted(lengths)[6]
+    too_long = sum(n > context for n in lengths)
+    assert 0 < too_long < 10
+    short = model_config("short", url, upstream_model=f"short:context={context}")
+    with make_gateway(models=[short, model_config("plain", url)], admin_key=ADMIN) as gw:
+        body = {"state_dir": ROUTERBENCH_SETTINGS["state_dir"], "repset_path": str(repset), "auto_commit": False}
+        assert call(gw, "POST", "/state", body).status_code == 202
+        pending = wait_pending(gw, "ready")
+        assert upstream.calls["plain"] == 10 and upstream.calls[f"short:context={context}"] == 10
+        assert {k: pending["models"]["short"][k] for k in ("state", "total", "done", "declined", "errors")} == {
+            "state": "ready", "total": 10, "done": 10 - too_long, "declined": too_long, "errors": 0}
+        assert pending["progress"]["declined"] == too_long and pending["progress"]["done"] == 20 - too_long
+        assert call(gw, "POST", "/state/pending/commit", {"force": False}).status_code == 200
+        for m in call(gw, "GET", "/models").json()["data"]:
+            assert m["state"] == "ready" and m["profile"]["repset_version"] == load_repset(repset).version
