@@ -58,7 +58,14 @@ class RegisterIn(BaseModel):
 
 
 class PatchIn(BaseModel):
+    """What may change on a registered model. Where it is reached (`base_url`, `upstream_model`,
+    `api_key_env`: a moved server, a renamed model, a rotated key's variable) keeps its profile:
+    the LLM is the same one. `api_key_env: null` drops the key."""
+
     model_config = ConfigDict(extra="forbid")
+    base_url: str | None = None
+    upstream_model: str | None = None
+    api_key_env: str | None = None
     cost: PriceIn | None = None
     enabled: bool | None = None
 
@@ -190,6 +197,15 @@ async def show_model(name: str, request: Request) -> dict:
 async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
     gw = gateway_of(request)
     record = existing(gw, name)
+    for field in ("base_url", "upstream_model"):
+        if getattr(body, field) is not None:
+            setattr(record, field, getattr(body, field))
+    if "api_key_env" in body.model_fields_set:
+        record.api_key_env = body.api_key_env
+    try:
+        record.validate()
+    except InvalidField as exc:
+        raise APIError(400, str(exc), param=exc.field, code="invalid_value") from None
     if body.cost is not None:
         record.cost = body.cost.to_price()
     if body.enabled is not None:

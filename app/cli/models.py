@@ -31,15 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add = verbs.add_parser("add", help="register a model and follow its profiling job")
     add.add_argument("name")
-    add.add_argument("--base-url", required=True, help="OpenAI-style base URL, e.g. http://host:8000/v1")
-    add.add_argument("--upstream-model", help="the model name the upstream expects (default: name)")
-    add.add_argument("--api-key-env", help="NAME of the environment variable holding the upstream key")
-    add.add_argument("--input-per-mtok", type=float)
-    add.add_argument("--output-per-mtok", type=float)
-    add.add_argument("--per-request", type=float)
+    upstream_options(add, required=True)
     add.add_argument("--scores", help="JSON file {prompt_id: score}: profile from it, calling nothing")
     job_options(add)
     add.set_defaults(func=cmd_add)
+
+    change = verbs.add_parser("set", help="change where a model is reached (server, name, key variable) or "
+                                          "its price; it keeps its profile")
+    change.add_argument("name")
+    upstream_options(change, required=False)
+    change.add_argument("--no-api-key", action="store_true", help="send no key to its upstream")
+    change.set_defaults(func=cmd_set)
 
     verbs.add_parser("list", help="list registered models").set_defaults(func=cmd_list)
     show = verbs.add_parser("show", help="one model's record and profile")
@@ -91,6 +93,27 @@ def read_scores(path: str) -> dict:
     return scores
 
 
+def upstream_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    """Where a model is reached and its price, as `add` (which needs --base-url) and `set` take them."""
+    parser.add_argument("--base-url", required=required, help="OpenAI-style base URL, e.g. http://host:8000/v1")
+    parser.add_argument("--upstream-model", help="the model name the upstream expects (default: name)")
+    parser.add_argument("--api-key-env", help="NAME of the environment variable holding the upstream key")
+    parser.add_argument("--input-per-mtok", type=float)
+    parser.add_argument("--output-per-mtok", type=float)
+    parser.add_argument("--per-request", type=float)
+
+
+def upstream_body(args: argparse.Namespace) -> dict:
+    """The upstream options given on the command line, as the admin API takes them."""
+    body = {name: getattr(args, name) for name in ("base_url", "upstream_model", "api_key_env")
+            if getattr(args, name)}
+    cost = {name: getattr(args, name) for name in ("input_per_mtok", "output_per_mtok", "per_request")
+            if getattr(args, name) is not None}
+    if cost:
+        body["cost"] = cost
+    return body
+
+
 def job_options(parser: argparse.ArgumentParser) -> None:
     """The per-job options (the gateway's settings where left out) and --no-wait."""
     parser.add_argument("--limit", type=int, help="ask only this many representative prompts, drawn with --seed")
@@ -135,13 +158,7 @@ run_safely = one_line_errors("models", AdminError, 1)
 @one_line_errors("models", UsageError, 2, "error: ")
 @run_safely
 def cmd_add(args: argparse.Namespace) -> int:
-    cost = {k: v for k, v in (("input_per_mtok", args.input_per_mtok), ("output_per_mtok", args.output_per_mtok),
-                              ("per_request", args.per_request)) if v is not None}
-    body: dict = {"name": args.name, "base_url": args.base_url, "cost": cost}
-    if args.upstream_model:
-        body["upstream_model"] = args.upstream_model
-    if args.api_key_env:
-        body["api_key_env"] = args.api_key_env
+    body: dict = {"name": args.name, "cost": {}, **upstream_body(args)}
     if args.scores:
         body["scores"] = read_scores(args.scores)
     if job_body(args):
@@ -219,6 +236,21 @@ def printed(answer: dict) -> int:
 @run_safely
 def cmd_reprofile(args: argparse.Namespace) -> int:
     return started_job(args, call(args, "POST", f"/models/{args.name}/reprofile", job_body(args)))
+
+
+@one_line_errors("models", UsageError, 2, "error: ")
+@run_safely
+def cmd_set(args: argparse.Namespace) -> int:
+    body = upstream_body(args)
+    if args.no_api_key:
+        if args.api_key_env:
+            raise UsageError("--no-api-key and --api-key-env contradict each other")
+        body["api_key_env"] = None
+    if not body:
+        raise UsageError("nothing to change: give --base-url, --upstream-model, --api-key-env, --no-api-key or a price")
+    model = call(args, "PATCH", f"/models/{args.name}", body)
+    print(json.dumps({k: model[k] for k in ("name", "base_url", "upstream_model", "api_key_env", "cost", "state")}))
+    return 0
 
 
 @run_safely

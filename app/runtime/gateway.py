@@ -31,6 +31,7 @@ from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry
 from models_registry.records import ModelRecord
 from models_registry.states import open_state_store
+from router_core.pricing import Price
 from router_core.repset import RepsetClusters
 from router_core.router import RoutedModel, UniRouter
 
@@ -268,7 +269,10 @@ class Gateway:
         return None
 
     async def _register_configured(self, models: list[ModelConfig]) -> None:
-        """Register the config file's models the registry does not hold yet."""
+        """Register the config file's models the registry does not hold yet; those it holds take
+        the file's `base_url`, `upstream_model`, `api_key_env` and `cost` (the file says where its
+        models are and what they cost: an edit there must not be ignored because the registry
+        remembers the first start), keeping their profiles."""
         existing = {r.name: r for r in await self._stored_models()}
         version = self._clusters().state_version
         for m in models:
@@ -279,6 +283,8 @@ class Gateway:
             stale = (known is not None and m.scores_file is not None and known.profile is not None
                      and known.profile.state_version != version)
             if known is not None and not stale:
+                if _follow_config(known, m):
+                    await self.registry.put_model(known)
                 continue
             record = _new_record(m)
             scores = json.loads(Path(m.scores_file).read_text()) if m.scores_file else None
@@ -288,12 +294,34 @@ class Gateway:
         """A config model with `enabled: false`: registered (or kept) disabled, with no profile,
         so enabling it by hand does not route it on one. Applied to a record the registry
         already holds too, which may have been registered routable before (the demo's judge was)."""
+        changed = known is not None and _follow_config(known, m)
         if known is not None and not known.enabled and known.profile is None:
+            if changed:
+                await self.registry.put_model(known)
             return
         record = known or _new_record(m)
         record.enabled, record.state, record.profile = False, "disabled", None
         await self.registry.put_model(record)
         log.info("%s registered disabled, as the config asks: never routed", m.name)
+
+
+def _follow_config(record: ModelRecord, m: ModelConfig) -> bool:
+    """Give a stored record of config model `m` the file's connection fields and cost; whether
+    any changed (each change logged: the admin API's edits of them last until a restart)."""
+    wanted = _new_record(m)
+    changes = []
+    for name in ("base_url", "upstream_model", "api_key_env", "cost"):
+        old, new = getattr(record, name), getattr(wanted, name)
+        if old != new:
+            setattr(record, name, new)
+            changes.append(f"{name} {_shown(old)} -> {_shown(new)}")
+    if changes:
+        log.info("model %s takes the config file's %s", m.name, "; ".join(changes))
+    return bool(changes)
+
+
+def _shown(value: object) -> str:
+    return json.dumps(value.to_dict() if isinstance(value, Price) else value)
 
 
 def _new_record(m: ModelConfig) -> ModelRecord:

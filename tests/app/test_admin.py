@@ -18,7 +18,7 @@ from router_core.grading import grade
 from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
 from tests.support.clients import client
-from tests.support.fault_upstream import Fault
+from tests.support.fault_upstream import Fault, closed_port
 
 ADMIN = "admin-secret-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -177,6 +177,32 @@ def test_a_config_model_with_enabled_false_is_never_routed_listed_or_served_even
         assert (shown["enabled"], shown["state"], shown["profile"]) == (False, "disabled", None)
         assert route(gw)["model"] == "worker"
     assert "judge" not in {r.model for r in upstream.received}  # the refused call never left the gateway
+
+
+def test_an_edited_config_file_moves_its_models_at_the_next_start_and_keeps_their_profiles(
+        make_gateway, fault_upstream, model_config, tmp_path, caplog):
+    """Before, a config model the registry already held kept its first start's address, name,
+    key variable and price: an edited config file was ignored without a word."""
+    upstream, url = fault_upstream
+    db = str(tmp_path / "kept.db")
+    worker = model_config("worker", f"http://127.0.0.1:{closed_port()}/v1", score=0.5)
+    judge = ModelConfig(name="judge", base_url=f"http://127.0.0.1:{closed_port()}/v1", enabled=False)
+    with make_gateway(models=[worker, judge], sqlite_path=db, admin_key=ADMIN) as gw:
+        first = admin(gw, "GET", "/models/worker").json()
+    moved = worker.model_copy(update={"base_url": url, "upstream_model": "worker-v2", "api_key_env": "WORKER_KEY",
+                                      "cost": worker.cost.model_copy(update={"per_request": 2.0})})
+    caplog.set_level(logging.INFO, logger="uniroute")
+    with make_gateway(models=[moved, judge.model_copy(update={"base_url": url})], sqlite_path=db,
+                      admin_key=ADMIN) as gw:
+        now = admin(gw, "GET", "/models/worker").json()
+        assert (now["base_url"], now["upstream_model"], now["api_key_env"], now["cost"]["per_request"]) == (
+            url, "worker-v2", "WORKER_KEY", 2.0)
+        assert now["profile"] == first["profile"] and now["profiled_at"] == first["profiled_at"]
+        assert admin(gw, "GET", "/models/judge").json()["base_url"] == url
+        raw = client(gw).chat.completions.with_raw_response.create(
+            model="uniroute", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-uniroute-model"] == "worker" and upstream.received[-1].model == "worker-v2"
+    assert "model worker takes the config file's base_url" in caplog.text
 
 
 def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, caplog):

@@ -1,4 +1,4 @@
-"""`uniroute models add|list|show|rm|jobs|cancel|reprofile|enable|disable|answers` drive a
+"""`uniroute models add|set|list|show|rm|jobs|cancel|reprofile|enable|disable|answers` drive a
 running gateway's admin API for ops; Ctrl-C stops following a job, not the job."""
 from __future__ import annotations
 
@@ -42,6 +42,28 @@ def test_add_follows_the_job_then_list_show_and_rm(make_gateway, fault_upstream,
         assert code == 0
         assert httpx.get(gw + "/admin/models/echo", headers={"authorization": f"Bearer {ADMIN}"},
                          timeout=5).status_code == 404
+
+
+def test_set_changes_where_a_model_is_reached_and_its_price_keeping_its_profile(make_gateway, model_config,
+                                                                               fault_upstream, capsys):
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("m", url)], admin_key=ADMIN) as gw:
+        capsys.readouterr()
+        code, out, err = run(capsys, gw, "set", "m", "--upstream-model", "m-v2", "--api-key-env", "M_KEY",
+                             "--per-request", "3")
+        assert code == 0, err
+        assert json.loads(out) == {"name": "m", "base_url": url, "upstream_model": "m-v2", "api_key_env": "M_KEY",
+                                   "cost": {"input_per_mtok": 0.0, "output_per_mtok": 0.0, "per_request": 3.0},
+                                   "state": "ready"}
+        code, out, _ = run(capsys, gw, "set", "m", "--no-api-key")
+        assert code == 0 and json.loads(out)["api_key_env"] is None
+        httpx.post(gw + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                   timeout=10).raise_for_status()
+        assert upstream.received[-1].model == "m-v2" and "authorization" not in upstream.received[-1].headers
+        code, _, err = run(capsys, gw, "set", "m")
+        assert code == 2 and err.startswith("uniroute models: error: nothing to change")
+        code, _, err = run(capsys, gw, "set", "m", "--base-url", "ftp://x")
+        assert code == 1 and "base_url" in err
 
 
 def test_errors_are_one_line_and_exit_1(make_gateway, capsys):

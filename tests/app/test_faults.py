@@ -185,6 +185,34 @@ def test_a_refused_key_or_retired_model_disables_the_model_and_falls_back_silent
         assert httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()["error"] is None
 
 
+def test_a_retired_model_name_is_fixed_in_place_and_the_model_routes_again_on_its_profile(faulty):
+    """The README's way back from `not_found`: fix the model name, re-enable. Before, PATCH took
+    only cost and enabled, so fixing the name meant deleting the model and its graded answers."""
+    upstream, make = faulty
+    upstream.set_fault("first", Fault(status=404))
+    with make() as gw:
+        client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES)
+        before = httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()
+        assert before["state"] == "disabled"
+        patched = httpx.patch(gw + "/admin/models/first", json={"upstream_model": "first-v2", "enabled": True},
+                              headers=ADMIN, timeout=5).json()
+        assert (patched["upstream_model"], patched["state"]) == ("first-v2", "ready")
+        assert patched["profile"] == before["profile"] and patched["profiled_at"] == before["profiled_at"]
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "first" and upstream.received[-1].model == "first-v2"
+        # where it is reached changes the same way; a bad value is refused and changes nothing
+        bad = httpx.patch(gw + "/admin/models/first", json={"base_url": "ftp://elsewhere/v1"}, headers=ADMIN,
+                          timeout=5)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "base_url"
+        moved = httpx.patch(gw + "/admin/models/first", json={"base_url": f"http://127.0.0.1:{closed_port()}/v1",
+                                                              "api_key_env": "FIRST_KEY"}, headers=ADMIN, timeout=5)
+        assert moved.json()["api_key_env"] == "FIRST_KEY" and moved.json()["state"] == "ready"
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"  # the new address refuses: fallback
+        cleared = httpx.patch(gw + "/admin/models/first", json={"api_key_env": None}, headers=ADMIN, timeout=5)
+        assert cleared.json()["api_key_env"] is None
+
+
 def test_a_named_model_with_a_revoked_key_never_shows_the_provider_error(faulty):
     upstream, make = faulty
     upstream.set_fault("first", Fault(status=401))
