@@ -23,8 +23,9 @@ no recorded answer to is answered by who asks:
   (`STAND_IN_MARK`) in valid OpenAI format, so the demo answers whatever it is sent.
 An unknown model is a 404 with OpenAI's `model_not_found` error body.
 
-Responses echo the requested model name. `max_tokens` / `max_completion_tokens` cut the answer
-as a provider would (finish_reason "length"). Streams (`stream: true`) are SSE
+Responses echo the requested model name. An answer ends before the first of the request's `stop`
+sequences, and `max_tokens` / `max_completion_tokens` cut it, as a provider would
+(finish_reason "length"). Streams (`stream: true`) are SSE
 `data: {json}\\n\\n` chunks of "chat.completion.chunk" / "text_completion" objects split at word
 boundaries, a last chunk carrying finish_reason, a usage chunk (empty `choices`) when
 `stream_options.include_usage` is set, then `data: [DONE]\\n\\n`. A Responses API stream is
@@ -76,7 +77,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -132,8 +133,14 @@ class _RequestBase(BaseModel):
     stream: bool | None = False
     stream_options: _StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
+    # OpenAI's: a string, or up to 4 of them
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     # One recorded answer per prompt, so one choice per request.
     n: Literal[1] | None = 1
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return tuple(s for s in stops if s)
 
 
 class ChatCompletionBody(_RequestBase):
@@ -171,6 +178,7 @@ class CompletionRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    stop: tuple[str, ...] = ()
 
 
 # Turns a parsed completion request (and the raw HTTP request it came in) into the HTTP response.
@@ -190,6 +198,7 @@ def chat_request(body: ChatCompletionBody) -> CompletionRequest:
         stream=bool(body.stream),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         max_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=body.stop_sequences(),
     )
 
 
@@ -208,6 +217,7 @@ def text_request(body: TextCompletionBody) -> CompletionRequest:
         stream=bool(body.stream),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         max_tokens=body.max_tokens,
+        stop=body.stop_sequences(),
     )
 
 
@@ -249,8 +259,12 @@ class CannedAnswer:
 
     @classmethod
     def for_request(cls, request: CompletionRequest, text: str) -> CannedAnswer:
-        """`text` as the answer to `request`, cut to its max_tokens like a provider would."""
+        """`text` as the answer to `request`, ended before its first stop sequence and cut to its
+        max_tokens, as a provider would."""
         finish: Literal["stop", "length"] = "stop"
+        ends = [i for i in (text.find(s) for s in request.stop) if i >= 0]
+        if ends:
+            text = text[:min(ends)]
         if request.max_tokens is not None and approx_tokens(text) > request.max_tokens:
             text, finish = text[: int(request.max_tokens * CHARS_PER_TOKEN)], "length"
         return cls(text, finish, math.ceil(request.prompt_chars / CHARS_PER_TOKEN), approx_tokens(text))

@@ -194,6 +194,23 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(client: openai.Ope
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5
 
 
+def test_an_answer_ends_before_its_first_stop_sequence_streamed_or_not(client: openai.OpenAI) -> None:
+    prompt, answers = recorded("mbpp_test", 1)
+    full = answers["claude-v1"]
+    words = full.split()
+    late, early = words[len(words) // 2], words[2]  # the stop that comes first in the answer wins
+    expected = full[:min(full.find(late), full.find(early))]
+    reply = client.chat.completions.create(model="claude-v1", messages=user(prompt), stop=[late, early])
+    assert reply.choices[0].message.content == expected and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens == approx_tokens(expected)
+    text = client.completions.create(model="claude-v1", prompt=prompt, stop=early)
+    assert text.choices[0].text == expected
+    chunks = client.chat.completions.create(model="claude-v1", messages=user(prompt), stop=early, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    unmatched = client.chat.completions.create(model="claude-v1", messages=user(prompt), stop=["\x00never"])
+    assert unmatched.choices[0].message.content == full
+
+
 # --- wire format --------------------------------------------------------------------------------
 
 
@@ -251,6 +268,7 @@ def test_models_endpoint_lists_the_eleven_routerbench_models(client: openai.Open
         {"model": "claude-v2", "messages": [{"role": "system", "content": "no user turn"}]},
         {"model": "claude-v2", "messages": user("hi"), "n": 2},
         {"model": "claude-v2"},
+        {"model": "claude-v2", "messages": user("hi"), "stop": ["a", "b", "c", "d", "e"]},
     ],
 )
 def test_malformed_requests_get_an_openai_400(base_url: str, body: dict) -> None:
