@@ -68,6 +68,13 @@ class Registry(Protocol):
         """Insert or replace a job record."""
         ...
 
+    async def put_running_job(self, job: JobRecord) -> bool:
+        """Replace a job record only while the stored one is `running` under `job.owner`; whether
+        it was written. The process running a job writes its progress so: a pause or cancel
+        written by another process (worker or replica) is never overwritten, and tells the runner
+        to stop."""
+        ...
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         """One job, or None."""
         ...

@@ -76,6 +76,14 @@ REFRESH_LOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
+PUT_RUNNING_JOB = """
+local doc = redis.call('HGET', KEYS[1], ARGV[1])
+if not doc then return 0 end
+local stored = cjson.decode(doc)
+if stored.state ~= 'running' or stored.owner ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
@@ -116,6 +124,7 @@ class RedisRegistry:
         self._clear_answers = self._client.register_script(CLEAR_ANSWERS)
         self._refresh_lock = self._client.register_script(REFRESH_LOCK)
         self._release_lock = self._client.register_script(RELEASE_LOCK)
+        self._put_running_job = self._client.register_script(PUT_RUNNING_JOB)
         self._view = ModelView()
         self._seen: dict[str, int] = {}  # newest revision applied per name, deletions included
         self._available = False
@@ -275,6 +284,11 @@ class RedisRegistry:
 
     async def put_job(self, job: JobRecord) -> None:
         await self._call(lambda: self._client.hset(self._k_jobs, job.id, orjson.dumps(job.to_dict()).decode()))
+
+    async def put_running_job(self, job: JobRecord) -> bool:
+        doc = orjson.dumps(job.to_dict()).decode()
+        return bool(await self._call(lambda: self._put_running_job(keys=[self._k_jobs],
+                                                                   args=[job.id, doc, job.owner or ""])))
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         doc = await self._call(lambda: self._client.hget(self._k_jobs, job_id))

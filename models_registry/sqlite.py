@@ -183,6 +183,12 @@ class SQLiteRegistry:
             "INSERT OR REPLACE INTO jobs (id, model, started_at, data) VALUES (?, ?, ?, ?)",
             (job.id, job.model, job.started_at, _json(job))))
 
+    async def put_running_job(self, job: JobRecord) -> bool:
+        cursor = await self._in_thread(self._tx, lambda conn: conn.execute(
+            "UPDATE jobs SET data = ? WHERE id = ? AND json_extract(data, '$.state') = 'running' "
+            "AND json_extract(data, '$.owner') IS ?", (_json(job), job.id, job.owner)))
+        return cursor.rowcount == 1
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         rows = await self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
         return JobRecord.from_dict(orjson.loads(rows[0][0])) if rows else None

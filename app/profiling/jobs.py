@@ -145,6 +145,7 @@ class Pass:
         self.not_before = 0.0
         self.pause_reason: str | None = None
         self.over_cap = False
+        self.overruled = False  # another process paused or cancelled the job
         self._stop = asyncio.Event()
         self._probing = False  # after failures, one request at a time tests whether they have passed
 
@@ -185,6 +186,10 @@ class Pass:
 
     def cap_reached(self) -> None:
         self.over_cap = True
+        self._stop.set()
+
+    def overrule(self) -> None:
+        self.overruled = True
         self._stop.set()
 
 
@@ -338,6 +343,10 @@ class JobRunner:
             current = await self.registry.get_job(job.id)
             if current is None or current.state != "running":
                 return
+            # its progress is written only while it is running under this process (put_running_job)
+            job = current
+            job.owner = self.owner
+            await self.registry.put_job(job)
             await self._run(job)
         except asyncio.CancelledError:
             raise
@@ -411,11 +420,16 @@ class JobRunner:
             rate = (settled - settled_at_start) / max(time.monotonic() - started, 1e-6)
             job.eta_s = (job.total - settled) / rate if rate > 0 else None
             job.updated_at = time.time()
-            await self.registry.put_job(job)
+            if not await self.registry.put_running_job(job):
+                run.overrule()
             if cap is not None and job.spend >= cap:
                 run.cap_reached()
 
         await self.ask_each(record, todo, options, run, repset.version, settle)
+        if run.overruled:
+            # paused or cancelled through another worker or replica, which wrote the job's state
+            log.info("profiling job %s for %s stopped: its state was changed elsewhere", job.id, job.model)
+            return
         if run.pause_reason is not None:
             await self._pause(job, run.pause_reason)
             return
@@ -434,6 +448,9 @@ class JobRunner:
             return
         profile = profile_from_answers(clusters, answers)
         assert profile is not None  # coverage met: some answer is graded
+        job.updated_at = time.time()
+        if not await self.registry.put_running_job(job):
+            return  # paused or cancelled elsewhere meanwhile: its profile waits for a resume
         record = self.registry.snapshot().get(job.model) or record
         record.profile = profile
         record.profiled_at = time.time()

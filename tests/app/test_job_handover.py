@@ -1,10 +1,13 @@
-"""A profiling job another process finished between this one's listing it as running and taking
-its lock (the lock is free again once that process is done) is not run a second time."""
+"""Jobs across processes: a profiling job another process finished between this one's listing
+it as running and taking its lock (the lock is free again once that process is done) is not run
+a second time; one paused or cancelled through another process stops where it runs."""
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
+
+import httpx
 
 from app.profiling.jobs import JobOptions, JobRunner
 from app.runtime.config import Settings
@@ -13,6 +16,7 @@ from app.runtime.metrics import Metrics
 from models_registry.records import JobRecord
 from models_registry.sqlite import SQLiteRegistry
 from tests.models_registry.helpers import started
+from tests.support.clients import wait_for
 
 
 def never(*_args):
@@ -58,3 +62,44 @@ async def test_a_job_takes_its_lock_for_the_configured_lock_ttl(tmp_path):
         registry.acquire_lock = recording
         await run_as_listed_running(registry, done, Settings(lock_ttl_s=2.5))
         assert asked == [2.5]
+
+
+def test_a_job_paused_or_cancelled_through_another_gateway_stops_where_it_runs(make_gateway, fault_upstream,
+                                                                                tmp_path):
+    """Two gateways on one registry (as two workers or replicas are): the one running a job
+    stops it when another writes its pause or cancel. Before, the runner's next progress write
+    put the job back to `running`, and it went on calling (and paying) the upstream."""
+    upstream, url = fault_upstream
+    db = str(tmp_path / "shared.db")
+    auth = {"authorization": "Bearer k"}
+    with make_gateway(models=[], sqlite_path=db, admin_key="k") as a, \
+            make_gateway(models=[], sqlite_path=db, admin_key="k") as b:
+        def job_of(gw: str, job_id: str) -> dict:
+            return httpx.get(f"{gw}/admin/jobs/{job_id}", headers=auth, timeout=10).json()
+
+        def started_slowly(name: str) -> str:
+            body = {"name": name, "base_url": url, "upstream_model": f"{name}:delay=0.1",
+                    "cost": {"per_request": 0.01}, "job": {"limit": 30, "concurrency": 1}}
+            job_id = httpx.post(f"{a}/admin/models", json=body, headers=auth, timeout=10).json()["job_id"]
+            assert wait_for(lambda: job_of(b, job_id)["done"] >= 2)
+            return job_id
+
+        def calls_settle(name: str) -> int:
+            """The upstream calls once the one in flight at the stop has ended."""
+            time.sleep(0.5)
+            seen = upstream.calls[f"{name}:delay=0.1"]
+            time.sleep(1.0)
+            return upstream.calls[f"{name}:delay=0.1"] - seen
+
+        paused = started_slowly("p")
+        assert httpx.post(f"{b}/admin/jobs/{paused}/pause", headers=auth, timeout=10).json()["state"] == "paused"
+        assert calls_settle("p") == 0
+        assert job_of(a, paused)["state"] == job_of(b, paused)["state"] == "paused"
+        assert httpx.post(f"{b}/admin/jobs/{paused}/resume", headers=auth, timeout=10).json()["state"] == "running"
+        assert wait_for(lambda: job_of(a, paused)["state"] == "done", timeout_s=120)
+
+        cancelled = started_slowly("c")
+        assert httpx.post(f"{b}/admin/jobs/{cancelled}/cancel", headers=auth,
+                          timeout=10).json()["state"] == "cancelled"
+        assert calls_settle("c") == 0
+        assert job_of(a, cancelled)["state"] == "cancelled"

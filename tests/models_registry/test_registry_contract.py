@@ -104,6 +104,23 @@ async def test_jobs_round_trip_and_list_oldest_first_per_model(registry):
     assert await registry.get_job("nope") is None
 
 
+async def test_a_running_job_is_rewritten_only_while_it_runs_under_the_same_owner(registry):
+    progress = job("j1", "a", 1.0)
+    await registry.put_job(progress)
+    progress.done = 5
+    assert await registry.put_running_job(progress) and (await registry.get_job("j1")).done == 5
+    paused = job("j1", "a", 1.0, state="paused")  # written by another process
+    await registry.put_job(paused)
+    progress.done = 6
+    assert not await registry.put_running_job(progress) and await registry.get_job("j1") == paused
+    resumed = job("j1", "a", 1.0)
+    resumed.owner = "owner-b"  # resumed elsewhere: the first runner's writes are stale
+    await registry.put_job(resumed)
+    assert not await registry.put_running_job(progress) and await registry.get_job("j1") == resumed
+    assert not await registry.put_running_job(job("nope", "a", 1.0))
+    assert await registry.get_job("nope") is None
+
+
 async def test_record_answer_upserts_per_prompt_and_keeps_versions_apart(registry):
     await registry.record_answer("a", "v1", Answer("p1", 0.0, 0.01, 3, error="HTTP 502"))
     await registry.record_answer("a", "v1", Answer("p1", 1.0, 0.02, 4))
