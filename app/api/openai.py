@@ -25,6 +25,7 @@ from app.api.wire import (
     ResponsesBody,
     RoutedBody,
     RoutingOptions,
+    kind_of,
     read_body,
     read_routed,
     validate,
@@ -241,9 +242,9 @@ HOT_ENDPOINTS = {"/v1/chat/completions": chat_completions, "/v1/completions": co
 
 @router.post("/v1/route")
 async def route_dry_run(request: Request) -> JSONResponse:
-    """The decision a chat (or completions) request would get, calling no upstream."""
+    """The decision a chat, completions or Responses API request would get, calling no upstream."""
     body = await read_body(request)
-    read = read_routed(ChatBody if "messages" in body else CompletionBody, body)
+    read = read_routed(kind_of(body), body)
     routed = parse_router_model(read.model, gateway_of(request).settings) is not None
     dest = await destination(request, read.model, read.options, read.routing_text(routed))
     if dest.decision is None:

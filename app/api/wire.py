@@ -142,6 +142,22 @@ class ResponsesBody(RoutedBody):
         return responses_routing_text(fields["input"], fields.get("instructions"))
 
 
+# The routed kinds by the field that holds a body's prompt, in the order /v1/route tries them
+# (it is shown a body of any kind, and a chat body is chat whatever else it carries).
+_KINDS_BY_PROMPT: dict[str, type[RoutedBody]] = {"messages": ChatBody, "prompt": CompletionBody,
+                                                 "input": ResponsesBody}
+
+
+def kind_of(body: dict) -> type[RoutedBody]:
+    """The kind of routed request `body` is, told by its prompt's field; a 400 naming the
+    fields it may have when it has none of them."""
+    for field, kind in _KINDS_BY_PROMPT.items():
+        if field in body:
+            return kind
+    raise APIError(400, "the body has no prompt: give `messages` (chat completions), `prompt` (completions) "
+                        "or `input` (Responses API)", code="missing_required_parameter")
+
+
 @dataclass(frozen=True)
 class RoutedRequest:
     """A routed request as the gateway reads it: `fields` are its body's (or their validated

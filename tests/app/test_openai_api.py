@@ -1,5 +1,6 @@
 """The gateway speaks OpenAI's API to the real openai SDK: sync, async, streaming, completions,
-model listing, the routing headers and the /v1/route dry run."""
+model listing, the routing headers and the /v1/route dry run (of chat, completions and
+Responses API bodies)."""
 from __future__ import annotations
 
 import httpx
@@ -79,6 +80,36 @@ def test_route_dry_run_ranks_candidates_and_matches_the_real_decision(demo_gatew
         model="uniroute", messages=body["messages"], extra_body={"uniroute": {"cost_weight": 0.3}})
     assert real.headers["x-uniroute-model"] == dry["model"]
 
+
+def test_route_dry_run_decides_a_responses_body_as_the_responses_api_routes_it(demo_gateway):
+    # instructions, a developer message and an earlier user turn: all but the last of these are
+    # part of the Responses API's routing text, so a dry run reading it otherwise would differ
+    instructions = "Answer with the letter of the right option only."
+    conversation = [
+        {"role": "developer", "content": "You are a biology tutor."},
+        {"role": "user", "content": "What is the derivative of x squared?"},
+        {"role": "assistant", "content": "2x"},
+        {"role": "user", "content": [{"type": "input_text", "text": QUESTION}]},
+    ]
+    options = {"cost_weight": 0.3}
+    for request_input in (QUESTION, conversation):
+        body = {"model": "uniroute", "instructions": instructions, "input": request_input, "uniroute": options}
+        dry = httpx.post(demo_gateway + "/v1/route", json=body, timeout=30)
+        assert dry.status_code == 200, dry.text
+        real = client(demo_gateway).responses.with_raw_response.create(
+            model="uniroute", instructions=instructions, input=request_input, extra_body={"uniroute": options})
+        assert (dry.json()["model"], dry.json()["cluster"]) == (
+            real.headers["x-uniroute-model"], int(real.headers["x-uniroute-cluster"]))
+
+
+def test_route_dry_run_without_a_prompt_names_the_fields_it_takes(demo_gateway):
+    for body in ({}, {"model": "uniroute"}):
+        r = httpx.post(demo_gateway + "/v1/route", json=body, timeout=30)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        for field in ("messages", "prompt", "input"):
+            assert field in error["message"], error
 
 def test_allowed_subset_restricts_the_choice(demo_gateway, routerbench):
     allowed = routerbench.models[3:5]
