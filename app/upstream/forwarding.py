@@ -28,7 +28,7 @@ from app.upstream.faults import (
     transport_class,
 )
 from app.upstream.http1 import Reply, UpstreamClient, UpstreamError
-from app.upstream.streams import EventSplitter, StreamWatch
+from app.upstream.streams import EventSplitter, StreamWatch, opens_event_stream
 from models_registry.records import ModelRecord
 
 log = logging.getLogger("uniroute.forwarding")
@@ -250,6 +250,10 @@ class Forwarder:
         except UpstreamError as exc:
             response.close()
             raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
+        if not opens_event_stream(first):
+            response.close()
+            raise UpstreamFault("bad_body", f"{record.name} answered a stream request with a body that is not "
+                                "server-sent events")
         watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage)
         return UpstreamReply(record, response.status, elapsed, stream=self._relay(record, first, chunks, response, watch),
                       watch=watch, request_id=request_id)

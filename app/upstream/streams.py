@@ -21,6 +21,18 @@ _LINE = re.compile(rb"\r\n|\n|\r")
 _RESPONSE_ENDS = {"response.completed", "response.incomplete"}
 
 
+# What a stream of server-sent events can begin with (after a byte-order mark or blank lines).
+_EVENT_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+def opens_event_stream(first: bytes) -> bool:
+    """Whether a stream's first bytes can begin server-sent events: a field, a comment, or too
+    few bytes to tell. A server that ignores `stream` sends its whole JSON answer, a proxy an
+    HTML page: neither may reach the client as if it were events."""
+    head = first.removeprefix(b"\xef\xbb\xbf").lstrip(b"\r\n")
+    return not head or any(head.startswith(start) or start.startswith(head) for start in _EVENT_STARTS)
+
+
 class EventSplitter:
     """Cuts a byte stream into whole SSE events (each with its terminating blank line)."""
 

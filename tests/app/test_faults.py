@@ -71,6 +71,18 @@ def test_a_transient_failure_is_absorbed_by_the_retry(pair):
         assert upstream.calls["second"] == 0
 
 
+@pytest.mark.parametrize("spec", [":no_stream", ":html"])
+def test_a_stream_answered_with_something_else_than_events_falls_back(pair, spec):
+    """A server that ignores `stream` (its whole JSON answer) or a proxy's HTML page: before,
+    its bytes went to the client as the event stream, with a stream_cut error after them."""
+    upstream, make = pair
+    with make(spec) as gw:
+        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "answer from second" and upstream.calls[f"first{spec}"] == 1
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="bad_body"}') == 1
+
+
 def test_stream_cut_before_any_byte_falls_back(pair):
     _, make = pair
     with make(":cut=0") as gw:

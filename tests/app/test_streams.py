@@ -12,7 +12,7 @@ from app.demo.replay_upstream import (
     stream_chunks,
 )
 from app.upstream import streams
-from app.upstream.streams import EventSplitter, StreamWatch, event_data
+from app.upstream.streams import EventSplitter, StreamWatch, event_data, opens_event_stream
 
 
 def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
@@ -154,3 +154,12 @@ def test_a_usual_stream_parses_only_its_first_last_and_usage_chunks(monkeypatch)
         watch.see(event)
     assert watch.complete and watch.usage is not None
     assert len(stream) > 20 and len(parsed) == 3  # the role chunk, the finish_reason chunk, the usage chunk
+
+
+@pytest.mark.parametrize("first,events", [
+    (b"data: {}\n\n", True), (b"\xef\xbb\xbf\r\nevent: response.created\n", True), (b": keep-alive\n\n", True),
+    (b"da", True), (b"\n\n", True), (b"", True),  # too few bytes to tell: not refused
+    (b'{"id": "chatcmpl-1", "choices": []}', False), (b"<html>", False), (b"dat a", False),
+])
+def test_a_stream_is_told_from_another_body_by_its_first_bytes(first, events):
+    assert opens_event_stream(first) is events

@@ -22,6 +22,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
     pace=S          streamed: wait S seconds between chunks (tokens arriving one by one)
     crlf            streamed: frame events with CRLF line ends, as sse-starlette (so
                     llama-cpp-python) does
+    no_stream       streamed: the whole JSON answer instead, as a server that ignores `stream`
+    html            HTTP 200 with an HTML page (a proxy's), streamed or not
     context=N       a context of N tokens (a token taken as 4 characters of the request's
                     messages, prompt or input): a longer request gets OpenAI's HTTP 400
                     `context_length_exceeded`
@@ -123,6 +125,8 @@ class Fault:
     first_token_s: float = 0.0
     pace_s: float = 0.0
     crlf: bool = False
+    no_stream: bool = False
+    html: bool = False
     context: int | None = None
 
     def failing_status(self, nth: int) -> int | None:
@@ -138,7 +142,7 @@ def parse_fault(spec: str) -> Fault:
     for directive in filter(None, (d.strip() for d in spec.split(","))):
         key, _, value = directive.partition("=")
         try:
-            if key in ("bad_json", "interrupt", "crlf") and not value:
+            if key in ("bad_json", "interrupt", "crlf", "no_stream", "html") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -148,7 +152,8 @@ def parse_fault(spec: str) -> Fault:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
-                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf or context=N"
+                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf, no_stream, html "
+                             "or context=N"
                              ) from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
@@ -259,6 +264,10 @@ class FaultUpstream:
     async def _respond(self, request: CompletionRequest, http: Request) -> Response:
         fault = await self._arrive(request.model, http)
         answer = CannedAnswer.for_request(request, f"answer from {request.model}")
+        if fault.html:
+            return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+        if fault.no_stream and request.stream:
+            return json_response(response_body(request, answer))
         if fault.bad_json:
             if request.stream:
                 return Response(b"data: {not json\n\n" + SSE_DONE, media_type="text/event-stream")
