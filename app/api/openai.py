@@ -75,14 +75,14 @@ async def destination(request: Request, model: str, options: RoutingOptions | No
 
 
 def routing_headers(dest: Destination, answered_by: ModelRecord) -> dict[str, str]:
-    """The x-uniroute-* headers."""
+    """The x-uniroute-* headers (no predicted error for a named model with no profile yet, as
+    `/v1/route` answers null for it)."""
     error, cost, cluster = expectation(dest, answered_by)
-    return {
-        "x-uniroute-model": answered_by.name,
-        "x-uniroute-cluster": str(cluster),
-        "x-uniroute-predicted-error": f"{error:.4f}",
-        "x-uniroute-expected-cost": f"{cost:.6g}",
-    }
+    headers = {"x-uniroute-model": answered_by.name, "x-uniroute-cluster": str(cluster)}
+    if not np.isnan(error):
+        headers["x-uniroute-predicted-error"] = f"{error:.4f}"
+    headers["x-uniroute-expected-cost"] = f"{cost:.6g}"
+    return headers
 
 
 def upstream_body(body: dict, path: str, stream: bool) -> tuple[dict, bool]:

@@ -205,6 +205,23 @@ def test_an_edited_config_file_moves_its_models_at_the_next_start_and_keeps_thei
     assert "model worker takes the config file's base_url" in caplog.text
 
 
+def test_a_model_still_being_profiled_answers_by_name_with_no_predicted_error(make_gateway, fault_upstream):
+    """Before, its header said `nan` where `/v1/route` says null: it has no profile yet."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        job = admin(gw, "POST", "/models", json={"name": "fresh", "base_url": url, "upstream_model": "fresh:delay=0.2",
+                                                 "cost": {"per_request": 1}, "job": {"concurrency": 1}}).json()
+        raw = client(gw).chat.completions.with_raw_response.create(
+            model="fresh", messages=[{"role": "user", "content": "hi"}])
+        assert admin(gw, "GET", "/models/fresh").json()["state"] == "profiling"
+        assert raw.headers["x-uniroute-model"] == "fresh" and "x-uniroute-predicted-error" not in raw.headers
+        assert float(raw.headers["x-uniroute-expected-cost"]) == 1.0
+        decision = httpx.post(gw + "/v1/route", json={"model": "fresh", "messages": [
+            {"role": "user", "content": "hi"}]}, timeout=10).json()
+        assert decision["predicted_error"] is None
+        admin(gw, "POST", f"/jobs/{job['job_id']}/cancel")
+
+
 def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, caplog):
     secret = "sk-very-secret-value-123"
     monkeypatch.setenv("UNIROUTE_TEST_UPSTREAM_KEY", secret)
