@@ -62,8 +62,8 @@ class GatewayApp(FastAPI):
         except Exception as exc:
             if started:
                 raise  # mid-stream: the server drops the connection, as for any route
+            # The response logs it with its traceback; raised on, the server would log it again.
             await unexpected_error_response(scope["method"], scope["path"], exc)(scope, receive, sending)
-            raise
         finally:
             count_request(self.state, scope, status)
 

@@ -191,6 +191,24 @@ class EmbeddingsBody(BaseModel):
     input: str | list
 
 
+# orjson reads JSON nested up to 1024 levels but writes only 254: a deeper body would parse, then
+# fail as it is sent upstream (a 500). More than any real request nests, well below orjson's limit.
+MAX_BODY_DEPTH = 128
+
+
+def _nests_deeper(value: object, levels: int) -> bool:
+    """Whether `value` has objects or arrays nested more than `levels` deep (itself one level)."""
+    if type(value) is dict:
+        items = value.values()
+    elif type(value) is list:
+        items = value
+    else:
+        return False
+    if levels <= 0:
+        return True
+    return any(_nests_deeper(item, levels - 1) for item in items if type(item) in (dict, list))
+
+
 async def read_body(request: Request) -> dict:
     """The request's JSON object, or a 400 saying what is wrong with it."""
     raw = await request.body()
@@ -200,6 +218,10 @@ async def read_body(request: Request) -> dict:
         raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    # Counting brackets is cheap and lets almost every body skip the walk.
+    if raw.count(b"{") + raw.count(b"[") > MAX_BODY_DEPTH and _nests_deeper(body, MAX_BODY_DEPTH):
+        raise APIError(400, f"the request body nests objects and arrays more than {MAX_BODY_DEPTH} levels deep",
+                       code="body_too_deep")
     return body
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 
 GOOD = {"model": "uniroute", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -34,6 +34,33 @@ def test_malformed_json_is_400(demo_gateway, path):
     r = post(demo_gateway, path, content=b'{"model": "uniroute", "messages": [', headers={"content-type": "application/json"})
     err = assert_openai_error(r, 400)
     assert err["code"] == "invalid_json"
+
+
+def nested(levels: int) -> dict:
+    """An object nested `levels` deep (itself one level)."""
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings",
+                                  "/v1/route"])
+def test_a_body_nested_too_deeply_is_400(demo_gateway, path):
+    # Deep enough to parse but not to be written again for the upstream (orjson writes 254 levels).
+    body = {**GOOD, "prompt": "hello", "input": "hello", "blob": nested(300)}
+    err = assert_openai_error(post(demo_gateway, path, json=body), 400)
+    assert err["code"] == "body_too_deep" and "128 levels" in err["message"]
+
+
+def test_the_openai_client_is_told_its_body_nests_too_deeply(demo_gateway):
+    client = OpenAI(base_url=demo_gateway + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(BadRequestError, match="nests"):
+        client.chat.completions.create(**GOOD, extra_body={"blob": nested(260)})
+    # At the limit, however many objects and arrays a body holds, it is served.
+    wide = [nested(8) for _ in range(200)]
+    reply = client.chat.completions.create(**GOOD, extra_body={"blob": nested(127), "wide": wide})  # 128 levels
+    assert reply.choices[0].message.content
 
 
 @pytest.mark.parametrize("body,param", [
