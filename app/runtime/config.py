@@ -21,11 +21,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -284,7 +287,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _Environment(settings_cls)]
         config_file = settings_cls.config_file or os.environ.get("UNIROUTE_CONFIG")
         if config_file:
             sources.append(_ConfigFile(settings_cls, config_file))
@@ -293,6 +296,19 @@ class Settings(BaseSettings):
 
 class ConfigError(ValueError):
     """Settings the gateway cannot start with, said in a line for the operator."""
+
+
+class _Environment(EnvSettingsSource):
+    """The UNIROUTE_* variables, a list or mapping setting's refused naming the variable when it
+    is not JSON (pydantic-settings' own error names neither the variable nor what is wrong)."""
+
+    def prepare_field_value(self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError as exc:
+            variable = f"{self.env_prefix}{field_name}".upper()
+            raise ConfigError(f"invalid settings: {variable}: not valid JSON ({exc}); a list or mapping "
+                              f"setting is given in JSON") from None
 
 
 class _ConfigFile(YamlConfigSettingsSource):
@@ -351,3 +367,6 @@ def load_settings(config_file: str | None = None, **overrides: object) -> Settin
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:
+        # It wraps what a source raised: _Environment's ConfigError, or a line of its own.
+        raise (exc.__cause__ if isinstance(exc.__cause__, ConfigError) else ConfigError(str(exc))) from None

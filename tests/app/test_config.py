@@ -1,6 +1,7 @@
 """The config file and settings refuse what they cannot use, in one line, instead of starting the
 gateway on defaults: a missing file, a file that is not a mapping of settings, a misspelt setting
-(top level or nested), a value out of range. `uniroute serve` and `uniroute demo` say so and exit 2."""
+(top level or nested), a value out of range, an environment variable that is not the JSON its
+setting takes. `uniroute serve` and `uniroute demo` say so and exit 2."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,8 @@ import pytest
 from app.runtime.config import ConfigError, load_settings
 from tests.support.redis_server import free_port
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def write(tmp_path: Path, text: str) -> str:
     path = tmp_path / "config.yaml"
@@ -22,7 +25,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_the_example_config_loads_with_every_key_known():
-    settings = load_settings(str(Path(__file__).resolve().parents[2] / "config.example.yaml"))
+    settings = load_settings(str(REPO / "config.example.yaml"))
     assert settings.models and all(m.base_url.startswith("http") for m in settings.models)
 
 
@@ -58,10 +61,22 @@ def test_a_nested_environment_variable_naming_no_field_is_an_error(monkeypatch):
         load_settings()
 
 
-def cli(*args: str, config: str | None = None, cwd: Path) -> subprocess.CompletedProcess:
+@pytest.mark.parametrize(("variable", "value"), [("UNIROUTE_POLICIES", "{bad"), ("UNIROUTE_MODELS", "x"),
+                                                 ("UNIROUTE_TIMEOUTS", "[1,")])
+def test_an_environment_variable_that_is_not_json_is_one_clear_error(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(f"invalid settings: {variable}: not valid JSON")
+    assert "\n" not in str(caught.value)
+
+
+def cli(*args: str, config: str | None = None, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIROUTE_")}
+    env["PYTHONPATH"] = str(REPO)  # this checkout's code, run from elsewhere (an installed copy may differ)
     if config is not None:
         env["UNIROUTE_CONFIG"] = config
+    env.update(variables)
     return subprocess.run([sys.executable, "-m", "app.cli.main", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=120)
 
@@ -79,3 +94,16 @@ def test_serve_and_demo_stop_on_a_bad_config_with_one_line_and_serve_nothing(tmp
     for listening in (port, upstream_port):  # neither the gateway nor the demo's replay upstream started
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{listening}/healthz", timeout=2)
+
+
+def test_serve_and_demo_stop_on_an_environment_variable_that_is_not_json_with_one_line(tmp_path):
+    port, upstream_port = free_port(), free_port()
+    config = write(tmp_path, "admin_key: x\n")
+    said = "invalid settings: UNIROUTE_POLICIES: not valid JSON ("
+    served = cli("serve", "--port", str(port), "--config", config, cwd=tmp_path, UNIROUTE_POLICIES="{bad")
+    assert served.returncode == 2 and len(served.stderr.strip().splitlines()) == 1
+    assert served.stderr.startswith(f"uniroute serve: error: {said}")
+    demo = cli("demo", "--port", str(port), "--upstream-port", str(upstream_port), "--workdir", str(tmp_path / "d"),
+               config=config, cwd=tmp_path, UNIROUTE_POLICIES="{bad")
+    assert demo.returncode == 2 and len(demo.stderr.strip().splitlines()) == 1
+    assert demo.stderr.startswith(f"uniroute demo: error: {said}")
