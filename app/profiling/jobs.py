@@ -400,7 +400,7 @@ class JobRunner:
         metrics.profiling_total.labels(record.name).set(job.total)
         metrics.profiling_done.labels(record.name).set(job.done)
         metrics.profiling_declined.labels(record.name).set(job.declined)
-        started, settled_at_start = time.monotonic(), job.done + job.declined
+        started, settled_at_start, spent_at_start = time.monotonic(), job.done + job.declined, job.spend
         run = Pass(self.resilience)
         cap = options.spend_cap
 
@@ -425,7 +425,10 @@ class JobRunner:
             if cap is not None and job.spend >= cap:
                 run.cap_reached()
 
-        await self.ask_each(record, todo, options, run, repset.version, settle)
+        try:
+            await self.ask_each(record, todo, options, run, repset.version, settle)
+        finally:  # a job cancelled in this process is stopped right here: what it spent still counts
+            await self._charge(job.model, job.spend - spent_at_start)
         if run.overruled:
             # paused or cancelled through another worker or replica, which wrote the job's state
             log.info("profiling job %s for %s stopped: its state was changed elsewhere", job.id, job.model)
@@ -454,7 +457,6 @@ class JobRunner:
         record = self.registry.snapshot().get(job.model) or record
         record.profile = profile
         record.profiled_at = time.time()
-        record.spend = job.spend
         record.state = "ready" if record.enabled else "disabled"
         record.error = None
         await self.registry.put_model(record)
@@ -464,6 +466,13 @@ class JobRunner:
         await self.registry.put_job(job)
         log.info("profiled %s: accuracy %.3f on %d prompts, spend %.4g", record.name,
                  record.profile.accuracy, record.profile.n_prompts, job.spend)
+
+    async def _charge(self, model: str, amount: float) -> None:
+        """Add what a run of a job spent to its model's `spend`: every job's, whatever its end."""
+        record = self.registry.snapshot().get(model)
+        if record is not None and amount > 0:
+            record.spend += amount
+            await self.registry.put_model(record)
 
     async def ask_each(self, record: ModelRecord, items: list[RepItem], options: JobOptions, run: Pass,
                        version: str, settle: Callable[[GradedAnswer], Awaitable[None]],

@@ -17,7 +17,7 @@ from router_core.datasets import load_routerbench_responses
 from router_core.grading import grade
 from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
-from tests.support.clients import client
+from tests.support.clients import client, wait_for
 from tests.support.fault_upstream import Fault, closed_port
 
 ADMIN = "admin-secret-key"
@@ -220,6 +220,24 @@ def test_a_model_still_being_profiled_answers_by_name_with_no_predicted_error(ma
             {"role": "user", "content": "hi"}]}, timeout=10).json()
         assert decision["predicted_error"] is None
         admin(gw, "POST", f"/jobs/{job['job_id']}/cancel")
+
+
+def test_a_models_spend_counts_every_job_it_had_cancelled_ones_too(make_gateway, fault_upstream):
+    """Before, a model's spend was its last finished job's: a cancelled job's calls, and the
+    jobs before a reprofile, were paid and never shown."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        first = admin(gw, "POST", "/models", json={"name": "m", "base_url": url, "upstream_model": "m:delay=0.05",
+                                                   "cost": {"per_request": 0.5}, "job": {"concurrency": 1}}).json()
+        assert wait_for(lambda: admin(gw, "GET", f"/jobs/{first['job_id']}").json()["done"] >= 3)
+        cancelled = admin(gw, "POST", f"/jobs/{first['job_id']}/cancel").json()
+        assert wait_for(lambda: admin(gw, "GET", "/models/m").json()["spend"] > 0)
+        spent = admin(gw, "GET", f"/jobs/{first['job_id']}").json()["spend"]
+        assert spent >= cancelled["spend"] > 0 and admin(gw, "GET", "/models/m").json()["spend"] == spent
+        again = admin(gw, "POST", "/models/m/reprofile", json={"limit": 4}).json()
+        done = wait_job(gw, again["job_id"])
+        assert done["state"] == "done" and done["spend"] == 4 * 0.5
+        assert admin(gw, "GET", "/models/m").json()["spend"] == spent + done["spend"]
 
 
 def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, caplog):
