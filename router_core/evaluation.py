@@ -134,13 +134,16 @@ def lambda_grid(gamma: np.ndarray, cost: np.ndarray, n: int) -> np.ndarray:
 
     Between 0 and the largest breakpoint, lambdas are quantiles of all pairwise breakpoints
     (gamma_i - gamma_j) / (c_j - c_i), so the grid is dense where decisions actually change.
+    `cost` is per model (M,) or per prompt and model (n, M); with the latter each prompt's
+    breakpoints come from its own costs.
     """
     g = np.asarray(gamma, dtype=np.float64)
-    dc = cost[None, :] - cost[:, None]  # (M, M): c_j - c_i
+    c = np.asarray(cost, dtype=np.float64)
+    dc = c[..., None, :] - c[..., :, None]  # (M, M) or (n, M, M): c_j - c_i
     dg = g[:, :, None] - g[:, None, :]  # (n, M, M): gamma_i - gamma_j
     with np.errstate(divide="ignore", invalid="ignore"):
-        bp = dg / dc[None]
-    bp = bp[np.isfinite(bp) & (bp > 0) & (dc[None] > 0)]
+        bp = dg / dc
+    bp = bp[np.isfinite(bp) & (bp > 0) & (dc > 0)]
     if bp.size == 0:
         return np.zeros(1)
     top = bp.max()
@@ -153,8 +156,9 @@ def deferral_curve(
 ) -> Curve:
     """Route every prompt for each lambda; return (mean spend / c_max, mean score) per lambda.
 
-    gamma (n, M) expected losses, route_cost (M,) normalised costs the rule sees, score and
-    spend (n, M) the realised score and cost of each (prompt, model).
+    gamma (n, M) expected losses, route_cost (M,) or (n, M) normalised costs the rule sees
+    (per model, or priced per prompt), score and spend (n, M) the realised score and cost of
+    each (prompt, model).
     """
     lams = lambda_grid(gamma, route_cost, n_lambdas)
     choice = route(gamma[None], route_cost, lams[:, None, None])  # (L, n)

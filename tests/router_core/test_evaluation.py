@@ -72,6 +72,24 @@ def test_lambda_sweep_ends_at_the_cheapest_model_and_starts_at_least_loss():
     assert curve.x[-1] == pytest.approx(spend[np.arange(100), at_zero].mean())
 
 
+def test_per_prompt_costs_sweep_every_prompt_from_least_loss_to_its_own_cheapest_model():
+    rng = np.random.default_rng(1)
+    score = rng.uniform(size=(80, 4))
+    cost = rng.uniform(0.1, 1.0, size=(80, 4))  # each prompt priced on its own
+    # per-model costs given as (n, M) are the same sweep, to the bit
+    flat = np.array([0.2, 1.0, 0.05, 0.5])
+    one, many = (deferral_curve(1 - score, c, score, cost, 1.0, 50) for c in (flat, np.broadcast_to(flat, (80, 4))))
+    assert np.array_equal(one.x, many.x) and np.array_equal(one.y, many.y)
+    # with true losses and true costs, the sweep traces the upper hull from each prompt's cheapest
+    # model to each prompt's best one
+    curve = deferral_curve(1 - score, cost, score, cost, 1.0, 400)
+    assert curve.x[0] == pytest.approx(cost.min(axis=1).mean())
+    assert curve.y[-1] == pytest.approx(score.max(axis=1).mean())
+    assert np.all(np.diff(curve.y) >= -1e-12)
+    slopes = np.diff(curve.y)[np.diff(curve.x) > 1e-12] / np.diff(curve.x)[np.diff(curve.x) > 1e-12]
+    assert np.all(np.diff(slopes) <= 1e-9)
+
+
 def test_kmeans_router_matches_the_oracle_when_correctness_depends_only_on_the_centre():
     emb, scores, costs, _ = centred_data()
     cfg = replace(FAST, clusters=4, prior=0.0, trials=3)

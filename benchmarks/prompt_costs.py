@@ -1,0 +1,182 @@
+"""Pricing each prompt in the routing rule: `python -m benchmarks.prompt_costs`.
+
+`uniroute eval` routes with each test LLM's MEAN cost on the representative prompts, c(h), the
+same for every prompt, and counts the realised cost of each (prompt, LLM) on the curve. The
+gateway prices each request instead (router_core.router `expected_costs`: the prompt's input
+tokens plus the model's mean output tokens). This study asks what a per-prompt cost prediction
+c(x, h) in the rule argmin_h gamma(x, h) + lambda c(x, h) is worth, on the seeded splits of
+`uniroute eval` (router_core.evaluation's `draw_split` and `fit_routers`, learned map left out),
+for the routers zero_router, uniroute_kmeans, knn, transfer_irt and the oracle. Cost models, all
+built from what the UniRoute contract allows (the training LLMs' data, the new LLM's answers on
+the representative set) but the last:
+
+- mean:      the test LLM's mean representative cost (what `uniroute eval` uses);
+- lenfit:    the test LLM's cost linear in the prompt's length in characters, least squares on
+             its representative prompts (the nearest to the gateway's input-token pricing);
+- knnrel:    the prompt's relative cost (each training LLM's cost over its mean on the training
+             prompts, averaged over the training LLMs) averaged over its `--knn-k` nearest
+             training prompts, times the test LLM's mean representative cost;
+- ownclus:   the test LLM's own mean representative cost in the prompt's K-means cluster, shrunk
+             toward its overall mean with `--prior` pseudo-prompts (Psi's rule, on costs);
+- trainclus: the mean relative cost of the training prompts of the prompt's cluster, times the
+             test LLM's mean representative cost;
+- realised:  the true cost of the (prompt, LLM): no router can know it; it bounds the others.
+
+The clusters are K-means on the training prompts with the K the K-means router chose in the
+trial (seed 0). Every cost model is normalised by the test pool's dearest mean representative
+cost, as `uniroute eval` normalises the mean. Reported per router and cost model: mean area
+with its 95% interval, closure (against the zero router and the oracle both with mean costs, as
+`uniroute eval` reports it) with its bootstrap interval, and the paired per-trial difference in
+area to the same router with mean costs (95% interval, trials won). The JSON keeps every
+per-trial area.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.repset_size import data_arguments, load_embedded
+from router_core.clustering import assign, fit_kmeans
+from router_core.evaluation import (
+    EvalConfig,
+    TrialSplit,
+    area_under,
+    closure,
+    closure_ci,
+    deferral_curve,
+    draw_split,
+    fit_routers,
+    mean_ci,
+)
+from router_core.neighbours import knn_gamma
+from router_core.profiles import cluster_profiles
+
+ROUTERS = ("zero_router", "uniroute_kmeans", "knn", "transfer_irt", "oracle")
+COST_MODELS = ("mean", "lenfit", "knnrel", "ownclus", "trainclus", "realised")
+
+
+def relative_costs(costs: np.ndarray) -> np.ndarray:
+    """(n,) each prompt's cost relative to each LLM's mean over the prompts, averaged over the
+    LLMs of `costs` (n, m); an LLM whose every cost is zero counts as 1 everywhere."""
+    mean = costs.mean(axis=0)
+    rel = np.divide(costs, mean, out=np.ones_like(costs), where=mean > 0)
+    return rel.mean(axis=1)
+
+
+def predicted_costs(emb: np.ndarray, lengths: np.ndarray, costs: np.ndarray, split: TrialSplit,
+                    clusters: int, knn_k: int = 20, prior: float = 4.0) -> dict[str, np.ndarray]:
+    """Each cost model's costs of the test LLMs on the test prompts, normalised by the dearest
+    test LLM's mean representative cost: "mean" (M,), the others (n_test, M)."""
+    tr_p, val_p, q = split.train_prompts, split.val_prompts, split.test_prompts
+    te = split.test_models
+    val_cost = costs[np.ix_(val_p, te)]
+    mean = np.nanmean(val_cost, axis=0)  # (M,), as `fit_routers` takes it
+
+    design = np.c_[np.ones(val_p.size), lengths[val_p]]
+    coef = np.linalg.lstsq(design, val_cost, rcond=None)[0]  # (2, M)
+    lenfit = np.clip(np.c_[np.ones(q.size), lengths[q]] @ coef, 0.0, None)
+
+    rel = relative_costs(costs[np.ix_(tr_p, split.train_models)])  # (n_train,)
+    knnrel = knn_gamma(emb[q], emb[tr_p], rel[:, None], knn_k)[:, 0]
+
+    centroids = fit_kmeans(emb[tr_p], clusters, seed=0)
+    tr_lab, val_lab, q_lab = (assign(centroids, emb[rows])[0] for rows in (tr_p, val_p, q))
+    own = cluster_profiles(val_lab, val_cost, clusters, prior)[0]  # (M, K)
+    count = np.bincount(tr_lab, minlength=clusters)
+    rel_k = np.divide(np.bincount(tr_lab, weights=rel, minlength=clusters), count,
+                      out=np.ones(clusters), where=count > 0)
+    raw = {"mean": mean,
+           "lenfit": lenfit,
+           "knnrel": knnrel[:, None] * mean,
+           "ownclus": own[:, q_lab].T,
+           "trainclus": rel_k[q_lab][:, None] * mean,
+           "realised": costs[np.ix_(q, te)]}
+    top = mean.max()  # `normalise_costs` of the mean: "mean" is the very route cost of `uniroute eval`
+    return {name: c / top if top > 0 else np.zeros_like(c) for name, c in raw.items()}
+
+
+def run_trial(emb: np.ndarray, lengths: np.ndarray, scores: np.ndarray, costs: np.ndarray, cfg: EvalConfig,
+              rng: np.random.Generator, knn_k: int, prior: float) -> dict[tuple[str, str], float]:
+    """One `uniroute eval` trial (the same split and routers for the same rng): the area of every
+    (router, cost model)."""
+    split = draw_split(scores, cfg, rng)
+    routers = fit_routers(emb, scores, costs, split, cfg, rng)
+    q_score = scores[np.ix_(split.test_prompts, split.test_models)]
+    q_spend = costs[np.ix_(split.test_prompts, split.test_models)]
+    c_max = q_spend.mean(axis=0).max() or 1.0
+    gammas = {**{r: routers.gammas[r] for r in ROUTERS[:-1]}, "oracle": 1.0 - q_score}
+    priced = predicted_costs(emb, lengths, costs, split, int(routers.settings["uniroute_kmeans.clusters"]),
+                             knn_k, prior)
+    return {(r, c): area_under(deferral_curve(gammas[r], priced[c], q_score, q_spend, c_max, cfg.n_lambdas))
+            for r in ROUTERS for c in COST_MODELS}
+
+
+def summarise(areas: dict[tuple[str, str], list[float]]) -> dict[str, dict[str, dict]]:
+    """Per router and cost model: area and interval, closure (against the zero router and the
+    oracle with mean costs) and interval, the paired difference to the router with mean costs."""
+    a = {key: np.asarray(v, dtype=np.float64) for key, v in areas.items()}
+    zero, oracle = a[("zero_router", "mean")], a[("oracle", "mean")]
+    out: dict[str, dict[str, dict]] = {}
+    for (router, cost), values in a.items():
+        m, lo, hi = mean_ci(values)
+        row = {"area": m, "area_ci": [lo, hi], "closure": closure(values, zero, oracle),
+               "closure_ci": closure_ci(values, zero, oracle), "minus_mean_cost": None,
+               "trial_areas": values.tolist()}
+        if cost != "mean":
+            diff = values - a[(router, "mean")]
+            d, dlo, dhi = mean_ci(diff)
+            row["minus_mean_cost"] = {"area_diff": d, "ci": [dlo, dhi], "wins": int((diff > 0).sum()),
+                                      "trials": int(diff.size)}
+        out.setdefault(router, {})[cost] = row
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "   n/a" if v is None else f"{100 * v:5.1f}%"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="the trials' seed (0: the splits of `uniroute eval`)")
+    p.add_argument("--knn-k", type=int, default=20, help="nearest training prompts of the knnrel cost model")
+    p.add_argument("--prior", type=float, default=4.0, help="pseudo-prompts of the ownclus cost model")
+    p.add_argument("--json", dest="json_out", required=True)
+    args = p.parse_args(argv)
+    name, prompts, emb, scores, costs = load_embedded(args)
+    if np.isnan(costs).any() or (costs < 0).any():
+        raise SystemExit("every (prompt, model) needs a known, non-negative cost (--model-costs prices a model)")
+    lengths = np.array([len(text) for text in prompts], dtype=np.float64)
+    cfg = EvalConfig(trials=args.trials, seed=args.seed, learned_map=None)
+    master = np.random.default_rng(cfg.seed)  # the same trial seeds as `evaluate`
+    areas: dict[tuple[str, str], list[float]] = {}
+    for _ in tqdm(range(cfg.trials), desc="trials", unit="trial", file=sys.stderr):
+        trial = run_trial(emb, lengths, scores, costs, cfg, np.random.default_rng(master.integers(1 << 63)),
+                          args.knn_k, args.prior)
+        for key, value in trial.items():
+            areas.setdefault(key, []).append(value)
+    methods = summarise(areas)
+    result = {"dataset": name, "n_prompts": int(scores.shape[0]), "n_models": int(scores.shape[1]),
+              "trials": cfg.trials, "seed": cfg.seed, "embedder": args.embedder, "knn_k": args.knn_k,
+              "prior": args.prior, "routers": list(ROUTERS), "cost_models": list(COST_MODELS), "methods": methods}
+    Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{name}, {cfg.trials} trials; closure vs zero_router/oracle with mean costs; "
+          "paired area difference vs the same router with mean costs")
+    for router, rows in methods.items():
+        for cost, row in rows.items():
+            ci = row["closure_ci"]
+            shown = " " * 16 if ci is None else f" [{100 * ci[0]:5.1f}, {100 * ci[1]:5.1f}]"
+            d = row["minus_mean_cost"]
+            paired = "" if d is None else (f"  {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+                                           f" {d['wins']}/{d['trials']}")
+            print(f"{router:<16} {cost:<10} area {row['area']:.4f}  closure {_pct(row['closure'])}{shown}{paired}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The per-prompt pricing study (`benchmarks.prompt_costs`): its cost models on synthetic data
+with a known answer, and the whole study on a small real dataset (the vendored MBPP test file,
+128 prompts, 11 LLMs, the shipped MiniLM), paired with `uniroute eval` on the same splits."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from app.demo import ROUTERBENCH_DIR
+from benchmarks.prompt_costs import (
+    COST_MODELS,
+    ROUTERS,
+    predicted_costs,
+    relative_costs,
+)
+from benchmarks.repset_size import load_embedded
+from router_core.evaluation import EvalConfig, TrialSplit, evaluate
+from tests.benchmarks.test_benchmarks_smoke import run_benchmark
+
+SMALL = ROUTERBENCH_DIR / "mbpp_test.csv"
+
+
+def test_relative_cost_is_each_prompt_over_each_llms_mean_averaged_over_the_llms():
+    costs = np.array([[1.0, 2.0, 0.0], [3.0, 6.0, 0.0]])  # a free LLM counts as 1
+    assert np.allclose(relative_costs(costs), [(0.5 + 0.5 + 1) / 3, (1.5 + 1.5 + 1) / 3])
+
+
+def test_cost_models_find_the_dear_kind_of_prompt_from_training_and_representative_costs():
+    """Two kinds of prompt, one three times as dear for every LLM, the long ones: every cost
+    model but the mean prices a dear test prompt above a cheap one, for every test LLM."""
+    rng = np.random.default_rng(0)
+    n, d = 200, 8
+    kind = np.arange(n) % 2
+    emb = np.eye(d)[kind] + 0.05 * rng.normal(size=(n, d))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    lengths = np.where(kind == 1, 900.0, 100.0) + rng.uniform(0, 50, n)
+    price = np.array([1.0, 2.0, 5.0, 0.5, 3.0])
+    costs = price * np.where(kind == 1, 3.0, 1.0)[:, None] * rng.uniform(0.9, 1.1, (n, price.size))
+    split = TrialSplit(train_models=np.array([0, 1, 2]), test_models=np.array([3, 4]),
+                       train_prompts=np.arange(0, 120), val_prompts=np.arange(120, 140), test_prompts=np.arange(140, n))
+    priced = predicted_costs(emb, lengths, costs, split, clusters=2)
+    val_mean = costs[np.ix_(split.val_prompts, split.test_models)].mean(axis=0)
+    assert np.array_equal(priced["mean"], val_mean / val_mean.max())  # `uniroute eval`'s route cost
+    assert np.allclose(priced["realised"], costs[np.ix_(split.test_prompts, split.test_models)] / val_mean.max())
+    dear, cheap = kind[split.test_prompts] == 1, kind[split.test_prompts] == 0
+    for name in ("lenfit", "knnrel", "ownclus", "trainclus", "realised"):
+        c = priced[name]
+        assert c.shape == (split.test_prompts.size, 2) and (c >= 0).all()
+        assert (c[dear].min(axis=0) > c[cheap].max(axis=0)).all(), name
+        # about three times as dear, for each test LLM (ownclus shrinks toward the mean: less)
+        assert (c[dear].mean(axis=0) / c[cheap].mean(axis=0) > 2.0).all(), name
+
+
+@pytest.mark.slow
+def test_study_reports_every_router_and_cost_model_paired_with_uniroute_eval(tmp_path, shared_cache):
+    out = tmp_path / "prompt_costs.json"
+    run_benchmark("prompt_costs", "--data", str(SMALL), "--format", "routerbench", "--embedder", "accurate",
+                  "--cache-dir", shared_cache, "--trials", "2", "--json", str(out))
+    result = json.loads(out.read_text())
+    methods = result["methods"]
+    assert list(methods) == list(ROUTERS) and all(list(m) == list(COST_MODELS) for m in methods.values())
+    for router, rows in methods.items():
+        for cost, row in rows.items():
+            assert len(row["trial_areas"]) == 2 and np.mean(row["trial_areas"]) == pytest.approx(row["area"])
+            assert row["area_ci"][0] <= row["area"] <= row["area_ci"][1]
+            paired = row["minus_mean_cost"]
+            if cost == "mean":
+                assert paired is None
+                continue
+            diff = np.subtract(row["trial_areas"], rows["mean"]["trial_areas"])
+            assert paired["area_diff"] == pytest.approx(diff.mean())
+            assert paired["ci"][0] <= paired["area_diff"] <= paired["ci"][1]
+            assert paired["wins"] == int((diff > 0).sum()) and paired["trials"] == 2
+    assert methods["zero_router"]["mean"]["closure"] == 0.0
+    assert methods["oracle"]["mean"]["closure"] == pytest.approx(1.0)
+
+    # With mean costs the study IS `uniroute eval` (learned map left out): same splits, same
+    # routers, the same areas trial by trial, so every per-prompt cost model is paired with it.
+    args = argparse.Namespace(data=str(SMALL), format="routerbench", model_costs=None, embedder="accurate",
+                              max_prompts=None, cache_dir=shared_cache, name=None)
+    _, _, emb, scores, costs = load_embedded(args)
+    report = evaluate(emb, scores, costs, replace(EvalConfig(trials=2), learned_map=None))
+    for router in ROUTERS:
+        assert methods[router]["mean"]["trial_areas"] == [t.metrics[router]["area"] for t in report.trials], router
