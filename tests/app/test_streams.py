@@ -12,7 +12,12 @@ from app.demo.replay_upstream import (
     stream_chunks,
 )
 from app.upstream import streams
-from app.upstream.streams import EventSplitter, StreamWatch, event_data, opens_event_stream
+from app.upstream.streams import (
+    EventSplitter,
+    StreamWatch,
+    event_data,
+    opens_event_stream,
+)
 
 
 def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
