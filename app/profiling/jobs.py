@@ -198,6 +198,18 @@ def declined_ids(answers: dict[str, GradedAnswer]) -> set[str]:
     return {pid for pid, a in answers.items() if a.error is not None and a.declined}
 
 
+def too_little_graded(clusters: RepsetClusters, items: list[RepItem], stored: dict[str, GradedAnswer],
+                      policy: Resilience) -> str | None:
+    """Why a model's `stored` answers to `items` may not route yet (the coverage floors), or None.
+    Prompts it declined are unanswerable, not failures: out of the coverage count."""
+    declined = declined_ids(stored)
+    graded = {pid for pid, a in stored.items() if a.error is None}
+    cover = coverage(clusters, [item.id for item in items if item.id not in declined], graded)
+    if cover.meets(policy.min_coverage, policy.min_cluster_coverage):
+        return None
+    return "too little graded to route on: " + cover.describe(policy.min_coverage, policy.min_cluster_coverage)
+
+
 @dataclass(eq=False)
 class JobRunner:
     """Runs profiling jobs inside one gateway; see the module docstring. `clusters` gives the
@@ -441,13 +453,9 @@ class JobRunner:
             return
         stored = await self._job_answers(job, repset.version, items)
         answers = {pid: a for pid, a in stored.items() if a.error is None}
-        # prompts the model declines are unanswerable, not failures: out of the coverage count
-        declined = declined_ids(stored)
-        cover = coverage(clusters, [item.id for item in items if item.id not in declined], set(answers))
-        policy = self.resilience
-        if not cover.meets(policy.min_coverage, policy.min_cluster_coverage):
-            await self._pause(job, "too little graded to route on: "
-                              + cover.describe(policy.min_coverage, policy.min_cluster_coverage))
+        short = too_little_graded(clusters, items, stored, self.resilience)
+        if short is not None:
+            await self._pause(job, short)
             return
         profile = profile_from_answers(clusters, answers)
         assert profile is not None  # coverage met: some answer is graded

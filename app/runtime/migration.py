@@ -41,8 +41,14 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from app.errors import GatewayError
-from app.profiling.jobs import JobRunner, Pass, declined_ids, job_items
-from app.profiling.profiles import coverage, profile_from_answers
+from app.profiling.jobs import (
+    JobRunner,
+    Pass,
+    declined_ids,
+    job_items,
+    too_little_graded,
+)
+from app.profiling.profiles import profile_from_answers
 from app.routing.service import RoutingService
 from app.runtime.config import Settings
 from models_registry.base import Registry, RegistryUnavailable, hold_lock
@@ -386,12 +392,9 @@ class StateManager:
             why = "the model declined every item of the new set" if declined == wanted else \
                 "no item of the new set was answered"
             return {**fields, "state": "failed", "error": why}
-        policy = self.jobs.resilience
-        cover = coverage(router.repset, [item.id for item in items if item.id not in declined], good)
-        if not cover.meets(policy.min_coverage, policy.min_cluster_coverage):
-            return {**fields, "state": "incomplete",
-                    "error": "too little graded to route on: " + cover.describe(policy.min_coverage,
-                                                                               policy.min_cluster_coverage)}
+        short = too_little_graded(router.repset, items, stored, self.jobs.resilience)
+        if short is not None:
+            return {**fields, "state": "incomplete", "error": short}
         return {**fields, "state": "ready", "error": None}
 
     async def _save(self, doc: dict, announce: bool = False) -> None:
