@@ -329,6 +329,17 @@ class JobRunner:
         await self.registry.put_job(job)
         self._spawn(job)
 
+    async def follow_switch(self) -> None:
+        """After a switch of router state and representative set, this process's running jobs
+        start again on the new set: a job's profile must be made under the clusters it will route
+        with, and the old set's prompts would only be paid for (what they graded stays stored)."""
+        for job_id in list(self._tasks):
+            await self._stop_task(job_id)
+            job = await self.registry.get_job(job_id)
+            if job is not None and job.state == "running":
+                log.info("profiling job %s for %s goes on with the new representative set", job.id, job.model)
+                self._spawn(job)
+
     async def close(self) -> None:
         """Stop this replica's jobs without changing their state: another start resumes them."""
         for task in self._tasks.values():

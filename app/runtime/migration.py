@@ -20,7 +20,8 @@ the migration's lock) re-profiles every registered model on the new set:
 When every model is ready the migration commits (unless `auto_commit` is false; the operator
 can also force it: `commit(force=True)`): the ACTIVE document gets the new state's paths and
 every model's new profile, and its announcement makes every replica attach the new router at
-once (a Redis pub/sub message when replicas share a Redis). Then the model records get the new
+once (a Redis pub/sub message when replicas share a Redis), and each replica's running
+profiling jobs start again on the new set (JobRunner.follow_switch). Then the model records get the new
 profiles (for restarts and the admin views); a replica that has not switched yet keeps the
 profiles it routes with (Gateway.refresh). A model with no graded answer on the new set (a
 forced commit, a model registered meanwhile) keeps its profile if it was made under the new
@@ -280,6 +281,7 @@ class StateManager:
         self.after_switch()
         log.info("switched to router state %s: %d clusters, %d routable models", router.state.version,
                  router.n_clusters, len(router.table.models))
+        await self.jobs.follow_switch()
 
     # --- the re-profiling, on the replica holding the lock -------------------------------
 

@@ -18,6 +18,7 @@ from app.runtime.config import ModelConfig
 from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET
 from tests.app.conftest import ROUTERBENCH_SETTINGS
+from tests.support.clients import wait_for
 
 ADMIN = "migration-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -173,3 +174,27 @@ def test_without_a_judge_a_migration_leaves_judged_items_out_and_declined_items_
         assert call(gw, "POST", "/state/pending/commit", {"force": False}).status_code == 200
         for m in call(gw, "GET", "/models").json()["data"]:
             assert m["state"] == "ready" and m["profile"]["repset_version"] == load_repset(repset).version
+
+
+def test_a_first_profiling_job_running_through_a_switch_goes_on_with_the_new_set(make_gateway, fault_upstream,
+                                                                                  tmp_path):
+    """Before, it went on asking the old set's prompts and made its profile under the old
+    clusters, which the switched gateway cannot route with: paid for, and no model to show."""
+    upstream, url = fault_upstream
+    rows = [row for row in DEFAULT_REPSET.read_text().splitlines() if '"llm_judge' not in row][:20]
+    repset = tmp_path / "general-20.jsonl"
+    repset.write_text("".join(row + "\n" for row in rows))
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        before = call(gw, "GET", "/state").json()["state"]["version"]
+        job = call(gw, "POST", "/models", {"name": "slow", "base_url": url, "upstream_model": "slow:delay=0.1",
+                                           "cost": {"per_request": 1}, "job": {"concurrency": 1}}).json()["job_id"]
+        assert wait_for(lambda: call(gw, "GET", f"/jobs/{job}").json()["done"] >= 2)
+        assert call(gw, "POST", "/state", {"state_dir": "fast", "repset_path": str(repset)}).status_code == 202
+        assert wait_for(lambda: call(gw, "GET", "/state").json()["state"]["version"] != before, timeout_s=120)
+        assert wait_for(lambda: call(gw, "GET", f"/jobs/{job}").json()["state"] == "done", timeout_s=120)
+        assert call(gw, "GET", f"/jobs/{job}").json()["total"] == 20
+        model = call(gw, "GET", "/models/slow").json()
+        assert model["state"] == "ready" and model["profile"]["repset_version"] == load_repset(repset).version
+        decision = httpx.post(gw + "/v1/route", json={"model": "uniroute", "messages": [
+            {"role": "user", "content": "hi"}]}, timeout=10).json()
+        assert decision["model"] == "slow"  # routable under the new clusters
