@@ -147,7 +147,7 @@ async def list_models(request: Request) -> dict:
     return {"data": [model_json(r) for r in records]}
 
 
-AnswerFilter = Literal["all", "wrong", "correct", "ungraded"]
+AnswerFilter = Literal["all", "wrong", "correct", "ungraded", "declined"]
 
 
 @router.get("/models/{name:path}/answers")
@@ -157,7 +157,8 @@ async def model_answers(name: str, request: Request, filter: AnswerFilter = "all
     """A model's stored answers on the current representative set, in the set's order, to audit
     its grades: the prompt, the reference, the answer's text, its score and the grader's verdict.
     `filter`: `wrong` (graded, score below 0.5), `correct`, `ungraded` (failed or not gradable:
-    asked again); `cluster`: the prompt's nearest cluster under the current router state."""
+    asked again), `declined` (refused by the model: not asked again, not a failure); `cluster`:
+    the prompt's nearest cluster under the current router state."""
     gw = gateway_of(request)
     existing(gw, name)
     clusters = gw.routing.require_ready().repset
@@ -173,7 +174,8 @@ async def model_answers(name: str, request: Request, filter: AnswerFilter = "all
         if a is None or (cluster is not None and k != cluster):
             continue
         graded = a.error is None
-        if filter != "all" and filter != ("ungraded" if not graded else "correct" if a.score >= 0.5 else "wrong"):
+        kind = ("declined" if a.declined else "ungraded") if not graded else "correct" if a.score >= 0.5 else "wrong"
+        if filter not in ("all", kind):
             continue
         rows.append({"prompt_id": item.id, "task": item.task, "grader": item.grader, "cluster": k,
                      "prompt": item.prompt, "reference": item.reference, "answer": a.text, "graded": graded,

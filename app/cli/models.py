@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p_model.set_defaults(func=cmd_enable, enabled=enabled)
     answers = verbs.add_parser("answers", help="a model's graded answers, to audit its profile")
     answers.add_argument("name")
-    answers.add_argument("--filter", choices=["all", "wrong", "correct", "ungraded"], default="all")
+    answers.add_argument("--filter", choices=["all", "wrong", "correct", "ungraded", "declined"], default="all")
     answers.add_argument("--cluster", type=int)
     answers.add_argument("--limit", type=int, default=20)
     answers.add_argument("--offset", type=int, default=0)

@@ -373,3 +373,18 @@ def test_graded_answers_are_served_for_audit_with_filters_and_pages(make_gateway
         in_k = admin(gw, "GET", "/models/echo/answers", params={"cluster": k, "limit": 1000}).json()
         assert in_k["total"] == sum(a["cluster"] == k for a in every["data"]) >= 1
         assert admin(gw, "GET", "/models/nobody/answers").status_code == 404
+
+
+def test_declined_prompts_are_audited_apart_from_failed_ones(make_gateway, fault_upstream):
+    """Before, `ungraded` (failures, asked again) listed the prompts the model refused too."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        # a context so short that the longest prompts are refused; the rest answered
+        r = admin(gw, "POST", "/models", json={"name": "short", "base_url": url, "upstream_model": "short:context=450",
+                                                "cost": {"per_request": 1}, "job": {"limit": 40, "seed": 1}})
+        job = wait_job(gw, r.json()["job_id"])
+        assert 0 < job["declined"] < 40
+        declined = admin(gw, "GET", "/models/short/answers", params={"filter": "declined", "limit": 1000}).json()
+        ungraded = admin(gw, "GET", "/models/short/answers", params={"filter": "ungraded", "limit": 1000}).json()
+        assert declined["total"] == job["declined"] and all(a["declined"] for a in declined["data"])
+        assert ungraded["total"] == 0
