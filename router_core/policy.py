@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from router_core.confidence import error_interval
+
 # The router's cost scale: the expected cost per request (in the prices' unit, USD for the
 # shipped configs) that a cost weight of 1 weighs as one full unit of error rate. At cost weight
 # lam the router pays up to DEFAULT_COST_SCALE / lam more per request for one unit less error,
@@ -40,14 +42,34 @@ def _objective(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray) -> 
     return g + np.asarray(lam, dtype=np.float64) * c, c
 
 
-def supported(support: np.ndarray, min_support: float) -> np.ndarray:
+def supported(support: np.ndarray, min_support: float, error: np.ndarray | None = None,
+              overall: np.ndarray | None = None, prior: float = 0.0) -> np.ndarray:
     """The support guard, (..., M) bool: a model is eligible for a prompt when the labelled
     prompts behind its predicted error there (`support`) reach `min_support`. Where no model's
     do, the floor falls to the most any model has: a model with some answers of that kind goes
     before one whose prediction there is only its overall mean (one profiled where it declined
-    every such prompt); where nobody has any, every model is eligible."""
+    every such prompt); where nobody has any, every model is eligible.
+
+    With the predicted `error` (shrunk with `prior` pseudo-prompts toward each model's `overall`
+    error, (M,)), a model below the floor is eligible too where the upper end of a 90% interval
+    of its error from its own answers there alone (the pseudo-prompts taken back out) is below
+    every eligible model's predicted error: no evidence, or little, still beats firm evidence
+    that the eligible models fail."""
     s = np.asarray(support, dtype=np.float64)
-    return s >= np.minimum(min_support, s.max(axis=-1, keepdims=True, initial=0.0))
+    eligible = s >= np.minimum(min_support, s.max(axis=-1, keepdims=True, initial=0.0))
+    if error is None or overall is None or eligible.all():
+        return eligible
+    e = np.asarray(error, dtype=np.float64)
+    best = np.broadcast_to(np.where(eligible, e, np.inf).min(axis=-1, keepdims=True), e.shape)
+    maybe = ~eligible & (e < best)  # the interval only where it could change anything
+    if not maybe.any():
+        return eligible
+    seen = s[maybe]
+    failures = np.clip(e[maybe] * (seen + prior) - prior * np.broadcast_to(overall, e.shape)[maybe], 0.0, seen)
+    rate = np.divide(failures, seen, out=np.full_like(seen, 0.5), where=seen > 0)
+    out = eligible.copy()
+    out[maybe] = error_interval(rate, seen, 0.0)[1] < best[maybe]
+    return out
 
 
 def route(gamma: np.ndarray, cost: np.ndarray, lam: float | np.ndarray,

@@ -185,7 +185,9 @@ class ModelTable:
         curve = self._curves.get(key)
         if curve is None:
             costs = self.expected_costs(self.calibration_tokens)[:, idx]
-            eligible = policy.supported(self.support(self.calibration_weights, idx), self.min_support)
+            eligible = policy.supported(self.support(self.calibration_weights, idx), self.min_support,
+                                        self.calibration_weights @ self.psi[idx].T, 1.0 - self.accuracy[idx],
+                                        self.prior)
             curve = calibrate(self.calibration_weights, self.psi[idx], costs, [self.names[i] for i in idx],
                               cost_scale=self.cost_scale, eligible=eligible)
             subsets = [k for k in self._curves if k is not None]
@@ -454,7 +456,7 @@ class UniRouter:
         gamma = weights @ table.psi[idx].T  # (n, M)
         support = table.support(weights, idx)
         costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64))[:, idx]  # (n, M)
-        eligible = policy.supported(support, table.min_support)
+        eligible = policy.supported(support, table.min_support, gamma, 1.0 - table.accuracy[idx], table.prior)
         order = policy.rank(gamma, costs / table.cost_scale, lam, eligible)  # (n, M)
         rows = np.arange(n)[:, None]
         gamma, support, costs = gamma[rows, order], support[rows, order], costs[rows, order]

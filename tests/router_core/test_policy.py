@@ -70,3 +70,18 @@ def test_ineligible_models_are_never_chosen_and_ranked_after_the_eligible_ones()
     eligible = np.array([[False, True, True]])
     assert route(gamma, cost, 10.0, eligible).tolist() == [1]
     assert rank(gamma, cost, 0.0, eligible).tolist() == [[2, 1, 0]]
+
+
+def test_a_model_without_support_goes_before_eligible_ones_that_surely_fail():
+    # Two prompts; model 0 has support 20, model 1 none (its error is its overall mean, 0.1).
+    support = np.array([[20.0, 0.0], [20.0, 0.0]])
+    error = np.array([[1.0, 0.1], [0.5, 0.1]])  # model 0 fails every prompt like the first one
+    overall = np.array([1.0, 0.1])
+    assert supported(support, 4.0, error, overall, prior=4.0).tolist() == [[True, True], [True, False]]
+    # Its own evidence counts: 3 failures in 3 answers keep it out beside a model failing 20 of 20
+    # there (shrunk toward its 0.8 overall), where no evidence would not have got in either.
+    fails_there = (20 + 4 * 0.8) / 24
+    thin = np.array([[20.0, 3.0], [20.0, 0.0]])
+    errors = np.array([[fails_there, (3 + 4 * 0.1) / 7], [fails_there, 0.1]])
+    assert supported(thin, 4.0, errors, np.array([0.8, 0.1]), prior=4.0).tolist() == [[True, False], [True, False]]
+    assert supported(thin, 4.0).tolist() == [[True, False], [True, False]]  # without errors: the floor alone

@@ -314,6 +314,22 @@ def test_where_no_model_reaches_the_floor_one_with_no_answers_there_still_goes_l
     assert router.route(PROMPTS[0], cost_weight=50.0).model == "partial"  # ARC: it has answers there
 
 
+def test_a_model_without_support_is_chosen_over_one_that_fails_every_prompt_there(shipped):
+    # The guard trusts support, but a model known to fail everything is no safer a choice than
+    # one with no answers of that kind (before, "hopeless" won even at cost weight 0).
+    router = two_model_router(shipped)
+    ids, items = router.repset.ids, router.repset.repset.items
+    router.add_model("partial", Price(per_request=1.0),
+                     scores={i: 1.0 for i, item in zip(ids, items) if item.task == "arc-challenge"})
+    router.add_model("hopeless", Price(per_request=1e-9), scores={i: 0.0 for i in ids})
+    d = router.route(PROMPTS[2], cost_weight=0.0, models=["hopeless", "partial"])  # Winogrande
+    partial = next(c for c in d.candidates if c.model == "partial")
+    assert partial.support == 0 and not partial.supported
+    assert d.model == "partial"
+    # beside models that do not surely fail there, the guard keeps it out as before
+    assert router.route(PROMPTS[2], cost_weight=0.0).model == "big"
+
+
 def test_where_no_model_has_support_the_rule_ranks_all_and_says_none_is_supported(shipped):
     router = two_model_router(shipped)
     code = PROMPTS[1]  # the shipped set holds no code prompt: its cluster has no support for anyone
