@@ -99,9 +99,13 @@ def _run(args: argparse.Namespace) -> int:
                                 "min_cluster_size": args.min_cluster_size,
                                 "silhouettes": {str(c): round(v, 4) for c, v in choice.silhouettes.items()},
                                 "smallest_cluster": {str(c): v for c, v in choice.smallest.items()}}
-        table = ", ".join(f"K={c}: {v:.3f}" for c, v in choice.silhouettes.items())
-        print(f"chose K={k}: the largest within {DEFAULT_TOLERANCE} of the best mean silhouette ({table})",
-              file=sys.stderr)
+        # a K left out for a cluster below the minimum says so, or a better silhouette beside the
+        # chosen K would read as a wrong choice
+        table = ", ".join(f"K={c}: {v:.3f}" + (f" (a cluster of {choice.smallest[c]})"
+                                              if choice.smallest[c] < args.min_cluster_size else "")
+                          for c, v in choice.silhouettes.items())
+        print(f"chose K={k}: the largest within {DEFAULT_TOLERANCE} of the best mean silhouette among the K "
+              f"whose every cluster holds {args.min_cluster_size} prompts or more ({table})", file=sys.stderr)
     state = build_state(
         prompts, embedder, k, args.seed, args.method,
         embedder_spec=args.embedder, max_chars=max_chars, losses=losses, prior=args.prior, metadata=metadata,

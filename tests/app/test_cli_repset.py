@@ -3,6 +3,7 @@ on real Arena prompts with the real embedding model."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,11 @@ def test_build_state_on_a_capture_export_chooses_k_on_the_data(export, tmp_path,
     eligible = [int(k) for k, n in choice["smallest_cluster"].items() if n >= 15]
     top = max(choice["silhouettes"][str(k)] for k in eligible)
     assert state.k == max(k for k in eligible if choice["silhouettes"][str(k)] >= top - 0.005 - 1e-4)
-    assert f"chose K={state.k}" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"chose K={state.k}" in said
+    # a K left out for a small cluster is marked so beside its silhouette
+    for k, n in choice["smallest_cluster"].items():
+        assert bool(re.search(rf"K={k}: -?[0-9.]+ \(a cluster of {n}\)", said)) == (n < 15)
     clusters = state.metadata["clusters"]
     assert [c["id"] for c in clusters] == list(range(state.k)) and sum(c["size"] for c in clusters) == 120
     assert all(c["examples"] for c in clusters)
