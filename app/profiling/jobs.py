@@ -451,7 +451,10 @@ class JobRunner:
         try:
             await self.ask_each(record, todo, options, run, repset.version, settle)
         finally:  # a job cancelled in this process is stopped right here: what it spent still counts
-            await self._charge(job.model, job.spend - spent_at_start)
+            # as its stored record says, which the job's own views show (an answer being counted
+            # when the run was cancelled may not have reached it)
+            stored = await self.registry.get_job(job.id)
+            await self._charge(job.model, (stored or job).spend - spent_at_start)
         if run.overruled:
             # paused or cancelled through another worker or replica, which wrote the job's state
             log.info("profiling job %s for %s stopped: its state was changed elsewhere", job.id, job.model)

@@ -84,16 +84,15 @@ def test_a_job_paused_or_cancelled_through_another_gateway_stops_where_it_runs(m
             assert wait_for(lambda: job_of(b, job_id)["done"] >= 2)
             return job_id
 
-        def calls_settle(name: str) -> int:
-            """The upstream calls once the one in flight at the stop has ended."""
-            time.sleep(0.5)
-            seen = upstream.calls[f"{name}:delay=0.1"]
-            time.sleep(1.0)
-            return upstream.calls[f"{name}:delay=0.1"] - seen
+        def calls_after(name: str, stopped_at: int) -> int:
+            """The upstream calls that arrived in the 1.5 s after the stop: at most the one that was
+            in flight (one at a time), however loaded the machine; running on, about 15."""
+            time.sleep(1.5)
+            return upstream.calls[f"{name}:delay=0.1"] - stopped_at
 
         paused = started_slowly("p")
         assert httpx.post(f"{b}/admin/jobs/{paused}/pause", headers=auth, timeout=10).json()["state"] == "paused"
-        assert calls_settle("p") == 0
+        assert calls_after("p", upstream.calls["p:delay=0.1"]) <= 1
         assert job_of(a, paused)["state"] == job_of(b, paused)["state"] == "paused"
         assert httpx.post(f"{b}/admin/jobs/{paused}/resume", headers=auth, timeout=10).json()["state"] == "running"
         assert wait_for(lambda: job_of(a, paused)["state"] == "done", timeout_s=120)
@@ -101,5 +100,5 @@ def test_a_job_paused_or_cancelled_through_another_gateway_stops_where_it_runs(m
         cancelled = started_slowly("c")
         assert httpx.post(f"{b}/admin/jobs/{cancelled}/cancel", headers=auth,
                           timeout=10).json()["state"] == "cancelled"
-        assert calls_settle("c") == 0
+        assert calls_after("c", upstream.calls["c:delay=0.1"]) <= 1
         assert job_of(a, cancelled)["state"] == "cancelled"
