@@ -54,18 +54,11 @@ from router_core.evaluation import (
     mean_ci,
 )
 from router_core.neighbours import knn_gamma
+from router_core.output_scale import cluster_scale, relative_to_models
 from router_core.profiles import cluster_profiles
 
 ROUTERS = ("zero_router", "uniroute_kmeans", "knn", "transfer_irt", "oracle")
 COST_MODELS = ("mean", "lenfit", "knnrel", "ownclus", "trainclus", "realised")
-
-
-def relative_costs(costs: np.ndarray) -> np.ndarray:
-    """(n,) each prompt's cost relative to each LLM's mean over the prompts, averaged over the
-    LLMs of `costs` (n, m); an LLM whose every cost is zero counts as 1 everywhere."""
-    mean = costs.mean(axis=0)
-    rel = np.divide(costs, mean, out=np.ones_like(costs), where=mean > 0)
-    return rel.mean(axis=1)
 
 
 def predicted_costs(emb: np.ndarray, lengths: np.ndarray, costs: np.ndarray, split: TrialSplit,
@@ -81,15 +74,14 @@ def predicted_costs(emb: np.ndarray, lengths: np.ndarray, costs: np.ndarray, spl
     coef = np.linalg.lstsq(design, val_cost, rcond=None)[0]  # (2, M)
     lenfit = np.clip(np.c_[np.ones(q.size), lengths[q]] @ coef, 0.0, None)
 
-    rel = relative_costs(costs[np.ix_(tr_p, split.train_models)])  # (n_train,)
+    rel = relative_to_models(costs[np.ix_(tr_p, split.train_models)])  # (n_train,)
     knnrel = knn_gamma(emb[q], emb[tr_p], rel[:, None], knn_k)[:, 0]
 
     centroids = fit_kmeans(emb[tr_p], clusters, seed=0)
     tr_lab, val_lab, q_lab = (assign(centroids, emb[rows])[0] for rows in (tr_p, val_p, q))
     own = cluster_profiles(val_lab, val_cost, clusters, prior)[0]  # (M, K)
-    count = np.bincount(tr_lab, minlength=clusters)
-    rel_k = np.divide(np.bincount(tr_lab, weights=rel, minlength=clusters), count,
-                      out=np.ones(clusters), where=count > 0)
+    # no shrinkage: the rule measured before the gateway shipped it (router_core.output_scale)
+    rel_k = cluster_scale(np.eye(clusters)[tr_lab], rel, prior=0.0)
     raw = {"mean": mean,
            "lenfit": lenfit,
            "knnrel": knnrel[:, None] * mean,

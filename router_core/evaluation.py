@@ -48,6 +48,7 @@ from router_core import shrinkage, transfer
 from router_core.clustering import assign, fit_kmeans
 from router_core.learned_map import LearnedMapConfig, fit_learned_map, soft_assign
 from router_core.neighbours import knn_gamma
+from router_core.output_scale import cluster_scale, normalised_scale, relative_to_models
 from router_core.policy import normalise_costs, route
 from router_core.profiles import cluster_profiles, soft_profiles
 
@@ -96,6 +97,10 @@ class EvalConfig:
     # then the same for every size and selection of the same seed.
     validation_size: int | None = None
     validation_selection: str = "random"
+    # Price each test prompt as the gateway does with a state's output scale (`cluster_costs`):
+    # every router but the zero router and the oracle sees the test LLM's mean cost times the
+    # prompt's cluster's relative cost among the training LLMs.
+    costs_by_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -505,6 +510,15 @@ class Routers:
     route_cost: np.ndarray  # (n_test_models,) normalised costs the rule sees
     theta: np.ndarray  # the learned map
     settings: dict[str, int | float | str]
+    # (n_test_prompts, n_test_models) costs priced per prompt (EvalConfig.costs_by_cluster), else None
+    prompt_cost: np.ndarray | None = None
+
+    def cost_for(self, method: str) -> np.ndarray:
+        """The costs `method`'s rule sees: the zero router and the oracle always see the mean, so
+        they stay the prompt-blind baseline and the ceiling closure is measured between."""
+        if self.prompt_cost is None or method in ("zero_router", "oracle"):
+            return self.route_cost
+        return self.prompt_cost
 
 
 def draw_split(scores: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> TrialSplit:
@@ -571,8 +585,27 @@ def fit_routers(
     name = str(chosen["kmeans_transfer_blend.transfer"])
     gammas["kmeans_transfer_blend"] = shrinkage.blend(gammas["uniroute_kmeans"], gammas[name],
                                                       float(chosen["kmeans_transfer_blend.weight"]))
-    route_cost = normalise_costs(np.nanmean(costs[np.ix_(split.val_prompts, te_m)], axis=0))
-    return Routers(gammas, route_cost, theta, chosen)
+    mean_cost = np.nanmean(costs[np.ix_(split.val_prompts, te_m)], axis=0)
+    prompt_cost = None
+    if cfg.costs_by_cluster:
+        k = int(chosen["uniroute_kmeans.clusters"])
+        prompt_cost = cluster_costs(fit_kmeans(s.fit_emb, k, seed=seed), s, costs[np.ix_(split.train_prompts, tr_m)],
+                                    mean_cost)
+    return Routers(gammas, normalise_costs(mean_cost), theta, chosen, prompt_cost)
+
+
+def cluster_costs(centroids: np.ndarray, s: _Split, fit_costs: np.ndarray, mean_cost: np.ndarray) -> np.ndarray:
+    """(n_query, M) the gateway's per-prompt pricing in the protocol: the test LLMs' mean
+    representative cost times the query prompt's cluster's relative cost among the training
+    LLMs on the training prompts (`output_scale.cluster_scale`, normalised over the
+    representative prompts as the gateway normalises a state's output scale), over the dearest
+    mean. Only costs exist here, not answer lengths: the whole cost is scaled."""
+    fit_lab, val_lab, q_lab = (assign(centroids, e)[0] for e in (s.fit_emb, s.val_emb, s.query_emb))
+    one_hot = np.eye(len(centroids))
+    scale = cluster_scale(one_hot[fit_lab], relative_to_models(fit_costs))
+    scale = normalised_scale(scale, one_hot[val_lab])
+    top = mean_cost.max()
+    return scale[q_lab][:, None] * mean_cost / (top if top > 0 else 1.0)
 
 
 def run_trial(
@@ -586,7 +619,7 @@ def run_trial(
     c_max = q_spend.mean(axis=0).max() or 1.0
     gammas = {**routers.gammas, "oracle": 1.0 - q_score}  # the oracle knows the test labels
     best_single = float(q_score.mean(axis=0).max())
-    curves = {name: deferral_curve(gammas[name], routers.route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
+    curves = {name: deferral_curve(gammas[name], routers.cost_for(name), q_score, q_spend, c_max, cfg.n_lambdas)
               for name in METHODS if name in gammas}
     metrics = {name: curve_metrics(c, best_single) for name, c in curves.items()}
     return TrialResult(curves, metrics, routers.settings, split.test_models.tolist())

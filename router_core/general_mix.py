@@ -49,6 +49,7 @@ from router_core.datasets import (
     RoutingDataset,
     load_jsonl,
     load_routerbench,
+    load_routerbench_responses,
     load_routerdc,
     read_routerbench_rows,
 )
@@ -59,6 +60,11 @@ from router_core.embedding import (
     Embedder,
     embed_for_routing,
     load_embedder,
+)
+from router_core.output_scale import (
+    DEFAULT_SCALE_PRIOR,
+    mean_answer_lengths,
+    measured_scale,
 )
 from router_core.profiles import cluster_profiles
 from router_core.shipped import FAST_EMBEDDER_DIR
@@ -499,11 +505,43 @@ def describe_clusters(centroids: np.ndarray, emb: np.ndarray, prompts: list[MixP
 # ---------------------------------------------------------------- the states
 
 
+def answer_lengths(data_dir: str | Path, prompts: list[MixPrompt]) -> np.ndarray:
+    """(n,) mean length in characters of the training LLMs' recorded answers to each prompt
+    (RouterBench's responses in its train files, the rated Arena prompts' answers); NaN where
+    none is recorded (RouterDC and the unrated Arena sets have no answers)."""
+    root = Path(data_dir)
+    answers: dict[str, list[str]] = defaultdict(list)
+    for file in sorted((root / _RB_DIR).glob("*.csv")):
+        if not file.stem.endswith("_test"):
+            for by_prompt in load_routerbench_responses(file).values():
+                for text, answer in by_prompt.items():
+                    answers[text].append(answer)
+    rated = {r["id"]: r["prompt"] for r in _arena_records(root, ARENA_RATED)}
+    for file in sorted((root / _ARENA_DIR / "answers").glob("*.jsonl")):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            text = rated.get(record.get("question_id"))
+            if text is not None and isinstance(record.get("answer"), str):
+                answers[text].append(record["answer"])
+    return mean_answer_lengths([p.prompt for p in prompts], answers)
+
+
+def set_output_scale(state: RouterState, emb: np.ndarray, lengths: np.ndarray) -> None:
+    """Give `state` its `output_scale` from the fit prompts' embeddings `emb` and
+    `answer_lengths`, and say in its metadata what it was measured on."""
+    state.output_scale = measured_scale(state.centroids, emb, lengths)
+    state.metadata["output_scale"] = {"measured_on": "the training LLMs' recorded answers (RouterBench train "
+                                                     "responses, rated arena-bench-v1 answers), in characters",
+                                      "answered_prompts": int(np.isfinite(lengths).sum()),
+                                      "prior": DEFAULT_SCALE_PRIOR}
+
+
 def fit_general_state(mix: GeneralMix, embedder: Embedder, spec: str, k: int, seed: int, config: MixConfig,
-                      prior: float = DEFAULT_PRIOR, max_chars: int = DEFAULT_MAX_CHARS,
-                      extra: dict[str, Any] | None = None) -> RouterState:
+                      lengths: np.ndarray | None = None, prior: float = DEFAULT_PRIOR,
+                      max_chars: int = DEFAULT_MAX_CHARS, extra: dict[str, Any] | None = None) -> RouterState:
     """A K-means state on all of mix.fit, with the mix, its config and the cluster labels in its
-    metadata (the drift threshold is recorded by `build_state`)."""
+    metadata (the drift threshold is recorded by `build_state`), and the output scale measured
+    from `lengths`, the fit prompts' `answer_lengths` (None: no output scale)."""
     prompts = [p.prompt for p in mix.fit]
     meta = {"training_set": "general mix (router_core.general_mix)", "mix": asdict(config),
             "mix_tasks": mix.task_counts(), **(extra or {})}
@@ -511,6 +549,8 @@ def fit_general_state(mix: GeneralMix, embedder: Embedder, spec: str, k: int, se
                         metadata=meta)
     emb = embed_for_routing(embedder, prompts, max_chars)
     state.pooled = tuple(pooled_clusters(clustering.assign(state.centroids, emb)[0], mix.fit, k))
+    if lengths is not None:
+        set_output_scale(state, emb, lengths)
     clusters = describe_clusters(state.centroids, emb, mix.fit)
     for c in state.pooled:
         clusters[c]["label"] += POOLED_NOTE
@@ -562,6 +602,7 @@ def build_general_states(data_dir: Path, out_dir: Path, fast_dir: Path, cache_di
     in the states' metadata as how they were built."""
     started = time.monotonic()
     mix = build_mix(data_dir, config)
+    lengths = answer_lengths(data_dir, mix.fit)
     fold = validation_folds(mix, folds, config.seed)
     check = [p.prompt for p in mix.check]
     cover = [p.prompt for p in gradable_heldout_prompts(mix)]
@@ -579,7 +620,7 @@ def build_general_states(data_dir: Path, out_dir: Path, fast_dir: Path, cache_di
         print(f"\n{spec}: cross-validation of K (chosen K={k})\n{table}\n", flush=True)
         selection = {"chosen": k, "tolerance": tolerance, "folds": folds, "floor": floor,
                      "scores": [asdict(s) for s in scores]}
-        state = fit_general_state(mix, embedder, spec, k, config.seed, config,
+        state = fit_general_state(mix, embedder, spec, k, config.seed, config, lengths,
                                   extra={"built_with": command, "k_selection": selection})
         target = out_dir / spec
         if target.exists():
@@ -605,6 +646,22 @@ def build_general_states(data_dir: Path, out_dir: Path, fast_dir: Path, cache_di
     return report
 
 
+def add_output_scale(data_dir: Path, directory: Path, cache_dir: Path) -> RouterState:
+    """Measure the output scale of the general state saved in `directory` and save it there: its
+    mix is rebuilt from the config in its metadata, its centroids (and so every profile made
+    under it) stay as they are."""
+    state = RouterState.load(directory)
+    mix = build_mix(data_dir, MixConfig.from_dict(state.metadata["mix"]))
+    if len(mix.fit) != state.metadata.get("n_prompts"):
+        raise ValueError(f"the rebuilt mix has {len(mix.fit)} fit prompts, the state was fitted on "
+                         f"{state.metadata.get('n_prompts')}: not the data it was built from")
+    embedder = CachedEmbedder(state_embedder(state, directory), cache_dir)
+    emb = embed_for_routing(embedder, [p.prompt for p in mix.fit], state.max_chars)
+    set_output_scale(state, emb, answer_lengths(data_dir, mix.fit))
+    state.save(directory)
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(
@@ -615,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=here.parent / "shared" / "data",
                         help="the shared data folder (default %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write fast/ and accurate/ into")
+    parser.add_argument("--output-scale-only", action="store_true",
+                        help="only measure the output scale of the states already in --out (their clusters "
+                             "and the profiles made under them unchanged)")
     parser.add_argument("--fast-embedder", type=Path,
                         default=FAST_EMBEDDER_DIR,
                         help="the static model the fast state uses (default: the shipped one, %(default)s)")
@@ -641,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command_args = argv if argv is not None else sys.argv[1:]
     config = MixConfig(args.cap, args.heldout_share, tuple(t for t in args.exclude.split(",") if t), args.seed)
+    if args.output_scale_only:
+        for spec in (s for s in args.embedders.split(",") if s):
+            state = add_output_scale(args.data, args.out / spec, args.cache_dir)
+            print(f"{spec}: output scale per cluster {np.round(state.output_scale, 2).tolist()}")
+        return 0
     old = dict(item.split("=", 1) for item in args.old_state)
     report = build_general_states(args.data, args.out, args.fast_embedder, args.cache_dir, config,
                                   [int(k) for k in args.ks.split(",")], args.folds, args.tolerance,

@@ -38,6 +38,7 @@ from router_core.calibration import Calibration, calibrate
 from router_core.confidence import error_interval
 from router_core.drift import DriftMonitor
 from router_core.embedding import CachedEmbedder, Embedder, embed_for_routing
+from router_core.output_scale import normalised_scale
 from router_core.policy import DEFAULT_COST_SCALE
 from router_core.pricing import Price, estimate_tokens
 from router_core.profiles import Profile
@@ -137,13 +138,16 @@ class ModelTable:
     models: list[RoutedModel]
     psi: np.ndarray  # (M, K) predicted error per cluster
     input_per_tok: np.ndarray  # (M,)
-    output_cost: np.ndarray  # (M,) expected output tokens x price per output token
+    output_cost: np.ndarray  # (M,) mean output tokens x price per output token
     per_request: np.ndarray  # (M,)
     accuracy: np.ndarray  # (M,) mean score on the representative set
     counts: np.ndarray  # (M, K) labelled representative prompts behind each error in psi
     prior: float  # Ψ's shrinkage, for the error intervals
     cost_scale: float  # expected cost per request that λ = 1 weighs as one unit of error rate
     min_support: float  # the support guard's floor (policy.supported)
+    # (K,) a cluster's answer length relative to the representative set's average (the state's
+    # output_scale, normalised by `output_scale.normalised_scale`); None: the same everywhere.
+    output_scale: np.ndarray | None
     # The representative set's cluster weights (n, K) and estimated prompt tokens (n,): the
     # prompts the λ curve is measured on. None without a representative set.
     calibration_weights: np.ndarray | None = None
@@ -161,11 +165,17 @@ class ModelTable:
         """The names as an object array, to reorder them with the rankings' indices."""
         return np.array(self.names, dtype=object)
 
-    def expected_costs(self, input_tokens: float | np.ndarray) -> np.ndarray:
-        """(M,) expected cost of one request with `input_tokens` prompt tokens; (n, M) for an
-        (n,) array of token counts."""
-        tokens = np.asarray(input_tokens, dtype=np.float64)[..., None]
-        return self.per_request + tokens * self.input_per_tok + self.output_cost
+    def expected_costs(self, input_tokens: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(n, M) expected cost of requests of (n,) prompt tokens and (n, K) cluster weights: the
+        input priced by its tokens, the output by each model's mean output tokens times the
+        prompt's clusters' answer length (`output_scale`)."""
+        tokens = np.asarray(input_tokens, dtype=np.float64)[:, None]
+        if self.output_scale is None:
+            return self.per_request + tokens * self.input_per_tok + self.output_cost
+        # Divided by the weights' sum: a representative prompt weighs 1 in every pooled cluster.
+        weights = np.asarray(weights, dtype=np.float64)
+        length = (weights @ self.output_scale) / weights.sum(axis=1)
+        return self.per_request + tokens * self.input_per_tok + length[:, None] * self.output_cost
 
     def support(self, weights: np.ndarray, idx: np.ndarray | slice) -> np.ndarray:
         """(n, len(idx)) labelled representative prompts behind the predicted errors of the
@@ -184,7 +194,7 @@ class ModelTable:
         key = None if idx.size == len(self.models) else tuple(idx)  # None: the whole table
         curve = self._curves.get(key)
         if curve is None:
-            costs = self.expected_costs(self.calibration_tokens)[:, idx]
+            costs = self.expected_costs(self.calibration_tokens, self.calibration_weights)[:, idx]
             eligible = policy.supported(self.support(self.calibration_weights, idx), self.min_support,
                                         self.calibration_weights @ self.psi[idx].T, 1.0 - self.accuracy[idx],
                                         self.prior)
@@ -199,10 +209,11 @@ class ModelTable:
 
 def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset: RepsetClusters | None = None,
                 default_output_tokens: int = DEFAULT_OUTPUT_TOKENS, cost_scale: float = DEFAULT_COST_SCALE,
-                min_support: float | None = None) -> ModelTable:
+                min_support: float | None = None, output_scale: np.ndarray | None = None) -> ModelTable:
     """Arrays of `models` (those profiled under `n_clusters` clusters), sorted by name for stable
     tie-breaks, with their λ curve on `repset` (the representative set under the router state).
-    `min_support` None: the prior (see the module docstring)."""
+    `min_support` None: the prior (see the module docstring); `output_scale` None: every
+    cluster's answers as long as the average."""
     usable = sorted((m for m in models if len(m.profile.errors) == n_clusters), key=lambda m: m.name)
     n = len(usable)
     psi = np.array([m.profile.errors for m in usable], dtype=np.float64).reshape(n, n_clusters)
@@ -213,10 +224,13 @@ def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset
     req = np.array([m.price.per_request for m in usable], dtype=np.float64)
     acc = np.array([m.profile.accuracy for m in usable], dtype=np.float64)
     guard = prior if min_support is None else min_support
+    scale = None if output_scale is None else np.asarray(output_scale, dtype=np.float64)
     if repset is None:
-        return ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard)
+        return ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, scale)
+    scale = None if scale is None else normalised_scale(scale, repset.weights)
     tokens = estimate_tokens(np.array([len(item.prompt) for item in repset.repset.items], dtype=np.float64))
-    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, repset.weights, tokens)
+    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, scale, repset.weights,
+                       tokens)
     table.calibration()  # computed now, off the request path
     return table
 
@@ -348,7 +362,7 @@ class UniRouter:
 
     def _build(self, models: list[RoutedModel]) -> ModelTable:
         return build_table(models, self.n_clusters, self.state.prior, self.repset, self.default_output_tokens,
-                           self.cost_scale, self.min_support)
+                           self.cost_scale, self.min_support, self.state.output_scale)
 
     def calibration(self, models: frozenset[str] | None = None) -> Calibration | None:
         """The λ curve: what each cost weight buys on the representative set."""
@@ -455,7 +469,7 @@ class UniRouter:
         lam = max(resolution.cost_weight, min_cost_weight)
         gamma = weights @ table.psi[idx].T  # (n, M)
         support = table.support(weights, idx)
-        costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64))[:, idx]  # (n, M)
+        costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64), weights)[:, idx]  # (n, M)
         eligible = policy.supported(support, table.min_support, gamma, 1.0 - table.accuracy[idx], table.prior)
         order = policy.rank(gamma, costs / table.cost_scale, lam, eligible)  # (n, M)
         rows = np.arange(n)[:, None]

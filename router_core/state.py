@@ -43,6 +43,9 @@ class RouterState:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Clusters profiled on the whole representative set (see `profile_weights`).
     pooled: tuple[int, ...] = ()
+    # (K,) answer length each cluster's prompts draw relative to the average prompt, measured on
+    # the training LLMs' answers (router_core.output_scale); None: the same everywhere.
+    output_scale: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,6 +62,11 @@ class RouterState:
         self.pooled = tuple(sorted({int(c) for c in self.pooled}))
         if any(not 0 <= c < self.k for c in self.pooled):
             raise ValueError(f"pooled clusters {list(self.pooled)} must lie in [0, {self.k})")
+        if self.output_scale is not None:
+            self.output_scale = np.asarray(self.output_scale, dtype=np.float64)
+            if self.output_scale.shape != (self.k,) or not (np.isfinite(self.output_scale).all()
+                                                            and (self.output_scale > 0).all()):
+                raise ValueError(f"output_scale must be {self.k} positive numbers, one per cluster")
 
     @property
     def k(self) -> int:
@@ -129,6 +137,8 @@ class RouterState:
         arrays = {"centroids": self.centroids}
         if self.theta is not None:
             arrays["theta"] = self.theta
+        if self.output_scale is not None:
+            arrays["output_scale"] = self.output_scale
         np.savez(d / _ARRAYS, **arrays)
         meta = {"embedder": self.embedder, "max_chars": self.max_chars, "method": self.method,
                 "prior": self.prior, "k": self.k, "dim": self.dim, "metadata": self.metadata}
@@ -148,7 +158,7 @@ class RouterState:
                        centroids=arrays["centroids"], theta=arrays.get("theta"),
                        method=str(meta["method"]), prior=float(meta.get("prior", 1.0)),
                        metadata=dict(meta.get("metadata", {})),
-                       pooled=tuple(meta.get("pooled_clusters", ())))
+                       pooled=tuple(meta.get("pooled_clusters", ())), output_scale=arrays.get("output_scale"))
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"no valid router state in {d}: {exc}") from exc
 

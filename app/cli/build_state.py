@@ -7,7 +7,9 @@ reads the dataset's labels, i.e. the training LLMs' correctness on those prompts
 Without `--clusters`, K is chosen on the data (router_core.choose_k: among the K leaving every
 cluster `--min-cluster-size` prompts, the largest whose mean silhouette is within 0.005 of the
 best). The state's metadata records
-the choice and, per cluster, its size and the prompts nearest its centroid (`clusters`).
+the choice and, per cluster, its size and the prompts nearest its centroid (`clusters`). Where
+the data records the training LLMs' answers (RouterBench CSVs), the state also gets its output
+scale: how long an answer each cluster's prompts draw (router_core.output_scale).
 """
 from __future__ import annotations
 
@@ -68,10 +70,29 @@ def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | No
     return prompts, joined
 
 
+def _answers(paths: list[str], fmt: str | None) -> dict[str, list[str]]:
+    """Prompt text -> the recorded answers to it, from the datasets that record answers
+    (RouterBench CSVs' responses); empty when none does."""
+    from router_core.datasets import detect_format, load_routerbench_responses
+
+    answers: dict[str, list[str]] = {}
+    for path in paths:
+        if (fmt or detect_format(path)) == "routerbench":
+            for by_prompt in load_routerbench_responses(path).values():
+                for text, answer in by_prompt.items():
+                    answers.setdefault(text, []).append(answer)
+    return answers
+
+
 def _run(args: argparse.Namespace) -> int:
     from router_core.choose_k import DEFAULT_TOLERANCE, candidate_ks, choose_k
     from router_core.cluster_summary import describe
     from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
+    from router_core.output_scale import (
+        DEFAULT_SCALE_PRIOR,
+        mean_answer_lengths,
+        measured_scale,
+    )
     from router_core.state import build_state
     from router_core.text import DEFAULT_MAX_CHARS
 
@@ -111,6 +132,14 @@ def _run(args: argparse.Namespace) -> int:
         embedder_spec=args.embedder, max_chars=max_chars, losses=losses, prior=args.prior, metadata=metadata,
     )
     state.metadata["clusters"] = describe(state.centroids, emb, prompts)
+    lengths = mean_answer_lengths(prompts, _answers(args.data, args.format))
+    if np.isfinite(lengths).any():
+        state.output_scale = measured_scale(state.centroids, emb, lengths)
+        state.metadata["output_scale"] = {"measured_on": "the dataset's recorded answers, in characters",
+                                          "answered_prompts": int(np.isfinite(lengths).sum()),
+                                          "prior": DEFAULT_SCALE_PRIOR}
+        print(f"output scale per cluster (answer length over the average, from {int(np.isfinite(lengths).sum())} "
+              f"answered prompts): {np.round(state.output_scale, 2).tolist()}", file=sys.stderr)
     state.save(args.out)
     print(f"wrote {args.method} state, K={state.k}, d={state.dim}, to {args.out}", file=sys.stderr)
     return 0

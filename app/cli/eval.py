@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-models-fraction", type=float, default=1 / 3)
     p.add_argument("--clusters", type=int, default=None, help="fix K instead of choosing it on validation data")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--costs-by-cluster", action="store_true",
+                   help="price each test prompt as the gateway does with a state's output scale: the routers "
+                        "but zero_router and oracle see each test LLM's mean cost times the prompt's "
+                        "cluster's relative cost among the training LLMs (default: the mean alone)")
     p.add_argument("--max-prompts", type=int, default=None,
                    help="evaluate on a random subsample of this many prompts (fixed seed 0), to bound trial time")
     p.add_argument("--compare-states", nargs="+", metavar="STATE",
@@ -92,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     emb = embed_for_routing(embedder, list(data.prompts), max_chars)
 
     cfg = EvalConfig(trials=args.trials, test_models_fraction=args.test_models_fraction,
-                     seed=args.seed, clusters=args.clusters)
+                     seed=args.seed, clusters=args.clusters, costs_by_cluster=args.costs_by_cluster)
     with tqdm(total=cfg.trials, desc="trials", unit="trial", file=sys.stderr) as bar:
         try:
             report = evaluate(emb, data.scores, costs, cfg, progress=lambda i: bar.update(1))
@@ -110,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         "config": {"embedder": args.embedder, "max_chars": max_chars, "seed": cfg.seed,
                    "test_models_fraction": cfg.test_models_fraction, "clusters": cfg.clusters,
                    "max_prompts": args.max_prompts,
-                   "costs": "model-costs file" if args.model_costs else "dataset"},
+                   "costs": "model-costs file" if args.model_costs else "dataset",
+                   "costs_by_cluster": cfg.costs_by_cluster},
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     table_out = sys.stderr if args.json_out == "-" else sys.stdout

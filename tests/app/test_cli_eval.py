@@ -43,6 +43,18 @@ def test_eval_json_stdout_is_exactly_one_object_and_the_plot_is_drawn(tmp_path, 
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_costs_by_cluster_is_recorded_and_leaves_the_zero_router_alone(tmp_path, shared_cache):
+    runs = {}
+    for extra in ([], ["--costs-by-cluster"]):
+        out = tmp_path / f"eval{len(extra)}.json"
+        assert main(["eval", "--data", str(SMALL), "--trials", "2", "--clusters", "3", "--cache-dir", shared_cache,
+                     "--json", str(out), *extra]) == 0
+        runs[bool(extra)] = json.loads(out.read_text())
+    assert (runs[False]["config"]["costs_by_cluster"], runs[True]["config"]["costs_by_cluster"]) == (False, True)
+    for name in ("zero_router", "oracle"):
+        assert runs[True]["methods"][name]["area"] == runs[False]["methods"][name]["area"]
+
+
 def test_eval_without_costs_asks_for_a_cost_table(tmp_path, capsys):
     data = tmp_path / "tiny.json"
     data.write_text(json.dumps([{"question": f"q{i}", "scores": {"a": 1, "b": 0, "c": 1}} for i in range(5)]))
@@ -69,6 +81,20 @@ def test_build_state_writes_a_loadable_state(tmp_path, shared_cache):
     state = RouterState.load(out)
     assert (state.k, state.method, state.embedder) == (4, "uniroute_kmeans", "accurate")
     assert state.metadata["training_set"] == ["mbpp_test.csv"] and state.metadata["n_prompts"] == 128
+    # the CSV records the LLMs' answers: the state knows how long each cluster's answers run
+    assert state.output_scale is not None and state.output_scale.shape == (4,)
+    assert state.metadata["output_scale"]["answered_prompts"] == 128
+
+
+def test_build_state_from_prompts_without_answers_prices_every_cluster_alike(tmp_path, shared_cache):
+    rows = [{"id": str(i), "prompt": f"Question {i}: what is {i} times {i + 1}?", "scores": {"a": 1.0, "b": 0.0}}
+            for i in range(40)]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["build-state", "--data", str(data), "--clusters", "2", "--cache-dir", shared_cache,
+                 "--out", str(tmp_path / "state")]) == 0
+    state = RouterState.load(tmp_path / "state")
+    assert state.output_scale is None and "output_scale" not in state.metadata
 
 
 def test_build_state_rejects_more_clusters_than_prompts(tmp_path, capsys):

@@ -15,18 +15,12 @@ from benchmarks.prompt_costs import (
     COST_MODELS,
     ROUTERS,
     predicted_costs,
-    relative_costs,
 )
 from benchmarks.repset_size import load_embedded
 from router_core.evaluation import EvalConfig, TrialSplit, evaluate
 from tests.benchmarks.test_benchmarks_smoke import run_benchmark
 
 SMALL = ROUTERBENCH_DIR / "mbpp_test.csv"
-
-
-def test_relative_cost_is_each_prompt_over_each_llms_mean_averaged_over_the_llms():
-    costs = np.array([[1.0, 2.0, 0.0], [3.0, 6.0, 0.0]])  # a free LLM counts as 1
-    assert np.allclose(relative_costs(costs), [(0.5 + 0.5 + 1) / 3, (1.5 + 1.5 + 1) / 3])
 
 
 def test_cost_models_find_the_dear_kind_of_prompt_from_training_and_representative_costs():

@@ -221,3 +221,54 @@ def test_combined_routers_are_paired_with_both_transfer_routers():
     report = evaluate(emb, scores, costs, replace(FAST, trials=2))
     for method in COMBINED:
         assert {f"{method} - {b}" for b in ("zero_router", "knn", "uniroute_kmeans", *TRANSFER_LINKS)} <= set(report.paired)
+
+
+def _length_priced_data(seed: int):
+    """centred_data where the dear models are right more often and every LLM's answers to two of
+    the four centres cost 50 times those to the other two (long answers against short ones)."""
+    emb, _, costs, which = centred_data(seed=seed)
+    rng = np.random.default_rng(seed)
+    skill = np.linspace(0.3, 0.95, costs.shape[1])
+    scores = (rng.uniform(size=costs.shape) < skill).astype(float)
+    costs = costs * np.where(which >= 2, 5.0, 0.1)[:, None]
+    return emb, scores, costs, which
+
+
+def test_costs_by_cluster_price_a_prompt_by_its_clusters_cost_among_the_training_llms():
+    emb, scores, costs, which = _length_priced_data(seed=11)
+    cfg = replace(FAST, clusters=4, prior=0.0, knn_k=20, costs_by_cluster=True)
+    split = draw_split(scores, cfg, np.random.default_rng(2))
+    routers = fit_routers(emb, scores, costs, split, cfg, np.random.default_rng(3))
+    assert routers.prompt_cost.shape == (split.test_prompts.size, split.test_models.size)
+    centre = which[split.test_prompts]
+    for c in range(4):  # one price per cluster (here the centres) and test LLM
+        assert np.ptp(routers.prompt_cost[centre == c], axis=0).max() < 1e-12
+    ratio = routers.prompt_cost[centre >= 2].mean(axis=0) / routers.prompt_cost[centre < 2].mean(axis=0)
+    assert (ratio > 10).all()  # 50 in the data, less after the shrinkage toward the overall mean
+    np.testing.assert_allclose(routers.prompt_cost[0] / routers.prompt_cost[0].max(),
+                               routers.route_cost / routers.route_cost.max())  # each LLM keeps its mean's share
+    assert fit_routers(emb, scores, costs, split, replace(cfg, costs_by_cluster=False),
+                       np.random.default_rng(3)).prompt_cost is None
+
+
+def test_costs_by_cluster_leave_the_zero_router_and_oracle_as_they_were_and_help_kmeans_here():
+    emb, scores, costs, _ = _length_priced_data(seed=12)
+    cfg = replace(FAST, clusters=4, prior=0.0, knn_k=20, trials=4, learned_map=None)
+    mean, priced = evaluate(emb, scores, costs, cfg), evaluate(emb, scores, costs, replace(cfg, costs_by_cluster=True))
+    for a, b in zip(mean.trials, priced.trials):
+        for name in ("zero_router", "oracle"):
+            assert a.metrics[name]["area"] == b.metrics[name]["area"]
+    # spending on the cheap centres and saving on the dear ones beats one price for all
+    assert priced.summary["uniroute_kmeans"]["area"] > mean.summary["uniroute_kmeans"]["area"] + 0.01
+
+
+def test_test_llm_costs_outside_validation_never_change_the_prompt_prices():
+    emb, scores, costs, _ = _length_priced_data(seed=13)
+    cfg = replace(FAST, clusters=4, prior=0.0, knn_k=20, costs_by_cluster=True)
+    split = draw_split(scores, cfg, np.random.default_rng(4))
+    changed = costs.copy()
+    outside = np.setdiff1d(np.arange(len(costs)), split.val_prompts)
+    changed[np.ix_(outside, split.test_models)] *= 7.0
+    a = fit_routers(emb, scores, costs, split, cfg, np.random.default_rng(5))
+    b = fit_routers(emb, scores, changed, split, cfg, np.random.default_rng(5))
+    np.testing.assert_array_equal(a.prompt_cost, b.prompt_cost)

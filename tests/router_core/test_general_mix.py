@@ -25,6 +25,7 @@ from router_core.general_mix import (
     KScore,
     MixConfig,
     MixPrompt,
+    answer_lengths,
     build_mix,
     choose_k,
     fit_general_state,
@@ -213,3 +214,23 @@ def test_a_general_state_fitted_with_chinese_pools_their_cluster_and_says_so(mix
         chinese = sum(share for task, share in c["top_tasks"] if task in POOLED_TASKS)
         assert (c["id"] in loaded.pooled) == (chinese > 0.5)
         assert c["label"].endswith(POOLED_NOTE) == (c["id"] in loaded.pooled)
+
+
+def test_answer_lengths_come_from_recorded_answers_and_are_unknown_where_none_is(mix, data):
+    lengths = answer_lengths(data, mix.fit)
+    by_source = {s: lengths[[i for i, p in enumerate(mix.fit) if p.source == s]] for s in ("routerbench", "routerdc")}
+    rated = lengths[[i for i, p in enumerate(mix.fit) if p.task == ARENA_RATED]]
+    assert rated.size and np.isfinite(rated).all() and np.isfinite(by_source["routerbench"]).all()
+    assert np.isnan(by_source["routerdc"]).all()  # RouterDC records no answers
+    # open-ended requests draw far longer answers than multiple-choice questions
+    assert np.median(rated) > 3 * np.median(by_source["routerbench"])
+
+
+def test_a_general_state_prices_its_open_ended_clusters_longest(mix, fast, data):
+    state = fit_general_state(mix, fast, "fast", 3, 0, MixConfig(cap=20), answer_lengths(data, mix.fit))
+    assert state.output_scale is not None and state.output_scale.shape == (3,)
+    share = {c["id"]: dict(c["top_tasks"]).get(ARENA_RATED, 0) + dict(c["top_tasks"]).get(ARENA_V01, 0)
+             for c in state.metadata["clusters"]}
+    most_open = max(share, key=share.get)
+    assert int(np.argmax(state.output_scale)) == most_open
+    assert fit_general_state(mix, fast, "fast", 3, 0, MixConfig(cap=20)).output_scale is None

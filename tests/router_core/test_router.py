@@ -344,3 +344,57 @@ def test_the_support_floor_is_the_states_prior_unless_given(shipped):
     assert UniRouter(state, embedder, repset, min_support=0.0).table.min_support == 0.0
     with pytest.raises(ValueError, match="cost_scale"):
         UniRouter(state, embedder, repset, cost_scale=0.0)
+
+
+# -- the state's output scale: a prompt's answer is priced by its cluster's answer length -------
+
+def _scaled_router(shipped, scale) -> UniRouter:
+    from dataclasses import replace
+
+    state, embedder, repset = shipped
+    router = UniRouter(replace(state, output_scale=scale), embedder, repset)
+    rng = np.random.default_rng(0)
+    # output-priced models, so the answer length is what costs
+    router.add_model("big", Price(output_per_mtok=60.0), scores={i: float(rng.random() < 0.9) for i in router.repset.ids},
+                     avg_output_tokens=300)
+    router.add_model("small", Price(output_per_mtok=1.0), scores={i: float(rng.random() < 0.6) for i in router.repset.ids},
+                     avg_output_tokens=300)
+    return router
+
+
+def test_an_output_scale_prices_a_long_answer_cluster_dearer_and_keeps_a_models_mean_on_the_set(shipped):
+    plain = _scaled_router(shipped, None)
+    clusters = plain.weights(PROMPTS).argmax(axis=1)
+    assert clusters[0] != clusters[1]
+    scale = np.ones(shipped[0].k)
+    scale[int(clusters[0])] = 0.25  # multiple choice: short answers
+    scale[int(clusters[1])] = 8.0  # the coding prompt's cluster draws long answers
+    scaled = _scaled_router(shipped, scale)
+    short, long = (scaled.route(p, cost_weight=0.0) for p in PROMPTS[:2])
+    assert (short.model, long.model) == ("big", "big")
+    assert long.expected_cost / short.expected_cost == pytest.approx(32.0)  # output-priced: 8 / 0.25
+    assert plain.route(PROMPTS[1], cost_weight=0.0).expected_cost == plain.route(PROMPTS[0], cost_weight=0.0).expected_cost
+    # at cost weight 0 the choice ignores costs: the curve's first point costs the same on average
+    assert scaled.calibration().cost[0] == pytest.approx(plain.calibration().cost[0])
+
+
+def test_a_cost_weight_that_keeps_the_accurate_model_on_short_answers_turns_to_the_cheap_one_on_long(shipped):
+    router = _scaled_router(shipped, None)
+    clusters = router.weights(PROMPTS).argmax(axis=1)
+    scale = np.full(shipped[0].k, 0.2)
+    scale[int(clusters[1])] = 20.0
+    scaled = _scaled_router(shipped, scale)
+    lams = np.geomspace(1e-3, 1e3, 121)
+    chosen = {p: [scaled.route(p, cost_weight=float(lam)).model for lam in lams] for p in PROMPTS[:2]}
+    switch = {p: next((lam for lam, m in zip(lams, models) if m == "small"), None) for p, models in chosen.items()}
+    assert switch[PROMPTS[1]] is not None and switch[PROMPTS[0]] is not None
+    assert switch[PROMPTS[1]] < switch[PROMPTS[0]]  # the long-answer prompt goes cheap first
+
+
+def test_a_state_without_an_output_scale_routes_exactly_as_before(shipped):
+    plain = _scaled_router(shipped, None)
+    ones = _scaled_router(shipped, np.ones(shipped[0].k))
+    for lam in (0.0, 0.1, 0.4, 3.0):
+        a, b = plain.route(PROMPTS, cost_weight=lam), ones.route(PROMPTS, cost_weight=lam)
+        assert [d.model for d in a] == [d.model for d in b]
+        np.testing.assert_allclose([d.expected_cost for d in a], [d.expected_cost for d in b])

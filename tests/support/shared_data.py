@@ -29,7 +29,7 @@ def _head_lines(src: Path, dest: Path, n: int, extra: list[str] | None = None) -
 
 def tiny_shared_data(dest: Path, rows: int = 30) -> Path:
     """Write the first `rows` rows of every shared data file into `dest` (same layout) and return
-    it. Arena-Hard v0.1 also gets a copy of the first v2.0 prompt and a re-spaced, re-cased copy
+    it (the Arena answers: those to the rated prompts kept). Arena-Hard v0.1 also gets a copy of the first v2.0 prompt and a re-spaced, re-cased copy
     of its own first prompt, so the copy holds a check prompt and a duplicate to be caught."""
     csv.field_size_limit(1 << 30)
     rb, dc, arena, refs = (dest / name for name in ("routerbench_zs", "routerdc_7llm", "arena_bench_v1", "references"))
@@ -56,6 +56,12 @@ def tiny_shared_data(dest: Path, rows: int = 30) -> Path:
     _head_lines(v2, arena / v2.name, rows)
     _head_lines(v01, arena / v01.name, rows, planted)
     _head_lines(SHARED_DATA / "arena_bench_v1" / "routing.jsonl", arena / "routing.jsonl", rows)
+    kept = {json.loads(line)["id"] for line in (arena / "routing.jsonl").read_text(encoding="utf-8").splitlines()}
+    (arena / "answers").mkdir(exist_ok=True)
+    for src in sorted((SHARED_DATA / "arena_bench_v1" / "answers").glob("*.jsonl")):
+        lines = [line for line in src.read_text(encoding="utf-8").splitlines()
+                 if line.strip() and json.loads(line)["question_id"] in kept]
+        (arena / "answers" / src.name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copy(SHARED_DATA / "references" / "gsm8k_test.jsonl", refs)
     shutil.copy(SHARED_DATA / "references" / "HumanEval.jsonl.gz", refs)
     return dest
