@@ -20,6 +20,10 @@ the representative set) but the last:
              toward its overall mean with `--prior` pseudo-prompts (Psi's rule, on costs);
 - trainclus: the mean relative cost of the training prompts of the prompt's cluster, times the
              test LLM's mean representative cost;
+- owntrain:  ownclus shrunk with `--own-prior` pseudo-prompts toward trainclus (the test LLM's
+             own costs where it has answers, the training LLMs' pattern where it has few);
+- transcost: the transfer router's model on log relative costs: a cost per (prompt, test LLM)
+             from the training LLMs' costs near the prompt and the test LLM's representative costs;
 - realised:  the true cost of the (prompt, LLM): no router can know it; it bounds the others.
 
 The clusters are K-means on the training prompts with the K the K-means router chose in the
@@ -41,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.repset_size import data_arguments, load_embedded
+from router_core import transfer
 from router_core.clustering import assign, fit_kmeans
 from router_core.evaluation import (
     EvalConfig,
@@ -54,15 +59,44 @@ from router_core.evaluation import (
     mean_ci,
 )
 from router_core.neighbours import knn_gamma
-from router_core.output_scale import cluster_scale, relative_to_models
+from router_core.output_scale import cluster_scale, normalised_scale, relative_to_models
 from router_core.profiles import cluster_profiles
 
 ROUTERS = ("zero_router", "uniroute_kmeans", "knn", "transfer_irt", "oracle")
-COST_MODELS = ("mean", "lenfit", "knnrel", "ownclus", "trainclus", "realised")
+COST_MODELS = ("mean", "lenfit", "knnrel", "ownclus", "trainclus", "owntrain", "transcost", "realised")
+
+
+def own_toward_train(val_lab: np.ndarray, val_cost: np.ndarray, mean: np.ndarray, train_scale: np.ndarray,
+                     clusters: int, prior: float) -> np.ndarray:
+    """(M, K) each test LLM's mean representative cost per cluster, shrunk with `prior`
+    pseudo-prompts toward its mean times the training LLMs' relative cost there (`train_scale`,
+    normalised over the representative prompts as the gateway normalises a state's output scale)."""
+    one_hot = np.eye(clusters)[val_lab]
+    scale = normalised_scale(train_scale, one_hot)
+    return (val_cost.T @ one_hot + prior * mean[:, None] * scale) / (one_hot.sum(axis=0) + prior)
+
+
+def transfer_costs(emb: np.ndarray, costs: np.ndarray, split: TrialSplit, mean: np.ndarray, k: int = 20,
+                   rank: int = 4, alpha: float = 1.0) -> np.ndarray:
+    """(n_test, M) the transfer router's model (router_core.transfer, identity link) fitted to
+    log relative costs instead of losses: the training LLMs' costs near the prompt describe it,
+    each test LLM's representative costs fit its few numbers; mapped to [0, 1] by the training
+    range, then back, each LLM's prediction rescaled to its mean on the representative prompts."""
+    tr_p, val_p, q, tr_m, te = split.train_prompts, split.val_prompts, split.test_prompts, split.train_models, \
+        split.test_models
+    fit = costs[np.ix_(tr_p, tr_m)]
+    log_rel = np.log(np.clip(fit / fit.mean(axis=0), 1e-6, None))
+    lo, hi = float(log_rel.min()), float(log_rel.max())
+    basis = transfer.fit_basis(emb[tr_p], (log_rel - lo) / (hi - lo), k, min(rank, tr_m.size))
+    val = np.log(np.clip(costs[np.ix_(val_p, te)] / mean, 1e-6, None))
+    profiles = transfer.fit_profiles(basis, emb[val_p], np.clip((val - lo) / (hi - lo), 0, 1), alpha, "identity")
+    rel_q, rel_v = (np.exp(transfer.transfer_gamma(basis, profiles, emb[rows]) * (hi - lo) + lo) for rows in (q, val_p))
+    return rel_q / rel_v.mean(axis=0) * mean
 
 
 def predicted_costs(emb: np.ndarray, lengths: np.ndarray, costs: np.ndarray, split: TrialSplit,
-                    clusters: int, knn_k: int = 20, prior: float = 4.0) -> dict[str, np.ndarray]:
+                    clusters: int, knn_k: int = 20, prior: float = 4.0, own_prior: float = 16.0
+                    ) -> dict[str, np.ndarray]:
     """Each cost model's costs of the test LLMs on the test prompts, normalised by the dearest
     test LLM's mean representative cost: "mean" (M,), the others (n_test, M)."""
     tr_p, val_p, q = split.train_prompts, split.val_prompts, split.test_prompts
@@ -87,13 +121,16 @@ def predicted_costs(emb: np.ndarray, lengths: np.ndarray, costs: np.ndarray, spl
            "knnrel": knnrel[:, None] * mean,
            "ownclus": own[:, q_lab].T,
            "trainclus": rel_k[q_lab][:, None] * mean,
+           "owntrain": own_toward_train(val_lab, val_cost, mean, rel_k, clusters, own_prior)[:, q_lab].T,
+           "transcost": transfer_costs(emb, costs, split, mean),
            "realised": costs[np.ix_(q, te)]}
     top = mean.max()  # `normalise_costs` of the mean: "mean" is the very route cost of `uniroute eval`
     return {name: c / top if top > 0 else np.zeros_like(c) for name, c in raw.items()}
 
 
 def run_trial(emb: np.ndarray, lengths: np.ndarray, scores: np.ndarray, costs: np.ndarray, cfg: EvalConfig,
-              rng: np.random.Generator, knn_k: int, prior: float) -> dict[tuple[str, str], float]:
+              rng: np.random.Generator, knn_k: int, prior: float, own_prior: float = 16.0
+              ) -> dict[tuple[str, str], float]:
     """One `uniroute eval` trial (the same split and routers for the same rng): the area of every
     (router, cost model)."""
     split = draw_split(scores, cfg, rng)
@@ -103,7 +140,7 @@ def run_trial(emb: np.ndarray, lengths: np.ndarray, scores: np.ndarray, costs: n
     c_max = q_spend.mean(axis=0).max() or 1.0
     gammas = {**{r: routers.gammas[r] for r in ROUTERS[:-1]}, "oracle": 1.0 - q_score}
     priced = predicted_costs(emb, lengths, costs, split, int(routers.settings["uniroute_kmeans.clusters"]),
-                             knn_k, prior)
+                             knn_k, prior, own_prior)
     return {(r, c): area_under(deferral_curve(gammas[r], priced[c], q_score, q_spend, c_max, cfg.n_lambdas))
             for r in ROUTERS for c in COST_MODELS}
 
@@ -138,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the trials' seed (0: the splits of `uniroute eval`)")
     p.add_argument("--knn-k", type=int, default=20, help="nearest training prompts of the knnrel cost model")
     p.add_argument("--prior", type=float, default=4.0, help="pseudo-prompts of the ownclus cost model")
+    p.add_argument("--own-prior", type=float, default=16.0, help="pseudo-prompts of the owntrain cost model")
     p.add_argument("--json", dest="json_out", required=True)
     args = p.parse_args(argv)
     name, prompts, emb, scores, costs = load_embedded(args)
@@ -149,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     areas: dict[tuple[str, str], list[float]] = {}
     for _ in tqdm(range(cfg.trials), desc="trials", unit="trial", file=sys.stderr):
         trial = run_trial(emb, lengths, scores, costs, cfg, np.random.default_rng(master.integers(1 << 63)),
-                          args.knn_k, args.prior)
+                          args.knn_k, args.prior, args.own_prior)
         for key, value in trial.items():
             areas.setdefault(key, []).append(value)
     methods = summarise(areas)
     result = {"dataset": name, "n_prompts": int(scores.shape[0]), "n_models": int(scores.shape[1]),
               "trials": cfg.trials, "seed": cfg.seed, "embedder": args.embedder, "knn_k": args.knn_k,
-              "prior": args.prior, "routers": list(ROUTERS), "cost_models": list(COST_MODELS), "methods": methods}
+              "prior": args.prior, "own_prior": args.own_prior, "routers": list(ROUTERS), "cost_models": list(COST_MODELS), "methods": methods}
     Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{name}, {cfg.trials} trials; closure vs zero_router/oracle with mean costs; "
           "paired area difference vs the same router with mean costs")

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache directory")
     p.add_argument("--out", required=True, help="directory to write state.npz and state.json into")
+    p.add_argument("--output-scale-only", action="store_true",
+                   help="only measure the output scale of the state already in --out from --data's recorded "
+                        "answers (the data it was fitted on); its clusters, and the profiles made under them, stay")
     p.set_defaults(func=run)
 
 
@@ -84,19 +87,55 @@ def _answers(paths: list[str], fmt: str | None) -> dict[str, list[str]]:
     return answers
 
 
-def _run(args: argparse.Namespace) -> int:
-    from router_core.choose_k import DEFAULT_TOLERANCE, candidate_ks, choose_k
-    from router_core.cluster_summary import describe
-    from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
+def _measure_output_scale(state, emb: np.ndarray, prompts: list[str], args: argparse.Namespace) -> None:
+    """Give `state` the output scale of the data's recorded answers, when it records any."""
     from router_core.output_scale import (
         DEFAULT_SCALE_PRIOR,
         mean_answer_lengths,
         measured_scale,
     )
+
+    lengths = mean_answer_lengths(prompts, _answers(args.data, args.format))
+    answered = int(np.isfinite(lengths).sum())
+    if not answered:
+        return
+    state.output_scale = measured_scale(state.centroids, emb, lengths)
+    state.metadata["output_scale"] = {"measured_on": "the dataset's recorded answers, in characters",
+                                      "answered_prompts": answered, "prior": DEFAULT_SCALE_PRIOR}
+    print(f"output scale per cluster (answer length over the average, from {answered} answered prompts): "
+          f"{np.round(state.output_scale, 2).tolist()}", file=sys.stderr)
+
+
+def _add_output_scale(args: argparse.Namespace, prompts: list[str]) -> int:
+    from router_core.embedding import CachedEmbedder, embed_for_routing
+    from router_core.state import RouterState, state_embedder
+
+    try:
+        state = RouterState.load(args.out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if len(prompts) != state.metadata.get("n_prompts"):
+        raise UsageError(f"--data holds {len(prompts)} prompts; the state in {args.out} was fitted on "
+                         f"{state.metadata.get('n_prompts')}: give the data it was fitted on")
+    embedder = CachedEmbedder(state_embedder(state, args.out), args.cache_dir)
+    _measure_output_scale(state, embed_for_routing(embedder, prompts, state.max_chars), prompts, args)
+    if state.output_scale is None:
+        raise UsageError("--data records no answers to measure an output scale from")
+    state.save(args.out)
+    print(f"wrote the output scale of {args.out}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from router_core.choose_k import DEFAULT_TOLERANCE, candidate_ks, choose_k
+    from router_core.cluster_summary import describe
+    from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
     from router_core.state import build_state
     from router_core.text import DEFAULT_MAX_CHARS
 
     prompts, losses = _load(args.data, args.format)
+    if args.output_scale_only:
+        return _add_output_scale(args, prompts)
     if args.clusters is not None and not 1 <= args.clusters <= len(prompts):
         raise UsageError(f"--clusters must be between 1 and the number of prompts ({len(prompts)})")
     if args.method == "uniroute_learned_map" and losses is None:
@@ -132,14 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         embedder_spec=args.embedder, max_chars=max_chars, losses=losses, prior=args.prior, metadata=metadata,
     )
     state.metadata["clusters"] = describe(state.centroids, emb, prompts)
-    lengths = mean_answer_lengths(prompts, _answers(args.data, args.format))
-    if np.isfinite(lengths).any():
-        state.output_scale = measured_scale(state.centroids, emb, lengths)
-        state.metadata["output_scale"] = {"measured_on": "the dataset's recorded answers, in characters",
-                                          "answered_prompts": int(np.isfinite(lengths).sum()),
-                                          "prior": DEFAULT_SCALE_PRIOR}
-        print(f"output scale per cluster (answer length over the average, from {int(np.isfinite(lengths).sum())} "
-              f"answered prompts): {np.round(state.output_scale, 2).tolist()}", file=sys.stderr)
+    _measure_output_scale(state, emb, prompts, args)
     state.save(args.out)
     print(f"wrote {args.method} state, K={state.k}, d={state.dim}, to {args.out}", file=sys.stderr)
     return 0

@@ -62,8 +62,9 @@ def state_fields(router: UniRouter) -> dict:
 
 def clusters_view(router: UniRouter, floor: int, examples: list[list[str]] | None) -> list[dict]:
     """Per cluster: id, label, size, repset_items, graders, examples, pooled (profiled on every
-    item, `RouterState.profile_weights`), below_floor. `examples`
-    (per cluster) stand in where the state's metadata has none."""
+    item, `RouterState.profile_weights`), below_floor, output_scale (the factor a model's mean
+    output tokens is multiplied by for a prompt there; None when the state has no scale).
+    `examples` (per cluster) stand in where the state's metadata has none."""
     assert router.repset is not None
     pooled = set(router.state.pooled)
     own = router.repset.weights.copy()
@@ -71,6 +72,7 @@ def clusters_view(router: UniRouter, floor: int, examples: list[list[str]] | Non
     labels = np.where(own.sum(axis=1) > 0, own.argmax(axis=1), -1)
     items = router.repset.repset.items
     meta = _metadata_clusters(router)
+    scale = router.table.output_scale
     out = []
     for k in range(router.n_clusters):
         members = np.arange(len(items)) if k in pooled else np.flatnonzero(labels == k)
@@ -83,7 +85,8 @@ def clusters_view(router: UniRouter, floor: int, examples: list[list[str]] | Non
                     "top_tasks": note.get("top_tasks") if isinstance(note.get("top_tasks"), list) else None,
                     "repset_items": int(members.size), "graders": dict(sorted(graders.items())),
                     "examples": own or (examples[k] if examples else []),
-                    "pooled": k in pooled, "below_floor": int(members.size) < floor})
+                    "pooled": k in pooled, "below_floor": int(members.size) < floor,
+                    "output_scale": None if scale is None else round(float(scale[k]), 4)})
     return out
 
 

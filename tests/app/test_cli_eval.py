@@ -86,6 +86,25 @@ def test_build_state_writes_a_loadable_state(tmp_path, shared_cache):
     assert state.metadata["output_scale"]["answered_prompts"] == 128
 
 
+def test_an_existing_state_gets_its_output_scale_without_moving_a_centroid(tmp_path, shared_cache, capsys):
+    from dataclasses import replace
+
+    out = tmp_path / "state"
+    assert main(["build-state", "--data", str(SMALL), "--format", "routerbench", "--clusters", "4",
+                 "--cache-dir", shared_cache, "--out", str(out)]) == 0
+    built = RouterState.load(out)
+    replace(built, output_scale=None).save(out)  # as a state built before the scale existed
+    assert main(["build-state", "--data", str(SMALL), "--format", "routerbench", "--cache-dir", shared_cache,
+                 "--out", str(out), "--output-scale-only"]) == 0
+    again = RouterState.load(out)
+    assert again.version == built.version and again.output_scale is not None
+    assert again.output_scale.tolist() == built.output_scale.tolist()
+    other = ROUTERBENCH_DIR / "winograde_test.csv"
+    assert main(["build-state", "--data", str(other), "--format", "routerbench", "--cache-dir", shared_cache,
+                 "--out", str(out), "--output-scale-only"]) == 2
+    assert "was fitted on 128: give the data it was fitted on" in capsys.readouterr().err
+
+
 def test_build_state_from_prompts_without_answers_prices_every_cluster_alike(tmp_path, shared_cache):
     rows = [{"id": str(i), "prompt": f"Question {i}: what is {i} times {i + 1}?", "scores": {"a": 1.0, "b": 0.0}}
             for i in range(40)]

@@ -114,6 +114,7 @@ def test_admin_state_of_the_demo_gateway(make_gateway):
         assert c["below_floor"] == (c["repset_items"] < 15)
         assert bool(c["examples"]) == (c["repset_items"] > 0)
     assert any(c["below_floor"] for c in clusters)  # the RouterBench set has no code items
+    assert all(c["output_scale"] is None for c in clusters)  # this state prices every cluster alike
 
 
 def test_admin_state_of_the_general_defaults_labels_every_cluster_and_covers_it(make_gateway):
@@ -126,5 +127,8 @@ def test_admin_state_of_the_general_defaults_labels_every_cluster_and_covers_it(
         assert (c["label"], c["size"], c["examples"]) == (meta[c["id"]]["label"], meta[c["id"]]["size"],
                                                           meta[c["id"]]["examples"])
         assert c["repset_items"] >= 15 and not c["below_floor"]
+    # the factor each cluster's answers are priced at: multiple choice far below open-ended requests
+    scale = {c["label"].split(" ")[0]: c["output_scale"] for c in body["clusters"]}
+    assert scale["routerbench/winogrande"] < 0.1 < 2.0 < scale["arena-hard-v0.1"]
     graders = {g for c in body["clusters"] for g in c["graders"]}
     assert "llm_judge:rating" in graders and "llm_judge" not in graders

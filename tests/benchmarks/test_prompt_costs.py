@@ -14,6 +14,7 @@ from app.demo import ROUTERBENCH_DIR
 from benchmarks.prompt_costs import (
     COST_MODELS,
     ROUTERS,
+    own_toward_train,
     predicted_costs,
 )
 from benchmarks.repset_size import load_embedded
@@ -80,3 +81,14 @@ def test_study_reports_every_router_and_cost_model_paired_with_uniroute_eval(tmp
     report = evaluate(emb, scores, costs, replace(EvalConfig(trials=2), learned_map=None))
     for router in ROUTERS:
         assert methods[router]["mean"]["trial_areas"] == [t.metrics[router]["area"] for t in report.trials], router
+
+
+def test_own_costs_shrink_toward_the_training_pattern_by_their_pseudo_prompts():
+    labels = np.array([0, 0, 1])
+    val_cost = np.array([[1.0], [3.0], [10.0]])  # one test LLM: mean 14 / 3
+    mean = val_cost.mean(axis=0)
+    train_scale = np.array([0.5, 2.0])
+    np.testing.assert_allclose(own_toward_train(labels, val_cost, mean, train_scale, 2, 0.0), [[2.0, 10.0]])
+    far = own_toward_train(labels, val_cost, mean, train_scale, 2, 1e9)
+    expected = mean[0] * train_scale / ((0.5 + 0.5 + 2.0) / 3)  # the scale averages 1 over the prompts
+    np.testing.assert_allclose(far, [expected], rtol=1e-6)
