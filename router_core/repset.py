@@ -132,6 +132,16 @@ class RepsetClusters:
     # Pseudo-counts pulling a thin cluster's error toward the model's overall error; the
     # router state carries the value chosen with its clusters (router_core.profiles).
     prior: float
+    # (n, K) the prompts' weights as a routed prompt gets them (`RouterState.cluster_weights`),
+    # where they differ from the profiles' `weights` (a pooled cluster weighs every prompt in a
+    # profile, never in a routing); None: the same. The λ curve prices and scores the prompts
+    # with these, or it would not describe the decisions the router makes on such prompts.
+    routing_weights: np.ndarray | None = None
+
+    @property
+    def routed_weights(self) -> np.ndarray:
+        """(n, K) the prompts' weights as routed prompts (`routing_weights`, else `weights`)."""
+        return self.weights if self.routing_weights is None else self.routing_weights
 
     @property
     def ids(self) -> list[str]:

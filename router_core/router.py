@@ -148,8 +148,9 @@ class ModelTable:
     # (K,) a cluster's answer length relative to the representative set's average (the state's
     # output_scale, normalised by `output_scale.normalised_scale`); None: the same everywhere.
     output_scale: np.ndarray | None
-    # The representative set's cluster weights (n, K) and estimated prompt tokens (n,): the
-    # prompts the λ curve is measured on. None without a representative set.
+    # The representative set's cluster weights (n, K) as routed (`RepsetClusters.routed_weights`)
+    # and estimated prompt tokens (n,): the prompts the λ curve is measured on. None without a
+    # representative set.
     calibration_weights: np.ndarray | None = None
     calibration_tokens: np.ndarray | None = None
     _curves: dict = field(default_factory=dict, compare=False, repr=False)
@@ -172,7 +173,7 @@ class ModelTable:
         tokens = np.asarray(input_tokens, dtype=np.float64)[:, None]
         if self.output_scale is None:
             return self.per_request + tokens * self.input_per_tok + self.output_cost
-        # Divided by the weights' sum: a representative prompt weighs 1 in every pooled cluster.
+        # Divided by the weights' sum: a mean over the clusters whatever weights a caller gives.
         weights = np.asarray(weights, dtype=np.float64)
         length = (weights @ self.output_scale) / weights.sum(axis=1)
         return self.per_request + tokens * self.input_per_tok + length[:, None] * self.output_cost
@@ -227,10 +228,13 @@ def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset
     scale = None if output_scale is None else np.asarray(output_scale, dtype=np.float64)
     if repset is None:
         return ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, scale)
-    scale = None if scale is None else normalised_scale(scale, repset.weights)
+    # The curve's prompts are priced and scored as the router would route them: under a pooled
+    # cluster their profile weights hold two ones, which would add two clusters' errors and
+    # blend their answer lengths.
+    routed = repset.routed_weights
+    scale = None if scale is None else normalised_scale(scale, routed)
     tokens = estimate_tokens(np.array([len(item.prompt) for item in repset.repset.items], dtype=np.float64))
-    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, scale, repset.weights,
-                       tokens)
+    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, scale, routed, tokens)
     table.calibration()  # computed now, off the request path
     return table
 
@@ -278,10 +282,9 @@ class UniRouter:
         self.drift = DriftMonitor(threshold) if threshold is not None else None
         self.repset: RepsetClusters | None = None
         if repset is not None:
-            weights = state.profile_weights(embed_for_routing(repset_embedder or embedder,
-                                                              [i.prompt for i in repset.items],
-                                                              state.max_chars))
-            self.repset = RepsetClusters(repset, weights, state.version, state.prior)
+            emb = embed_for_routing(repset_embedder or embedder, [i.prompt for i in repset.items], state.max_chars)
+            routed = state.cluster_weights(emb) if state.pooled else None
+            self.repset = RepsetClusters(repset, state.profile_weights(emb), state.version, state.prior, routed)
         self._models: dict[str, RoutedModel] = {}
         self.table = self._build([])
 

@@ -398,3 +398,27 @@ def test_a_state_without_an_output_scale_routes_exactly_as_before(shipped):
         a, b = plain.route(PROMPTS, cost_weight=lam), ones.route(PROMPTS, cost_weight=lam)
         assert [d.model for d in a] == [d.model for d in b]
         np.testing.assert_allclose([d.expected_cost for d in a], [d.expected_cost for d in b])
+
+
+def test_under_a_pooled_cluster_the_curve_scores_and_prices_the_set_as_the_router_routes_it(shipped):
+    # A pooled cluster weighs every representative prompt in the profiles, never in a routing:
+    # with the profile weights the curve added two clusters' errors per prompt (expected scores
+    # below 0) and blended answer lengths, and the output scale averaged 1 on no routed prompt.
+    from dataclasses import replace
+
+    state, embedder, repset = shipped
+    pooled = replace(state, pooled=(0,), output_scale=np.linspace(0.1, 3.0, state.k))
+    router = UniRouter(pooled, embedder, repset)
+    rng = np.random.default_rng(0)
+    router.add_model("big", Price(output_per_mtok=60.0), scores={i: float(rng.random() < 0.9) for i in router.repset.ids},
+                     avg_output_tokens=300)
+    router.add_model("small", Price(output_per_mtok=1.0), scores={i: float(rng.random() < 0.6) for i in router.repset.ids},
+                     avg_output_tokens=300)
+    prompts = [item.prompt for item in repset.items]
+    assert (router.weights(prompts) @ router.table.output_scale).mean() == pytest.approx(1.0)
+    curve = router.calibration()
+    assert curve.score.min() >= 0.0
+    for p in (0, len(curve.lambdas) // 2, len(curve.lambdas) - 1):
+        decisions = router.route(prompts, cost_weight=float(curve.lambdas[p]))
+        assert curve.score[p] == pytest.approx(np.mean([1.0 - d.predicted_error for d in decisions]))
+        assert curve.cost[p] == pytest.approx(np.mean([d.expected_cost for d in decisions]))
