@@ -106,6 +106,22 @@ def _measure_output_scale(state, emb: np.ndarray, prompts: list[str], args: argp
           f"{np.round(state.output_scale, 2).tolist()}", file=sys.stderr)
 
 
+def _check_fitted_on(state, emb: np.ndarray, out: str) -> None:
+    """UsageError unless the prompts of embeddings `emb` fall into the state's clusters as the
+    prompts it was fitted on did (the sizes its metadata `clusters` records, when it has them):
+    other data of the same size would pass the count and silently measure a wrong scale."""
+    entries = state.metadata.get("clusters")
+    recorded = {e["id"]: e["size"] for e in entries if isinstance(e, dict) and isinstance(e.get("size"), int)} \
+        if isinstance(entries, list) else {}
+    if not recorded:
+        return
+    sizes = np.bincount(state.assign(emb)[0], minlength=state.k)
+    if any(recorded.get(k, int(sizes[k])) != int(sizes[k]) for k in range(state.k)):
+        raise UsageError(f"--data's prompts fall into the clusters of the state in {out} as "
+                         f"{sizes.tolist()}; the prompts it was fitted on fell as "
+                         f"{[recorded.get(k) for k in range(state.k)]}: give the data it was fitted on")
+
+
 def _add_output_scale(args: argparse.Namespace, prompts: list[str]) -> int:
     from router_core.embedding import CachedEmbedder, embed_for_routing
     from router_core.state import RouterState, state_embedder
@@ -118,7 +134,9 @@ def _add_output_scale(args: argparse.Namespace, prompts: list[str]) -> int:
         raise UsageError(f"--data holds {len(prompts)} prompts; the state in {args.out} was fitted on "
                          f"{state.metadata.get('n_prompts')}: give the data it was fitted on")
     embedder = CachedEmbedder(state_embedder(state, args.out), args.cache_dir)
-    _measure_output_scale(state, embed_for_routing(embedder, prompts, state.max_chars), prompts, args)
+    emb = embed_for_routing(embedder, prompts, state.max_chars)
+    _check_fitted_on(state, emb, args.out)
+    _measure_output_scale(state, emb, prompts, args)
     if state.output_scale is None:
         raise UsageError("--data records no answers to measure an output scale from")
     state.save(args.out)

@@ -103,6 +103,13 @@ def test_an_existing_state_gets_its_output_scale_without_moving_a_centroid(tmp_p
     assert main(["build-state", "--data", str(other), "--format", "routerbench", "--cache-dir", shared_cache,
                  "--out", str(out), "--output-scale-only"]) == 2
     assert "was fitted on 128: give the data it was fitted on" in capsys.readouterr().err
+    # other prompts of the same number pass the count, not the clusters' recorded sizes
+    same_size = tmp_path / "winograde_128.csv"
+    same_size.write_text("".join(other.read_text().splitlines(keepends=True)[:129]))
+    assert main(["build-state", "--data", str(same_size), "--format", "routerbench", "--cache-dir", shared_cache,
+                 "--out", str(out), "--output-scale-only"]) == 2
+    assert "give the data it was fitted on" in capsys.readouterr().err
+    assert RouterState.load(out).output_scale.tolist() == built.output_scale.tolist()
 
 
 def test_build_state_from_prompts_without_answers_prices_every_cluster_alike(tmp_path, shared_cache):
