@@ -167,8 +167,10 @@ class RoutingService:
         return record
 
     def expected_cost(self, record: ModelRecord, text: str, output_tokens: bool = True) -> float:
-        """A named model's expected cost for a prompt `text`, by the rule routing uses: the prompt's
-        estimated tokens, and the answer length its profile measured (else the configured one)."""
+        """A named model's expected cost for a prompt `text`: the prompt's estimated tokens, and
+        the answer length its profile measured (else the configured one). Unlike a routed prompt's,
+        the answer is priced at the model's mean length, not by its cluster's output scale: a
+        named request is never embedded, and pricing it is not worth an embedding."""
         profile = record.profile
         output = ((profile.avg_output_tokens if profile else 0) or self.settings.expected_output_tokens
                   if output_tokens else 0)
