@@ -1,7 +1,8 @@
 """How long an answer each cluster's prompts draw, relative to the average prompt.
 
 A model's expected cost is dominated by its answer on open-ended prompts: an essay request draws
-ten times the tokens of a multiple-choice question, from every LLM alike. A new model is known
+a hundred times the tokens of a multiple-choice question (in the recorded answers of RouterBench
+and arena-bench-v1), from every LLM alike. A new model is known
 only by its representative answers, too few to learn its length per cluster, but which prompts
 draw long answers is shared by the LLMs: the training LLMs' answers measure it once per cluster
 (`cluster_scale`), the router state keeps it (`RouterState.output_scale`), and the gateway prices a
