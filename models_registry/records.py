@@ -44,13 +44,18 @@ def _clone(obj: T) -> T:
 
 
 def validate_name(name: object) -> str:
-    """A model name: non-empty, no whitespace, at most 128 characters (slashes allowed)."""
+    """A model name: non-empty, printable ASCII without whitespace, at most 128 characters
+    (slashes allowed)."""
     if not isinstance(name, str) or not name:
         raise RegistryValidationError("name", "must be a non-empty string")
     if len(name) > MAX_NAME_LEN:
         raise RegistryValidationError("name", f"must be at most {MAX_NAME_LEN} characters, got {len(name)}")
     if any(ch.isspace() for ch in name):
         raise RegistryValidationError("name", f"must not contain whitespace: {name!r}")
+    if not all("!" <= ch <= "~" for ch in name):
+        # Every answer names its model in the x-uniroute-model header, and a header value is
+        # ASCII: any other character failed each request the model answered with a 500.
+        raise RegistryValidationError("name", f"must be printable ASCII (it is sent in a response header): {name!r}")
     return name
 
 

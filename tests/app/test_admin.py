@@ -121,6 +121,8 @@ def test_admin_api_needs_the_admin_key_and_is_off_without_one(make_gateway):
     ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": -1}}, "cost.per_request"),
     ({"name": "x", "base_url": "http://h/v1"}, "cost"),
     ({"name": "", "base_url": "http://h/v1", "cost": {"per_request": 1}}, "name"),
+    # sent in the x-uniroute-model header of every answer, which only ASCII can be
+    ({"name": "模型", "base_url": "http://h/v1", "cost": {"per_request": 1}}, "name"),
     ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "api_key_env": "not a name"}, "api_key_env"),
 ])
 def test_bad_registrations_are_400(make_gateway, body, param):

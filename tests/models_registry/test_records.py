@@ -26,7 +26,8 @@ def test_names_without_whitespace_up_to_128_chars_are_accepted(name):
     assert new(name=name).name == name
 
 
-@pytest.mark.parametrize("name", ["", "two words", "tab\tname", "new\nline", "x" * 129])
+@pytest.mark.parametrize("name", ["", "two words", "tab\tname", "new\nline", "x" * 129,
+                                  "模型", "café", "nul\x00byte"])
 def test_bad_names_are_refused_naming_the_field(name):
     with pytest.raises(RegistryValidationError) as err:
         new(name=name)
