@@ -363,6 +363,16 @@ def load_routerbench(path: str | Path) -> RoutingDataset:
     )
 
 
+def routerbench_answers(paths: list[str | Path]) -> dict[str, list[str]]:
+    """Prompt text -> every model's recorded answer to it, over the RouterBench CSV(s) at `paths`."""
+    answers: dict[str, list[str]] = {}
+    for path in paths:
+        for by_prompt in load_routerbench_responses(path).values():
+            for text, answer in by_prompt.items():
+                answers.setdefault(text, []).append(answer)
+    return answers
+
+
 def load_routerbench_responses(path: str | Path) -> dict[str, dict[str, str]]:
     """model -> {joined prompt text -> that model's recorded answer} over every row at `path`
     (labelled or not); a prompt text seen twice keeps its first answer."""

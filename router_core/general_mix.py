@@ -49,9 +49,9 @@ from router_core.datasets import (
     RoutingDataset,
     load_jsonl,
     load_routerbench,
-    load_routerbench_responses,
     load_routerdc,
     read_routerbench_rows,
+    routerbench_answers,
 )
 from router_core.drift import drift_threshold, nearest_distance
 from router_core.embedding import (
@@ -61,11 +61,7 @@ from router_core.embedding import (
     embed_for_routing,
     load_embedder,
 )
-from router_core.output_scale import (
-    DEFAULT_SCALE_PRIOR,
-    mean_answer_lengths,
-    measured_scale,
-)
+from router_core.output_scale import mean_answer_lengths, set_output_scale
 from router_core.profiles import cluster_profiles
 from router_core.shipped import FAST_EMBEDDER_DIR
 from router_core.state import RouterState, build_state, state_embedder
@@ -510,30 +506,19 @@ def answer_lengths(data_dir: str | Path, prompts: list[MixPrompt]) -> np.ndarray
     (RouterBench's responses in its train files, the rated Arena prompts' answers); NaN where
     none is recorded (RouterDC and the unrated Arena sets have no answers)."""
     root = Path(data_dir)
-    answers: dict[str, list[str]] = defaultdict(list)
-    for file in sorted((root / _RB_DIR).glob("*.csv")):
-        if not file.stem.endswith("_test"):
-            for by_prompt in load_routerbench_responses(file).values():
-                for text, answer in by_prompt.items():
-                    answers[text].append(answer)
+    answers = routerbench_answers([f for f in sorted((root / _RB_DIR).glob("*.csv")) if not f.stem.endswith("_test")])
     rated = {r["id"]: r["prompt"] for r in _arena_records(root, ARENA_RATED)}
     for file in sorted((root / _ARENA_DIR / "answers").glob("*.jsonl")):
         for line in file.read_text(encoding="utf-8").splitlines():
             record = json.loads(line) if line.strip() else {}
             text = rated.get(record.get("question_id"))
             if text is not None and isinstance(record.get("answer"), str):
-                answers[text].append(record["answer"])
+                answers.setdefault(text, []).append(record["answer"])
     return mean_answer_lengths([p.prompt for p in prompts], answers)
 
 
-def set_output_scale(state: RouterState, emb: np.ndarray, lengths: np.ndarray) -> None:
-    """Give `state` its `output_scale` from the fit prompts' embeddings `emb` and
-    `answer_lengths`, and say in its metadata what it was measured on."""
-    state.output_scale = measured_scale(state.centroids, emb, lengths)
-    state.metadata["output_scale"] = {"measured_on": "the training LLMs' recorded answers (RouterBench train "
-                                                     "responses, rated arena-bench-v1 answers), in characters",
-                                      "answered_prompts": int(np.isfinite(lengths).sum()),
-                                      "prior": DEFAULT_SCALE_PRIOR}
+_MEASURED_ON = "the training LLMs' recorded answers (RouterBench train responses, rated arena-bench-v1 answers), " \
+    "in characters"
 
 
 def fit_general_state(mix: GeneralMix, embedder: Embedder, spec: str, k: int, seed: int, config: MixConfig,
@@ -550,7 +535,7 @@ def fit_general_state(mix: GeneralMix, embedder: Embedder, spec: str, k: int, se
     emb = embed_for_routing(embedder, prompts, max_chars)
     state.pooled = tuple(pooled_clusters(clustering.assign(state.centroids, emb)[0], mix.fit, k))
     if lengths is not None:
-        set_output_scale(state, emb, lengths)
+        set_output_scale(state, emb, lengths, _MEASURED_ON)
     clusters = describe_clusters(state.centroids, emb, mix.fit)
     for c in state.pooled:
         clusters[c]["label"] += POOLED_NOTE
@@ -657,7 +642,7 @@ def add_output_scale(data_dir: Path, directory: Path, cache_dir: Path) -> Router
                          f"{state.metadata.get('n_prompts')}: not the data it was built from")
     embedder = CachedEmbedder(state_embedder(state, directory), cache_dir)
     emb = embed_for_routing(embedder, [p.prompt for p in mix.fit], state.max_chars)
-    set_output_scale(state, emb, answer_lengths(data_dir, mix.fit))
+    set_output_scale(state, emb, answer_lengths(data_dir, mix.fit), _MEASURED_ON)
     state.save(directory)
     return state
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from router_core.clustering import assign
+from router_core.state import RouterState
 
 # Pseudo-prompts of the overall mean in each cluster's scale: a cluster with a handful of
 # answered training prompts stays near 1 rather than trusting a few answers.
@@ -63,11 +64,14 @@ def normalised_scale(scale: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return scale / mean if mean > 0 else scale
 
 
-def measured_scale(centroids: np.ndarray, emb: np.ndarray, lengths: np.ndarray,
-                   prior: float = DEFAULT_SCALE_PRIOR) -> np.ndarray:
-    """A state's `output_scale`: `cluster_scale` of the training prompts' (embeddings `emb`)
-    answer `lengths` (n,) (NaN = no recorded answer) over their nearest `centroids`."""
-    return cluster_scale(np.eye(len(centroids))[assign(centroids, emb)[0]], lengths, prior)
+def set_output_scale(state: RouterState, emb: np.ndarray, lengths: np.ndarray, measured_on: str) -> None:
+    """Give `state` its `output_scale`: `cluster_scale` of its training prompts' (embeddings
+    `emb`) answer `lengths` (n,) (NaN = no recorded answer) over their nearest centroids, with
+    what it was measured on in its metadata."""
+    weights = np.eye(state.k)[assign(state.centroids, emb)[0]]
+    state.output_scale = cluster_scale(weights, lengths)
+    state.metadata["output_scale"] = {"measured_on": measured_on, "answered_prompts": int(np.isfinite(lengths).sum()),
+                                      "prior": DEFAULT_SCALE_PRIOR}
 
 
 def mean_answer_lengths(prompts: list[str], answers: dict[str, list[str]]) -> np.ndarray:

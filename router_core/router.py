@@ -173,9 +173,7 @@ class ModelTable:
         tokens = np.asarray(input_tokens, dtype=np.float64)[:, None]
         if self.output_scale is None:
             return self.per_request + tokens * self.input_per_tok + self.output_cost
-        # Divided by the weights' sum: a mean over the clusters whatever weights a caller gives.
-        weights = np.asarray(weights, dtype=np.float64)
-        length = (weights @ self.output_scale) / weights.sum(axis=1)
+        length = np.asarray(weights, dtype=np.float64) @ self.output_scale  # routed weights sum to 1
         return self.per_request + tokens * self.input_per_tok + length[:, None] * self.output_cost
 
     def support(self, weights: np.ndarray, idx: np.ndarray | slice) -> np.ndarray:

@@ -76,32 +76,20 @@ def _load(paths: list[str], fmt: str | None) -> tuple[list[str], np.ndarray | No
 def _answers(paths: list[str], fmt: str | None) -> dict[str, list[str]]:
     """Prompt text -> the recorded answers to it, from the datasets that record answers
     (RouterBench CSVs' responses); empty when none does."""
-    from router_core.datasets import detect_format, load_routerbench_responses
+    from router_core.datasets import detect_format, routerbench_answers
 
-    answers: dict[str, list[str]] = {}
-    for path in paths:
-        if (fmt or detect_format(path)) == "routerbench":
-            for by_prompt in load_routerbench_responses(path).values():
-                for text, answer in by_prompt.items():
-                    answers.setdefault(text, []).append(answer)
-    return answers
+    return routerbench_answers([p for p in paths if (fmt or detect_format(p)) == "routerbench"])
 
 
 def _measure_output_scale(state, emb: np.ndarray, prompts: list[str], args: argparse.Namespace) -> None:
     """Give `state` the output scale of the data's recorded answers, when it records any."""
-    from router_core.output_scale import (
-        DEFAULT_SCALE_PRIOR,
-        mean_answer_lengths,
-        measured_scale,
-    )
+    from router_core.output_scale import mean_answer_lengths, set_output_scale
 
     lengths = mean_answer_lengths(prompts, _answers(args.data, args.format))
     answered = int(np.isfinite(lengths).sum())
     if not answered:
         return
-    state.output_scale = measured_scale(state.centroids, emb, lengths)
-    state.metadata["output_scale"] = {"measured_on": "the dataset's recorded answers, in characters",
-                                      "answered_prompts": answered, "prior": DEFAULT_SCALE_PRIOR}
+    set_output_scale(state, emb, lengths, "the dataset's recorded answers, in characters")
     print(f"output scale per cluster (answer length over the average, from {answered} answered prompts): "
           f"{np.round(state.output_scale, 2).tolist()}", file=sys.stderr)
 
