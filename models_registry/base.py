@@ -26,7 +26,7 @@ class RegistryUnavailable(RuntimeError):
 
 @runtime_checkable
 class Registry(Protocol):
-    """Registered models, profiling jobs, graded answers and job locks.
+    """Registered models, profiling jobs, graded answers, job locks and short-lived memos.
 
     Every async method may raise `RegistryUnavailable`. `put_model` validates the record
     (RegistryValidationError) before it writes.
@@ -106,6 +106,14 @@ class Registry(Protocol):
 
     async def release_lock(self, key: str, owner: str) -> bool:
         """Let go of `key` if `owner` holds it; False otherwise (another owner's lock stays)."""
+        ...
+
+    async def remember(self, key: str, value: str, ttl_s: float) -> None:
+        """Keep `value` under `key` for `ttl_s` seconds, for every gateway on this registry."""
+        ...
+
+    async def recall(self, key: str) -> str | None:
+        """What `remember` keeps under `key`; None when nothing is, or it expired."""
         ...
 
     def snapshot(self) -> Snapshot:

@@ -342,6 +342,19 @@ class RedisRegistry:
     async def release_lock(self, key: str, owner: str) -> bool:
         return bool(await self._call(lambda: self._release_lock(keys=[self._k_lock(key)], args=[owner])))
 
+    # -- memos ----------------------------------------------------------------------------
+
+    def _k_memo(self, key: str) -> str:
+        return f"{self.prefix}memo:{key}"
+
+    async def remember(self, key: str, value: str, ttl_s: float) -> None:
+        ms = max(1, round(ttl_s * 1000))
+        await self._call(lambda: self._client.set(self._k_memo(key), value, px=ms))
+
+    async def recall(self, key: str) -> str | None:
+        value = await self._call(lambda: self._client.get(self._k_memo(key)))
+        return None if value is None else str(value)
+
     # -- the in-memory view ---------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:

@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS answers (model TEXT NOT NULL, repset_version TEXT NOT
                                     data TEXT NOT NULL, PRIMARY KEY (model, repset_version, prompt_id))
                                     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS memos (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS memos_by_expiry ON memos (expires_at);
 """
 
 
@@ -240,6 +242,24 @@ class SQLiteRegistry:
     async def release_lock(self, key: str, owner: str) -> bool:
         return await self._in_thread(self._tx, lambda conn: conn.execute(
             "DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner)).rowcount > 0)
+
+    # -- memos ----------------------------------------------------------------------------
+
+    async def remember(self, key: str, value: str, ttl_s: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            # Expired memos go as new ones come (through the index), so the table holds about one
+            # time-to-live's worth of them.
+            conn.execute("DELETE FROM memos WHERE expires_at <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO memos (key, value, expires_at) VALUES (?, ?, ?)",
+                         (key, value, now + ttl_s))
+
+        await self._in_thread(self._tx, write)
+
+    async def recall(self, key: str) -> str | None:
+        row = await self._in_thread(self._tx, lambda conn: conn.execute(
+            "SELECT value FROM memos WHERE key = ? AND expires_at > ?", (key, time.time())).fetchone())
+        return None if row is None else str(row[0])
 
     # -- the in-memory view ---------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from app.api.wire import (
 from app.costs.billing import bill, record_usage
 from app.costs.budget import key_scope
 from app.errors import GatewayError
+from app.routing.conversations import holder, remember_holder
 from app.routing.service import (
     ROUTER_MODEL,
     Destination,
@@ -131,20 +132,23 @@ async def proxy(request: Request, path: str, body: dict, dest: Destination, stre
             metrics.fallbacks.inc()
     table = gw.routing.require_ready().table
     if answer.stream is not None:
-        response: Response = EventStream(settled(request, gw, table, dest, answer), media_type="text/event-stream",
-                                         headers={**headers, "cache-control": "no-cache"})
+        response: Response = EventStream(settled(request, gw, table, dest, answer, body if path == "/responses" else None),
+                                         media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
     else:
         usage = answer.json.get("usage") if isinstance(answer.json, dict) else None
         await bill(gw.budget, table, dest, record, record_usage(metrics, table, dest, record, usage))
+        if path == "/responses":
+            await remember_holder(gw.registry, body, answer.json, record.name)
         response = Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
     metrics.overhead_seconds.observe(max(0.0, time.perf_counter() - started - answer.upstream_seconds))
     return response
 
 
 async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destination,
-                  answer: UpstreamReply) -> AsyncIterator[bytes]:
+                  answer: UpstreamReply, responses_body: dict | None = None) -> AsyncIterator[bytes]:
     """A stream's bytes; once it has ended, its usage is counted and billed (at the expected cost
-    when the upstream reported none) and a cut stream is marked for the request counter."""
+    when the upstream reported none), a cut stream is marked for the request counter, and a
+    Responses API stream's response is remembered as its model's (`responses_body`: the request)."""
     assert answer.stream is not None and answer.watch is not None
     watch = answer.watch
     booked = False
@@ -157,6 +161,8 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
         spent = record_usage(gw.metrics, table, dest, answer.record, watch.usage)
         # Shielded: a client that hangs up cancels this generator, not its bill.
         await asyncio.shield(bill(gw.budget, table, dest, answer.record, spent))
+        if responses_body is not None and not watch.cut:
+            await asyncio.shield(remember_holder(gw.registry, responses_body, watch.response, answer.record.name))
 
     try:
         async for chunk in answer.stream:
@@ -173,8 +179,21 @@ async def forward(request: Request, kind: type[RoutedBody], path: str) -> Respon
     started = time.perf_counter()
     body = await read_body(request)
     read = read_routed(kind, body)
-    routed = parse_router_model(read.model, gateway_of(request).settings) is not None
-    dest = await destination(request, read.model, read.options, read.routing_text(routed))
+    gw = gateway_of(request)
+    routed = parse_router_model(read.model, gw.settings) is not None
+    model, options = read.model, read.options
+    if routed and path == "/responses":
+        # A follow-up goes where its conversation is stored (app/routing/conversations.py).
+        held_by = await holder(gw.registry, body)
+        if held_by is not None:
+            record = gw.registry.snapshot().get(held_by)
+            if record is None or not record.enabled:
+                raise GatewayError("not_found", f"previous_response_id {body['previous_response_id']} is held by "
+                                   f"the model `{held_by}`, which does not exist or is not enabled: the "
+                                   "conversation cannot go on with another model",
+                                   param="previous_response_id", code="model_not_found")
+            model, options, routed = held_by, None, False
+    dest = await destination(request, model, options, read.routing_text(routed))
     return await proxy(request, path, body, dest, read.stream, started)
 
 

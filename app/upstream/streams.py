@@ -83,6 +83,7 @@ class StreamWatch:
     responses_api: bool = False
     strip_usage: bool = False
     usage: dict | None = None
+    response: dict | None = None  # the Responses API's response object, as its last event carried it
     upstream_error: bool = False
     done: bytes | None = None  # the held-back [DONE] event
     cut: bool = False  # set by the relay: the stream did not deliver a complete answer
@@ -136,9 +137,11 @@ class StreamWatch:
                 and (b'"usage"' not in event or (event.count(b'"usage"') == 1 and b'"usage":null' in event)))
 
     def _see_response_event(self, event: bytes, obj: dict) -> bytes:
+        response = obj.get("response")
+        if isinstance(response, dict):
+            self.response = response
         if obj.get("type") in _RESPONSE_ENDS:
             self._ended = True
-            response = obj.get("response")
             if isinstance(response, dict) and isinstance(response.get("usage"), dict):
                 self.usage = response["usage"]
         return event

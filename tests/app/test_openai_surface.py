@@ -112,3 +112,42 @@ def test_client_account_headers_stay_at_the_gateway_and_the_upstream_request_id_
     assert "openai-organization" not in sent and "openai-project" not in sent
     assert raw.headers["x-request-id"].startswith("req_")
     assert raw.parse()._request_id == raw.headers["x-request-id"]
+
+
+def test_a_responses_follow_up_goes_to_the_model_that_holds_its_conversation(surface):
+    upstream, gw = surface
+    first = client(gw).responses.with_raw_response.create(model="b", input="Name a prime number.")
+    assert first.headers["x-uniroute-model"] == "b"
+    # at cost weight 0 routing picks a/one (the better model); the conversation is b's
+    follow = client(gw).responses.with_raw_response.create(
+        model="uniroute:0", input="And another one?", previous_response_id=first.parse().id)
+    assert follow.headers["x-uniroute-model"] == "b"
+    assert upstream.received[-1].body["previous_response_id"] == first.parse().id
+    # a streamed answer is remembered too, once its stream has ended
+    events = list(client(gw).responses.create(model="b", input="Name a colour.", stream=True))
+    streamed = events[-1].response.id
+    again = client(gw).responses.with_raw_response.create(model="uniroute:0", input="Another?",
+                                                          previous_response_id=streamed)
+    assert again.headers["x-uniroute-model"] == "b"
+
+
+def test_a_follow_up_to_an_unknown_or_unstored_response_is_routed_as_a_new_one(surface):
+    _, gw = surface
+    unstored = client(gw).responses.create(model="b", input="Name a prime number.", store=False)
+    for previous in (unstored.id, "resp_from_elsewhere"):
+        raw = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another?",
+                                                            previous_response_id=previous)
+        assert raw.headers["x-uniroute-model"] == "a/one"
+
+
+def test_a_follow_up_whose_model_is_gone_says_so_rather_than_going_elsewhere(make_gateway, fault_upstream,
+                                                                             model_config):
+    _, url = fault_upstream
+    models = [model_config("a", url, score=0.9), model_config("b", url, score=0.6)]
+    with make_gateway(models=models, admin_key="k") as gw:
+        first = client(gw).responses.create(model="b", input="Name a prime number.")
+        r = httpx.patch(gw + "/admin/models/b", json={"enabled": False}, headers={"authorization": "Bearer k"})
+        assert r.status_code == 200, r.text
+        with pytest.raises(openai.NotFoundError) as err:
+            client(gw).responses.create(model="uniroute:0", input="And another?", previous_response_id=first.id)
+        assert err.value.body["param"] == "previous_response_id" and "`b`" in err.value.body["message"]

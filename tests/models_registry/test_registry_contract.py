@@ -179,6 +179,20 @@ async def test_a_lock_expires_after_its_ttl_unless_its_owner_refreshes_it(regist
     assert not await registry.refresh_lock("job:1", "a", 30)
 
 
+async def test_a_memo_is_recalled_until_it_expires_and_a_new_value_replaces_it(registry):
+    assert await registry.recall("response:r1") is None
+    await registry.remember("response:r1", "model-a", 30)
+    await registry.remember("response:r2", "model-b", 0.3)
+    assert await registry.recall("response:r1") == "model-a"
+    await registry.remember("response:r1", "model-c", 30)
+    assert await registry.recall("response:r1") == "model-c"
+    start = time.monotonic()
+    while await registry.recall("response:r2") is not None:
+        assert time.monotonic() - start < 30, "the memo did not expire"
+        await asyncio.sleep(0.02)
+    assert await registry.recall("response:r1") == "model-c"
+
+
 async def test_everything_written_is_there_for_a_new_instance(registry):
     await registry.put_model(make_record("a", seed=1))
     await registry.put_model(make_record("b", seed=2))
