@@ -151,3 +151,31 @@ def test_a_follow_up_whose_model_is_gone_says_so_rather_than_going_elsewhere(mak
         with pytest.raises(openai.NotFoundError) as err:
             client(gw).responses.create(model="uniroute:0", input="And another?", previous_response_id=first.id)
         assert err.value.body["param"] == "previous_response_id" and "`b`" in err.value.body["message"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_follow_up_reaching_another_gateway_on_the_same_registry_goes_to_the_same_model(
+        make_gateway, fault_upstream, model_config, tmp_path, request, backend):
+    _, url = fault_upstream
+    models = [model_config("a", url, score=0.9), model_config("b", url, score=0.6)]
+    shared = ({"sqlite_path": str(tmp_path / "shared.db")} if backend == "sqlite" else
+              {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")})
+    with make_gateway(models=models, **shared) as one, make_gateway(models=models, **shared) as two:
+        first = client(one).responses.create(model="b", input="Name a prime number.")
+        follow = client(two).responses.with_raw_response.create(model="uniroute:0", input="And another?",
+                                                                previous_response_id=first.id)
+        assert follow.headers["x-uniroute-model"] == "b"
+
+
+def test_with_the_registry_away_a_responses_turn_is_answered_and_a_follow_up_routed(
+        make_gateway, fault_upstream, model_config, private_redis):
+    _, url = fault_upstream
+    models = [model_config("a", url, score=0.9), model_config("b", url, score=0.6)]
+    with make_gateway(models=models, redis_url=private_redis.url, redis_prefix="pins:") as gw:
+        first = client(gw).responses.create(model="b", input="Name a prime number.")
+        private_redis.kill()
+        # nothing to remember it in, nothing to recall it from: answered, and routed as new
+        assert client(gw).responses.create(model="b", input="Name a colour.").output_text == "answer from b"
+        follow = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another?",
+                                                               previous_response_id=first.id)
+        assert follow.status_code == 200 and follow.headers["x-uniroute-model"] == "a"
