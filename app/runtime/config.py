@@ -103,6 +103,14 @@ class TargetFields(_Closed):
     budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     quality: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
 
+    @field_validator(*KINDS, mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # pydantic reads true as 1.0: `cost_weight: true` would route at λ = 1, a target nobody set
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
     @model_validator(mode="after")
     def _at_most_one(self) -> "TargetFields":
         given = [k for k in KINDS if getattr(self, k) is not None]

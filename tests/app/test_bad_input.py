@@ -73,6 +73,8 @@ def test_the_openai_client_is_told_its_body_nests_too_deeply(demo_gateway):
     ({**GOOD, "stream": "yes"}, "stream"),
     ({**GOOD, "uniroute": {"cost_weight": -1}}, "uniroute.cost_weight"),
     ({**GOOD, "uniroute": {"cost_weight": "high"}}, "uniroute.cost_weight"),
+    ({**GOOD, "uniroute": {"cost_weight": True}}, "uniroute.cost_weight"),
+    ({**GOOD, "uniroute": {"quality": True}}, "uniroute.quality"),
     ({**GOOD, "uniroute": {"unknown": 1}}, "uniroute.unknown"),
     ({**GOOD, "model": "uniroute:abc"}, "model"),
     ({**GOOD, "model": "uniroute:-2"}, "model"),
