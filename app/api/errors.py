@@ -99,6 +99,25 @@ def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSO
     return error_response(APIError(500, "internal error in the gateway", type="api_error"))
 
 
+def validation_error(errors: list[dict]) -> APIError:
+    """The 400 for pydantic's `errors` (non-empty): the first one, named by its parameter. A
+    field that takes one of several types fails once per type, each error's location ending in
+    the type's name (`messages.0.content.str`, `...list[any]`): those are one parameter, whose
+    message says every type it could have been."""
+    first = errors[0]
+    loc = tuple(p for p in first.get("loc", ()) if p != "body")
+    message = first.get("msg", "invalid request")
+    # One value's failures against each type: the same input, locations differing in the last part.
+    branches = [e for e in errors if e.get("type") != "missing" and e.get("input") is first.get("input")
+                and len(e.get("loc", ())) == len(first.get("loc", ()))
+                and tuple(e.get("loc", ()))[:-1] == tuple(first.get("loc", ()))[:-1]]
+    if len(loc) > 1 and len(branches) > 1:
+        loc = loc[:-1]
+        message = " or ".join(dict.fromkeys(e.get("msg", "") for e in branches))
+    param = ".".join(str(p) for p in loc) or None
+    return APIError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")
+
+
 def is_json_type(content_type: str | None) -> bool:
     """Whether a Content-Type header announces JSON (`application/json`, `…+json`, any parameters)."""
     if not content_type:
@@ -130,12 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 400, f"send the body as JSON with the header Content-Type: application/json "
                      f"(this request has {f'Content-Type: {content_type}' if content_type else 'no Content-Type'})",
                 code="unsupported_content_type"))
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
-        if param:
-            message = f"{param}: {message}"
-        return error_response(APIError(400, message, param=param, code="invalid_value"))
+        return error_response(validation_error(exc.errors()) if exc.errors() else APIError(400, "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

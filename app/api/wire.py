@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.api.errors import APIError
+from app.api.errors import APIError, validation_error
 from app.errors import GatewayError
 from app.routing.prompts import (
     chat_routing_text,
@@ -230,7 +230,4 @@ def validate(model: type[BaseModel], body: dict) -> BaseModel:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param,
-                       code="invalid_value") from None
+        raise validation_error(exc.errors()) from None

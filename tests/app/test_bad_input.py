@@ -68,6 +68,8 @@ def test_the_openai_client_is_told_its_body_nests_too_deeply(demo_gateway):
     ({"model": "uniroute", "messages": []}, "messages"),
     ({"model": "uniroute", "messages": "hello"}, "messages"),
     ({"model": "uniroute", "messages": [{"content": "no role"}]}, "messages.0.role"),
+    # a field of several types is named once, not by the first type pydantic tried
+    ({"model": "uniroute", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
     ({"model": 42, "messages": [{"role": "user", "content": "x"}]}, "model"),
     ({"messages": [{"role": "user", "content": "x"}]}, "model"),
     ({**GOOD, "stream": "yes"}, "stream"),
@@ -169,3 +171,18 @@ def test_the_readmes_curl_registration_runs_as_written(make_gateway, fault_upstr
         assert run.returncode == 0, run.stderr
         answer = json.loads(run.stdout)
         assert answer["model"] == "my-llm" and answer["job_id"], answer
+
+
+def test_one_parameter_that_fails_each_of_its_types_is_one_error_saying_them_all():
+    from app.api.errors import validation_error
+
+    union = [{"type": "string_type", "loc": ("body", "input", "str"), "msg": "Input should be a valid string",
+              "input": 5},
+             {"type": "list_type", "loc": ("body", "input", "list[any]"), "msg": "Input should be a valid list",
+              "input": 5}]
+    err = validation_error(union)
+    assert err.param == "input" and err.message == "input: Input should be a valid string or Input should be a valid list"
+    # two fields of one object, each wrong in its own way, stay apart: the first is named
+    siblings = [{"type": "missing", "loc": ("messages", 0, "role"), "msg": "Field required", "input": {}},
+                {"type": "missing", "loc": ("messages", 0, "name"), "msg": "Field required", "input": {}}]
+    assert validation_error(siblings).param == "messages.0.role"
