@@ -153,7 +153,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(APIError(exc.status_code, str(exc.detail)))
+        # A client's mistake (a wrong method, say) is an invalid request; the headers Starlette
+        # chose (a 405's Allow) go with it.
+        kind = "invalid_request_error" if 400 <= exc.status_code < 500 else None
+        response = error_response(APIError(exc.status_code, str(exc.detail), type=_TYPES.get(exc.status_code, kind)))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -186,3 +186,10 @@ def test_one_parameter_that_fails_each_of_its_types_is_one_error_saying_them_all
     siblings = [{"type": "missing", "loc": ("messages", 0, "role"), "msg": "Field required", "input": {}},
                 {"type": "missing", "loc": ("messages", 0, "name"), "msg": "Field required", "input": {}}]
     assert validation_error(siblings).param == "messages.0.role"
+
+
+def test_a_wrong_method_is_a_405_invalid_request_that_says_which_methods_are_allowed(demo_gateway):
+    r = httpx.delete(demo_gateway + "/v1/chat/completions", timeout=30)
+    err = assert_openai_error(r, 405)
+    assert err["type"] == "invalid_request_error"
+    assert r.headers["allow"] == "POST"
