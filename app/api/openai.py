@@ -174,16 +174,13 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
             await settle()
 
 
-async def forward(request: Request, kind: type[RoutedBody], path: str) -> Response:
-    """Read a request of `kind`, find its destination and relay the upstream's answer."""
-    started = time.perf_counter()
-    body = await read_body(request)
-    read = read_routed(kind, body)
+async def request_destination(request: Request, body: dict, read: RoutedBody, responses_api: bool) -> Destination:
+    """Where a read request goes (`destination`); a routed Responses API follow-up goes to the
+    model holding its conversation (app/routing/conversations.py)."""
     gw = gateway_of(request)
     routed = parse_router_model(read.model, gw.settings) is not None
     model, options = read.model, read.options
-    if routed and path == "/responses":
-        # A follow-up goes where its conversation is stored (app/routing/conversations.py).
+    if routed and responses_api:
         held_by = await holder(gw.registry, body)
         if held_by is not None:
             record = gw.registry.snapshot().get(held_by)
@@ -193,7 +190,15 @@ async def forward(request: Request, kind: type[RoutedBody], path: str) -> Respon
                                    "conversation cannot go on with another model",
                                    param="previous_response_id", code="model_not_found")
             model, options, routed = held_by, None, False
-    dest = await destination(request, model, options, read.routing_text(routed))
+    return await destination(request, model, options, read.routing_text(routed))
+
+
+async def forward(request: Request, kind: type[RoutedBody], path: str) -> Response:
+    """Read a request of `kind`, find its destination and relay the upstream's answer."""
+    started = time.perf_counter()
+    body = await read_body(request)
+    read = read_routed(kind, body)
+    dest = await request_destination(request, body, read, path == "/responses")
     return await proxy(request, path, body, dest, read.stream, started)
 
 
@@ -263,9 +268,9 @@ HOT_ENDPOINTS = {"/v1/chat/completions": chat_completions, "/v1/completions": co
 async def route_dry_run(request: Request) -> JSONResponse:
     """The decision a chat, completions or Responses API request would get, calling no upstream."""
     body = await read_body(request)
-    read = read_routed(kind_of(body), body)
-    routed = parse_router_model(read.model, gateway_of(request).settings) is not None
-    dest = await destination(request, read.model, read.options, read.routing_text(routed))
+    kind = kind_of(body)
+    read = read_routed(kind, body)
+    dest = await request_destination(request, body, read, kind is ResponsesBody)
     if dest.decision is None:
         record = dest.records[0]
         error, cost, _ = expectation(dest, record)

@@ -123,6 +123,10 @@ def test_a_responses_follow_up_goes_to_the_model_that_holds_its_conversation(sur
         model="uniroute:0", input="And another one?", previous_response_id=first.parse().id)
     assert follow.headers["x-uniroute-model"] == "b"
     assert upstream.received[-1].body["previous_response_id"] == first.parse().id
+    # the dry run says as much
+    dry = httpx.post(gw + "/v1/route", json={"model": "uniroute:0", "input": "And another one?",
+                                             "previous_response_id": first.parse().id}, timeout=30)
+    assert dry.status_code == 200 and dry.json()["model"] == "b"
     # a streamed answer is remembered too, once its stream has ended
     events = list(client(gw).responses.create(model="b", input="Name a colour.", stream=True))
     streamed = events[-1].response.id
