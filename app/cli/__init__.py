@@ -3,6 +3,7 @@ errors, the embedding cache's default place, and the admin API client."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -30,6 +31,19 @@ def verbs_take_gateway_options(verbs: argparse._SubParsersAction) -> None:
     for verb in verbs.choices.values():
         verb.add_argument("--url", default=argparse.SUPPRESS, help="the gateway (also before the verb)")
         verb.add_argument("--admin-key", default=argparse.SUPPRESS, help="the admin key (also before the verb)")
+
+
+def finite_float(text: str) -> float:
+    """An argparse `type` for a number option: "nan" and "inf" are refused as argparse refuses
+    any other non-number (exit 2), since float() takes them and they would otherwise reach the
+    admin API's JSON (a traceback in the encoder) or a written state (a NaN prior)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 class UsageError(Exception):

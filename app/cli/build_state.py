@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.cli import DEFAULT_CACHE, UsageError, one_line_errors
+from app.cli import DEFAULT_CACHE, UsageError, finite_float, one_line_errors
 from router_core.datasets import FORMATS
 from router_core.state import METHODS
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedder", default="accurate", help="accurate | fast | sentence-transformers name or path")
     p.add_argument("--max-chars", type=int, default=None, help="characters of each prompt's tail to embed")
     p.add_argument("--method", default="uniroute_kmeans", choices=METHODS)
-    p.add_argument("--prior", type=float, default=DEFAULT_PRIOR,
+    p.add_argument("--prior", type=finite_float, default=DEFAULT_PRIOR,
                    help="Psi shrinkage pseudo-counts stored with the state (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="embedding cache directory")

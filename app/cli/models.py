@@ -18,6 +18,7 @@ from app.cli import (
     AdminError,
     UsageError,
     admin_call,
+    finite_float,
     gateway_options,
     one_line_errors,
     verbs_take_gateway_options,
@@ -98,9 +99,9 @@ def upstream_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--base-url", required=required, help="OpenAI-style base URL, e.g. http://host:8000/v1")
     parser.add_argument("--upstream-model", help="the model name the upstream expects (default: name)")
     parser.add_argument("--api-key-env", help="NAME of the environment variable holding the upstream key")
-    parser.add_argument("--input-per-mtok", type=float)
-    parser.add_argument("--output-per-mtok", type=float)
-    parser.add_argument("--per-request", type=float)
+    parser.add_argument("--input-per-mtok", type=finite_float)
+    parser.add_argument("--output-per-mtok", type=finite_float)
+    parser.add_argument("--per-request", type=finite_float)
 
 
 def upstream_body(args: argparse.Namespace) -> dict:
@@ -120,7 +121,7 @@ def job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="the draw of --limit prompts (default 0)")
     parser.add_argument("--max-tokens", type=int, help="max_tokens sent with each prompt")
     parser.add_argument("--concurrency", type=int, help="prompts in flight")
-    parser.add_argument("--spend-cap", type=float, help="stop the job once it has spent this much")
+    parser.add_argument("--spend-cap", type=finite_float, help="stop the job once it has spent this much")
     parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
 
 

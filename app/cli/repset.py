@@ -27,6 +27,7 @@ from app.cli import (
     AdminError,
     UsageError,
     admin_call,
+    finite_float,
     gateway_options,
     one_line_errors,
 )
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--per-cluster", type=int, required=True, help="items to draw from each cluster")
     b.add_argument("--out", required=True, help="the representative set file to write")
     b.add_argument("--grader", default=DEFAULT_GRADER, help="grader of items whose row names none (default %(default)s)")
-    b.add_argument("--near-duplicate", type=float, default=DEFAULT_THRESHOLD,
+    b.add_argument("--near-duplicate", type=finite_float, default=DEFAULT_THRESHOLD,
                    help="cosine similarity at which two prompts count as one (default %(default)s)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--reference-model", help="registered model whose answers become judge items' references")
@@ -123,6 +124,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.per_cluster < 1:
         raise UsageError("--per-cluster must be >= 1")
+    # checked before the embedding, not by the draw after it (a ValueError's traceback there)
+    if not 0 < args.near_duplicate <= 1:
+        raise UsageError(f"--near-duplicate must be in (0, 1], got {args.near_duplicate:g}")
     rows = read_rows(args.data)
     try:
         directory = state_path(args.state)

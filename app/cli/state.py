@@ -14,6 +14,7 @@ import time
 from app.cli import (
     AdminError,
     admin_call,
+    finite_float,
     gateway_options,
     one_line_errors,
     verbs_take_gateway_options,
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     apply = verbs.add_parser("apply", help="switch to another state and representative set, live")
     apply.add_argument("--state-dir", required=True, help="state folder, as the gateway's machine sees it")
     apply.add_argument("--repset", required=True, help="representative set file, as the gateway's machine sees it")
-    apply.add_argument("--spend-cap", type=float, help="total spend for asking the models the new items")
+    apply.add_argument("--spend-cap", type=finite_float, help="total spend for asking the models the new items")
     apply.add_argument("--manual", action="store_true", help="do not switch by itself once every model is ready")
     apply.add_argument("--no-wait", action="store_true", help="return once the migration has started")
     apply.set_defaults(func=cmd_apply)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from app.cli.main import main
 from tests.app.test_admin import ADMIN
@@ -169,3 +170,31 @@ def test_ctrl_c_while_following_says_the_job_goes_on_without_a_traceback(make_ga
     assert last.startswith("uniroute models: stopped following; job ") and "goes on" in last
     assert f"uniroute models cancel {jobs[0]['id']}" in last
     assert job["state"] == "running"
+
+
+def test_a_non_finite_number_is_one_line_and_exit_2_not_a_traceback(capsys):
+    # float() takes "nan" and "inf": they reached the admin API's JSON encoder (a traceback),
+    # a state's prior or the near-duplicate threshold (a traceback after the embedding)
+    gateway = ["--url", "http://127.0.0.1:9", "--admin-key", "k"]
+    for argv in (["models", *gateway, "add", "m", "--base-url", "http://x/v1", "--per-request", "nan"],
+                 ["models", *gateway, "set", "m", "--output-per-mtok", "inf"],
+                 ["models", *gateway, "reprofile", "m", "--spend-cap=-inf"],
+                 ["state", *gateway, "apply", "--state-dir", "s", "--repset", "r", "--spend-cap", "nan"],
+                 ["build-state", "--data", "d", "--out", "o", "--prior", "nan"],
+                 ["repset", "build", "--data", "d", "--state", "s", "--per-cluster", "1", "--out", "o",
+                  "--near-duplicate", "nan"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2, argv
+        assert "must be a finite number" in err and "Traceback" not in err, err
+
+
+def test_a_near_duplicate_threshold_out_of_range_is_refused_before_any_work(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "a", "prompt": "hello"}\n')
+    for threshold in ("0", "1.5", "-1"):
+        code = main(["repset", "build", "--data", str(rows), "--state", "no-such-state", "--per-cluster", "1",
+                     "--out", str(tmp_path / "out.jsonl"), "--near-duplicate", threshold])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("uniroute repset build: error: --near-duplicate must be in (0, 1]"), err
