@@ -50,6 +50,18 @@ class UsageError(Exception):
     """A mistake in the command's input: reported in one line, exit status 2."""
 
 
+def prepare_output(path: str, option: str) -> None:
+    """Make the folder an output file (`--plot`, `--json`) goes into, as `dataset convert` does
+    for its --out, before the command's work: a path that cannot be written is a UsageError
+    then, not a traceback once an evaluation of many minutes has run."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create its folder: {exc.strerror or exc}") from None
+    if Path(path).is_dir():
+        raise UsageError(f"{option} {path}: is a folder, not a file")
+
+
 class AdminError(Exception):
     """The admin API answered with an error, or could not be reached."""
 

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.cli import DEFAULT_CACHE, AdminError, UsageError, admin_call, one_line_errors
+from app.cli import DEFAULT_CACHE, AdminError, UsageError, admin_call, one_line_errors, prepare_output
 from app.demo import ROUTERBENCH_DIR
 from app.demo.arena import load_arena
 from app.demo.models import add_demo_models
@@ -131,6 +131,15 @@ def plot(curve: dict, path: str) -> None:
 @one_line_errors("calibrate", AdminError, 1)
 @one_line_errors("calibrate", UsageError, 2, "error: ")
 def run(args: argparse.Namespace) -> int:
+    # the local curve is of every model the data has: a subset asked for there was ignored
+    if args.models and not args.url:
+        raise UsageError("--models needs --url: without it the curve is of all the data's models")
+    if args.plot:
+        # as eval's --plot: matplotlib reads the format from the suffix (another is a traceback
+        # after the curve was printed; none writes FILE.png while "wrote FILE" is said)
+        if not args.plot.endswith(".png"):
+            raise UsageError("--plot must name a .png file")
+        prepare_output(args.plot, "--plot")
     curve = fetch_curve(args.url, args.admin_key, args.models) if args.url else local_curve(args)
     print(json.dumps(curve, indent=2) if args.json else format_table(curve))
     if args.plot:

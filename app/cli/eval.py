@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.cli import DEFAULT_CACHE, UsageError, one_line_errors
+from app.cli import DEFAULT_CACHE, UsageError, one_line_errors, prepare_output
 from router_core.datasets import FORMATS
 
 
@@ -63,6 +63,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--max-chars must be at least 1")
     if args.plot and not args.plot.endswith(".png"):
         raise UsageError("--plot must name a .png file")
+    if args.plot:
+        prepare_output(args.plot, "--plot")
+    if args.json_out and args.json_out != "-":
+        prepare_output(args.json_out, "--json")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -126,3 +126,24 @@ def test_build_state_from_prompts_without_answers_prices_every_cluster_alike(tmp
 def test_build_state_rejects_more_clusters_than_prompts(tmp_path, capsys):
     assert main(["build-state", "--data", str(SMALL), "--clusters", "500", "--out", str(tmp_path)]) == 2
     assert "--clusters must be between 1 and the number of prompts (128)" in capsys.readouterr().err
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    # it was a traceback once the whole evaluation (or the curve) had been computed
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for argv, option in ((["eval", "--data", str(SMALL), "--plot", str(blocker / "curves.png")], "--plot"),
+                         (["eval", "--data", str(SMALL), "--json", str(blocker / "out.json")], "--json"),
+                         (["calibrate", "--url", "http://127.0.0.1:9", "--plot", str(blocker / "c.png")], "--plot")):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and f"error: {option} {blocker}" in err and err.count("\n") == 1, err
+
+
+def test_calibrate_refuses_what_it_would_ignore_or_misname(capsys):
+    # --models applies to a gateway's curve only: without --url the whole dataset's was printed
+    assert main(["calibrate", "--models", "a,b"]) == 2
+    assert "--models needs --url" in capsys.readouterr().err
+    # matplotlib picks the format from the suffix: .txt was a traceback, none wrote FILE.png
+    assert main(["calibrate", "--url", "http://127.0.0.1:9", "--plot", "curve.txt"]) == 2
+    assert "--plot must name a .png file" in capsys.readouterr().err
