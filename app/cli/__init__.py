@@ -46,6 +46,18 @@ def finite_float(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    """An argparse `type` for a TCP port: 1-65535 (a larger number was wrapped modulo 65536 by
+    the socket layer, so a server said it listened on a port it did not, or bind() raised)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {value}")
+    return value
+
+
 class UsageError(Exception):
     """A mistake in the command's input: reported in one line, exit status 2."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from app.cli import UsageError, one_line_errors
+from app.cli import UsageError, one_line_errors, port_number
 from app.cli.serve import serve
 from app.demo import ROUTERBENCH_DIR
 from app.demo.arena import load_arena
@@ -36,8 +36,8 @@ DEMO_PROFILE_MAX_TOKENS = 2048
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="serve the gateway in front of the replay upstream (demo, no API keys)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--upstream-port", type=int, default=8001)
+    p.add_argument("--port", type=port_number, default=8000)
+    p.add_argument("--upstream-port", type=port_number, default=8001)
     p.add_argument("--latency-scale", type=float, default=1.0,
                    help="replay upstream latency multiplier (0 = instant)")
     p.add_argument("--workdir", default=".uniroute/demo", help="where the demo keeps its registry")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.cli import port_number
 from app.demo import ROUTERBENCH_DIR
 from app.demo.arena import ARENA_DIR
 
@@ -32,16 +33,6 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `replay-upstream` subcommand."""
     parser = sub.add_parser(
@@ -55,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--arena", type=Path, default=ARENA_DIR,
                         help="directory of the arena-bench-v1 records (default: the vendored subset)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=8001, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=port_number, default=8001, help="port to listen on (default: %(default)s)")
     parser.add_argument("--latency-scale", type=_non_negative, default=1.0,
                         help="multiply the simulated latency by this; 0 answers at once (default: %(default)s)")
     parser.set_defaults(func=run)

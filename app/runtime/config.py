@@ -182,7 +182,9 @@ class Settings(BaseSettings):
     config_file: ClassVar[str | None] = None
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    # 1-65535: the socket layer wraps a larger number modulo 65536 (99999 listened on 34463
+    # while the log said 99999)
+    port: int = Field(8000, ge=1, le=65535)
     # Worker processes `uniroute serve` runs on the one listening socket (README: Workers); None:
     # one per CPU this process may run on. An app built in-process (create_app) is one worker.
     workers: int | None = Field(None, ge=1, le=256)

@@ -43,6 +43,8 @@ def test_a_valid_file_is_read(tmp_path):
      "models.0.upstream_modle: Extra inputs are not permitted"),
     ("capture: {sample_rate: 2}\n", "capture.sample_rate: Input should be less than or equal to 1"),
     ("default_cost_weight: .nan\n", "default_cost_weight: Input should be a finite number"),
+    # the socket layer wrapped it: 99999 listened on 34463
+    ("port: 99999\n", "port: Input should be less than or equal to 65535"),
 ])
 def test_a_file_the_gateway_cannot_use_is_one_clear_error(tmp_path, text, said):
     with pytest.raises(ConfigError) as caught:
@@ -107,3 +109,15 @@ def test_serve_and_demo_stop_on_an_environment_variable_that_is_not_json_with_on
                config=config, cwd=tmp_path, UNIROUTE_POLICIES="{bad")
     assert demo.returncode == 2 and len(demo.stderr.strip().splitlines()) == 1
     assert demo.stderr.startswith(f"uniroute demo: error: {said}")
+
+
+def test_serve_and_demo_refuse_a_port_out_of_range_with_one_line(tmp_path):
+    # `serve --port 99999` listened on 34463 while it logged 99999; demo's --upstream-port 99999
+    # was bind()'s OverflowError traceback
+    served = cli("serve", "--port", "99999", cwd=tmp_path)
+    assert served.returncode == 2 and "Traceback" not in served.stderr
+    assert "port: Input should be less than or equal to 65535" in served.stderr
+    for option in ("--port", "--upstream-port"):
+        demo = cli("demo", option, "99999", "--workdir", str(tmp_path / "d"), cwd=tmp_path)
+        assert demo.returncode == 2 and "Traceback" not in demo.stderr
+        assert f"argument {option}: port must be 1-65535, got 99999" in demo.stderr
