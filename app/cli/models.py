@@ -249,6 +249,9 @@ def cmd_set(args: argparse.Namespace) -> int:
         body["api_key_env"] = None
     if not body:
         raise UsageError("nothing to change: give --base-url, --upstream-model, --api-key-env, --no-api-key or a price")
+    if "cost" in body:
+        # The API replaces a price whole; one price given here changes that one, not the others to 0.
+        body["cost"] = {**call(args, "GET", f"/models/{args.name}")["cost"], **body["cost"]}
     model = call(args, "PATCH", f"/models/{args.name}", body)
     print(json.dumps({k: model[k] for k in ("name", "base_url", "upstream_model", "api_key_env", "cost", "state")}))
     return 0

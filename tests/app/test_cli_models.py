@@ -56,6 +56,9 @@ def test_set_changes_where_a_model_is_reached_and_its_price_keeping_its_profile(
         assert json.loads(out) == {"name": "m", "base_url": url, "upstream_model": "m-v2", "api_key_env": "M_KEY",
                                    "cost": {"input_per_mtok": 0.0, "output_per_mtok": 0.0, "per_request": 3.0},
                                    "state": "ready"}
+        code, out, _ = run(capsys, gw, "set", "m", "--input-per-mtok", "2")  # one price: the others stay
+        assert code == 0 and json.loads(out)["cost"] == {"input_per_mtok": 2.0, "output_per_mtok": 0.0,
+                                                         "per_request": 3.0}
         code, out, _ = run(capsys, gw, "set", "m", "--no-api-key")
         assert code == 0 and json.loads(out)["api_key_env"] is None
         httpx.post(gw + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
