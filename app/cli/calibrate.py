@@ -14,7 +14,14 @@ import os
 import sys
 from pathlib import Path
 
-from app.cli import DEFAULT_CACHE, AdminError, UsageError, admin_call, one_line_errors, prepare_output
+from app.cli import (
+    DEFAULT_CACHE,
+    AdminError,
+    UsageError,
+    admin_call,
+    one_line_errors,
+    prepare_output,
+)
 from app.demo import ROUTERBENCH_DIR
 from app.demo.arena import load_arena
 from app.demo.models import add_demo_models
