@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = summarise(areas)
     result = {"dataset": name, "n_prompts": int(scores.shape[0]), "n_models": int(scores.shape[1]),
               "trials": cfg.trials, "seed": cfg.seed, "embedder": args.embedder, "knn_k": args.knn_k,
-              "prior": args.prior, "own_prior": args.own_prior, "routers": list(ROUTERS), "cost_models": list(COST_MODELS), "methods": methods}
+              "prior": args.prior, "own_prior": args.own_prior, "routers": list(ROUTERS),
+              "cost_models": list(COST_MODELS), "methods": methods}
     Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{name}, {cfg.trials} trials; closure vs zero_router/oracle with mean costs; "
           "paired area difference vs the same router with mean costs")

@@ -132,7 +132,8 @@ async def proxy(request: Request, path: str, body: dict, dest: Destination, stre
             metrics.fallbacks.inc()
     table = gw.routing.require_ready().table
     if answer.stream is not None:
-        response: Response = EventStream(settled(request, gw, table, dest, answer, body if path == "/responses" else None),
+        responses_body = body if path == "/responses" else None
+        response: Response = EventStream(settled(request, gw, table, dest, answer, responses_body),
                                          media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
     else:
         usage = answer.json.get("usage") if isinstance(answer.json, dict) else None

@@ -163,7 +163,8 @@ def test_a_follow_up_reaching_another_gateway_on_the_same_registry_goes_to_the_s
     _, url = fault_upstream
     models = [model_config("a", url, score=0.9), model_config("b", url, score=0.6)]
     shared = ({"sqlite_path": str(tmp_path / "shared.db")} if backend == "sqlite" else
-              {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")})
+              {"redis_url": request.getfixturevalue("redis_url"),
+               "redis_prefix": request.getfixturevalue("redis_prefix")})
     with make_gateway(models=models, **shared) as one, make_gateway(models=models, **shared) as two:
         first = client(one).responses.create(model="b", input="Name a prime number.")
         follow = client(two).responses.with_raw_response.create(model="uniroute:0", input="And another?",

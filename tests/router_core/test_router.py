@@ -348,17 +348,17 @@ def test_the_support_floor_is_the_states_prior_unless_given(shipped):
 
 # -- the state's output scale: a prompt's answer is priced by its cluster's answer length -------
 
-def _scaled_router(shipped, scale) -> UniRouter:
+def _scaled_router(shipped, scale, pooled: tuple[int, ...] = ()) -> UniRouter:
+    """Two output-priced models (the answer length is what costs) on the shipped state with the
+    output `scale` (and `pooled` clusters)."""
     from dataclasses import replace
 
     state, embedder, repset = shipped
-    router = UniRouter(replace(state, output_scale=scale), embedder, repset)
+    router = UniRouter(replace(state, output_scale=scale, pooled=pooled), embedder, repset)
     rng = np.random.default_rng(0)
-    # output-priced models, so the answer length is what costs
-    router.add_model("big", Price(output_per_mtok=60.0), scores={i: float(rng.random() < 0.9) for i in router.repset.ids},
-                     avg_output_tokens=300)
-    router.add_model("small", Price(output_per_mtok=1.0), scores={i: float(rng.random() < 0.6) for i in router.repset.ids},
-                     avg_output_tokens=300)
+    for name, price, accuracy in (("big", 60.0, 0.9), ("small", 1.0, 0.6)):
+        router.add_model(name, Price(output_per_mtok=price), avg_output_tokens=300,
+                         scores={i: float(rng.random() < accuracy) for i in router.repset.ids})
     return router
 
 
@@ -373,7 +373,8 @@ def test_an_output_scale_prices_a_long_answer_cluster_dearer_and_keeps_a_models_
     short, long = (scaled.route(p, cost_weight=0.0) for p in PROMPTS[:2])
     assert (short.model, long.model) == ("big", "big")
     assert long.expected_cost / short.expected_cost == pytest.approx(32.0)  # output-priced: 8 / 0.25
-    assert plain.route(PROMPTS[1], cost_weight=0.0).expected_cost == plain.route(PROMPTS[0], cost_weight=0.0).expected_cost
+    plain_costs = [plain.route(p, cost_weight=0.0).expected_cost for p in PROMPTS[:2]]
+    assert plain_costs[0] == plain_costs[1]
     # at cost weight 0 the choice ignores costs: the curve's first point costs the same on average
     assert scaled.calibration().cost[0] == pytest.approx(plain.calibration().cost[0])
 
@@ -404,17 +405,8 @@ def test_under_a_pooled_cluster_the_curve_scores_and_prices_the_set_as_the_route
     # A pooled cluster weighs every representative prompt in the profiles, never in a routing:
     # with the profile weights the curve added two clusters' errors per prompt (expected scores
     # below 0) and blended answer lengths, and the output scale averaged 1 on no routed prompt.
-    from dataclasses import replace
-
-    state, embedder, repset = shipped
-    pooled = replace(state, pooled=(0,), output_scale=np.linspace(0.1, 3.0, state.k))
-    router = UniRouter(pooled, embedder, repset)
-    rng = np.random.default_rng(0)
-    router.add_model("big", Price(output_per_mtok=60.0), scores={i: float(rng.random() < 0.9) for i in router.repset.ids},
-                     avg_output_tokens=300)
-    router.add_model("small", Price(output_per_mtok=1.0), scores={i: float(rng.random() < 0.6) for i in router.repset.ids},
-                     avg_output_tokens=300)
-    prompts = [item.prompt for item in repset.items]
+    router = _scaled_router(shipped, np.linspace(0.1, 3.0, shipped[0].k), pooled=(0,))
+    prompts = [item.prompt for item in shipped[2].items]
     assert (router.weights(prompts) @ router.table.output_scale).mean() == pytest.approx(1.0)
     curve = router.calibration()
     assert curve.score.min() >= 0.0

@@ -29,8 +29,9 @@ def _head_lines(src: Path, dest: Path, n: int, extra: list[str] | None = None) -
 
 def tiny_shared_data(dest: Path, rows: int = 30) -> Path:
     """Write the first `rows` rows of every shared data file into `dest` (same layout) and return
-    it (the Arena answers: those to the rated prompts kept). Arena-Hard v0.1 also gets a copy of the first v2.0 prompt and a re-spaced, re-cased copy
-    of its own first prompt, so the copy holds a check prompt and a duplicate to be caught."""
+    it (the Arena answers: those to the rated prompts kept). Arena-Hard v0.1 also gets a copy of
+    the first v2.0 prompt and a re-spaced, re-cased copy of its own first prompt, so the copy
+    holds a check prompt and a duplicate to be caught."""
     csv.field_size_limit(1 << 30)
     rb, dc, arena, refs = (dest / name for name in ("routerbench_zs", "routerdc_7llm", "arena_bench_v1", "references"))
     for d in (rb, dc, arena, refs):
