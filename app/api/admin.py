@@ -210,6 +210,11 @@ async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
         raise APIError(400, str(exc), param=exc.field, code="invalid_value") from None
     if body.cost is not None:
         record.cost = body.cost.to_price()
+    if body.enabled and any(m.name == name and not m.enabled for m in gw.settings.models):
+        # such a model (the judge, say) is only ever called by the gateway, and disabled again at
+        # every start: enabled here, it would be served to clients by name until then
+        raise APIError(409, f"`{name}` is disabled in the config file (a model only the gateway calls); "
+                            "change it there", param="enabled", code="disabled_by_config")
     if body.enabled is not None:
         record.enabled = body.enabled
         if not body.enabled and record.state != "profiling":

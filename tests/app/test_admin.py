@@ -170,9 +170,12 @@ def test_a_config_model_with_enabled_false_is_never_routed_listed_or_served_even
         assert "judge" not in [m.id for m in client(gw).models.list()]
         with pytest.raises(openai.NotFoundError):
             client(gw).chat.completions.create(model="judge", messages=[{"role": "user", "content": "hi"}])
-        # enabled by hand, it has no profile to route on
-        assert admin(gw, "PATCH", "/models/judge", json={"enabled": True}).json()["state"] == "disabled"
+        # nor can it be enabled by hand (it was then served by name, its state still `disabled`)
+        refused = admin(gw, "PATCH", "/models/judge", json={"enabled": True})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "disabled_by_config"
+        assert admin(gw, "GET", "/models/judge").json()["enabled"] is False
         assert route(gw)["model"] == "worker"
+        assert "judge" not in [m.id for m in client(gw).models.list()]
     fresh = ModelConfig(name="judge", base_url=url, enabled=False)  # first start: registered disabled, unprofiled
     with make_gateway(models=[worker, fresh], admin_key=ADMIN) as gw:
         shown = admin(gw, "GET", "/models/judge").json()
