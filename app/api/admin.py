@@ -256,8 +256,13 @@ async def reprofile_model(name: str, request: Request, body: JobOptionsIn | None
 
 @router.get("/jobs")
 async def list_jobs(request: Request, model: str | None = None, state: JobState | None = None) -> dict:
-    """Profiling jobs, oldest first (of one model, in one state)."""
-    jobs = await writing(gateway_of(request).registry.list_jobs(model))
+    """Profiling jobs, oldest first (of one model, in one state). A model that is neither
+    registered nor has had a job is a 404: a misspelt name would list nothing, as a model
+    without jobs does."""
+    gw = gateway_of(request)
+    jobs = await writing(gw.registry.list_jobs(model))
+    if model is not None and not jobs and model not in gw.registry.snapshot():
+        raise APIError(404, f"no model {model!r}", param="model", code="model_not_found")
     return {"data": [job_json(j) for j in jobs if state is None or j.state == state]}
 
 

@@ -138,6 +138,8 @@ def test_jobs_reprofile_cancel_disable_and_enable(make_gateway, fault_upstream, 
         lines = out.splitlines()
         assert code == 0 and len(lines) == 3
         assert first["id"] in lines[1] and "done" in lines[1] and again["job_id"] in lines[2] and "running" in lines[2]
+        code, out, err = run(capsys, gw, "jobs", "ecko")  # a misspelt name is not a model without jobs
+        assert code == 1 and "no model 'ecko'" in err and out == ""
 
         code, out, _ = run(capsys, gw, "cancel", again["job_id"])
         assert code == 0 and json.loads(out)["state"] == "cancelled"
