@@ -7,7 +7,8 @@ from the openai SDK is routed for real.
 
 The replay upstream is a child process, stopped with the demo however the demo is stopped
 (Ctrl-C, SIGINT or SIGTERM). A port already taken by another process is refused up front: the
-demo never routes to an upstream it did not start (an old demo's, say).
+demo never routes to an upstream it did not start (an old demo's, say), and does not start its
+upstream only to fail binding its gateway.
 """
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if port_taken("127.0.0.1", args.upstream_port):
         raise UsageError(f"port {args.upstream_port} (the replay upstream's) is in use by another process, "
                          f"perhaps an earlier demo's replay upstream: stop it or pass --upstream-port")
+    if port_taken(args.host, args.port):
+        raise UsageError(f"port {args.port} (the gateway's) is in use by another process, perhaps an earlier "
+                         f"demo: stop it or pass --port")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # One worker: a trial on one machine, whose one child process is its replay upstream.

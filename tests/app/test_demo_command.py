@@ -105,16 +105,19 @@ def test_sigterm_stops_the_demo_and_its_replay_upstream(tmp_path, shared_cache):
         httpx.get(f"http://127.0.0.1:{upstream_port}/v1/models", timeout=2)
 
 
-def test_a_demo_refuses_an_upstream_port_another_process_holds(tmp_path, shared_cache):
+@pytest.mark.parametrize("taken", ["upstream", "gateway"])
+def test_a_demo_refuses_a_port_another_process_holds(tmp_path, shared_cache, taken):
     port, upstream_port = free_port(), free_port()
-    with socket.create_server(("127.0.0.1", upstream_port)):  # say, an earlier demo's replay upstream
+    held, option = (upstream_port, "--upstream-port") if taken == "upstream" else (port, "--port")
+    with socket.create_server(("127.0.0.1", held)):  # say, an earlier demo's
         proc = start_demo(tmp_path, shared_cache, port, upstream_port)
         output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2, output
-    assert f"uniroute demo: error: port {upstream_port}" in output and "--upstream-port" in output
+    assert f"uniroute demo: error: port {held}" in output and option in output
     assert "Traceback" not in output
-    with pytest.raises(httpx.ConnectError):  # nothing was served
-        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    free = port if taken == "upstream" else upstream_port
+    with pytest.raises(httpx.ConnectError):  # nothing was served, not even the other server
+        httpx.get(f"http://127.0.0.1:{free}/v1/models", timeout=2)
 
 
 def wait_listening(base: str, timeout_s: float = 120.0) -> None:
