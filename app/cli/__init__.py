@@ -74,6 +74,14 @@ def prepare_output(path: str, option: str) -> None:
         raise UsageError(f"{option} {path}: is a folder, not a file")
 
 
+def prepare_plot(path: str) -> None:
+    """`prepare_output` for a `--plot` file, which must be a .png: matplotlib reads the format
+    from the suffix (another is a traceback after the work; none writes FILE.png, not FILE)."""
+    if not path.endswith(".png"):
+        raise UsageError("--plot must name a .png file")
+    prepare_output(path, "--plot")
+
+
 class AdminError(Exception):
     """The admin API answered with an error, or could not be reached."""
 

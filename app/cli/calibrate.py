@@ -20,7 +20,7 @@ from app.cli import (
     UsageError,
     admin_call,
     one_line_errors,
-    prepare_output,
+    prepare_plot,
 )
 from app.demo import ROUTERBENCH_DIR
 from app.demo.arena import load_arena
@@ -142,11 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.models and not args.url:
         raise UsageError("--models needs --url: without it the curve is of all the data's models")
     if args.plot:
-        # as eval's --plot: matplotlib reads the format from the suffix (another is a traceback
-        # after the curve was printed; none writes FILE.png while "wrote FILE" is said)
-        if not args.plot.endswith(".png"):
-            raise UsageError("--plot must name a .png file")
-        prepare_output(args.plot, "--plot")
+        prepare_plot(args.plot)
     curve = fetch_curve(args.url, args.admin_key, args.models) if args.url else local_curve(args)
     print(json.dumps(curve, indent=2) if args.json else format_table(curve))
     if args.plot:

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.cli import DEFAULT_CACHE, UsageError, one_line_errors, prepare_output
+from app.cli import (
+    DEFAULT_CACHE,
+    UsageError,
+    one_line_errors,
+    prepare_output,
+    prepare_plot,
+)
 from router_core.datasets import FORMATS
 
 
@@ -61,10 +67,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--max-prompts must be at least 10")
     if args.max_chars is not None and args.max_chars < 1:
         raise UsageError("--max-chars must be at least 1")
-    if args.plot and not args.plot.endswith(".png"):
-        raise UsageError("--plot must name a .png file")
     if args.plot:
-        prepare_output(args.plot, "--plot")
+        prepare_plot(args.plot)
     if args.json_out and args.json_out != "-":
         prepare_output(args.json_out, "--json")
 
