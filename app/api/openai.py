@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -79,7 +80,12 @@ def routing_headers(dest: Destination, answered_by: ModelRecord) -> dict[str, st
     """The x-uniroute-* headers (no predicted error for a named model with no profile yet, as
     `/v1/route` answers null for it)."""
     error, cost, cluster = expectation(dest, answered_by)
-    headers = {"x-uniroute-model": answered_by.name, "x-uniroute-cluster": str(cluster)}
+    name = answered_by.name
+    if not (name.isascii() and name.isprintable()):
+        # A name stored before names had to be printable ASCII (models_registry/records.py) fits
+        # no header as it is: percent-encoded UTF-8 rather than a 500 for every answer.
+        name = urllib.parse.quote(name, safe="/")
+    headers = {"x-uniroute-model": name, "x-uniroute-cluster": str(cluster)}
     if not np.isnan(error):
         headers["x-uniroute-predicted-error"] = f"{error:.4f}"
     headers["x-uniroute-expected-cost"] = f"{cost:.6g}"

@@ -3,6 +3,8 @@ upstream, and route to it at once; keys guard the API and never leak."""
 from __future__ import annotations
 
 import logging
+import sqlite3
+import urllib.parse
 import time
 
 import httpx
@@ -393,3 +395,21 @@ def test_declined_prompts_are_audited_apart_from_failed_ones(make_gateway, fault
         ungraded = admin(gw, "GET", "/models/short/answers", params={"filter": "ungraded", "limit": 1000}).json()
         assert declined["total"] == job["declined"] and all(a["declined"] for a in declined["data"])
         assert ungraded["total"] == 0
+
+
+def test_a_model_stored_before_names_had_to_be_ascii_still_answers(make_gateway, fault_upstream, model_config,
+                                                                    tmp_path):
+    # Registries written before the rule may hold such a name: each of its answers was a 500.
+    _, url = fault_upstream
+    db = tmp_path / "legacy.db"
+    with make_gateway(models=[model_config("b", url)], sqlite_path=str(db)):
+        pass
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE models SET name = ?, data = json_set(data, '$.name', ?) WHERE name = 'b'",
+                     ("模型-b", "模型-b"))
+    with make_gateway(models=[], sqlite_path=str(db)) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(
+            model="模型-b", messages=[{"role": "user", "content": "hi"}])
+        assert raw.status_code == 200
+        assert raw.parse().choices[0].message.content == "answer from b"
+        assert urllib.parse.unquote(raw.headers["x-uniroute-model"]) == "模型-b"
