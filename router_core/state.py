@@ -82,6 +82,14 @@ class RouterState:
         return digest.hexdigest()[:12]
 
     @property
+    def scale_version(self) -> str | None:
+        """A short id of the output scale, None without one. A state whose scale alone changed
+        keeps its `version` (every profile still fits) but prices prompts anew."""
+        if self.output_scale is None:
+            return None
+        return hashlib.sha256(self.output_scale.tobytes()).hexdigest()[:12]
+
+    @property
     def dim(self) -> int:
         """Embedding dimension the state expects."""
         return int(self.centroids.shape[1])

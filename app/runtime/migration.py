@@ -78,6 +78,16 @@ def load_router(settings: Settings, state_dir: str, repset_path: str) -> UniRout
                           min_support=settings.min_support)
 
 
+def _differs(active: dict, router: UniRouter) -> bool:
+    """Whether the ACTIVE document names another state than `router` runs: other clusters,
+    another representative set, or another output scale (a document written before scales were
+    recorded has no say on it: the router would reload on every look)."""
+    assert router.repset is not None
+    if (active["state_version"], active["repset_version"]) != (router.state.version, router.repset.repset.version):
+        return True
+    return "scale_version" in active and active["scale_version"] != router.state.scale_version
+
+
 def _profiled(record: ModelRecord) -> bool:
     """A model the migration re-profiles: one that has been profiled (routable, or disabled)."""
     return record.state in ("ready", "disabled") and record.profile is not None
@@ -150,9 +160,7 @@ class StateManager:
             doc = await self.store.get(slot)
             if slot == "active":
                 router = self.routing.router
-                if doc is not None and router is not None and router.repset is not None and (
-                        doc["state_version"], doc["repset_version"]) != (router.state.version,
-                                                                          router.repset.repset.version):
+                if doc is not None and router is not None and router.repset is not None and _differs(doc, router):
                     await self._switch(doc)
                 return
             if doc is None:  # abandoned or committed: stop working on it
@@ -203,11 +211,13 @@ class StateManager:
         except (ValueError, RepsetError) as exc:
             raise GatewayError("invalid", str(exc), code="invalid_state") from None
         assert current.repset is not None
-        if state.version == current.state.version and repset.version == current.repset.repset.version:
+        if (state.version, repset.version, state.scale_version) == (
+                current.state.version, current.repset.repset.version, current.state.scale_version):
             raise GatewayError("invalid", "this state and representative set are the active ones",
                                code="state_active")
         doc = {"id": uuid.uuid4().hex[:16], "state_dir": str(Path(directory).resolve()),
                "repset_path": str(Path(repset_path).resolve()), "state_version": state.version,
+               "scale_version": state.scale_version,
                "repset_version": repset.version, "k": state.k, "repset_items": len(repset.items),
                "from": {"state_version": current.state.version, "repset_version": current.repset.repset.version},
                "status": "loading", "started_at": time.time(), "updated_at": time.time(), "spend": 0.0,
@@ -242,7 +252,8 @@ class StateManager:
             if profile is not None:
                 profiles[record.name] = profile
         active = {"id": doc["id"], "state_dir": doc["state_dir"], "repset_path": doc["repset_path"],
-                  "state_version": doc["state_version"], "repset_version": doc["repset_version"], "k": doc["k"],
+                  "state_version": doc["state_version"], "scale_version": doc.get("scale_version"),
+                  "repset_version": doc["repset_version"], "k": doc["k"],
                   "switched_at": time.time(), "forced": doc["status"] != "ready",
                   "profiles": {name: p.to_dict() for name, p in profiles.items()}}
         await self.store.put("active", active)  # every replica attaches the new router now

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 
 from app.cli.main import main
 from app.demo.replay_upstream import approx_tokens
 from app.runtime.config import ModelConfig
 from router_core.repset import load_repset
-from router_core.shipped import DEFAULT_REPSET
+from router_core.shipped import DEFAULT_REPSET, state_path
+from router_core.state import RouterState
 from tests.app.conftest import ROUTERBENCH_SETTINGS
 from tests.support.clients import wait_for
 
@@ -198,3 +201,28 @@ def test_a_first_profiling_job_running_through_a_switch_goes_on_with_the_new_set
         decision = httpx.post(gw + "/v1/route", json={"model": "uniroute", "messages": [
             {"role": "user", "content": "hi"}]}, timeout=10).json()
         assert decision["model"] == "slow"  # routable under the new clusters
+
+
+def test_a_state_whose_output_scale_alone_changed_is_applied_live_on_every_replica(make_gateway, demo_configs,
+                                                                                    tmp_path):
+    # `uniroute build-state --output-scale-only` keeps the clusters (and so the version: every
+    # profile still fits) and adds a scale; applying it was refused as "the active state".
+    rescaled = tmp_path / "rescaled"
+    state = RouterState.load(state_path(ROUTERBENCH_SETTINGS["state_dir"]))
+    replace(state, output_scale=np.linspace(0.5, 2.0, state.k)).save(rescaled)
+    shared = str(tmp_path / "shared.db")
+    scales = lambda gw: np.array([c["output_scale"] for c in call(gw, "GET", "/state").json()["clusters"]])
+    with make_gateway(admin_key=ADMIN, sqlite_path=shared) as one, \
+            make_gateway(admin_key=ADMIN, sqlite_path=shared) as two:
+        assert set(scales(one)) == set(scales(two)) == {None}
+        body = {"state_dir": str(rescaled), "repset_path": ROUTERBENCH_SETTINGS["repset_path"]}
+        started = call(one, "POST", "/state", body)
+        assert started.status_code == 202, started.text
+        assert wait_for(lambda: call(one, "GET", "/state").json()["pending"] is None, timeout_s=120)
+        assert wait_for(lambda: None not in set(scales(two)), timeout_s=60)
+        for gw in (one, two):
+            shown = scales(gw)  # normalised over the representative set
+            assert np.allclose(shown / shown[0], np.linspace(0.5, 2.0, state.k) / 0.5, rtol=1e-3)
+            assert call(gw, "GET", "/state").json()["state"]["routable_models"] == len(demo_configs)
+        again = call(two, "POST", "/state", body)
+        assert again.status_code == 400 and again.json()["error"]["code"] == "state_active"
