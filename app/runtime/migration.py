@@ -112,6 +112,9 @@ class StateManager:
         self._runner: asyncio.Task | None = None
         self._runner_id: str | None = None
         self._changes = asyncio.Lock()
+        # The ACTIVE document last switched to: a folder rewritten in place after it was applied
+        # never matches its document again, and must not be reloaded on every look.
+        self._switched: str | None = None
         self._watch: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
 
@@ -160,7 +163,8 @@ class StateManager:
             doc = await self.store.get(slot)
             if slot == "active":
                 router = self.routing.router
-                if doc is not None and router is not None and router.repset is not None and _differs(doc, router):
+                if (doc is not None and router is not None and router.repset is not None
+                        and doc["id"] != self._switched and _differs(doc, router)):
                     await self._switch(doc)
                 return
             if doc is None:  # abandoned or committed: stop working on it
@@ -288,6 +292,7 @@ class StateManager:
         router.set_models([RoutedModel(r.name, r.cost, profiles[r.name]) for r in self.registry.snapshot().values()
                            if r.state == "ready" and r.enabled and r.name in profiles])
         self.routing.attach(router, self.executor)
+        self._switched = active["id"]
         self._loads.pop(active["id"], None)
         self.after_switch()
         log.info("switched to router state %s: %d clusters, %d routable models", router.state.version,

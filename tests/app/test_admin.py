@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import urllib.parse
 import time
+import urllib.parse
 
 import httpx
 import numpy as np

@@ -6,6 +6,7 @@ mc_letter grading) on the RouterBench state the demo gateways of these tests use
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -226,3 +227,23 @@ def test_a_state_whose_output_scale_alone_changed_is_applied_live_on_every_repli
             assert call(gw, "GET", "/state").json()["state"]["routable_models"] == len(demo_configs)
         again = call(two, "POST", "/state", body)
         assert again.status_code == 400 and again.json()["error"]["code"] == "state_active"
+
+
+def test_a_state_folder_rewritten_in_place_is_reloaded_once_not_on_every_look(make_gateway, tmp_path, caplog):
+    # The active document records the scale it was applied with; a folder whose scale was then
+    # rewritten in place (build-state --output-scale-only on it) never matches it again.
+    folder = tmp_path / "state"
+    state = RouterState.load(state_path(ROUTERBENCH_SETTINGS["state_dir"]))
+    replace(state, output_scale=np.linspace(0.5, 2.0, state.k)).save(folder)
+    shared = str(tmp_path / "shared.db")
+    with make_gateway(admin_key=ADMIN, sqlite_path=shared) as gw:
+        body = {"state_dir": str(folder), "repset_path": ROUTERBENCH_SETTINGS["repset_path"]}
+        assert call(gw, "POST", "/state", body).status_code == 202
+        assert wait_for(lambda: call(gw, "GET", "/state").json()["pending"] is None, timeout_s=120)
+    replace(state, output_scale=np.linspace(2.0, 0.5, state.k)).save(folder)
+    caplog.set_level(logging.INFO, logger="uniroute")
+    with make_gateway(admin_key=ADMIN, sqlite_path=shared, lock_ttl_s=0.05) as gw:
+        time.sleep(2.0)  # forty looks at the active document
+        switches = [r for r in caplog.records if r.getMessage().startswith("switched to router state")]
+        assert len(switches) <= 1
+        assert call(gw, "GET", "/state").json()["pending"] is None
