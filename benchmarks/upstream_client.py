@@ -37,7 +37,7 @@ async def ours(url: str) -> tuple[Callable[[bool], Awaitable[None]], Callable[[]
     client = UpstreamClient(Limits(connect_s=5, read_s=30, pool_s=5), proxies={})
 
     async def call(stream: bool) -> None:
-        reply = await client.post(url, body(stream), HEADERS)
+        reply = await client.request("POST", url, body(stream), HEADERS)
         if stream:
             async for _ in reply.iter_chunks():
                 pass

@@ -116,6 +116,10 @@ class Registry(Protocol):
         """What `remember` keeps under `key`; None when nothing is, or it expired."""
         ...
 
+    async def forget(self, key: str) -> None:
+        """Drop what `remember` keeps under `key`, for every gateway (nothing there: nothing to do)."""
+        ...
+
     def snapshot(self) -> Snapshot:
         """Every model record by name, from memory (a read-only Mapping whose reads are copies);
         never blocks, never raises, answers while the backend is away."""

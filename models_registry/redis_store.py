@@ -355,6 +355,9 @@ class RedisRegistry:
         value = await self._call(lambda: self._client.get(self._k_memo(key)))
         return None if value is None else str(value)
 
+    async def forget(self, key: str) -> None:
+        await self._call(lambda: self._client.delete(self._k_memo(key)))
+
     # -- the in-memory view ---------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:

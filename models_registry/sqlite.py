@@ -261,6 +261,9 @@ class SQLiteRegistry:
             "SELECT value FROM memos WHERE key = ? AND expires_at > ?", (key, time.time())).fetchone())
         return None if row is None else str(row[0])
 
+    async def forget(self, key: str) -> None:
+        await self._in_thread(self._tx, lambda conn: conn.execute("DELETE FROM memos WHERE key = ?", (key,)))
+
     # -- the in-memory view ---------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:

@@ -1,13 +1,14 @@
-"""The OpenAI-compatible endpoints: chat completions, completions, responses, embeddings, models,
-and the `/v1/route` dry run. Which model answers is the routing service's choice
-(app/routing/service.py); the upstream's body comes back untouched, with x-uniroute-* headers
-saying who answered and why."""
+"""The OpenAI-compatible endpoints: chat completions, completions, responses (and the stored
+ones' retrieve, delete, input items and cancel), embeddings, models, and the `/v1/route` dry
+run. Which model answers is the routing service's choice (app/routing/service.py); the
+upstream's body comes back untouched, with x-uniroute-* headers saying who answered and why."""
 from __future__ import annotations
 
 import asyncio
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from urllib.parse import quote, urlencode
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -34,7 +35,13 @@ from app.api.wire import (
 from app.costs.billing import bill, record_usage
 from app.costs.budget import key_scope
 from app.errors import GatewayError
-from app.routing.conversations import holder, remember_holder
+from app.routing.conversations import (
+    PIN_TTL_S,
+    forget_holder,
+    held_by,
+    holder,
+    remember_holder,
+)
 from app.routing.service import (
     ROUTER_MODEL,
     Destination,
@@ -44,6 +51,7 @@ from app.routing.service import (
 from app.runtime.gateway import Gateway, gateway_of
 from app.upstream.faults import fault_of
 from app.upstream.forwarding import UpstreamReply
+from models_registry.base import RegistryUnavailable
 from models_registry.records import ModelRecord
 from router_core.router import ModelTable
 
@@ -188,15 +196,15 @@ async def request_destination(request: Request, body: dict, read: RoutedBody, re
     routed = parse_router_model(read.model, gw.settings) is not None
     model, options = read.model, read.options
     if routed and responses_api:
-        held_by = await holder(gw.registry, body)
-        if held_by is not None:
-            record = gw.registry.snapshot().get(held_by)
+        holding = await holder(gw.registry, body)
+        if holding is not None:
+            record = gw.registry.snapshot().get(holding)
             if record is None or not record.enabled:
                 raise GatewayError("not_found", f"previous_response_id {body['previous_response_id']} is held by "
-                                   f"the model `{held_by}`, which does not exist or is not enabled: the "
+                                   f"the model `{holding}`, which does not exist or is not enabled: the "
                                    "conversation cannot go on with another model",
                                    param="previous_response_id", code="model_not_found")
-            model, options, routed = held_by, None, False
+            model, options, routed = holding, None, False
     return await destination(request, model, options, read.routing_text(routed))
 
 
@@ -223,6 +231,79 @@ async def completions(request: Request) -> Response:
 async def responses(request: Request) -> Response:
     """The Responses API, routed like chat: the routing text is the instructions and the input."""
     return await forward(request, ResponsesBody, "/responses")
+
+
+async def holding_model(gw: Gateway, response_id: str) -> ModelRecord:
+    """The enabled model whose upstream stores the response `response_id`. A 404 in OpenAI's
+    words when the gateway knows no such response or its model is gone; 503 while the registry
+    (which remembers who holds what) is away."""
+    try:
+        name = await held_by(gw.registry, response_id)
+    except RegistryUnavailable as exc:
+        raise APIError(503, f"the registry is unavailable, so the gateway cannot tell which model holds the "
+                            f"response {response_id}; try again: {exc}", code="registry_unavailable") from None
+    if name is None:
+        raise APIError(404, f"the gateway knows no response with id '{response_id}': it knows only the responses "
+                            f"it relayed with `store` not false, for {PIN_TTL_S / 86400:g} days",
+                       type="invalid_request_error", param="response_id", code="response_not_found")
+    record = gw.registry.snapshot().get(name)
+    if record is None or not record.enabled:
+        raise APIError(404, f"the response {response_id} is held by the model `{name}`, which does not exist or "
+                            "is not enabled", type="invalid_request_error", param="response_id",
+                       code="model_not_found")
+    return record
+
+
+def stored_path(request: Request, response_id: str, suffix: str = "") -> str:
+    """The upstream path of a request about a stored response: its id escaped (it goes into the
+    request line), then `suffix` and the client's query (input items' `limit`, `order`, `after`)."""
+    path = f"/responses/{quote(response_id, safe='')}{suffix}"
+    query = urlencode(request.query_params.multi_items())
+    return f"{path}?{query}" if query else path
+
+
+async def relay_stored(request: Request, response_id: str, method: str, suffix: str = "") -> Response:
+    """Ask the upstream of the model that answered `response_id` (its own key, never the
+    client's) and relay its status, body and x-request-id as they are. A deleted response is
+    forgotten."""
+    gw = gateway_of(request)
+    record = await holding_model(gw, response_id)
+    setattr(request.state, MODEL_STATE, record.name)
+    answer = await gw.forwarder.ask(method, stored_path(request, response_id, suffix), record, request.headers)
+    if method == "DELETE" and answer.status < 400:
+        await forget_holder(gw.registry, response_id)
+    headers = {"x-uniroute-model": record.name}
+    if answer.request_id:
+        headers["x-request-id"] = answer.request_id
+    return Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, request: Request) -> Response:
+    """A stored response (`responses.retrieve`), from the model that answered it. `stream=true`
+    (a background response's events again) is refused: the gateway relays the JSON only."""
+    if request.query_params.get("stream", "false").lower() != "false":
+        raise APIError(400, "stream=true is not supported by the gateway for a stored response: retrieve it "
+                            "without `stream`", param="stream", code="unsupported_parameter")
+    return await relay_stored(request, response_id, "GET")
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> Response:
+    """Delete a stored response at the model that answered it (`responses.delete`)."""
+    return await relay_stored(request, response_id, "DELETE")
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(response_id: str, request: Request) -> Response:
+    """The input items of a stored response (`responses.input_items.list`), paged by the upstream."""
+    return await relay_stored(request, response_id, "GET", "/input_items")
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request) -> Response:
+    """Cancel a background response at the model running it (`responses.cancel`)."""
+    return await relay_stored(request, response_id, "POST", "/cancel")
 
 
 def embeddings_record(gw: Gateway, model: str) -> ModelRecord:

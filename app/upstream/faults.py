@@ -21,6 +21,8 @@ parameters): its answer goes back to the client as the upstream sent it; except 
 than the model's context (`context_length`, told by OpenAI's, vLLM's and llama.cpp's error
 bodies): the router chose that model, and another may have room for the prompt, so the next
 model is tried; when none is left the client gets the last refusal as the upstream sent it.
+A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
+response is gone, not the model: the client gets it as the upstream sent it.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth"
 
 # The path every registered model was profiled through: a 404 there means the model is gone.
 PROFILED_PATH = "/chat/completions"
+# Where the upstream keeps the Responses API's stored responses: `/responses/{id}[/...]`.
+STORED_RESPONSES = "/responses/"
 # The start of a registry record's `error` when a fault disabled the model: "upstream fault <class>: ...".
 FAULT_PREFIX = "upstream fault "
 
@@ -113,12 +117,14 @@ def disables(kind: FaultClass, path: str) -> bool:
     return POLICIES[kind].disable and (kind != "not_found" or path == PROFILED_PATH)
 
 
-def status_class(status: int) -> FaultClass | None:
-    """The class of an HTTP status, None for a success."""
+def status_class(status: int, path: str) -> FaultClass | None:
+    """The class of an HTTP status on `path`, None for a success."""
     if status in (401, 403):
         return "auth"
     if status == 404:
-        return "not_found"
+        # A stored response's 404 says the response is gone (deleted, expired, never stored):
+        # the client's answer, the model as healthy as before.
+        return "client_error" if path.startswith(STORED_RESPONSES) else "not_found"
     if status == 429:
         return "rate_limit"
     if status >= 500:

@@ -138,17 +138,19 @@ class Forwarder:
     async def send(
         self,
         path: str,
-        body: dict,
+        body: dict | None,
         targets: list[ModelRecord],
         client_headers: Mapping[str, str],
         stream: bool,
         strip_usage: bool = False,
+        method: str = "POST",
     ) -> UpstreamReply:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
         when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
         as it is, untried elsewhere, but for a prompt longer than the model's context: the next
         target is tried, and the last one's refusal answered as it is. `strip_usage`: streams'
-        usage chunks are read, not passed on.
+        usage chunks are read, not passed on. `body` None: the request (`method`) has none, and
+        so names no model.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
         configured deadline passes first.
@@ -159,14 +161,15 @@ class Forwarder:
         try:
             async with asyncio.timeout(self.deadline_s):
                 for position, record in enumerate(targets):
-                    payload = orjson.dumps({**body, "model": record.upstream_model})
+                    payload = b"" if body is None else orjson.dumps({**body, "model": record.upstream_model})
                     headers = upstream_headers(record, client_headers)
                     url = upstream_url(record, path)
                     for _ in range(1 + self.retries):
                         attempts += 1
                         start = time.perf_counter()
                         try:
-                            answer = await self._attempt(record, path, url, payload, headers, stream, strip_usage)
+                            answer = await self._attempt(record, path, url, payload, headers, stream, strip_usage,
+                                                         method)
                         except UpstreamFault as fault:
                             waited += time.perf_counter() - start
                             last = fault
@@ -192,6 +195,15 @@ class Forwarder:
         raise GatewayError(kind, f"all upstream attempts failed ({attempts}); last: {detail}",
                            code="upstream_failed")
 
+    async def ask(self, method: str, path: str, record: ModelRecord, client_headers: Mapping[str, str]
+                  ) -> UpstreamReply:
+        """`method` (GET, DELETE, or a POST without a body) on something the upstream of `record`
+        keeps, e.g. a stored response (`path`: `/responses/{id}`, its query string included). Its
+        answer comes back whatever its status, the upstream's 404 included (the thing is gone, the
+        model is not: app/upstream/faults.py); transport faults and 5xx are retried as for any
+        request, then raise GatewayError."""
+        return await self.send(path, None, [record], client_headers, stream=False, method=method)
+
     async def _failed(self, record: ModelRecord, path: str, fault: UpstreamFault) -> None:
         """Count a failed attempt, and cool down or disable its model as its class says."""
         self.metrics.upstream_failures.labels(record.name, fault.kind).inc()
@@ -203,12 +215,12 @@ class Forwarder:
 
     async def _attempt(
         self, record: ModelRecord, path: str, url: str, payload: bytes, headers: dict[str, str], stream: bool,
-        strip_usage: bool,
+        strip_usage: bool, method: str,
     ) -> UpstreamReply:
         start = time.perf_counter()
         try:
-            response = await self.client.post(url, payload, headers)
-            kind = status_class(response.status)
+            response = await self.client.request(method, url, payload, headers)
+            kind = status_class(response.status, path)
             if kind is not None and kind != "client_error":
                 response.close()  # its body is the provider's business, never the client's
                 raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status)

@@ -1,12 +1,13 @@
 """The upstream client: HTTP/1.1 over pooled keep-alive connections, an asyncio protocol each,
 with httptools (the parser uvicorn serves with) reading the answers.
 
-The gateway asks one thing of an HTTP client: POST a JSON body, then read the whole answer or
-relay it chunk by chunk. aiohttp spent about 250 µs of CPU per call on this machine, a fifth of
-a routed request; this spends about 60 (docs/benchmarks.md). What it keeps of a full client:
-TLS, proxies from the environment (HTTP_PROXY / HTTPS_PROXY / NO_PROXY: absolute-form requests,
-CONNECT tunnels for https), chunked and length-delimited bodies, a connection limit, and the
-timeouts of `Timeouts`: connect, a wait for a free connection, and every wait for data.
+The gateway asks one thing of an HTTP client: POST a JSON body (or GET or DELETE a stored
+response), then read the whole answer or relay it chunk by chunk. aiohttp spent about 250 µs of
+CPU per call on this machine, a fifth of a routed request; this spends about 60
+(docs/benchmarks.md). What it keeps of a full client: TLS, proxies from the environment
+(HTTP_PROXY / HTTPS_PROXY / NO_PROXY: absolute-form requests, CONNECT tunnels for https),
+chunked and length-delimited bodies, a connection limit, and the timeouts of `Timeouts`:
+connect, a wait for a free connection, and every wait for data.
 
 Failures are told apart the way the fault classes need (app/upstream/faults.py): the request
 never left (`ConnectFailed`), did not leave whole (`WriteFailed`), the connection was reset
@@ -52,6 +53,10 @@ class _Stale(Exception):
 
 class Disconnected(UpstreamError):
     """The upstream closed the connection before a whole, well-formed answer."""
+
+
+# How many URLs `UpstreamClient` keeps parsed: every model's endpoints, many times over.
+_KNOWN_URLS = 4096
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ class _Connection(asyncio.Protocol):
 
 
 class Reply:
-    """An upstream's answer: `status` and `headers` (lower-case names) once `post` returns, then
+    """An upstream's answer: `status` and `headers` (lower-case names) once `request` returns, then
     the body by `read()` or `iter_chunks()`. `close()` (always, `read` does it) gives the connection
     back to the pool when the answer was read whole, else closes it."""
 
@@ -253,7 +258,7 @@ def _expire(waiter: asyncio.Future, read_s: float) -> None:
 
 
 class UpstreamClient:
-    """Pooled HTTP/1.1 connections to the upstreams; `post` one request, `close` them all."""
+    """Pooled HTTP/1.1 connections to the upstreams; `request` one, `close` them all."""
 
     def __init__(self, limits: Limits, proxies: Mapping[str, str] | None = None) -> None:
         """`proxies`: scheme -> proxy URL, with `no_proxy` (comma-separated hosts) as urllib's
@@ -266,13 +271,16 @@ class UpstreamClient:
         self._origins: dict[str, tuple[_Origin, str]] = {}
         self._tls: ssl.SSLContext | None = None
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
-        """Send `body` to `url`; returns once the answer's status and headers are in."""
+    async def request(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Send `method` with `body` to `url` (GET and DELETE: an empty body); returns once the
+        answer's status and headers are in."""
         origin, target = self._origin(url)
         if any("\r" in v or "\n" in v for v in headers.values()):
             raise ConnectFailed("a header value holds a line break; nothing was sent")
         host = _authority(origin.host, None if origin.port in (80, 443) else origin.port)
-        head = [f"POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"]
+        # A GET or DELETE without a body says no length either (RFC 9110 8.6); a POST always does.
+        length = f"content-length: {len(body)}\r\n" if body or method == "POST" else ""
+        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n{length}"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         head.append("\r\n")
         try:
@@ -357,6 +365,10 @@ class UpstreamClient:
         if proxy is not None and parts.scheme == "http":
             target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, ""))
         known = (_Origin(parts.scheme, parts.hostname, port, proxy), target)
+        if len(self._origins) >= _KNOWN_URLS:
+            # Stored responses' URLs (one per id) would grow it without end: start again, and
+            # the models' few endpoints, asked for all the time, are back at once.
+            self._origins.clear()
         self._origins[url] = known
         return known
 

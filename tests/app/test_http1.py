@@ -81,7 +81,8 @@ async def client() -> AsyncIterator[UpstreamClient]:
 
 async def test_a_post_sends_host_length_headers_and_body_and_reads_the_answer(client):
     async with scripted(replies(OK)) as (script, url):
-        reply = await client.post(url + "/v1/chat/completions?x=1", b'{"a": 1}', {"content-type": "application/json"})
+        reply = await client.request("POST", url + "/v1/chat/completions?x=1", b'{"a": 1}',
+                                     {"content-type": "application/json"})
         assert (reply.status, reply.headers["content-type"]) == (200, "application/json")
         assert await reply.read() == b"{}"
     head, _, body = script.requests[0].partition(b"\r\n\r\n")
@@ -92,16 +93,36 @@ async def test_a_post_sends_host_length_headers_and_body_and_reads_the_answer(cl
     assert body == b'{"a": 1}'
 
 
+async def test_a_get_or_delete_sends_no_length_and_an_empty_post_a_zero_one(client):
+    # A stored response is read, deleted (no body, so no length: RFC 9110) and cancelled (a POST).
+    async with scripted(replies(OK)) as (script, url):
+        for method in ("GET", "DELETE", "POST"):
+            assert await (await client.request(method, url + "/v1/responses/r1?limit=2", b"", {})).read() == b"{}"
+    heads = [request.split(b"\r\n") for request in script.requests]
+    assert [h[0] for h in heads] == [b"GET /v1/responses/r1?limit=2 HTTP/1.1", b"DELETE /v1/responses/r1?limit=2 HTTP/1.1",
+                                     b"POST /v1/responses/r1?limit=2 HTTP/1.1"]
+    assert [any(line.startswith(b"content-length") for line in h) for h in heads] == [False, False, True]
+    assert b"content-length: 0" in heads[2]
+
+
+async def test_the_parsed_urls_kept_stay_bounded_however_many_ids_are_asked_for(client, monkeypatch):
+    monkeypatch.setattr("app.upstream.http1._KNOWN_URLS", 3)
+    async with scripted(replies(OK)) as (_, url):
+        for n in range(7):
+            assert await (await client.request("GET", f"{url}/v1/responses/r{n}", b"", {})).read() == b"{}"
+    assert 1 <= len(client._origins) <= 3
+
+
 async def test_an_ipv6_upstream_is_named_in_brackets_in_the_host_header(client):
     async with scripted(replies(OK), host="::1") as (script, url):
-        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+        assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"{}"
     assert b"\r\nhost: [::1]:" + url.rsplit(":", 1)[1].encode() + b"\r\n" in script.requests[0]
 
 
 async def test_sequential_requests_share_one_kept_alive_connection(client):
     async with scripted(replies(OK)) as (script, url):
         for _ in range(3):
-            assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+            assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"{}"
         assert script.connections == 1 and len(script.requests) == 3
 
 
@@ -109,7 +130,7 @@ async def test_an_answer_that_says_connection_close_is_not_reused(client):
     closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"
     async with scripted(replies(closing, close_after=True)) as (script, url):
         for _ in range(2):
-            assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+            assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"{}"
         assert script.connections == 2
 
 
@@ -122,8 +143,8 @@ async def test_a_kept_alive_connection_the_upstream_closed_as_it_was_reused_is_r
         await writer.drain()
 
     async with scripted(close_the_second) as (script, url):
-        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
-        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"  # sent again, new connection
+        assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"{}"
+        assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"{}"  # sent again, new connection
         assert script.connections == 2 and len(script.requests) == 3
 
 
@@ -133,16 +154,16 @@ async def test_a_new_connection_closed_without_an_answer_is_not_tried_again(clie
 
     async with scripted(close) as (script, url):
         with pytest.raises(Disconnected):
-            await client.post(url + "/v1/x", b"{}", {})
+            await client.request("POST", url + "/v1/x", b"{}", {})
         assert script.connections == 1 and len(script.requests) == 1
 
 
 async def test_an_idle_connection_older_than_the_keepalive_is_not_reused():
     c = UpstreamClient(Limits(connect_s=2, read_s=2, pool_s=1, keepalive_s=0.05), proxies={})
     async with scripted(replies(OK)) as (script, url):
-        await (await c.post(url + "/v1/x", b"{}", {})).read()
+        await (await c.request("POST", url + "/v1/x", b"{}", {})).read()
         await asyncio.sleep(0.2)
-        await (await c.post(url + "/v1/x", b"{}", {})).read()
+        await (await c.request("POST", url + "/v1/x", b"{}", {})).read()
         assert script.connections == 2
     await c.close()
 
@@ -151,28 +172,28 @@ async def test_chunked_bodies_are_joined_and_streams_come_piece_by_piece(client)
     chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                b"7\r\ndata: a\r\n7\r\ndata: b\r\n0\r\n\r\n")
     async with scripted(replies(chunked)) as (_, url):
-        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"data: adata: b"
-        pieces = [p async for p in (await client.post(url + "/v1/x", b"{}", {})).iter_chunks()]
+        assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"data: adata: b"
+        pieces = [p async for p in (await client.request("POST", url + "/v1/x", b"{}", {})).iter_chunks()]
         assert b"".join(pieces) == b"data: adata: b"
 
 
 async def test_a_body_delimited_by_the_connections_end_is_whole(client):
     async with scripted(replies(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", close_after=True)) as (_, url):
-        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"until the end"
+        assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"until the end"
 
 
 async def test_response_headers_over_8_kb_are_read(client):
     """aiohttp, the client before this one, refused them (docs/benchmarks.md, issue 15's notes)."""
     big = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 20_000 + b"\r\ncontent-length: 2\r\n\r\n{}"
     async with scripted(replies(big)) as (_, url):
-        reply = await client.post(url + "/v1/x", b"{}", {})
+        reply = await client.request("POST", url + "/v1/x", b"{}", {})
         assert len(reply.headers["x-big"]) == 20_000 and await reply.read() == b"{}"
 
 
 async def test_a_body_cut_short_is_a_disconnect(client):
     cut = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial"
     async with scripted(replies(cut, close_after=True)) as (_, url):
-        reply = await client.post(url + "/v1/x", b"{}", {})
+        reply = await client.request("POST", url + "/v1/x", b"{}", {})
         with pytest.raises(Disconnected):
             await reply.read()
 
@@ -180,7 +201,7 @@ async def test_a_body_cut_short_is_a_disconnect(client):
 async def test_a_malformed_answer_is_a_disconnect(client):
     async with scripted(replies(b"NOT HTTP AT ALL\r\n\r\n")) as (_, url):
         with pytest.raises(Disconnected):
-            await client.post(url + "/v1/x", b"{}", {})
+            await client.request("POST", url + "/v1/x", b"{}", {})
 
 
 async def test_a_reset_after_the_request_is_a_read_failure(client):
@@ -190,7 +211,7 @@ async def test_a_reset_after_the_request_is_a_read_failure(client):
         writer.transport.abort()
     async with scripted(reset) as (_, url):
         with pytest.raises(ReadFailed):
-            await client.post(url + "/v1/x", b"{}", {})
+            await client.request("POST", url + "/v1/x", b"{}", {})
 
 
 async def test_no_data_in_time_is_a_timeout_and_a_refused_port_a_connect_failure():
@@ -199,37 +220,37 @@ async def test_no_data_in_time_is_a_timeout_and_a_refused_port_a_connect_failure
     async def stall(n, head, writer):
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")  # headers, then nothing
     async with scripted(stall) as (_, url):
-        reply = await c.post(url + "/v1/x", b"{}", {})
+        reply = await c.request("POST", url + "/v1/x", b"{}", {})
         with pytest.raises(TimeoutError):
             await reply.read()
     with pytest.raises(ConnectFailed):
-        await c.post(f"http://127.0.0.1:{closed_port()}/v1/x", b"{}", {})
+        await c.request("POST", f"http://127.0.0.1:{closed_port()}/v1/x", b"{}", {})
     await c.close()
 
 
 async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(client):
     async with scripted(replies(OK)) as (script, url):
         with pytest.raises(ConnectFailed, match="line break"):
-            await client.post(url + "/v1/x", b"{}", {"authorization": "Bearer k\r\nx-injected: 1"})
+            await client.request("POST", url + "/v1/x", b"{}", {"authorization": "Bearer k\r\nx-injected: 1"})
         assert script.requests == []
 
 
 async def test_a_header_value_http_cannot_carry_is_refused_and_the_connection_is_not_lost(client):
     async with scripted(replies(OK)) as (script, url):
         with pytest.raises(ConnectFailed, match="cannot carry"):
-            await client.post(url + "/v1/x", b"{}", {"user-agent": "snowman \u2603"})
-        assert await (await client.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+            await client.request("POST", url + "/v1/x", b"{}", {"user-agent": "snowman \u2603"})
+        assert await (await client.request("POST", url + "/v1/x", b"{}", {})).read() == b"{}"
         assert len(script.requests) == 1
 
 
 async def test_no_free_connection_within_the_pool_wait_is_a_connect_failure():
     c = UpstreamClient(Limits(connect_s=2, read_s=2, pool_s=0.2, max_connections=1), proxies={})
     async with scripted(replies(OK)) as (_, url):
-        held = await c.post(url + "/v1/x", b"{}", {})  # not read: its connection stays taken
+        held = await c.request("POST", url + "/v1/x", b"{}", {})  # not read: its connection stays taken
         with pytest.raises(ConnectFailed, match="no free upstream connection"):
-            await c.post(url + "/v1/x", b"{}", {})
+            await c.request("POST", url + "/v1/x", b"{}", {})
         await held.read()
-        assert await (await c.post(url + "/v1/x", b"{}", {})).read() == b"{}"
+        assert await (await c.request("POST", url + "/v1/x", b"{}", {})).read() == b"{}"
     await c.close()
 
 
@@ -237,10 +258,10 @@ async def test_an_http_proxy_gets_the_absolute_url_and_no_proxy_bypasses_it():
     async with scripted(replies(OK)) as (proxy, proxy_url), scripted(replies(OK)) as (direct, url):
         target = "http://upstream.example:8000/v1/chat/completions"
         c = UpstreamClient(LIMITS, proxies={"http": proxy_url, "no": "127.0.0.1"})
-        assert await (await c.post(target, b"{}", {})).read() == b"{}"
+        assert await (await c.request("POST", target, b"{}", {})).read() == b"{}"
         assert proxy.requests[0].startswith(b"POST http://upstream.example:8000/v1/chat/completions HTTP/1.1\r\n")
         assert b"host: upstream.example:8000\r\n" in proxy.requests[0]
-        await (await c.post(url + "/v1/x", b"{}", {})).read()  # NO_PROXY: straight there
+        await (await c.request("POST", url + "/v1/x", b"{}", {})).read()  # NO_PROXY: straight there
         assert len(direct.requests) == 1 and len(proxy.requests) == 1
         await c.close()
 
@@ -250,10 +271,10 @@ async def test_an_https_upstream_goes_through_a_connect_tunnel_and_a_refused_tun
             as (proxy, proxy_url):
         c = UpstreamClient(LIMITS, proxies={"https": proxy_url})
         with pytest.raises(ConnectFailed, match="refused a tunnel"):
-            await c.post("https://api.example.com/v1/chat/completions", b"{}", {})
+            await c.request("POST", "https://api.example.com/v1/chat/completions", b"{}", {})
         assert proxy.requests[0].startswith(b"CONNECT api.example.com:443 HTTP/1.1\r\n")
         with pytest.raises(ConnectFailed, match="refused a tunnel"):
-            await c.post("https://[2001:db8::1]:8443/v1/chat/completions", b"{}", {})
+            await c.request("POST", "https://[2001:db8::1]:8443/v1/chat/completions", b"{}", {})
         assert proxy.requests[1].startswith(b"CONNECT [2001:db8::1]:8443 HTTP/1.1\r\nhost: [2001:db8::1]:8443\r\n")
         await c.close()
 
@@ -278,7 +299,7 @@ async def test_an_https_upstream_is_answered_over_tls_on_one_kept_alive_connecti
     async with scripted(replies(OK), tls=context) as (script, url):
         c = UpstreamClient(LIMITS, proxies={})
         for _ in range(2):
-            reply = await c.post(url + "/v1/chat/completions", b'{"a": 1}', {})
+            reply = await c.request("POST", url + "/v1/chat/completions", b'{"a": 1}', {})
             assert reply.status == 200 and await reply.read() == b"{}"
         assert script.connections == 1 and script.requests[1].endswith(b'{"a": 1}')
         await c.close()
@@ -289,7 +310,7 @@ async def test_an_https_upstream_whose_certificate_is_not_trusted_is_a_connect_f
     async with scripted(replies(OK), tls=context) as (script, url):
         c = UpstreamClient(LIMITS, proxies={})
         with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
-            await c.post(url + "/v1/chat/completions", b"{}", {})
+            await c.request("POST", url + "/v1/chat/completions", b"{}", {})
         assert script.requests == []
         await c.close()
 
@@ -319,7 +340,7 @@ async def test_an_https_upstream_is_answered_through_a_connect_tunnel(tls_server
     async with scripted(replies(OK), tls=context) as (script, url):
         server = await asyncio.start_server(proxy, "127.0.0.1", 0)
         c = UpstreamClient(LIMITS, proxies={"https": f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"})
-        reply = await c.post(url + "/v1/chat/completions", b"{}", {})
+        reply = await c.request("POST", url + "/v1/chat/completions", b"{}", {})
         assert reply.status == 200 and await reply.read() == b"{}"
         assert tunnels[0].startswith(f"CONNECT {url.removeprefix('https://')} HTTP/1.1\r\n".encode())
         assert script.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")  # inside the tunnel

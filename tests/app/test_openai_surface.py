@@ -1,6 +1,7 @@
 """The rest of the OpenAI surface a client pointed at the gateway uses: models.retrieve,
-"stream": null, the Responses API, embeddings, and which headers cross the gateway. The real
-openai SDK against a real gateway in front of the fault upstream (OpenAI's wire formats)."""
+"stream": null, the Responses API (stored responses' retrieve, delete, input items and cancel
+too), embeddings, and which headers cross the gateway. The real openai SDK against a real
+gateway in front of the fault upstream (OpenAI's wire formats)."""
 from __future__ import annotations
 
 import httpx
@@ -9,6 +10,8 @@ import pytest
 
 from app.runtime.config import EmbeddingsConfig
 from tests.support.clients import client, metric
+from tests.support.fault_upstream import Fault, FaultUpstream
+from tests.support.servers import serve
 
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
 
@@ -184,3 +187,162 @@ def test_with_the_registry_away_a_responses_turn_is_answered_and_a_follow_up_rou
         follow = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another?",
                                                                previous_response_id=first.id)
         assert follow.status_code == 200 and follow.headers["x-uniroute-model"] == "a"
+
+
+# --- stored responses: retrieve, delete, input items, cancel ------------------------------------
+
+ADMIN = {"authorization": "Bearer k"}
+
+
+@pytest.fixture
+def holders(make_gateway, model_config, monkeypatch):
+    """A gateway preferring model `a` over `b` at cost weight 0, each on an upstream of its own
+    that stores its responses (`b`'s called with its own key); yields both upstreams and the gateway."""
+    monkeypatch.setenv("B_UPSTREAM_KEY", "sk-b-upstream")
+    upstream_a, upstream_b = FaultUpstream(), FaultUpstream()
+    with serve(upstream_a.app) as url_a, serve(upstream_b.app) as url_b:
+        models = [model_config("a", url_a + "/v1", score=0.9),
+                  model_config("b", url_b + "/v1", score=0.6).model_copy(update={"api_key_env": "B_UPSTREAM_KEY"})]
+        with make_gateway(models=models, admin_key="k") as gw:
+            yield upstream_a, upstream_b, gw
+
+
+def stored_requests(upstream: FaultUpstream) -> list[str]:
+    """The paths of the requests an upstream got about stored responses."""
+    return [r.path for r in upstream.received if r.path.startswith("/v1/responses/")]
+
+
+def test_a_stored_response_is_retrieved_from_the_model_that_answered_it(holders):
+    upstream_a, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input="Name a prime number.")
+    raw = client(gw).responses.with_raw_response.retrieve(made.id)
+    assert (raw.parse().id, raw.parse().output_text) == (made.id, "answer from b")
+    assert raw.headers["x-uniroute-model"] == "b" and raw.headers["x-request-id"].startswith("req_")
+    asked = upstream_b.received[-1]
+    assert asked.path == f"/v1/responses/{made.id}"
+    assert asked.headers["authorization"] == "Bearer sk-b-upstream"  # b's own key, not the client's
+    assert stored_requests(upstream_a) == []
+
+
+def test_a_stored_responses_input_items_are_listed_with_the_clients_paging(holders):
+    _, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input=[{"role": "user", "content": "Name a prime."},
+                                                         {"role": "assistant", "content": "Seven."},
+                                                         {"role": "user", "content": "Another?"}])
+    first = client(gw).responses.input_items.list(made.id, order="asc", limit=2)
+    assert [(i.type, i.role, i.content[0].text) for i in first.data] == [
+        ("message", "user", "Name a prime."), ("message", "assistant", "Seven.")]
+    assert first.has_more
+    assert upstream_b.received[-1].path == f"/v1/responses/{made.id}/input_items"
+    assert sorted(upstream_b.received[-1].query.split("&")) == ["limit=2", "order=asc"]
+    rest = client(gw).responses.input_items.list(made.id, order="asc", after=first.last_id)
+    assert [i.content[0].text for i in rest.data] == ["Another?"] and not rest.has_more
+
+
+def test_a_deleted_response_is_gone_upstream_and_at_the_gateway(holders):
+    _, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input="Name a prime number.")
+    r = httpx.delete(f"{gw}/v1/responses/{made.id}", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": made.id, "object": "response.deleted", "deleted": True}
+    assert made.id not in upstream_b.stored
+    asked = len(upstream_b.received)
+    with pytest.raises(openai.NotFoundError) as gone:
+        client(gw).responses.retrieve(made.id)
+    assert gone.value.body["code"] == "response_not_found"  # the gateway's: the memo is gone
+    assert len(upstream_b.received) == asked
+    # nor is a follow-up pinned to b any longer
+    follow = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another?",
+                                                           previous_response_id=made.id)
+    assert follow.headers["x-uniroute-model"] == "a"
+
+
+def test_an_unknown_response_id_is_openais_404_for_every_stored_response_request(holders):
+    _, _, gw = holders
+    calls = [lambda: client(gw).responses.retrieve("resp_unknown"),
+             lambda: client(gw).responses.delete("resp_unknown"),
+             lambda: client(gw).responses.input_items.list("resp_unknown"),
+             lambda: client(gw).responses.cancel("resp_unknown")]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as err:
+            call()
+        body = err.value.body
+        assert (body["type"], body["param"], body["code"]) == ("invalid_request_error", "response_id",
+                                                               "response_not_found")
+        assert "resp_unknown" in body["message"] and "store" in body["message"]
+
+
+def test_an_unstored_response_is_not_retrievable_through_the_gateway(holders):
+    _, upstream_b, gw = holders
+    unstored = client(gw).responses.create(model="b", input="Name a prime number.", store=False)
+    with pytest.raises(openai.NotFoundError) as err:
+        client(gw).responses.retrieve(unstored.id)
+    assert err.value.body["code"] == "response_not_found"
+    assert stored_requests(upstream_b) == []
+
+
+def test_a_response_whose_model_is_disabled_says_so(holders):
+    _, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input="Name a prime number.")
+    r = httpx.patch(gw + "/admin/models/b", json={"enabled": False}, headers=ADMIN, timeout=30)
+    assert r.status_code == 200, r.text
+    with pytest.raises(openai.NotFoundError) as err:
+        client(gw).responses.retrieve(made.id)
+    assert "`b`" in err.value.body["message"] and err.value.body["code"] == "model_not_found"
+    assert stored_requests(upstream_b) == []
+
+
+def test_an_upstream_404_for_a_stored_response_is_relayed_and_leaves_the_model_in_routing(holders):
+    _, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input="Name a prime number.")
+    del upstream_b.stored[made.id]  # gone upstream (expired, deleted elsewhere), still remembered here
+    for _ in range(4):  # more than the failures that would cool a model down
+        with pytest.raises(openai.NotFoundError) as err:
+            client(gw).responses.retrieve(made.id)
+        assert err.value.body["message"] == f"Response with id '{made.id}' not found."  # the upstream's
+        assert err.value.response.headers["x-request-id"].startswith("req_")
+    assert metric(gw, 'uniroute_upstream_failures_total{model="b"') == 0
+    assert metric(gw, 'uniroute_cooldowns_total{model="b"') == 0
+    record = httpx.get(gw + "/admin/models/b", headers=ADMIN, timeout=30).json()
+    assert (record["state"], record["enabled"], record["error"]) == ("ready", True, None)
+    assert client(gw).chat.completions.create(model="b", messages=MESSAGES).choices[0].message.content \
+        == "answer from b"
+
+
+def test_a_cancel_is_the_upstreams_answer(holders):
+    _, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input="Name a prime number.")
+    with pytest.raises(openai.BadRequestError, match="synchronous"):
+        client(gw).responses.cancel(made.id)
+    assert upstream_b.received[-1].path == f"/v1/responses/{made.id}/cancel"
+
+
+def test_a_failing_upstream_is_retried_then_the_gateways_502(holders):
+    _, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input="Name a prime number.")
+    upstream_b.set_fault("b", Fault(status=503))
+    with pytest.raises(openai.InternalServerError) as err:
+        client(gw).responses.retrieve(made.id)
+    assert err.value.status_code == 502 and err.value.body["code"] == "upstream_failed"
+    assert len(stored_requests(upstream_b)) == 2  # retried once (`retries`)
+    upstream_b.set_fault("b", None)
+    assert client(gw).responses.retrieve(made.id).id == made.id
+
+
+def test_retrieving_a_stored_response_as_a_stream_is_refused(holders):
+    _, upstream_b, gw = holders
+    made = client(gw).responses.create(model="b", input="Name a prime number.")
+    with pytest.raises(openai.BadRequestError) as err:
+        client(gw).responses.retrieve(made.id, stream=True)
+    assert err.value.body["param"] == "stream"
+    assert stored_requests(upstream_b) == []
+
+
+def test_with_the_registry_away_a_stored_response_request_is_a_503(make_gateway, fault_upstream, model_config,
+                                                                    private_redis):
+    _, url = fault_upstream
+    with make_gateway(models=[model_config("b", url)], redis_url=private_redis.url, redis_prefix="stored:") as gw:
+        made = client(gw).responses.create(model="b", input="Name a prime number.")
+        private_redis.kill()
+        r = httpx.get(f"{gw}/v1/responses/{made.id}", timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"

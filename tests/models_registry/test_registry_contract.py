@@ -193,6 +193,17 @@ async def test_a_memo_is_recalled_until_it_expires_and_a_new_value_replaces_it(r
     assert await registry.recall("response:r1") == "model-c"
 
 
+async def test_a_forgotten_memo_is_gone_and_the_others_stay(registry):
+    await registry.remember("response:r1", "model-a", 30)
+    await registry.remember("response:r2", "model-b", 30)
+    await registry.forget("response:r1")
+    assert await registry.recall("response:r1") is None
+    assert await registry.recall("response:r2") == "model-b"
+    await registry.forget("response:never-there")  # nothing to forget: no error
+    await registry.remember("response:r1", "model-c", 30)  # a forgotten key can be remembered again
+    assert await registry.recall("response:r1") == "model-c"
+
+
 async def test_everything_written_is_there_for_a_new_instance(registry):
     await registry.put_model(make_record("a", seed=1))
     await registry.put_model(make_record("b", seed=2))

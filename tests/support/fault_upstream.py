@@ -35,6 +35,13 @@ masked fragment of the key the request carried), as a revoked key or a retired m
 Besides completions, `POST /v1/responses` (streamed or not, OpenAI's Responses API events) and
 `POST /v1/embeddings` (floats, or base64 as the openai SDK asks by default) answer under the same
 faults. Every answer carries an `x-request-id` header (`req_...`), as OpenAI's do.
+
+Stored responses: every response created (streamed or not) is kept, unless its request said
+`store: false`, in `upstream.stored` (id -> StoredResponse), and answered as OpenAI does:
+`GET /v1/responses/{id}`, `DELETE /v1/responses/{id}` (`response.deleted`),
+`GET /v1/responses/{id}/input_items` (a page of the input's messages: `limit`, `order`, `after`)
+and `POST /v1/responses/{id}/cancel` (400: nothing here runs in the background), each under the
+faults of the model that made the response; an unknown id is OpenAI's 404.
 `delay` applies to every request; a failing status wins over bad_json and cut. A malformed
 directive is answered with HTTP 400 saying what is wrong.
 
@@ -47,7 +54,7 @@ reads the request and then resets the connection (`ReadError`) or closes it with
 (`RemoteProtocolError`): `with hangup_server("reset" | "close") as url:`.
 
 Counting: `upstream.calls[model]` counts the completion requests per requested model name
-(only requests whose body parsed); `GET /_stats` returns `{"calls": {model: n}}` for code in
+(only requests whose body parsed), and the requests about its stored responses; `GET /_stats` returns `{"calls": {model: n}}` for code in
 another process; `upstream.received` keeps each request's path, model, JSON body and headers;
 `upstream.abandoned[model]` counts streams whose reader hung up before their last chunk.
 `upstream.reset()` clears counts, log and faults.
@@ -90,6 +97,7 @@ from app.demo.replay_upstream import (
     sse_event,
     stream_chunks,
 )
+from app.routing.prompts import content_text
 
 DEFAULT_FAIL_STATUS = 503
 
@@ -184,12 +192,47 @@ def closed_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True)
 class ReceivedRequest:
-    """One completion request as the upstream received it."""
+    """One request as the upstream received it (one about a stored response: no body, and the
+    model that made the response)."""
 
     path: str
     model: str
     body: dict
     headers: dict[str, str]
+    query: str = ""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response the upstream keeps: the response object, and its input as OpenAI's input items."""
+
+    response: dict
+    items: list[dict]
+
+
+def input_items(body: ResponsesBody) -> list[dict]:
+    """A request's `input` as OpenAI lists it back: each message an item with an id, its text an
+    `input_text` part (an assistant's earlier turn: `output_text`)."""
+    messages = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
+    return [{"id": "msg_" + uuid.uuid4().hex, "type": "message", "role": m.get("role", "user"), "status": "completed",
+             "content": [{"type": "output_text" if m.get("role") == "assistant" else "input_text",
+                          "text": content_text(m.get("content"))}]}
+            for m in messages]
+
+
+def page(items: list[dict], http: Request) -> dict:
+    """One page of `items` (in input order) as OpenAI's list endpoints answer: `order` (desc by
+    default), `limit` (20), `after` (the id the page starts after)."""
+    params = http.query_params
+    ordered = items if params.get("order") == "asc" else items[::-1]
+    after = params.get("after")
+    ids = [item["id"] for item in ordered]
+    if after is not None:
+        ordered = ordered[ids.index(after) + 1:] if after in ids else []
+    limit = int(params.get("limit", 20))
+    data = ordered[:limit]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": len(ordered) > limit}
 
 
 def event_stream(fault: Fault, events: list[bytes], abandoned: Callable[[], None] | None = None) -> Response:
@@ -210,6 +253,7 @@ class FaultUpstream:
         self.calls: Counter[str] = Counter()
         self.received: list[ReceivedRequest] = []
         self.abandoned: Counter[str] = Counter()
+        self.stored: dict[str, StoredResponse] = {}
         self._faults: dict[str, tuple[Fault, int]] = {}
         self.app = self._build_app()
 
@@ -221,10 +265,11 @@ class FaultUpstream:
             self._faults[model] = (fault, self.calls[model])
 
     def reset(self) -> None:
-        """Forget counts, received requests and faults set from Python."""
+        """Forget counts, received requests, stored responses and faults set from Python."""
         self.calls.clear()
         self.received.clear()
         self.abandoned.clear()
+        self.stored.clear()
         self._faults.clear()
 
     def _fault_for(self, model: str) -> tuple[Fault, int]:
@@ -240,8 +285,8 @@ class FaultUpstream:
     async def _arrive(self, model: str, http: Request) -> Fault:
         """Count and log a request, wait its delay, and raise its failing status; its fault."""
         self.calls[model] += 1
-        body = orjson.loads(await http.body())
-        self.received.append(ReceivedRequest(http.url.path, model, body, dict(http.headers)))
+        body = orjson.loads(await http.body() or b"{}")  # a stored response's requests have none
+        self.received.append(ReceivedRequest(http.url.path, model, body, dict(http.headers), http.url.query))
         fault, nth = self._fault_for(model)
         await asyncio.sleep(fault.delay_s)
         tokens = approx_tokens(orjson.dumps([body.get(k) for k in ("messages", "prompt", "input")]).decode())
@@ -293,8 +338,46 @@ class FaultUpstream:
         request = responses_request(body)
         answer = CannedAnswer.for_request(request, f"answer from {body.model}")
         if not request.stream:
-            return json_response(response_body(request, answer))
-        return event_stream(fault, [frame for _, frame in responses_events(request, answer)])
+            return json_response(self._store(body, response_body(request, answer)))
+        frames = [frame for _, frame in responses_events(request, answer)]
+        # The last event (response.completed or .incomplete) carries the whole response.
+        self._store(body, orjson.loads(frames[-1].split(b"data: ", 1)[1])["response"])
+        return event_stream(fault, frames)
+
+    def _store(self, body: ResponsesBody, response: dict) -> dict:
+        """Keep `response` with its input, unless the request said `store: false`; `response`."""
+        if (body.model_extra or {}).get("store") is not False:
+            self.stored[response["id"]] = StoredResponse(response, input_items(body))
+        return response
+
+    async def _stored(self, response_id: str, http: Request) -> StoredResponse:
+        """The stored response a request is about, once arrived under its model's faults; OpenAI's
+        404 for an id never stored, or deleted."""
+        stored = self.stored.get(response_id)
+        if stored is None:
+            raise APIError(404, f"Response with id '{response_id}' not found.", type="invalid_request_error")
+        await self._arrive(stored.response["model"], http)
+        return stored
+
+    async def _retrieve(self, response_id: str, http: Request) -> Response:
+        """`GET /v1/responses/{id}`: the stored response object."""
+        return json_response((await self._stored(response_id, http)).response)
+
+    async def _delete(self, response_id: str, http: Request) -> Response:
+        """`DELETE /v1/responses/{id}`: gone from the store."""
+        await self._stored(response_id, http)
+        del self.stored[response_id]
+        return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+    async def _input_items(self, response_id: str, http: Request) -> Response:
+        """`GET /v1/responses/{id}/input_items`: a page of the response's input items."""
+        return json_response(page((await self._stored(response_id, http)).items, http))
+
+    async def _cancel(self, response_id: str, http: Request) -> Response:
+        """`POST /v1/responses/{id}/cancel`: OpenAI's 400, as every response here was made at once
+        (only a background response can be cancelled)."""
+        await self._stored(response_id, http)
+        raise APIError(400, "Cannot cancel a synchronous response.", type="invalid_request_error")
 
     async def _embeddings(self, http: Request) -> Response:
         """`POST /v1/embeddings`: one 4-dimensional vector per input, floats or base64 float32."""
@@ -319,6 +402,10 @@ class FaultUpstream:
         install_error_handlers(app)
         add_completion_routes(app, self._respond)
         app.add_api_route("/v1/responses", self._responses, methods=["POST"])
+        app.add_api_route("/v1/responses/{response_id}", self._retrieve, methods=["GET"])
+        app.add_api_route("/v1/responses/{response_id}", self._delete, methods=["DELETE"])
+        app.add_api_route("/v1/responses/{response_id}/input_items", self._input_items, methods=["GET"])
+        app.add_api_route("/v1/responses/{response_id}/cancel", self._cancel, methods=["POST"])
         app.add_api_route("/v1/embeddings", self._embeddings, methods=["POST"])
         app.add_middleware(RequestIds)
 

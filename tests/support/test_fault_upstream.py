@@ -81,6 +81,38 @@ async def test_healthy_async_stream_ends_with_usage_and_done(aclient: openai.Asy
     assert body.endswith("data: [DONE]\n\n")
 
 
+def test_a_stored_response_is_retrieved_listed_refused_a_cancel_and_deleted(client: openai.OpenAI) -> None:
+    made = client.responses.create(model="m1", input=[{"role": "user", "content": "hi"},
+                                                       {"role": "assistant", "content": "hello"},
+                                                       {"role": "user", "content": "and?"}])
+    assert client.responses.retrieve(made.id).output_text == "answer from m1"
+    items = client.responses.input_items.list(made.id, order="asc", limit=2)
+    assert [(i.type, i.role, i.content[0].text) for i in items.data] == [("message", "user", "hi"),
+                                                                      ("message", "assistant", "hello")]
+    assert items.has_more and items.first_id == items.data[0].id and items.last_id == items.data[1].id
+    rest = client.responses.input_items.list(made.id, order="asc", after=items.last_id)
+    assert [i.content[0].text for i in rest.data] == ["and?"] and not rest.has_more
+    assert [i.content[0].text for i in client.responses.input_items.list(made.id).data] == ["and?", "hello", "hi"]
+    with pytest.raises(openai.BadRequestError, match="synchronous"):
+        client.responses.cancel(made.id)
+    deleted = client.responses.delete(made.id)
+    assert deleted is None  # the SDK reads no body; OpenAI's shape is checked below
+    with pytest.raises(openai.NotFoundError) as gone:
+        client.responses.retrieve(made.id)
+    assert gone.value.body["message"] == f"Response with id '{made.id}' not found."
+
+
+def test_a_deleted_response_is_answered_in_openais_shape_and_unstored_ones_are_not_kept(
+        client: openai.OpenAI, base_url: str, upstream: FaultUpstream) -> None:
+    made = client.responses.create(model="m1", input="hi")
+    r = httpx.delete(f"{base_url}/v1/responses/{made.id}", timeout=10)
+    assert r.json() == {"id": made.id, "object": "response.deleted", "deleted": True}
+    unstored = client.responses.create(model="m1", input="hi", store=False)
+    streamed = [e for e in client.responses.create(model="m1", input="hi", stream=True)][-1].response
+    assert list(upstream.stored) == [streamed.id] and unstored.id not in upstream.stored
+    assert client.responses.retrieve(streamed.id).output_text == "answer from m1"
+
+
 def test_models_endpoint_lists_the_configured_models(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["m1", "m2"]
 
