@@ -245,12 +245,11 @@ async def holding_model(gw: Gateway, response_id: str) -> ModelRecord:
     if name is None:
         raise APIError(404, f"the gateway knows no response with id '{response_id}': it knows only the responses "
                             f"it relayed with `store` not false, for {PIN_TTL_S / 86400:g} days",
-                       type="invalid_request_error", param="response_id", code="response_not_found")
+                       param="response_id", code="response_not_found")
     record = gw.registry.snapshot().get(name)
     if record is None or not record.enabled:
         raise APIError(404, f"the response {response_id} is held by the model `{name}`, which does not exist or "
-                            "is not enabled", type="invalid_request_error", param="response_id",
-                       code="model_not_found")
+                            "is not enabled", param="response_id", code="model_not_found")
     return record
 
 

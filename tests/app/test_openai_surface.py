@@ -267,7 +267,7 @@ def test_an_unknown_response_id_is_openais_404_for_every_stored_response_request
         with pytest.raises(openai.NotFoundError) as err:
             call()
         body = err.value.body
-        assert (body["type"], body["param"], body["code"]) == ("invalid_request_error", "response_id",
+        assert (body["type"], body["param"], body["code"]) == ("not_found_error", "response_id",
                                                                "response_not_found")
         assert "resp_unknown" in body["message"] and "store" in body["message"]
 
