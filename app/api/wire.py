@@ -127,25 +127,26 @@ class CompletionBody(RoutedBody):
 
 
 class ResponsesBody(RoutedBody):
-    """A Responses API request (`POST /v1/responses`), routed from its instructions and input."""
+    """A Responses API request (`POST /v1/responses`), routed from its instructions and input.
+    OpenAI's `input` is optional: a request may carry its prompt in `instructions` alone."""
 
-    input: str | list
+    input: str | list | None = None
     instructions: str | None = None
 
     @classmethod
     def plain_prompt(cls, body: dict) -> bool:
-        instructions = body.get("instructions")
-        return type(body.get("input")) in (str, list) and (instructions is None or type(instructions) is str)
+        instructions, input = body.get("instructions"), body.get("input")
+        return (input is None or type(input) in (str, list)) and (instructions is None or type(instructions) is str)
 
     @classmethod
     def text_of(cls, fields: dict, routed: bool) -> str:
-        return responses_routing_text(fields["input"], fields.get("instructions"))
+        return responses_routing_text(fields.get("input"), fields.get("instructions"))
 
 
 # The routed kinds by the field that holds a body's prompt, in the order /v1/route tries them
 # (it is shown a body of any kind, and a chat body is chat whatever else it carries).
 _KINDS_BY_PROMPT: dict[str, type[RoutedBody]] = {"messages": ChatBody, "prompt": CompletionBody,
-                                                 "input": ResponsesBody}
+                                                 "input": ResponsesBody, "instructions": ResponsesBody}
 
 
 def kind_of(body: dict) -> type[RoutedBody]:
@@ -155,7 +156,7 @@ def kind_of(body: dict) -> type[RoutedBody]:
         if field in body:
             return kind
     raise APIError(400, "the body has no prompt: give `messages` (chat completions), `prompt` (completions) "
-                        "or `input` (Responses API)", code="missing_required_parameter")
+                        "or `input` / `instructions` (Responses API)", code="missing_required_parameter")
 
 
 @dataclass(frozen=True)

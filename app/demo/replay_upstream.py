@@ -161,7 +161,7 @@ class ResponsesBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
-    input: str | list[dict]
+    input: str | list[dict] | None = None  # optional, as OpenAI's: the instructions alone may be the prompt
     instructions: str | None = None
     stream: bool | None = False
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -222,9 +222,14 @@ def text_request(body: TextCompletionBody) -> CompletionRequest:
 
 
 def responses_request(body: ResponsesBody) -> CompletionRequest:
-    """The prompt of a Responses API request: its `input` string, or the last user message of its
-    input items; prompt size counts the instructions and every item's text."""
-    if isinstance(body.input, str):
+    """The prompt of a Responses API request: its `input` string, the last user message of its
+    input items, or without input its instructions; prompt size counts the instructions and every
+    item's text."""
+    if body.input is None:
+        if body.instructions is None:
+            raise APIError(400, "input: give `input` or `instructions`", param="input")
+        prompt, texts = body.instructions, []
+    elif isinstance(body.input, str):
         prompt, texts = body.input, [body.input]
     else:
         texts = [content_text(item.get("content")) for item in body.input]

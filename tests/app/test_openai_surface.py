@@ -73,6 +73,20 @@ def test_responses_api_is_routed_and_forwarded(surface):
     assert metric(gw, 'uniroute_tokens_total{kind="completion",model="a/one"}') > 0
 
 
+def test_a_responses_request_with_instructions_and_no_input_is_routed_on_its_instructions(surface):
+    # OpenAI's `input` is optional: a request may hold its prompt in `instructions` alone.
+    upstream, gw = surface
+    raw = client(gw).responses.with_raw_response.create(model="uniroute:0", instructions="Name a prime number.")
+    assert raw.headers["x-uniroute-model"] == "a/one"
+    assert int(raw.headers["x-uniroute-cluster"]) >= 0
+    assert raw.parse().output_text == "answer from up-a"
+    assert upstream.received[-1].body == {"model": "up-a", "instructions": "Name a prime number."}
+    events = list(client(gw).responses.create(model="b", instructions="Name a colour.", stream=True))
+    assert events[-1].response.output_text == "answer from b"
+    dry = httpx.post(gw + "/v1/route", json={"model": "uniroute:0", "instructions": "Name a prime number."}, timeout=30)
+    assert dry.status_code == 200 and dry.json()["model"] == "a/one"
+
+
 def test_responses_api_streams_and_a_cut_one_raises(surface):
     _, gw = surface
     events = list(client(gw).responses.create(model="b", input=[{"role": "user", "content": "hi"}], stream=True))

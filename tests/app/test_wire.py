@@ -26,6 +26,7 @@ BODIES: list[tuple[type[RoutedBody], dict]] = [
     (CompletionBody, {"model": "named", "prompt": [1, 2, 3]}),
     (ResponsesBody, {"model": "uniroute", "input": "hi", "instructions": "be brief"}),
     (ResponsesBody, {"model": "uniroute", "input": [{"role": "user", "content": [{"type": "input_text", "text": "q"}]}]}),
+    (ResponsesBody, {"model": "uniroute", "instructions": "be brief"}),
     # not plain: validated (the options, a stream flag that is not a boolean, a bad message)
     (ChatBody, {"model": "uniroute", "uniroute": {"cost_weight": 0.5}, "messages": [{"role": "user", "content": "x"}]}),
     (ChatBody, {"model": "m", "stream": 1, "messages": [{"role": "user", "content": "x"}]}),
@@ -61,5 +62,5 @@ def test_a_plain_body_reads_as_its_validation_and_any_other_is_validated(kind, b
 
 
 def test_the_usual_bodies_are_plain_and_skip_validation():
-    assert all(kind.plain(body) for kind, body in BODIES[:9])
-    assert not any(kind.plain(body) for kind, body in BODIES[9:])
+    assert all(kind.plain(body) for kind, body in BODIES[:10])
+    assert not any(kind.plain(body) for kind, body in BODIES[10:])

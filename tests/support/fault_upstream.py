@@ -212,8 +212,9 @@ class StoredResponse:
 
 def input_items(body: ResponsesBody) -> list[dict]:
     """A request's `input` as OpenAI lists it back: each message an item with an id, its text an
-    `input_text` part (an assistant's earlier turn: `output_text`)."""
-    messages = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
+    `input_text` part (an assistant's earlier turn: `output_text`); none without input (the
+    instructions are not an input item)."""
+    messages = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input or []
     return [{"id": "msg_" + uuid.uuid4().hex, "type": "message", "role": m.get("role", "user"), "status": "completed",
              "content": [{"type": "output_text" if m.get("role") == "assistant" else "input_text",
                           "text": content_text(m.get("content"))}]}
