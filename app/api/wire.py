@@ -144,9 +144,10 @@ class ResponsesBody(RoutedBody):
 
 
 # The routed kinds by the field that holds a body's prompt, in the order /v1/route tries them
-# (it is shown a body of any kind, and a chat body is chat whatever else it carries).
-_KINDS_BY_PROMPT: dict[str, type[RoutedBody]] = {"messages": ChatBody, "prompt": CompletionBody,
-                                                 "input": ResponsesBody, "instructions": ResponsesBody}
+# (it is shown a body of any kind, and a chat body is chat whatever else it carries). `prompt`
+# comes last: a Responses API body may name a stored prompt template in it.
+_KINDS_BY_PROMPT: dict[str, type[RoutedBody]] = {"messages": ChatBody, "input": ResponsesBody,
+                                                 "instructions": ResponsesBody, "prompt": CompletionBody}
 
 
 def kind_of(body: dict) -> type[RoutedBody]:
@@ -154,7 +155,8 @@ def kind_of(body: dict) -> type[RoutedBody]:
     fields it may have when it has none of them."""
     for field, kind in _KINDS_BY_PROMPT.items():
         if field in body:
-            return kind
+            # A stored prompt template (`{"id": ...}`) alone: a Responses API body, not a completion.
+            return ResponsesBody if field == "prompt" and isinstance(body[field], dict) else kind
     raise APIError(400, "the body has no prompt: give `messages` (chat completions), `prompt` (completions) "
                         "or `input` / `instructions` (Responses API)", code="missing_required_parameter")
 

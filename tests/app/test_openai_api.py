@@ -92,12 +92,16 @@ def test_route_dry_run_decides_a_responses_body_as_the_responses_api_routes_it(d
         {"role": "user", "content": [{"type": "input_text", "text": QUESTION}]},
     ]
     options = {"cost_weight": 0.3}
-    for request_input in (QUESTION, conversation):
-        body = {"model": "uniroute", "instructions": instructions, "input": request_input, "uniroute": options}
+    # a stored prompt template (`prompt`) does not make a Responses API body a completions one
+    for request_input, template in ((QUESTION, None), (conversation, None), (QUESTION, {"id": "pmpt_tutor"})):
+        extra = {} if template is None else {"prompt": template}
+        body = {"model": "uniroute", "instructions": instructions, "input": request_input, "uniroute": options,
+                **extra}
         dry = httpx.post(demo_gateway + "/v1/route", json=body, timeout=30)
         assert dry.status_code == 200, dry.text
         real = client(demo_gateway).responses.with_raw_response.create(
-            model="uniroute", instructions=instructions, input=request_input, extra_body={"uniroute": options})
+            model="uniroute", instructions=instructions, input=request_input,
+            extra_body={"uniroute": options, **extra})
         assert (dry.json()["model"], dry.json()["cluster"]) == (
             real.headers["x-uniroute-model"], int(real.headers["x-uniroute-cluster"]))
 
