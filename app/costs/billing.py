@@ -10,12 +10,14 @@ from router_core.router import ModelTable
 
 def usage_tokens(usage: object) -> tuple[int, int] | None:
     """(prompt, completion) tokens of a `usage` object: chat/completions/embeddings name them
-    prompt_tokens / completion_tokens, the Responses API input_tokens / output_tokens."""
+    prompt_tokens / completion_tokens, the Responses API input_tokens / output_tokens. None when
+    they are not counts: a negative one is a provider's bookkeeping bug, which must not cost the
+    client its answer (the token counters refuse to go down)."""
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
     completion = usage.get("completion_tokens", usage.get("output_tokens")) or 0
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
         return None
     return prompt, completion
 

@@ -68,6 +68,21 @@ def test_a_routed_stream_adds_to_the_savings_and_keeps_the_usage_the_client_aske
         assert metric(gw, "uniroute_cost_saved_total") > 0
 
 
+def test_an_answer_whose_usage_counts_negative_tokens_reaches_the_client_whole(make_gateway, fault_upstream,
+                                                                             model_config):
+    # A provider's bookkeeping bug is the provider's: the answer is relayed (billed at its
+    # expected cost), not turned into a 500 or a stream cut before its end.
+    _, url = fault_upstream
+    with make_gateway(models=[model_config("m", url, upstream_model="m:negative_usage")]) as gw:
+        for model in ("uniroute", "m"):
+            answer = client(gw).chat.completions.create(model=model, messages=MESSAGES)
+            assert answer.choices[0].message.content == "answer from m:negative_usage"
+            assert answer.usage.prompt_tokens == -1
+            chunks = list(client(gw).chat.completions.create(model=model, messages=MESSAGES, stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "answer from m:negative_usage"
+            assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_an_upstream_client_error_is_not_billed_nor_marks_the_model_healthy(priced):
     upstream, make = priced
     with make(budget={"target": 1000.0}, retries=0, cooldown_failures=2) as gw:

@@ -24,6 +24,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     llama-cpp-python) does
     no_stream       streamed: the whole JSON answer instead, as a server that ignores `stream`
     html            HTTP 200 with an HTML page (a proxy's), streamed or not
+    negative_usage  the answer's usage reports -1 prompt tokens (a provider's bookkeeping bug),
+                    streamed (when asked for usage) or not
     context=N       a context of N tokens (a token taken as 4 characters of the request's
                     messages, prompt or input): a longer request gets OpenAI's HTTP 400
                     `context_length_exceeded`
@@ -73,7 +75,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from fastapi import FastAPI, Request
@@ -135,6 +137,7 @@ class Fault:
     crlf: bool = False
     no_stream: bool = False
     html: bool = False
+    negative_usage: bool = False
     context: int | None = None
 
     def failing_status(self, nth: int) -> int | None:
@@ -150,7 +153,7 @@ def parse_fault(spec: str) -> Fault:
     for directive in filter(None, (d.strip() for d in spec.split(","))):
         key, _, value = directive.partition("=")
         try:
-            if key in ("bad_json", "interrupt", "crlf", "no_stream", "html") and not value:
+            if key in ("bad_json", "interrupt", "crlf", "no_stream", "html", "negative_usage") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -160,8 +163,8 @@ def parse_fault(spec: str) -> Fault:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
-                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf, no_stream, html "
-                             "or context=N"
+                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf, no_stream, html, "
+                             "negative_usage or context=N"
                              ) from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
@@ -310,6 +313,8 @@ class FaultUpstream:
     async def _respond(self, request: CompletionRequest, http: Request) -> Response:
         fault = await self._arrive(request.model, http)
         answer = CannedAnswer.for_request(request, f"answer from {request.model}")
+        if fault.negative_usage:
+            answer = replace(answer, prompt_tokens=-1)
         if fault.html:
             return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
         if fault.no_stream and request.stream:
