@@ -66,9 +66,11 @@ def client_scope(gw: Gateway, request: Request) -> str:
     return key_scope(bearer(request)) if gw.settings.api_keys else key_scope(None)
 
 
-async def destination(request: Request, model: str, options: RoutingOptions | None, text: str) -> Destination:
+async def destination(request: Request, model: str, options: RoutingOptions | None, text: str,
+                      prompt_param: str) -> Destination:
     """Where the request goes: routed when `model` is a router name, else the named model.
-    `text` is the prompt's text as routing reads it (its tokens are the expected cost's)."""
+    `text` is the prompt's text as routing reads it (its tokens are the expected cost's), from the
+    body's `prompt_param`."""
     gw = gateway_of(request)
     target = parse_router_model(model, gw.settings)
     if target is None:
@@ -77,7 +79,8 @@ async def destination(request: Request, model: str, options: RoutingOptions | No
                            expected_cost=gw.routing.expected_cost(record, text))
     limit = gw.settings.max_prompt_chars
     if len(text) > limit:
-        raise APIError(413, f"the prompt has {len(text)} characters; the limit is {limit}", code="prompt_too_long")
+        raise APIError(413, f"the prompt has {len(text)} characters; the limit is {limit}", param=prompt_param,
+                       code="prompt_too_long")
     if options is not None:
         target = options.routing_target(gw.settings) or target
     return await gw.routing.destination(target, text, client_scope(gw, request),
@@ -205,7 +208,7 @@ async def request_destination(request: Request, body: dict, read: RoutedBody, re
                                    "conversation cannot go on with another model",
                                    param="previous_response_id", code="model_not_found")
             model, options, routed = holding, None, False
-    return await destination(request, model, options, read.routing_text(routed))
+    return await destination(request, model, options, read.routing_text(routed), read.kind.prompt_param)
 
 
 async def forward(request: Request, kind: type[RoutedBody], path: str) -> Response:

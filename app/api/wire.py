@@ -3,6 +3,7 @@ read (checked by hand when plain, else validated), everything else passes to the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import orjson
 from fastapi import Request
@@ -66,6 +67,8 @@ class RoutedBody(BaseModel):
     nothing converted; only the others are validated (read_routed)."""
 
     model_config = ConfigDict(extra="allow")
+    # The parameter that holds the prompt, which an error about the prompt names.
+    prompt_param: ClassVar[str]
     model: str
     stream: StrictBool | None = False  # null is the spec's default: not streamed
     uniroute: RoutingOptions | None = None
@@ -92,6 +95,7 @@ class RoutedBody(BaseModel):
 class ChatBody(RoutedBody):
     """A chat completions request."""
 
+    prompt_param = "messages"
     messages: list[Message] = Field(min_length=1)
 
     @classmethod
@@ -109,6 +113,7 @@ class ChatBody(RoutedBody):
 class CompletionBody(RoutedBody):
     """A completions request."""
 
+    prompt_param = "prompt"
     prompt: str | list
 
     @classmethod
@@ -130,6 +135,7 @@ class ResponsesBody(RoutedBody):
     """A Responses API request (`POST /v1/responses`), routed from its instructions and input.
     OpenAI's `input` is optional: a request may carry its prompt in `instructions` alone."""
 
+    prompt_param = "input"
     input: str | list | None = None
     instructions: str | None = None
 

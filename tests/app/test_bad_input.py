@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import APIStatusError, BadRequestError, OpenAI
 
 GOOD = {"model": "uniroute", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -111,10 +111,16 @@ def test_huge_body_is_413(make_gateway):
         assert post(gw, "/v1/chat/completions", json=GOOD).status_code == 200
 
 
-def test_prompt_over_the_length_limit_is_413(make_gateway):
+def test_prompt_over_the_length_limit_is_413_naming_the_prompts_parameter(make_gateway):
     with make_gateway(max_prompt_chars=1000) as gw:
-        long = {**GOOD, "messages": [{"role": "user", "content": "z" * 2000}]}
-        assert_openai_error(post(gw, "/v1/chat/completions", json=long), 413)
+        for path, prompt in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "z" * 2000}]}),
+                             ("/v1/completions", {"prompt": "z" * 2000}), ("/v1/responses", {"input": "z" * 2000})):
+            err = assert_openai_error(post(gw, path, json={"model": "uniroute", **prompt}), 413, next(iter(prompt)))
+            assert err["code"] == "prompt_too_long"
+        with pytest.raises(APIStatusError) as caught:
+            OpenAI(base_url=gw + "/v1", api_key="x", max_retries=0).chat.completions.create(
+                model="uniroute", messages=[{"role": "user", "content": "z" * 2000}])
+        assert (caught.value.status_code, caught.value.body["param"]) == (413, "messages")
 
 
 def test_token_id_prompt_cannot_be_routed(demo_gateway):
