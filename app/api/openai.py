@@ -199,15 +199,14 @@ async def request_destination(request: Request, body: dict, read: RoutedBody, re
     routed = parse_router_model(read.model, gw.settings) is not None
     model, options = read.model, read.options
     if routed and responses_api:
-        holding = await holder(gw.registry, body)
-        if holding is not None:
-            record = gw.registry.snapshot().get(holding)
+        pin = await holder(gw.registry, body)
+        if pin is not None:
+            record = gw.registry.snapshot().get(pin.model)
             if record is None or not record.enabled:
-                raise GatewayError("not_found", f"previous_response_id {body['previous_response_id']} is held by "
-                                   f"the model `{holding}`, which does not exist or is not enabled: the "
-                                   "conversation cannot go on with another model",
-                                   param="previous_response_id", code="model_not_found")
-            model, options, routed = holding, None, False
+                raise GatewayError("not_found", f"{pin.param} {pin.held} is held by the model `{pin.model}`, which "
+                                   "does not exist or is not enabled: the conversation cannot go on with "
+                                   "another model", param=pin.param, code="model_not_found")
+            model, options, routed = pin.model, None, False
     return await destination(request, model, options, read.routing_text(routed), read.kind.prompt_param)
 
 

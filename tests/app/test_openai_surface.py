@@ -152,6 +152,30 @@ def test_a_responses_follow_up_goes_to_the_model_that_holds_its_conversation(sur
     assert again.headers["x-uniroute-model"] == "b"
 
 
+def test_a_conversations_turns_go_to_the_model_that_holds_it(surface):
+    upstream, gw = surface
+    first = client(gw).responses.with_raw_response.create(model="b", input="Name a prime number.",
+                                                          conversation="conv_1")
+    assert first.headers["x-uniroute-model"] == "b"
+    # at cost weight 0 routing picks a/one; the conversation (an id, or an object with one) is b's
+    for conversation in ("conv_1", {"id": "conv_1"}):
+        turn = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another one?",
+                                                             conversation=conversation)
+        assert turn.headers["x-uniroute-model"] == "b"
+        assert upstream.received[-1].body["conversation"] == conversation
+    dry = httpx.post(gw + "/v1/route", json={"model": "uniroute:0", "input": "More?", "conversation": "conv_1"},
+                     timeout=30)
+    assert dry.status_code == 200 and dry.json()["model"] == "b"
+    # even unstored turns and streamed ones add to the conversation, and keep it where it is
+    list(client(gw).responses.create(model="b", input="Name a colour.", conversation="conv_2", stream=True,
+                                     store=False))
+    again = client(gw).responses.with_raw_response.create(model="uniroute:0", input="Another?",
+                                                          conversation="conv_2")
+    assert again.headers["x-uniroute-model"] == "b"
+    fresh = client(gw).responses.with_raw_response.create(model="uniroute:0", input="Hi", conversation="conv_new")
+    assert fresh.headers["x-uniroute-model"] == "a/one"
+
+
 def test_a_follow_up_to_an_unknown_or_unstored_response_is_routed_as_a_new_one(surface):
     _, gw = surface
     unstored = client(gw).responses.create(model="b", input="Name a prime number.", store=False)
