@@ -23,6 +23,8 @@ import json
 import re
 import sys
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from benchmarks.repset_size import data_arguments, load_embedded
 from router_core.clustering import assign, fit_kmeans
 from router_core.evaluation import (
     EvalConfig,
+    TrialSplit,
     area_under,
     closure,
     closure_ci,
@@ -111,6 +114,58 @@ def mlp_probe(x: np.ndarray, loss: np.ndarray, query: np.ndarray, hidden: int = 
             return torch.sigmoid(net(torch.from_numpy(query.astype(np.float32)))).numpy().astype(np.float64)
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One trial's split and what its deferral curves need: the routed (test) LLMs' losses on
+    every prompt, their costs as the rule sees them, and the test prompts' realised scores and spend."""
+
+    split: TrialSplit
+    loss: np.ndarray
+    route_cost: np.ndarray
+    q_score: np.ndarray
+    q_spend: np.ndarray
+    c_max: float
+
+    def area(self, gamma: np.ndarray, cfg: EvalConfig) -> float:
+        """The area under the deferral curve of `gamma` on the test prompts."""
+        curve = deferral_curve(gamma, self.route_cost, self.q_score, self.q_spend, self.c_max, cfg.n_lambdas)
+        return area_under(curve)
+
+    def baselines(self) -> dict[str, np.ndarray]:
+        """gamma of the zero router (the representative-set mean loss) and of the oracle."""
+        q, val = self.split.test_prompts, self.split.val_prompts
+        return {"zero_router": np.broadcast_to(np.nanmean(self.loss[val], axis=0), self.q_score.shape),
+                "oracle": 1.0 - self.q_score}
+
+
+def trials(scores: np.ndarray, costs: np.ndarray, cfg: EvalConfig) -> Iterator[Trial]:
+    """The trials of `uniroute eval` under `cfg` (the same seeds, so the same splits)."""
+    master = np.random.default_rng(cfg.seed)
+    for _ in range(cfg.trials):
+        split = draw_split(scores, cfg, np.random.default_rng(master.integers(1 << 63)))
+        te, q = split.test_models, split.test_prompts
+        q_spend = costs[np.ix_(q, te)]
+        yield Trial(split, 1.0 - scores[:, te],
+                    normalise_costs(np.nanmean(costs[np.ix_(split.val_prompts, te)], axis=0)),
+                    scores[np.ix_(q, te)], q_spend, q_spend.mean(axis=0).max() or 1.0)
+
+
+def summary(name: str, areas: dict[str, list[float]]) -> dict:
+    """Each method's mean area, closure with its interval, and paired difference to the zero
+    router, from per-trial areas (which the result keeps); printed a line each."""
+    zero, oracle = np.array(areas["zero_router"]), np.array(areas["oracle"])
+    result = {"dataset": name, "trials": len(zero), "methods": {}}
+    for method, values in areas.items():
+        m, lo, hi = mean_ci(np.subtract(values, zero))
+        ci = closure_ci(np.array(values), zero, oracle)
+        result["methods"][method] = {"area": float(np.mean(values)),
+                                     "closure": closure(np.array(values), zero, oracle),
+                                     "closure_ci": ci, "minus_zero_router": [m, lo, hi], "trial_areas": values}
+        shown = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        print(f"{method:<34} area {np.mean(values):.4f}  closure {result['methods'][method]['closure']:+.3f}{shown}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_arguments(p)
@@ -123,43 +178,24 @@ def main(argv: list[str] | None = None) -> int:
     name, prompts, emb, scores, costs = load_embedded(args)
     words = lexical_features(prompts) if args.lexical else None
     cfg = EvalConfig(trials=args.trials)
-    master = np.random.default_rng(cfg.seed)  # the same trial seeds as `evaluate`
     areas: dict[str, list[float]] = {}
-    for t in range(cfg.trials):
-        split = draw_split(scores, cfg, np.random.default_rng(master.integers(1 << 63)))
-        te, q = split.test_models, split.test_prompts
-        route_cost = normalise_costs(np.nanmean(costs[np.ix_(split.val_prompts, te)], axis=0))
-        q_score, q_spend = scores[np.ix_(q, te)], costs[np.ix_(q, te)]
-        c_max = q_spend.mean(axis=0).max() or 1.0
-        loss = 1.0 - scores[:, te]
+    for t, trial in enumerate(trials(scores, costs, cfg)):
+        split, loss, q = trial.split, trial.loss, trial.split.test_prompts
         dense = np.r_[split.train_prompts, split.val_prompts]
-        gammas = {"zero_router": np.broadcast_to(np.nanmean(loss[split.val_prompts], axis=0), q_score.shape),
-                  "oracle": 1.0 - q_score,
-                  **dense_gammas(emb, loss, dense, q)}
+        gammas = {**trial.baselines(), **dense_gammas(emb, loss, dense, q)}
         if words is not None:
             both = np.c_[words, emb]
             gammas["ridge_lexical alpha=10"] = ridge_probe(words[dense], loss[dense], words[q], 10.0)
             gammas["ridge_lexical+embedding alpha=10"] = ridge_probe(both[dense], loss[dense], both[q], 10.0)
         if args.labels_on_x:
-            others = np.setdiff1d(np.arange(scores.shape[1]), te)
+            others = np.setdiff1d(np.arange(scores.shape[1]), split.test_models)
             labels = 1.0 - scores[:, others]
             labels = np.where(np.isnan(labels), np.nanmean(labels, axis=0), labels)
             gammas["train_llm_labels_on_x alpha=10"] = ridge_probe(labels[dense], loss[dense], labels[q], 10.0)
         for method, gamma in gammas.items():
-            curve = deferral_curve(gamma, route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
-            areas.setdefault(method, []).append(area_under(curve))
+            areas.setdefault(method, []).append(trial.area(gamma, cfg))
         print(f"trial {t + 1}/{cfg.trials}", file=sys.stderr, flush=True)
-    zero, oracle = np.array(areas["zero_router"]), np.array(areas["oracle"])
-    result = {"dataset": name, "trials": cfg.trials, "methods": {}}
-    for method, values in areas.items():
-        m, lo, hi = mean_ci(np.subtract(values, zero))
-        ci = closure_ci(np.array(values), zero, oracle)
-        result["methods"][method] = {"area": float(np.mean(values)),
-                                     "closure": closure(np.array(values), zero, oracle),
-                                     "closure_ci": ci, "minus_zero_router": [m, lo, hi], "trial_areas": values}
-        shown = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-        print(f"{method:<26} area {np.mean(values):.4f}  closure {result['methods'][method]['closure']:+.3f}{shown}")
-    Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.json_out).write_text(json.dumps(summary(name, areas), indent=2) + "\n")
     return 0
 
 

@@ -72,6 +72,26 @@ def test_dense_ceiling_reports_every_probe_against_the_same_zero_router_and_orac
     assert all(len(m["closure_ci"]) == 2 for m in methods.values())
 
 
+def test_finetuned_encoder_study_compares_each_probe_frozen_and_fine_tuned_on_the_same_splits(tmp_path,
+                                                                                           shared_cache):
+    out = tmp_path / "finetuned.json"
+    run_benchmark("finetuned_encoder", "--data", str(SMALL), "--format", "routerbench", "--cache-dir", shared_cache,
+                  "--trials", "2", "--epochs", "1", "--json", str(out))
+    result = json.loads(out.read_text())
+    methods = result["methods"]
+    assert methods["zero_router"]["closure"] == 0.0 and methods["oracle"]["closure"] == pytest.approx(1.0)
+    probes = ("ridge_dense alpha=10", "kmeans_rep K=3", "kmeans_rep K=10")
+    assert {f"{p} [{e}]" for p in probes for e in ("routing", "frozen", "finetuned")} <= set(methods)
+    for probe in probes:
+        diff = np.subtract(methods[f"{probe} [finetuned]"]["trial_areas"], methods[f"{probe} [frozen]"]["trial_areas"])
+        assert result["finetuned_minus_frozen"][probe]["mean_ci"][0] == pytest.approx(diff.mean())
+    held = result["held_out"]
+    assert len(result["held_out_trials"]) == 2
+    # the fine-tune learnt its training prompts' labels (below the base rates' cross-entropy)
+    assert held["cross_entropy_finetuned_on_its_training"] < held["cross_entropy_constant"]
+    assert all(np.isfinite(v) for v in held.values())
+
+
 def test_dense_ceiling_network_probe_learns_a_loss_the_embedding_determines_and_ignores_missing_labels():
     from benchmarks.dense_ceiling import mlp_probe
 
