@@ -133,7 +133,7 @@ class Trial:
 
     def baselines(self) -> dict[str, np.ndarray]:
         """gamma of the zero router (the representative-set mean loss) and of the oracle."""
-        q, val = self.split.test_prompts, self.split.val_prompts
+        val = self.split.val_prompts
         return {"zero_router": np.broadcast_to(np.nanmean(self.loss[val], axis=0), self.q_score.shape),
                 "oracle": 1.0 - self.q_score}
 

@@ -72,7 +72,7 @@ def fine_tune(base, texts: list[str], labels: np.ndarray, args: argparse.Namespa
                 loss.backward()
                 opt.step()
                 schedule.step()
-                total += float(loss) * len(batch)
+                total += loss.item() * len(batch)
             print(f"  epoch {epoch + 1}/{args.epochs}: cross-entropy {total / len(texts):.4f} "
                   f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
         model.eval()
