@@ -228,7 +228,7 @@ class Settings(BaseSettings):
     max_fallbacks: int = Field(2, ge=0)
     cooldown_failures: int = Field(3, ge=1)
     cooldown_s: float = Field(30.0, ge=0)
-    max_body_bytes: int = Field(2_000_000, gt=0)
+    max_body_bytes: int = Field(20_000_000, gt=0)  # room for base64 photos in vision requests
     max_prompt_chars: int = Field(400_000, gt=0)
     # Used for a model's expected cost until its profile has measured its answers' length.
     expected_output_tokens: int = Field(256, gt=0)

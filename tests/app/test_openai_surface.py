@@ -4,6 +4,8 @@ too), embeddings, and which headers cross the gateway. The real openai SDK again
 gateway in front of the fault upstream (OpenAI's wire formats)."""
 from __future__ import annotations
 
+import base64
+
 import httpx
 import openai
 import pytest
@@ -96,6 +98,17 @@ def test_responses_api_streams_and_a_cut_one_raises(surface):
     with pytest.raises(openai.APIError, match="cut the stream"):
         for _ in client(gw).responses.create(model="c", input="hi", stream=True):
             pass
+
+
+def test_a_vision_request_carrying_a_photo_is_forwarded_whole(surface):
+    # A 4.5 MB JPEG is 6 MB in base64: the body limit must leave room for the photos users send.
+    upstream, gw = surface
+    photo = "data:image/jpeg;base64," + base64.b64encode(bytes(range(256)) * (4_500_000 // 256)).decode()
+    content = [{"type": "text", "text": "What is in this photo?"}, {"type": "image_url", "image_url": {"url": photo}}]
+    for model in ("b", "uniroute"):
+        reply = client(gw).chat.completions.create(model=model, messages=[{"role": "user", "content": content}])
+        assert reply.choices[0].message.content
+        assert upstream.received[-1].body["messages"][0]["content"][1]["image_url"]["url"] == photo
 
 
 def test_embeddings_go_to_the_embeddings_model_or_a_named_registered_one(surface):
