@@ -121,7 +121,13 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         reply, parser = self._reply, self._parser
         assert reply is not None and parser is not None
-        reply.status = parser.get_status_code()
+        status = parser.get_status_code()
+        if status < 200:
+            # An interim answer (100 Continue, 103 Early Hints), which a server may send unasked
+            # (RFC 9110 15.2): the final answer follows on this connection; its headers are not its.
+            reply.headers.clear()
+            return
+        reply.status = status
         reply.keep_alive = parser.should_keep_alive()
         reply.wake()
 
@@ -132,6 +138,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._reply is not None
+        if not self._reply.status:
+            return  # the end of an interim answer
         self._reply.complete = True
         self._reply.wake()
 

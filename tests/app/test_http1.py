@@ -168,6 +168,27 @@ async def test_an_idle_connection_older_than_the_keepalive_is_not_reused():
     await c.close()
 
 
+async def test_interim_answers_are_skipped_for_the_final_one_on_the_same_connection(client):
+    """A server may send 100 Continue or 103 Early Hints unasked (RFC 9110 15.2), each in its own
+    segment here: before, the first was taken for the answer (status 100, an empty body) and the
+    real one was read as the next request's."""
+    async def interim_first(n, head, writer):
+        for interim in (b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"):
+            writer.write(interim)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        body = b'{"n":%d}' % n
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    async with scripted(interim_first) as (script, url):
+        for n in range(2):
+            reply = await client.request("POST", url + "/v1/x", b"{}", {})
+            assert reply.status == 200 and "link" not in reply.headers
+            assert await reply.read() == b'{"n":%d}' % n
+        assert script.connections == 1
+
+
 async def test_chunked_bodies_are_joined_and_streams_come_piece_by_piece(client):
     chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                b"7\r\ndata: a\r\n7\r\ndata: b\r\n0\r\n\r\n")
