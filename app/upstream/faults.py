@@ -18,9 +18,10 @@ will refuse every request: the model is disabled in the registry (`enabled` fals
 `PATCH /admin/models/{name} {"enabled": true}`. Neither the provider's message nor anything
 else of its answer reaches the client. Any other 4xx is the client's own mistake (bad
 parameters): its answer goes back to the client as the upstream sent it; except a prompt longer
-than the model's context (`context_length`, told by OpenAI's, vLLM's and llama.cpp's error
-bodies): the router chose that model, and another may have room for the prompt, so the next
-model is tried; when none is left the client gets the last refusal as the upstream sent it.
+than the model's context (`context_length`, told by OpenAI's, vLLM's, llama.cpp's, TGI's and
+LM Studio's error bodies): the router chose that model, and another may have room for the
+prompt, so the next model is tried; when none is left the client gets the last refusal as the
+upstream sent it.
 A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
 response is gone, not the model: the client gets it as the upstream sent it.
 """
@@ -72,19 +73,26 @@ POLICIES: dict[FaultClass, Policy] = {
 }
 
 # How servers say a prompt is longer than the model's context: OpenAI's `code`, llama.cpp's
-# `type`, and the messages of OpenAI and vLLM ("maximum context length is N tokens") and of
-# llama.cpp ("exceeds the available context size").
+# `type`, and the messages of OpenAI and vLLM ("maximum context length is N tokens"), llama.cpp
+# ("exceeds the available context size"), TGI ("`inputs` tokens + `max_new_tokens` must be <= N",
+# "`inputs` must have less than N tokens") and LM Studio ("... is greater than the context
+# length (n_keep: N>= n_ctx: M)", earlier "... loaded with context length of only N tokens").
 _CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error"}
-_CONTEXT_MESSAGE = re.compile(r"maximum context length|exceeds the available context size", re.IGNORECASE)
+_CONTEXT_MESSAGE = re.compile(r"maximum context length|exceeds the available context size"
+                              r"|tokens \+ `max_new_tokens` must be <=|`inputs` must have less than"
+                              r"|greater than the context length|context length of only", re.IGNORECASE)
 
 
 def exceeds_context(body: Any) -> bool:
     """Whether an upstream's 4xx error body says the prompt is longer than the model's context:
-    `{"error": {...}}` as OpenAI, llama.cpp and recent vLLM send it, or the fields at the top
-    level (`"object": "error"`) as earlier vLLM releases did."""
+    `{"error": {...}}` as OpenAI, llama.cpp and recent vLLM send it, the fields at the top
+    level (`"object": "error"`) as earlier vLLM releases did, or `{"error": "<message>"}` as TGI
+    and LM Studio do."""
     if not isinstance(body, dict):
         return False
     error = body.get("error")
+    if isinstance(error, str):
+        return bool(_CONTEXT_MESSAGE.search(error))
     if not isinstance(error, dict):
         if body.get("object") != "error":
             return False

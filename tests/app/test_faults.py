@@ -273,6 +273,12 @@ def test_a_client_error_goes_back_as_the_upstream_said_it_without_retry_or_fallb
                                     "5000 tokens.", "type": "BadRequestError", "param": None, "code": 400}, True),  # vLLM
     ({"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
                 "type": "exceed_context_size_error", "n_prompt_tokens": 5000, "n_ctx": 4096}}, True),  # llama.cpp
+    ({"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 5000 `inputs` "
+               "tokens and 16 `max_new_tokens`", "error_type": "validation"}, True),  # TGI
+    ({"error": "The number of tokens to keep from the initial prompt is greater than the context length (n_keep: "
+               "5000>= n_ctx: 4096). Try to load the model with a larger context length, or provide a shorter input."},
+     True),  # LM Studio
+    ({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"}, False),
     ({"error": {"message": "temperature must be at most 2", "type": "invalid_request_error", "code": None}}, False),
     ({"detail": "Not Found"}, False),
     (["not", "an", "object"], False),
@@ -294,6 +300,23 @@ def test_a_prompt_too_long_for_the_chosen_model_goes_to_the_next_one(pair, strea
         # a prompt that fits still goes to the better model, which no cooldown or disabling touched
         short = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
         assert short.headers["x-uniroute-model"] == "first"
+
+
+@pytest.mark.parametrize("server,status", [("tgi", 422), ("lmstudio", 400)])
+def test_a_prompt_too_long_told_as_a_plain_error_string_goes_to_the_next_model(pair, server, status):
+    """TGI and LM Studio say it in `{"error": "<message>"}`: before, it was relayed to the client as a
+    client error, with another model there that had room for the prompt."""
+    upstream, make = pair
+    spec = f":context=100,context_as={server}"
+    long_prompt = [{"role": "user", "content": "Summarise this: " + "word " * 400}]
+    with make(spec) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=long_prompt)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert (upstream.calls[f"first{spec}"], upstream.calls["second"]) == (1, 1)
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 1
+        with pytest.raises(openai.APIStatusError) as err:  # a named model: its refusal as it said it
+            client(gw).chat.completions.create(model="first", messages=long_prompt)
+        assert err.value.status_code == status and isinstance(err.value.body, str)
 
 
 def test_a_prompt_too_long_for_every_model_gets_the_last_refusal_as_the_upstream_said_it(pair):

@@ -29,6 +29,9 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
     context=N       a context of N tokens (a token taken as 4 characters of the request's
                     messages, prompt or input): a longer request gets OpenAI's HTTP 400
                     `context_length_exceeded`
+    context_as=S    with context=N, the longer request refused as server S does instead: `tgi`
+                    (HTTP 422 `{"error": "Input validation error: ...", "error_type": "validation"}`)
+                    or `lmstudio` (HTTP 400 `{"error": "The number of tokens to keep ..."}`)
 
 e.g. "m1:status=429", "m2:delay=0.5", "m3:fail_first=2,status=500", "m4:delay=0.2,cut=3".
 Statuses 401, 403 and 404 carry OpenAI's own bodies, with the provider's message (for 401, a
@@ -116,6 +119,31 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+def _tgi_refusal(context: int, tokens: int) -> tuple[int, dict]:
+    return 422, {"error": f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {context}. "
+                          f"Given: {tokens} `inputs` tokens and 16 `max_new_tokens`", "error_type": "validation"}
+
+
+def _lmstudio_refusal(context: int, tokens: int) -> tuple[int, dict]:
+    return 400, {"error": f"The number of tokens to keep from the initial prompt is greater than the context "
+                          f"length (n_keep: {tokens}>= n_ctx: {context}). Try to load the model with a larger "
+                          "context length, or provide a shorter input."}
+
+
+# How other servers than OpenAI refuse a prompt longer than the context: (status, body) for
+# (context, the prompt's tokens).
+CONTEXT_REFUSALS: dict[str, Callable[[int, int], tuple[int, dict]]] = {"tgi": _tgi_refusal,
+                                                                      "lmstudio": _lmstudio_refusal}
+
+
+class Answered(Exception):
+    """An answer given as it is, not in OpenAI's error shape (another server's)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 def masked_key(authorization: str | None) -> str:
     """The key fragment OpenAI's 401 shows: its first and last characters."""
     key = (authorization or "").removeprefix("Bearer ").strip()
@@ -139,6 +167,7 @@ class Fault:
     html: bool = False
     negative_usage: bool = False
     context: int | None = None
+    context_as: str | None = None
 
     def failing_status(self, nth: int) -> int | None:
         """The error status for the `nth` request (1-based) under this fault, or None to answer."""
@@ -159,12 +188,14 @@ def parse_fault(spec: str) -> Fault:
                 fields[f"{key}_s"] = float(value)
             elif key in ("status", "fail_first", "cut", "context"):
                 fields["cut_after" if key == "cut" else key] = int(value)
+            elif key == "context_as" and value in CONTEXT_REFUSALS:
+                fields[key] = value
             else:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf, no_stream, html, "
-                             "negative_usage or context=N"
+                             "negative_usage, context=N or context_as=tgi|lmstudio"
                              ) from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
@@ -294,6 +325,9 @@ class FaultUpstream:
         fault, nth = self._fault_for(model)
         await asyncio.sleep(fault.delay_s)
         tokens = approx_tokens(orjson.dumps([body.get(k) for k in ("messages", "prompt", "input")]).decode())
+        if fault.context is not None and tokens > fault.context and fault.context_as is not None:
+            status, refusal = CONTEXT_REFUSALS[fault.context_as](fault.context, tokens)
+            raise Answered(json_response(refusal, status))
         if fault.context is not None and tokens > fault.context:
             raise APIError(400, f"This model's maximum context length is {fault.context} tokens. However, your "
                                 f"messages resulted in {tokens} tokens. Please reduce the length of the messages.",
@@ -406,6 +440,7 @@ class FaultUpstream:
         app = FastAPI(title="uniroute fault-injecting test upstream", docs_url=None, redoc_url=None,
                       openapi_url=None)
         install_error_handlers(app)
+        app.add_exception_handler(Answered, lambda _, exc: exc.response)
         add_completion_routes(app, self._respond)
         app.add_api_route("/v1/responses", self._responses, methods=["POST"])
         app.add_api_route("/v1/responses/{response_id}", self._retrieve, methods=["GET"])
