@@ -102,6 +102,14 @@ def exceeds_context(body: Any) -> bool:
     return isinstance(error.get("message"), str) and bool(_CONTEXT_MESSAGE.search(error["message"]))
 
 
+def error_answer(body: Any) -> bool:
+    """Whether a 2xx body is an error rather than an answer: `{"error": ...}` (LM Studio sends its
+    `{"error": "<message>"}` so with HTTP 200) or vLLM's `{"object": "error", ...}`. A Responses
+    API response object has an `error` too (null, or why that response failed): it is an answer."""
+    return isinstance(body, dict) and (body.get("object") == "error" or (
+        body.get("error") is not None and body.get("object") != "response"))
+
+
 class UpstreamFault(Exception):
     """A failed attempt: its class (`kind`) and a description the client may see (never the
     upstream's own message)."""

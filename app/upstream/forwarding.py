@@ -23,6 +23,7 @@ from app.upstream.faults import (
     UpstreamFault,
     describe,
     disables,
+    error_answer,
     exceeds_context,
     status_class,
     transport_class,
@@ -248,6 +249,9 @@ class Forwarder:
                 parsed = orjson.loads(content)
             except orjson.JSONDecodeError as exc:
                 raise UpstreamFault("bad_body", f"{record.name} sent a body that is not JSON") from exc
+            if error_answer(parsed):
+                # Relayed, it would reach the client as a success with no answer in it.
+                raise UpstreamFault("bad_body", f"{record.name} answered HTTP {response.status} with an error")
             return UpstreamReply(record, response.status, elapsed, body=content, json=parsed,
                           request_id=request_id)
         chunks = response.iter_chunks()

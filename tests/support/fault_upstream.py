@@ -24,6 +24,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     llama-cpp-python) does
     no_stream       streamed: the whole JSON answer instead, as a server that ignores `stream`
     html            HTTP 200 with an HTML page (a proxy's), streamed or not
+    ok_error        HTTP 200 whose body is an error, `{"error": "<message>"}`, as LM Studio
+                    sends some of its failures, streamed or not
     negative_usage  the answer's usage reports -1 prompt tokens (a provider's bookkeeping bug),
                     streamed (when asked for usage) or not
     context=N       a context of N tokens (a token taken as 4 characters of the request's
@@ -165,6 +167,7 @@ class Fault:
     crlf: bool = False
     no_stream: bool = False
     html: bool = False
+    ok_error: bool = False
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
@@ -182,7 +185,8 @@ def parse_fault(spec: str) -> Fault:
     for directive in filter(None, (d.strip() for d in spec.split(","))):
         key, _, value = directive.partition("=")
         try:
-            if key in ("bad_json", "interrupt", "crlf", "no_stream", "html", "negative_usage") and not value:
+            if key in ("bad_json", "interrupt", "crlf", "no_stream", "html", "ok_error", "negative_usage") \
+                    and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -195,7 +199,7 @@ def parse_fault(spec: str) -> Fault:
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf, no_stream, html, "
-                             "negative_usage, context=N or context_as=tgi|lmstudio"
+                             "ok_error, negative_usage, context=N or context_as=tgi|lmstudio"
                              ) from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
@@ -351,6 +355,8 @@ class FaultUpstream:
             answer = replace(answer, prompt_tokens=-1)
         if fault.html:
             return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+        if fault.ok_error:
+            return json_response({"error": f"Failed to load model \"{request.model}\" (injected fault)."})
         if fault.no_stream and request.stream:
             return json_response(response_body(request, answer))
         if fault.bad_json:
