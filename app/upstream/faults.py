@@ -7,9 +7,10 @@ cooldown, and whether the model is taken out of routing until an operator re-ena
 
 A completion request is not idempotent: once the upstream may have received it, asking again
 may bill twice. So the same model is retried only when it surely did no work: the request never
-left (`connect`, `write`) or the upstream refused it with a status (429, 5xx). After the request
-was sent and the answer broke (`timeout`, `read`, `disconnect`, `cut`, `bad_body`) the gateway
-does not ask that model again; it falls back to the next model, whose answer the client needs.
+left (`connect`, `write`) or the upstream refused it with a status (429, 5xx, TGI's 424). After
+the request was sent and the answer broke (`timeout`, `read`, `disconnect`, `cut`, `bad_body`)
+the gateway does not ask that model again; it falls back to the next model, whose answer the
+client needs.
 
 An upstream that refuses the gateway's own credentials (401/403: `auth`) or no longer knows the
 model name (404 on /chat/completions, the endpoint every model was profiled through: `not_found`)
@@ -143,7 +144,8 @@ def status_class(status: int, path: str) -> FaultClass | None:
         return "client_error" if path.startswith(STORED_RESPONSES) else "not_found"
     if status == 429:
         return "rate_limit"
-    if status >= 500:
+    if status >= 500 or status == 424:
+        # TGI answers 424 when the generation failed on its side (a shard's error, out of memory)
         return "server"
     if status >= 400:
         return "client_error"

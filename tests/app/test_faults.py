@@ -32,9 +32,10 @@ def pair(make_gateway, fault_upstream, model_config):
 
 @pytest.mark.parametrize("spec,reason,calls", [(":status=500", "server", 2), (":status=503", "server", 2),
                                                (":status=429", "rate_limit", 2), (":bad_json", "bad_body", 1),
-                                               (":ok_error", "bad_body", 1)])
+                                               (":ok_error", "bad_body", 1), (":status=424", "server", 2)])
 def test_failing_model_is_retried_when_its_class_allows_then_the_next_best_answers(pair, spec, reason, calls):
-    """429 and 5xx refuse the work: retried once. A 200 with a broken body did it: not asked again.
+    """429, 5xx and TGI's 424 (its generation failed; it was relayed as the client's error) refuse
+    the work: retried once. A 200 with a broken body did it: not asked again.
     Nor one whose body is an error (LM Studio's 200 `{"error": "..."}`), which was relayed to the
     client as a success with no answer in it."""
     upstream, make = pair

@@ -37,7 +37,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
 
 e.g. "m1:status=429", "m2:delay=0.5", "m3:fail_first=2,status=500", "m4:delay=0.2,cut=3".
 Statuses 401, 403 and 404 carry OpenAI's own bodies, with the provider's message (for 401, a
-masked fragment of the key the request carried), as a revoked key or a retired model gets.
+masked fragment of the key the request carried), as a revoked key or a retired model gets;
+424 carries TGI's body for a generation that failed on its side (the one server sending it).
 
 Besides completions, `POST /v1/responses` (streamed or not, OpenAI's Responses API events) and
 `POST /v1/embeddings` (floats, or base64 as the openai SDK asks by default) answer under the same
@@ -341,6 +342,9 @@ class FaultUpstream:
             raise APIError(401, f"Incorrect API key provided: {masked_key(http.headers.get('authorization'))}. "
                                 "You can find your API key at https://platform.openai.com/account/api-keys.",
                            type="invalid_request_error", code="invalid_api_key")
+        if status == 424:
+            raise Answered(json_response({"error": "Request failed during generation: Server error: CUDA out of "
+                                                   "memory (injected fault)", "error_type": "generation"}, 424))
         if status is not None:
             kind, code, message = _ERRORS.get(
                 status, ("server_error" if status >= 500 else "invalid_request_error", None,
