@@ -29,7 +29,13 @@ from app.upstream.faults import (
     transport_class,
 )
 from app.upstream.http1 import Reply, UpstreamClient, UpstreamError
-from app.upstream.streams import EventSplitter, StreamWatch, opens_event_stream
+from app.upstream.streams import (
+    EventSplitter,
+    StreamWatch,
+    first_data,
+    opening_error,
+    opens_event_stream,
+)
 from models_registry.records import ModelRecord
 
 log = logging.getLogger("uniroute.forwarding")
@@ -256,23 +262,36 @@ class Forwarder:
                           request_id=request_id)
         chunks = response.iter_chunks()
         try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
+            first = await self._opening(record, chunks)
+        except UpstreamFault:
             response.close()
-            raise UpstreamFault("cut", f"{record.name} closed the stream before any data") from None
-        except TimeoutError as exc:
-            response.close()
-            raise UpstreamFault("timeout", f"{record.name} sent no stream data in time") from exc
-        except UpstreamError as exc:
-            response.close()
-            raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
-        if not opens_event_stream(first):
-            response.close()
-            raise UpstreamFault("bad_body", f"{record.name} answered a stream request with a body that is not "
-                                "server-sent events")
+            raise
         watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage)
         return UpstreamReply(record, response.status, elapsed, stream=self._relay(record, first, chunks, response, watch),
                       watch=watch, request_id=request_id)
+
+    async def _opening(self, record: ModelRecord, chunks: AsyncIterator[bytes]) -> bytes:
+        """A stream's bytes up to its first event with data. Comments and blank lines before it (a
+        provider's "processing" pings) are held back with it: until it comes nothing has reached
+        the client, so a stream that fails first, or opens with an error event instead of an
+        answer, still goes to the next model. Raises UpstreamFault."""
+        try:
+            opening = await anext(chunks)
+            if not opens_event_stream(opening):
+                raise UpstreamFault("bad_body", f"{record.name} answered a stream request with a body that is not "
+                                    "server-sent events")
+            while (data := first_data(opening)) is None:
+                opening += await anext(chunks)
+        except StopAsyncIteration:
+            raise UpstreamFault("cut", f"{record.name} closed the stream before any data") from None
+        except TimeoutError as exc:
+            raise UpstreamFault("timeout", f"{record.name} sent no stream data in time") from exc
+        except UpstreamError as exc:
+            raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
+        if (error := opening_error(data)) is not None:
+            kind = "context_length" if exceeds_context(error) else "cut"
+            raise UpstreamFault(kind, f"{record.name} opened its stream with an error")
+        return opening
 
     async def _relay(
         self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: Reply,

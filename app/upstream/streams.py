@@ -33,6 +33,39 @@ def opens_event_stream(first: bytes) -> bool:
     return not head or any(head.startswith(start) or start.startswith(head) for start in _EVENT_STARTS)
 
 
+def first_data(opening: bytes) -> bytes | None:
+    """The data of the first event with any in a stream's opening bytes; None while they hold only
+    comments, blank lines or an event not yet whole. Reads no further than that event."""
+    plain = b"\r" not in opening  # the usual line ends: a plain search, as in EventSplitter.feed
+    start = 0
+    while True:
+        if plain:
+            end = opening.find(b"\n\n", start) + 2
+            if end < 2:
+                return None
+        elif (match := _EVENT_END.search(opening, start)) is not None:
+            end = match.end()
+        else:
+            return None
+        if (data := event_data(opening[start:end])) is not None:
+            return data
+        start = end
+
+
+def opening_error(data: bytes) -> dict | None:
+    """The error a stream's first data carries instead of an answer (`{"error": ...}`, as OpenRouter
+    and LiteLLM send a provider's failure, or a Responses API `error` event); None for an answer."""
+    if b'"error"' not in data:
+        return None  # the usual first chunk: no parse
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and (obj.get("error") is not None or obj.get("type") == "error"):
+        return obj
+    return None
+
+
 class EventSplitter:
     """Cuts a byte stream into whole SSE events (each with its terminating blank line)."""
 

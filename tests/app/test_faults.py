@@ -95,6 +95,28 @@ def test_stream_cut_before_any_byte_falls_back(pair):
         assert text == "answer from second"
 
 
+@pytest.mark.parametrize("spec,reason", [(":stream_error", "cut"), (":ping,stream_error", "cut"),
+                                         (":ping,cut=1", "cut"), (":ping,pace=3", "timeout")])
+def test_a_stream_failing_before_its_first_data_falls_back(pair, spec, reason):
+    """A stream opening with an error event instead of an answer, or failing after nothing but a
+    comment (OpenRouter's `: OPENROUTER PROCESSING`): before, the comment or the error went to
+    the client, which got an error while the next model could answer."""
+    upstream, make = pair
+    with make(spec, timeouts={"read_s": 0.5}) as gw:
+        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "answer from second" and upstream.calls[f"first{spec}"] == 1
+        assert metric(gw, f'uniroute_upstream_failures_total{{model="first",reason="{reason}"}}') == 1
+
+
+def test_a_stream_opening_with_pings_is_relayed_whole_with_them(pair):
+    _, make = pair
+    with make(":ping") as gw:
+        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "answer from first:ping"
+
+
 def test_stream_cut_mid_way_ends_with_an_error_event_not_a_hang(pair):
     _, make = pair
     with make(":cut=2") as gw:

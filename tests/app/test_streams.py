@@ -16,6 +16,8 @@ from app.upstream.streams import (
     EventSplitter,
     StreamWatch,
     event_data,
+    first_data,
+    opening_error,
     opens_event_stream,
 )
 
@@ -168,3 +170,24 @@ def test_a_usual_stream_parses_only_its_first_last_and_usage_chunks(monkeypatch)
 ])
 def test_a_stream_is_told_from_another_body_by_its_first_bytes(first, events):
     assert opens_event_stream(first) is events
+
+
+@pytest.mark.parametrize("opening,data", [
+    (b": ping\n\n", None),
+    (b": OPENROUTER PROCESSING\r\n\r\n\n\ndata: {}\r\n\r\n", b"{}"),
+    (b"event: response.created\ndata: {}\n\n", b"{}"),
+    (b"data: {\"par", None),  # not whole yet
+])
+def test_a_streams_first_data_is_found_past_comments_and_blank_lines(opening, data):
+    assert first_data(opening) == data
+
+
+@pytest.mark.parametrize("data,error", [
+    (b'{"error": {"message": "Provider returned error", "code": 502}}', True),
+    (b'{"type": "error", "code": "server_error", "message": "boom"}', True),  # Responses API
+    (b'{"type": "response.created", "response": {"id": "resp_1", "error": null}}', False),
+    (b'{"choices": [{"index": 0, "delta": {"content": "the \\"error\\" word"}}]}', False),
+    (b"[DONE]", False),
+])
+def test_an_error_opening_a_stream_is_told_from_an_answer(data, error):
+    assert (opening_error(data) is not None) is error

@@ -20,6 +20,11 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     [DONE] (llama-cpp-python ends an in-flight stream so when another arrives)
     first_token=S   streamed: send the headers at once, then wait S seconds before the first chunk
     pace=S          streamed: wait S seconds between chunks (tokens arriving one by one)
+    ping            streamed: a comment `: ping` before the first event (OpenRouter's
+                    `: OPENROUTER PROCESSING` while it waits for its provider); it counts as a
+                    chunk for `cut` and `pace`
+    stream_error    streamed: an error event `data: {"error": {...}}` in place of the answer's
+                    chunks, then the end of the stream (OpenRouter's and LiteLLM's provider failure)
     crlf            streamed: frame events with CRLF line ends, as sse-starlette (so
                     llama-cpp-python) does
     no_stream       streamed: the whole JSON answer instead, as a server that ignores `stream`
@@ -165,6 +170,8 @@ class Fault:
     interrupt: bool = False
     first_token_s: float = 0.0
     pace_s: float = 0.0
+    ping: bool = False
+    stream_error: bool = False
     crlf: bool = False
     no_stream: bool = False
     html: bool = False
@@ -186,8 +193,8 @@ def parse_fault(spec: str) -> Fault:
     for directive in filter(None, (d.strip() for d in spec.split(","))):
         key, _, value = directive.partition("=")
         try:
-            if key in ("bad_json", "interrupt", "crlf", "no_stream", "html", "ok_error", "negative_usage") \
-                    and not value:
+            if key in ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
+                       "negative_usage") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -199,7 +206,8 @@ def parse_fault(spec: str) -> Fault:
                 raise ValueError("unknown directive")
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
-                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, crlf, no_stream, html, "
+                             "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
+                             "crlf, no_stream, html, "
                              "ok_error, negative_usage, context=N or context_as=tgi|lmstudio"
                              ) from None
     fault = Fault(**fields)  # type: ignore[arg-type]
@@ -378,6 +386,10 @@ class FaultUpstream:
             chunks = [(text, obj) for text, obj in chunks
                       if not (obj["choices"] and obj["choices"][0]["finish_reason"] is not None)]
         events = [sse_event(chunk) for _, chunk in chunks] + [SSE_DONE]
+        if fault.stream_error:
+            events = [sse_event({"error": {"message": "Provider returned error (injected fault)", "code": 502}})]
+        if fault.ping:
+            events.insert(0, b": ping\n\n")
         if fault.crlf:
             events = [event.replace(b"\n", b"\r\n") for event in events]
         return event_stream(fault, events, lambda: self.abandoned.update([request.model]))
