@@ -111,6 +111,12 @@ def error_answer(body: Any) -> bool:
         body.get("error") is not None and body.get("object") != "response"))
 
 
+def refuses_stream_options(body: bytes | None) -> bool:
+    """Whether a 4xx error body names `stream_options` ("Unrecognized request argument supplied:
+    stream_options", "Unknown parameter: 'stream_options'", pydantic's extra-field error)."""
+    return body is not None and b"stream_options" in body
+
+
 class UpstreamFault(Exception):
     """A failed attempt: its class (`kind`) and a description the client may see (never the
     upstream's own message)."""

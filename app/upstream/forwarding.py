@@ -25,6 +25,7 @@ from app.upstream.faults import (
     disables,
     error_answer,
     exceeds_context,
+    refuses_stream_options,
     status_class,
     transport_class,
 )
@@ -156,7 +157,8 @@ class Forwarder:
         when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
         as it is, untried elsewhere, but for a prompt longer than the model's context: the next
         target is tried, and the last one's refusal answered as it is. `strip_usage`: streams'
-        usage chunks are read, not passed on. `body` None: the request (`method`) has none, and
+        usage chunks are read, not passed on (the gateway asked for them: a target refusing
+        `stream_options` is asked again without). `body` None: the request (`method`) has none, and
         so names no model.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
@@ -190,6 +192,16 @@ class Forwarder:
                             continue
                         answer.upstream_seconds = waited + time.perf_counter() - start
                         answer.attempts = attempts
+                        if strip_usage and answer.status >= 400 and refuses_stream_options(answer.body):
+                            # The upstream refuses the usage option the gateway added, not the client's
+                            # request: it goes again without it, from this model on (its stream then
+                            # counts at its expected cost). It did no work, so nothing is billed twice.
+                            assert body is not None  # a stream's usage was asked for in its body
+                            again = await self.send(path, {k: v for k, v in body.items() if k != "stream_options"},
+                                                    targets[position:], client_headers, stream, method=method)
+                            again.upstream_seconds += answer.upstream_seconds
+                            again.attempts += attempts
+                            return again
                         if answer.status < 400:
                             self.health.success(record.name)
                         return answer

@@ -109,6 +109,23 @@ def test_a_stream_failing_before_its_first_data_falls_back(pair, spec, reason):
         assert metric(gw, f'uniroute_upstream_failures_total{{model="first",reason="{reason}"}}') == 1
 
 
+def test_a_stream_to_an_upstream_refusing_the_usage_option_the_gateway_added_goes_again_without_it(pair):
+    """The gateway asks a stream's usage when the client does not; an upstream that does not know
+    `stream_options` refused it: before, the client got a 400 about a parameter it never sent."""
+    upstream, make = pair
+    with make(":no_stream_options") as gw:
+        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "answer from first:no_stream_options"
+        sent = [r.body for r in upstream.received]
+        assert len(sent) == 2 and "stream_options" in sent[0] and "stream_options" not in sent[1]
+        assert metric(gw, "uniroute_upstream_failures_total") == 0
+        # the client's own stream_options is its own parameter: the refusal comes back as it is
+        with pytest.raises(openai.BadRequestError, match="stream_options"):
+            client(gw).chat.completions.create(model="first", messages=MESSAGES, stream=True,
+                                               stream_options={"include_usage": True})
+
+
 def test_a_stream_opening_with_pings_is_relayed_whole_with_them(pair):
     _, make = pair
     with make(":ping") as gw:

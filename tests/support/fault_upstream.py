@@ -29,6 +29,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     llama-cpp-python) does
     no_stream       streamed: the whole JSON answer instead, as a server that ignores `stream`
     html            HTTP 200 with an HTML page (a proxy's), streamed or not
+    no_stream_options  a request carrying `stream_options` gets HTTP 400 "Unrecognized request
+                    argument supplied: stream_options", as Azure OpenAI's older API versions answer
     ok_error        HTTP 200 whose body is an error, `{"error": "<message>"}`, as LM Studio
                     sends some of its failures, streamed or not
     negative_usage  the answer's usage reports -1 prompt tokens (a provider's bookkeeping bug),
@@ -176,6 +178,7 @@ class Fault:
     no_stream: bool = False
     html: bool = False
     ok_error: bool = False
+    no_stream_options: bool = False
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
@@ -194,7 +197,7 @@ def parse_fault(spec: str) -> Fault:
         key, _, value = directive.partition("=")
         try:
             if key in ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
-                       "negative_usage") and not value:
+                       "no_stream_options", "negative_usage") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -208,7 +211,7 @@ def parse_fault(spec: str) -> Fault:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "crlf, no_stream, html, "
-                             "ok_error, negative_usage, context=N or context_as=tgi|lmstudio"
+                             "ok_error, no_stream_options, negative_usage, context=N or context_as=tgi|lmstudio"
                              ) from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
@@ -345,6 +348,8 @@ class FaultUpstream:
             raise APIError(400, f"This model's maximum context length is {fault.context} tokens. However, your "
                                 f"messages resulted in {tokens} tokens. Please reduce the length of the messages.",
                            type="invalid_request_error", param="messages", code="context_length_exceeded")
+        if fault.no_stream_options and "stream_options" in body:
+            raise APIError(400, "Unrecognized request argument supplied: stream_options", type="invalid_request_error")
         status = fault.failing_status(nth)
         if status == 401:
             raise APIError(401, f"Incorrect API key provided: {masked_key(http.headers.get('authorization'))}. "
