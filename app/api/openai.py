@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.parse
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlencode
 
@@ -87,16 +86,18 @@ async def destination(request: Request, model: str, options: RoutingOptions | No
                                         options.models if options is not None else None)
 
 
+def model_header(name: str) -> str:
+    """A model's name as its x-uniroute-model header carries it. A name stored before names had to
+    be printable ASCII (models_registry/records.py) fits no header as it is: percent-encoded
+    UTF-8 rather than a 500 for every answer."""
+    return name if name.isascii() and name.isprintable() else quote(name, safe="/")
+
+
 def routing_headers(dest: Destination, answered_by: ModelRecord) -> dict[str, str]:
     """The x-uniroute-* headers (no predicted error for a named model with no profile yet, as
     `/v1/route` answers null for it)."""
     error, cost, cluster = expectation(dest, answered_by)
-    name = answered_by.name
-    if not (name.isascii() and name.isprintable()):
-        # A name stored before names had to be printable ASCII (models_registry/records.py) fits
-        # no header as it is: percent-encoded UTF-8 rather than a 500 for every answer.
-        name = urllib.parse.quote(name, safe="/")
-    headers = {"x-uniroute-model": name, "x-uniroute-cluster": str(cluster)}
+    headers = {"x-uniroute-model": model_header(answered_by.name), "x-uniroute-cluster": str(cluster)}
     if not np.isnan(error):
         headers["x-uniroute-predicted-error"] = f"{error:.4f}"
     headers["x-uniroute-expected-cost"] = f"{cost:.6g}"
@@ -273,7 +274,7 @@ async def relay_stored(request: Request, response_id: str, method: str, suffix: 
     answer = await gw.forwarder.ask(method, stored_path(request, response_id, suffix), record, request.headers)
     if method == "DELETE" and answer.status < 400:
         await forget_holder(gw.registry, response_id)
-    headers = {"x-uniroute-model": record.name}
+    headers = {"x-uniroute-model": model_header(record.name)}
     if answer.request_id:
         headers["x-request-id"] = answer.request_id
     return Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)

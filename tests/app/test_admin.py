@@ -413,3 +413,8 @@ def test_a_model_stored_before_names_had_to_be_ascii_still_answers(make_gateway,
         assert raw.status_code == 200
         assert raw.parse().choices[0].message.content == "answer from b"
         assert urllib.parse.unquote(raw.headers["x-uniroute-model"]) == "模型-b"
+        # its stored responses are fetched from it with the same header
+        stored = client(gw).responses.create(model="模型-b", input="hi")
+        fetched = client(gw).responses.with_raw_response.retrieve(stored.id)
+        assert fetched.parse().id == stored.id
+        assert urllib.parse.unquote(fetched.headers["x-uniroute-model"]) == "模型-b"
