@@ -20,9 +20,9 @@ will refuse every request: the model is disabled in the registry (`enabled` fals
 else of its answer reaches the client. Any other 4xx is the client's own mistake (bad
 parameters): its answer goes back to the client as the upstream sent it; except a prompt longer
 than the model's context (`context_length`, told by OpenAI's, vLLM's, llama.cpp's, TGI's and
-LM Studio's error bodies): the router chose that model, and another may have room for the
-prompt, so the next model is tried; when none is left the client gets the last refusal as the
-upstream sent it.
+LM Studio's error bodies, or by such an error opening a stream): the router chose that model,
+and another may have room for the prompt, so the next model is tried; when none is left the
+client gets the last refusal as the upstream sent it.
 A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
 response is gone, not the model: the client gets it as the upstream sent it.
 """

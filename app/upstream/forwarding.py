@@ -33,7 +33,7 @@ from app.upstream.http1 import Reply, UpstreamClient, UpstreamError
 from app.upstream.streams import (
     EventSplitter,
     StreamWatch,
-    first_data,
+    first_event,
     opening_error,
     opens_event_stream,
 )
@@ -283,16 +283,16 @@ class Forwarder:
                       watch=watch, request_id=request_id)
 
     async def _opening(self, record: ModelRecord, chunks: AsyncIterator[bytes]) -> bytes:
-        """A stream's bytes up to its first event with data. Comments and blank lines before it (a
-        provider's "processing" pings) are held back with it: until it comes nothing has reached
-        the client, so a stream that fails first, or opens with an error event instead of an
-        answer, still goes to the next model. Raises UpstreamFault."""
+        """A stream's bytes up to its first event with data (or llama.cpp's `error` field).
+        Comments and blank lines before it (a provider's "processing" pings) are held back with it:
+        until it comes nothing has reached the client, so a stream that fails first, or opens with
+        an error event instead of an answer, still goes to the next model. Raises UpstreamFault."""
         try:
             opening = await anext(chunks)
             if not opens_event_stream(opening):
                 raise UpstreamFault("bad_body", f"{record.name} answered a stream request with a body that is not "
                                     "server-sent events")
-            while (data := first_data(opening)) is None:
+            while (event := first_event(opening)) is None:
                 opening += await anext(chunks)
         except StopAsyncIteration:
             raise UpstreamFault("cut", f"{record.name} closed the stream before any data") from None
@@ -300,7 +300,7 @@ class Forwarder:
             raise UpstreamFault("timeout", f"{record.name} sent no stream data in time") from exc
         except UpstreamError as exc:
             raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
-        if (error := opening_error(data)) is not None:
+        if (error := opening_error(event)) is not None:
             kind = "context_length" if exceeds_context(error) else "cut"
             raise UpstreamFault(kind, f"{record.name} opened its stream with an error")
         return opening

@@ -21,8 +21,10 @@ _LINE = re.compile(rb"\r\n|\n|\r")
 _RESPONSE_ENDS = {"response.completed", "response.incomplete"}
 
 
-# What a stream of server-sent events can begin with (after a byte-order mark or blank lines).
-_EVENT_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
+# What a stream of server-sent events can begin with (after a byte-order mark or blank lines):
+# the standard fields, a comment, or the `error` field llama.cpp's server (its 2025 builds)
+# reports a failure in, such as a prompt longer than its context (`error: {"code": 400, ...}`).
+_EVENT_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":", b"error:")
 
 
 def opens_event_stream(first: bytes) -> bool:
@@ -33,9 +35,9 @@ def opens_event_stream(first: bytes) -> bool:
     return not head or any(head.startswith(start) or start.startswith(head) for start in _EVENT_STARTS)
 
 
-def first_data(opening: bytes) -> bytes | None:
-    """The data of the first event with any in a stream's opening bytes; None while they hold only
-    comments, blank lines or an event not yet whole. Reads no further than that event."""
+def first_event(opening: bytes) -> bytes | None:
+    """The first event with data (or an `error` field) in a stream's opening bytes; None while they
+    hold only comments, blank lines or an event not yet whole. Reads no further than that event."""
     plain = b"\r" not in opening  # the usual line ends: a plain search, as in EventSplitter.feed
     start = 0
     while True:
@@ -47,23 +49,33 @@ def first_data(opening: bytes) -> bytes | None:
             end = match.end()
         else:
             return None
-        if (data := event_data(opening[start:end])) is not None:
-            return data
+        event = opening[start:end]
+        if event_data(event) is not None or event_field(event, b"error") is not None:
+            return event
         start = end
 
 
-def opening_error(data: bytes) -> dict | None:
-    """The error a stream's first data carries instead of an answer (`{"error": ...}`, as OpenRouter
-    and LiteLLM send a provider's failure, or a Responses API `error` event); None for an answer."""
-    if b'"error"' not in data:
+def opening_error(event: bytes) -> dict | None:
+    """The error a stream's first event carries instead of an answer, as an error body
+    `{"error": ...}`: data `{"error": ...}` (OpenRouter's and LiteLLM's provider failure), a
+    Responses API `error` event, or the error object of an event named `error` or of llama.cpp's
+    `error` field (its 2025 builds: `error: {"code": 400, "message": ..., "type":
+    "exceed_context_size_error"}`, then `data: [DONE]`); None for an answer."""
+    if b"error" not in event:
         return None  # the usual first chunk: no parse
+    field = event_field(event, b"error")
+    named = field is not None or event_field(event, b"event") == b"error"
+    data = (field if field is not None else event_data(event)) or b""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return None
-    if isinstance(obj, dict) and (obj.get("error") is not None or obj.get("type") == "error"):
+        obj = None
+    if not isinstance(obj, dict):
+        return {"error": data.decode(errors="replace")} if named else None
+    if obj.get("error") is not None:
         return obj
-    return None
+    # the error's fields at the top level: an error body is `{"error": {...}}`
+    return {"error": obj} if named or obj.get("type") == "error" else None
 
 
 class EventSplitter:
@@ -99,7 +111,13 @@ def event_data(event: bytes) -> bytes | None:
     if (event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2 and event.endswith(b"\n\n")
             and b"\r" not in event):
         return event[6:-2]  # the usual event, one `data: ` line: no line splitting needed
-    lines = [line[5:] for line in _LINE.split(event) if line.startswith(b"data:")]
+    return event_field(event, b"data")
+
+
+def event_field(event: bytes, name: bytes) -> bytes | None:
+    """The field `name` of an event (several lines of it joined by newlines), None if it has none."""
+    prefix = name + b":"
+    lines = [line[len(prefix):] for line in _LINE.split(event) if line.startswith(prefix)]
     if not lines:
         return None
     return b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)

@@ -362,6 +362,22 @@ def test_a_prompt_too_long_told_as_a_plain_error_string_goes_to_the_next_model(p
         assert err.value.status_code == status and isinstance(err.value.body, str)
 
 
+def test_a_stream_llamacpp_refuses_in_its_own_error_field_goes_to_the_next_model_as_too_long(pair):
+    """llama.cpp's 2025 builds refuse a streamed prompt longer than their context with HTTP 200 and
+    `error: {..., "type": "exceed_context_size_error"}`: before, that stream was taken for a body
+    that is not events (`bad_body`), which counts toward the model's cooldown for a prompt that
+    was merely too long for it."""
+    upstream, make = pair
+    spec = ":context=100,context_as=llamacpp"
+    long_prompt = [{"role": "user", "content": "Summarise this: " + "word " * 400}]
+    with make(spec, cooldown_failures=1) as gw:
+        stream = client(gw).chat.completions.create(model="uniroute:0", messages=long_prompt, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "answer from second"
+        assert (upstream.calls[f"first{spec}"], upstream.calls["second"]) == (1, 1)
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 1
+        assert metric(gw, "uniroute_models_cooling") == 0
+
+
 def test_a_prompt_too_long_for_every_model_gets_the_last_refusal_as_the_upstream_said_it(pair):
     upstream, make = pair
     long_prompt = [{"role": "user", "content": "word " * 400}]

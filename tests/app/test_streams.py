@@ -12,11 +12,12 @@ from app.demo.replay_upstream import (
     stream_chunks,
 )
 from app.upstream import streams
+from app.upstream.faults import exceeds_context
 from app.upstream.streams import (
     EventSplitter,
     StreamWatch,
     event_data,
-    first_data,
+    first_event,
     opening_error,
     opens_event_stream,
 )
@@ -163,8 +164,16 @@ def test_a_usual_stream_parses_only_its_first_last_and_usage_chunks(monkeypatch)
     assert len(stream) > 20 and len(parsed) == 3  # the role chunk, the finish_reason chunk, the usage chunk
 
 
+# llama.cpp's server (its 2025 builds) refusing a streamed prompt longer than its context: HTTP 200,
+# the error object in an `error` field of its own, then [DONE].
+LLAMACPP_TOO_LONG = (b'error: {"code":400,"message":"request (5000 tokens) exceeds the available context size (4096 '
+                     b'tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":5000,'
+                     b'"n_ctx":4096}\n\n')
+
+
 @pytest.mark.parametrize("first,events", [
     (b"data: {}\n\n", True), (b"\xef\xbb\xbf\r\nevent: response.created\n", True), (b": keep-alive\n\n", True),
+    (LLAMACPP_TOO_LONG, True),
     (b"da", True), (b"\n\n", True), (b"", True),  # too few bytes to tell: not refused
     (b'{"id": "chatcmpl-1", "choices": []}', False), (b"<html>", False), (b"dat a", False),
 ])
@@ -172,22 +181,37 @@ def test_a_stream_is_told_from_another_body_by_its_first_bytes(first, events):
     assert opens_event_stream(first) is events
 
 
-@pytest.mark.parametrize("opening,data", [
+@pytest.mark.parametrize("opening,event", [
     (b": ping\n\n", None),
-    (b": OPENROUTER PROCESSING\r\n\r\n\n\ndata: {}\r\n\r\n", b"{}"),
-    (b"event: response.created\ndata: {}\n\n", b"{}"),
+    (b": OPENROUTER PROCESSING\r\n\r\n\n\ndata: {}\r\n\r\n", b"data: {}\r\n\r\n"),
+    (b"event: response.created\ndata: {}\n\n", b"event: response.created\ndata: {}\n\n"),
     (b"data: {\"par", None),  # not whole yet
+    (LLAMACPP_TOO_LONG + b"data: [DONE]\n\n", LLAMACPP_TOO_LONG),  # an event with no data, but an error
 ])
-def test_a_streams_first_data_is_found_past_comments_and_blank_lines(opening, data):
-    assert first_data(opening) == data
+def test_a_streams_first_event_is_found_past_comments_and_blank_lines(opening, event):
+    assert first_event(opening) == event
 
 
-@pytest.mark.parametrize("data,error", [
-    (b'{"error": {"message": "Provider returned error", "code": 502}}', True),
-    (b'{"type": "error", "code": "server_error", "message": "boom"}', True),  # Responses API
-    (b'{"type": "response.created", "response": {"id": "resp_1", "error": null}}', False),
-    (b'{"choices": [{"index": 0, "delta": {"content": "the \\"error\\" word"}}]}', False),
-    (b"[DONE]", False),
+@pytest.mark.parametrize("event,error,too_long", [
+    (b'data: {"error": {"message": "Provider returned error", "code": 502}}\n\n', True, False),
+    (b'data: {"type": "error", "code": "server_error", "message": "boom"}\n\n', True, False),  # Responses API
+    (b'event: error\ndata: {"code": 503, "message": "Loading model", "type": "unavailable_error"}\n\n', True, False),
+    (b"event: error\ndata: overloaded\n\n", True, False),
+    (b'data: {"error": {"message": "This model\'s maximum context length is 8192 tokens", "code": '
+     b'"context_length_exceeded"}}\n\n', True, True),
+    (LLAMACPP_TOO_LONG, True, True),
+    (LLAMACPP_TOO_LONG.replace(b"exceed_context_size_error", b"invalid_request_error"), True, True),  # before 2025-09
+    (b'event: response.created\ndata: {"type": "response.created", "response": {"id": "resp_1", "error": null}}\n\n',
+     False, False),
+    (b'data: {"choices": [{"index": 0, "delta": {"content": "the \\"error\\" word"}}]}\n\n', False, False),
+    (b"data: [DONE]\n\n", False, False),
 ])
-def test_an_error_opening_a_stream_is_told_from_an_answer(data, error):
-    assert (opening_error(data) is not None) is error
+def test_an_error_opening_a_stream_is_told_from_an_answer_and_read_as_an_error_body(event, error, too_long):
+    """The error comes back as an error body, `{"error": ...}`, whatever its shape in the stream: so
+    a prompt too long for the model is told as from a refusal with a status. llama.cpp's `error`
+    field was read as no data at all: its stream went on to [DONE], and its refusal, a
+    `context_length` fault, was taken for a body that is not events (`bad_body`)."""
+    body = opening_error(event)
+    assert (body is not None) is error
+    assert body is None or "error" in body
+    assert exceeds_context(body) is too_long

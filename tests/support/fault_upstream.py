@@ -41,6 +41,9 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
     context_as=S    with context=N, the longer request refused as server S does instead: `tgi`
                     (HTTP 422 `{"error": "Input validation error: ...", "error_type": "validation"}`)
                     or `lmstudio` (HTTP 400 `{"error": "The number of tokens to keep ..."}`)
+                    or `llamacpp` (HTTP 400 `{"error": {..., "type": "exceed_context_size_error"}}`;
+                    streamed, as its 2025 builds did: HTTP 200, the error object in an `error`
+                    field of its own, `error: {"code": 400, ...}`, then `data: [DONE]`)
 
 e.g. "m1:status=429", "m2:delay=0.5", "m3:fail_first=2,status=500", "m4:delay=0.2,cut=3".
 Statuses 401, 403 and 404 carry OpenAI's own bodies, with the provider's message (for 401, a
@@ -140,10 +143,17 @@ def _lmstudio_refusal(context: int, tokens: int) -> tuple[int, dict]:
                           "context length, or provide a shorter input."}
 
 
+def _llamacpp_refusal(context: int, tokens: int) -> tuple[int, dict]:
+    return 400, {"error": {"code": 400, "message": f"request ({tokens} tokens) exceeds the available context size "
+                                                   f"({context} tokens), try increasing it",
+                           "type": "exceed_context_size_error", "n_prompt_tokens": tokens, "n_ctx": context}}
+
+
 # How other servers than OpenAI refuse a prompt longer than the context: (status, body) for
 # (context, the prompt's tokens).
 CONTEXT_REFUSALS: dict[str, Callable[[int, int], tuple[int, dict]]] = {"tgi": _tgi_refusal,
-                                                                      "lmstudio": _lmstudio_refusal}
+                                                                      "lmstudio": _lmstudio_refusal,
+                                                                      "llamacpp": _llamacpp_refusal}
 
 
 class Answered(Exception):
@@ -210,9 +220,8 @@ def parse_fault(spec: str) -> Fault:
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
-                             "crlf, no_stream, html, "
-                             "ok_error, no_stream_options, negative_usage, context=N or context_as=tgi|lmstudio"
-                             ) from None
+                             "crlf, no_stream, html, ok_error, no_stream_options, negative_usage, context=N or "
+                             "context_as=tgi|lmstudio|llamacpp") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
@@ -343,6 +352,9 @@ class FaultUpstream:
         tokens = approx_tokens(orjson.dumps([body.get(k) for k in ("messages", "prompt", "input")]).decode())
         if fault.context is not None and tokens > fault.context and fault.context_as is not None:
             status, refusal = CONTEXT_REFUSALS[fault.context_as](fault.context, tokens)
+            if fault.context_as == "llamacpp" and body.get("stream"):
+                raise Answered(Response(b"error: " + orjson.dumps(refusal["error"]) + b"\n\n" + SSE_DONE,
+                                        media_type="text/event-stream"))
             raise Answered(json_response(refusal, status))
         if fault.context is not None and tokens > fault.context:
             raise APIError(400, f"This model's maximum context length is {fault.context} tokens. However, your "
