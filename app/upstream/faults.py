@@ -22,7 +22,7 @@ parameters): its answer goes back to the client as the upstream sent it; except 
 than the model's context (`context_length`, told by OpenAI's, vLLM's, llama.cpp's, TGI's and
 LM Studio's error bodies, or by such an error opening a stream): the router chose that model,
 and another may have room for the prompt, so the next model is tried; when none is left the
-client gets the last refusal as the upstream sent it.
+client gets the last refusal as the upstream sent it, streamed or not.
 A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
 response is gone, not the model: the client gets it as the upstream sent it.
 """
@@ -84,23 +84,39 @@ _CONTEXT_MESSAGE = re.compile(r"maximum context length|exceeds the available con
                               r"|greater than the context length|context length of only", re.IGNORECASE)
 
 
-def exceeds_context(body: Any) -> bool:
-    """Whether an upstream's 4xx error body says the prompt is longer than the model's context:
-    `{"error": {...}}` as OpenAI, llama.cpp and recent vLLM send it, the fields at the top
-    level (`"object": "error"`) as earlier vLLM releases did, or `{"error": "<message>"}` as TGI
-    and LM Studio do."""
+# How much of an upstream's error message the gateway's own error carries.
+MESSAGE_CHARS = 500
+
+
+def _error_of(body: Any) -> dict | str | None:
+    """What an upstream's error body holds: `{"error": {...}}` as OpenAI, llama.cpp and recent vLLM
+    send it, the fields at the top level (`"object": "error"`) as earlier vLLM releases did, or
+    `{"error": "<message>"}` as TGI and LM Studio do; None for another body."""
     if not isinstance(body, dict):
-        return False
+        return None
     error = body.get("error")
+    if isinstance(error, (dict, str)):
+        return error
+    return body if body.get("object") == "error" else None
+
+
+def exceeds_context(body: Any) -> bool:
+    """Whether an upstream's error body says the prompt is longer than the model's context."""
+    error = _error_of(body)
     if isinstance(error, str):
         return bool(_CONTEXT_MESSAGE.search(error))
-    if not isinstance(error, dict):
-        if body.get("object") != "error":
-            return False
-        error = body
+    if error is None:
+        return False
     if error.get("code") in _CONTEXT_CODES or error.get("type") in _CONTEXT_CODES:
         return True
     return isinstance(error.get("message"), str) and bool(_CONTEXT_MESSAGE.search(error["message"]))
+
+
+def error_message(body: Any) -> str | None:
+    """The message of an upstream's error body (cut to MESSAGE_CHARS), None if it has none."""
+    error = _error_of(body)
+    message = error.get("message") if isinstance(error, dict) else error
+    return message[:MESSAGE_CHARS] if isinstance(message, str) and message.strip() else None
 
 
 def error_answer(body: Any) -> bool:
@@ -118,14 +134,15 @@ def refuses_stream_options(body: bytes | None) -> bool:
 
 
 class UpstreamFault(Exception):
-    """A failed attempt: its class (`kind`) and a description the client may see (never the
-    upstream's own message)."""
+    """A failed attempt: its class (`kind`) and a description the client may see, in the gateway's
+    words; only an error the upstream put where its answer should be (a 200 body, a stream's
+    opening event), which it meant for the client, adds its message."""
 
     def __init__(self, kind: FaultClass, detail: str, status: int | None = None, reply: Any = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.status = status
-        # The upstream's own answer, relayed as it is when no model is left to try (context_length).
+        # The upstream's own refusal, answered as it is when no model is left to try (context_length).
         self.reply = reply
 
     @property

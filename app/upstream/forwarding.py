@@ -3,7 +3,10 @@
 What a failed attempt leads to (retry, fallback, cooldown, disabling the model) is decided by
 its fault class (app/upstream/faults.py). Once a byte has reached the client nothing can be
 retried: a stream cut after that ends with an OpenAI-style error event, never a hang, and
-before any `[DONE]` (app/upstream/streams.py).
+before any `[DONE]` (app/upstream/streams.py). Until then a stream fails as a whole answer does:
+one opening with an error event instead of an answer goes to the next model, and with none left
+the client gets what that error in a whole answer would give it (a prompt too long for the
+context: the upstream's refusal, as a 400).
 """
 from __future__ import annotations
 
@@ -20,10 +23,12 @@ import orjson
 from app.errors import GatewayError, error_body
 from app.runtime.metrics import Metrics
 from app.upstream.faults import (
+    FaultClass,
     UpstreamFault,
     describe,
     disables,
     error_answer,
+    error_message,
     exceeds_context,
     refuses_stream_options,
     status_class,
@@ -50,6 +55,10 @@ PURPOSE_HEADER = "x-uniroute-purpose"
 # gateway: the client's Authorization above all, and its OpenAI-Organization / OpenAI-Project,
 # which name the client's own account, not the one of the gateway's key.
 _PASS_HEADERS = ("user-agent", PURPOSE_HEADER)
+
+# The status the client gets for a prompt too long for the model's context that the upstream
+# told in place of its answer (a 200 body, a stream's opening event): OpenAI's for it.
+REFUSED = 400
 
 # Called with a model and the fault that should take it out of routing.
 Disable = Callable[[ModelRecord, UpstreamFault], Awaitable[None]]
@@ -156,13 +165,15 @@ class Forwarder:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
         when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
         as it is, untried elsewhere, but for a prompt longer than the model's context: the next
-        target is tried, and the last one's refusal answered as it is. `strip_usage`: streams'
-        usage chunks are read, not passed on (the gateway asked for them: a target refusing
-        `stream_options` is asked again without). `body` None: the request (`method`) has none, and
-        so names no model.
+        target is tried, and the last one's refusal answered as it is (one told in place of an
+        answer, in a 200 body or a stream's opening event, as a 400 with that error body), streamed
+        or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
+        them: a target refusing `stream_options` is asked again without). `body` None: the request
+        (`method`) has none, and so names no model.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
-        configured deadline passes first.
+        configured deadline passes first; its message ends with the last upstream's own when that
+        one put an error in place of its answer.
         """
         last: UpstreamFault | None = None
         attempts = 0
@@ -269,12 +280,15 @@ class Forwarder:
                 raise UpstreamFault("bad_body", f"{record.name} sent a body that is not JSON") from exc
             if error_answer(parsed):
                 # Relayed, it would reach the client as a success with no answer in it.
-                raise UpstreamFault("bad_body", f"{record.name} answered HTTP {response.status} with an error")
+                raise error_instead(record, parsed, "bad_body", f"answered HTTP {response.status} with an error",
+                                    elapsed, request_id)
             return UpstreamReply(record, response.status, elapsed, body=content, json=parsed,
                           request_id=request_id)
         chunks = response.iter_chunks()
         try:
-            first = await self._opening(record, chunks)
+            first, error = await self._opening(record, chunks)
+            if error is not None:
+                raise error_instead(record, error, "cut", "opened its stream with an error", elapsed, request_id)
         except UpstreamFault:
             response.close()
             raise
@@ -282,11 +296,12 @@ class Forwarder:
         return UpstreamReply(record, response.status, elapsed, stream=self._relay(record, first, chunks, response, watch),
                       watch=watch, request_id=request_id)
 
-    async def _opening(self, record: ModelRecord, chunks: AsyncIterator[bytes]) -> bytes:
-        """A stream's bytes up to its first event with data (or llama.cpp's `error` field).
-        Comments and blank lines before it (a provider's "processing" pings) are held back with it:
-        until it comes nothing has reached the client, so a stream that fails first, or opens with
-        an error event instead of an answer, still goes to the next model. Raises UpstreamFault."""
+    async def _opening(self, record: ModelRecord, chunks: AsyncIterator[bytes]) -> tuple[bytes, dict | None]:
+        """A stream's bytes up to its first event with data (or llama.cpp's `error` field), and the
+        error body that event carries instead of an answer, if it does. Comments and blank lines
+        before it (a provider's "processing" pings) are held back with it: until it comes nothing
+        has reached the client, so a stream that fails first, or opens with an error event instead
+        of an answer, still goes to the next model. Raises UpstreamFault."""
         try:
             opening = await anext(chunks)
             if not opens_event_stream(opening):
@@ -300,10 +315,7 @@ class Forwarder:
             raise UpstreamFault("timeout", f"{record.name} sent no stream data in time") from exc
         except UpstreamError as exc:
             raise UpstreamFault("cut", f"{record.name} cut the stream: {type(exc).__name__}") from exc
-        if (error := opening_error(event)) is not None:
-            kind = "context_length" if exceeds_context(error) else "cut"
-            raise UpstreamFault(kind, f"{record.name} opened its stream with an error")
-        return opening
+        return opening, opening_error(event)
 
     async def _relay(
         self, record: ModelRecord, first: bytes, chunks: AsyncIterator[bytes], response: Reply,
@@ -342,6 +354,21 @@ class Forwarder:
                 yield stream_error_event(cut)
         if watch.done is not None:
             yield watch.done
+
+
+def error_instead(record: ModelRecord, error: dict, kind: FaultClass, what: str, elapsed: float,
+                  request_id: str | None) -> UpstreamFault:
+    """The fault of an answer that is an error body (`error`) where an answer should be, `what`
+    saying how. A prompt longer than the model's context is `context_length`, its refusal answered
+    as a 400 when no model is left, as one with that status would be; any other error is `kind`,
+    its message in the description: the upstream meant it for the client, who sees it in the
+    gateway's 502 when no model is left."""
+    if exceeds_context(error):
+        reply = UpstreamReply(record, REFUSED, elapsed, body=orjson.dumps(error), json=error, request_id=request_id)
+        return UpstreamFault("context_length", f"the prompt does not fit the context of {record.name} ({what})",
+                             REFUSED, reply)
+    message = error_message(error)
+    return UpstreamFault(kind, f"{record.name} {what}" + (f": {message}" if message else ""))
 
 
 def stream_error_event(message: str) -> bytes:

@@ -7,7 +7,9 @@ import openai
 import orjson
 import pytest
 
-from app.upstream.faults import exceeds_context
+from app.upstream.faults import MESSAGE_CHARS, exceeds_context
+from app.upstream.forwarding import error_instead
+from tests.models_registry.helpers import make_record
 from tests.support.clients import client, hanging_post, metric, wait_for
 from tests.support.fault_upstream import Fault, closed_port, hangup_server
 
@@ -387,6 +389,67 @@ def test_a_prompt_too_long_for_every_model_gets_the_last_refusal_as_the_upstream
         assert err.value.body["code"] == "context_length_exceeded"
         assert "maximum context length is 100 tokens" in err.value.body["message"]
         assert upstream.calls["second"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_too_long_for_every_candidate_gets_the_last_refusal_streamed_or_not(make_gateway, fault_upstream,
+                                                                                     model_config, stream):
+    """llama.cpp refuses a streamed prompt too long for it with HTTP 200 and an error field in the
+    stream: before, with no model left, the client got the gateway's 502 "all upstream attempts
+    failed", where the same prompt not streamed got llama.cpp's 400 saying what to do."""
+    upstream, url = fault_upstream
+    spec = ":context=100,context_as=llamacpp"
+    models = [model_config("a", url, upstream_model=f"a{spec}", score=0.9),
+              model_config("b", url, upstream_model=f"b{spec}", score=0.6)]
+    long_prompt = [{"role": "user", "content": "word " * 400}]
+    with make_gateway(models=models) as gw:
+        with pytest.raises(openai.BadRequestError) as err:
+            answer = client(gw).chat.completions.create(model="uniroute:0", messages=long_prompt, stream=stream)
+            list(answer) if stream else answer
+        assert err.value.status_code == 400
+        assert err.value.body["type"] == "exceed_context_size_error" and err.value.body["n_ctx"] == 100
+        assert "exceeds the available context size (100 tokens)" in err.value.body["message"]
+        assert err.value.response.headers["x-uniroute-model"] == "b"
+        assert (upstream.calls[f"a{spec}"], upstream.calls[f"b{spec}"]) == (1, 1)
+        for model in ("a", "b"):
+            assert metric(gw, f'uniroute_upstream_failures_total{{model="{model}",reason="context_length"}}') == 1
+        assert metric(gw, "uniroute_cost_total") == 0
+
+
+@pytest.mark.parametrize("spec,stream,said", [(":stream_error", True, "Provider returned error (injected fault)"),
+                                              (":ok_error", False, 'Failed to load model "first:ok_error"')])
+def test_an_error_in_place_of_the_last_models_answer_reaches_the_client_with_its_message(pair, spec, stream, said):
+    """A stream opening with an error event (OpenRouter's provider failure), or a 200 whose body is
+    an error (LM Studio's): the upstream wrote it for the client. Before, the client's 502 said
+    only that the model "opened its stream with an error", not what the provider said."""
+    upstream, make = pair
+    with make(spec) as gw:
+        with pytest.raises(openai.APIStatusError) as err:  # a named model: no other to try
+            answer = client(gw).chat.completions.create(model="first", messages=MESSAGES, stream=stream)
+            list(answer) if stream else answer
+        assert err.value.status_code == 502 and err.value.body["code"] == "upstream_failed"
+        assert said in err.value.body["message"]
+        assert upstream.calls["second"] == 0
+
+
+@pytest.mark.parametrize("error,kind,said", [
+    ({"error": "The number of tokens to keep from the initial prompt is greater than the context length (n_keep: "
+               "5000>= n_ctx: 4096)."}, "context_length", None),  # LM Studio's refusal, were it sent with a 200
+    ({"error": "Failed to load model (injected fault)."}, "bad_body", "Failed to load model (injected fault)."),
+    ({"object": "error", "message": "engine dead", "type": "InternalServerError", "code": 500}, "bad_body",
+     "engine dead"),  # earlier vLLM
+    ({"error": {"message": "x" * 2000}}, "bad_body", "x" * MESSAGE_CHARS),
+    ({"error": {"code": 500}}, "bad_body", None),
+])
+def test_an_error_in_place_of_an_answer_is_told_by_what_it_says(error, kind, said):
+    fault = error_instead(make_record("m"), error, "bad_body", "answered HTTP 200 with an error", 0.1, "req_1")
+    assert fault.kind == kind
+    if kind == "context_length":  # answered as a refusal with its status would be
+        assert (fault.reply.status, fault.reply.json, fault.reply.request_id) == (400, error, "req_1")
+        assert orjson.loads(fault.reply.body) == error
+    else:
+        assert fault.reply is None
+        assert str(fault) == "m answered HTTP 200 with an error" + (f": {said}" if said else "")
 
 
 # --- streams that end early ---------------------------------------------------------------------------
