@@ -104,20 +104,21 @@ def routing_headers(dest: Destination, answered_by: ModelRecord) -> dict[str, st
     return headers
 
 
-def upstream_body(body: dict, path: str, stream: bool) -> tuple[dict, bool]:
-    """The body for the upstream, and whether the gateway asked for a stream's usage chunk (the
-    client did not: it is read for the bill and not passed on)."""
+def upstream_body(body: dict, path: str, stream: bool) -> tuple[dict, bool, bool]:
+    """The body for the upstream; whether the gateway asked for a stream's usage chunk (the client
+    did not: it is read for the bill and not passed on); and whether it added `stream_options`
+    to do so (the client sent none: an upstream refusing the field may be asked again without it,
+    while a refusal of the client's own `stream_options` is the client's answer)."""
     out = {k: v for k, v in body.items() if k != "uniroute"}
     if "stream" in out and out["stream"] is None:
         del out["stream"]  # null is the default; not every upstream takes it
     if not stream or path not in USAGE_PATHS:
-        return out, False
+        return out, False, False
     options = body.get("stream_options")
-    options = options if isinstance(options, dict) else {}
-    if options.get("include_usage") is True:
-        return out, False
-    out["stream_options"] = {**options, "include_usage": True}
-    return out, True
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return out, False, False
+    out["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return out, True, options is None
 
 
 # How long the upstream may think before the gateway watches for the client hanging up (a
@@ -128,9 +129,10 @@ WATCH_UPSTREAM_AFTER_S = 0.2
 async def proxy(request: Request, path: str, body: dict, dest: Destination, stream: bool, started: float) -> Response:
     """Forward to the destination's models in order and relay the answer."""
     gw = gateway_of(request)
-    sent, strip_usage = upstream_body(body, path, stream)
+    sent, strip_usage, options_added = upstream_body(body, path, stream)
     async with HangUpWatch(request.receive, after_s=WATCH_UPSTREAM_AFTER_S) as watch:
-        answer = await gw.forwarder.send(path, sent, dest.records, request.headers, stream, strip_usage)
+        answer = await gw.forwarder.send(path, sent, dest.records, request.headers, stream, strip_usage,
+                                         options_added)
     if watch.gone:
         raise ClientDisconnect()
     record = answer.record

@@ -160,6 +160,7 @@ class Forwarder:
         client_headers: Mapping[str, str],
         stream: bool,
         strip_usage: bool = False,
+        options_added: bool = False,
         method: str = "POST",
     ) -> UpstreamReply:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
@@ -168,8 +169,10 @@ class Forwarder:
         target is tried, and the last one's refusal answered as it is (one told in place of an
         answer, in a 200 body or a stream's opening event, as a 400 with that error body), streamed
         or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
-        them: a target refusing `stream_options` is asked again without). `body` None: the request
-        (`method`) has none, and so names no model.
+        them). `options_added`: the gateway added `stream_options` to ask for them, and a target
+        refusing it is asked again without; a refusal of the client's own `stream_options` is
+        answered as any client error. `body` None: the request (`method`) has none, and so names
+        no model.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
         configured deadline passes first; its message ends with the last upstream's own when that
@@ -203,8 +206,8 @@ class Forwarder:
                             continue
                         answer.upstream_seconds = waited + time.perf_counter() - start
                         answer.attempts = attempts
-                        if strip_usage and answer.status >= 400 and refuses_stream_options(answer.body):
-                            # The upstream refuses the usage option the gateway added, not the client's
+                        if options_added and answer.status >= 400 and refuses_stream_options(answer.body):
+                            # The upstream refuses the `stream_options` the gateway added, not the client's
                             # request: it goes again without it, from this model on (its stream then
                             # counts at its expected cost). It did no work, so nothing is billed twice.
                             assert body is not None  # a stream's usage was asked for in its body

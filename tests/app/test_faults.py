@@ -113,7 +113,10 @@ def test_a_stream_failing_before_its_first_data_falls_back(pair, spec, reason):
 
 def test_a_stream_to_an_upstream_refusing_the_usage_option_the_gateway_added_goes_again_without_it(pair):
     """The gateway asks a stream's usage when the client does not; an upstream that does not know
-    `stream_options` refused it: before, the client got a 400 about a parameter it never sent."""
+    `stream_options` refused it: before, the client got a 400 about a parameter it never sent.
+    A client that sent its own `stream_options` gets the refusal: before, when its options did not
+    ask for usage, the gateway set `include_usage` in them and, refused, asked again with none of
+    them, the client's own options silently dropped."""
     upstream, make = pair
     with make(":no_stream_options") as gw:
         stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
@@ -123,9 +126,12 @@ def test_a_stream_to_an_upstream_refusing_the_usage_option_the_gateway_added_goe
         assert len(sent) == 2 and "stream_options" in sent[0] and "stream_options" not in sent[1]
         assert metric(gw, "uniroute_upstream_failures_total") == 0
         # the client's own stream_options is its own parameter: the refusal comes back as it is
-        with pytest.raises(openai.BadRequestError, match="stream_options"):
-            client(gw).chat.completions.create(model="first", messages=MESSAGES, stream=True,
-                                               stream_options={"include_usage": True})
+        for options in ({"include_usage": True}, {"include_usage": False}, {}):
+            with pytest.raises(openai.BadRequestError, match="stream_options"):
+                client(gw).chat.completions.create(model="first", messages=MESSAGES, stream=True,
+                                                   stream_options=options)
+            assert "stream_options" in upstream.received[-1].body  # asked once, as the client asked
+        assert len(upstream.received) == 5
 
 
 def test_a_stream_opening_with_pings_is_relayed_whole_with_them(pair):
