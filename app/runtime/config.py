@@ -225,6 +225,10 @@ class Settings(BaseSettings):
     # Bounds a whole request's upstream work: retries and fallbacks included.
     deadline_s: float = Field(120.0, gt=0)
     retries: int = Field(1, ge=0, le=5)
+    # The longest Retry-After (an upstream's 429 or 503 saying when to come back) waited out before
+    # the same model is asked again; a longer one sends the request to the next model at once.
+    # Either way the model is cooled down for as long as its upstream asked (README: Upstream faults).
+    retry_after_max_s: float = Field(2.0, ge=0, allow_inf_nan=False)
     max_fallbacks: int = Field(2, ge=0)
     cooldown_failures: int = Field(3, ge=1)
     cooldown_s: float = Field(30.0, ge=0)

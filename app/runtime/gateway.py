@@ -80,14 +80,14 @@ class Gateway:
                                  sqlite_path=settings.sqlite_path if (settings.workers or 1) > 1 else None)
         self.client = upstream_client(settings)
         self.forwarder = Forwarder(self.client, self.metrics, self.health, settings.retries, settings.deadline_s,
-                                   disable=self.disable_faulty)
+                                   settings.retry_after_max_s, disable=self.disable_faulty)
         self.routing = RoutingService(settings, self.metrics, self.registry, self.health, self.budget)
         self.capture_store = open_capture_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
         self.capture = self.routing.capture = Capture(settings.capture, self.capture_store)
         # Profiling calls go through their own forwarder so that their upstream timings stay
         # out of the client-traffic histogram; health (cooldowns) is shared.
         profiling_forwarder = Forwarder(self.client, self.metrics.for_profiling(), self.health, settings.retries,
-                                        settings.deadline_s)
+                                        settings.deadline_s, settings.retry_after_max_s)
         self.jobs = JobRunner(
             self.registry, profiling_forwarder, self.metrics, self._clusters,
             JobOptions(settings.profile_concurrency, settings.profile_max_tokens, settings.profile_spend_cap),

@@ -96,7 +96,7 @@ class Metrics:
             "uniroute_fallbacks", "Requests answered by a model other than the first choice.",
             registry=r)
         self.cooldowns = Counter(
-            "uniroute_model_cooldowns", "Times a model was cooled down after repeated failures.",
+            "uniroute_model_cooldowns", "Times a model was cooled down after repeated failures, or as its upstream asked (Retry-After).",
             ["model"], registry=r)
         self.cooling = Gauge(
             "uniroute_models_cooling", "Models in cooldown now.", registry=r, multiprocess_mode="livemax")

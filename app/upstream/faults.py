@@ -12,6 +12,13 @@ the request was sent and the answer broke (`timeout`, `read`, `disconnect`, `cut
 the gateway does not ask that model again; it falls back to the next model, whose answer the
 client needs.
 
+An upstream that says when to come back (`Retry-After`, in seconds or as an HTTP date; OpenAI's
+`retry-after-ms`) on a failure that counts toward cooldown (429, 503, ...) is taken at its word:
+the model is cooled down at once for that long, as every request routed there meanwhile would be
+refused again (a longer cooldown already running stays), and the same model is asked again only
+after waiting it out, when the wait is at most `retry_after_max_s` and ends before the request's
+deadline. A longer wait sends the request to the next model at once.
+
 An upstream that refuses the gateway's own credentials (401/403: `auth`) or no longer knows the
 model name (404 on /chat/completions, the endpoint every model was profiled through: `not_found`)
 will refuse every request: the model is disabled in the registry (`enabled` false, state
@@ -28,8 +35,12 @@ response is gone, not the model: the client gets it as the upstream sent it.
 """
 from __future__ import annotations
 
+import email.utils
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any, Literal
 
 from app.upstream.http1 import ConnectFailed, Disconnected, UpstreamError, WriteFailed
@@ -138,16 +149,53 @@ class UpstreamFault(Exception):
     words; only an error the upstream put where its answer should be (a 200 body, a stream's
     opening event), which it meant for the client, adds its message."""
 
-    def __init__(self, kind: FaultClass, detail: str, status: int | None = None, reply: Any = None) -> None:
+    def __init__(self, kind: FaultClass, detail: str, status: int | None = None, reply: Any = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.status = status
         # The upstream's own refusal, answered as it is when no model is left to try (context_length).
         self.reply = reply
+        # Seconds the upstream asked not to be called for (its Retry-After), if it said.
+        self.retry_after = retry_after
 
     @property
     def policy(self) -> Policy:
         return POLICIES[self.kind]
+
+
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """How long an upstream's answer asks not to be called again, in seconds: OpenAI's
+    `retry-after-ms`, else `Retry-After` as seconds or as an HTTP date (`now`: the wall clock's
+    time.time(); a date gone by is 0). None when the headers say nothing readable."""
+    millis = _seconds(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, the source's zone unknown (RFC 5322)
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now)
+
+
+def _seconds(text: str | None) -> float | None:
+    """`text` as a finite number of seconds, not negative; None otherwise. RFC 9110 says whole
+    seconds, but some servers send fractions, which the openai SDK also reads."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < math.inf else None  # not NaN, infinite or negative
 
 
 def disables(kind: FaultClass, path: str) -> bool:

@@ -31,6 +31,7 @@ from app.upstream.faults import (
     error_message,
     exceeds_context,
     refuses_stream_options,
+    retry_after,
     status_class,
     transport_class,
 )
@@ -84,20 +85,32 @@ class Health:
         self.metrics.cooling.set(len(self._cool_until))
         return frozenset(self._cool_until)
 
-    def failure(self, model: str) -> None:
-        """Count a failed attempt; cool the model down when failures reach the threshold."""
+    def failure(self, model: str, retry_after: float | None = None) -> None:
+        """Count a failed attempt; cool the model down when failures reach the threshold, and at
+        once for `retry_after` seconds when its upstream asked not to be called for that long."""
         n = self._failures.get(model, 0) + 1
         self._failures[model] = n
         if n >= self.failures_to_cool and model not in self._cool_until:
-            self._cool_until[model] = time.monotonic() + self.cooldown_s
-            self._failures[model] = 0
+            self._cool(model, self.cooldown_s, f"after {n} failures")
+        if retry_after:
+            self._cool(model, retry_after, "as its upstream asked (Retry-After)")
+
+    def _cool(self, model: str, seconds: float, why: str) -> None:
+        """Keep `model` out of routing for `seconds` from now, unless it is out longer already."""
+        now = time.monotonic()
+        was = self._cool_until.get(model, 0.0)
+        if now + seconds <= was:
+            return
+        self._cool_until[model] = now + seconds
+        self._failures[model] = 0
+        self.metrics.cooling.set(len(self._cool_until))
+        # Under several workers the gauge is this worker's: bring it down when the cooldown
+        # ends even if no request comes here to look.
+        with contextlib.suppress(RuntimeError):  # no event loop: the next look does it
+            asyncio.get_running_loop().call_later(seconds, self.cooling)
+        if was <= now:  # a new cooldown, not a running one made longer
             self.metrics.cooldowns.labels(model).inc()
-            self.metrics.cooling.set(len(self._cool_until))
-            # Under several workers the gauge is this worker's: bring it down when the cooldown
-            # ends even if no request comes here to look.
-            with contextlib.suppress(RuntimeError):  # no event loop: the next look does it
-                asyncio.get_running_loop().call_later(self.cooldown_s, self.cooling)
-            log.warning("model %s cooled down for %.0f s after %d failures", model, self.cooldown_s, n)
+            log.warning("model %s cooled down for %.0f s %s", model, seconds, why)
 
     def success(self, model: str) -> None:
         """A good answer clears the model's failure count."""
@@ -109,7 +122,7 @@ class UpstreamReply:
     """An upstream answer: a parsed body (a success, or a client error to relay as it is), or a
     stream whose first chunk has arrived (`watch` tells, once it is read, how it ended).
     `upstream_seconds` is the time spent in upstream attempts, each from sending the request to
-    the whole body (or a stream's first chunk)."""
+    the whole body (or a stream's first chunk), and in waiting out their Retry-After."""
 
     record: ModelRecord
     status: int
@@ -143,13 +156,15 @@ def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> 
 @dataclass
 class Forwarder:
     """Sends requests to upstream models over one shared, pooled client (app/upstream/http1.py).
-    `disable` takes a model out of routing after a fault whose class says so."""
+    `disable` takes a model out of routing after a fault whose class says so; `retry_after_max_s`
+    is the longest Retry-After waited out before the same model is asked again."""
 
     client: UpstreamClient
     metrics: Metrics
     health: Health
     retries: int
     deadline_s: float
+    retry_after_max_s: float
     disable: Disable | None = None
 
     async def send(
@@ -164,15 +179,16 @@ class Forwarder:
         method: str = "POST",
     ) -> UpstreamReply:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
-        when its fault class allows it. A client error (4xx other than 401/403/404/429) is answered
-        as it is, untried elsewhere, but for a prompt longer than the model's context: the next
-        target is tried, and the last one's refusal answered as it is (one told in place of an
-        answer, in a 200 body or a stream's opening event, as a 400 with that error body), streamed
-        or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
-        them). `options_added`: the gateway added `stream_options` to ask for them, and a target
-        refusing it is asked again without; a refusal of the client's own `stream_options` is
-        answered as any client error. `body` None: the request (`method`) has none, and so names
-        no model.
+        when its fault class allows it (after the upstream's Retry-After, when it is short enough
+        to wait out; after a longer one the next target is tried at once). A client error (4xx
+        other than 401/403/404/429) is answered as it is, untried elsewhere, but for a prompt
+        longer than the model's context: the next target is tried, and the last one's refusal
+        answered as it is (one told in place of an answer, in a 200 body or a stream's opening
+        event, as a 400 with that error body), streamed or not. `strip_usage`: streams' usage
+        chunks are read, not passed on (the gateway asked for them). `options_added`: the gateway
+        added `stream_options` to ask for them, and a target refusing it is asked again without; a
+        refusal of the client's own `stream_options` is answered as any client error. `body` None:
+        the request (`method`) has none, and so names no model.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
         configured deadline passes first; its message ends with the last upstream's own when that
@@ -182,12 +198,12 @@ class Forwarder:
         attempts = 0
         waited = 0.0
         try:
-            async with asyncio.timeout(self.deadline_s):
+            async with asyncio.timeout(self.deadline_s) as deadline:
                 for position, record in enumerate(targets):
                     payload = b"" if body is None else orjson.dumps({**body, "model": record.upstream_model})
                     headers = upstream_headers(record, client_headers)
                     url = upstream_url(record, path)
-                    for _ in range(1 + self.retries):
+                    for attempt in range(1 + self.retries):
                         attempts += 1
                         start = time.perf_counter()
                         try:
@@ -201,8 +217,12 @@ class Forwarder:
                                 answer = fault.reply  # no model left: the upstream's own refusal
                                 answer.upstream_seconds, answer.attempts = waited, attempts
                                 return answer
-                            if not fault.policy.retry:
+                            if not fault.policy.retry or attempt == self.retries:
                                 break
+                            pause = await self._wait_to_retry(fault, deadline.when())
+                            if pause is None:
+                                break
+                            waited += pause  # spent as the upstream asked: none of the gateway's overhead
                             continue
                         answer.upstream_seconds = waited + time.perf_counter() - start
                         answer.attempts = attempts
@@ -237,12 +257,25 @@ class Forwarder:
         request, then raise GatewayError."""
         return await self.send(path, None, [record], client_headers, stream=False, method=method)
 
+    async def _wait_to_retry(self, fault: UpstreamFault, deadline: float | None) -> float | None:
+        """Wait out the Retry-After of a fault before its model is asked again; the seconds waited.
+        None, at once, when it is longer than `retry_after_max_s` or would end past the request's
+        `deadline` (the event loop's time): better the next model now than this one late, or never."""
+        wait = fault.retry_after
+        if not wait:
+            return 0.0
+        if wait > self.retry_after_max_s or (deadline is not None
+                                             and asyncio.get_running_loop().time() + wait >= deadline):
+            return None
+        await asyncio.sleep(wait)
+        return wait
+
     async def _failed(self, record: ModelRecord, path: str, fault: UpstreamFault) -> None:
         """Count a failed attempt, and cool down or disable its model as its class says."""
         self.metrics.upstream_failures.labels(record.name, fault.kind).inc()
         log.info("upstream %s failed (%s): %s", record.name, fault.kind, fault)
         if fault.policy.cooldown:
-            self.health.failure(record.name)
+            self.health.failure(record.name, fault.retry_after)
         if disables(fault.kind, path) and self.disable is not None:
             await self.disable(record, fault)
 
@@ -256,7 +289,8 @@ class Forwarder:
             kind = status_class(response.status, path)
             if kind is not None and kind != "client_error":
                 response.close()  # its body is the provider's business, never the client's
-                raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status)
+                raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status,
+                                    retry_after=retry_after(response.headers, time.time()))
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
             content = await response.read() if kind == "client_error" or not stream else b""
         except (UpstreamError, TimeoutError) as exc:

@@ -7,7 +7,7 @@ import openai
 import orjson
 import pytest
 
-from app.upstream.faults import MESSAGE_CHARS, exceeds_context
+from app.upstream.faults import MESSAGE_CHARS, exceeds_context, retry_after
 from app.upstream.forwarding import error_instead
 from tests.models_registry.helpers import make_record
 from tests.support.clients import client, hanging_post, metric, wait_for
@@ -75,6 +75,61 @@ def test_a_transient_failure_is_absorbed_by_the_retry(pair):
         assert raw.headers["x-uniroute-model"] == "first"
         assert upstream.calls["first:fail_first=1,status=502"] == 2
         assert upstream.calls["second"] == 0
+
+
+# --- Retry-After: the upstream says when to come back ------------------------------------------------
+
+
+def test_a_short_retry_after_is_waited_out_before_the_same_model_is_asked_again(pair):
+    """A 429 asking for a 1 s pause, within `retry_after_max_s` (2 s): before, the retry went at
+    once, into the same refusal."""
+    upstream, make = pair
+    spec = ":fail_first=1,status=429,retry_after=1"
+    with make(spec) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "first"
+        refused, answered = (r.at for r in upstream.received)
+        assert answered - refused >= 1  # a lower bound, which a loaded machine only makes easier
+        assert upstream.calls["second"] == 0
+
+
+@pytest.mark.parametrize("spec", [":status=429,retry_after=30", ":status=503,retry_after_date=30"])
+def test_a_long_retry_after_sends_the_request_to_the_next_model_and_cools_the_model_down(pair, spec):
+    """A wait longer than `retry_after_max_s`, in seconds or as an HTTP date: the next model
+    answers now, and the model is left alone as its upstream asked. Before, it was asked again at
+    once, and by the next requests too (a cooldown took `cooldown_failures` failures)."""
+    upstream, make = pair
+    with make(spec) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert upstream.calls[f"first{spec}"] == 1
+        assert metric(gw, 'uniroute_model_cooldowns_total{model="first"}') == 1
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert upstream.calls[f"first{spec}"] == 1  # not even tried while its upstream asked to wait
+
+
+def test_a_retry_after_that_would_outlast_the_deadline_is_not_waited_out(pair):
+    """Within `retry_after_max_s` but past the request's deadline: waiting would only end in a
+    504; the next model answers now."""
+    upstream, make = pair
+    spec = ":status=429,retry_after=30"
+    with make(spec, retry_after_max_s=60, deadline_s=20) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert upstream.calls[f"first{spec}"] == 1
+
+
+@pytest.mark.parametrize("headers,seconds", [
+    ({"retry-after": "5"}, 5.0),
+    ({"retry-after": "1.5"}, 1.5),
+    ({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, 60.0),  # an HTTP date, 60 s after `now` (40)
+    ({"retry-after": "Thu, 01 Jan 1970 00:00:10 GMT"}, 0.0),  # a date gone by
+    ({"retry-after-ms": "250", "retry-after": "1"}, 0.25),  # OpenAI's, as the openai SDK reads it
+    ({"retry-after": "-3"}, None), ({"retry-after": "soon"}, None), ({"retry-after": "nan"}, None), ({}, None),
+])
+def test_retry_after_is_read_as_seconds_or_an_http_date(headers, seconds):
+    assert retry_after(headers, now=40.0) == seconds
 
 
 @pytest.mark.parametrize("spec", [":no_stream", ":html"])

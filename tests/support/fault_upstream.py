@@ -44,6 +44,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     or `llamacpp` (HTTP 400 `{"error": {..., "type": "exceed_context_size_error"}}`;
                     streamed, as its 2025 builds did: HTTP 200, the error object in an `error`
                     field of its own, `error: {"code": 400, ...}`, then `data: [DONE]`)
+    retry_after=S   a failing status carries `Retry-After: S` (seconds)
+    retry_after_date=S  a failing status carries `Retry-After` as the HTTP date S seconds from now
 
 e.g. "m1:status=429", "m2:delay=0.5", "m3:fail_first=2,status=500", "m4:delay=0.2,cut=3".
 Statuses 401, 403 and 404 carry OpenAI's own bodies, with the provider's message (for 401, a
@@ -73,7 +75,8 @@ reads the request and then resets the connection (`ReadError`) or closes it with
 
 Counting: `upstream.calls[model]` counts the completion requests per requested model name
 (only requests whose body parsed), and the requests about its stored responses; `GET /_stats` returns `{"calls": {model: n}}` for code in
-another process; `upstream.received` keeps each request's path, model, JSON body and headers;
+another process; `upstream.received` keeps each request's path, model, JSON body, headers and
+arrival time (`at`, time.monotonic());
 `upstream.abandoned[model]` counts streams whose reader hung up before their last chunk.
 `upstream.reset()` clears counts, log and faults.
 
@@ -85,13 +88,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.utils
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import orjson
 from fastapi import FastAPI, Request
@@ -115,6 +120,7 @@ from app.demo.replay_upstream import (
     sse_event,
     stream_chunks,
 )
+from app.errors import error_body
 from app.routing.prompts import content_text
 
 DEFAULT_FAIL_STATUS = 503
@@ -164,6 +170,14 @@ class Answered(Exception):
         self.response = response
 
 
+def retry_after_header(fault: Fault) -> str:
+    """The Retry-After value of a fault: seconds, or the HTTP date that many seconds from now."""
+    assert fault.retry_after is not None
+    if fault.retry_after_date:
+        return email.utils.formatdate(time.time() + fault.retry_after, usegmt=True)
+    return f"{fault.retry_after:g}"
+
+
 def masked_key(authorization: str | None) -> str:
     """The key fragment OpenAI's 401 shows: its first and last characters."""
     key = (authorization or "").removeprefix("Bearer ").strip()
@@ -192,6 +206,8 @@ class Fault:
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
+    retry_after: float | None = None
+    retry_after_date: bool = False  # Retry-After sent as an HTTP date, not as seconds
 
     def failing_status(self, nth: int) -> int | None:
         """The error status for the `nth` request (1-based) under this fault, or None to answer."""
@@ -211,6 +227,9 @@ def parse_fault(spec: str) -> Fault:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
+            elif key in ("retry_after", "retry_after_date"):
+                fields["retry_after"] = float(value)
+                fields["retry_after_date"] = key == "retry_after_date"
             elif key in ("status", "fail_first", "cut", "context"):
                 fields["cut_after" if key == "cut" else key] = int(value)
             elif key == "context_as" and value in CONTEXT_REFUSALS:
@@ -220,8 +239,8 @@ def parse_fault(spec: str) -> Fault:
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
-                             "crlf, no_stream, html, ok_error, no_stream_options, negative_usage, context=N or "
-                             "context_as=tgi|lmstudio|llamacpp") from None
+                             "crlf, no_stream, html, ok_error, no_stream_options, negative_usage, context=N, "
+                             "context_as=tgi|lmstudio|llamacpp, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
@@ -259,6 +278,7 @@ class ReceivedRequest:
     body: dict
     headers: dict[str, str]
     query: str = ""
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass(frozen=True)
@@ -374,6 +394,10 @@ class FaultUpstream:
             kind, code, message = _ERRORS.get(
                 status, ("server_error" if status >= 500 else "invalid_request_error", None,
                          f"Injected fault: HTTP {status}."))
+            if fault.retry_after is not None:
+                raise Answered(Response(orjson.dumps(error_body(message.format(model=model), kind, code=code)),
+                                        status, {"retry-after": retry_after_header(fault)},
+                                        media_type="application/json"))
             raise APIError(status, message.format(model=model), type=kind, code=code)
         return fault
 
