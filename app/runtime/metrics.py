@@ -85,7 +85,8 @@ class Metrics:
         self.upstream_failures = Counter(
             "uniroute_upstream_failures",
             "Failed upstream attempts by model and reason, the fault class (connect, write, timeout, read, "
-            "disconnect, auth, not_found, rate_limit, server, bad_body, cut; README: Upstream faults).",
+            "disconnect, auth, not_found, rate_limit, server, request_timeout, bad_body, cut, context_length, "
+            "too_large; README: Upstream faults).",
             ["model", "reason"], registry=r)
         self.models_faulted = Gauge(
             "uniroute_models_faulted",

@@ -7,10 +7,11 @@ cooldown, and whether the model is taken out of routing until an operator re-ena
 
 A completion request is not idempotent: once the upstream may have received it, asking again
 may bill twice. So the same model is retried only when it surely did no work: the request never
-left (`connect`, `write`) or the upstream refused it with a status (429, 5xx, TGI's 424). After
-the request was sent and the answer broke (`timeout`, `read`, `disconnect`, `cut`, `bad_body`)
-the gateway does not ask that model again; it falls back to the next model, whose answer the
-client needs.
+left (`connect`, `write`) or the upstream refused it with a status (429, 5xx, TGI's 424, and 408:
+`request_timeout`, the upstream gave up waiting for the request; some servers also send it on a
+kept-alive connection they close). After the request was sent and the answer broke (`timeout`,
+`read`, `disconnect`, `cut`, `bad_body`) the gateway does not ask that model again; it falls
+back to the next model, whose answer the client needs.
 
 An upstream that says when to come back (`Retry-After`, in seconds or as an HTTP date; OpenAI's
 `retry-after-ms`) on a failure that counts toward cooldown (429, 503, ...) is taken at its word:
@@ -25,11 +26,13 @@ will refuse every request: the model is disabled in the registry (`enabled` fals
 `disabled`, `error` starting with `FAULT_PREFIX`), which every replica sees, and stays out until
 `PATCH /admin/models/{name} {"enabled": true}`. Neither the provider's message nor anything
 else of its answer reaches the client. Any other 4xx is the client's own mistake (bad
-parameters): its answer goes back to the client as the upstream sent it; except a prompt longer
-than the model's context (`context_length`, told by OpenAI's, vLLM's, llama.cpp's, TGI's and
-LM Studio's error bodies, or by such an error opening a stream): the router chose that model,
-and another may have room for the prompt, so the next model is tried; when none is left the
-client gets the last refusal as the upstream sent it, streamed or not.
+parameters): its answer goes back to the client as the upstream sent it; except a refusal
+another model may not share, where the router chose the model: a prompt longer than the model's
+context (`context_length`, told by OpenAI's, vLLM's, llama.cpp's, TGI's and LM Studio's error
+bodies, or by such an error opening a stream) or a body larger than that upstream takes (413:
+`too_large`; the gateway itself took it, under its own `max_body_bytes`). The next model is
+tried, the model as healthy as before; when none is left the client gets the last refusal as the
+upstream sent it, streamed or not.
 A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
 response is gone, not the model: the client gets it as the upstream sent it.
 """
@@ -46,7 +49,8 @@ from typing import Any, Literal
 from app.upstream.http1 import ConnectFailed, Disconnected, UpstreamError, WriteFailed
 
 FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "rate_limit",
-                     "server", "bad_body", "cut", "context_length", "client_error"]
+                     "server", "request_timeout", "bad_body", "cut", "context_length", "too_large",
+                     "client_error"]
 
 # The path every registered model was profiled through: a 404 there means the model is gone.
 PROFILED_PATH = "/chat/completions"
@@ -73,16 +77,21 @@ _RETRY = Policy(retry=True, fallback=True, cooldown=True, disable=False)
 _NEXT = Policy(retry=False, fallback=True, cooldown=True, disable=False)
 # The provider refuses the gateway's key or no longer knows the model: out of routing.
 _REFUSED = Policy(retry=False, fallback=True, cooldown=False, disable=True)
+# This request does not fit this model (its context, its upstream's body limit): another may
+# take it; the model is as healthy as before.
+_ELSEWHERE = Policy(retry=False, fallback=True, cooldown=False, disable=False)
 
 POLICIES: dict[FaultClass, Policy] = {
-    **dict.fromkeys(("connect", "write", "rate_limit", "server"), _RETRY),
+    **dict.fromkeys(("connect", "write", "rate_limit", "server", "request_timeout"), _RETRY),
     **dict.fromkeys(("timeout", "read", "disconnect", "bad_body", "cut"), _NEXT),
     **dict.fromkeys(("auth", "not_found"), _REFUSED),
-    # the prompt does not fit this model: another may take it; the model is as healthy as before
-    "context_length": Policy(retry=False, fallback=True, cooldown=False, disable=False),
+    **dict.fromkeys(("context_length", "too_large"), _ELSEWHERE),
     # the client's own mistake: back to it as the upstream said it
     "client_error": Policy(retry=False, fallback=False, cooldown=False, disable=False),
 }
+# The status classes whose answer may reach the client as the upstream sent it: at once
+# (`client_error`, unless its body says `context_length`), or when no model is left to try.
+RELAYED: frozenset[FaultClass] = frozenset({"client_error", "too_large"})
 
 # How servers say a prompt is longer than the model's context: OpenAI's `code`, llama.cpp's
 # `type`, and the messages of OpenAI and vLLM ("maximum context length is N tokens"), llama.cpp
@@ -213,6 +222,10 @@ def status_class(status: int, path: str) -> FaultClass | None:
         # A stored response's 404 says the response is gone (deleted, expired, never stored):
         # the client's answer, the model as healthy as before.
         return "client_error" if path.startswith(STORED_RESPONSES) else "not_found"
+    if status == 408:
+        return "request_timeout"  # the upstream gave up waiting for the request: it did no work
+    if status == 413:
+        return "too_large"
     if status == 429:
         return "rate_limit"
     if status >= 500 or status == 424:
@@ -244,6 +257,10 @@ def describe(kind: FaultClass, model: str, status: int | None, path: str) -> str
     if kind == "not_found":
         what = "the model" if path == PROFILED_PATH else f"the model or the endpoint {path}"
         return f"the upstream of model {model} does not know {what} (HTTP 404)"
+    if kind == "context_length":
+        return f"the prompt does not fit the context of {model} (HTTP {status})"
+    if kind == "too_large":
+        return f"the request is larger than the upstream of {model} takes (HTTP {status})"
     return f"HTTP {status} from {model}"
 
 

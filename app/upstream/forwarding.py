@@ -23,6 +23,7 @@ import orjson
 from app.errors import GatewayError, error_body
 from app.runtime.metrics import Metrics
 from app.upstream.faults import (
+    RELAYED,
     FaultClass,
     UpstreamFault,
     describe,
@@ -181,14 +182,15 @@ class Forwarder:
         """The first good answer from `targets`, tried in order, each retried up to `retries` times
         when its fault class allows it (after the upstream's Retry-After, when it is short enough
         to wait out; after a longer one the next target is tried at once). A client error (4xx
-        other than 401/403/404/429) is answered as it is, untried elsewhere, but for a prompt
-        longer than the model's context: the next target is tried, and the last one's refusal
-        answered as it is (one told in place of an answer, in a 200 body or a stream's opening
-        event, as a 400 with that error body), streamed or not. `strip_usage`: streams' usage
-        chunks are read, not passed on (the gateway asked for them). `options_added`: the gateway
-        added `stream_options` to ask for them, and a target refusing it is asked again without; a
-        refusal of the client's own `stream_options` is answered as any client error. `body` None:
-        the request (`method`) has none, and so names no model.
+        other than 401/403/404/408/429) is answered as it is, untried elsewhere, but for a prompt
+        longer than the model's context or a body larger than the upstream takes (413): the next
+        target is tried, and the last one's refusal answered as it is (one told in place of an
+        answer, in a 200 body or a stream's opening event, as a 400 with that error body), streamed
+        or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
+        them). `options_added`: the gateway added `stream_options` to ask for them, and a target
+        refusing it is asked again without; a refusal of the client's own `stream_options` is
+        answered as any client error. `body` None: the request (`method`) has none, and so names
+        no model.
 
         Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
         configured deadline passes first; its message ends with the last upstream's own when that
@@ -287,28 +289,30 @@ class Forwarder:
         try:
             response = await self.client.request(method, url, payload, headers)
             kind = status_class(response.status, path)
-            if kind is not None and kind != "client_error":
+            if kind is not None and kind not in RELAYED:
                 response.close()  # its body is the provider's business, never the client's
                 raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status,
                                     retry_after=retry_after(response.headers, time.time()))
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
-            content = await response.read() if kind == "client_error" or not stream else b""
+            content = await response.read() if kind is not None or not stream else b""
         except (UpstreamError, TimeoutError) as exc:
             raise UpstreamFault(transport_class(exc), f"{type(exc).__name__} calling {record.name}") from exc
         elapsed = time.perf_counter() - start
         self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
         request_id = response.headers.get("x-request-id")
-        if kind == "client_error":
-            # Bad parameters: the client must see it as the upstream said it.
+        if kind is not None:
+            # Bad parameters, or a refusal the next model may not share: the client sees it as the
+            # upstream said it (the latter when no model is left).
             try:
                 parsed = orjson.loads(content)
             except orjson.JSONDecodeError:
                 parsed = error_body(content.decode(errors="replace")[:500], "upstream_error")
             reply = UpstreamReply(record, response.status, elapsed, body=orjson.dumps(parsed), json=parsed,
                                   request_id=request_id)
-            if exceeds_context(parsed):
-                raise UpstreamFault("context_length", f"the prompt does not fit the context of {record.name} "
-                                    f"(HTTP {response.status})", response.status, reply)
+            if kind == "client_error" and exceeds_context(parsed):
+                kind = "context_length"
+            if kind != "client_error":
+                raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status, reply)
             return reply
         if not stream:
             try:

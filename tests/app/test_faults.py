@@ -34,10 +34,12 @@ def pair(make_gateway, fault_upstream, model_config):
 
 @pytest.mark.parametrize("spec,reason,calls", [(":status=500", "server", 2), (":status=503", "server", 2),
                                                (":status=429", "rate_limit", 2), (":bad_json", "bad_body", 1),
-                                               (":ok_error", "bad_body", 1), (":status=424", "server", 2)])
+                                               (":ok_error", "bad_body", 1), (":status=424", "server", 2),
+                                               (":status=408", "request_timeout", 2)])
 def test_failing_model_is_retried_when_its_class_allows_then_the_next_best_answers(pair, spec, reason, calls):
-    """429, 5xx and TGI's 424 (its generation failed; it was relayed as the client's error) refuse
-    the work: retried once. A 200 with a broken body did it: not asked again.
+    """429, 5xx, TGI's 424 (its generation failed; it was relayed as the client's error) and 408
+    (the upstream gave up waiting for the request; it was relayed as the client's error too)
+    refuse the work: retried once. A 200 with a broken body did it: not asked again.
     Nor one whose body is an error (LM Studio's 200 `{"error": "..."}`), which was relayed to the
     client as a success with no answer in it."""
     upstream, make = pair
@@ -513,7 +515,24 @@ def test_an_error_in_place_of_an_answer_is_told_by_what_it_says(error, kind, sai
         assert str(fault) == "m answered HTTP 200 with an error" + (f": {said}" if said else "")
 
 
-# --- streams that end early ---------------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_body_too_large_for_the_chosen_upstream_goes_to_the_next_model(pair, stream):
+    """A 413 from one upstream is its own limit (the gateway took the body, under max_body_bytes):
+    another model may take it. Before, it was relayed to the client as its own error."""
+    upstream, make = pair
+    with make(":status=413", cooldown_failures=1) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES,
+                                                                   stream=stream)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert (upstream.calls["first:status=413"], upstream.calls["second"]) == (1, 1)
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="too_large"}') == 1
+        assert metric(gw, "uniroute_model_cooldowns_total") == 0  # the model is as healthy as before
+        with pytest.raises(openai.APIStatusError) as err:  # a named model: its refusal as it said it
+            client(gw).chat.completions.create(model="first", messages=MESSAGES, stream=stream)
+        assert err.value.status_code == 413 and err.value.body["message"] == "Injected fault: HTTP 413."
+        assert upstream.calls["second"] == 1
+
+
 # --- streams that end early ---------------------------------------------------------------------------
 
 
