@@ -13,7 +13,10 @@ ends below the coverage floor, PAUSE the job (state `paused`, the reason in `err
 by itself after `resume_after_s` (at most `auto_resumes` times) or when the operator resumes it.
 A prompt the upstream answers with a 4xx that is no fault class (`declined`: "no recorded
 answer", a prompt too long) is unanswerable: stored as such, not asked again in the pass, not a
-failure in a row, and left out of the coverage count.
+failure in a row, and left out of the coverage count. An upstream that serves no
+/chat/completions at the model's base_url (`no_endpoint`, app/upstream/faults.py: most often a
+base_url without its `/v1`) would refuse every prompt however long the job waited: the job FAILS
+at once, the reason in its `error` and the model's.
 
 Routing is the model's, not the job's: a model with a profile keeps routing on it while a new
 job runs (a reprofile), and keeps it when that job fails, is cancelled or hits its spend cap.
@@ -41,6 +44,7 @@ from typing import Any
 from app.errors import GatewayError
 from app.profiling.profiles import coverage, profile_from_answers
 from app.runtime.metrics import Metrics
+from app.upstream.faults import UpstreamFault
 from app.upstream.forwarding import PURPOSE_HEADER, Forwarder
 from models_registry.base import LOCK_TTL_S, Registry, RegistryUnavailable, hold_lock
 from models_registry.records import Answer as GradedAnswer
@@ -135,6 +139,10 @@ def job_items(repset: RepresentativeSet, limit: int | None, seed: int, judge: bo
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
 
 
+class Misaddressed(Exception):
+    """The model's upstream is not where its base_url says: every prompt would be refused."""
+
+
 class Pass:
     """One pass over a model's prompts (a job's, or a state migration's for one model):
     failures in a row, the backoff, why it stops."""
@@ -144,6 +152,7 @@ class Pass:
         self.in_a_row = 0
         self.not_before = 0.0
         self.pause_reason: str | None = None
+        self.fail_reason: str | None = None  # asking more is pointless (Misaddressed)
         self.over_cap = False
         self.overruled = False  # another process paused or cancelled the job
         self._stop = asyncio.Event()
@@ -183,6 +192,16 @@ class Pass:
         if self.in_a_row >= p.pause_after and self.pause_reason is None:
             self.pause_reason = f"{self.in_a_row} failures in a row; last: {error}"
             self._stop.set()
+
+    def misaddressed(self, reason: str) -> None:
+        """The upstream will refuse every prompt: stop, failed (the first reason stays)."""
+        self.fail_reason = self.fail_reason or reason
+        self._stop.set()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the pass stopped asking before the end, for want of answers."""
+        return self.fail_reason or self.pause_reason
 
     def cap_reached(self) -> None:
         self.over_cap = True
@@ -459,6 +478,9 @@ class JobRunner:
             # paused or cancelled through another worker or replica, which wrote the job's state
             log.info("profiling job %s for %s stopped: its state was changed elsewhere", job.id, job.model)
             return
+        if run.fail_reason is not None:
+            await self._finish(job, "failed", run.fail_reason)
+            return
         if run.pause_reason is not None:
             await self._pause(job, run.pause_reason)
             return
@@ -513,8 +535,12 @@ class JobRunner:
                 await run.wait_turn()
                 if run.stopping:
                     return
-                async with gate or contextlib.nullcontext():
-                    answer = await self._ask(record, item, options)
+                try:
+                    async with gate or contextlib.nullcontext():
+                        answer = await self._ask(record, item, options)
+                except Misaddressed as exc:
+                    run.misaddressed(str(exc))
+                    return
                 await self.registry.record_answer(record.name, version, answer)
                 if answer.error is None or answer.declined:  # the upstream is up; a declined item is not asked again
                     run.succeeded()
@@ -539,6 +565,10 @@ class JobRunner:
         try:
             reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)
         except GatewayError as exc:
+            fault = exc.__cause__
+            if isinstance(fault, UpstreamFault) and fault.kind == "no_endpoint":
+                raise Misaddressed(f"{fault}; fix it (PATCH /admin/models/{record.name} "
+                                   f"{{\"base_url\": ...}}), then reprofile the model") from exc
             return failed(exc.message)
         if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
             return failed(str((reply.json or {}).get("error", {}).get("message", f"HTTP {reply.status}")),

@@ -193,7 +193,7 @@ class Gateway:
             counts[r.state] = counts.get(r.state, 0) + 1
         for state, n in counts.items():
             self.metrics.models_by_state.labels(state).set(n)
-        faulted = {"auth": 0, "not_found": 0}
+        faulted = {"auth": 0, "not_found": 0, "no_endpoint": 0}
         for r in records:
             if not r.enabled and (kind := fault_of(r.error)) is not None:
                 faulted[kind] = faulted.get(kind, 0) + 1
@@ -202,7 +202,8 @@ class Gateway:
 
     async def disable_faulty(self, record: ModelRecord, fault: UpstreamFault) -> None:
         """Take a routable model out of routing after a fault that will not pass by itself (its
-        upstream refuses the gateway's key, or no longer knows the model): disabled in the
+        upstream refuses the gateway's key, no longer knows the model, or serves no
+        /chat/completions at its base_url): disabled in the
         registry, for every replica, with the reason in its `error`, until an operator re-enables
         it. Models being profiled are left to their job."""
         current = self.registry.snapshot().get(record.name)

@@ -85,13 +85,13 @@ class Metrics:
         self.upstream_failures = Counter(
             "uniroute_upstream_failures",
             "Failed upstream attempts by model and reason, the fault class (connect, write, timeout, read, "
-            "disconnect, auth, not_found, rate_limit, server, request_timeout, bad_body, cut, context_length, "
+            "disconnect, auth, not_found, no_endpoint, rate_limit, server, request_timeout, bad_body, cut, context_length, "
             "too_large; README: Upstream faults).",
             ["model", "reason"], registry=r)
         self.models_faulted = Gauge(
             "uniroute_models_faulted",
             "Models an upstream fault took out of routing until an operator re-enables them, by fault "
-            "class (auth, not_found); GET /admin/models names them, with the reason in `error`.",
+            "class (auth, not_found, no_endpoint); GET /admin/models names them, with the reason in `error`.",
             ["reason"], registry=r, multiprocess_mode="livemostrecent")
         self.fallbacks = Counter(
             "uniroute_fallbacks", "Requests answered by a model other than the first choice.",

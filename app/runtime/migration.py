@@ -11,7 +11,8 @@ the migration's lock) re-profiles every registered model on the new set:
   (`JobRunner.ask_each`), `profile_concurrency` at a time, under one total spend cap for the
   whole migration (`spend_cap`, default `profile_spend_cap`), each model riding out its
   upstream's faults as a job does (items asked again, backoff; `profile_pause_after` failures in
-  a row stop asking it), judged items left out without a `judge_model`;
+  a row stop asking it, and so does an upstream serving no /chat/completions at its base_url),
+  judged items left out without a `judge_model`;
 - a model is ready when its graded answers meet a job's coverage floors (`profile_min_coverage`
   of the items it did not decline, `profile_min_cluster_coverage` in every cluster);
 - progress is written to the pending document; traffic keeps routing on the active state and
@@ -383,8 +384,8 @@ class StateManager:
             p.update(self._readiness(router, items, await self.registry.answers(name, new_version)))
             if p["state"] == "ready" and over_cap and p["done"] + p["declined"] < p["total"]:
                 p.update(state="incomplete", error=f"spend cap reached after {p['done']} of {p['total']} items")
-            elif p["state"] != "ready" and name in passes and passes[name].pause_reason is not None:
-                p["error"] = f"stopped asking after {passes[name].pause_reason}; {p['error']}"
+            elif p["state"] != "ready" and name in passes and passes[name].stop_reason is not None:
+                p["error"] = f"stopped asking: {passes[name].stop_reason}; {p['error']}"
         behind = sorted(name for name, p in doc["models"].items() if p["state"] != "ready")
         if behind:
             why = f"spend cap {cap:g} reached; " if over_cap else ""

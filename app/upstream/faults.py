@@ -20,16 +20,20 @@ refused again (a longer cooldown already running stays), and the same model is a
 after waiting it out, when the wait is at most `retry_after_max_s` and ends before the request's
 deadline. A longer wait sends the request to the next model at once.
 
-An upstream that refuses the gateway's own credentials (401/403: `auth`) or no longer knows the
-model name (404 on /chat/completions, the endpoint every model was profiled through: `not_found`)
-will refuse every request: the model is disabled in the registry (`enabled` false, state
-`disabled`, `error` starting with `FAULT_PREFIX`), which every replica sees, and stays out until
-`PATCH /admin/models/{name} {"enabled": true}`. Neither the provider's message nor anything
-else of its answer reaches the client. Any other 4xx is the client's own mistake (bad
-parameters): its answer goes back to the client as the upstream sent it; except a refusal
-another model may not share, where the router chose the model: a prompt longer than the model's
-context (`context_length`, told by OpenAI's, vLLM's, llama.cpp's, TGI's and LM Studio's error
-bodies, or by such an error opening a stream) or a body larger than that upstream takes (413:
+An upstream that refuses the gateway's own credentials (401/403: `auth`), no longer knows the
+model name (404 on /chat/completions, the endpoint every model was profiled through, saying so
+of the model: `not_found`) or serves no /chat/completions at the model's `base_url` at all (a
+404 naming no model, as servers answer a path they do not serve: `no_endpoint`, most often a
+base_url without its `/v1`) will refuse every request: the model is disabled in the registry
+(`enabled` false, state `disabled`, `error` starting with `FAULT_PREFIX` and saying which), which
+every replica sees, and stays out until `PATCH /admin/models/{name} {"enabled": true}`. A
+profiling job meeting `no_endpoint` fails at once with that reason (app/profiling/jobs.py).
+Neither the provider's message nor anything else of its answer reaches the client.
+
+Any other 4xx is the client's own mistake (bad parameters): its answer goes back to the client
+as the upstream sent it; except a refusal another model may not share, where the router chose
+the model: a prompt longer than the model's context (`context_length`, told by OpenAI's, vLLM's,
+llama.cpp's, TGI's and LM Studio's error bodies, or by such an error opening a stream) or a body larger than that upstream takes (413:
 `too_large`; the gateway itself took it, under its own `max_body_bytes`). The next model is
 tried, the model as healthy as before; when none is left the client gets the last refusal as the
 upstream sent it, streamed or not.
@@ -48,11 +52,12 @@ from typing import Any, Literal
 
 from app.upstream.http1 import ConnectFailed, Disconnected, UpstreamError, WriteFailed
 
-FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "rate_limit",
-                     "server", "request_timeout", "bad_body", "cut", "context_length", "too_large",
+FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "no_endpoint",
+                     "rate_limit", "server", "request_timeout", "bad_body", "cut", "context_length", "too_large",
                      "client_error"]
 
-# The path every registered model was profiled through: a 404 there means the model is gone.
+# The path every registered model was profiled through: a 404 there means the model is gone (or,
+# naming no model, that the model's base_url is wrong).
 PROFILED_PATH = "/chat/completions"
 # Where the upstream keeps the Responses API's stored responses: `/responses/{id}[/...]`.
 STORED_RESPONSES = "/responses/"
@@ -67,7 +72,7 @@ class Policy:
     retry: bool  # ask the same model again (up to `retries`)
     fallback: bool  # try the next model of the routing order
     cooldown: bool  # count toward the model's cooldown
-    disable: bool  # take the model out of routing (for not_found: only on PROFILED_PATH)
+    disable: bool  # take the model out of routing (for a 404: only on PROFILED_PATH)
 
 
 # The request surely did no work (it never left, never arrived whole, or was refused at once):
@@ -75,7 +80,8 @@ class Policy:
 _RETRY = Policy(retry=True, fallback=True, cooldown=True, disable=False)
 # The request was sent and may have been worked on: the next model, never the same one again.
 _NEXT = Policy(retry=False, fallback=True, cooldown=True, disable=False)
-# The provider refuses the gateway's key or no longer knows the model: out of routing.
+# The provider refuses the gateway's key, no longer knows the model or is not where the model
+# says: out of routing.
 _REFUSED = Policy(retry=False, fallback=True, cooldown=False, disable=True)
 # This request does not fit this model (its context, its upstream's body limit): another may
 # take it; the model is as healthy as before.
@@ -84,7 +90,7 @@ _ELSEWHERE = Policy(retry=False, fallback=True, cooldown=False, disable=False)
 POLICIES: dict[FaultClass, Policy] = {
     **dict.fromkeys(("connect", "write", "rate_limit", "server", "request_timeout"), _RETRY),
     **dict.fromkeys(("timeout", "read", "disconnect", "bad_body", "cut"), _NEXT),
-    **dict.fromkeys(("auth", "not_found"), _REFUSED),
+    **dict.fromkeys(("auth", "not_found", "no_endpoint"), _REFUSED),
     **dict.fromkeys(("context_length", "too_large"), _ELSEWHERE),
     # the client's own mistake: back to it as the upstream said it
     "client_error": Policy(retry=False, fallback=False, cooldown=False, disable=False),
@@ -92,6 +98,16 @@ POLICIES: dict[FaultClass, Policy] = {
 # The status classes whose answer may reach the client as the upstream sent it: at once
 # (`client_error`, unless its body says `context_length`), or when no model is left to try.
 RELAYED: frozenset[FaultClass] = frozenset({"client_error", "too_large"})
+# The status classes whose body is read: those relayed, and a 404's, never relayed but telling
+# an unknown model (`not_found`) from a path the upstream does not serve (`no_endpoint`).
+READ_BODY: frozenset[FaultClass] = RELAYED | {"not_found"}
+# The classes of a 404: on another path than PROFILED_PATH, the endpoint is not served there.
+_NOT_FOUND: frozenset[FaultClass] = frozenset({"not_found", "no_endpoint"})
+
+# How a 404 speaks of the model: OpenAI's `model_not_found` and "The model `x` does not exist",
+# vLLM's "The model `x` does not exist.", Ollama's `model "x" not found`, Azure's
+# `DeploymentNotFound` (a deployment is its model).
+_MODEL_WORDS = re.compile(rb"model|deployment", re.IGNORECASE)
 
 # How servers say a prompt is longer than the model's context: OpenAI's `code`, llama.cpp's
 # `type`, and the messages of OpenAI and vLLM ("maximum context length is N tokens"), llama.cpp
@@ -145,6 +161,14 @@ def error_answer(body: Any) -> bool:
     API response object has an `error` too (null, or why that response failed): it is an answer."""
     return isinstance(body, dict) and (body.get("object") == "error" or (
         body.get("error") is not None and body.get("object") != "response"))
+
+
+def names_model(body: bytes) -> bool:
+    """Whether a 404's body is about the model rather than the URL. A server says nothing of a
+    model for a path it does not serve: FastAPI's `{"detail": "Not Found"}` (vLLM, SGLang),
+    OpenAI's "Invalid URL (POST /chat/completions)", llama.cpp's "File Not Found", TGI's empty
+    body, a proxy's HTML page."""
+    return _MODEL_WORDS.search(body) is not None
 
 
 def refuses_stream_options(body: bytes | None) -> bool:
@@ -211,7 +235,7 @@ def disables(kind: FaultClass, path: str) -> bool:
     """Whether a fault of `kind` on `path` takes the model out of routing. A 404 on another path
     than the profiled one says the endpoint is not served there (a chat-only model asked for
     /completions), not that the model is gone."""
-    return POLICIES[kind].disable and (kind != "not_found" or path == PROFILED_PATH)
+    return POLICIES[kind].disable and (kind not in _NOT_FOUND or path == PROFILED_PATH)
 
 
 def status_class(status: int, path: str) -> FaultClass | None:
@@ -249,7 +273,7 @@ def transport_class(exc: UpstreamError | TimeoutError) -> FaultClass:
     return "read"
 
 
-def describe(kind: FaultClass, model: str, status: int | None, path: str) -> str:
+def describe(kind: FaultClass, model: str, status: int | None, path: str, base_url: str) -> str:
     """What the client and the logs are told of a status fault: the gateway's words only."""
     if kind == "auth":
         return (f"the upstream of model {model} refused the gateway's credentials (HTTP {status}); "
@@ -257,6 +281,14 @@ def describe(kind: FaultClass, model: str, status: int | None, path: str) -> str
     if kind == "not_found":
         what = "the model" if path == PROFILED_PATH else f"the model or the endpoint {path}"
         return f"the upstream of model {model} does not know {what} (HTTP 404)"
+    if kind == "no_endpoint" and path != PROFILED_PATH:
+        return f"the upstream of model {model} does not serve {path} (HTTP 404)"
+    if kind == "no_endpoint":
+        hint = (": check it" if base_url.rstrip("/").endswith("/v1") else
+                ", which likely lacks the /v1 under which vLLM, TGI, llama.cpp, Ollama and most OpenAI-compatible "
+                "servers serve it")
+        return (f"the upstream of model {model} serves no {path} at the model's base_url{hint} (HTTP 404 for the "
+                f"URL's path, naming no model)")
     if kind == "context_length":
         return f"the prompt does not fit the context of {model} (HTTP {status})"
     if kind == "too_large":

@@ -23,7 +23,7 @@ import orjson
 from app.errors import GatewayError, error_body
 from app.runtime.metrics import Metrics
 from app.upstream.faults import (
-    RELAYED,
+    READ_BODY,
     FaultClass,
     UpstreamFault,
     describe,
@@ -31,6 +31,7 @@ from app.upstream.faults import (
     error_answer,
     error_message,
     exceeds_context,
+    names_model,
     refuses_stream_options,
     retry_after,
     status_class,
@@ -248,7 +249,7 @@ class Forwarder:
         kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"
         detail = f"{last.kind}: {last}" if last else "no upstream to try"
         raise GatewayError(kind, f"all upstream attempts failed ({attempts}); last: {detail}",
-                           code="upstream_failed")
+                           code="upstream_failed") from last  # a profiling job reads its class
 
     async def ask(self, method: str, path: str, record: ModelRecord, client_headers: Mapping[str, str]
                   ) -> UpstreamReply:
@@ -289,14 +290,19 @@ class Forwarder:
         try:
             response = await self.client.request(method, url, payload, headers)
             kind = status_class(response.status, path)
-            if kind is not None and kind not in RELAYED:
+            if kind is not None and kind not in READ_BODY:
                 response.close()  # its body is the provider's business, never the client's
-                raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status,
-                                    retry_after=retry_after(response.headers, time.time()))
+                raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
+                                    response.status, retry_after=retry_after(response.headers, time.time()))
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
             content = await response.read() if kind is not None or not stream else b""
         except (UpstreamError, TimeoutError) as exc:
             raise UpstreamFault(transport_class(exc), f"{type(exc).__name__} calling {record.name}") from exc
+        if kind == "not_found":
+            # Read to tell whether the model is unknown or the URL: the operator must fix one or the other.
+            kind = "not_found" if names_model(content) else "no_endpoint"
+            raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
+                                response.status)
         elapsed = time.perf_counter() - start
         self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
         request_id = response.headers.get("x-request-id")
@@ -312,7 +318,8 @@ class Forwarder:
             if kind == "client_error" and exceeds_context(parsed):
                 kind = "context_length"
             if kind != "client_error":
-                raise UpstreamFault(kind, describe(kind, record.name, response.status, path), response.status, reply)
+                raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
+                                    response.status, reply)
             return reply
         if not stream:
             try:

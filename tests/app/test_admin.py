@@ -107,6 +107,25 @@ def test_precomputed_scores_register_without_calling_the_upstream(make_gateway, 
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "scores"
 
 
+def test_a_base_url_without_v1_fails_the_profiling_job_at_once_saying_so(make_gateway, fault_upstream):
+    """The fault upstream serves /v1/chat/completions only, as vLLM does, and answers another path
+    with FastAPI's 404, `{"detail": "Not Found"}`. Before, every prompt failed as `not_found` (the
+    upstream "does not know the model"), and the job backed off and paused, to resume and fail again."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN, profile_backoff_s=0.01, profile_backoff_max_s=0.05) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "m", "base_url": url.removesuffix("/v1"),
+                                                "cost": {"per_request": 1}, "job": {"limit": 20}})
+        job = wait_job(gw, r.json()["job_id"])
+        assert (job["state"], job["done"]) == ("failed", 0)
+        assert "base_url, which likely lacks the /v1" in job["error"] and "does not know" not in job["error"]
+        model = admin(gw, "GET", "/models/m").json()
+        assert (model["state"], model["error"]) == ("failed", job["error"])
+        # the operator fixes the base_url as the reason says and profiles again
+        assert admin(gw, "PATCH", "/models/m", json={"base_url": url}).status_code == 200
+        again = wait_job(gw, admin(gw, "POST", "/models/m/reprofile", json={"limit": 4}).json()["job_id"])
+        assert again["state"] == "done" and admin(gw, "GET", "/models/m").json()["state"] == "ready"
+
+
 def test_admin_api_needs_the_admin_key_and_is_off_without_one(make_gateway):
     with make_gateway(admin_key=ADMIN, api_keys=["client-key"]) as gw:
         assert httpx.get(gw + "/admin/models", timeout=5).status_code == 401

@@ -7,7 +7,7 @@ import openai
 import orjson
 import pytest
 
-from app.upstream.faults import MESSAGE_CHARS, exceeds_context, retry_after
+from app.upstream.faults import MESSAGE_CHARS, exceeds_context, names_model, retry_after
 from app.upstream.forwarding import error_instead
 from tests.models_registry.helpers import make_record
 from tests.support.clients import client, hanging_post, metric, wait_for
@@ -303,6 +303,46 @@ def test_a_refused_key_or_retired_model_disables_the_model_and_falls_back_silent
         assert raw.headers["x-uniroute-model"] == "first"
         assert metric(gw, "uniroute_models_faulted") == 0
         assert httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()["error"] is None
+
+
+def test_a_base_url_without_v1_disables_the_model_saying_so_not_that_the_model_is_unknown(pair, fault_upstream):
+    """vLLM, TGI and llama.cpp serve /v1/chat/completions: at `http://host:8000` the gateway asks
+    /chat/completions and gets the 404 of a path the server does not serve (vLLM's, FastAPI's:
+    `{"detail": "Not Found"}`, which the fault upstream sends too). Before, the model was disabled
+    as `not_found`, its upstream said not to know the model: the operator looked for a wrong name."""
+    upstream, make = pair
+    _, url = fault_upstream
+    with make("", first_url=url.removesuffix("/v1"), admin_key="admin-key") as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="no_endpoint"}') == 1
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="not_found"}') == 0
+        record = httpx.get(gw + "/admin/models/first", headers=ADMIN, timeout=5).json()
+        assert (record["state"], record["enabled"]) == ("disabled", False)
+        assert record["error"].startswith("upstream fault no_endpoint:")
+        assert "base_url, which likely lacks the /v1" in record["error"] and "does not know" not in record["error"]
+        assert wait_for(lambda: metric(gw, 'uniroute_models_faulted{reason="no_endpoint"}') == 1)
+
+
+@pytest.mark.parametrize("body,about_the_model", [
+    (b'{"detail":"Not Found"}', False),  # vLLM, SGLang (FastAPI) for a path they do not serve
+    (b'{"error":{"message":"Invalid URL (POST /chat/completions)","type":"invalid_request_error","param":null,'
+     b'"code":null}}', False),  # OpenAI
+    (b'{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}', False),  # llama.cpp
+    (b"", False),  # TGI
+    (b"404 page not found", False),  # Ollama
+    (b"<html><head><title>404 Not Found</title></head><body><center><h1>404 Not Found</h1></center>"
+     b"<hr><center>nginx</center></body></html>", False),  # a proxy
+    (b'{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,'
+     b'"code":404}', True),  # vLLM for an unknown model
+    (b'{"error":{"message":"The model `x` does not exist or you do not have access to it.",'
+     b'"type":"invalid_request_error","param":null,"code":"model_not_found"}}', True),  # OpenAI
+    (b'{"error":{"message":"model \"x\" not found, try pulling it first","type":"api_error"}}', True),  # Ollama
+    (b'{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}',
+     True),  # Azure OpenAI
+])
+def test_a_404_about_the_model_is_told_from_one_about_the_path(body, about_the_model):
+    assert names_model(body) is about_the_model
 
 
 def test_a_retired_model_name_is_fixed_in_place_and_the_model_routes_again_on_its_profile(faulty):
