@@ -24,15 +24,28 @@ the representative set) but the last:
              own costs where it has answers, the training LLMs' pattern where it has few);
 - transcost: the transfer router's model on log relative costs: a cost per (prompt, test LLM)
              from the training LLMs' costs near the prompt and the test LLM's representative costs;
+- lengthmodel: the prompt's relative cost among the training LLMs predicted from its embedding
+             (benchmarks.length_model: log-linear, ridge) over its mean prediction on the
+             representative prompts, times the test LLM's mean representative cost;
 - realised:  the true cost of the (prompt, LLM): no router can know it; it bounds the others.
+
+With `--input-prices` (the data's list prices per million input tokens, and its token rule,
+ceil(characters / 4), as arena_bench_v1 states them) three more price as the gateway does: the
+prompt's input tokens exactly, and only the answer's cost predicted (the test LLM's mean
+representative answer cost, the cost less its input part) times
+- gw_mean:    1 (the gateway with no output scale);
+- gw_cluster: the prompt's cluster's relative answer cost among the training LLMs, shrunk and
+             normalised over the representative prompts as the gateway's output scale is;
+- gw_length:  the length model on the training LLMs' relative answer costs.
 
 The clusters are K-means on the training prompts with the K the K-means router chose in the
 trial (seed 0). Every cost model is normalised by the test pool's dearest mean representative
 cost, as `uniroute eval` normalises the mean. Reported per router and cost model: mean area
 with its 95% interval, closure (against the zero router and the oracle both with mean costs, as
 `uniroute eval` reports it) with its bootstrap interval, and the paired per-trial difference in
-area to the same router with mean costs (95% interval, trials won). The JSON keeps every
-per-trial area.
+area to the same router with mean costs (95% interval, trials won), and for the length model
+to the same router with the cluster pricing it would refine (`lengthmodel` against `trainclus`,
+`gw_length` against `gw_cluster`: `versus` in the JSON). The JSON keeps every per-trial area.
 """
 from __future__ import annotations
 
@@ -44,6 +57,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.length_model import fit_length_model
 from benchmarks.repset_size import data_arguments, load_embedded
 from router_core import transfer
 from router_core.clustering import assign, fit_kmeans
@@ -59,11 +73,20 @@ from router_core.evaluation import (
     mean_ci,
 )
 from router_core.neighbours import knn_gamma
-from router_core.output_scale import cluster_scale, normalised_scale, relative_to_models
+from router_core.output_scale import (
+    DEFAULT_SCALE_PRIOR,
+    cluster_scale,
+    normalised_scale,
+    relative_to_models,
+)
 from router_core.profiles import cluster_profiles
 
 ROUTERS = ("zero_router", "uniroute_kmeans", "knn", "transfer_irt", "oracle")
-COST_MODELS = ("mean", "lenfit", "knnrel", "ownclus", "trainclus", "owntrain", "transcost", "realised")
+COST_MODELS = ("mean", "lenfit", "knnrel", "ownclus", "trainclus", "owntrain", "transcost", "lengthmodel", "realised")
+# Priced as the gateway prices: the input exactly, the answer predicted (`--input-prices`).
+GATEWAY_MODELS = ("gw_mean", "gw_cluster", "gw_length")
+# The length model against the cluster pricing it would refine.
+VERSUS = {"lengthmodel": "trainclus", "gw_length": "gw_cluster"}
 
 
 def own_toward_train(val_lab: np.ndarray, val_cost: np.ndarray, mean: np.ndarray, train_scale: np.ndarray,
@@ -95,10 +118,11 @@ def transfer_costs(emb: np.ndarray, costs: np.ndarray, split: TrialSplit, mean: 
 
 
 def predicted_costs(emb: np.ndarray, lengths: np.ndarray, costs: np.ndarray, split: TrialSplit,
-                    clusters: int, knn_k: int = 20, prior: float = 4.0, own_prior: float = 16.0
-                    ) -> dict[str, np.ndarray]:
+                    clusters: int, knn_k: int = 20, prior: float = 4.0, own_prior: float = 16.0,
+                    input_cost: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Each cost model's costs of the test LLMs on the test prompts, normalised by the dearest
-    test LLM's mean representative cost: "mean" (M,), the others (n_test, M)."""
+    test LLM's mean representative cost: "mean" (M,), the others (n_test, M); with `input_cost`
+    (n, all LLMs), the part of `costs` the prompt's input tokens make, the GATEWAY_MODELS too."""
     tr_p, val_p, q = split.train_prompts, split.val_prompts, split.test_prompts
     te = split.test_models
     val_cost = costs[np.ix_(val_p, te)]
@@ -123,14 +147,46 @@ def predicted_costs(emb: np.ndarray, lengths: np.ndarray, costs: np.ndarray, spl
            "trainclus": rel_k[q_lab][:, None] * mean,
            "owntrain": own_toward_train(val_lab, val_cost, mean, rel_k, clusters, own_prior)[:, q_lab].T,
            "transcost": transfer_costs(emb, costs, split, mean),
+           "lengthmodel": fit_length_model(emb[tr_p], rel).relative(emb[q], emb[val_p])[:, None] * mean,
            "realised": costs[np.ix_(q, te)]}
+    if input_cost is not None:
+        raw.update(gateway_costs(emb, costs, input_cost, split, centroids))
     top = mean.max()  # `normalise_costs` of the mean: "mean" is the very route cost of `uniroute eval`
     return {name: c / top if top > 0 else np.zeros_like(c) for name, c in raw.items()}
 
 
+def gateway_costs(emb: np.ndarray, costs: np.ndarray, input_cost: np.ndarray, split: TrialSplit,
+                  centroids: np.ndarray) -> dict[str, np.ndarray]:
+    """The GATEWAY_MODELS' (n_test, M) costs, not normalised: the test prompts' input cost as it
+    is, plus each test LLM's mean representative answer cost times the prompt's relative answer
+    length (1, its cluster's, or the length model's), all from the training LLMs' answer costs."""
+    tr_p, val_p, q, te = split.train_prompts, split.val_prompts, split.test_prompts, split.test_models
+    answer = costs - input_cost
+    mean_answer = np.nanmean(answer[np.ix_(val_p, te)], axis=0)
+    rel = relative_to_models(answer[np.ix_(tr_p, split.train_models)])
+    one_hot = np.eye(len(centroids))
+    tr_lab, val_lab, q_lab = (assign(centroids, emb[rows])[0] for rows in (tr_p, val_p, q))
+    scale = normalised_scale(cluster_scale(one_hot[tr_lab], rel, DEFAULT_SCALE_PRIOR), one_hot[val_lab])
+    length = {"gw_mean": np.ones(q.size), "gw_cluster": scale[q_lab],
+              "gw_length": fit_length_model(emb[tr_p], rel).relative(emb[q], emb[val_p])}
+    return {name: input_cost[np.ix_(q, te)] + rl[:, None] * mean_answer for name, rl in length.items()}
+
+
+def input_costs(prompts: list[str], models: list[str], prices_file: str) -> np.ndarray:
+    """(n, M) each prompt's input cost for each LLM: ceil(characters / 4) tokens at its price per
+    million input tokens in `prices_file` ({model: {"input_per_mtok": ...}}, arena_bench_v1's
+    prices.json), the rule the data's costs were made by."""
+    prices = json.loads(Path(prices_file).read_text())
+    missing = [m for m in models if m not in prices]
+    if missing:
+        raise SystemExit(f"--input-prices has no price for {missing}")
+    tokens = np.array([-(-len(p) // 4) for p in prompts], dtype=np.float64)
+    return tokens[:, None] * np.array([prices[m]["input_per_mtok"] for m in models], dtype=np.float64) / 1e6
+
+
 def run_trial(emb: np.ndarray, lengths: np.ndarray, scores: np.ndarray, costs: np.ndarray, cfg: EvalConfig,
-              rng: np.random.Generator, knn_k: int, prior: float, own_prior: float = 16.0
-              ) -> dict[tuple[str, str], float]:
+              rng: np.random.Generator, knn_k: int, prior: float, own_prior: float = 16.0,
+              input_cost: np.ndarray | None = None) -> dict[tuple[str, str], float]:
     """One `uniroute eval` trial (the same split and routers for the same rng): the area of every
     (router, cost model)."""
     split = draw_split(scores, cfg, rng)
@@ -140,9 +196,9 @@ def run_trial(emb: np.ndarray, lengths: np.ndarray, scores: np.ndarray, costs: n
     c_max = q_spend.mean(axis=0).max() or 1.0
     gammas = {**{r: routers.gammas[r] for r in ROUTERS[:-1]}, "oracle": 1.0 - q_score}
     priced = predicted_costs(emb, lengths, costs, split, int(routers.settings["uniroute_kmeans.clusters"]),
-                             knn_k, prior, own_prior)
+                             knn_k, prior, own_prior, input_cost)
     return {(r, c): area_under(deferral_curve(gammas[r], priced[c], q_score, q_spend, c_max, cfg.n_lambdas))
-            for r in ROUTERS for c in COST_MODELS}
+            for r in ROUTERS for c in priced}
 
 
 def summarise(areas: dict[tuple[str, str], list[float]]) -> dict[str, dict[str, dict]]:
@@ -157,12 +213,21 @@ def summarise(areas: dict[tuple[str, str], list[float]]) -> dict[str, dict[str, 
                "closure_ci": closure_ci(values, zero, oracle), "minus_mean_cost": None,
                "trial_areas": values.tolist()}
         if cost != "mean":
-            diff = values - a[(router, "mean")]
-            d, dlo, dhi = mean_ci(diff)
-            row["minus_mean_cost"] = {"area_diff": d, "ci": [dlo, dhi], "wins": int((diff > 0).sum()),
-                                      "trials": int(diff.size)}
+            row["minus_mean_cost"] = _paired(values, a[(router, "mean")])
+        if cost in VERSUS:
+            row["versus"] = {"cost_model": VERSUS[cost], **_paired(values, a[(router, VERSUS[cost])])}
         out.setdefault(router, {})[cost] = row
     return out
+
+
+def _paired(values: np.ndarray, base: np.ndarray) -> dict:
+    diff = values - base
+    d, lo, hi = mean_ci(diff)
+    return {"area_diff": d, "ci": [lo, hi], "wins": int((diff > 0).sum()), "trials": int(diff.size)}
+
+
+def _shown(d: dict | None) -> str:
+    return "" if d is None else f"  {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] {d['wins']}/{d['trials']}"
 
 
 def _pct(v: float | None) -> str:
@@ -176,36 +241,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--knn-k", type=int, default=20, help="nearest training prompts of the knnrel cost model")
     p.add_argument("--prior", type=float, default=4.0, help="pseudo-prompts of the ownclus cost model")
     p.add_argument("--own-prior", type=float, default=16.0, help="pseudo-prompts of the owntrain cost model")
+    p.add_argument("--input-prices", metavar="FILE",
+                   help="the data's prices per million input tokens ({model: {\"input_per_mtok\": ...}}): adds the "
+                        "cost models priced as the gateway prices, input exact and answer predicted")
     p.add_argument("--json", dest="json_out", required=True)
     args = p.parse_args(argv)
     name, prompts, emb, scores, costs = load_embedded(args)
+    input_cost = None
+    if args.input_prices:
+        from router_core.datasets import load_dataset
+
+        input_cost = input_costs(prompts, list(load_dataset(args.data, args.format).models), args.input_prices)
     if np.isnan(costs).any() or (costs < 0).any():
         raise SystemExit("every (prompt, model) needs a known, non-negative cost (--model-costs prices a model)")
+    if input_cost is not None and (costs - input_cost < -1e-12).any():
+        raise SystemExit("--input-prices price some prompt's input above its whole cost: not the data's prices")
     lengths = np.array([len(text) for text in prompts], dtype=np.float64)
     cfg = EvalConfig(trials=args.trials, seed=args.seed, learned_map=None)
     master = np.random.default_rng(cfg.seed)  # the same trial seeds as `evaluate`
     areas: dict[tuple[str, str], list[float]] = {}
     for _ in tqdm(range(cfg.trials), desc="trials", unit="trial", file=sys.stderr):
         trial = run_trial(emb, lengths, scores, costs, cfg, np.random.default_rng(master.integers(1 << 63)),
-                          args.knn_k, args.prior, args.own_prior)
+                          args.knn_k, args.prior, args.own_prior, input_cost)
         for key, value in trial.items():
             areas.setdefault(key, []).append(value)
     methods = summarise(areas)
     result = {"dataset": name, "n_prompts": int(scores.shape[0]), "n_models": int(scores.shape[1]),
               "trials": cfg.trials, "seed": cfg.seed, "embedder": args.embedder, "knn_k": args.knn_k,
               "prior": args.prior, "own_prior": args.own_prior, "routers": list(ROUTERS),
-              "cost_models": list(COST_MODELS), "methods": methods}
+              "cost_models": list(COST_MODELS) + (list(GATEWAY_MODELS) if input_cost is not None else []),
+              "input_prices": args.input_prices, "methods": methods}
     Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{name}, {cfg.trials} trials; closure vs zero_router/oracle with mean costs; "
-          "paired area difference vs the same router with mean costs")
+          "paired area difference vs the same router with mean costs (and, for the length model, with the "
+          "cluster pricing it refines)")
     for router, rows in methods.items():
         for cost, row in rows.items():
             ci = row["closure_ci"]
             shown = " " * 16 if ci is None else f" [{100 * ci[0]:5.1f}, {100 * ci[1]:5.1f}]"
-            d = row["minus_mean_cost"]
-            paired = "" if d is None else (f"  {d['area_diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
-                                           f" {d['wins']}/{d['trials']}")
-            print(f"{router:<16} {cost:<10} area {row['area']:.4f}  closure {_pct(row['closure'])}{shown}{paired}")
+            paired = "".join(_shown(row.get(key)) for key in ("minus_mean_cost", "versus"))
+            print(f"{router:<16} {cost:<11} area {row['area']:.4f}  closure {_pct(row['closure'])}{shown}{paired}")
     return 0
 
 

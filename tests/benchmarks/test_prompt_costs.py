@@ -14,6 +14,7 @@ from app.demo import ROUTERBENCH_DIR
 from benchmarks.prompt_costs import (
     COST_MODELS,
     ROUTERS,
+    input_costs,
     own_toward_train,
     predicted_costs,
 )
@@ -42,7 +43,7 @@ def test_cost_models_find_the_dear_kind_of_prompt_from_training_and_representati
     assert np.array_equal(priced["mean"], val_mean / val_mean.max())  # `uniroute eval`'s route cost
     assert np.allclose(priced["realised"], costs[np.ix_(split.test_prompts, split.test_models)] / val_mean.max())
     dear, cheap = kind[split.test_prompts] == 1, kind[split.test_prompts] == 0
-    for name in ("lenfit", "knnrel", "ownclus", "trainclus", "realised"):
+    for name in ("lenfit", "knnrel", "ownclus", "trainclus", "lengthmodel", "realised"):
         c = priced[name]
         assert c.shape == (split.test_prompts.size, 2) and (c >= 0).all()
         assert (c[dear].min(axis=0) > c[cheap].max(axis=0)).all(), name
@@ -70,6 +71,11 @@ def test_study_reports_every_router_and_cost_model_paired_with_uniroute_eval(tmp
             assert paired["area_diff"] == pytest.approx(diff.mean())
             assert paired["ci"][0] <= paired["area_diff"] <= paired["ci"][1]
             assert paired["wins"] == int((diff > 0).sum()) and paired["trials"] == 2
+            versus = row.get("versus")
+            assert (versus is None) == (cost != "lengthmodel")
+            if versus is not None:
+                diff = np.subtract(row["trial_areas"], rows[versus["cost_model"]]["trial_areas"])
+                assert versus["area_diff"] == pytest.approx(diff.mean()) and versus["trials"] == 2
     assert methods["zero_router"]["mean"]["closure"] == 0.0
     assert methods["oracle"]["mean"]["closure"] == pytest.approx(1.0)
 
@@ -81,6 +87,42 @@ def test_study_reports_every_router_and_cost_model_paired_with_uniroute_eval(tmp
     report = evaluate(emb, scores, costs, replace(EvalConfig(trials=2), learned_map=None))
     for router in ROUTERS:
         assert methods[router]["mean"]["trial_areas"] == [t.metrics[router]["area"] for t in report.trials], router
+
+
+def test_gateway_pricing_takes_the_input_as_it_is_and_predicts_only_the_answer():
+    """Every LLM's answers to the long-answer kind cost ten times the others' and the input is a
+    known share: gw_mean prices each test prompt's input exactly plus the mean answer; gw_cluster
+    and gw_length also find the long-answer kind, from the training LLMs' answer costs."""
+    rng = np.random.default_rng(1)
+    n, d = 240, 8
+    kind = np.arange(n) % 2
+    emb = np.eye(d)[kind] + 0.05 * rng.normal(size=(n, d))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    price = np.array([1.0, 2.0, 5.0, 0.5, 3.0])
+    input_cost = price * rng.uniform(0.5, 1.5, (n, 1))
+    costs = input_cost + price * np.where(kind == 1, 10.0, 1.0)[:, None] * rng.uniform(0.9, 1.1, (n, price.size))
+    split = TrialSplit(train_models=np.array([0, 1, 2]), test_models=np.array([3, 4]),
+                       train_prompts=np.arange(0, 140), val_prompts=np.arange(140, 170), test_prompts=np.arange(170, n))
+    priced = predicted_costs(emb, np.ones(n), costs, split, clusters=2, input_cost=input_cost)
+    te, q, val = split.test_models, split.test_prompts, split.val_prompts
+    top = costs[np.ix_(val, te)].mean(axis=0).max()
+    answer = (costs - input_cost)[np.ix_(val, te)].mean(axis=0)
+    np.testing.assert_allclose(priced["gw_mean"] * top, input_cost[np.ix_(q, te)] + answer)
+    long, short = kind[q] == 1, kind[q] == 0
+    for name in ("gw_cluster", "gw_length"):
+        part = priced[name] * top - input_cost[np.ix_(q, te)]  # the predicted answer cost
+        assert (part[long].mean(axis=0) / part[short].mean(axis=0) > 5).all(), name
+        # the answer's prediction averages each test LLM's mean over the representative prompts
+        np.testing.assert_allclose(part.mean(axis=0), answer, rtol=0.2)
+
+
+def test_input_prices_follow_the_datas_token_rule(tmp_path):
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"a": {"input_per_mtok": 2.0}, "b": {"input_per_mtok": 0.5}}))
+    got = input_costs(["x" * 8, "y" * 9], ["a", "b"], str(prices))  # 2 and ceil(9 / 4) = 3 tokens
+    np.testing.assert_allclose(got, [[4e-6, 1e-6], [6e-6, 1.5e-6]])
+    with pytest.raises(SystemExit, match="no price"):
+        input_costs(["x"], ["a", "c"], str(prices))
 
 
 def test_own_costs_shrink_toward_the_training_pattern_by_their_pseudo_prompts():
