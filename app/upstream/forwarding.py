@@ -63,6 +63,12 @@ _PASS_HEADERS = ("user-agent", PURPOSE_HEADER)
 # told in place of its answer (a 200 body, a stream's opening event): OpenAI's for it.
 REFUSED = 400
 
+# The longest an upstream's Retry-After keeps its model out of routing. A provider out of its
+# daily quota may ask for hours, but a bogus value (a date years ahead) would keep the model out
+# until the worker restarts; after this the model is tried again, and a new Retry-After cools it
+# again.
+RETRY_AFTER_COOL_MAX_S = 3600.0
+
 # Called with a model and the fault that should take it out of routing.
 Disable = Callable[[ModelRecord, UpstreamFault], Awaitable[None]]
 
@@ -89,13 +95,14 @@ class Health:
 
     def failure(self, model: str, retry_after: float | None = None) -> None:
         """Count a failed attempt; cool the model down when failures reach the threshold, and at
-        once for `retry_after` seconds when its upstream asked not to be called for that long."""
+        once for `retry_after` seconds (at most RETRY_AFTER_COOL_MAX_S) when its upstream asked
+        not to be called for that long."""
         n = self._failures.get(model, 0) + 1
         self._failures[model] = n
         if n >= self.failures_to_cool and model not in self._cool_until:
             self._cool(model, self.cooldown_s, f"after {n} failures")
         if retry_after:
-            self._cool(model, retry_after, "as its upstream asked (Retry-After)")
+            self._cool(model, min(retry_after, RETRY_AFTER_COOL_MAX_S), "as its upstream asked (Retry-After)")
 
     def _cool(self, model: str, seconds: float, why: str) -> None:
         """Keep `model` out of routing for `seconds` from now, unless it is out longer already."""

@@ -2,13 +2,16 @@
 cut streams and cooldowns. The client always gets an answer or an OpenAI-style error."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import orjson
 import pytest
 
+from app.runtime.metrics import Metrics
 from app.upstream.faults import MESSAGE_CHARS, exceeds_context, names_model, retry_after
-from app.upstream.forwarding import error_instead
+from app.upstream.forwarding import Health, error_instead
 from tests.models_registry.helpers import make_record
 from tests.support.clients import client, hanging_post, metric, wait_for
 from tests.support.fault_upstream import Fault, closed_port, hangup_server
@@ -132,6 +135,16 @@ def test_a_retry_after_that_would_outlast_the_deadline_is_not_waited_out(pair):
 ])
 def test_retry_after_is_read_as_seconds_or_an_http_date(headers, seconds):
     assert retry_after(headers, now=40.0) == seconds
+
+
+def test_a_bogus_retry_after_cools_its_model_for_an_hour_at_most():
+    """A Retry-After dated years ahead kept the model out of routing until the worker restarted."""
+    health = Health(failures_to_cool=3, cooldown_s=30.0, metrics=Metrics())
+    health.failure("m", retry_after=1e9)
+    assert health.cooling() == {"m"}
+    assert health._cool_until["m"] - time.monotonic() <= 3600.0
+    health.failure("n", retry_after=120.0)  # a plausible one is kept as the upstream asked
+    assert health._cool_until["n"] - time.monotonic() > 100.0
 
 
 @pytest.mark.parametrize("spec", [":no_stream", ":html"])
