@@ -297,8 +297,12 @@ def describe(kind: FaultClass, model: str, status: int | None, path: str, base_u
 
 
 def fault_error(kind: FaultClass, detail: str, when: str) -> str:
-    """The registry `error` of a model a fault disabled."""
-    return (f"{FAULT_PREFIX}{kind}: {detail} at {when}; fix the upstream, then re-enable the model "
+    """The registry `error` of a model a fault disabled, with what the operator should fix: the
+    model's base_url for `no_endpoint` (the upstream is fine, the address is not), else the
+    upstream."""
+    fix = ("fix the model's base_url (PATCH /admin/models/<name> {\"base_url\": ...})" if kind == "no_endpoint"
+           else "fix the upstream")
+    return (f"{FAULT_PREFIX}{kind}: {detail} at {when}; {fix}, then re-enable the model "
             f"(PATCH /admin/models/<name> {{\"enabled\": true}})")
 
 

@@ -334,6 +334,7 @@ def test_a_base_url_without_v1_disables_the_model_saying_so_not_that_the_model_i
         assert (record["state"], record["enabled"]) == ("disabled", False)
         assert record["error"].startswith("upstream fault no_endpoint:")
         assert "base_url, which likely lacks the /v1" in record["error"] and "does not know" not in record["error"]
+        assert "fix the model's base_url" in record["error"] and "fix the upstream" not in record["error"]
         assert wait_for(lambda: metric(gw, 'uniroute_models_faulted{reason="no_endpoint"}') == 1)
 
 
