@@ -1,9 +1,12 @@
 """Reading an upstream's server-sent events on their way to the client.
 
 The relay passes each event through as the upstream framed it, but it reads what it needs:
-whether the answer is complete, and the usage the upstream reports. A stream can end
-without being complete: cut mid-way, or ended with `[DONE]` while a choice's `finish_reason`
-is still null (llama-cpp-python interrupts an answer so when another request arrives). Since
+whether the answer is complete, and the usage the upstream reports. One kind of event is
+rewritten: llama.cpp's own `error` field (how its 2025 builds fail mid-stream), which the openai
+SDK skips as a field it does not know, goes on as OpenAI's error event, which the SDK raises.
+A stream can end without being complete: cut mid-way, or ended with `[DONE]` while a choice's
+`finish_reason` is still null (llama-cpp-python interrupts an answer so when another request
+arrives), or with the upstream's own error (then no error of the gateway's follows it). Since
 the openai SDK stops reading at `[DONE]`, the relay holds `[DONE]` back until it knows, and
 puts its error event before it.
 """
@@ -78,6 +81,19 @@ def opening_error(event: bytes) -> dict | None:
     return {"error": obj} if named or obj.get("type") == "error" else None
 
 
+def error_field_event(event: bytes) -> bytes:
+    """An event holding llama.cpp's `error` field (`error: {"code": 500, "message": ..., "type":
+    "server_error"}`, then `data: [DONE]`) as OpenAI's error event, `data: {"error": {...}}`.
+    The openai SDK skips a field it does not know, which would leave the client only the
+    gateway's generic error; this event it raises as an APIError with llama.cpp's message."""
+    body = opening_error(event)
+    assert body is not None  # an `error` field always reads as an error body
+    error = body["error"]
+    if not isinstance(error, dict):  # a bare message (`error: overloaded`): the SDK reads `message`
+        error = {"message": str(error)}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
 class EventSplitter:
     """Cuts a byte stream into whole SSE events (each with its terminating blank line)."""
 
@@ -129,7 +145,8 @@ class StreamWatch:
 
     `strip_usage`: the gateway asked for the usage chunk the client did not ask for, so it is
     read and not passed on. After the stream: `usage` (the upstream's, or None), `complete`,
-    `upstream_error` (the upstream sent its own error event), `cut`."""
+    `upstream_error` (the upstream sent its own error: an error event, or llama.cpp's `error` field,
+    passed on as an error event), `cut`."""
 
     responses_api: bool = False
     strip_usage: bool = False
@@ -155,7 +172,10 @@ class StreamWatch:
             return event
         data = event_data(event)
         if data is None:
-            return event  # a comment or a keep-alive
+            if event_field(event, b"error") is None:
+                return event  # a comment or a keep-alive
+            self.upstream_error = True
+            return error_field_event(event)
         if data.strip() == DONE:
             self.done = event
             return b""

@@ -612,6 +612,29 @@ def test_a_stream_ended_with_done_but_no_finish_reason_is_a_cut_reported_before_
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 2
 
 
+@pytest.mark.parametrize("spec", [":error_field_after=2", ":error_field_after=2,crlf"])
+def test_llamacpps_failure_mid_stream_reaches_the_client_with_its_message_and_no_other_error(pair, spec):
+    """llama.cpp's 2025 builds fail mid-stream in an `error` field of their own, then `[DONE]`.
+    Before, the field went on as it came, the openai SDK skipped it, and the client got only the
+    gateway's generic "ended the stream before the answer was complete": never llama.cpp's reason."""
+    _, make = pair
+    with make(spec) as gw:
+        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="Context size has been exceeded") as err:
+            for _ in stream:
+                pass
+        assert err.value.body["type"] == "server_error"
+        body = {"model": "uniroute:0", "messages": MESSAGES, "stream": True}
+        raw = httpx.post(gw + "/v1/chat/completions", json=body, timeout=30).content
+        assert not any(line.startswith(b"error:") for line in raw.splitlines())
+        data = sse_data(raw)
+        errors = [i for i, d in enumerate(data) if '"error"' in d]
+        assert errors == [len(data) - 2] and data[-1] == "[DONE]"  # one error, the upstream's, before [DONE]
+        assert orjson.loads(data[-2]) == {"error": {"code": 500, "message": "Context size has been exceeded.",
+                                                    "type": "server_error"}}
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 2
+
+
 def test_a_stream_cut_mid_way_has_its_error_event_and_no_done(pair):
     _, make = pair
     with make(":cut=3") as gw:

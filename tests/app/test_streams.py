@@ -94,6 +94,23 @@ def test_an_upstream_error_event_passes_and_is_noted():
     assert watch.see(event) == event and watch.upstream_error
 
 
+@pytest.mark.parametrize("field,error", [
+    (b'error: {"code":500,"message":"Context size has been exceeded.","type":"server_error"}\n\n',
+     {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}),
+    (b'error: {"code":500,"message":"boom","type":"server_error"}\r\n\r\n',
+     {"code": 500, "message": "boom", "type": "server_error"}),
+    (b"error: overloaded\n\n", {"message": "overloaded"}),
+])
+def test_llamacpps_error_field_mid_stream_goes_on_as_an_openai_error_event(field, error):
+    """The openai SDK skips a field it does not know: passed on as it came, llama.cpp's error
+    never reached the client, only the gateway's generic error after it."""
+    watch = StreamWatch()
+    out = [watch.see(e) for e in [chunk([choice(text="a")]), field, b"data: [DONE]\n\n"]]
+    assert out[1] == b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+    assert watch.upstream_error and not watch.complete and watch.done == b"data: [DONE]\n\n"
+    assert watch.see(b": keep-alive\n\n") == b": keep-alive\n\n"  # a comment is still no error
+
+
 def test_a_responses_stream_is_complete_at_response_completed_with_its_usage():
     watch = StreamWatch(responses_api=True)
     watch.see(b'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", "delta": "a"}\n\n')

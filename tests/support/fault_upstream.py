@@ -25,6 +25,9 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     chunk for `cut` and `pace`
     stream_error    streamed: an error event `data: {"error": {...}}` in place of the answer's
                     chunks, then the end of the stream (OpenRouter's and LiteLLM's provider failure)
+    error_field_after=N  streamed: the first N chunks, then llama.cpp's failure mid-stream in an
+                    `error` field of its own, `error: {"code": 500, "message": "Context size has
+                    been exceeded.", "type": "server_error"}`, then `data: [DONE]` (its 2025 builds)
     crlf            streamed: frame events with CRLF line ends, as sse-starlette (so
                     llama-cpp-python) does
     no_stream       streamed: the whole JSON answer instead, as a server that ignores `stream`
@@ -162,6 +165,12 @@ CONTEXT_REFUSALS: dict[str, Callable[[int, int], tuple[int, dict]]] = {"tgi": _t
                                                                       "llamacpp": _llamacpp_refusal}
 
 
+# llama.cpp's server failing mid-stream (its 2025 builds): an `error` field of its own, out of
+# the KV cache it shares among its slots.
+LLAMACPP_STREAM_FAILURE = (b'error: {"code":500,"message":"Context size has been exceeded.","type":"server_error"}'
+                           b"\n\n")
+
+
 class Answered(Exception):
     """An answer given as it is, not in OpenAI's error shape (another server's)."""
 
@@ -198,6 +207,7 @@ class Fault:
     pace_s: float = 0.0
     ping: bool = False
     stream_error: bool = False
+    error_field_after: int | None = None
     crlf: bool = False
     no_stream: bool = False
     html: bool = False
@@ -230,7 +240,7 @@ def parse_fault(spec: str) -> Fault:
             elif key in ("retry_after", "retry_after_date"):
                 fields["retry_after"] = float(value)
                 fields["retry_after_date"] = key == "retry_after_date"
-            elif key in ("status", "fail_first", "cut", "context"):
+            elif key in ("status", "fail_first", "cut", "context", "error_field_after"):
                 fields["cut_after" if key == "cut" else key] = int(value)
             elif key == "context_as" and value in CONTEXT_REFUSALS:
                 fields[key] = value
@@ -239,6 +249,7 @@ def parse_fault(spec: str) -> Fault:
         except ValueError:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
+                             "error_field_after=N, "
                              "crlf, no_stream, html, ok_error, no_stream_options, negative_usage, context=N, "
                              "context_as=tgi|lmstudio|llamacpp, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
@@ -429,6 +440,8 @@ class FaultUpstream:
         events = [sse_event(chunk) for _, chunk in chunks] + [SSE_DONE]
         if fault.stream_error:
             events = [sse_event({"error": {"message": "Provider returned error (injected fault)", "code": 502}})]
+        if fault.error_field_after is not None:
+            events = [*events[:fault.error_field_after], LLAMACPP_STREAM_FAILURE, SSE_DONE]
         if fault.ping:
             events.insert(0, b": ping\n\n")
         if fault.crlf:
