@@ -36,7 +36,11 @@ the model: a prompt longer than the model's context (`context_length`, told by O
 llama.cpp's, TGI's and LM Studio's error bodies, or by such an error opening a stream) or a body larger than that upstream takes (413:
 `too_large`; the gateway itself took it, under its own `max_body_bytes`). The next model is
 tried, the model as healthy as before; when none is left the client gets the last refusal as the
-upstream sent it, streamed or not.
+upstream sent it, streamed or not. A 5xx whose body says the prompt is longer than the context
+(llama.cpp's server answers some such prompts with HTTP 500 "Context size has been exceeded.",
+llama.cpp issue #19774) is `context_length` too, not `server`: asking the same model again cannot
+mend it, and it says nothing of the model's health; with no model left its refusal reaches the
+client as a 400, as one told in place of an answer does.
 A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
 response is gone, not the model: the client gets it as the upstream sent it.
 """
@@ -98,9 +102,11 @@ POLICIES: dict[FaultClass, Policy] = {
 # The status classes whose answer may reach the client as the upstream sent it: at once
 # (`client_error`, unless its body says `context_length`), or when no model is left to try.
 RELAYED: frozenset[FaultClass] = frozenset({"client_error", "too_large"})
-# The status classes whose body is read: those relayed, and a 404's, never relayed but telling
-# an unknown model (`not_found`) from a path the upstream does not serve (`no_endpoint`).
-READ_BODY: frozenset[FaultClass] = RELAYED | {"not_found"}
+# The status classes whose body is read: those relayed; a 404's, never relayed but telling an
+# unknown model (`not_found`) from a path the upstream does not serve (`no_endpoint`); and a 5xx's,
+# never relayed either but telling a prompt longer than the context (`context_length`) from the
+# server's own failure.
+READ_BODY: frozenset[FaultClass] = RELAYED | {"not_found", "server"}
 # The classes of a 404: on another path than PROFILED_PATH, the endpoint is not served there.
 _NOT_FOUND: frozenset[FaultClass] = frozenset({"not_found", "no_endpoint"})
 
@@ -111,11 +117,14 @@ _MODEL_WORDS = re.compile(rb"model|deployment", re.IGNORECASE)
 
 # How servers say a prompt is longer than the model's context: OpenAI's `code`, llama.cpp's
 # `type`, and the messages of OpenAI and vLLM ("maximum context length is N tokens"), llama.cpp
-# ("exceeds the available context size"), TGI ("`inputs` tokens + `max_new_tokens` must be <= N",
+# ("exceeds the available context size"; with HTTP 500 and type `server_error`, "Context size has
+# been exceeded."), TGI ("`inputs` tokens + `max_new_tokens` must be <= N",
 # "`inputs` must have less than N tokens") and LM Studio ("... is greater than the context
 # length (n_keep: N>= n_ctx: M)", earlier "... loaded with context length of only N tokens").
+# Whole phrases only: a 5xx is read for them, and "context" or "exceeded" alone says nothing.
 _CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error"}
 _CONTEXT_MESSAGE = re.compile(r"maximum context length|exceeds the available context size"
+                              r"|context size has been exceeded"
                               r"|tokens \+ `max_new_tokens` must be <=|`inputs` must have less than"
                               r"|greater than the context length|context length of only", re.IGNORECASE)
 

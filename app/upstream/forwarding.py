@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -60,7 +61,7 @@ PURPOSE_HEADER = "x-uniroute-purpose"
 _PASS_HEADERS = ("user-agent", PURPOSE_HEADER)
 
 # The status the client gets for a prompt too long for the model's context that the upstream
-# told in place of its answer (a 200 body, a stream's opening event): OpenAI's for it.
+# told otherwise than by a 4xx (a 200 body, a stream's opening event, a 5xx): OpenAI's for it.
 REFUSED = 400
 
 # The longest an upstream's Retry-After keeps its model out of routing. A provider out of its
@@ -192,9 +193,9 @@ class Forwarder:
         to wait out; after a longer one the next target is tried at once). A client error (4xx
         other than 401/403/404/408/429) is answered as it is, untried elsewhere, but for a prompt
         longer than the model's context or a body larger than the upstream takes (413): the next
-        target is tried, and the last one's refusal answered as it is (one told in place of an
-        answer, in a 200 body or a stream's opening event, as a 400 with that error body), streamed
-        or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
+        target is tried, and the last one's refusal answered as it is (one told otherwise than by a
+        4xx, in a 5xx, a 200 body or a stream's opening event, as a 400 with that error body),
+        streamed or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
         them). `options_added`: the gateway added `stream_options` to ask for them, and a target
         refusing it is asked again without; a refusal of the client's own `stream_options` is
         answered as any client error. `body` None: the request (`method`) has none, and so names
@@ -299,8 +300,7 @@ class Forwarder:
             kind = status_class(response.status, path)
             if kind is not None and kind not in READ_BODY:
                 response.close()  # its body is the provider's business, never the client's
-                raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
-                                    response.status, retry_after=retry_after(response.headers, time.time()))
+                raise status_fault(kind, record, response, path)
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
             content = await response.read() if kind is not None or not stream else b""
         except (UpstreamError, TimeoutError) as exc:
@@ -311,15 +311,20 @@ class Forwarder:
             raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
                                 response.status)
         elapsed = time.perf_counter() - start
-        self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
         request_id = response.headers.get("x-request-id")
+        if kind == "server":
+            # Read, never relayed: llama.cpp's server refuses some prompts longer than its context
+            # with HTTP 500 "Context size has been exceeded." (issue #19774), which asking this model
+            # again cannot mend and which another model, with more room, may not share.
+            error = error_json(content)
+            if exceeds_context(error):
+                raise too_long(record, error, f"HTTP {response.status}", elapsed, request_id)
+            raise status_fault(kind, record, response, path)
+        self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
         if kind is not None:
             # Bad parameters, or a refusal the next model may not share: the client sees it as the
             # upstream said it (the latter when no model is left).
-            try:
-                parsed = orjson.loads(content)
-            except orjson.JSONDecodeError:
-                parsed = error_body(content.decode(errors="replace")[:500], "upstream_error")
+            parsed = error_json(content)
             reply = UpstreamReply(record, response.status, elapsed, body=orjson.dumps(parsed), json=parsed,
                                   request_id=request_id)
             if kind == "client_error" and exceeds_context(parsed):
@@ -412,17 +417,39 @@ class Forwarder:
             yield watch.done
 
 
+def status_fault(kind: FaultClass, record: ModelRecord, response: Reply, path: str) -> UpstreamFault:
+    """The fault of a status whose answer the client never sees: the gateway's words for it, and
+    how long the upstream asked not to be called (its Retry-After)."""
+    return UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url), response.status,
+                         retry_after=retry_after(response.headers, time.time()))
+
+
+def error_json(content: bytes) -> Any:
+    """An upstream's error body, parsed; one that is not JSON as the gateway's error body with its text."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return error_body(content.decode(errors="replace")[:500], "upstream_error")
+
+
+def too_long(record: ModelRecord, error: Any, what: str, elapsed: float, request_id: str | None) -> UpstreamFault:
+    """The `context_length` fault of a refusal of the prompt as longer than the model's context
+    (`error`, its error body) told otherwise than by a 4xx, `what` saying how: when no model is
+    left, the client gets that error body as a 400, OpenAI's status for it, as a 4xx refusal
+    would reach it (not as a 5xx, which clients such as the openai SDK would send again)."""
+    reply = UpstreamReply(record, REFUSED, elapsed, body=orjson.dumps(error), json=error, request_id=request_id)
+    return UpstreamFault("context_length", f"the prompt does not fit the context of {record.name} ({what})",
+                         REFUSED, reply)
+
+
 def error_instead(record: ModelRecord, error: dict, kind: FaultClass, what: str, elapsed: float,
                   request_id: str | None) -> UpstreamFault:
     """The fault of an answer that is an error body (`error`) where an answer should be, `what`
-    saying how. A prompt longer than the model's context is `context_length`, its refusal answered
-    as a 400 when no model is left, as one with that status would be; any other error is `kind`,
-    its message in the description: the upstream meant it for the client, who sees it in the
-    gateway's 502 when no model is left."""
+    saying how. A prompt longer than the model's context is `context_length` (`too_long`); any
+    other error is `kind`, its message in the description: the upstream meant it for the client,
+    who sees it in the gateway's 502 when no model is left."""
     if exceeds_context(error):
-        reply = UpstreamReply(record, REFUSED, elapsed, body=orjson.dumps(error), json=error, request_id=request_id)
-        return UpstreamFault("context_length", f"the prompt does not fit the context of {record.name} ({what})",
-                             REFUSED, reply)
+        return too_long(record, error, what, elapsed, request_id)
     message = error_message(error)
     return UpstreamFault(kind, f"{record.name} {what}" + (f": {message}" if message else ""))
 

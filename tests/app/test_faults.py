@@ -440,6 +440,10 @@ def test_a_client_error_goes_back_as_the_upstream_said_it_without_retry_or_fallb
     ({"error": "The number of tokens to keep from the initial prompt is greater than the context length (n_keep: "
                "5000>= n_ctx: 4096). Try to load the model with a larger context length, or provide a shorter input."},
      True),  # LM Studio
+    ({"error": {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}}, True),  # llama.cpp's 500
+    ({"error": "Context size has been exceeded."}, True),  # LM Studio, with its 400
+    ({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}, False),
+    ({"error": "context deadline exceeded"}, False),  # a Go server's timeout: "context" and "exceeded" alone say nothing
     ({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"}, False),
     ({"error": {"message": "temperature must be at most 2", "type": "invalid_request_error", "code": None}}, False),
     ({"detail": "Not Found"}, False),
@@ -479,6 +483,33 @@ def test_a_prompt_too_long_told_as_a_plain_error_string_goes_to_the_next_model(p
         with pytest.raises(openai.APIStatusError) as err:  # a named model: its refusal as it said it
             client(gw).chat.completions.create(model="first", messages=long_prompt)
         assert err.value.status_code == status and isinstance(err.value.body, str)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_llamacpps_500_saying_the_context_is_exceeded_goes_to_the_next_model_as_too_long(pair, stream):
+    """llama.cpp answers some prompts longer than its context with HTTP 500 "Context size has been
+    exceeded." (its issue #19774). Before, that was a `server` fault: the same model was asked
+    again (the prompt will not fit), each refusal counted toward its cooldown, and with no model
+    left the client got the gateway's 502 instead of the refusal."""
+    upstream, make = pair
+    spec = ":context=100,context_as=llamacpp_500"
+    long_prompt = [{"role": "user", "content": "Summarise this: " + "word " * 400}]
+    with make(spec, cooldown_failures=1) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=long_prompt,
+                                                                   stream=stream)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert (upstream.calls[f"first{spec}"], upstream.calls["second"]) == (1, 1)  # not asked again
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 1
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="server"}') == 0
+        assert metric(gw, "uniroute_models_cooling") == 0
+        with pytest.raises(openai.BadRequestError) as err:  # a named model: its refusal, as a 400
+            answer = client(gw).chat.completions.create(model="first", messages=long_prompt, stream=stream)
+            list(answer) if stream else answer
+        assert err.value.body == {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}
+        assert (upstream.calls[f"first{spec}"], upstream.calls["second"]) == (2, 1)
+        # a prompt that fits still goes to the better model
+        short = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert short.headers["x-uniroute-model"] == "first"
 
 
 def test_a_stream_llamacpp_refuses_in_its_own_error_field_goes_to_the_next_model_as_too_long(pair):

@@ -47,6 +47,9 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     or `llamacpp` (HTTP 400 `{"error": {..., "type": "exceed_context_size_error"}}`;
                     streamed, as its 2025 builds did: HTTP 200, the error object in an `error`
                     field of its own, `error: {"code": 400, ...}`, then `data: [DONE]`)
+                    or `llamacpp_500` (HTTP 500 `{"error": {"code": 500, "message": "Context size
+                    has been exceeded.", "type": "server_error"}}`, streamed or not, as llama.cpp
+                    also answers: its issue #19774)
     retry_after=S   a failing status carries `Retry-After: S` (seconds)
     retry_after_date=S  a failing status carries `Retry-After` as the HTTP date S seconds from now
 
@@ -158,11 +161,16 @@ def _llamacpp_refusal(context: int, tokens: int) -> tuple[int, dict]:
                            "type": "exceed_context_size_error", "n_prompt_tokens": tokens, "n_ctx": context}}
 
 
+def _llamacpp_500_refusal(context: int, tokens: int) -> tuple[int, dict]:
+    return 500, {"error": {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}}
+
+
 # How other servers than OpenAI refuse a prompt longer than the context: (status, body) for
 # (context, the prompt's tokens).
 CONTEXT_REFUSALS: dict[str, Callable[[int, int], tuple[int, dict]]] = {"tgi": _tgi_refusal,
                                                                       "lmstudio": _lmstudio_refusal,
-                                                                      "llamacpp": _llamacpp_refusal}
+                                                                      "llamacpp": _llamacpp_refusal,
+                                                                      "llamacpp_500": _llamacpp_500_refusal}
 
 
 # llama.cpp's server failing mid-stream (its 2025 builds): an `error` field of its own, out of
@@ -251,7 +259,7 @@ def parse_fault(spec: str) -> Fault:
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "error_field_after=N, "
                              "crlf, no_stream, html, ok_error, no_stream_options, negative_usage, context=N, "
-                             "context_as=tgi|lmstudio|llamacpp, retry_after=S or retry_after_date=S") from None
+                             "context_as=tgi|lmstudio|llamacpp|llamacpp_500, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
