@@ -33,14 +33,15 @@ Neither the provider's message nor anything else of its answer reaches the clien
 Any other 4xx is the client's own mistake (bad parameters): its answer goes back to the client
 as the upstream sent it; except a refusal another model may not share, where the router chose
 the model: a prompt longer than the model's context (`context_length`, told by OpenAI's, vLLM's,
-llama.cpp's, TGI's and LM Studio's error bodies, or by such an error opening a stream) or a body larger than that upstream takes (413:
-`too_large`; the gateway itself took it, under its own `max_body_bytes`). The next model is
-tried, the model as healthy as before; when none is left the client gets the last refusal as the
-upstream sent it, streamed or not. A 5xx whose body says the prompt is longer than the context
-(llama.cpp's server answers some such prompts with HTTP 500 "Context size has been exceeded.",
-llama.cpp issue #19774) is `context_length` too, not `server`: asking the same model again cannot
-mend it, and it says nothing of the model's health; with no model left its refusal reaches the
-client as a 400, as one told in place of an answer does.
+llama.cpp's, TGI's and LM Studio's error bodies, or by such an error opening a stream) or a body
+larger than that upstream takes (413: `too_large`; the gateway itself took it, under its own
+`max_body_bytes`). The next model is tried, the model as healthy as before; when none is left
+the client gets the last refusal as the upstream sent it, streamed or not. A 5xx whose body says
+the prompt is longer than the context (llama.cpp's server answers some such prompts with HTTP
+500 "Context size has been exceeded.", llama.cpp issue #19774) is `context_length` too, not
+`server`: asking the same model again cannot mend it, and it says nothing of the model's health;
+with no model left its refusal reaches the client as a 400, as one told in place of an answer
+does.
 A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
 response is gone, not the model: the client gets it as the upstream sent it.
 """

@@ -383,8 +383,9 @@ class Forwarder:
     ) -> AsyncIterator[bytes]:
         """Pass the upstream's events on as they come; end an incomplete stream with an error event
         placed before the upstream's `[DONE]`, unless the upstream sent its own error (an error
-        event, or llama.cpp's `error` field, rewritten as one: app/upstream/streams.py). The events that arrived together go out together:
-        each piece sent is a write to the client's socket, the costliest step of a stream's relay."""
+        event, or llama.cpp's `error` field, rewritten as one: app/upstream/streams.py). The events
+        that arrived together go out together: each piece sent is a write to the client's socket,
+        the costliest step of a stream's relay."""
         events = EventSplitter()
         cut: str | None = None
         try:
