@@ -44,7 +44,7 @@ from typing import Any
 from app.errors import GatewayError
 from app.profiling.profiles import coverage, profile_from_answers
 from app.runtime.metrics import Metrics
-from app.upstream.faults import UpstreamFault
+from app.upstream.faults import UpstreamFault, error_message
 from app.upstream.forwarding import PURPOSE_HEADER, Forwarder
 from models_registry.base import LOCK_TTL_S, Registry, RegistryUnavailable, hold_lock
 from models_registry.records import Answer as GradedAnswer
@@ -571,8 +571,7 @@ class JobRunner:
                                    f"{{\"base_url\": ...}}), then reprofile the model") from exc
             return failed(exc.message)
         if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
-            return failed(str((reply.json or {}).get("error", {}).get("message", f"HTTP {reply.status}")),
-                          declined=True)
+            return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True)
         text = answer_text(reply.json)
         prompt_tokens, completion_tokens = usage_of(reply.json)
         cost = record.cost.expected(prompt_tokens, completion_tokens)

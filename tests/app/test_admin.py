@@ -401,12 +401,15 @@ def test_graded_answers_are_served_for_audit_with_filters_and_pages(make_gateway
         assert admin(gw, "GET", "/models/nobody/answers").status_code == 404
 
 
-def test_declined_prompts_are_audited_apart_from_failed_ones(make_gateway, fault_upstream):
-    """Before, `ungraded` (failures, asked again) listed the prompts the model refused too."""
+@pytest.mark.parametrize("server", ["", ",context_as=tgi", ",context_as=lmstudio"])
+def test_declined_prompts_are_audited_apart_from_failed_ones(make_gateway, fault_upstream, server):
+    """Before, `ungraded` (failures, asked again) listed the prompts the model refused too. A
+    server whose refusal's `error` is a string (TGI, LM Studio) made the job's worker raise on it."""
     upstream, url = fault_upstream
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         # a context so short that the longest prompts are refused; the rest answered
-        r = admin(gw, "POST", "/models", json={"name": "short", "base_url": url, "upstream_model": "short:context=450",
+        r = admin(gw, "POST", "/models", json={"name": "short", "base_url": url,
+                                                "upstream_model": f"short:context=450{server}",
                                                 "cost": {"per_request": 1}, "job": {"limit": 40, "seed": 1}})
         job = wait_job(gw, r.json()["job_id"])
         assert 0 < job["declined"] < 40
