@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-ErrorKind = Literal["invalid", "not_found", "conflict", "too_large", "unavailable", "upstream", "upstream_timeout"]
+ErrorKind = Literal["invalid", "not_found", "conflict", "too_large", "unavailable", "upstream", "upstream_timeout",
+                    "rate_limited"]
 
 
 class GatewayError(Exception):
     """A failure to report to the client: what kind it is, what happened, and optionally the
-    machine-readable `code` and the request `param` at fault."""
+    machine-readable `code`, the request `param` at fault, and how many seconds the client should
+    wait before asking again (`retry_after`, its Retry-After: an upstream's own, passed on)."""
 
-    def __init__(self, kind: ErrorKind, message: str, *, code: str | None = None, param: str | None = None) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, code: str | None = None, param: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.code = code
         self.param = param
+        self.retry_after = retry_after
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:

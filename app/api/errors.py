@@ -3,6 +3,7 @@ for errors raised here at the edge (APIError) and for the gateway's domain error
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +36,7 @@ _STATUS: dict[ErrorKind, int] = {
     "conflict": 409,
     "too_large": 413,
     "unavailable": 503,
+    "rate_limited": 429,
     "upstream": 502,
     "upstream_timeout": 504,
 }
@@ -51,6 +53,7 @@ class APIError(Exception):
         type: str | None = None,
         param: str | None = None,
         code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -58,6 +61,8 @@ class APIError(Exception):
         self.type = type or _TYPES.get(status, "api_error")
         self.param = param
         self.code = code
+        # Seconds the client should wait before asking again: sent as Retry-After.
+        self.retry_after = retry_after
 
     def body(self) -> dict:
         """The JSON body OpenAI clients expect."""
@@ -66,13 +71,19 @@ class APIError(Exception):
 
 def from_domain(err: GatewayError) -> APIError:
     """The HTTP error for a domain error."""
-    return APIError(_STATUS[err.kind], err.message, param=err.param, code=err.code)
+    return APIError(_STATUS[err.kind], err.message, param=err.param, code=err.code, retry_after=err.retry_after)
 
 
 def error_response(err: APIError) -> JSONResponse:
-    """The HTTP response for an APIError."""
-    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+    """The HTTP response for an APIError; its `retry_after` as a Retry-After header in whole seconds,
+    rounded up (RFC 9110 has no fractions; the openai SDK waits that long on a 429 or 503 before
+    asking again, rather than its own short backoff)."""
+    headers = {}
+    if err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(math.ceil(err.retry_after))
+    return JSONResponse(err.body(), status_code=err.status, headers=headers or None)
 
 
 def known_error_response(err: APIError | GatewayError) -> JSONResponse:

@@ -18,7 +18,9 @@ An upstream that says when to come back (`Retry-After`, in seconds or as an HTTP
 the model is cooled down at once for that long, as every request routed there meanwhile would be
 refused again (a longer cooldown already running stays), and the same model is asked again only
 after waiting it out, when the wait is at most `retry_after_max_s` and ends before the request's
-deadline. A longer wait sends the request to the next model at once.
+deadline. A longer wait sends the request to the next model at once. With no model left, the
+client is told to come back after the last one's wait: a 429 as a 429, a 503 with a Retry-After
+as a 503, each with that Retry-After (app/upstream/forwarding.py, `all_failed`).
 
 An upstream that refuses the gateway's own credentials (401/403: `auth`), no longer knows the
 model name (404 on /chat/completions, the endpoint every model was profiled through, saying so

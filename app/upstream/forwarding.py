@@ -201,9 +201,10 @@ class Forwarder:
         answered as any client error. `body` None: the request (`method`) has none, and so names
         no model.
 
-        Raises GatewayError `upstream` (or `upstream_timeout` when the last fault was a timeout) when all fail, or when the
-        configured deadline passes first; its message ends with the last upstream's own when that
-        one put an error in place of its answer.
+        Raises GatewayError when all fail (`all_failed`: by the last fault, 502, 504 after a
+        timeout, or the upstream's 429, or its 503 with a Retry-After, passed on with that
+        Retry-After), or `upstream_timeout` when the configured deadline passes first; its
+        message ends with the last upstream's own when that one put an error in place of its answer.
         """
         last: UpstreamFault | None = None
         attempts = 0
@@ -254,10 +255,7 @@ class Forwarder:
             raise GatewayError(
                 "upstream_timeout", f"no upstream answered within the gateway's deadline of {self.deadline_s:g} s",
                 code="upstream_deadline") from None
-        kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"
-        detail = f"{last.kind}: {last}" if last else "no upstream to try"
-        raise GatewayError(kind, f"all upstream attempts failed ({attempts}); last: {detail}",
-                           code="upstream_failed") from last  # a profiling job reads its class
+        raise all_failed(last, attempts) from last  # a profiling job reads its class
 
     async def ask(self, method: str, path: str, record: ModelRecord, client_headers: Mapping[str, str]
                   ) -> UpstreamReply:
@@ -416,6 +414,26 @@ class Forwarder:
                 yield stream_error_event(cut)
         if watch.done is not None:
             yield watch.done
+
+
+def all_failed(last: UpstreamFault | None, attempts: int) -> GatewayError:
+    """The error when every attempt failed, told by the last fault. An upstream's rate limit (429)
+    is the client's 429 (`upstream_rate_limited`), and a 503 saying when to come back the client's
+    503 (`upstream_unavailable`), each with the upstream's Retry-After (at most
+    RETRY_AFTER_COOL_MAX_S, as its model's cooldown): without it the openai SDK asks again after
+    its own short backoff, into the same refusal, and a client cannot tell "come back in 30 s"
+    from a broken upstream. Any other: 502, or 504 after a timeout."""
+    detail = f"all upstream attempts failed ({attempts}); last: " + (f"{last.kind}: {last}" if last else
+                                                                     "no upstream to try")
+    wait = min(last.retry_after, RETRY_AFTER_COOL_MAX_S) if last is not None and last.retry_after else None
+    if last is not None and last.kind == "rate_limit":
+        return GatewayError("rate_limited", f"the upstream is rate limited: {detail}", code="upstream_rate_limited",
+                            retry_after=wait)
+    if last is not None and last.kind == "server" and last.status == 503 and wait is not None:
+        return GatewayError("unavailable", f"the upstream is unavailable for now: {detail}",
+                            code="upstream_unavailable", retry_after=wait)
+    kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"
+    return GatewayError(kind, detail, code="upstream_failed")
 
 
 def status_fault(kind: FaultClass, record: ModelRecord, response: Reply, path: str) -> UpstreamFault:

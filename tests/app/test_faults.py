@@ -2,6 +2,7 @@
 cut streams and cooldowns. The client always gets an answer or an OpenAI-style error."""
 from __future__ import annotations
 
+import math
 import time
 
 import httpx
@@ -123,6 +124,61 @@ def test_a_retry_after_that_would_outlast_the_deadline_is_not_waited_out(pair):
         raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
         assert raw.headers["x-uniroute-model"] == "second"
         assert upstream.calls[f"first{spec}"] == 1
+
+
+@pytest.mark.parametrize("spec,stream,error,status,kind,code", [
+    (":status=429,retry_after=30", False, openai.RateLimitError, 429, "rate_limit_error", "upstream_rate_limited"),
+    (":status=429,retry_after=30", True, openai.RateLimitError, 429, "rate_limit_error", "upstream_rate_limited"),
+    (":status=429,retry_after=0.2", False, openai.RateLimitError, 429, "rate_limit_error", "upstream_rate_limited"),
+    (":status=429", False, openai.RateLimitError, 429, "rate_limit_error", "upstream_rate_limited"),
+    (":status=503,retry_after_date=30", False, openai.InternalServerError, 503, "service_unavailable",
+     "upstream_unavailable"),
+    (":status=503", False, openai.InternalServerError, 502, "upstream_error", "upstream_failed"),
+    (":status=500,retry_after=30", False, openai.InternalServerError, 502, "upstream_error", "upstream_failed"),
+])
+def test_every_candidate_refused_with_a_rate_limit_or_a_retry_after_tells_the_client_when_to_come_back(
+        make_gateway, fault_upstream, model_config, spec, stream, error, status, kind, code):
+    """Every candidate answering 429 (or 503 with a Retry-After) longer than the gateway waits out:
+    before, the client got a plain 502 "all upstream attempts failed" and no Retry-After, which
+    the openai SDK asked again after its own short backoff, into the same refusal. Now a 429 (a
+    503) with the upstream's Retry-After in whole seconds, rounded up; any other failure of every
+    candidate is the 502 it was."""
+    upstream, url = fault_upstream
+    models = [model_config("a", url, upstream_model=f"a{spec}", score=0.9),
+              model_config("b", url, upstream_model=f"b{spec}", score=0.6)]
+    said = retry_after({"retry-after": spec.rpartition("=")[2]}, 0.0) if "retry_after" in spec else None
+    with make_gateway(models=models) as gw:
+        for _ in range(2):  # again with both cooling down as their upstreams asked: both still tried
+            with pytest.raises(error) as err:
+                answer = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=stream)
+                list(answer) if stream else answer
+            assert err.value.status_code == status
+            assert (err.value.body["type"], err.value.body["code"]) == (kind, code)
+            waits = err.value.response.headers.get("retry-after")
+            if status == 502 or said is None:
+                assert waits is None
+            elif "date" in spec:
+                assert 0 < int(waits) <= said  # the date's seconds left: some went by
+            else:
+                assert waits == str(math.ceil(said))
+        if status == 429:
+            assert "the upstream is rate limited" in err.value.body["message"]
+
+
+def test_the_openai_sdk_does_not_hammer_a_rate_limited_upstream_through_the_gateway(make_gateway, fault_upstream,
+                                                                                    model_config):
+    """The openai SDK with its own retries: before, it asked the gateway's 502 again twice after a
+    short backoff, so each upstream that asked for 10 minutes was asked three times. The 429's
+    Retry-After, longer than the SDK waits (2 minutes), stops it at once."""
+    upstream, url = fault_upstream
+    spec = ":status=429,retry_after=600"
+    models = [model_config("a", url, upstream_model=f"a{spec}", score=0.9),
+              model_config("b", url, upstream_model=f"b{spec}", score=0.6)]
+    with make_gateway(models=models) as gw:
+        with pytest.raises(openai.RateLimitError) as err:
+            client(gw, max_retries=2).chat.completions.create(model="uniroute:0", messages=MESSAGES)
+        assert err.value.response.headers["retry-after"] == "600"
+        assert (upstream.calls[f"a{spec}"], upstream.calls[f"b{spec}"]) == (1, 1)
 
 
 @pytest.mark.parametrize("headers,seconds", [
