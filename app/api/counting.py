@@ -16,9 +16,13 @@ _ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v
 
 
 def route_label(path: str) -> str:
-    """The `route` label of an OpenAI endpoint's path."""
+    """The `route` label of an OpenAI endpoint's path. A stored response's retrieve, delete, input
+    items and cancel (`/v1/responses/{id}...`) are `stored_responses`: apart from `responses`,
+    whose latencies are answers being made, and from `other`, the paths the gateway does not serve."""
     if path.startswith("/v1/models/"):
         return "models"
+    if path.startswith("/v1/responses/"):
+        return "stored_responses"
     return _ROUTES.get(path, "other")
 
 

@@ -266,6 +266,8 @@ def stored_requests(upstream: FaultUpstream) -> list[str]:
 def test_a_stored_response_is_retrieved_from_the_model_that_answered_it(holders):
     upstream_a, upstream_b, gw = holders
     made = client(gw).responses.create(model="b", input="Name a prime number.")
+    counted = 'uniroute_requests_total{model="b",route="stored_responses",status="200"}'
+    before = metric(gw, counted)
     raw = client(gw).responses.with_raw_response.retrieve(made.id)
     assert (raw.parse().id, raw.parse().output_text) == (made.id, "answer from b")
     assert raw.headers["x-uniroute-model"] == "b" and raw.headers["x-request-id"].startswith("req_")
@@ -273,6 +275,8 @@ def test_a_stored_response_is_retrieved_from_the_model_that_answered_it(holders)
     assert asked.path == f"/v1/responses/{made.id}"
     assert asked.headers["authorization"] == "Bearer sk-b-upstream"  # b's own key, not the client's
     assert stored_requests(upstream_a) == []
+    # counted apart from the rest (it was `other`), by the model that holds it
+    assert metric(gw, counted) == before + 1
 
 
 def test_a_stored_responses_input_items_are_listed_with_the_clients_paging(holders):
