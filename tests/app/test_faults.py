@@ -22,6 +22,12 @@ ADMIN = {"authorization": "Bearer admin-key"}
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
 
 
+def routed_stream_text(gw: str) -> str:
+    """The text of a routed (`uniroute:0`) streamed answer to MESSAGES, read to its end."""
+    stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
 @pytest.fixture
 def pair(make_gateway, fault_upstream, model_config):
     """A gateway preferring model `first` (more accurate) over `second` at cost weight 0.
@@ -209,8 +215,7 @@ def test_a_stream_answered_with_something_else_than_events_falls_back(pair, spec
     its bytes went to the client as the event stream, with a stream_cut error after them."""
     upstream, make = pair
     with make(spec) as gw:
-        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        text = routed_stream_text(gw)
         assert text == "answer from second" and upstream.calls[f"first{spec}"] == 1
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="bad_body"}') == 1
 
@@ -218,8 +223,7 @@ def test_a_stream_answered_with_something_else_than_events_falls_back(pair, spec
 def test_stream_cut_before_any_byte_falls_back(pair):
     _, make = pair
     with make(":cut=0") as gw:
-        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        text = routed_stream_text(gw)
         assert text == "answer from second"
 
 
@@ -231,8 +235,7 @@ def test_a_stream_failing_before_its_first_data_falls_back(pair, spec, reason):
     the client, which got an error while the next model could answer."""
     upstream, make = pair
     with make(spec, timeouts={"read_s": 0.5}) as gw:
-        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        text = routed_stream_text(gw)
         assert text == "answer from second" and upstream.calls[f"first{spec}"] == 1
         assert metric(gw, f'uniroute_upstream_failures_total{{model="first",reason="{reason}"}}') == 1
 
@@ -245,8 +248,7 @@ def test_a_stream_to_an_upstream_refusing_the_usage_option_the_gateway_added_goe
     them, the client's own options silently dropped."""
     upstream, make = pair
     with make(":no_stream_options") as gw:
-        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        text = routed_stream_text(gw)
         assert text == "answer from first:no_stream_options"
         sent = [r.body for r in upstream.received]
         assert len(sent) == 2 and "stream_options" in sent[0] and "stream_options" not in sent[1]
@@ -263,8 +265,7 @@ def test_a_stream_to_an_upstream_refusing_the_usage_option_the_gateway_added_goe
 def test_a_stream_opening_with_pings_is_relayed_whole_with_them(pair):
     _, make = pair
     with make(":ping") as gw:
-        stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        text = routed_stream_text(gw)
         assert text == "answer from first:ping"
 
 
