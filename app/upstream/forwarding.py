@@ -408,9 +408,14 @@ class Forwarder:
         watch.cut = cut is not None
         watch.ended = True
         if cut is not None:
-            self.metrics.upstream_failures.labels(record.name, "cut").inc()
-            self.health.failure(record.name)
-            if not watch.upstream_error:  # the upstream's own error event already tells the client
+            # A stream that ran out of context mid-way (llama.cpp: "Context size has been
+            # exceeded.") failed for this request's length, not for the model's health: counted
+            # toward cooldown, a few long requests would take a working model from everyone.
+            too_long = exceeds_context(watch.upstream_error)
+            self.metrics.upstream_failures.labels(record.name, "context_length" if too_long else "cut").inc()
+            if not too_long:
+                self.health.failure(record.name)
+            if watch.upstream_error is None:  # the upstream's own error event already tells the client
                 yield stream_error_event(cut)
         if watch.done is not None:
             yield watch.done

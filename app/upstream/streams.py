@@ -94,6 +94,16 @@ def error_field_event(event: bytes) -> bytes:
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
+def _error_body(obj: dict) -> dict:
+    """An error event's error as an error body `{"error": ...}`: a chunk's own, a Responses API
+    `error` event's fields, or the error of the response a `response.failed` event carries."""
+    if obj.get("error") is not None:
+        return obj
+    if obj.get("type") == "response.failed" and isinstance(obj.get("response"), dict):
+        return {"error": obj["response"].get("error")}
+    return {"error": obj}
+
+
 class EventSplitter:
     """Cuts a byte stream into whole SSE events (each with its terminating blank line)."""
 
@@ -145,14 +155,14 @@ class StreamWatch:
 
     `strip_usage`: the gateway asked for the usage chunk the client did not ask for, so it is
     read and not passed on. After the stream: `usage` (the upstream's, or None), `complete`,
-    `upstream_error` (the upstream sent its own error: an error event, or llama.cpp's `error` field,
-    passed on as an error event), `cut`."""
+    `upstream_error` (the error body the upstream sent in its stream, `{"error": ...}`: an error
+    event, or llama.cpp's `error` field, passed on as an error event; None if it sent none), `cut`."""
 
     responses_api: bool = False
     strip_usage: bool = False
     usage: dict | None = None
     response: dict | None = None  # the Responses API's response object, as its last event carried it
-    upstream_error: bool = False
+    upstream_error: dict | None = None
     done: bytes | None = None  # the held-back [DONE] event
     cut: bool = False  # set by the relay: the stream did not deliver a complete answer
     ended: bool = False  # set by the relay once the upstream's stream is read, before its last events go out
@@ -174,7 +184,7 @@ class StreamWatch:
         if data is None:
             if event_field(event, b"error") is None:
                 return event  # a comment or a keep-alive
-            self.upstream_error = True
+            self.upstream_error = opening_error(event)
             return error_field_event(event)
         if data.strip() == DONE:
             self.done = event
@@ -186,7 +196,7 @@ class StreamWatch:
         if not isinstance(obj, dict):
             return event
         if obj.get("error") is not None or obj.get("type") in ("error", "response.failed"):
-            self.upstream_error = True
+            self.upstream_error = _error_body(obj)
             return event
         if self.responses_api:
             return self._see_response_event(event, obj)

@@ -704,9 +704,12 @@ def test_a_stream_ended_with_done_but_no_finish_reason_is_a_cut_reported_before_
 def test_llamacpps_failure_mid_stream_reaches_the_client_with_its_message_and_no_other_error(pair, spec):
     """llama.cpp's 2025 builds fail mid-stream in an `error` field of their own, then `[DONE]`.
     Before, the field went on as it came, the openai SDK skipped it, and the client got only the
-    gateway's generic "ended the stream before the answer was complete": never llama.cpp's reason."""
+    gateway's generic "ended the stream before the answer was complete": never llama.cpp's reason.
+    Its message says the context ran out: that is this request's length, not the model's health,
+    so it counts as `context_length` and toward no cooldown (before, each was a `cut`, and
+    `cooldown_failures` long requests took a working model from everyone)."""
     _, make = pair
-    with make(spec) as gw:
+    with make(spec, cooldown_failures=1) as gw:
         stream = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, stream=True)
         with pytest.raises(openai.APIError, match="Context size has been exceeded") as err:
             for _ in stream:
@@ -720,7 +723,12 @@ def test_llamacpps_failure_mid_stream_reaches_the_client_with_its_message_and_no
         assert errors == [len(data) - 2] and data[-1] == "[DONE]"  # one error, the upstream's, before [DONE]
         assert orjson.loads(data[-2]) == {"error": {"code": 500, "message": "Context size has been exceeded.",
                                                     "type": "server_error"}}
-        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 2
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 2
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 0
+        assert metric(gw, "uniroute_model_cooldowns_total") == 0
+        # the model still takes the next request
+        answer = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert answer.headers["x-uniroute-model"] == "first"
 
 
 def test_a_stream_cut_mid_way_has_its_error_event_and_no_done(pair):

@@ -91,7 +91,25 @@ def test_the_usage_chunk_the_gateway_asked_for_is_read_and_stripped():
 def test_an_upstream_error_event_passes_and_is_noted():
     watch = StreamWatch()
     event = b'data: {"error": {"message": "overloaded"}}\n\n'
-    assert watch.see(event) == event and watch.upstream_error
+    assert watch.see(event) == event and watch.upstream_error == {"error": {"message": "overloaded"}}
+    assert not exceeds_context(watch.upstream_error)
+
+
+TOO_LONG = {"code": "context_length_exceeded", "message": "Your input exceeds the context window of this model."}
+
+
+@pytest.mark.parametrize("responses_api,event", [
+    (False, {"error": TOO_LONG}),
+    (True, {"type": "error", **TOO_LONG, "param": None, "sequence_number": 3}),
+    (True, {"type": "response.failed", "sequence_number": 3,
+            "response": {"id": "resp_1", "object": "response", "status": "failed", "error": TOO_LONG}}),
+])
+def test_an_error_event_saying_the_context_ran_out_is_kept_as_an_error_body_that_says_so(responses_api, event):
+    """The relay reads the kept body to tell a stream that ran out of context (this request's
+    length: no cooldown) from one that failed (the model's health), whichever form it came in."""
+    watch = StreamWatch(responses_api=responses_api)
+    raw = b"data: " + orjson.dumps(event) + b"\n\n"
+    assert watch.see(raw) == raw and exceeds_context(watch.upstream_error)
 
 
 @pytest.mark.parametrize("field,error", [
