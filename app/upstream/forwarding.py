@@ -209,6 +209,7 @@ class Forwarder:
         last: UpstreamFault | None = None
         attempts = 0
         waited = 0.0
+        back_at: dict[str, float] = {}  # per model that asked to wait (its last ask): when it is back, monotonic
         try:
             async with asyncio.timeout(self.deadline_s) as deadline:
                 for position, record in enumerate(targets):
@@ -224,6 +225,8 @@ class Forwarder:
                         except UpstreamFault as fault:
                             waited += time.perf_counter() - start
                             last = fault
+                            if fault.retry_after is not None:
+                                back_at[record.name] = time.monotonic() + fault.retry_after
                             await self._failed(record, path, fault)
                             if fault.reply is not None and position == len(targets) - 1:
                                 answer = fault.reply  # no model left: the upstream's own refusal
@@ -255,7 +258,8 @@ class Forwarder:
             raise GatewayError(
                 "upstream_timeout", f"no upstream answered within the gateway's deadline of {self.deadline_s:g} s",
                 code="upstream_deadline") from None
-        raise all_failed(last, attempts) from last  # a profiling job reads its class
+        wait = max(0.0, min(back_at.values()) - time.monotonic()) if back_at else None
+        raise all_failed(last, attempts, wait) from last  # a profiling job reads its class
 
     async def ask(self, method: str, path: str, record: ModelRecord, client_headers: Mapping[str, str]
                   ) -> UpstreamReply:
@@ -421,20 +425,22 @@ class Forwarder:
             yield watch.done
 
 
-def all_failed(last: UpstreamFault | None, attempts: int) -> GatewayError:
+def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = None) -> GatewayError:
     """The error when every attempt failed, told by the last fault. An upstream's rate limit (429)
     is the client's 429 (`upstream_rate_limited`), and a 503 saying when to come back the client's
-    503 (`upstream_unavailable`), each with the upstream's Retry-After (at most
-    RETRY_AFTER_COOL_MAX_S, as its model's cooldown): without it the openai SDK asks again after
-    its own short backoff, into the same refusal, and a client cannot tell "come back in 30 s"
-    from a broken upstream. Any other: 502, or 504 after a timeout."""
+    503 (`upstream_unavailable`), each with Retry-After `wait` (at most
+    RETRY_AFTER_COOL_MAX_S, as a model's cooldown): without it the openai SDK asks again after its
+    own short backoff, into the same refusal, and a client cannot tell "come back in 30 s" from a
+    broken upstream. `wait` is what is left of the soonest Retry-After among the attempts, not the
+    last one's: the model back first is the one the client's next request can be routed to. Any
+    other: 502, or 504 after a timeout."""
     detail = f"all upstream attempts failed ({attempts}); last: " + (f"{last.kind}: {last}" if last else
                                                                      "no upstream to try")
-    wait = min(last.retry_after, RETRY_AFTER_COOL_MAX_S) if last is not None and last.retry_after else None
+    wait = None if wait is None else min(wait, RETRY_AFTER_COOL_MAX_S)
     if last is not None and last.kind == "rate_limit":
         return GatewayError("rate_limited", f"the upstream is rate limited: {detail}", code="upstream_rate_limited",
                             retry_after=wait)
-    if last is not None and last.kind == "server" and last.status == 503 and wait is not None:
+    if last is not None and last.kind == "server" and last.status == 503 and last.retry_after is not None:
         return GatewayError("unavailable", f"the upstream is unavailable for now: {detail}",
                             code="upstream_unavailable", retry_after=wait)
     kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"

@@ -165,10 +165,27 @@ def test_every_candidate_refused_with_a_rate_limit_or_a_retry_after_tells_the_cl
                 assert waits is None
             elif "date" in spec:
                 assert 0 < int(waits) <= said  # the date's seconds left: some went by
+            elif said < 1:  # what is left of it when the client is answered: 1 s rounded up, or none
+                assert waits in ("0", "1")
             else:
                 assert waits == str(math.ceil(said))
         if status == 429:
             assert "the upstream is rate limited" in err.value.body["message"]
+
+
+def test_the_client_is_told_to_come_back_when_the_first_model_that_asked_to_wait_is_back(make_gateway, fault_upstream,
+                                                                                         model_config):
+    """Every candidate rate limited, the first for 5 s, the last for 10 minutes: before, the
+    client was told the last one's 600 s, while its next request could be routed to the first
+    model after 5. Now the soonest Retry-After of the attempts, less the time gone since."""
+    upstream, url = fault_upstream
+    models = [model_config("a", url, upstream_model="a:status=429,retry_after=5", score=0.9),
+              model_config("b", url, upstream_model="b:status=429,retry_after=600", score=0.6)]
+    with make_gateway(models=models) as gw:
+        with pytest.raises(openai.RateLimitError) as err:
+            client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES)
+        assert upstream.calls["b:status=429,retry_after=600"] == 1  # both were asked, b last
+        assert 0 <= int(err.value.response.headers["retry-after"]) <= 5
 
 
 def test_the_openai_sdk_does_not_hammer_a_rate_limited_upstream_through_the_gateway(make_gateway, fault_upstream,
