@@ -15,8 +15,9 @@ A prompt the upstream answers with a 4xx that is no fault class (`declined`: "no
 answer", a prompt too long) is unanswerable: stored as such, not asked again in the pass, not a
 failure in a row, and left out of the coverage count. An upstream that serves no
 /chat/completions at the model's base_url (`no_endpoint`, app/upstream/faults.py: most often a
-base_url without its `/v1`) would refuse every prompt however long the job waited: the job FAILS
-at once, the reason in its `error` and the model's.
+base_url without its `/v1`), refuses the gateway's key (`auth`) or does not know the model's name
+(`not_found`) would refuse every prompt however long the job waited: the job FAILS at once, the
+reason (with the field to PATCH) in its `error` and the model's.
 
 Routing is the model's, not the job's: a model with a profile keeps routing on it while a new
 job runs (a reprofile), and keeps it when that job fails, is cancelled or hits its spend cap.
@@ -139,8 +140,12 @@ def job_items(repset: RepresentativeSet, limit: int | None, seed: int, judge: bo
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
 
 
-class Misaddressed(Exception):
-    """The model's upstream is not where its base_url says: every prompt would be refused."""
+class Misregistered(Exception):
+    """The model's registration is wrong (its base_url, key or upstream name): every prompt would be refused."""
+
+
+# The registration field to fix for each fault that says the registration is wrong.
+_FIX = {"no_endpoint": "base_url", "auth": "api_key_env", "not_found": "upstream_model"}
 
 
 class Pass:
@@ -152,7 +157,7 @@ class Pass:
         self.in_a_row = 0
         self.not_before = 0.0
         self.pause_reason: str | None = None
-        self.fail_reason: str | None = None  # asking more is pointless (Misaddressed)
+        self.fail_reason: str | None = None  # asking more is pointless (Misregistered)
         self.over_cap = False
         self.overruled = False  # another process paused or cancelled the job
         self._stop = asyncio.Event()
@@ -193,7 +198,7 @@ class Pass:
             self.pause_reason = f"{self.in_a_row} failures in a row; last: {error}"
             self._stop.set()
 
-    def misaddressed(self, reason: str) -> None:
+    def misregistered(self, reason: str) -> None:
         """The upstream will refuse every prompt: stop, failed (the first reason stays)."""
         self.fail_reason = self.fail_reason or reason
         self._stop.set()
@@ -538,8 +543,8 @@ class JobRunner:
                 try:
                     async with gate or contextlib.nullcontext():
                         answer = await self._ask(record, item, options)
-                except Misaddressed as exc:
-                    run.misaddressed(str(exc))
+                except Misregistered as exc:
+                    run.misregistered(str(exc))
                     return
                 await self.registry.record_answer(record.name, version, answer)
                 if answer.error is None or answer.declined:  # the upstream is up; a declined item is not asked again
@@ -566,9 +571,9 @@ class JobRunner:
             reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)
         except GatewayError as exc:
             fault = exc.__cause__
-            if isinstance(fault, UpstreamFault) and fault.kind == "no_endpoint":
-                raise Misaddressed(f"{fault}; fix it (PATCH /admin/models/{record.name} "
-                                   f"{{\"base_url\": ...}}), then reprofile the model") from exc
+            if isinstance(fault, UpstreamFault) and fault.kind in _FIX:
+                raise Misregistered(f"{fault}; fix it (PATCH /admin/models/{record.name} "
+                                    f"{{\"{_FIX[fault.kind]}\": ...}}), then reprofile the model") from exc
             return failed(exc.message)
         if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
             return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True)

@@ -126,6 +126,32 @@ def test_a_base_url_without_v1_fails_the_profiling_job_at_once_saying_so(make_ga
         assert again["state"] == "done" and admin(gw, "GET", "/models/m").json()["state"] == "ready"
 
 
+@pytest.mark.parametrize("status,field,said", [(401, "api_key_env", "refused the gateway's credentials"),
+                                               (403, "api_key_env", "refused the gateway's credentials"),
+                                               (404, "upstream_model", "does not know the model")])
+def test_a_refused_key_or_an_unknown_model_name_fails_the_profiling_job_at_once_saying_what_to_fix(
+        make_gateway, fault_upstream, status, field, said):
+    """A key the upstream refuses, or a model name it does not know, refuses every prompt however
+    long the job waits. Before, each prompt failed in turn, the job backed off, paused after
+    `profile_pause_after` failures in a row, resumed by itself five times and failed again each
+    time: the operator learnt of the wrong key from a paused job minutes later."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN, profile_backoff_s=0.01, profile_backoff_max_s=0.05,
+                      profile_concurrency=2) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "m", "base_url": url, "upstream_model": f"m:status={status}",
+                                                "cost": {"per_request": 1}, "job": {"limit": 20}})
+        job = wait_job(gw, r.json()["job_id"])
+        assert (job["state"], job["done"]) == ("failed", 0)
+        assert said in job["error"] and f'{{"{field}": ...}}' in job["error"]
+        assert upstream.calls[f"m:status={status}"] <= 2  # the prompts in flight at the first refusal
+        model = admin(gw, "GET", "/models/m").json()
+        assert (model["state"], model["error"]) == ("failed", job["error"])
+        # the operator fixes the registration and profiles again
+        assert admin(gw, "PATCH", "/models/m", json={"upstream_model": "m"}).status_code == 200
+        again = wait_job(gw, admin(gw, "POST", "/models/m/reprofile", json={"limit": 4}).json()["job_id"])
+        assert again["state"] == "done" and admin(gw, "GET", "/models/m").json()["state"] == "ready"
+
+
 def test_admin_api_needs_the_admin_key_and_is_off_without_one(make_gateway):
     with make_gateway(admin_key=ADMIN, api_keys=["client-key"]) as gw:
         assert httpx.get(gw + "/admin/models", timeout=5).status_code == 401
