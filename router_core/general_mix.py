@@ -567,7 +567,7 @@ def drift_breakdown(state: RouterState, embedder: Embedder, prompts: list[MixPro
 
 
 def _embedder(spec: str, cache_dir: Path, fast_dir: Path) -> Embedder:
-    return load_embedder(spec, cache_dir, fast_dir=fast_dir, build_fast=False)
+    return load_embedder(spec, cache_dir, fast_dir=fast_dir)
 
 
 def gradable_heldout_prompts(mix: GeneralMix) -> list[MixPrompt]:

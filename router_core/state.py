@@ -208,7 +208,7 @@ def build_state(
 def state_embedder(state: RouterState, directory: str | Path) -> Embedder:
     """The embedder a saved state was fitted with; for `fast`, the very model stored beside it,
     or the one shipped with uniroute when the state records that very model's id (the shipped
-    states share one copy). Never a new distillation, whose vector space would differ."""
+    states share one copy). Never another distillation, whose vector space would differ."""
     fast_dir = Path(directory) / FAST_DIRNAME
     if state.embedder == "fast" and not fast_dir.exists():
         from router_core.shipped import FAST_EMBEDDER_DIR
@@ -216,7 +216,7 @@ def state_embedder(state: RouterState, directory: str | Path) -> Embedder:
         recorded = state.metadata.get("embedder_id")
         if recorded is not None and recorded == fast_model_id(FAST_EMBEDDER_DIR):
             fast_dir = FAST_EMBEDDER_DIR
-    embedder = load_embedder(state.embedder, None, fast_dir, False)
+    embedder = load_embedder(state.embedder, None, fast_dir)
     recorded = state.metadata.get("embedder_id")
     if recorded is not None and recorded != embedder.model_id:
         raise ValueError(f"the router state in {directory} was fitted with embedder {recorded}, "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.run_cache import build_once, run_dir
+from tests.support.run_cache import run_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,15 +34,6 @@ def default_state():
     directory = state_path("routerbench-fast")
     state = RouterState.load(directory)
     return state, state_embedder(state, directory)
-
-
-@pytest.fixture(scope="session")
-def fast_dir(tmp_path_factory):
-    """The `fast` static embedder, distilled once for the run (whichever xdist worker asks
-    first) from the shipped MiniLM."""
-    from router_core.embedding import FAST_DIRNAME, distill_fast
-
-    return build_once(tmp_path_factory, "fast", lambda path: distill_fast(path / FAST_DIRNAME)) / FAST_DIRNAME
 
 
 @pytest.fixture(scope="session")

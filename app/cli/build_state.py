@@ -14,6 +14,7 @@ scale: how long an answer each cluster's prompts draw (router_core.output_scale)
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     from router_core.choose_k import DEFAULT_TOLERANCE, candidate_ks, choose_k
     from router_core.cluster_summary import describe
     from router_core.embedding import FAST_DIRNAME, embed_for_routing, load_embedder
+    from router_core.shipped import FAST_EMBEDDER_DIR
     from router_core.state import build_state
     from router_core.text import DEFAULT_MAX_CHARS
 
@@ -149,9 +151,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.prior < 0:
         raise UsageError("--prior must be >= 0")
     max_chars = args.max_chars or DEFAULT_MAX_CHARS
+    fast_dir = Path(args.out) / FAST_DIRNAME
+    if args.embedder == "fast" and not (fast_dir / "model.safetensors").exists():
+        # A fast state carries its own copy of the static model it was fitted with (the shipped
+        # one), so that it still loads after an upgrade ships another; one already beside the
+        # state (a rebuild) is the state's own and stays.
+        shutil.copytree(FAST_EMBEDDER_DIR, fast_dir, dirs_exist_ok=True)
     try:
-        # A fast state carries its own static model: its vector space is that distillation's.
-        embedder = load_embedder(args.embedder, args.cache_dir, fast_dir=Path(args.out) / FAST_DIRNAME)
+        embedder = load_embedder(args.embedder, args.cache_dir, fast_dir=fast_dir)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load embedder {args.embedder!r}: {exc}") from None
     print(f"embedding {len(prompts)} prompts with {args.embedder}", file=sys.stderr)

@@ -10,10 +10,11 @@ from router_core.embedding import (
     ACCURATE_MODEL_ID,
     CachedEmbedder,
     embed_for_routing,
+    fast_model_id,
     load_embedder,
 )
 from router_core.repset import load_repset
-from router_core.shipped import DEFAULT_REPSET
+from router_core.shipped import DEFAULT_REPSET, FAST_EMBEDDER_DIR
 from router_core.text import routing_text
 
 TEXTS = [
@@ -108,8 +109,11 @@ def test_two_cache_handles_write_concurrently_without_losing_vectors(embedder, t
     assert spy.encoded == []
 
 
-def test_fast_embedder_is_a_unit_norm_static_model_that_keeps_meaning(fast_dir):
-    fast = load_embedder("fast", fast_dir=fast_dir, build_fast=False)
+def test_fast_embedder_is_a_unit_norm_static_model_that_keeps_meaning():
+    """With no folder given, `fast` is the shipped model: before, it was distilled anew into the
+    user's cache (tens of seconds, a cache to write, and a vector space of its own)."""
+    fast = load_embedder("fast")
+    assert fast.model_id == fast_model_id(FAST_EMBEDDER_DIR)
     emb = fast.encode(TEXTS + ["At what temperature does water boil at sea level?"])
     assert emb.dtype == np.float32 and emb.shape == (4, 256)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -118,10 +122,10 @@ def test_fast_embedder_is_a_unit_norm_static_model_that_keeps_meaning(fast_dir):
     assert fast.model_id.startswith("fast-minilm-256-")
 
 
-def test_fast_embedder_gives_model2vecs_own_vectors_bit_for_bit(fast_dir):
+def test_fast_embedder_gives_model2vecs_own_vectors_bit_for_bit():
     """The static embedder pools tokens itself (model2vec's dispatch cost more than the pooling):
     the vectors must stay exactly those the shipped states' clusters were fitted on."""
-    fast = load_embedder("fast", fast_dir=fast_dir, build_fast=False)
+    fast = load_embedder("fast", fast_dir=FAST_EMBEDDER_DIR)
     texts = TEXTS + ["", "   ", "日本語のテキストです", "Привет, мир! " * 400, "def f(x):\n    return x ** 2", "x" * 5000]
     texts += [item.prompt for item in load_repset(DEFAULT_REPSET).items]  # real prompts, short to long
     mine = fast.encode(texts)
@@ -131,9 +135,9 @@ def test_fast_embedder_gives_model2vecs_own_vectors_bit_for_bit(fast_dir):
     assert fast.inline  # cheap enough for the gateway's event loop
 
 
-def test_a_missing_fast_model_is_refused_when_it_must_not_be_rebuilt(tmp_path):
+def test_a_missing_fast_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="build-state --embedder fast"):
-        load_embedder("fast", fast_dir=tmp_path / "nothing", build_fast=False)
+        load_embedder("fast", fast_dir=tmp_path / "nothing")
 
 
 def test_an_unknown_local_model_path_is_a_clear_error(tmp_path):

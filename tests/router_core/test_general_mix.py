@@ -62,7 +62,7 @@ def mix(data):
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory):
     """The shipped `fast` static embedder, cached in a folder of the module's own."""
-    return load_embedder("fast", tmp_path_factory.mktemp("cache"), fast_dir=SHIPPED_FAST, build_fast=False)
+    return load_embedder("fast", tmp_path_factory.mktemp("cache"), fast_dir=SHIPPED_FAST)
 
 
 def test_arena_hard_v2_prompts_never_enter_the_fit_even_when_another_source_repeats_one(mix, data):

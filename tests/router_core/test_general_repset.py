@@ -37,7 +37,7 @@ def mix(data):
 def states(mix, tmp_path_factory) -> dict[str, Path]:
     """Two small fast states on the mix (K = 2 and 3), each with its embedder beside it."""
     cache = tmp_path_factory.mktemp("cache")
-    embedder = load_embedder("fast", cache, fast_dir=SHIPPED_FAST, build_fast=False)
+    embedder = load_embedder("fast", cache, fast_dir=SHIPPED_FAST)
     out = {}
     for k in (2, 3):
         directory = tmp_path_factory.mktemp(f"state{k}")
