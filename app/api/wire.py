@@ -19,8 +19,10 @@ from pydantic import (
 from app.api.errors import APIError, validation_error
 from app.errors import GatewayError
 from app.routing.prompts import (
+    chat_prompt_chars,
     chat_routing_text,
     completion_routing_text,
+    responses_prompt_chars,
     responses_routing_text,
 )
 from app.routing.service import policy_target
@@ -91,6 +93,12 @@ class RoutedBody(BaseModel):
         `routed` when a router name was asked for."""
         raise NotImplementedError
 
+    @classmethod
+    def chars_of(cls, fields: dict, routed: bool) -> int:
+        """Characters of text a valid body's `fields` send the model, which its input tokens are
+        estimated from: the routing text's by default, every turn's for a conversation."""
+        return len(cls.text_of(fields, routed))
+
 
 class ChatBody(RoutedBody):
     """A chat completions request."""
@@ -108,6 +116,10 @@ class ChatBody(RoutedBody):
     @classmethod
     def text_of(cls, fields: dict, routed: bool) -> str:
         return chat_routing_text(fields["messages"])
+
+    @classmethod
+    def chars_of(cls, fields: dict, routed: bool) -> int:
+        return chat_prompt_chars(fields["messages"])
 
 
 class CompletionBody(RoutedBody):
@@ -148,6 +160,10 @@ class ResponsesBody(RoutedBody):
     def text_of(cls, fields: dict, routed: bool) -> str:
         return responses_routing_text(fields.get("input"), fields.get("instructions"))
 
+    @classmethod
+    def chars_of(cls, fields: dict, routed: bool) -> int:
+        return responses_prompt_chars(fields.get("input"), fields.get("instructions"))
+
 
 # The routed kinds by the field that holds a body's prompt, in the order /v1/route tries them
 # (it is shown a body of any kind, and a chat body is chat whatever else it carries). `prompt`
@@ -181,6 +197,10 @@ class RoutedRequest:
     def routing_text(self, routed: bool) -> str:
         """The text routing reads; `routed` when a router name was asked for."""
         return self.kind.text_of(self.fields, routed)
+
+    def prompt_chars(self, routed: bool) -> int:
+        """Characters of text the request sends the model (its input tokens' estimate)."""
+        return self.kind.chars_of(self.fields, routed)
 
 
 def read_routed(kind: type[RoutedBody], body: dict) -> RoutedRequest:

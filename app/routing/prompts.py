@@ -7,6 +7,11 @@ the cut, the system prompt's start does not.
 Completions: the prompt string (a list of strings is joined).
 Responses API: the `instructions`, then the `input` read as chat messages (a string input is
 the user message).
+
+The model is sent, and bills, more than that: every earlier turn, tool call and tool result. A
+request's input tokens are estimated from all of its text (`chat_prompt_chars`,
+`responses_prompt_chars`), or an agent loop's turn carrying a long tool result would be priced
+as its short question.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ def content_text(content: object) -> str:
         return "\n".join(
             part["text"]
             for part in content
-            # "text" in chat messages, "input_text" in the Responses API's input items
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
+            # "text" in chat messages; "input_text" in the Responses API's input items, and
+            # "output_text" in the answers a client sends back in them (stateless turns)
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text")
             and isinstance(part.get("text"), str)
         )
     return ""
@@ -35,6 +41,32 @@ def chat_routing_text(messages: list[dict]) -> str:
     system = [content_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
     user = next((content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     return "\n".join(p for p in (*system, user) if p)
+
+
+def _call_arguments(call: object) -> int:
+    """The length of a chat tool call's arguments."""
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    return len(arguments) if isinstance(arguments, str) else 0
+
+
+def item_chars(item: dict) -> int:
+    """Characters of text a chat message or a Responses API input item sends the model: its
+    content, a tool's output (`function_call_output`) and tool calls' arguments (a chat
+    assistant's `tool_calls`, a Responses API `function_call`). Images, audio and files are not text."""
+    chars = len(content_text(item.get("content"))) + len(content_text(item.get("output")))
+    arguments = item.get("arguments")
+    if isinstance(arguments, str):
+        chars += len(arguments)
+    calls = item.get("tool_calls")
+    if isinstance(calls, list):
+        chars += sum(_call_arguments(call) for call in calls)
+    return chars
+
+
+def chat_prompt_chars(messages: list[dict]) -> int:
+    """Characters of text a chat request's messages send the model, every turn included."""
+    return sum(item_chars(m) for m in messages if isinstance(m, dict))
 
 
 def completion_routing_text(prompt: object) -> str:
@@ -60,3 +92,13 @@ def responses_routing_text(input: object, instructions: str | None) -> str:
     else:
         messages = []
     return "\n".join(p for p in (instructions, chat_routing_text(messages)) if p)
+
+
+def responses_prompt_chars(input: object, instructions: str | None) -> int:
+    """Characters of text a Responses API request sends the model: its instructions and every input item."""
+    chars = len(instructions or "")
+    if isinstance(input, str):
+        return chars + len(input)
+    if isinstance(input, list):
+        chars += sum(item_chars(item) for item in input if isinstance(item, dict))
+    return chars

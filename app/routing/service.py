@@ -166,19 +166,21 @@ class RoutingService:
                                code="model_not_found")
         return record
 
-    def expected_cost(self, record: ModelRecord, text: str, output_tokens: bool = True) -> float:
-        """A named model's expected cost for a prompt `text`: the prompt's estimated tokens, and
-        the answer length its profile measured (else the configured one). Unlike a routed prompt's,
+    def expected_cost(self, record: ModelRecord, prompt_chars: int, output_tokens: bool = True) -> float:
+        """A named model's expected cost for a prompt of `prompt_chars` characters: its estimated
+        tokens, and the answer length its profile measured (else the configured one). Unlike a routed prompt's,
         the answer is priced at the model's mean length, not by its cluster's output scale: a
         named request is never embedded, and pricing it is not worth an embedding."""
         profile = record.profile
         output = ((profile.avg_output_tokens if profile else 0) or self.settings.expected_output_tokens
                   if output_tokens else 0)
-        return record.cost.expected(estimate_tokens(len(text)), output)
+        return record.cost.expected(estimate_tokens(prompt_chars), output)
 
-    async def destination(self, target: RoutingTarget, text: str, scope: str,
+    async def destination(self, target: RoutingTarget, text: str, prompt_chars: int, scope: str,
                           models: list[str] | None = None) -> Destination:
-        """Route a prompt for `target` among the routable models (or those in `models`)."""
+        """Route a prompt for `target` among the routable models (or those in `models`): `text` is
+        what routing reads, `prompt_chars` the characters of text the request sends the model
+        (every turn of a conversation, which its input is priced by)."""
         allowed = None
         if models is not None:
             unknown = sorted(set(models) - set(self.registry.snapshot()))
@@ -204,7 +206,7 @@ class RoutingService:
             floor = guard.cost_weight
         weights = (await self.weights([text], router))[0]
         self.watch_drift(router, text)
-        tokens = estimate_tokens(len(text))
+        tokens = estimate_tokens(prompt_chars)
         decision = router.decide(weights, resolution, tokens, allowed, self.health.cooling(), floor)
         if decision is None:  # every allowed model is cooling down: better to try them than to refuse
             decision = router.decide(weights, resolution, tokens, allowed, min_cost_weight=floor)

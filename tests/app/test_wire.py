@@ -1,5 +1,5 @@
 """The hand check of plain request bodies (app/api/wire.py) agrees with pydantic's validation:
-every body it lets through validates, to the same model, stream flag and routing text."""
+every body it lets through validates, to the same model, stream flag, routing text and prompt size."""
 from __future__ import annotations
 
 import pytest
@@ -59,6 +59,7 @@ def test_a_plain_body_reads_as_its_validation_and_any_other_is_validated(kind, b
                 read.routing_text(routed)
             continue
         assert read.routing_text(routed) == expected
+        assert read.prompt_chars(routed) == kind.chars_of(fields, routed)
 
 
 def test_the_usual_bodies_are_plain_and_skip_validation():

@@ -1,0 +1,75 @@
+"""The richer parts of the OpenAI API through the gateway, as applications use them: tool calls
+and their results, agent loops, output limits. The real openai SDK against a real gateway in
+front of the fault upstream (OpenAI's wire formats)."""
+from __future__ import annotations
+
+import pytest
+
+from app.runtime.config import PriceIn
+from tests.support.clients import client
+
+# What the dear model costs per million input tokens, and the cheap one.
+DEAR_INPUT, CHEAP_INPUT = 10.0, 0.1
+TOOLS = [{"type": "function", "function": {"name": "read_log", "parameters": {"type": "object"}}}]
+QUESTION = "Why did last night's backup fail?"
+
+
+@pytest.fixture
+def priced(make_gateway, fault_upstream, model_config):
+    """Models priced by the token: `dear` (right 90% of the time, 10 per million input tokens) and
+    `cheap` (60%, 0.1), answering nothing but text."""
+    upstream, url = fault_upstream
+    models = [model_config("dear", url, score=0.9).model_copy(update={"cost": PriceIn(input_per_mtok=DEAR_INPUT)}),
+              model_config("cheap", url, score=0.6).model_copy(update={"cost": PriceIn(input_per_mtok=CHEAP_INPUT)})]
+    with make_gateway(models=models) as gw:
+        yield upstream, gw
+
+
+def agent_turn(tool_output: str) -> list[dict]:
+    """An agent loop's messages after a tool ran: the question, the tool call (no content), its result."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
+    return [{"role": "developer", "content": "You are a terse SRE assistant."},
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": tool_output}]
+
+
+def test_an_agent_loops_expected_cost_counts_the_tool_results_it_sends(priced):
+    # Routing reads the question, but the model is sent, and bills, the whole conversation: a
+    # 200,000-character log is 50,000 input tokens, which the expected cost must price and routing
+    # must weigh (0.5 at the dear model against its 0.3 of error rate saved, at λ = 0.4).
+    upstream, gw = priced
+    log = "2024-05-01 03:00:07 backup: rsync error 23, some files could not be transferred\n" * 2_500
+    for model in ("dear", "uniroute:0.4"):
+        raw = client(gw).chat.completions.with_raw_response.create(
+            model=model, messages=agent_turn(log), tools=TOOLS)
+        reply = raw.parse()
+        answered_by = raw.headers["x-uniroute-model"]
+        price = DEAR_INPUT if answered_by == "dear" else CHEAP_INPUT
+        billed = reply.usage.prompt_tokens * price / 1e6  # the fake upstream counts every message's text
+        assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(billed, rel=0.01), model
+        assert upstream.received[-1].body["messages"][3]["content"] == log
+    assert answered_by == "cheap"
+    # A short conversation still goes to the better model: the question alone is cheap anywhere.
+    short = client(gw).chat.completions.with_raw_response.create(
+        model="uniroute:0.4", messages=agent_turn("backup.sh: disk full"), tools=TOOLS)
+    assert short.headers["x-uniroute-model"] == "dear"
+
+
+def test_a_responses_agent_loops_expected_cost_counts_its_function_call_outputs(priced):
+    upstream, gw = priced
+    log = "2024-05-01 03:00:07 backup: rsync error 23, some files could not be transferred\n" * 2_500
+    # the model's earlier output sent back, as a client not storing responses does
+    said = "Let me read the backup log."
+    items = [{"role": "user", "content": QUESTION},
+             {"type": "message", "role": "assistant", "status": "completed",
+              "content": [{"type": "output_text", "text": said, "annotations": []}]},
+             {"type": "function_call", "call_id": "call_1", "name": "read_log", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "call_1", "output": log}]
+    raw = client(gw).responses.with_raw_response.create(
+        model="uniroute:0.4", input=items, instructions="You are a terse SRE assistant.",
+        tools=[{"type": "function", "name": "read_log", "parameters": {"type": "object"}}])
+    assert raw.headers["x-uniroute-model"] == "cheap"
+    chars = len("You are a terse SRE assistant.") + len(QUESTION) + len(said) + len("{}") + len(log)
+    assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(chars / 4 * CHEAP_INPUT / 1e6, rel=1e-5)
+    assert upstream.received[-1].body["input"] == items
