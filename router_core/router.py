@@ -138,7 +138,8 @@ class ModelTable:
     models: list[RoutedModel]
     psi: np.ndarray  # (M, K) predicted error per cluster
     input_per_tok: np.ndarray  # (M,)
-    output_cost: np.ndarray  # (M,) mean output tokens x price per output token
+    output_tokens: np.ndarray  # (M,) mean output tokens
+    output_per_tok: np.ndarray  # (M,)
     per_request: np.ndarray  # (M,)
     accuracy: np.ndarray  # (M,) mean score on the representative set
     counts: np.ndarray  # (M, K) labelled representative prompts behind each error in psi
@@ -166,15 +167,20 @@ class ModelTable:
         """The names as an object array, to reorder them with the rankings' indices."""
         return np.array(self.names, dtype=object)
 
-    def expected_costs(self, input_tokens: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def expected_costs(self, input_tokens: np.ndarray, weights: np.ndarray,
+                       max_output_tokens: np.ndarray | None = None) -> np.ndarray:
         """(n, M) expected cost of requests of (n,) prompt tokens and (n, K) cluster weights: the
         input priced by its tokens, the output by each model's mean output tokens times the
-        prompt's clusters' answer length (`output_scale`)."""
+        prompt's clusters' answer length (`output_scale`), at most the request's (n,)
+        `max_output_tokens` (inf: no limit): a model cannot be billed for more than it may write."""
         tokens = np.asarray(input_tokens, dtype=np.float64)[:, None]
-        if self.output_scale is None:
-            return self.per_request + tokens * self.input_per_tok + self.output_cost
-        length = np.asarray(weights, dtype=np.float64) @ self.output_scale  # routed weights sum to 1
-        return self.per_request + tokens * self.input_per_tok + length[:, None] * self.output_cost
+        output = self.output_tokens
+        if self.output_scale is not None:
+            length = np.asarray(weights, dtype=np.float64) @ self.output_scale  # routed weights sum to 1
+            output = length[:, None] * output
+        if max_output_tokens is not None:
+            output = np.minimum(output, np.asarray(max_output_tokens, dtype=np.float64)[:, None])
+        return self.per_request + tokens * self.input_per_tok + output * self.output_per_tok
 
     def support(self, weights: np.ndarray, idx: np.ndarray | slice) -> np.ndarray:
         """(n, len(idx)) labelled representative prompts behind the predicted errors of the
@@ -219,20 +225,21 @@ def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset
     counts = np.array([m.profile.counts for m in usable], dtype=np.float64).reshape(n, n_clusters)
     out_tokens = np.array([m.profile.avg_output_tokens or default_output_tokens for m in usable], dtype=np.float64)
     inp = np.array([m.price.input_per_mtok / 1e6 for m in usable], dtype=np.float64)
-    out = out_tokens * np.array([m.price.output_per_mtok / 1e6 for m in usable], dtype=np.float64)
+    out = np.array([m.price.output_per_mtok / 1e6 for m in usable], dtype=np.float64)
     req = np.array([m.price.per_request for m in usable], dtype=np.float64)
     acc = np.array([m.profile.accuracy for m in usable], dtype=np.float64)
     guard = prior if min_support is None else min_support
     scale = None if output_scale is None else np.asarray(output_scale, dtype=np.float64)
     if repset is None:
-        return ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, scale)
+        return ModelTable(usable, psi, inp, out_tokens, out, req, acc, counts, prior, cost_scale, guard, scale)
     # The curve's prompts are priced and scored as the router would route them: under a pooled
     # cluster their profile weights hold two ones, which would add two clusters' errors and
     # blend their answer lengths.
     routed = repset.routed_weights
     scale = None if scale is None else normalised_scale(scale, routed)
     tokens = estimate_tokens(np.array([len(item.prompt) for item in repset.repset.items], dtype=np.float64))
-    table = ModelTable(usable, psi, inp, out, req, acc, counts, prior, cost_scale, guard, scale, routed, tokens)
+    table = ModelTable(usable, psi, inp, out_tokens, out, req, acc, counts, prior, cost_scale, guard, scale, routed,
+                       tokens)
     table.calibration()  # computed now, off the request path
     return table
 
@@ -425,8 +432,10 @@ class UniRouter:
 
     def decide(self, weights: np.ndarray, resolution: Resolution, input_tokens: float,
                models: frozenset[str] | set[str] | None = None,
-               excluded: frozenset[str] | set[str] = frozenset(), min_cost_weight: float = 0.0) -> Decision | None:
-        """Rank the models for one prompt's (K,) cluster weights; see `decide_batch`.
+               excluded: frozenset[str] | set[str] = frozenset(), min_cost_weight: float = 0.0,
+               max_output_tokens: float | None = None) -> Decision | None:
+        """Rank the models for one prompt's (K,) cluster weights; see `decide_batch`
+        (`max_output_tokens`: the request's limit on its answer, if any).
 
         Under K-means a prompt's weights are one-hot, so its decision depends on nothing but its
         cluster and the request's terms: it is remembered in the model table (a new table, made
@@ -437,12 +446,13 @@ class UniRouter:
         key = None
         if self.state.theta is None:
             key = (int(weights.argmax()), resolution, float(input_tokens), None if models is None else frozenset(models),
-                   frozenset(excluded), min_cost_weight)
+                   frozenset(excluded), min_cost_weight, max_output_tokens)
             found = table.decisions.get(key)
             if found is not None or key in table.decisions:
                 return found
+        limit = None if max_output_tokens is None else np.array([max_output_tokens], dtype=np.float64)
         decision = self.decide_batch(weights[None, :], resolution, np.array([input_tokens]), models, excluded,
-                                     min_cost_weight, table)[0]
+                                     min_cost_weight, table, limit)[0]
         if key is not None:
             if len(table.decisions) >= _DECISIONS:
                 table.decisions.clear()
@@ -452,8 +462,10 @@ class UniRouter:
     def decide_batch(self, weights: np.ndarray, resolution: Resolution, input_tokens: np.ndarray,
                      models: frozenset[str] | set[str] | None = None,
                      excluded: frozenset[str] | set[str] = frozenset(),
-                     min_cost_weight: float = 0.0, table: ModelTable | None = None) -> list[Decision | None]:
-        """Rank the models for (n, K) cluster weights and (n,) prompt token counts, in one matrix
+                     min_cost_weight: float = 0.0, table: ModelTable | None = None,
+                     max_output_tokens: np.ndarray | None = None) -> list[Decision | None]:
+        """Rank the models for (n, K) cluster weights and (n,) prompt token counts (and the
+        requests' (n,) limits on their answers' tokens, inf for none), in one matrix
         operation, at the resolved target's λ (or `min_cost_weight`, a floor such as the budget
         guard's, when higher); None for each prompt when no model is allowed. Costs are divided
         by the fixed cost scale, never by a quantity of the candidates, so a model no prompt
@@ -470,7 +482,8 @@ class UniRouter:
         lam = max(resolution.cost_weight, min_cost_weight)
         gamma = weights @ table.psi[idx].T  # (n, M)
         support = table.support(weights, idx)
-        costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64), weights)[:, idx]  # (n, M)
+        costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64), weights,
+                                     max_output_tokens)[:, idx]  # (n, M)
         eligible = policy.supported(support, table.min_support, gamma, 1.0 - table.accuracy[idx], table.prior)
         order = policy.rank(gamma, costs / table.cost_scale, lam, eligible)  # (n, M)
         rows = np.arange(n)[:, None]

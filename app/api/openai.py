@@ -44,6 +44,7 @@ from app.routing.conversations import (
 from app.routing.service import (
     ROUTER_MODEL,
     Destination,
+    RequestSize,
     expectation,
     parse_router_model,
 )
@@ -66,24 +67,23 @@ def client_scope(gw: Gateway, request: Request) -> str:
 
 
 async def destination(request: Request, model: str, options: RoutingOptions | None, text: str,
-                      prompt_chars: int, prompt_param: str) -> Destination:
+                      size: RequestSize, prompt_param: str) -> Destination:
     """Where the request goes: routed when `model` is a router name, else the named model.
-    `text` is the prompt's text as routing reads it, from the body's `prompt_param`;
-    `prompt_chars` the characters of text the request sends the model (its input tokens are the
-    expected cost's)."""
+    `text` is the prompt's text as routing reads it, from the body's `prompt_param`; `size` what
+    its expected cost is priced by."""
     gw = gateway_of(request)
     target = parse_router_model(model, gw.settings)
     if target is None:
         record = gw.routing.named(model)
         return Destination(None, [record], client_scope(gw, request),
-                           expected_cost=gw.routing.expected_cost(record, prompt_chars))
+                           expected_cost=gw.routing.expected_cost(record, size))
     limit = gw.settings.max_prompt_chars
     if len(text) > limit:
         raise APIError(413, f"the prompt has {len(text)} characters; the limit is {limit}", param=prompt_param,
                        code="prompt_too_long")
     if options is not None:
         target = options.routing_target(gw.settings) or target
-    return await gw.routing.destination(target, text, prompt_chars, client_scope(gw, request),
+    return await gw.routing.destination(target, text, size, client_scope(gw, request),
                                         options.models if options is not None else None)
 
 
@@ -211,7 +211,7 @@ async def request_destination(request: Request, body: dict, read: RoutedBody, re
                                    "does not exist or is not enabled: the conversation cannot go on with "
                                    "another model", param=pin.param, code="model_not_found")
             model, options, routed = pin.model, None, False
-    return await destination(request, model, options, read.routing_text(routed), read.prompt_chars(routed),
+    return await destination(request, model, options, read.routing_text(routed), read.size(routed),
                              read.kind.prompt_param)
 
 
@@ -348,7 +348,7 @@ async def embeddings(request: Request) -> Response:
     gw = gateway_of(request)
     record = embeddings_record(gw, parsed.model)
     dest = Destination(None, [record], client_scope(gw, request),
-                       expected_cost=gw.routing.expected_cost(record, len(embeddings_text(parsed.input)),
+                       expected_cost=gw.routing.expected_cost(record, RequestSize(len(embeddings_text(parsed.input))),
                                                           output_tokens=False))
     return await proxy(request, "/embeddings", body, dest, False, started)
 

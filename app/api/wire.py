@@ -25,7 +25,7 @@ from app.routing.prompts import (
     responses_prompt_chars,
     responses_routing_text,
 )
-from app.routing.service import policy_target
+from app.routing.service import RequestSize, policy_target
 from app.runtime.config import Settings, TargetFields
 from router_core.targets import RoutingTarget
 
@@ -58,6 +58,12 @@ class Message(BaseModel):
 
 def _plain_content(content: object) -> bool:
     return content is None or type(content) in (str, list)
+
+
+def _token_limit(value: object) -> int | None:
+    """A limit on the answer's tokens as a body gives it: a positive whole number, else none (a
+    bad one is the upstream's to refuse)."""
+    return value if type(value) is int and value > 0 else None
 
 
 class RoutedBody(BaseModel):
@@ -99,6 +105,11 @@ class RoutedBody(BaseModel):
         estimated from: the routing text's by default, every turn's for a conversation."""
         return len(cls.text_of(fields, routed))
 
+    @classmethod
+    def output_limit_of(cls, fields: dict) -> int | None:
+        """The most tokens the answer may have (per choice), as the kind's body field says."""
+        raise NotImplementedError
+
 
 class ChatBody(RoutedBody):
     """A chat completions request."""
@@ -121,6 +132,12 @@ class ChatBody(RoutedBody):
     def chars_of(cls, fields: dict, routed: bool) -> int:
         return chat_prompt_chars(fields["messages"])
 
+    @classmethod
+    def output_limit_of(cls, fields: dict) -> int | None:
+        # max_tokens is deprecated for max_completion_tokens, which wins when both are given (as
+        # in vLLM); reasoning tokens count against it, so it bounds what is billed.
+        return _token_limit(fields.get("max_completion_tokens")) or _token_limit(fields.get("max_tokens"))
+
 
 class CompletionBody(RoutedBody):
     """A completions request."""
@@ -141,6 +158,10 @@ class CompletionBody(RoutedBody):
             if routed:
                 raise
             return ""
+
+    @classmethod
+    def output_limit_of(cls, fields: dict) -> int | None:
+        return _token_limit(fields.get("max_tokens"))
 
 
 class ResponsesBody(RoutedBody):
@@ -163,6 +184,10 @@ class ResponsesBody(RoutedBody):
     @classmethod
     def chars_of(cls, fields: dict, routed: bool) -> int:
         return responses_prompt_chars(fields.get("input"), fields.get("instructions"))
+
+    @classmethod
+    def output_limit_of(cls, fields: dict) -> int | None:
+        return _token_limit(fields.get("max_output_tokens"))
 
 
 # The routed kinds by the field that holds a body's prompt, in the order /v1/route tries them
@@ -198,9 +223,10 @@ class RoutedRequest:
         """The text routing reads; `routed` when a router name was asked for."""
         return self.kind.text_of(self.fields, routed)
 
-    def prompt_chars(self, routed: bool) -> int:
-        """Characters of text the request sends the model (its input tokens' estimate)."""
-        return self.kind.chars_of(self.fields, routed)
+    def size(self, routed: bool) -> RequestSize:
+        """What the request's expected cost is priced by: the characters of text it sends the
+        model and the most tokens its answer may have."""
+        return RequestSize(self.kind.chars_of(self.fields, routed), self.kind.output_limit_of(self.fields))
 
 
 def read_routed(kind: type[RoutedBody], body: dict) -> RoutedRequest:

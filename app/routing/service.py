@@ -38,6 +38,15 @@ RETIRE_AFTER_S = 30.0
 
 
 @dataclass(frozen=True)
+class RequestSize:
+    """What a request's expected cost is priced by: the characters of text it sends the model,
+    and the most tokens its answer may have (`max_tokens` and the like; None: no limit)."""
+
+    prompt_chars: int
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Destination:
     """Where a request goes: a routing decision, or a model named by the client; the records to
     try in order (the registry snapshot's own: read, never changed), the budget guard's view, and
@@ -166,21 +175,23 @@ class RoutingService:
                                code="model_not_found")
         return record
 
-    def expected_cost(self, record: ModelRecord, prompt_chars: int, output_tokens: bool = True) -> float:
-        """A named model's expected cost for a prompt of `prompt_chars` characters: its estimated
-        tokens, and the answer length its profile measured (else the configured one). Unlike a routed prompt's,
+    def expected_cost(self, record: ModelRecord, size: RequestSize, output_tokens: bool = True) -> float:
+        """A named model's expected cost for a request of `size`: its prompt's estimated tokens, and
+        the answer length its profile measured (else the configured one), at most the request's
+        limit. Unlike a routed prompt's,
         the answer is priced at the model's mean length, not by its cluster's output scale: a
         named request is never embedded, and pricing it is not worth an embedding."""
         profile = record.profile
         output = ((profile.avg_output_tokens if profile else 0) or self.settings.expected_output_tokens
                   if output_tokens else 0)
-        return record.cost.expected(estimate_tokens(prompt_chars), output)
+        if size.max_output_tokens is not None:
+            output = min(output, size.max_output_tokens)
+        return record.cost.expected(estimate_tokens(size.prompt_chars), output)
 
-    async def destination(self, target: RoutingTarget, text: str, prompt_chars: int, scope: str,
+    async def destination(self, target: RoutingTarget, text: str, size: RequestSize, scope: str,
                           models: list[str] | None = None) -> Destination:
         """Route a prompt for `target` among the routable models (or those in `models`): `text` is
-        what routing reads, `prompt_chars` the characters of text the request sends the model
-        (every turn of a conversation, which its input is priced by)."""
+        what routing reads, `size` what the request's expected cost is priced by."""
         allowed = None
         if models is not None:
             unknown = sorted(set(models) - set(self.registry.snapshot()))
@@ -206,10 +217,12 @@ class RoutingService:
             floor = guard.cost_weight
         weights = (await self.weights([text], router))[0]
         self.watch_drift(router, text)
-        tokens = estimate_tokens(prompt_chars)
-        decision = router.decide(weights, resolution, tokens, allowed, self.health.cooling(), floor)
+        tokens = estimate_tokens(size.prompt_chars)
+        decision = router.decide(weights, resolution, tokens, allowed, self.health.cooling(), floor,
+                                 size.max_output_tokens)
         if decision is None:  # every allowed model is cooling down: better to try them than to refuse
-            decision = router.decide(weights, resolution, tokens, allowed, min_cost_weight=floor)
+            decision = router.decide(weights, resolution, tokens, allowed, min_cost_weight=floor,
+                                     max_output_tokens=size.max_output_tokens)
         self.metrics.routing_seconds.observe(time.perf_counter() - start)
         if decision is None:
             raise GatewayError("unavailable", "no routable model among the allowed models", code="no_routable_model")

@@ -73,3 +73,47 @@ def test_a_responses_agent_loops_expected_cost_counts_its_function_call_outputs(
     chars = len("You are a terse SRE assistant.") + len(QUESTION) + len(said) + len("{}") + len(log)
     assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(chars / 4 * CHEAP_INPUT / 1e6, rel=1e-5)
     assert upstream.received[-1].body["input"] == items
+
+
+# What the dear model costs per million output tokens, and the cheap one.
+DEAR_OUTPUT, CHEAP_OUTPUT = 60.0, 0.6
+LIMIT = 16  # the smallest max_output_tokens the Responses API takes
+
+
+@pytest.fixture
+def wordy(make_gateway, fault_upstream, model_config):
+    """Models priced by their answers' tokens (256 of them expected, no profile having measured
+    any): `dear` (right 90% of the time, 60 per million) and `cheap` (60%, 0.6)."""
+    upstream, url = fault_upstream
+    models = [model_config("dear", url, score=0.9).model_copy(update={"cost": PriceIn(output_per_mtok=DEAR_OUTPUT)}),
+              model_config("cheap", url, score=0.6).model_copy(update={"cost": PriceIn(output_per_mtok=CHEAP_OUTPUT)})]
+    with make_gateway(models=models) as gw:
+        yield upstream, gw
+
+
+def test_an_answers_token_limit_bounds_its_expected_cost(wordy):
+    # A model is billed for no more tokens than the request lets it write (max_completion_tokens,
+    # or the deprecated max_tokens, per chat choice; max_tokens for completions; max_output_tokens
+    # for the Responses API). 256 expected tokens at the dear model cost 0.015, worth more than its
+    # 0.3 of error rate saved at λ = 0.4; 16 cost 0.001, which is worth paying.
+    upstream, gw = wordy
+    ask = {
+        "max_completion_tokens": lambda model, **extra: client(gw).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "Is this review positive? 'Loved it.'"}], **extra),
+        "max_tokens": lambda model, **extra: client(gw).completions.with_raw_response.create(
+            model=model, prompt="Is this review positive? 'Loved it.' Answer:", **extra),
+        "max_output_tokens": lambda model, **extra: client(gw).responses.with_raw_response.create(
+            model=model, input="Is this review positive? 'Loved it.'", **extra),
+    }
+    for field, create in ask.items():
+        assert create("uniroute:0.4").headers["x-uniroute-model"] == "cheap", field
+        for model in ("uniroute:0.4", "dear"):
+            raw = create(model, **{field: LIMIT})
+            assert raw.headers["x-uniroute-model"] == "dear", field
+            assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(LIMIT * DEAR_OUTPUT / 1e6), field
+            assert upstream.received[-1].body[field] == LIMIT
+    # chat's deprecated max_tokens bounds it too, and max_completion_tokens wins over it
+    for limits in ({"max_tokens": LIMIT}, {"max_tokens": 4096, "max_completion_tokens": LIMIT}):
+        raw = ask["max_completion_tokens"]("uniroute:0.4", extra_body=limits)
+        assert raw.headers["x-uniroute-model"] == "dear", limits
+        assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(LIMIT * DEAR_OUTPUT / 1e6)

@@ -13,6 +13,7 @@ from app.api.wire import (
     read_routed,
     validate,
 )
+from app.routing.service import RequestSize
 
 PARTS = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}]
 BODIES: list[tuple[type[RoutedBody], dict]] = [
@@ -59,7 +60,7 @@ def test_a_plain_body_reads_as_its_validation_and_any_other_is_validated(kind, b
                 read.routing_text(routed)
             continue
         assert read.routing_text(routed) == expected
-        assert read.prompt_chars(routed) == kind.chars_of(fields, routed)
+        assert read.size(routed) == RequestSize(kind.chars_of(fields, routed), kind.output_limit_of(fields))
 
 
 def test_the_usual_bodies_are_plain_and_skip_validation():
