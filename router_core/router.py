@@ -168,11 +168,12 @@ class ModelTable:
         return np.array(self.names, dtype=object)
 
     def expected_costs(self, input_tokens: np.ndarray, weights: np.ndarray,
-                       max_output_tokens: np.ndarray | None = None) -> np.ndarray:
+                       max_output_tokens: np.ndarray | None = None, choices: np.ndarray | None = None) -> np.ndarray:
         """(n, M) expected cost of requests of (n,) prompt tokens and (n, K) cluster weights: the
         input priced by its tokens, the output by each model's mean output tokens times the
         prompt's clusters' answer length (`output_scale`), at most the request's (n,)
-        `max_output_tokens` (inf: no limit): a model cannot be billed for more than it may write."""
+        `max_output_tokens` (inf: no limit): a model cannot be billed for more than it may write;
+        times the (n,) answers (`choices`, OpenAI's `n`) each request asks for, all of them billed."""
         tokens = np.asarray(input_tokens, dtype=np.float64)[:, None]
         output = self.output_tokens
         if self.output_scale is not None:
@@ -180,6 +181,8 @@ class ModelTable:
             output = length[:, None] * output
         if max_output_tokens is not None:
             output = np.minimum(output, np.asarray(max_output_tokens, dtype=np.float64)[:, None])
+        if choices is not None:
+            output = output * np.asarray(choices, dtype=np.float64)[:, None]
         return self.per_request + tokens * self.input_per_tok + output * self.output_per_tok
 
     def support(self, weights: np.ndarray, idx: np.ndarray | slice) -> np.ndarray:
@@ -433,9 +436,9 @@ class UniRouter:
     def decide(self, weights: np.ndarray, resolution: Resolution, input_tokens: float,
                models: frozenset[str] | set[str] | None = None,
                excluded: frozenset[str] | set[str] = frozenset(), min_cost_weight: float = 0.0,
-               max_output_tokens: float | None = None) -> Decision | None:
+               max_output_tokens: float | None = None, choices: int = 1) -> Decision | None:
         """Rank the models for one prompt's (K,) cluster weights; see `decide_batch`
-        (`max_output_tokens`: the request's limit on its answer, if any).
+        (`max_output_tokens`: the request's limit on each answer, if any; `choices`: the answers it asks for).
 
         Under K-means a prompt's weights are one-hot, so its decision depends on nothing but its
         cluster and the request's terms: it is remembered in the model table (a new table, made
@@ -446,13 +449,13 @@ class UniRouter:
         key = None
         if self.state.theta is None:
             key = (int(weights.argmax()), resolution, float(input_tokens), None if models is None else frozenset(models),
-                   frozenset(excluded), min_cost_weight, max_output_tokens)
+                   frozenset(excluded), min_cost_weight, max_output_tokens, choices)
             found = table.decisions.get(key)
             if found is not None or key in table.decisions:
                 return found
         limit = None if max_output_tokens is None else np.array([max_output_tokens], dtype=np.float64)
         decision = self.decide_batch(weights[None, :], resolution, np.array([input_tokens]), models, excluded,
-                                     min_cost_weight, table, limit)[0]
+                                     min_cost_weight, table, limit, np.array([choices]))[0]
         if key is not None:
             if len(table.decisions) >= _DECISIONS:
                 table.decisions.clear()
@@ -463,9 +466,10 @@ class UniRouter:
                      models: frozenset[str] | set[str] | None = None,
                      excluded: frozenset[str] | set[str] = frozenset(),
                      min_cost_weight: float = 0.0, table: ModelTable | None = None,
-                     max_output_tokens: np.ndarray | None = None) -> list[Decision | None]:
+                     max_output_tokens: np.ndarray | None = None,
+                     choices: np.ndarray | None = None) -> list[Decision | None]:
         """Rank the models for (n, K) cluster weights and (n,) prompt token counts (and the
-        requests' (n,) limits on their answers' tokens, inf for none), in one matrix
+        requests' (n,) limits on each answer's tokens, inf for none, and answers asked for), in one matrix
         operation, at the resolved target's λ (or `min_cost_weight`, a floor such as the budget
         guard's, when higher); None for each prompt when no model is allowed. Costs are divided
         by the fixed cost scale, never by a quantity of the candidates, so a model no prompt
@@ -483,7 +487,7 @@ class UniRouter:
         gamma = weights @ table.psi[idx].T  # (n, M)
         support = table.support(weights, idx)
         costs = table.expected_costs(np.asarray(input_tokens, dtype=np.float64), weights,
-                                     max_output_tokens)[:, idx]  # (n, M)
+                                     max_output_tokens, choices)[:, idx]  # (n, M)
         eligible = policy.supported(support, table.min_support, gamma, 1.0 - table.accuracy[idx], table.prior)
         order = policy.rank(gamma, costs / table.cost_scale, lam, eligible)  # (n, M)
         rows = np.arange(n)[:, None]

@@ -60,9 +60,9 @@ def _plain_content(content: object) -> bool:
     return content is None or type(content) in (str, list)
 
 
-def _token_limit(value: object) -> int | None:
-    """A limit on the answer's tokens as a body gives it: a positive whole number, else none (a
-    bad one is the upstream's to refuse)."""
+def _positive_int(value: object) -> int | None:
+    """A limit on the answer's tokens, or a count of answers, as a body gives it: a positive
+    whole number, else None (a bad one is the upstream's to refuse)."""
     return value if type(value) is int and value > 0 else None
 
 
@@ -110,6 +110,11 @@ class RoutedBody(BaseModel):
         """The most tokens the answer may have (per choice), as the kind's body field says."""
         raise NotImplementedError
 
+    @classmethod
+    def choices_of(cls, fields: dict) -> int:
+        """How many answers the model writes, each billed (`n`; one, as the Responses API always)."""
+        return 1
+
 
 class ChatBody(RoutedBody):
     """A chat completions request."""
@@ -136,7 +141,11 @@ class ChatBody(RoutedBody):
     def output_limit_of(cls, fields: dict) -> int | None:
         # max_tokens is deprecated for max_completion_tokens, which wins when both are given (as
         # in vLLM); reasoning tokens count against it, so it bounds what is billed.
-        return _token_limit(fields.get("max_completion_tokens")) or _token_limit(fields.get("max_tokens"))
+        return _positive_int(fields.get("max_completion_tokens")) or _positive_int(fields.get("max_tokens"))
+
+    @classmethod
+    def choices_of(cls, fields: dict) -> int:
+        return _positive_int(fields.get("n")) or 1
 
 
 class CompletionBody(RoutedBody):
@@ -161,7 +170,12 @@ class CompletionBody(RoutedBody):
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
-        return _token_limit(fields.get("max_tokens"))
+        return _positive_int(fields.get("max_tokens"))
+
+    @classmethod
+    def choices_of(cls, fields: dict) -> int:
+        # best_of answers are written (and billed) server-side, of which n are returned
+        return max(_positive_int(fields.get("n")) or 1, _positive_int(fields.get("best_of")) or 1)
 
 
 class ResponsesBody(RoutedBody):
@@ -187,7 +201,7 @@ class ResponsesBody(RoutedBody):
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
-        return _token_limit(fields.get("max_output_tokens"))
+        return _positive_int(fields.get("max_output_tokens"))
 
 
 # The routed kinds by the field that holds a body's prompt, in the order /v1/route tries them
@@ -225,8 +239,9 @@ class RoutedRequest:
 
     def size(self, routed: bool) -> RequestSize:
         """What the request's expected cost is priced by: the characters of text it sends the
-        model and the most tokens its answer may have."""
-        return RequestSize(self.kind.chars_of(self.fields, routed), self.kind.output_limit_of(self.fields))
+        model, the most tokens each answer may have and how many answers it asks for."""
+        return RequestSize(self.kind.chars_of(self.fields, routed), self.kind.output_limit_of(self.fields),
+                           self.kind.choices_of(self.fields))
 
 
 def read_routed(kind: type[RoutedBody], body: dict) -> RoutedRequest:

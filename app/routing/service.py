@@ -40,10 +40,12 @@ RETIRE_AFTER_S = 30.0
 @dataclass(frozen=True)
 class RequestSize:
     """What a request's expected cost is priced by: the characters of text it sends the model,
-    and the most tokens its answer may have (`max_tokens` and the like; None: no limit)."""
+    the most tokens each answer may have (`max_tokens` and the like; None: no limit), and how
+    many answers it asks for (`n`: each is billed)."""
 
     prompt_chars: int
     max_output_tokens: int | None = None
+    choices: int = 1
 
 
 @dataclass(frozen=True)
@@ -177,15 +179,16 @@ class RoutingService:
 
     def expected_cost(self, record: ModelRecord, size: RequestSize, output_tokens: bool = True) -> float:
         """A named model's expected cost for a request of `size`: its prompt's estimated tokens, and
-        the answer length its profile measured (else the configured one), at most the request's
-        limit. Unlike a routed prompt's,
-        the answer is priced at the model's mean length, not by its cluster's output scale: a
-        named request is never embedded, and pricing it is not worth an embedding."""
+        each of its answers at the length its profile measured (else the configured one), at most
+        the request's limit. Unlike a routed prompt's, the answer is priced at the model's mean
+        length, not by its cluster's output scale: a named request is never embedded, and pricing
+        it is not worth an embedding."""
         profile = record.profile
         output = ((profile.avg_output_tokens if profile else 0) or self.settings.expected_output_tokens
                   if output_tokens else 0)
         if size.max_output_tokens is not None:
             output = min(output, size.max_output_tokens)
+        output *= size.choices
         return record.cost.expected(estimate_tokens(size.prompt_chars), output)
 
     async def destination(self, target: RoutingTarget, text: str, size: RequestSize, scope: str,
@@ -219,10 +222,10 @@ class RoutingService:
         self.watch_drift(router, text)
         tokens = estimate_tokens(size.prompt_chars)
         decision = router.decide(weights, resolution, tokens, allowed, self.health.cooling(), floor,
-                                 size.max_output_tokens)
+                                 size.max_output_tokens, size.choices)
         if decision is None:  # every allowed model is cooling down: better to try them than to refuse
             decision = router.decide(weights, resolution, tokens, allowed, min_cost_weight=floor,
-                                     max_output_tokens=size.max_output_tokens)
+                                     max_output_tokens=size.max_output_tokens, choices=size.choices)
         self.metrics.routing_seconds.observe(time.perf_counter() - start)
         if decision is None:
             raise GatewayError("unavailable", "no routable model among the allowed models", code="no_routable_model")

@@ -3,6 +3,7 @@ and their results, agent loops, output limits. The real openai SDK against a rea
 front of the fault upstream (OpenAI's wire formats)."""
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from app.runtime.config import PriceIn
@@ -117,3 +118,23 @@ def test_an_answers_token_limit_bounds_its_expected_cost(wordy):
         raw = ask["max_completion_tokens"]("uniroute:0.4", extra_body=limits)
         assert raw.headers["x-uniroute-model"] == "dear", limits
         assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(LIMIT * DEAR_OUTPUT / 1e6)
+
+
+def test_every_answer_a_request_asks_for_is_in_its_expected_cost(wordy):
+    # OpenAI bills the tokens of every choice (`n`), and of every completion `best_of` makes
+    # server-side: 16 answers of 16 tokens at the dear model cost 0.015 again, not worth paying.
+    upstream, gw = wordy
+    prompt = "Is this review positive? 'Loved it.'"
+    raw = client(gw).completions.with_raw_response.create(model="uniroute:0.4", prompt=prompt, max_tokens=LIMIT,
+                                                          best_of=16)
+    assert raw.headers["x-uniroute-model"] == "cheap"
+    assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(16 * LIMIT * CHEAP_OUTPUT / 1e6)
+    assert upstream.received[-1].body["best_of"] == 16
+    named = client(gw).completions.with_raw_response.create(model="dear", prompt=prompt, max_tokens=LIMIT, best_of=16)
+    assert float(named.headers["x-uniroute-expected-cost"]) == pytest.approx(16 * LIMIT * DEAR_OUTPUT / 1e6)
+    # chat's n, as the dry run decides it (the fake upstream writes one answer per request)
+    body = {"model": "uniroute:0.4", "messages": [{"role": "user", "content": prompt}], "max_completion_tokens": LIMIT}
+    assert httpx.post(gw + "/v1/route", json=body, timeout=30).json()["model"] == "dear"
+    dry = httpx.post(gw + "/v1/route", json={**body, "n": 16}, timeout=30).json()
+    assert dry["model"] == "cheap"
+    assert dry["expected_cost"] == pytest.approx(16 * LIMIT * CHEAP_OUTPUT / 1e6)
