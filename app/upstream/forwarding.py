@@ -387,15 +387,20 @@ class Forwarder:
         placed before the upstream's `[DONE]`, unless the upstream sent its own error (an error
         event, or llama.cpp's `error` field, rewritten as one: app/upstream/streams.py). The events
         that arrived together go out together: each piece sent is a write to the client's socket,
-        the costliest step of a stream's relay."""
+        the costliest step of a stream's relay. Reading stops once the stream is over (`[DONE]`,
+        or a Responses API stream's last event), as the openai SDK's does: a server or proxy may
+        keep the response open after it, silent until `read_s` runs out, or sending keep-alives."""
         events = EventSplitter()
         cut: str | None = None
         try:
             if out := b"".join(map(watch.see, events.feed(first))):
                 yield out
-            async for chunk in chunks:
-                if out := b"".join(map(watch.see, events.feed(chunk))):
-                    yield out
+            if not watch.over:
+                async for chunk in chunks:
+                    if out := b"".join(map(watch.see, events.feed(chunk))):
+                        yield out
+                    if watch.over:
+                        break
         except (UpstreamError, TimeoutError) as exc:
             cut = f"the upstream model {record.name} cut the stream mid-way"
             log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)

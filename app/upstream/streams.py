@@ -8,7 +8,8 @@ A stream can end without being complete: cut mid-way, or ended with `[DONE]` whi
 `finish_reason` is still null (llama-cpp-python interrupts an answer so when another request
 arrives), or with the upstream's own error (then no error of the gateway's follows it). Since
 the openai SDK stops reading at `[DONE]`, the relay holds `[DONE]` back until it knows, and
-puts its error event before it.
+puts its error event before it. A stream is over at `[DONE]` (a Responses API stream, which has
+none, at its last event): what the upstream sends after it is not read.
 """
 from __future__ import annotations
 
@@ -154,9 +155,11 @@ class StreamWatch:
     """Reads a chat/completions (or Responses API) stream event by event.
 
     `strip_usage`: the gateway asked for the usage chunk the client did not ask for, so it is
-    read and not passed on. After the stream: `usage` (the upstream's, or None), `complete`,
-    `upstream_error` (the error body the upstream sent in its stream, `{"error": ...}`: an error
-    event, or llama.cpp's `error` field, passed on as an error event; None if it sent none), `cut`."""
+    read and not passed on. `over`: the stream has ended by its protocol (`[DONE]`, or a Responses
+    API stream's `response.completed` / `response.incomplete`); later events are not passed on.
+    After the stream: `usage` (the upstream's, or None), `complete`, `upstream_error` (the error
+    body the upstream sent in its stream, `{"error": ...}`: an error event, or llama.cpp's `error`
+    field, passed on as an error event; None if it sent none), `cut`."""
 
     responses_api: bool = False
     strip_usage: bool = False
@@ -166,6 +169,7 @@ class StreamWatch:
     done: bytes | None = None  # the held-back [DONE] event
     cut: bool = False  # set by the relay: the stream did not deliver a complete answer
     ended: bool = False  # set by the relay once the upstream's stream is read, before its last events go out
+    over: bool = False
     _finished: dict[int, bool] = field(default_factory=dict)
     _ended: bool = False
 
@@ -178,6 +182,8 @@ class StreamWatch:
 
     def see(self, event: bytes) -> bytes:
         """The bytes to pass on for one upstream event: itself, a rewrite, or nothing (held back or stripped)."""
+        if self.over:
+            return b""
         if not self.responses_api and self._more_text(event):
             return event
         data = event_data(event)
@@ -188,6 +194,7 @@ class StreamWatch:
             return error_field_event(event)
         if data.strip() == DONE:
             self.done = event
+            self.over = True
             return b""
         try:
             obj = orjson.loads(data)
@@ -222,7 +229,7 @@ class StreamWatch:
         if isinstance(response, dict):
             self.response = response
         if obj.get("type") in _RESPONSE_ENDS:
-            self._ended = True
+            self._ended = self.over = True
             if isinstance(response, dict) and isinstance(response.get("usage"), dict):
                 self.usage = response["usage"]
         return event

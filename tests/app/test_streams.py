@@ -123,10 +123,10 @@ def test_llamacpps_error_field_mid_stream_goes_on_as_an_openai_error_event(field
     """The openai SDK skips a field it does not know: passed on as it came, llama.cpp's error
     never reached the client, only the gateway's generic error after it."""
     watch = StreamWatch()
-    out = [watch.see(e) for e in [chunk([choice(text="a")]), field, b"data: [DONE]\n\n"]]
+    out = [watch.see(e) for e in [chunk([choice(text="a")]), field, b": keep-alive\n\n", b"data: [DONE]\n\n"]]
     assert out[1] == b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+    assert out[2] == b": keep-alive\n\n"  # a comment is still no error
     assert watch.upstream_error and not watch.complete and watch.done == b"data: [DONE]\n\n"
-    assert watch.see(b": keep-alive\n\n") == b": keep-alive\n\n"  # a comment is still no error
 
 
 def test_a_responses_stream_is_complete_at_response_completed_with_its_usage():
@@ -136,6 +136,17 @@ def test_a_responses_stream_is_complete_at_response_completed_with_its_usage():
     done = {"type": "response.completed", "response": {"usage": {"input_tokens": 4, "output_tokens": 1}}}
     watch.see(b"event: response.completed\ndata: " + orjson.dumps(done) + b"\n\n")
     assert watch.complete and watch.usage == {"input_tokens": 4, "output_tokens": 1}
+
+
+def test_a_stream_is_over_at_done_or_at_a_responses_streams_last_event_and_nothing_after_passes():
+    watch = StreamWatch()
+    assert [watch.see(e) for e in [*STREAM[:3], b"data: [DONE]\n\n", b": keep-alive\n\n", chunk([], USAGE)]] == [
+        *STREAM[:3], b"", b"", b""]
+    assert watch.over and watch.complete and watch.usage is None
+    watch = StreamWatch(responses_api=True)
+    done = b'data: {"type": "response.completed", "response": {"usage": {"input_tokens": 4}}}\n\n'
+    assert watch.see(done) == done and watch.over
+    assert watch.see(b": keep-alive\n\n") == b""
 
 
 def replayed(kind: str, include_usage: bool, text: str) -> list[bytes]:

@@ -74,6 +74,9 @@ directive is answered with HTTP 400 saying what is wrong.
 Or from Python, for a plain model name: `upstream.set_fault("m1", Fault(status=503))`, and
 `set_fault("m1", None)` to make it healthy again mid-test. A fault set so overrides any spec
 in the name, and its `fail_first` counts the requests from the moment it was set.
+`Fault(raw=(b"data: ...", ...))` answers a streamed request with exactly those bytes, each part
+its own write (a provider's own wire format, split where a test wants it; `pace_s` makes each
+part arrive on its own), and `hold_open_s` keeps the response open that long after the last.
 
 Connection refused: point a model at `http://127.0.0.1:{closed_port()}/v1`. A server that
 reads the request and then resets the connection (`ReadError`) or closes it without an answer
@@ -226,6 +229,12 @@ class Fault:
     context_as: str | None = None
     retry_after: float | None = None
     retry_after_date: bool = False  # Retry-After sent as an HTTP date, not as seconds
+    # streamed (chat, completions or Responses API): exactly these bytes, each part its own write
+    # (paced by `pace`), in place of the answer's events; set from Python only
+    raw: tuple[bytes, ...] | None = None
+    # streamed: after the last part, the response stays open this long before it ends (a server or
+    # proxy keeping the connection open after `[DONE]`); set from Python only
+    hold_open_s: float = 0.0
 
     def failing_status(self, nth: int) -> int | None:
         """The error status for the `nth` request (1-based) under this fault, or None to answer."""
@@ -338,7 +347,7 @@ def event_stream(fault: Fault, events: list[bytes], abandoned: Callable[[], None
     """`events` as a server-sent event stream, after the fault's first-token delay and at its pace
     (`abandoned` is called when the reader hangs up before the last), or cut after `cut_after` of them."""
     if fault.cut_after is None:
-        return StreamingResponse(_paced(fault.first_token_s, fault.pace_s, events, abandoned),
+        return StreamingResponse(_paced(fault.first_token_s, fault.pace_s, events, abandoned, fault.hold_open_s),
                                  media_type="text/event-stream")
     return CutResponse(events[: fault.cut_after], media_type="text/event-stream")
 
@@ -441,6 +450,8 @@ class FaultUpstream:
             body = orjson.dumps(response_body(request, answer))
             return CutResponse([body[: len(body) // 2]], media_type="application/json",
                                 headers={"content-length": str(len(body))})
+        if fault.raw is not None:
+            return event_stream(fault, list(fault.raw))
         chunks = stream_chunks(request, answer)
         if fault.interrupt:  # the chunk carrying finish_reason never comes
             chunks = [(text, obj) for text, obj in chunks
@@ -463,6 +474,8 @@ class FaultUpstream:
         answer = CannedAnswer.for_request(request, f"answer from {body.model}")
         if not request.stream:
             return json_response(self._store(body, response_body(request, answer)))
+        if fault.raw is not None:
+            return event_stream(fault, list(fault.raw))
         frames = [frame for _, frame in responses_events(request, answer)]
         # The last event (response.completed or .incomplete) carries the whole response.
         self._store(body, orjson.loads(frames[-1].split(b"data: ", 1)[1])["response"])
@@ -561,9 +574,10 @@ class RequestIds:
 
 
 async def _paced(delay_s: float, pace_s: float, parts: list[bytes],
-                 abandoned: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+                 abandoned: Callable[[], None] | None = None, hold_open_s: float = 0.0) -> AsyncIterator[bytes]:
     """`parts`, the first one `delay_s` seconds after the headers went out, then one every
-    `pace_s` seconds; `abandoned()` when the reader goes before the last."""
+    `pace_s` seconds, the body ending `hold_open_s` seconds after the last; `abandoned()` when the
+    reader goes before the last."""
     sent = 0
     try:
         await asyncio.sleep(delay_s)
@@ -572,6 +586,7 @@ async def _paced(delay_s: float, pace_s: float, parts: list[bytes],
                 await asyncio.sleep(pace_s)
             yield part
             sent += 1
+        await asyncio.sleep(hold_open_s)
     finally:
         if sent < len(parts) and abandoned is not None:
             abandoned()

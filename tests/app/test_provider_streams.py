@@ -1,0 +1,81 @@
+"""Streams as OpenAI-compatible servers other than OpenAI really send them, relayed through a real
+gateway to the openai SDK: what the client reads, and that a complete answer counts no cut and no
+failure against its model. The upstream sends each provider's exact bytes (`Fault(raw=...)`)."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tests.support.clients import client, metric
+from tests.support.fault_upstream import Fault
+
+MESSAGES = [{"role": "user", "content": "Name a prime number."}]
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def chunk(choices: list[dict], **fields) -> bytes:
+    return sse({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": choices, **fields})
+
+
+def text(content: str | None, finish: str | None = None, index: int = 0) -> dict:
+    return {"index": index, "delta": {} if content is None else {"content": content}, "finish_reason": finish}
+
+
+ANSWER = [chunk([text("Seven")]), chunk([text(None, "stop")])]
+
+
+def response_event(kind: str, **fields) -> bytes:
+    return b"event: " + kind.encode() + b"\n" + sse({"type": kind, "sequence_number": 0, **fields})
+
+
+RESPONSE = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m", "output": [], "error": None,
+            "incomplete_details": None, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
+            "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0}
+COMPLETED = {**RESPONSE, "status": "completed",
+             "output": [{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                         "content": [{"type": "output_text", "text": "Seven", "annotations": []}]}],
+             "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6,
+                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}}
+RESPONSES_ANSWER = [response_event("response.created", response={**RESPONSE, "status": "in_progress"}),
+                    response_event("response.output_text.delta", item_id="msg_1", output_index=0, content_index=0,
+                                   delta="Seven", logprobs=[]),
+                    response_event("response.completed", response=COMPLETED)]
+
+
+@pytest.fixture
+def raw(make_gateway, fault_upstream, model_config):
+    """(upstream, make): `with make(**settings) as gw:` a gateway whose one model, `raw`, the
+    upstream answers as the test sets it (`upstream.set_fault("raw", Fault(raw=...))`)."""
+    upstream, url = fault_upstream
+
+    def make(**settings):
+        return make_gateway(models=[model_config("raw", url)], **settings)
+
+    return upstream, make
+
+
+@pytest.mark.parametrize("route", ["chat", "responses"])
+def test_a_stream_the_upstream_keeps_open_after_its_end_ends_there(raw, route):
+    """A server or proxy may keep the response open after `[DONE]` (openai-node's "finish SSE
+    streams immediately after [DONE]", #2317), or after a Responses API stream's
+    `response.completed` (OpenCode Zen, OmniRoute #11384); the openai SDK stops reading at
+    `[DONE]`. The gateway read on, holding `[DONE]` back: silent, the upstream ran out `read_s`,
+    and the complete answer ended with a `stream_cut` error (the SDK raised it) and counted a cut
+    against its model; sending keep-alives, it kept the client from ever seeing the end."""
+    upstream, make = raw
+    with make(timeouts={"read_s": 1.5}) as gw:
+        if route == "chat":
+            upstream.set_fault("raw", Fault(raw=(*ANSWER, DONE), hold_open_s=5))
+            stream = client(gw).chat.completions.create(model="raw", messages=MESSAGES, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Seven"
+        else:
+            upstream.set_fault("raw", Fault(raw=tuple(RESPONSES_ANSWER), hold_open_s=5))
+            events = list(client(gw).responses.create(model="raw", input="Name a prime number.", stream=True))
+            assert events[-1].type == "response.completed"
+        assert metric(gw, "uniroute_upstream_failures_total") == 0
+        assert metric(gw, f'uniroute_requests_total{{model="raw",route="{route}",status="200"}}') == 1
