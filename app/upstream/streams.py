@@ -240,7 +240,9 @@ class StreamWatch:
             for choice in choices:
                 if isinstance(choice, dict):
                     index = choice.get("index", 0)
-                    self._finished[index] = self._finished.get(index, False) or choice.get("finish_reason") is not None
+                    # An empty finish_reason is none yet: TGI's /v1/completions chunks carry `""`
+                    # until the last (as SGLang's and Ollama's chat chunks once did).
+                    self._finished[index] = self._finished.get(index, False) or bool(choice.get("finish_reason"))
         usage = obj.get("usage")
         if not isinstance(usage, dict):
             return event

@@ -3,6 +3,7 @@ gateway to the openai SDK: what the client reads, and that a complete answer cou
 failure against its model. The upstream sends each provider's exact bytes (`Fault(raw=...)`)."""
 from __future__ import annotations
 
+import openai
 import orjson
 import pytest
 
@@ -79,3 +80,40 @@ def test_a_stream_the_upstream_keeps_open_after_its_end_ends_there(raw, route):
             assert events[-1].type == "response.completed"
         assert metric(gw, "uniroute_upstream_failures_total") == 0
         assert metric(gw, f'uniroute_requests_total{{model="raw",route="{route}",status="200"}}') == 1
+
+
+
+def tgi_completion(text: str, finish: str, **fields) -> bytes:
+    """A chunk of TGI's /v1/completions stream (its router's `Chunk` and `CompletionFinal`): the
+    finish_reason is an empty string until the last chunk, which carries the usage too."""
+    return b"data:" + orjson.dumps({"id": "", "object": "text_completion", "created": 1, "model": "tgi",
+                                     "system_fingerprint": "3.0.0-native", **fields,
+                                     "choices": [{"index": 0, "text": text, "logprobs": None,
+                                                  "finish_reason": finish}]}) + b"\n\n"
+
+
+TGI_FAILURE = "Request failed during generation: Server error: CUDA out of memory"
+
+
+@pytest.mark.parametrize("ending,cut", [
+    ([tgi_completion(" seven", "length", usage={"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})],
+     False),
+    ([b"data:" + orjson.dumps({"error": TGI_FAILURE, "error_type": "generation"}) + b"\n\n"], True),
+])
+def test_an_empty_finish_reason_is_no_finish(raw, ending, cut):
+    """TGI's /v1/completions stream sends `"finish_reason": ""` until its last chunk (so did
+    SGLang 0.4.3's chat chunks, sglang #3912, and Ollama's, ollama #4357). The gateway took `""`
+    for a finish: the first chunk made the answer complete, and a stream TGI then failed
+    (its error event, then `[DONE]`) counted as a whole answer, no failure against the model."""
+    upstream, make = raw
+    with make() as gw:
+        upstream.set_fault("raw", Fault(raw=(tgi_completion("Five or", ""), *ending, b"data:[DONE]\n\n")))
+        stream = client(gw).completions.create(model="raw", prompt="Name a prime number.", stream=True)
+        if cut:
+            with pytest.raises(openai.APIError):
+                for _ in stream:
+                    pass
+        else:
+            assert "".join(c.choices[0].text for c in stream) == "Five or seven"
+        assert metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == cut
+        assert metric(gw, 'uniroute_requests_total{model="raw",route="completions",status="cut"}') == cut
