@@ -1,9 +1,10 @@
 """Reading an upstream's server-sent events on their way to the client.
 
 The relay passes each event through as the upstream framed it, but it reads what it needs:
-whether the answer is complete, and the usage the upstream reports. One kind of event is
-rewritten: llama.cpp's own `error` field (how its 2025 builds fail mid-stream), which the openai
-SDK skips as a field it does not know, goes on as OpenAI's error event, which the SDK raises.
+whether the answer is complete, and the usage the upstream reports. Upstream errors the openai
+SDK would not show are rewritten: llama.cpp's own `error` field (how its 2025 builds fail
+mid-stream), which the SDK skips as a field it does not know, and TGI's error event with a bare
+message, which it raises without the message, go on as OpenAI's error event.
 A stream can end without being complete: cut mid-way, or ended with `[DONE]` while a choice's
 `finish_reason` is still null (llama-cpp-python interrupts an answer so when another request
 arrives), or with the upstream's own error (then no error of the gateway's follows it). Since
@@ -105,6 +106,17 @@ def _error_body(obj: dict) -> dict:
     return {"error": obj}
 
 
+def message_error_event(body: dict) -> bytes:
+    """An error event whose `error` is a bare message, as TGI fails mid-stream (`{"error": "Request
+    failed during generation: ...", "error_type": "generation"}`), as OpenAI's error event with
+    that message (and `error_type` as its type). The openai SDK reads a message only inside an
+    error object: it would raise TGI's event as "An error occurred during streaming"."""
+    error = {"message": body["error"]}
+    if isinstance(body.get("error_type"), str):
+        error["type"] = body["error_type"]
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
 class EventSplitter:
     """Cuts a byte stream into whole SSE events (each with its terminating blank line)."""
 
@@ -204,7 +216,7 @@ class StreamWatch:
             return event
         if obj.get("error") is not None or obj.get("type") in ("error", "response.failed"):
             self.upstream_error = _error_body(obj)
-            return event
+            return message_error_event(obj) if isinstance(obj.get("error"), str) else event
         if self.responses_api:
             return self._see_response_event(event, obj)
         return self._see_chunk(event, obj)

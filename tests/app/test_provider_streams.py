@@ -117,3 +117,20 @@ def test_an_empty_finish_reason_is_no_finish(raw, ending, cut):
             assert "".join(c.choices[0].text for c in stream) == "Five or seven"
         assert metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == cut
         assert metric(gw, 'uniroute_requests_total{model="raw",route="completions",status="cut"}') == cut
+
+
+def test_tgis_error_mid_stream_reaches_the_client_with_its_message(raw):
+    """TGI fails mid-stream with an event whose `error` is a bare message, `{"error": "...",
+    "error_type": "generation"}` (its router's `Event::from(InferError)`), then `[DONE]`. The
+    openai SDK shows an error event's message only from an error object: passed on as it came,
+    the client read "An error occurred during streaming", never TGI's reason."""
+    upstream, make = raw
+    failure = b"data:" + orjson.dumps({"error": TGI_FAILURE, "error_type": "generation"}) + b"\n\n"
+    with make() as gw:
+        upstream.set_fault("raw", Fault(raw=(tgi_completion("Five or", ""), failure, b"data:[DONE]\n\n")))
+        stream = client(gw).completions.create(model="raw", prompt="Name a prime number.", stream=True)
+        with pytest.raises(openai.APIError, match="CUDA out of memory") as err:
+            for _ in stream:
+                pass
+        assert err.value.body == {"message": TGI_FAILURE, "type": "generation"}
+        assert metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == 1
