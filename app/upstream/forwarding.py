@@ -70,6 +70,10 @@ REFUSED = 400
 # again.
 RETRY_AFTER_COOL_MAX_S = 3600.0
 
+# How long the relay waits, after a stream is over, for its body's end (`_drain`): it most often
+# comes within a millisecond; a server holding the response open is not waited for longer.
+DRAIN_S = 1.0
+
 # Called with a model and the fault that should take it out of routing.
 Disable = Callable[[ModelRecord, UpstreamFault], Awaitable[None]]
 
@@ -401,12 +405,15 @@ class Forwarder:
                         yield out
                     if watch.over:
                         break
+            if not response.complete:
+                await _drain(chunks)
         except (UpstreamError, TimeoutError) as exc:
             cut = f"the upstream model {record.name} cut the stream mid-way"
             log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)
         finally:
             # A stream read to its end has given its connection back to the pool already; one
-            # left early (the client hung up) must not be reused half-read.
+            # left early (the client hung up, or a body that did not end after `[DONE]`) must
+            # not be reused half-read.
             response.close()
         rest = events.rest()
         # A last event without its blank line: end it here.
@@ -428,6 +435,19 @@ class Forwarder:
                 yield stream_error_event(cut)
         if watch.done is not None:
             yield watch.done
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what is left of a stream that is over, for up to DRAIN_S: the body's end most often
+    comes right behind `[DONE]`, as a write of its own (uvicorn's, so vLLM's), and a connection
+    read to its end goes back to the pool, where one left half read is closed and the next
+    request pays a new connection (a TLS handshake, to a remote upstream). It is read before the
+    held-back `[DONE]` goes out: the openai SDK hangs up at `[DONE]`, and the relay with it. Only
+    an upstream holding the response open makes the client wait, DRAIN_S at most."""
+    with contextlib.suppress(UpstreamError, TimeoutError):
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in chunks:
+                pass
 
 
 def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = None) -> GatewayError:

@@ -83,6 +83,27 @@ def test_a_stream_the_upstream_keeps_open_after_its_end_ends_there(raw, route):
 
 
 
+@pytest.mark.parametrize("route", ["chat", "responses"])
+def test_a_stream_whose_body_ends_just_after_its_end_leaves_its_connection_for_the_next_request(raw, route):
+    """The relay stops reading at `[DONE]` (or `response.completed`), but the body's end most
+    often comes right behind it, as a write of its own (uvicorn's, so vLLM's): here 50 ms later.
+    A connection left there, half read, was closed, and every stream opened a new one (a TLS
+    handshake each, to a remote upstream)."""
+    upstream, make = raw
+    parts = (*ANSWER, DONE) if route == "chat" else tuple(RESPONSES_ANSWER)
+    upstream.set_fault("raw", Fault(raw=parts, hold_open_s=0.05))
+    with make() as gw:
+        for _ in range(3):
+            if route == "chat":
+                stream = client(gw).chat.completions.create(model="raw", messages=MESSAGES, stream=True)
+                assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Seven"
+            else:
+                events = list(client(gw).responses.create(model="raw", input="Name a prime number.", stream=True))
+                assert events[-1].type == "response.completed"
+        assert len({r.peer for r in upstream.received if r.model == "raw"}) == 1  # one connection, reused
+        assert metric(gw, "uniroute_upstream_failures_total") == 0
+
+
 def tgi_completion(text: str, finish: str, **fields) -> bytes:
     """A chunk of TGI's /v1/completions stream (its router's `Chunk` and `CompletionFinal`): the
     finish_reason is an empty string until the last chunk, which carries the usage too."""

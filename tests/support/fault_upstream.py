@@ -307,6 +307,7 @@ class ReceivedRequest:
     headers: dict[str, str]
     query: str = ""
     at: float = field(default_factory=time.monotonic)  # when it arrived
+    peer: tuple[str, int] | None = None  # the client's address: one per connection
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,9 @@ class FaultUpstream:
         """Count and log a request, wait its delay, and raise its failing status; its fault."""
         self.calls[model] += 1
         body = orjson.loads(await http.body() or b"{}")  # a stored response's requests have none
-        self.received.append(ReceivedRequest(http.url.path, model, body, dict(http.headers), http.url.query))
+        peer = (http.client.host, http.client.port) if http.client else None
+        self.received.append(ReceivedRequest(http.url.path, model, body, dict(http.headers), http.url.query,
+                                             peer=peer))
         fault, nth = self._fault_for(model)
         await asyncio.sleep(fault.delay_s)
         tokens = approx_tokens(orjson.dumps([body.get(k) for k in ("messages", "prompt", "input")]).decode())
