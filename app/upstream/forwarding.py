@@ -397,44 +397,54 @@ class Forwarder:
         events = EventSplitter()
         cut: str | None = None
         try:
-            if out := b"".join(map(watch.see, events.feed(first))):
+            try:
+                if out := b"".join(map(watch.see, events.feed(first))):
+                    yield out
+                if not watch.over:
+                    async for chunk in chunks:
+                        if out := b"".join(map(watch.see, events.feed(chunk))):
+                            yield out
+                        if watch.over:
+                            break
+                if not response.complete:
+                    await _drain(chunks)
+            except (UpstreamError, TimeoutError) as exc:
+                cut = f"the upstream model {record.name} cut the stream mid-way"
+                log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)
+            finally:
+                # A stream read to its end has given its connection back to the pool already; one
+                # left early (the client hung up, or a body that did not end after `[DONE]`) must
+                # not be reused half-read.
+                response.close()
+            rest = events.rest()
+            # A last event without its blank line: end it here.
+            if cut is None and rest.strip() and (out := watch.see(rest + b"\n\n")):
                 yield out
-            if not watch.over:
-                async for chunk in chunks:
-                    if out := b"".join(map(watch.see, events.feed(chunk))):
-                        yield out
-                    if watch.over:
-                        break
-            if not response.complete:
-                await _drain(chunks)
-        except (UpstreamError, TimeoutError) as exc:
-            cut = f"the upstream model {record.name} cut the stream mid-way"
-            log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)
+            if cut is None and not watch.complete:
+                cut = f"the upstream model {record.name} ended the stream before the answer was complete"
+            watch.cut = cut is not None
+            watch.ended = True
+            if cut is not None:
+                self._stream_failed(record, watch)
+                if watch.upstream_error is None:  # the upstream's own error event already tells the client
+                    yield stream_error_event(cut)
+            if watch.done is not None:
+                yield watch.done
         finally:
-            # A stream read to its end has given its connection back to the pool already; one
-            # left early (the client hung up, or a body that did not end after `[DONE]`) must
-            # not be reused half-read.
-            response.close()
-        rest = events.rest()
-        # A last event without its blank line: end it here.
-        if cut is None and rest.strip() and (out := watch.see(rest + b"\n\n")):
-            yield out
-        if cut is None and not watch.complete:
-            cut = f"the upstream model {record.name} ended the stream before the answer was complete"
-        watch.cut = cut is not None
-        watch.ended = True
-        if cut is not None:
-            # A stream that ran out of context mid-way (llama.cpp: "Context size has been
-            # exceeded.") failed for this request's length, not for the model's health: counted
-            # toward cooldown, a few long requests would take a working model from everyone.
-            too_long = exceeds_context(watch.upstream_error)
-            self.metrics.upstream_failures.labels(record.name, "context_length" if too_long else "cut").inc()
-            if not too_long:
-                self.health.failure(record.name)
-            if watch.upstream_error is None:  # the upstream's own error event already tells the client
-                yield stream_error_event(cut)
-        if watch.done is not None:
-            yield watch.done
+            if not watch.ended and watch.upstream_error is not None:
+                # The client left at the upstream's own error event, as the openai SDK does (it
+                # raises it and hangs up): the stream failed all the same.
+                self._stream_failed(record, watch)
+
+    def _stream_failed(self, record: ModelRecord, watch: StreamWatch) -> None:
+        """Count a stream that did not deliver its answer against its model. One that ran out of
+        context mid-way (llama.cpp: "Context size has been exceeded.") failed for this request's
+        length, not for the model's health: counted toward cooldown, a few long requests would
+        take a working model from everyone."""
+        too_long = exceeds_context(watch.upstream_error)
+        self.metrics.upstream_failures.labels(record.name, "context_length" if too_long else "cut").inc()
+        if not too_long:
+            self.health.failure(record.name)
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:

@@ -7,7 +7,7 @@ import openai
 import orjson
 import pytest
 
-from tests.support.clients import client, metric
+from tests.support.clients import client, metric, wait_for
 from tests.support.fault_upstream import Fault
 
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
@@ -104,6 +104,23 @@ def test_a_stream_whose_body_ends_just_after_its_end_leaves_its_connection_for_t
         assert metric(gw, "uniroute_upstream_failures_total") == 0
 
 
+def test_a_stream_its_upstream_failed_counts_against_its_model_when_the_client_leaves_at_the_error(raw):
+    """The openai SDK raises an error event and hangs up there. The relay counted a failed
+    stream only once it had read the upstream's end: a client gone first (always, when the
+    upstream holds its response open a while after the error) took the count with it, and the
+    model's failures went unseen by its cooldown and its metrics."""
+    upstream, make = raw
+    failure = sse({"error": {"message": "the engine died", "type": "server_error"}})
+    with make() as gw:
+        upstream.set_fault("raw", Fault(raw=(ANSWER[0], failure), hold_open_s=60))
+        stream = client(gw).chat.completions.create(model="raw", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="the engine died"):
+            for _ in stream:
+                pass
+        assert wait_for(lambda: metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == 1,
+                        timeout_s=30)
+
+
 def tgi_completion(text: str, finish: str, **fields) -> bytes:
     """A chunk of TGI's /v1/completions stream (its router's `Chunk` and `CompletionFinal`): the
     finish_reason is an empty string until the last chunk, which carries the usage too."""
@@ -136,8 +153,10 @@ def test_an_empty_finish_reason_is_no_finish(raw, ending, cut):
                     pass
         else:
             assert "".join(c.choices[0].text for c in stream) == "Five or seven"
-        assert metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == cut
-        assert metric(gw, 'uniroute_requests_total{model="raw",route="completions",status="cut"}') == cut
+        # The SDK raises at the error event and hangs up, while the gateway reads the upstream's end.
+        assert wait_for(lambda: metric(gw, 'uniroute_requests_total{model="raw",route="completions",') == 1)
+        assert wait_for(lambda: metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == cut)
+        assert metric(gw, 'uniroute_requests_total{model="raw",route="completions",status="200"}') == (not cut)
 
 
 def test_tgis_error_mid_stream_reaches_the_client_with_its_message(raw):
@@ -154,4 +173,5 @@ def test_tgis_error_mid_stream_reaches_the_client_with_its_message(raw):
             for _ in stream:
                 pass
         assert err.value.body == {"message": TGI_FAILURE, "type": "generation"}
-        assert metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == 1
+        # The SDK raises at the error event and hangs up: the upstream's failure is counted all the same.
+        assert wait_for(lambda: metric(gw, 'uniroute_upstream_failures_total{model="raw",reason="cut"}') == 1)
