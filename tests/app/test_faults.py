@@ -714,7 +714,7 @@ def test_a_stream_ended_with_done_but_no_finish_reason_is_a_cut_reported_before_
         assert len(data) > 3
         errors = [i for i, d in enumerate(data) if '"error"' in d]
         assert errors and data[-1] == "[DONE]" and errors[0] < len(data) - 1
-        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 2
+        assert wait_for(lambda: metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 2)
 
 
 @pytest.mark.parametrize("spec", [":error_field_after=2", ":error_field_after=2,crlf"])
@@ -740,7 +740,7 @@ def test_llamacpps_failure_mid_stream_reaches_the_client_with_its_message_and_no
         assert errors == [len(data) - 2] and data[-1] == "[DONE]"  # one error, the upstream's, before [DONE]
         assert orjson.loads(data[-2]) == {"error": {"code": 500, "message": "Context size has been exceeded.",
                                                     "type": "server_error"}}
-        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 2
+        assert wait_for(lambda: metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 2)
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 0
         assert metric(gw, "uniroute_model_cooldowns_total") == 0
         # the model still takes the next request
