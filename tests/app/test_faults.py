@@ -740,7 +740,8 @@ def test_llamacpps_failure_mid_stream_reaches_the_client_with_its_message_and_no
         assert errors == [len(data) - 2] and data[-1] == "[DONE]"  # one error, the upstream's, before [DONE]
         assert orjson.loads(data[-2]) == {"error": {"code": 500, "message": "Context size has been exceeded.",
                                                     "type": "server_error"}}
-        assert wait_for(lambda: metric(gw, 'uniroute_upstream_failures_total{model="first",reason="context_length"}') == 2)
+        too_long = 'uniroute_upstream_failures_total{model="first",reason="context_length"}'
+        assert wait_for(lambda: metric(gw, too_long) == 2)
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 0
         assert metric(gw, "uniroute_model_cooldowns_total") == 0
         # the model still takes the next request
