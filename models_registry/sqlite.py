@@ -257,9 +257,10 @@ class SQLiteRegistry:
         await self._in_thread(self._tx, write)
 
     async def recall(self, key: str) -> str | None:
-        row = await self._in_thread(self._tx, lambda conn: conn.execute(
-            "SELECT value FROM memos WHERE key = ? AND expires_at > ?", (key, time.time())).fetchone())
-        return None if row is None else str(row[0])
+        # A plain read, not a write transaction: a WAL file serves it while another process holds
+        # the write lock, so a Responses API follow-up still finds its model then.
+        rows = await self._read("SELECT value FROM memos WHERE key = ? AND expires_at > ?", (key, time.time()))
+        return str(rows[0][0]) if rows else None
 
     async def forget(self, key: str) -> None:
         await self._in_thread(self._tx, lambda conn: conn.execute("DELETE FROM memos WHERE key = ?", (key,)))

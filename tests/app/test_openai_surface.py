@@ -14,6 +14,7 @@ from app.runtime.config import EmbeddingsConfig
 from tests.support.clients import client, metric
 from tests.support.fault_upstream import Fault, FaultUpstream
 from tests.support.servers import serve
+from tests.support.sqlite_lock import write_lock_held
 
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
 
@@ -238,6 +239,21 @@ def test_with_the_registry_away_a_responses_turn_is_answered_and_a_follow_up_rou
         follow = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another?",
                                                                previous_response_id=first.id)
         assert follow.status_code == 200 and follow.headers["x-uniroute-model"] == "a"
+
+
+def test_while_another_process_holds_the_registry_files_write_lock_a_follow_up_still_finds_its_model(
+        make_gateway, fault_upstream, model_config, tmp_path):
+    _, url = fault_upstream
+    models = [model_config("a", url, score=0.9), model_config("b", url, score=0.6)]
+    db = tmp_path / "pins.db"
+    with make_gateway(models=models, sqlite_path=str(db)) as gw:
+        first = client(gw).responses.create(model="b", input="Name a prime number.")
+        with write_lock_held(db):
+            # recalling who holds a response is a read, which a WAL file serves under another's write lock
+            follow = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another?",
+                                                                   previous_response_id=first.id)
+            assert follow.headers["x-uniroute-model"] == "b"
+            assert httpx.get(f"{gw}/v1/responses/{first.id}", timeout=30).status_code == 200
 
 
 # --- stored responses: retrieve, delete, input items, cancel ------------------------------------
