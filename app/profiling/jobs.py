@@ -397,6 +397,12 @@ class JobRunner:
             await self._run(job)
         except asyncio.CancelledError:
             raise
+        except RegistryUnavailable as exc:
+            # The storage failed, not the job: failing it (should that write get through) would end
+            # it for good on a blip. Its record stays `running`, its answers so far stored, and a
+            # sweep (here or on another replica) resumes it once the registry takes writes again.
+            log.warning("profiling job %s for %s stopped, to resume once the registry is back: %s",
+                        job.id, job.model, exc)
         except Exception as exc:  # a job fails alone; the gateway goes on
             log.exception("profiling job %s for %s failed", job.id, job.model)
             await self._finish(job, "failed", f"{type(exc).__name__}: {exc}")

@@ -3,6 +3,8 @@ prompts not yet graded nor declined; an upstream outage pauses the job (the mode
 resumes by itself; a pass that graded too little never ends `done`."""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import Counter
 
@@ -14,6 +16,7 @@ from tests.app.conftest import ROUTERBENCH_SETTINGS, wait_ready
 from tests.app.test_admin import ADMIN, admin, wait_job, wait_state
 from tests.support.fault_upstream import Fault
 from tests.support.servers import serve
+from tests.support.sqlite_lock import write_lock_held
 
 
 def test_restart_mid_profiling_resumes_without_asking_again(tmp_path, shared_cache, fault_upstream):
@@ -129,3 +132,44 @@ def test_a_pass_below_the_coverage_floor_pauses_and_the_operator_resumes_it(make
         assert job["done"] == 20 and job["errors"] == 5
         assert admin(gw, "GET", "/models/thin").json()["state"] == "ready"
         assert admin(gw, "POST", f"/jobs/{job['id']}/resume").status_code == 409
+
+
+class _Said(logging.Handler):
+    """Sets `said` once a profiling log line names `words`."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__(logging.WARNING)
+        self.words, self.said = words, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.said.set()
+
+
+def test_a_registry_locked_past_its_busy_timeout_mid_job_stops_the_job_and_it_resumes_not_failed(
+        make_gateway, fault_upstream, tmp_path):
+    upstream, url = fault_upstream
+    upstream.set_fault("patient", Fault(delay_s=0.02))
+    db = tmp_path / "registry.db"
+    with make_gateway(models=[], admin_key=ADMIN, sqlite_path=str(db), profile_concurrency=1,
+                      profile_resume_after_s=1) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "patient", "base_url": url, "cost": {"per_request": 1},
+                                                "job": {"limit": 30}})
+        job_id = r.json()["job_id"]
+        while admin(gw, "GET", f"/jobs/{job_id}").json()["done"] < 3:
+            time.sleep(0.02)
+        said = _Said(f"profiling job {job_id} for patient")
+        logging.getLogger("uniroute.profiling").addHandler(said)
+        try:
+            # Slow answers while the lock is taken, so the job is surely still asking once it is
+            # held; its next answer then cannot be stored while another process holds the file's
+            # write lock, which comes back as the job says what became of it.
+            upstream.set_fault("patient", Fault(delay_s=1.0))
+            with write_lock_held(db):
+                upstream.set_fault("patient", Fault(delay_s=0.02))
+                assert said.said.wait(120), "the job never gave up waiting for the registry"
+        finally:
+            logging.getLogger("uniroute.profiling").removeHandler(said)
+        job = wait_state(gw, job_id, ("done", "failed"))
+        assert job["state"] == "done" and job["done"] == 30, job
+        assert admin(gw, "GET", "/models/patient").json()["state"] == "ready"

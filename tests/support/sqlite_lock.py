@@ -15,7 +15,7 @@ import pytest
 # The same in Python, for a machine without the sqlite3 shell.
 _PYTHON_HOLDER = """
 import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
 conn.execute("BEGIN EXCLUSIVE")
 print("locked", flush=True)
 sys.stdin.read()
@@ -28,7 +28,8 @@ def write_lock_held(path: str | Path) -> Iterator[None]:
     """Another process holds `path`'s write lock while the block runs (taken before it starts)."""
     if shutil.which("sqlite3"):
         args = ["sqlite3", str(path)]
-        script = "BEGIN EXCLUSIVE;\nSELECT 'locked';\n"
+        # Waiting its turn (the gateway may be writing), and saying "locked" only once it holds it.
+        script = ".timeout 30000\n.bail on\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n"
     else:
         args, script = [sys.executable, "-c", _PYTHON_HOLDER, str(path)], ""
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
