@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import logging
 
@@ -11,6 +12,8 @@ from app.api.main import create_app
 from app.cli import one_line_errors
 from app.runtime.config import ConfigError, Settings, load_settings, worker_count
 from app.runtime.workers import LOG_FORMAT, run_workers
+from models_registry.base import RegistryUnavailable
+from models_registry.factory import check_registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
                  if v is not None}
     settings = load_settings(args.config, **overrides)
+    # A registry the gateway cannot open fails every start: said here in one line, rather than as
+    # each worker's start-up traceback while the workers are restarted into the same failure.
+    try:
+        asyncio.run(check_registry(settings.redis_url, settings.sqlite_path))
+    except RegistryUnavailable as exc:
+        raise ConfigError(f"cannot use the registry: {exc}") from None
     return serve(settings)
 
 

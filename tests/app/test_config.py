@@ -121,3 +121,19 @@ def test_serve_and_demo_refuse_a_port_out_of_range_with_one_line(tmp_path):
         demo = cli("demo", option, "99999", "--workdir", str(tmp_path / "d"), cwd=tmp_path)
         assert demo.returncode == 2 and "Traceback" not in demo.stderr
         assert f"argument {option}: port must be 1-65535, got 99999" in demo.stderr
+
+
+@pytest.mark.parametrize(("make", "said"), [
+    (lambda path: path.write_text("these are not the tables you are looking for\n" * 100), "file is not a database"),
+    (lambda path: path.mkdir(), "unable to open database file"),
+], ids=["not-a-database", "a-directory"])
+def test_serve_stops_on_a_registry_file_it_cannot_use_with_one_line_and_starts_no_worker(tmp_path, make, said):
+    # each of two workers failed its start with a traceback, and was restarted into the same
+    # failure five times before the server gave up
+    port, registry = free_port(), tmp_path / "registry.db"
+    make(registry)
+    served = cli("serve", "--port", str(port), "--workers", "2", cwd=tmp_path, UNIROUTE_SQLITE_PATH=str(registry))
+    assert served.returncode == 2 and "Traceback" not in served.stderr and "worker" not in served.stderr
+    assert served.stderr.strip() == f"uniroute serve: error: cannot use the registry: SQLite registry {registry}: {said}"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
