@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models_registry.base import Registry
-from models_registry.redis_store import DEFAULT_PREFIX, RedisRegistry
+from models_registry.redis_store import DEFAULT_PREFIX, RedisRegistry, check_credentials
 from models_registry.sqlite import SQLiteRegistry
 
 
@@ -17,10 +17,11 @@ def open_registry(redis_url: str | None, sqlite_path: str | Path, prefix: str = 
 
 
 async def check_registry(redis_url: str | None, sqlite_path: str | Path) -> None:
-    """Open the configured SQLite registry once and close it again: RegistryUnavailable says why
-    it cannot be used (a file that is no database, a directory, a folder it may not write), before
-    a gateway starts on it. A Redis registry is not checked: one that is away at start is waited for."""
+    """Whether a gateway can start on the configured registry: RegistryUnavailable says why not (a
+    SQLite file that is no database, a directory, a folder it may not write; a Redis refusing the
+    URL's credentials). A Redis that is away is no such error: the gateway waits for it."""
     if redis_url:
+        await check_credentials(redis_url)
         return
     registry = SQLiteRegistry(sqlite_path)
     try:

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from models_registry.base import (
     ChangeCallback,
@@ -98,13 +98,34 @@ def redact(url: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
+def _check_url(url: str) -> None:
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise RegistryValidationError("redis_url", f"must be a redis://, rediss:// or unix:// URL, got {redact(url)!r}")
+
+
+async def check_credentials(url: str, timeout_s: float = 1.0) -> None:
+    """RegistryUnavailable when the Redis at `url` refuses its credentials (none where it wants a
+    password, a wrong one): a misconfiguration no wait mends (RegistryValidationError for a URL
+    that is not Redis's). A Redis that does not answer is no error here: the registry starts
+    without it and waits for it."""
+    _check_url(url)
+    client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        await client.ping()
+    except AuthenticationError as exc:
+        raise RegistryUnavailable(f"Redis at {redact(url)} refuses the credentials of redis_url: {exc}") from None
+    except (RedisError, OSError):
+        pass
+    finally:
+        await client.aclose()
+
+
 class RedisRegistry:
     """`Registry` over Redis, with a local snapshot kept current through pub/sub."""
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, timeout_s: float = 1.0,
                  heartbeat_s: float = 1.0, max_backoff_s: float = 2.0, start_timeout_s: float = 3.0) -> None:
-        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise RegistryValidationError("redis_url", f"must be a redis://, rediss:// or unix:// URL, got {redact(url)!r}")
+        _check_url(url)
         self.url = url
         self.prefix = prefix
         self.heartbeat_s = heartbeat_s
@@ -128,6 +149,7 @@ class RedisRegistry:
         self._view = ModelView()
         self._seen: dict[str, int] = {}  # newest revision applied per name, deletions included
         self._available = False
+        self._why_away = "not connected yet"  # the last connection failure, for the messages saying it is away
         self._lost = asyncio.Event()
         self._synced = asyncio.Event()
         self._supervisor: asyncio.Task | None = None
@@ -143,8 +165,8 @@ class RedisRegistry:
         try:
             await asyncio.wait_for(self._synced.wait(), self.start_timeout_s)
         except TimeoutError:
-            log.error("Redis registry at %s unreachable; starting with no models, retrying in the background",
-                      redact(self.url))
+            log.error("Redis registry at %s unreachable (%s); starting with no models, retrying in the background",
+                      redact(self.url), self._why_away)
 
     async def close(self) -> None:
         if self._supervisor is not None:
@@ -172,6 +194,8 @@ class RedisRegistry:
                 log.info("registry synced with Redis at %s: %d models", redact(self.url), len(self._view.snapshot()))
                 await self._follow(pubsub)
             except (RedisError, OSError) as exc:
+                # Said by every refused write: a refused password is no outage to wait out.
+                self._why_away = str(exc)
                 if self._available:
                     log.warning("registry lost Redis at %s: %s", redact(self.url), exc)
             except Exception:  # a bug here must not end reconnection for good
@@ -239,7 +263,7 @@ class RedisRegistry:
     async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis command; fail at once while Redis is known to be away."""
         if not self._available:
-            raise RegistryUnavailable(f"Redis registry at {redact(self.url)} is unreachable")
+            raise RegistryUnavailable(f"Redis registry at {redact(self.url)} is unreachable: {self._why_away}")
         try:
             return await command()
         except (RedisError, OSError) as exc:

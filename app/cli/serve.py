@@ -14,6 +14,7 @@ from app.runtime.config import ConfigError, Settings, load_settings, worker_coun
 from app.runtime.workers import LOG_FORMAT, run_workers
 from models_registry.base import RegistryUnavailable
 from models_registry.factory import check_registry
+from models_registry.records import RegistryValidationError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     # each worker's start-up traceback while the workers are restarted into the same failure.
     try:
         asyncio.run(check_registry(settings.redis_url, settings.sqlite_path))
-    except RegistryUnavailable as exc:
+    except (RegistryUnavailable, RegistryValidationError) as exc:
         raise ConfigError(f"cannot use the registry: {exc}") from None
     return serve(settings)
 

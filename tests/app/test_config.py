@@ -137,3 +137,32 @@ def test_serve_stops_on_a_registry_file_it_cannot_use_with_one_line_and_starts_n
     assert served.stderr.strip() == f"uniroute serve: error: cannot use the registry: SQLite registry {registry}: {said}"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+@pytest.fixture
+def redis_with_password(private_redis) -> str:
+    """A redis-server of the test's own that wants the password "sekret"; its URL without one."""
+    import redis
+
+    redis.Redis(port=private_redis.port).config_set("requirepass", "sekret")
+    return private_redis.url
+
+
+@pytest.mark.parametrize("password", ["", ":wrong@"])
+def test_serve_stops_on_a_redis_refusing_the_urls_credentials_with_one_line(tmp_path, redis_with_password,
+                                                                          password):
+    # it started "unreachable" with no models, retried for ever, and told clients to register one
+    port, url = free_port(), redis_with_password.replace("redis://", "redis://" + password)
+    served = cli("serve", "--port", str(port), "--workers", "2", cwd=tmp_path, UNIROUTE_REDIS_URL=url)
+    assert served.returncode == 2 and "Traceback" not in served.stderr and "worker" not in served.stderr
+    said = served.stderr.strip()
+    assert said.startswith("uniroute serve: error: cannot use the registry: Redis at redis://")
+    assert "refuses the credentials of redis_url" in said and "wrong" not in said and len(said.splitlines()) == 1
+
+
+def test_a_gateway_on_a_redis_refusing_its_credentials_says_so_on_an_admin_write(make_gateway, redis_with_password):
+    with make_gateway(models=[], redis_url=redis_with_password, redis_prefix="auth:", admin_key="k") as gw:
+        r = httpx.post(gw + "/admin/models", headers={"authorization": "Bearer k"}, timeout=30,
+                       json={"name": "m", "base_url": "http://127.0.0.1:9/v1", "cost": {"per_request": 1}})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
+        assert "authenticated" in r.json()["error"]["message"]  # not merely "unreachable"
