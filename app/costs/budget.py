@@ -22,10 +22,12 @@ With `redis_url` the counts live in Redis (a hash per scope and window: HINCRBYF
 after two windows), shared by every replica. Without, the worker processes of one `uniroute
 serve` (workers > 1) share them in the registry's SQLite file (a row per scope and window); a
 single process keeps them in memory. When the shared store is away the guard goes on from this
-process's own counts and retries the store after a second.
+process's own counts and retries the store after a second; a request waits at most half a second
+on it (a stalled store is away too).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -49,8 +51,12 @@ log = logging.getLogger("uniroute.budget")
 ALL = "all"
 # How long the guard works from local counts after the shared store failed, before trying it again.
 _SHARED_RETRY_S = 1.0
+# How long a request waits on the shared store before going on from local counts: a stalled store
+# must not hold answers back (a SQLite file another process holds locked waits out its 5 s busy
+# timeout on every call, and the calls queue one by one behind it).
+_SHARED_WAIT_S = 0.5
 # What a failing shared store raises.
-_STORE_FAULTS = (RedisError, OSError, RegistryUnavailable)
+_STORE_FAULTS = (RedisError, OSError, RegistryUnavailable, TimeoutError)
 
 
 @dataclass
@@ -248,14 +254,15 @@ class BudgetGuard:
     async def _read(self, keys: list[str]) -> list[Usage]:
         if self._shared and self._clock() >= self._shared_down_until:
             try:
-                return await self._store.read(keys)
+                return await asyncio.wait_for(self._store.read(keys), _SHARED_WAIT_S)
             except _STORE_FAULTS as exc:
                 self._shared_away(exc)
         return await self._local.read(keys)
 
     def _shared_away(self, exc: Exception) -> None:
         if self._clock() >= self._shared_down_until:
-            log.warning("budget guard: shared counts unavailable (%s); counting locally for now", exc)
+            log.warning("budget guard: shared counts unavailable (%s); counting locally for now",
+                        str(exc) or f"no answer within {_SHARED_WAIT_S} s")
         self._shared_down_until = self._clock() + _SHARED_RETRY_S
 
     async def state(self, scope: str, curve: Calibration | None) -> GuardState:
@@ -283,7 +290,7 @@ class BudgetGuard:
         await self._local.add(key, spend, planned, ttl)
         if self._shared and self._clock() >= self._shared_down_until:
             try:
-                await self._store.add(key, spend, planned, ttl)
+                await asyncio.wait_for(self._store.add(key, spend, planned, ttl), _SHARED_WAIT_S)
             except _STORE_FAULTS as exc:
                 self._shared_away(exc)
         if self._metrics is not None:

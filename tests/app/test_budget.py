@@ -14,8 +14,11 @@ follow real answer lengths rather than the curve's estimates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import sqlite3
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -38,6 +41,8 @@ from router_core.repset import load_repset
 from router_core.router import UniRouter
 from router_core.shipped import ROUTERBENCH_REPSET
 from router_core.targets import RoutingTarget
+from tests.support.clients import client, wait_for
+from tests.support.sqlite_lock import write_lock_held
 
 WINDOW_S = 3600.0
 PER_WINDOW = 400
@@ -196,3 +201,26 @@ async def test_guard_goes_on_from_local_counts_while_redis_is_away():
     state = await guard.state(ALL, None)
     assert (state.spent, state.requests) == (0.25, 1)
     await guard.close()
+
+
+def test_while_another_process_holds_the_shared_counts_file_locked_requests_are_answered_without_waiting_it_out(
+        make_gateway, tmp_path):
+    # The workers of one `uniroute serve` share the counts in the registry's file (workers > 1).
+    # Each request waited out the file's 5 s busy timeout, one after the other: the last of eight
+    # requests sent together was answered 40 s later, past any client's patience.
+    db = tmp_path / "registry.db"
+    with make_gateway(sqlite_path=str(db), workers=2, budget={"target": 1000.0, "window_s": 3600}) as gw:
+        sdk = client(gw, timeout=15)  # patient: 30 times what the guard may wait, on a loaded machine too
+        ask = {"model": "uniroute", "messages": [{"role": "user", "content": "Which planet is the largest?"}]}
+        assert sdk.chat.completions.create(**ask).choices[0].message.content
+        with write_lock_held(db), ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: sdk.chat.completions.create(**ask), range(8)))
+        assert all(a.choices[0].message.content for a in answers)
+
+        # counted locally meanwhile; the file takes the counts again once it is free
+        def counted_in_file() -> int:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                return conn.execute("SELECT COALESCE(SUM(requests), 0) FROM budget_spend").fetchone()[0]
+
+        before = counted_in_file()
+        assert wait_for(lambda: sdk.chat.completions.create(**ask) and counted_in_file() > before, 30)
