@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from models_registry.base import (
     ChangeCallback,
@@ -266,6 +266,11 @@ class RedisRegistry:
             raise RegistryUnavailable(f"Redis registry at {redact(self.url)} is unreachable: {self._why_away}")
         try:
             return await command()
+        except ResponseError as exc:
+            # Redis answered, refusing this command (a write past `maxmemory` under noeviction, a
+            # missing permission): the connection is fine, and taking it for lost would stop the
+            # reads too, for as long as Redis refuses the resync's transaction (out of memory).
+            raise RegistryUnavailable(f"Redis registry at {redact(self.url)} refused: {exc}") from exc
         except (RedisError, OSError) as exc:
             if self._available:
                 log.warning("registry lost Redis at %s: %s", redact(self.url), exc)

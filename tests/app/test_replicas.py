@@ -6,7 +6,10 @@ from __future__ import annotations
 import time
 
 import httpx
+import redis
 from openai import OpenAI
+
+from tests.support.clients import client
 
 ADMIN = "replica-admin-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -73,3 +76,27 @@ def test_replicas_share_new_models_and_ride_out_a_redis_outage(make_gateway, dem
         poll(lambda: routed_model(first) != "newcomer", 5.0, "first replica sees the change after resync")
         listed = httpx.get(first + "/admin/models/newcomer", headers=AUTH, timeout=10).json()
         assert listed["state"] == "disabled"
+
+
+def test_a_redis_out_of_memory_refuses_writes_saying_so_keeps_serving_reads_and_takes_writes_again(
+        make_gateway, fault_upstream, model_config, private_redis):
+    _, url = fault_upstream
+    models = [model_config("a", url, score=0.9), model_config("b", url, score=0.6)]
+    with make_gateway(models=models, redis_url=private_redis.url, redis_prefix="oom:", admin_key=ADMIN) as gw:
+        first = client(gw).responses.create(model="b", input="Name a prime number.")
+        server = redis.Redis(port=private_redis.port)
+        server.config_set("maxmemory-policy", "noeviction")
+        server.config_set("maxmemory", 1)  # past it already: every write is refused, reads are served
+        newcomer = {"name": "newcomer", "base_url": url, "cost": {"per_request": 1}, "job": {"limit": 5}}
+        refused = httpx.post(gw + "/admin/models", json=newcomer, headers=AUTH, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "registry_unavailable"
+        assert "maxmemory" in refused.json()["error"]["message"]
+        # A refused write is no lost connection: what the registry reads goes on.
+        assert httpx.get(gw + "/admin/jobs", headers=AUTH, timeout=10).status_code == 200
+        follow = client(gw).responses.with_raw_response.create(model="uniroute:0", input="And another?",
+                                                               previous_response_id=first.id)
+        assert follow.headers["x-uniroute-model"] == "b"  # who holds the response is still read
+
+        server.config_set("maxmemory", 0)
+        registered = httpx.post(gw + "/admin/models", json=newcomer, headers=AUTH, timeout=10)
+        assert registered.status_code == 202, registered.text
