@@ -9,14 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Protocol, runtime_checkable
+
+import orjson
 
 from models_registry.records import Answer, JobRecord, ModelRecord
 
 log = logging.getLogger("uniroute.registry")
 
 ChangeCallback = Callable[[str], None]
+
+
+def readable_models(docs: Iterable[tuple[str, str | bytes]], where: str) -> dict[str, ModelRecord]:
+    """The model records of (name, JSON document) pairs by name; one that cannot be read (spoilt
+    on disk, or written by hand) is logged and skipped: it must not hide the others, nor stop a
+    gateway from starting or from following the other processes' changes."""
+    records = {}
+    for name, doc in docs:
+        try:
+            records[name] = ModelRecord.from_dict(orjson.loads(doc))
+        except (ValueError, TypeError) as exc:
+            log.error("skipping unreadable model record %r in %s: %s", name, where, exc)
+    return records
 
 
 class RegistryUnavailable(RuntimeError):

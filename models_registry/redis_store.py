@@ -40,6 +40,7 @@ from models_registry.base import (
     ModelView,
     RegistryUnavailable,
     Snapshot,
+    readable_models,
 )
 from models_registry.records import (
     Answer,
@@ -226,12 +227,7 @@ class RedisRegistry:
             pipe.hgetall(self._k_models)
             pipe.hgetall(self._k_revisions)
             docs, revisions = await pipe.execute()
-        records = {}
-        for name, doc in docs.items():
-            try:
-                records[name] = ModelRecord.from_dict(orjson.loads(doc))
-            except (ValueError, TypeError) as exc:  # one bad record must not hide the others
-                log.error("skipping unreadable model record %r in Redis: %s", name, exc)
+        records = readable_models(docs.items(), "Redis")
         self._seen = {name: int(rev) for name, rev in revisions.items()}
         self._view.replace_all(records)
 
@@ -282,7 +278,7 @@ class RedisRegistry:
 
     async def list_models(self) -> list[ModelRecord]:
         docs = await self._call(lambda: self._client.hgetall(self._k_models))
-        return sorted((ModelRecord.from_dict(orjson.loads(d)) for d in docs.values()), key=lambda r: r.name)
+        return sorted(readable_models(docs.items(), "Redis").values(), key=lambda r: r.name)
 
     async def get_model(self, name: str) -> ModelRecord | None:
         doc = await self._call(lambda: self._client.hget(self._k_models, name))

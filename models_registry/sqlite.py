@@ -24,6 +24,7 @@ from models_registry.base import (
     ModelView,
     RegistryUnavailable,
     Snapshot,
+    readable_models,
 )
 from models_registry.records import Answer, JobRecord, ModelRecord
 from models_registry.sqlite_file import (
@@ -96,8 +97,7 @@ class SQLiteRegistry:
         conn = self._connection()
         if not self._commits.changed(conn):
             return None
-        rows = conn.execute("SELECT data FROM models").fetchall()
-        return {r.name: r for r in (ModelRecord.from_dict(orjson.loads(d)) for (d,) in rows)}
+        return readable_models(conn.execute("SELECT name, data FROM models").fetchall(), str(self.path))
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +146,8 @@ class SQLiteRegistry:
     # -- models ---------------------------------------------------------------------------
 
     async def list_models(self) -> list[ModelRecord]:
-        rows = await self._read("SELECT data FROM models ORDER BY name")
-        return [ModelRecord.from_dict(orjson.loads(d)) for (d,) in rows]
+        rows = await self._read("SELECT name, data FROM models ORDER BY name")
+        return list(readable_models(rows, str(self.path)).values())
 
     async def get_model(self, name: str) -> ModelRecord | None:
         rows = await self._read("SELECT data FROM models WHERE name = ?", (name,))

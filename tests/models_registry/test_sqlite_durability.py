@@ -2,6 +2,7 @@
 its file cannot be used."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -13,7 +14,7 @@ import pytest
 
 from models_registry.base import RegistryUnavailable
 from models_registry.sqlite import SQLiteRegistry
-from tests.models_registry.helpers import make_record
+from tests.models_registry.helpers import make_record, started, wait_for
 from tests.models_registry.sqlite_writer import NAMES, K, answer, write_index
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +92,28 @@ async def test_the_parent_directory_is_created(tmp_path):
     await registry.put_model(make_record())
     await registry.close()
     assert (tmp_path / "deep" / "er" / "registry.db").is_file()
+
+
+def spoil(db: Path, name: str) -> None:
+    """Make model `name`'s stored record unreadable (a JSON object lacking its fields), as a
+    hand edit or a damaged page would, through a connection of its own."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE models SET data = ? WHERE name = ?", (f'{{"name": "{name}"}}', name))
+
+
+async def test_an_unreadable_model_record_is_skipped_saying_so_and_the_others_load_and_follow(tmp_path, caplog):
+    # it failed the start with a TypeError traceback, and stopped the watch of other processes' changes
+    db = tmp_path / "registry.db"
+    async with started(SQLiteRegistry(db)) as (writer,):
+        for name in ("a", "b", "c"):
+            await writer.put_model(make_record(name))
+    spoil(db, "a")
+    async with started(SQLiteRegistry(db)) as (registry,):
+        assert sorted(registry.snapshot()) == ["b", "c"]
+        assert [r.name for r in await registry.list_models()] == ["b", "c"]
+        assert "unreadable model record 'a'" in caplog.text
+        # spoilt while it runs: the changes other processes commit still reach it
+        spoil(db, "b")
+        async with started(SQLiteRegistry(db)) as (other,):
+            await other.put_model(make_record("d"))
+        await wait_for(lambda: sorted(registry.snapshot()) == ["c", "d"], 30, "a later change reaching the snapshot")
