@@ -42,6 +42,13 @@ _STATUS: dict[ErrorKind, int] = {
 }
 
 
+# The longest Retry-After an SDK is left to wait out inside one call: the Python openai SDK's own
+# limit (past it, it does not ask again). The Node openai SDK (6.x) waits out any Retry-After,
+# however long, before asking again, its caller stuck in the call; past this limit the answer says
+# `x-should-retry: false` (both SDKs obey it), so the call fails at once with the Retry-After.
+SDK_RETRY_AFTER_MAX_S = 120
+
+
 class APIError(Exception):
     """An error the client should see, in OpenAI's format."""
 
@@ -77,12 +84,15 @@ def from_domain(err: GatewayError) -> APIError:
 def error_response(err: APIError) -> JSONResponse:
     """The HTTP response for an APIError; its `retry_after` as a Retry-After header in whole seconds,
     rounded up (RFC 9110 has no fractions; the openai SDK waits that long on a 429 or 503 before
-    asking again, rather than its own short backoff)."""
+    asking again, rather than its own short backoff), with `x-should-retry: false` when it is
+    longer than SDK_RETRY_AFTER_MAX_S."""
     headers = {}
     if err.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if err.retry_after is not None:
         headers["Retry-After"] = str(math.ceil(err.retry_after))
+        if err.retry_after > SDK_RETRY_AFTER_MAX_S:
+            headers["x-should-retry"] = "false"
     return JSONResponse(err.body(), status_code=err.status, headers=headers or None)
 
 

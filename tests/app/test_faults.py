@@ -204,6 +204,26 @@ def test_the_openai_sdk_does_not_hammer_a_rate_limited_upstream_through_the_gate
         assert (upstream.calls[f"a{spec}"], upstream.calls[f"b{spec}"]) == (1, 1)
 
 
+@pytest.mark.parametrize("spec,status,should_retry", [(":status=429,retry_after=600", 429, "false"),
+                                                        (":status=503,retry_after=300", 503, "false"),
+                                                        (":status=429,retry_after=30", 429, None)])
+def test_a_retry_after_longer_than_a_client_should_wait_in_one_call_says_not_to_retry(
+        make_gateway, fault_upstream, model_config, spec, status, should_retry):
+    """The Node openai SDK (openai 6.49.0 on Node 20) waits out any Retry-After before asking
+    again, with no limit of its own (the Python SDK asks again only within 2 minutes): the
+    gateway's 429 `Retry-After: 600` (a model whose upstream asked for 10 minutes) kept a
+    `chat.completions.create()` with its default 2 retries asleep inside the call for 20 minutes,
+    past its own 10-minute timeout, to be refused again. A Retry-After over 2 minutes now comes
+    with `x-should-retry: false`, which both SDKs obey: the call fails at once and the application
+    has the Retry-After to come back by. A shorter one leaves the SDK to wait it out."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("a", url, upstream_model=f"a{spec}")]) as gw:
+        answer = httpx.post(gw + "/v1/chat/completions", json={"model": "a", "messages": MESSAGES}, timeout=30)
+        assert answer.status_code == status
+        assert answer.headers["retry-after"] == spec.rpartition("=")[2]
+        assert answer.headers.get("x-should-retry") == should_retry
+
+
 @pytest.mark.parametrize("headers,seconds", [
     ({"retry-after": "5"}, 5.0),
     ({"retry-after": "1.5"}, 1.5),
