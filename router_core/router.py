@@ -347,7 +347,14 @@ class UniRouter:
     def add_model(self, name: str, price: Price, *, scores: dict[str, float] | None = None,
                   profile: Profile | None = None, avg_output_tokens: float = 0.0) -> RoutedModel:
         """Make a model routable from its `scores` on the representative set or a stored
-        `profile` (made under this router's state); replaces a model of the same name."""
+        `profile` (made under this router's state); replaces a model of the same name.
+        TypeError for a name that is not a str or a price that is not a `Price`."""
+        # Checked here: the table sorts by name and reads the price's fields, and would fail
+        # further in with a message about neither.
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not isinstance(price, Price):
+            raise TypeError(f"price must be a Price, not {type(price).__name__}")
         if (scores is None) == (profile is None):
             raise ValueError("give a model's scores on the representative set or its profile, not both")
         if profile is None:
@@ -367,9 +374,14 @@ class UniRouter:
 
     def set_models(self, models: list[RoutedModel]) -> None:
         """Route among exactly `models` from now on (those profiled under another number of
-        clusters are left out); the λ curve is recomputed here, off the request path."""
-        self._models = {m.name: m for m in models}
-        self.table = self._build(models)
+        clusters are left out; of two of one name, the later); the λ curve is recomputed here, off
+        the request path. Nothing changes when the table cannot be built."""
+        chosen = {m.name: m for m in models}
+        # Built before anything is replaced: a model the table refuses must not stay behind in
+        # `_models`, where every later add_model or remove_model would meet it again.
+        table = self._build(list(chosen.values()))
+        self._models = chosen
+        self.table = table
 
     def _build(self, models: list[RoutedModel]) -> ModelTable:
         return build_table(models, self.n_clusters, self.state.prior, self.repset, self.default_output_tokens,

@@ -155,6 +155,41 @@ def test_a_score_outside_0_1_is_refused_not_made_into_an_error_rate_out_of_range
     assert [m.name for m in router.models] == ["big", "small"]
 
 
+@pytest.mark.parametrize("name, price, message", [
+    (None, Price(), "name must be a str, not NoneType"),
+    ("x", {"input_per_mtok": 1.0}, "price must be a Price, not dict"),
+    ("x", None, "price must be a Price, not NoneType"),
+])
+def test_a_model_of_a_bad_name_or_price_is_a_type_error_and_the_router_goes_on(shipped, name, price, message):
+    # A dict for a price used to fail in the table's build with an AttributeError, after the model
+    # had been kept: every later add_model and remove_model failed the same way.
+    router = two_model_router(shipped)
+    scores = {i: 1.0 for i in router.repset.ids}
+    with pytest.raises(TypeError, match=message):
+        router.add_model(name, price, scores=scores)
+    router.add_model("next", Price(), scores=scores)
+    router.remove_model("next")
+    assert [m.name for m in router.models] == ["big", "small"]
+
+
+def test_a_model_set_the_table_refuses_changes_nothing(shipped):
+    router = two_model_router(shipped)
+    broken = RoutedModel("broken", None, router.models[0].profile)  # a caller's own RoutedModel, unchecked
+    with pytest.raises(AttributeError):
+        router.set_models([*router.models, broken])
+    router.add_model("next", Price(), scores={i: 1.0 for i in router.repset.ids})
+    assert [m.name for m in router.models] == ["big", "next", "small"]
+
+
+def test_of_two_models_of_one_name_the_later_is_routed_once(shipped):
+    router = two_model_router(shipped)
+    big, small = router.models
+    router.set_models([big, small, RoutedModel("big", Price(), small.profile)])
+    assert [m.name for m in router.models] == ["big", "small"]
+    assert router.models[0].price == Price() and router.route(PROMPTS[0]).ranking in {("big", "small"),
+                                                                                     ("small", "big")}
+
+
 def test_removing_a_model_stops_routing_to_it(shipped):
     router = two_model_router(shipped)
     router.remove_model("big")
