@@ -359,9 +359,21 @@ class UniRouter:
             raise ValueError("give a model's scores on the representative set or its profile, not both")
         if profile is None:
             profile = self.profile(scores, avg_output_tokens)
+        elif not isinstance(profile, Profile):
+            raise TypeError(f"profile must be a Profile (Profile.from_dict reads a stored one), "
+                            f"not {type(profile).__name__}")
         elif len(profile.errors) != self.n_clusters:
             raise ValueError(f"the profile of {name!r} has {len(profile.errors)} clusters; "
                              f"this router state has {self.n_clusters}")
+        else:
+            # Ψ's clusters are this state's only when it was made under it: another state of as
+            # many clusters numbers other regions alike. And an error outside [0, 1] (NaN
+            # included) would win or lose every routing in its cluster.
+            if profile.state_version != self.state.version:
+                raise ValueError(f"the profile of {name!r} was made under router state "
+                                 f"{profile.state_version}, not this router's {self.state.version}: "
+                                 f"profile the model again from its scores")
+            profile.validate()
         model = RoutedModel(name, price, profile)
         self.set_models([*(m for m in self._models.values() if m.name != name), model])
         return model

@@ -145,6 +145,40 @@ def test_bad_models_are_refused_with_a_reason(shipped):
         router.add_model("z", Price())
 
 
+def test_a_profile_made_under_another_state_of_as_many_clusters_is_refused(shipped):
+    # The same clusters numbered the other way round: the profile used to be taken as it was, so
+    # each cluster's errors were another cluster's (as with routerbench-fast's profile under
+    # routerbench-accurate, 10 clusters each).
+    from dataclasses import replace
+
+    state, embedder, repset = shipped
+    router = two_model_router(shipped)
+    other = UniRouter(replace(state, centroids=state.centroids[::-1]), embedder, repset)
+    assert other.state.version != state.version
+    with pytest.raises(ValueError, match="made under router state .* profile the model again"):
+        other.add_model("big", Price(), profile=router.models[0].profile)
+    assert other.models == []
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("errors", float("nan"), r"profile.errors: must lie in \[0, 1\]"),
+    ("errors", -1.0, r"profile.errors: must lie in \[0, 1\]"),
+    ("counts", -1.0, "profile.counts: must be finite and >= 0"),
+])
+def test_a_stored_profile_out_of_range_is_refused_not_routed(shipped, field, value, message):
+    # An error of -1 in every cluster used to win every routing; NaN was ranked as it fell.
+    from dataclasses import replace
+
+    router = two_model_router(shipped)
+    profile = router.models[1].profile
+    bad = replace(profile, **{field: [value] * len(getattr(profile, field))})
+    with pytest.raises(ValueError, match=message):
+        router.add_model("bad", Price(), profile=bad)
+    with pytest.raises(TypeError, match="profile must be a Profile"):
+        router.add_model("bad", Price(), profile=profile.to_dict())
+    assert [m.name for m in router.models] == ["big", "small"]
+
+
 @pytest.mark.parametrize("score", [2.0, -0.5, float("nan"), float("inf")])
 def test_a_score_outside_0_1_is_refused_not_made_into_an_error_rate_out_of_range(shipped, score):
     # A score of 2 used to make a profile with error -1 on its cluster, which won every routing there.
