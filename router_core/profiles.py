@@ -83,7 +83,8 @@ class Profile:
     state_version: str
 
     def validate(self) -> None:
-        """Raise InvalidField unless Ψ is a well-formed vector in [0, 1]^K."""
+        """Raise InvalidField unless Ψ is a well-formed vector in [0, 1]^K and the mean answer
+        length a finite number >= 0."""
         if len(self.errors) != len(self.counts):
             raise InvalidField("profile.counts", f"has {len(self.counts)} entries for {len(self.errors)} clusters")
         for e in self.errors:
@@ -92,6 +93,10 @@ class Profile:
         for c in self.counts:
             if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
                 raise InvalidField("profile.counts", f"must be finite and >= 0, got {c!r}")
+        # A model's mean answer length prices its answers: below 0 or NaN, so would its costs.
+        t = self.avg_output_tokens
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
+            raise InvalidField("profile.avg_output_tokens", f"must be finite and >= 0, got {t!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
+import numbers
 import random
 import sys
 from collections import Counter
@@ -156,10 +158,14 @@ class RepsetClusters:
         """Ψ of a model from its scores in [0, 1] by prompt id; unscored prompts are ignored.
         ValueError when no prompt of the set is scored, or for a score outside [0, 1] (NaN
         included: leave an unanswered prompt out), which would make an error rate below 0 or
-        above 1 that wins or loses every routing."""
+        above 1 that wins or loses every routing; and for an `avg_output_tokens` (0: not
+        measured) below 0 or not finite, which would make the model's expected costs so."""
         bad = [(i, v) for i, v in scores.items() if not 0.0 <= v <= 1.0]
         if bad:
             raise ValueError(f"scores must lie in [0, 1]; {len(bad)} do not, e.g. {bad[:3]}")
+        if not (isinstance(avg_output_tokens, numbers.Real) and math.isfinite(avg_output_tokens)
+                and avg_output_tokens >= 0):
+            raise ValueError(f"avg_output_tokens must be a finite number >= 0, got {avg_output_tokens!r}")
         losses = np.array([1.0 - scores[i] if i in scores else np.nan for i in self.ids])[:, None]
         errors, counts = soft_profiles(self.weights, losses, self.prior)
         scored = [scores[i] for i in self.ids if i in scores]

@@ -333,7 +333,8 @@ class UniRouter:
 
     def profile(self, scores: dict[str, float], avg_output_tokens: float = 0.0) -> Profile:
         """Ψ of a model from its scores in [0, 1] by representative prompt id (unscored prompts are
-        ignored). ValueError without a representative set, for ids not in it, or with no score."""
+        ignored). ValueError without a representative set, for ids not in it, with no score, or
+        for a score or `avg_output_tokens` out of range (`RepsetClusters.profile`)."""
         if self.repset is None:
             raise ValueError("this router has no representative set: give models a stored profile")
         unknown = self.repset.unknown_ids(scores)

@@ -224,6 +224,22 @@ def test_of_two_models_of_one_name_the_later_is_routed_once(shipped):
                                                                                      ("small", "big")}
 
 
+@pytest.mark.parametrize("tokens", [-300.0, float("nan"), float("inf")])
+def test_a_mean_answer_length_below_0_or_not_finite_is_refused_not_priced(shipped, tokens):
+    # -300 output tokens used to price the dear model's answers below nothing: it won every
+    # prompt at any cost weight, and NaN made its expected costs and the curve's NaN.
+    from dataclasses import replace
+
+    router = two_model_router(shipped)
+    with pytest.raises(ValueError, match="avg_output_tokens must be a finite number >= 0"):
+        router.add_model("x", Price(10.0, 30.0), scores={i: 1.0 for i in router.repset.ids},
+                         avg_output_tokens=tokens)
+    stored = replace(router.models[0].profile, avg_output_tokens=tokens)
+    with pytest.raises(ValueError, match="profile.avg_output_tokens: must be finite and >= 0"):
+        router.add_model("x", Price(10.0, 30.0), profile=stored)
+    assert [m.name for m in router.models] == ["big", "small"]
+
+
 def test_removing_a_model_stops_routing_to_it(shipped):
     router = two_model_router(shipped)
     router.remove_model("big")
