@@ -261,7 +261,8 @@ class UniRouter:
     `weights` is the blocking part (the embedding model). Recent prompts' cluster weights are
     kept in an LRU (system prompts and retries repeat), with their distance to the nearest
     centroid for the drift monitor (None when the state records no drift threshold). Thread-safe:
-    the model table is replaced whole, never changed in place.
+    the model table is replaced whole, never changed in place, and changes of the models are made
+    one at a time.
     """
 
     def __init__(self, state: RouterState, embedder: Embedder, repset: RepresentativeSet | None = None, *,
@@ -286,6 +287,9 @@ class UniRouter:
         self._lru: OrderedDict[bytes, tuple[np.ndarray, float]] = OrderedDict()
         self._lru_size = lru_size
         self._lock = Lock()
+        # Held while the models change (never while routing): add_model and remove_model read the
+        # models and write them back, and two at once would each drop the other's change.
+        self._changing = Lock()
         threshold = state.drift_threshold
         self.drift = DriftMonitor(threshold) if threshold is not None else None
         self.repset: RepsetClusters | None = None
@@ -376,19 +380,25 @@ class UniRouter:
                                  f"profile the model again from its scores")
             profile.validate()
         model = RoutedModel(name, price, profile)
-        self.set_models([*(m for m in self._models.values() if m.name != name), model])
+        with self._changing:
+            self._set_models([*(m for m in self._models.values() if m.name != name), model])
         return model
 
     def remove_model(self, name: str) -> None:
         """Stop routing to a model (KeyError when unknown)."""
-        if name not in self._models:
-            raise KeyError(name)
-        self.set_models([m for m in self._models.values() if m.name != name])
+        with self._changing:
+            if name not in self._models:
+                raise KeyError(name)
+            self._set_models([m for m in self._models.values() if m.name != name])
 
     def set_models(self, models: list[RoutedModel]) -> None:
         """Route among exactly `models` from now on (those profiled under another number of
         clusters are left out; of two of one name, the later); the λ curve is recomputed here, off
         the request path. Nothing changes when the table cannot be built."""
+        with self._changing:
+            self._set_models(models)
+
+    def _set_models(self, models: list[RoutedModel]) -> None:
         chosen = {m.name: m for m in models}
         # Built before anything is replaced: a model the table refuses must not stay behind in
         # `_models`, where every later add_model or remove_model would meet it again.

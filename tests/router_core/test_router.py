@@ -240,6 +240,31 @@ def test_a_mean_answer_length_below_0_or_not_finite_is_refused_not_priced(shippe
     assert [m.name for m in router.models] == ["big", "small"]
 
 
+def test_models_added_and_removed_from_several_threads_at_once_are_all_kept(shipped):
+    # Each add_model read the models and wrote them back with its own: of eight added at once,
+    # some were lost from the routed table (and still listed in the router's own record).
+    import threading
+
+    router = two_model_router(shipped)
+    profile = router.models[1].profile
+    start = threading.Barrier(10)
+
+    def change(j):
+        start.wait()
+        if j < 8:
+            router.add_model(f"m{j}", Price(per_request=0.001 * j), profile=profile)
+        else:
+            router.remove_model(("big", "small")[j - 8])
+
+    threads = [threading.Thread(target=change, args=(j,)) for j in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [m.name for m in router.models] == [f"m{j}" for j in range(8)]
+    assert set(router.route(PROMPTS[0]).ranking) == {f"m{j}" for j in range(8)}
+
+
 def test_removing_a_model_stops_routing_to_it(shipped):
     router = two_model_router(shipped)
     router.remove_model("big")
