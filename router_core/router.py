@@ -247,6 +247,19 @@ def build_table(models: list[RoutedModel], n_clusters: int, prior: float, repset
     return table
 
 
+def _allowed(models: object) -> frozenset[str] | None:
+    """The model names a caller allows (None: every model). A str is refused, not taken for
+    its characters: models="ab" would route among models named "a" and "b"."""
+    if models is None:
+        return None
+    if isinstance(models, (str, bytes)):
+        raise TypeError(f"models must be a list of model names, not a {type(models).__name__} (models=[{models!r}])")
+    allowed = frozenset(models)
+    if not all(isinstance(m, str) for m in allowed):
+        raise TypeError(f"models must be model names (str), got {sorted(map(repr, allowed))}")
+    return allowed
+
+
 def _target(cost_weight: float | None, budget: float | None, quality: float | None) -> RoutingTarget | None:
     given = [RoutingTarget(kind, float(value)) for kind, value in
              (("cost_weight", cost_weight), ("budget", budget), ("quality", quality)) if value is not None]
@@ -410,9 +423,10 @@ class UniRouter:
         return build_table(models, self.n_clusters, self.state.prior, self.repset, self.default_output_tokens,
                            self.cost_scale, self.min_support, self.state.output_scale)
 
-    def calibration(self, models: frozenset[str] | None = None) -> Calibration | None:
-        """The λ curve: what each cost weight buys on the representative set."""
-        return self.table.calibration(models)
+    def calibration(self, models: list[str] | frozenset[str] | None = None) -> Calibration | None:
+        """The λ curve: what each cost weight buys on the representative set (among `models`
+        when given; None when none of them is routable). TypeError for a str as `models`."""
+        return self.table.calibration(_allowed(models))
 
     # --- prompts -> cluster weights --------------------------------------------------------
 
@@ -543,7 +557,7 @@ class UniRouter:
         if not all(isinstance(t, str) for t in texts):  # bytes would iterate as ints
             raise TypeError(f"route takes a prompt (str) or a list of them, not {type(prompts).__name__} "
                             f"of {sorted({type(t).__name__ for t in texts if not isinstance(t, str)})}")
-        allowed = frozenset(models) if models is not None else None
+        allowed = _allowed(models)
         if not self.table.models or (allowed is not None and not allowed & set(self.table.names)):
             raise NoRoutableModel("no routable model: add a model first" if not self.table.models
                                   else f"none of {sorted(allowed)} is a routable model")

@@ -123,6 +123,23 @@ def test_routing_among_a_subset_never_picks_a_model_outside_it(shipped):
         router.route(PROMPTS[0], models=["nobody"])
 
 
+def test_models_given_as_a_str_is_a_type_error_not_a_set_of_letters(shipped):
+    # models="ab" was taken for its letters: among models named "a" and "b" it routed as if both
+    # were allowed, and calibration("big") kept every model whose name is part of "big".
+    router = two_model_router(shipped)
+    profile = router.models[0].profile
+    for name in ("a", "b", "bi"):
+        router.add_model(name, Price(), profile=profile)
+    with pytest.raises(TypeError, match=r"models must be a list of model names, not a str \(models=\['ab'\]\)"):
+        router.route(PROMPTS[0], models="ab")
+    with pytest.raises(TypeError, match="models must be a list of model names"):
+        router.calibration("big")
+    with pytest.raises(TypeError, match="models must be model names"):
+        router.route(PROMPTS[0], models=["big", 3])
+    assert router.route(PROMPTS[0], models=["a", "b"]).ranking in {("a", "b"), ("b", "a")}
+    assert router.calibration(["big"]).models == ["big"]
+
+
 def test_a_model_added_from_a_stored_profile_routes_like_one_added_from_its_scores(shipped):
     router = two_model_router(shipped)
     stored = {m.name: m for m in router.models}
