@@ -103,7 +103,7 @@ def test_a_target_out_of_its_range_is_refused_not_routed(shipped, target, messag
         two_model_router(shipped).route(PROMPTS[0], **target)
 
 
-@pytest.mark.parametrize("prompts", [b"Which gas do plants take in?", ["a prompt", 3]])
+@pytest.mark.parametrize("prompts", [b"Which gas do plants take in?", ["a prompt", 3], None, 3])
 def test_a_prompt_that_is_not_text_is_a_type_error_that_says_so(shipped, prompts):
     with pytest.raises(TypeError, match="route takes a prompt"):
         two_model_router(shipped).route(prompts)
