@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +61,10 @@ class RouterState:
             self.theta = np.ascontiguousarray(self.theta, dtype=np.float32)
             if self.theta.shape != self.centroids.shape:
                 raise ValueError(f"theta {self.theta.shape} must match centroids {self.centroids.shape}")
+        # The prior weighs the model's overall mean in every Ψ and sets the support guard's floor:
+        # NaN made every profile its overall mean (no cluster told apart) and every interval NaN.
+        if not (isinstance(self.prior, numbers.Real) and math.isfinite(self.prior) and self.prior >= 0):
+            raise ValueError(f"prior must be a finite number >= 0, got {self.prior!r}")
         self.pooled = tuple(sorted({int(c) for c in self.pooled}))
         if any(not 0 <= c < self.k for c in self.pooled):
             raise ValueError(f"pooled clusters {list(self.pooled)} must lie in [0, {self.k})")

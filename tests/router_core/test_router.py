@@ -307,6 +307,21 @@ def test_a_state_folder_loads_like_a_shipped_name(shipped, tmp_path):
     assert loaded.repset.ids == UniRouter.load("fast").repset.ids
 
 
+@pytest.mark.parametrize("prior", [float("nan"), -1.0, float("inf")])
+def test_a_state_folder_whose_prior_is_not_a_number_of_pseudo_prompts_does_not_load(shipped, tmp_path, prior):
+    # A NaN prior (a hand edit of state.json) loaded: every profile fell back to the model's
+    # overall mean, so no cluster was told apart, and every error interval was NaN; -1 loaded
+    # and failed at the first add_model without naming the state.
+    import json
+
+    state, _, _ = shipped
+    state.save(tmp_path)
+    meta = json.loads((tmp_path / "state.json").read_text())
+    (tmp_path / "state.json").write_text(json.dumps({**meta, "prior": prior}))
+    with pytest.raises(ValueError, match=f"no valid router state in {tmp_path}: prior must be a finite number >= 0"):
+        UniRouter.load(tmp_path, ROUTERBENCH_REPSET)
+
+
 # -- the cost scale: a decision depends on the prompt and its own candidates, not on the pool ----
 
 _POOL_PRICE = st.one_of(
