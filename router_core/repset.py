@@ -160,7 +160,8 @@ class RepsetClusters:
         included: leave an unanswered prompt out), which would make an error rate below 0 or
         above 1 that wins or loses every routing; and for an `avg_output_tokens` (0: not
         measured) below 0 or not finite, which would make the model's expected costs so."""
-        bad = [(i, v) for i, v in scores.items() if not 0.0 <= v <= 1.0]
+        # A str or None is no score either: comparing it failed with a TypeError about '<='.
+        bad = [(i, v) for i, v in scores.items() if not (isinstance(v, numbers.Real) and 0.0 <= v <= 1.0)]
         if bad:
             raise ValueError(f"scores must lie in [0, 1]; {len(bad)} do not, e.g. {bad[:3]}")
         if not (isinstance(avg_output_tokens, numbers.Real) and math.isfinite(avg_output_tokens)

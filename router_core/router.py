@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -354,6 +355,9 @@ class UniRouter:
         for a score or `avg_output_tokens` out of range (`RepsetClusters.profile`)."""
         if self.repset is None:
             raise ValueError("this router has no representative set: give models a stored profile")
+        # A list of scores would be read as prompt ids, all unknown, which misleads.
+        if not isinstance(scores, Mapping):
+            raise TypeError(f"scores must be a dict of scores by representative prompt id, not {type(scores).__name__}")
         unknown = self.repset.unknown_ids(scores)
         if unknown:
             raise ValueError(f"scores name {len(unknown)} prompts not in the representative set "

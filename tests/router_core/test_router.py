@@ -196,7 +196,7 @@ def test_a_stored_profile_out_of_range_is_refused_not_routed(shipped, field, val
     assert [m.name for m in router.models] == ["big", "small"]
 
 
-@pytest.mark.parametrize("score", [2.0, -0.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("score", [2.0, -0.5, float("nan"), float("inf"), "1", None])
 def test_a_score_outside_0_1_is_refused_not_made_into_an_error_rate_out_of_range(shipped, score):
     # A score of 2 used to make a profile with error -1 on its cluster, which won every routing there.
     router = two_model_router(shipped)
@@ -280,6 +280,13 @@ def test_models_added_and_removed_from_several_threads_at_once_are_all_kept(ship
         t.join()
     assert [m.name for m in router.models] == [f"m{j}" for j in range(8)]
     assert set(router.route(PROMPTS[0]).ranking) == {f"m{j}" for j in range(8)}
+
+
+def test_scores_given_as_a_list_are_a_type_error_not_unknown_prompt_ids(shipped):
+    # A list of scores was read as prompt ids: "scores name 417 prompts not in the representative set".
+    router = two_model_router(shipped)
+    with pytest.raises(TypeError, match="scores must be a dict of scores by representative prompt id, not list"):
+        router.add_model("x", Price(), scores=[1.0] * len(router.repset.ids))
 
 
 def test_removing_a_model_stops_routing_to_it(shipped):
