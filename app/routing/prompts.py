@@ -54,19 +54,27 @@ def item_chars(item: dict) -> int:
     """Characters of text a chat message or a Responses API input item sends the model: its
     content, a tool's output (`function_call_output`) and tool calls' arguments (a chat
     assistant's `tool_calls`, a Responses API `function_call`). Images, audio and files are not text."""
-    chars = len(content_text(item.get("content"))) + len(content_text(item.get("output")))
-    arguments = item.get("arguments")
-    if isinstance(arguments, str):
-        chars += len(arguments)
-    calls = item.get("tool_calls")
-    if isinstance(calls, list):
-        chars += sum(_call_arguments(call) for call in calls)
+    content = item.get("content")
+    chars = len(content) if type(content) is str else len(content_text(content))
+    # Looked for by key first: few items carry them, and this runs for every message of every
+    # request (a few microseconds a request otherwise).
+    if "output" in item:
+        chars += len(content_text(item["output"]))
+    if "arguments" in item and isinstance(item["arguments"], str):
+        chars += len(item["arguments"])
+    if "tool_calls" in item and isinstance(item["tool_calls"], list):
+        chars += sum(_call_arguments(call) for call in item["tool_calls"])
     return chars
 
 
-def chat_prompt_chars(messages: list[dict]) -> int:
-    """Characters of text a chat request's messages send the model, every turn included."""
-    return sum(item_chars(m) for m in messages if isinstance(m, dict))
+def chat_prompt_chars(messages: list) -> int:
+    """Characters of text a chat request's messages (or a Responses API request's input items)
+    send the model, every turn included."""
+    chars = 0
+    for m in messages:  # a loop, not sum() over a generator: this runs for every request
+        if isinstance(m, dict):
+            chars += item_chars(m)
+    return chars
 
 
 def completion_routing_text(prompt: object) -> str:
@@ -100,5 +108,5 @@ def responses_prompt_chars(input: object, instructions: str | None) -> int:
     if isinstance(input, str):
         return chars + len(input)
     if isinstance(input, list):
-        chars += sum(item_chars(item) for item in input if isinstance(item, dict))
+        chars += chat_prompt_chars(input)  # its items are counted as chat messages are
     return chars
