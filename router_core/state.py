@@ -164,6 +164,12 @@ class RouterState:
     def load(cls, directory: str | Path) -> "RouterState":
         """Read a state written by `save`; a missing or damaged state raises ValueError."""
         d = Path(directory)
+        if not d.is_dir():
+            from router_core.shipped import SHIPPED_STATES
+
+            # Most often a shipped state's name misspelt: say which names there are.
+            raise ValueError(f"no valid router state in {d}: no such folder (a `uniroute build-state` folder, or "
+                             f"a shipped state: {', '.join(SHIPPED_STATES)})")
         try:
             meta = json.loads((d / _META).read_text())
             with np.load(d / _ARRAYS) as z:
