@@ -211,8 +211,8 @@ async def request_destination(request: Request, body: dict, read: RoutedBody, re
                                    "does not exist or is not enabled: the conversation cannot go on with "
                                    "another model", param=pin.param, code="model_not_found")
             model, options, routed = pin.model, None, False
-    return await destination(request, model, options, read.routing_text(routed), read.size(routed),
-                             read.kind.prompt_param)
+    text = read.routing_text(routed)
+    return await destination(request, model, options, text, read.size(text), read.kind.prompt_param)
 
 
 async def forward(request: Request, kind: type[RoutedBody], path: str) -> Response:

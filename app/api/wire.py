@@ -100,10 +100,11 @@ class RoutedBody(BaseModel):
         raise NotImplementedError
 
     @classmethod
-    def chars_of(cls, fields: dict, routed: bool) -> int:
+    def chars_of(cls, fields: dict, text: str) -> int:
         """Characters of text a valid body's `fields` send the model, which its input tokens are
-        estimated from: the routing text's by default, every turn's for a conversation."""
-        return len(cls.text_of(fields, routed))
+        estimated from: its routing text's (`text`, as `text_of` read it) by default, every
+        turn's for a conversation."""
+        return len(text)
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
@@ -134,7 +135,7 @@ class ChatBody(RoutedBody):
         return chat_routing_text(fields["messages"])
 
     @classmethod
-    def chars_of(cls, fields: dict, routed: bool) -> int:
+    def chars_of(cls, fields: dict, text: str) -> int:
         return chat_prompt_chars(fields["messages"])
 
     @classmethod
@@ -196,7 +197,7 @@ class ResponsesBody(RoutedBody):
         return responses_routing_text(fields.get("input"), fields.get("instructions"))
 
     @classmethod
-    def chars_of(cls, fields: dict, routed: bool) -> int:
+    def chars_of(cls, fields: dict, text: str) -> int:
         return responses_prompt_chars(fields.get("input"), fields.get("instructions"))
 
     @classmethod
@@ -237,10 +238,11 @@ class RoutedRequest:
         """The text routing reads; `routed` when a router name was asked for."""
         return self.kind.text_of(self.fields, routed)
 
-    def size(self, routed: bool) -> RequestSize:
+    def size(self, text: str) -> RequestSize:
         """What the request's expected cost is priced by: the characters of text it sends the
-        model, the most tokens each answer may have and how many answers it asks for."""
-        return RequestSize(self.kind.chars_of(self.fields, routed), self.kind.output_limit_of(self.fields),
+        model (`text`: its routing text, read once), the most tokens each answer may have and
+        how many answers it asks for."""
+        return RequestSize(self.kind.chars_of(self.fields, text), self.kind.output_limit_of(self.fields),
                            self.kind.choices_of(self.fields))
 
 
