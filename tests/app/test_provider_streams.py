@@ -7,6 +7,7 @@ import openai
 import orjson
 import pytest
 
+from app.demo.replay_upstream import sse_event
 from tests.support.clients import client, metric, wait_for
 from tests.support.fault_upstream import Fault
 
@@ -14,12 +15,8 @@ MESSAGES = [{"role": "user", "content": "Name a prime number."}]
 DONE = b"data: [DONE]\n\n"
 
 
-def sse(obj: dict) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
 def chunk(choices: list[dict], **fields) -> bytes:
-    return sse({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+    return sse_event({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
                 "choices": choices, **fields})
 
 
@@ -31,7 +28,7 @@ ANSWER = [chunk([text("Seven")]), chunk([text(None, "stop")])]
 
 
 def response_event(kind: str, **fields) -> bytes:
-    return b"event: " + kind.encode() + b"\n" + sse({"type": kind, "sequence_number": 0, **fields})
+    return b"event: " + kind.encode() + b"\n" + sse_event({"type": kind, "sequence_number": 0, **fields})
 
 
 RESPONSE = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m", "output": [], "error": None,
@@ -110,7 +107,7 @@ def test_a_stream_its_upstream_failed_counts_against_its_model_when_the_client_l
     upstream holds its response open a while after the error) took the count with it, and the
     model's failures went unseen by its cooldown and its metrics."""
     upstream, make = raw
-    failure = sse({"error": {"message": "the engine died", "type": "server_error"}})
+    failure = sse_event({"error": {"message": "the engine died", "type": "server_error"}})
     with make() as gw:
         upstream.set_fault("raw", Fault(raw=(ANSWER[0], failure), hold_open_s=60))
         stream = client(gw).chat.completions.create(model="raw", messages=MESSAGES, stream=True)
