@@ -11,16 +11,19 @@ ErrorKind = Literal["invalid", "not_found", "conflict", "too_large", "unavailabl
 class GatewayError(Exception):
     """A failure to report to the client: what kind it is, what happened, and optionally the
     machine-readable `code`, the request `param` at fault, and how many seconds the client should
-    wait before asking again (`retry_after`, its Retry-After: an upstream's own, passed on)."""
+    wait before asking again (`retry_after`, its Retry-After: an upstream's own, passed on).
+    `final`: the gateway already spent its own retries and fallbacks on the request, so a client
+    asking again would only repeat them (told as `x-should-retry: false`)."""
 
     def __init__(self, kind: ErrorKind, message: str, *, code: str | None = None, param: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, final: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.code = code
         self.param = param
         self.retry_after = retry_after
+        self.final = final
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:

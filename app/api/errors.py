@@ -61,6 +61,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        final: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -70,6 +71,8 @@ class APIError(Exception):
         self.code = code
         # Seconds the client should wait before asking again: sent as Retry-After.
         self.retry_after = retry_after
+        # Asking again would only repeat what the gateway did: sent as `x-should-retry: false`.
+        self.final = final
 
     def body(self) -> dict:
         """The JSON body OpenAI clients expect."""
@@ -78,14 +81,15 @@ class APIError(Exception):
 
 def from_domain(err: GatewayError) -> APIError:
     """The HTTP error for a domain error."""
-    return APIError(_STATUS[err.kind], err.message, param=err.param, code=err.code, retry_after=err.retry_after)
+    return APIError(_STATUS[err.kind], err.message, param=err.param, code=err.code, retry_after=err.retry_after,
+                    final=err.final)
 
 
 def error_response(err: APIError) -> JSONResponse:
     """The HTTP response for an APIError; its `retry_after` as a Retry-After header in whole seconds,
     rounded up (RFC 9110 has no fractions; the openai SDK waits that long on a 429 or 503 before
     asking again, rather than its own short backoff), with `x-should-retry: false` when it is
-    longer than SDK_RETRY_AFTER_MAX_S."""
+    longer than SDK_RETRY_AFTER_MAX_S, or when the error is `final`."""
     headers = {}
     if err.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -93,6 +97,8 @@ def error_response(err: APIError) -> JSONResponse:
         headers["Retry-After"] = str(math.ceil(err.retry_after))
         if err.retry_after > SDK_RETRY_AFTER_MAX_S:
             headers["x-should-retry"] = "false"
+    if err.final:
+        headers["x-should-retry"] = "false"
     return JSONResponse(err.body(), status_code=err.status, headers=headers or None)
 
 

@@ -261,7 +261,7 @@ class Forwarder:
         except TimeoutError:
             raise GatewayError(
                 "upstream_timeout", f"no upstream answered within the gateway's deadline of {self.deadline_s:g} s",
-                code="upstream_deadline") from None
+                code="upstream_deadline", final=True) from None
         wait = max(0.0, min(back_at.values()) - time.monotonic()) if back_at else None
         raise all_failed(last, attempts, wait) from last  # a profiling job reads its class
 
@@ -468,7 +468,9 @@ def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = N
     own short backoff, into the same refusal, and a client cannot tell "come back in 30 s" from a
     broken upstream. `wait` is what is left of the soonest Retry-After among the attempts, not the
     last one's: the model back first is the one the client's next request can be routed to. Any
-    other: 502, or 504 after a timeout."""
+    other: 502, or 504 after a timeout, `final`: the gateway's retries and fallbacks are the
+    retry layer, and the openai SDKs, which ask a 5xx again twice by default, would send the
+    whole chain of attempts three times over to upstreams that are failing."""
     detail = f"all upstream attempts failed ({attempts}); last: " + (f"{last.kind}: {last}" if last else
                                                                      "no upstream to try")
     wait = None if wait is None else min(wait, RETRY_AFTER_COOL_MAX_S)
@@ -479,7 +481,7 @@ def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = N
         return GatewayError("unavailable", f"the upstream is unavailable for now: {detail}",
                             code="upstream_unavailable", retry_after=wait)
     kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"
-    return GatewayError(kind, detail, code="upstream_failed")
+    return GatewayError(kind, detail, code="upstream_failed", final=True)
 
 
 def status_fault(kind: FaultClass, record: ModelRecord, response: Reply, path: str) -> UpstreamFault:

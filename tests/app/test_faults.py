@@ -204,6 +204,30 @@ def test_the_openai_sdk_does_not_hammer_a_rate_limited_upstream_through_the_gate
         assert (upstream.calls[f"a{spec}"], upstream.calls[f"b{spec}"]) == (1, 1)
 
 
+@pytest.mark.parametrize("spec,settings,status,calls", [
+    (":status=500", {}, 502, (2, 2)), (":status=401", {}, 502, (1, 1)),
+    (":delay=3", {"timeouts": {"read_s": 0.3}}, 504, (1, 1)),
+    (":delay=3", {"deadline_s": 1}, 504, (1, 0)),  # the gateway's whole deadline spent on the first
+])
+def test_the_openai_sdk_does_not_send_the_chain_of_attempts_again_when_every_candidate_failed(
+        make_gateway, fault_upstream, model_config, spec, settings, status, calls):
+    """The gateway's retries and fallbacks are the retry layer. Its final 502 (504 after a
+    timeout) said nothing of retrying, so the openai SDK, with its default 2 retries, sent the
+    whole request again twice: each failing upstream was asked three times as often (a timing
+    out one held the client three deadlines), and a model disabled by its upstream's 401 in
+    between came back as a 404 `model_not_found`. Now `x-should-retry: false` ends the call at
+    the gateway's answer."""
+    upstream, url = fault_upstream
+    models = [model_config("a", url, upstream_model=f"a{spec}", score=0.9),
+              model_config("b", url, upstream_model=f"b{spec}", score=0.6)]
+    with make_gateway(models=models, **settings) as gw:
+        with pytest.raises(openai.APIStatusError) as err:
+            client(gw, max_retries=2).chat.completions.create(model="uniroute:0", messages=MESSAGES)
+        assert err.value.status_code == status
+        assert err.value.response.headers["x-should-retry"] == "false"
+        assert (upstream.calls[f"a{spec}"], upstream.calls[f"b{spec}"]) == calls
+
+
 @pytest.mark.parametrize("spec,status,should_retry", [(":status=429,retry_after=600", 429, "false"),
                                                         (":status=503,retry_after=300", 503, "false"),
                                                         (":status=429,retry_after=30", 429, None)])
