@@ -24,6 +24,7 @@ from app.routing.prompts import (
     completion_routing_text,
     responses_prompt_chars,
     responses_routing_text,
+    tools_chars,
 )
 from app.routing.service import RequestSize, policy_target
 from app.runtime.config import Settings, TargetFields
@@ -136,7 +137,7 @@ class ChatBody(RoutedBody):
 
     @classmethod
     def chars_of(cls, fields: dict, text: str) -> int:
-        return chat_prompt_chars(fields["messages"])
+        return chat_prompt_chars(fields["messages"]) + tools_chars(fields)
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
@@ -198,7 +199,7 @@ class ResponsesBody(RoutedBody):
 
     @classmethod
     def chars_of(cls, fields: dict, text: str) -> int:
-        return responses_prompt_chars(fields.get("input"), fields.get("instructions"))
+        return responses_prompt_chars(fields.get("input"), fields.get("instructions")) + tools_chars(fields)
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:

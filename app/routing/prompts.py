@@ -8,14 +8,23 @@ Completions: the prompt string (a list of strings is joined).
 Responses API: the `instructions`, then the `input` read as chat messages (a string input is
 the user message).
 
-The model is sent, and bills, more than that: every earlier turn, tool call and tool result. A
-request's input tokens are estimated from all of its text (`chat_prompt_chars`,
-`responses_prompt_chars`), or an agent loop's turn carrying a long tool result would be priced
-as its short question.
+The model is sent, and bills, more than that: every earlier turn, tool call and tool result,
+the tools' definitions, and images. A request's input tokens are estimated from all of it
+(`chat_prompt_chars`, `responses_prompt_chars`, `tools_chars`; an image as the characters of its
+tokens), or an agent loop's turn carrying a long tool result would be priced as its short question.
 """
 from __future__ import annotations
 
+import orjson
+
 from app.errors import GatewayError
+from router_core.pricing import CHARS_PER_TOKEN
+
+# An image's input tokens as OpenAI bills them, in characters of text (the unit of the estimate):
+# "low" detail is a flat 85 tokens, any other 85 plus 170 per 512-pixel tile of the scaled image.
+# Its size is not read before routing, so any other is taken as a 1024x1024 image's 765 tokens.
+_IMAGE_CHARS_LOW = int(85 * CHARS_PER_TOKEN)
+_IMAGE_CHARS = int(765 * CHARS_PER_TOKEN)
 
 
 def content_text(content: object) -> str:
@@ -50,12 +59,28 @@ def _call_arguments(call: object) -> int:
     return len(arguments) if isinstance(arguments, str) else 0
 
 
+def _image_chars(part: object) -> int:
+    """An image part's tokens in characters (chat's `image_url`, the Responses API's
+    `input_image`); 0 for any other part."""
+    if not isinstance(part, dict) or part.get("type") not in ("image_url", "input_image"):
+        return 0
+    image = part.get("image_url")
+    detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+    return _IMAGE_CHARS_LOW if detail == "low" else _IMAGE_CHARS
+
+
 def item_chars(item: dict) -> int:
     """Characters of text a chat message or a Responses API input item sends the model: its
-    content, a tool's output (`function_call_output`) and tool calls' arguments (a chat
-    assistant's `tool_calls`, a Responses API `function_call`). Images, audio and files are not text."""
+    content (an image as its tokens' characters), a tool's output (`function_call_output`) and
+    tool calls' arguments (a chat assistant's `tool_calls`, a Responses API `function_call`).
+    Audio and files are not counted."""
     content = item.get("content")
-    chars = len(content) if type(content) is str else len(content_text(content))
+    if type(content) is str:
+        chars = len(content)
+    else:
+        chars = len(content_text(content))
+        if isinstance(content, list):
+            chars += sum(_image_chars(part) for part in content)
     # Looked for by key first: few items carry them, and this runs for every message of every
     # request (a few microseconds a request otherwise).
     if "output" in item:
@@ -74,6 +99,17 @@ def chat_prompt_chars(messages: list) -> int:
     for m in messages:  # a loop, not sum() over a generator: this runs for every request
         if isinstance(m, dict):
             chars += item_chars(m)
+    return chars
+
+
+def tools_chars(fields: dict) -> int:
+    """Characters of the tool definitions a request sends (`tools`; chat's deprecated
+    `functions`): the model reads them as input and is billed for them, and an agent's tools
+    run to thousands of tokens."""
+    chars = 0
+    for key in ("tools", "functions"):
+        if key in fields and isinstance(fields[key], list):
+            chars += len(orjson.dumps(fields[key]))
     return chars
 
 

@@ -4,6 +4,7 @@ front of the fault upstream (OpenAI's wire formats)."""
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 
 from app.runtime.config import PriceIn
@@ -67,13 +68,64 @@ def test_a_responses_agent_loops_expected_cost_counts_its_function_call_outputs(
               "content": [{"type": "output_text", "text": said, "annotations": []}]},
              {"type": "function_call", "call_id": "call_1", "name": "read_log", "arguments": "{}"},
              {"type": "function_call_output", "call_id": "call_1", "output": log}]
+    tools = [{"type": "function", "name": "read_log", "parameters": {"type": "object"}}]
     raw = client(gw).responses.with_raw_response.create(
-        model="uniroute:0.4", input=items, instructions="You are a terse SRE assistant.",
-        tools=[{"type": "function", "name": "read_log", "parameters": {"type": "object"}}])
+        model="uniroute:0.4", input=items, instructions="You are a terse SRE assistant.", tools=tools)
     assert raw.headers["x-uniroute-model"] == "cheap"
-    chars = len("You are a terse SRE assistant.") + len(QUESTION) + len(said) + len("{}") + len(log)
+    chars = (len("You are a terse SRE assistant.") + len(QUESTION) + len(said) + len("{}") + len(log)
+             + len(orjson.dumps(tools)))
     assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(chars / 4 * CHEAP_INPUT / 1e6, rel=1e-5)
     assert upstream.received[-1].body["input"] == items
+
+
+def many_tools(count: int) -> list[dict]:
+    """An agent's tool definitions, each with a described parameter schema, as MCP servers list them."""
+    return [{"type": "function", "function": {
+        "name": f"tool_{i}", "description": "Reads a page of the service's logs between two instants. " * 4,
+        "parameters": {"type": "object", "properties": {
+            "since": {"type": "string", "description": "ISO 8601 instant to read from"},
+            "until": {"type": "string", "description": "ISO 8601 instant to read to"}}}}} for i in range(count)]
+
+
+def test_the_tool_definitions_a_request_sends_are_in_its_expected_cost(priced):
+    # The model reads every tool's definition as input, and bills it: an agent with 400 tools
+    # sends about 150,000 characters of them with a one-line question (before: priced as the
+    # question alone, 8 tokens, and routed as if that were all the dear model would bill).
+    upstream, gw = priced
+    tools = many_tools(400)
+    messages = [{"role": "user", "content": QUESTION}]
+    assert client(gw).chat.completions.with_raw_response.create(
+        model="uniroute:0.4", messages=messages, tools=tools[:1]).headers["x-uniroute-model"] == "dear"
+    raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0.4", messages=messages, tools=tools)
+    assert raw.headers["x-uniroute-model"] == "cheap"
+    chars = len(QUESTION) + len(orjson.dumps(tools))
+    assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(chars / 4 * CHEAP_INPUT / 1e6, rel=1e-5)
+    # chat's deprecated `functions` alike, for a named model
+    functions = [t["function"] for t in tools]
+    named = client(gw).chat.completions.with_raw_response.create(model="dear", messages=messages, functions=functions)
+    chars = len(QUESTION) + len(orjson.dumps(functions))
+    assert float(named.headers["x-uniroute-expected-cost"]) == pytest.approx(chars / 4 * DEAR_INPUT / 1e6, rel=1e-5)
+    assert upstream.received[-1].body["functions"] == functions
+
+
+def test_the_images_a_request_sends_are_in_its_expected_cost(priced):
+    # OpenAI bills a "low" detail image 85 input tokens, any other by its size (765 tokens for
+    # 1024x1024, which stands for every image: the gateway does not read it before routing).
+    # Before, only the text was priced: a question about a page of screenshots cost 8 tokens.
+    upstream, gw = priced
+    image = "data:image/png;base64," + "iVBORw0KGgo" * 10
+    parts = [{"type": "text", "text": QUESTION},
+             {"type": "image_url", "image_url": {"url": image}},
+             {"type": "image_url", "image_url": {"url": image, "detail": "low"}}]
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="dear", messages=[{"role": "user", "content": parts}])
+    tokens = len(QUESTION) / 4 + 765 + 85
+    assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(tokens * DEAR_INPUT / 1e6, rel=1e-5)
+    items = [{"role": "user", "content": [{"type": "input_text", "text": QUESTION},
+                                          {"type": "input_image", "image_url": image, "detail": "low"}]}]
+    raw = client(gw).responses.with_raw_response.create(model="dear", input=items)
+    tokens = len(QUESTION) / 4 + 85
+    assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(tokens * DEAR_INPUT / 1e6, rel=1e-5)
 
 
 # What the dear model costs per million output tokens, and the cheap one.
