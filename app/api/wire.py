@@ -24,6 +24,7 @@ from app.routing.prompts import (
     completion_routing_text,
     responses_prompt_chars,
     responses_routing_text,
+    token_ids_chars,
     tools_chars,
 )
 from app.routing.service import RequestSize, policy_target
@@ -169,6 +170,11 @@ class CompletionBody(RoutedBody):
             if routed:
                 raise
             return ""
+
+    @classmethod
+    def chars_of(cls, fields: dict, text: str) -> int:
+        # token ids have no text (`text` is ""), but the model is sent and bills every one
+        return len(text) or token_ids_chars(fields["prompt"])
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:

@@ -153,7 +153,7 @@ class ChatCompletionBody(_RequestBase):
 class TextCompletionBody(_RequestBase):
     """The body of `POST /v1/completions`, as far as an upstream stand-in reads it."""
 
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
 
 
 class ResponsesBody(BaseModel):
@@ -203,17 +203,20 @@ def chat_request(body: ChatCompletionBody) -> CompletionRequest:
 
 
 def text_request(body: TextCompletionBody) -> CompletionRequest:
-    """The prompt of a completions request: a string, or a list holding exactly one string."""
+    """The prompt of a completions request: a string, or a list holding exactly one string; or
+    token ids (a list, or a list holding one list), which have no text to look up, each counted
+    as a token's characters."""
     prompt = body.prompt
-    if isinstance(prompt, list):
+    if isinstance(prompt, list) and not all(type(t) is int for t in prompt):
         if len(prompt) != 1:
             raise APIError(400, "prompt: this upstream answers one prompt per request", param="prompt")
         prompt = prompt[0]
+    text = prompt if isinstance(prompt, str) else ""
     return CompletionRequest(
         kind="text",
         model=body.model,
-        prompt=prompt,
-        prompt_chars=len(prompt),
+        prompt=text,
+        prompt_chars=len(text) or int(len(prompt) * CHARS_PER_TOKEN),
         stream=bool(body.stream),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         max_tokens=body.max_tokens,

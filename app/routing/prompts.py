@@ -127,6 +127,17 @@ def completion_routing_text(prompt: object) -> str:
     )
 
 
+def token_ids_chars(prompt: object) -> int:
+    """A completions prompt given as token ids (a list of them, or a batch of lists), as
+    characters of text, the unit of the input estimate; 0 for a text prompt, which is counted
+    as its text."""
+    if not isinstance(prompt, list) or not prompt:
+        return 0
+    if all(type(t) is int for t in prompt):
+        return int(len(prompt) * CHARS_PER_TOKEN)
+    return int(sum(len(p) for p in prompt if isinstance(p, list)) * CHARS_PER_TOKEN)
+
+
 def responses_routing_text(input: object, instructions: str | None) -> str:
     """The instructions, then the input's system/developer messages and its last user message."""
     if isinstance(input, str):

@@ -128,6 +128,16 @@ def test_the_images_a_request_sends_are_in_its_expected_cost(priced):
     assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(tokens * DEAR_INPUT / 1e6, rel=1e-5)
 
 
+def test_a_completions_prompt_of_token_ids_is_priced_by_its_tokens(priced):
+    # A named model is sent token ids as they are, one input token each: before, a prompt of
+    # 4,000 of them was priced at 0 input tokens, as a prompt with no text.
+    upstream, gw = priced
+    for prompt, tokens in (([15496, 11, 995] * 1_000, 3_000), ([[15496, 11, 995]], 3)):
+        raw = client(gw).completions.with_raw_response.create(model="dear", prompt=prompt, max_tokens=1)
+        assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(tokens * DEAR_INPUT / 1e6, rel=1e-5)
+        assert upstream.received[-1].body["prompt"] == prompt
+
+
 # What the dear model costs per million output tokens, and the cheap one.
 DEAR_OUTPUT, CHEAP_OUTPUT = 60.0, 0.6
 LIMIT = 16  # the smallest max_output_tokens the Responses API takes
