@@ -262,8 +262,13 @@ def _allowed(models: object) -> frozenset[str] | None:
 
 
 def _target(cost_weight: float | None, budget: float | None, quality: float | None) -> RoutingTarget | None:
-    given = [RoutingTarget(kind, float(value)) for kind, value in
-             (("cost_weight", cost_weight), ("budget", budget), ("quality", quality)) if value is not None]
+    named = [(kind, value) for kind, value in (("cost_weight", cost_weight), ("budget", budget), ("quality", quality))
+             if value is not None]
+    for kind, value in named:
+        # float() would take "0.3" from a config file's string, and True as 1: a number is asked for
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{kind} must be a number, got {value!r}")
+    given = [RoutingTarget(kind, float(value)) for kind, value in named]
     if len(given) > 1:
         raise ValueError(f"give one target, not {' and '.join(t.kind for t in given)}")
     return given[0] if given else None

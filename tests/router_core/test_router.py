@@ -2,6 +2,8 @@
 profiles, routing one prompt or a batch for a cost weight, a budget or a quality."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -101,6 +103,16 @@ def test_a_target_out_of_its_range_is_refused_not_routed(shipped, target, messag
     # These used to route: a NaN or negative weight picked the cheap model, quality=95 the dear one.
     with pytest.raises(ValueError, match=message):
         two_model_router(shipped).route(PROMPTS[0], **target)
+
+
+@pytest.mark.parametrize("target", [{"cost_weight": "0.3"}, {"cost_weight": True}, {"budget": "0.01"},
+                                    {"quality": [0.9]}])
+def test_a_target_that_is_not_a_number_is_a_type_error_naming_it(shipped, target):
+    # "0.3" (read from a config file as text) and True used to route, as 0.3 and as a weight of 1.
+    kind, value = next(iter(target.items()))
+    with pytest.raises(TypeError, match=f"{kind} must be a number, got {re.escape(repr(value))}"):
+        two_model_router(shipped).route(PROMPTS[0], **target)
+    assert two_model_router(shipped).route(PROMPTS[0], **{kind: np.float32(0.5)}).model  # numpy numbers are numbers
 
 
 @pytest.mark.parametrize("prompts", [b"Which gas do plants take in?", ["a prompt", 3], None, 3])
