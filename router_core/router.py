@@ -261,6 +261,19 @@ def _allowed(models: object) -> frozenset[str] | None:
     return allowed
 
 
+def _check_encodable(texts: list[str]) -> None:
+    """ValueError naming the first prompt that is not text UTF-8 can hold: a lone surrogate, as
+    `os.fsdecode` or a broken JSON escape leaves one (it failed deep inside routing with a
+    UnicodeEncodeError naming no prompt). The gateway's JSON parser refuses them before this."""
+    for i, text in enumerate(texts):
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"prompt {i} is not valid text: {exc.reason} "
+                                 f"({text[exc.start]!r} at character {exc.start})") from None
+
+
 def _target(cost_weight: float | None, budget: float | None, quality: float | None) -> RoutingTarget | None:
     named = [(kind, value) for kind, value in (("cost_weight", cost_weight), ("budget", budget), ("quality", quality))
              if value is not None]
@@ -569,6 +582,7 @@ class UniRouter:
         if not all(isinstance(t, str) for t in texts):  # bytes would iterate as ints
             raise TypeError(f"route takes a prompt (str) or a list of them, not {type(prompts).__name__} "
                             f"of {sorted({type(t).__name__ for t in texts if not isinstance(t, str)})}")
+        _check_encodable(texts)
         allowed = _allowed(models)
         if not self.table.models or (allowed is not None and not allowed & set(self.table.names)):
             raise NoRoutableModel("no routable model: add a model first" if not self.table.models

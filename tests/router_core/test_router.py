@@ -115,6 +115,15 @@ def test_a_target_that_is_not_a_number_is_a_type_error_naming_it(shipped, target
     assert two_model_router(shipped).route(PROMPTS[0], **{kind: np.float32(0.5)}).model  # numpy numbers are numbers
 
 
+def test_a_prompt_with_a_lone_surrogate_is_a_value_error_naming_it(shipped):
+    # A lone surrogate (os.fsdecode's, or a broken JSON escape's) failed deep in routing with a
+    # UnicodeEncodeError that named no prompt.
+    router = two_model_router(shipped)
+    with pytest.raises(ValueError, match=r"prompt 1 is not valid text: surrogates not allowed \('\\ud800' at character 6\)"):
+        router.route(["Which gas do plants take in? é", "hello \ud800 world"])
+    assert router.route("Which gas do plants take in? é").model  # other text beyond ASCII routes
+
+
 @pytest.mark.parametrize("prompts", [b"Which gas do plants take in?", ["a prompt", 3], None, 3])
 def test_a_prompt_that_is_not_text_is_a_type_error_that_says_so(shipped, prompts):
     with pytest.raises(TypeError, match="route takes a prompt"):
