@@ -46,9 +46,14 @@ def content_text(content: object) -> str:
 
 
 def chat_routing_text(messages: list[dict]) -> str:
-    """System/developer prompts, then the last user message."""
+    """System/developer prompts, then the last user message that has text: one holding only an
+    image (or audio) is asked about in an earlier one ("What is wrong in these screenshots?"),
+    which is the question to route on rather than the system prompt alone."""
     system = [content_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
-    user = next((content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    user = ""
+    for m in reversed(messages):
+        if m.get("role") == "user" and (user := content_text(m.get("content"))):
+            break
     return "\n".join(p for p in (*system, user) if p)
 
 
