@@ -1,6 +1,6 @@
 """What of a request is embedded for routing.
 
-Chat: the system (and developer) prompt, then the LAST user message, joined by a newline.
+Chat: the system (and developer) prompt, then the LAST user message with text, joined by a newline.
 Only text parts count: images, audio and tool results are not embedded. The system prompt
 comes first because router_core keeps the tail of long text: the user's question survives
 the cut, the system prompt's start does not.
