@@ -18,6 +18,13 @@ from models_registry.capture import CapturedPrompt, CaptureStore
 log = logging.getLogger("uniroute.capture")
 
 DAY_S = 86_400.0
+# The most writes waiting on the store; a sample offered past it is dropped. A store that is slow
+# or locked (another process holding SQLite's write lock makes each write wait out its 5 s busy
+# timeout, one at a time) would otherwise gather a task and a prompt for every sampled request.
+MAX_PENDING_WRITES = 1_000
+# How long a flush (shutdown, an admin export) waits for the writes under way before it drops
+# them: they are samples, and a locked store would hold the exit or the export 5 s a write.
+FLUSH_S = 5.0
 
 
 class Capture:
@@ -28,6 +35,7 @@ class Capture:
         self.store = store
         self._rng = rng or random.Random()
         self._writes: set[asyncio.Task] = set()
+        self.dropped = 0  # samples offered while MAX_PENDING_WRITES were waiting
 
     @property
     def enabled(self) -> bool:
@@ -36,6 +44,12 @@ class Capture:
     def offer(self, text: str, cluster: int) -> None:
         """Keep `text` (the routing text, as embedded) with its cluster, with probability `sample_rate`."""
         if not self.enabled or not text or self._rng.random() >= self.config.sample_rate:
+            return
+        if len(self._writes) >= MAX_PENDING_WRITES:
+            if not self.dropped:
+                log.warning("capture: %d writes are waiting on the store; samples are dropped until they are done",
+                            MAX_PENDING_WRITES)
+            self.dropped += 1
             return
         now = time.time()
         item = CapturedPrompt.of(text, cluster, now)
@@ -49,7 +63,12 @@ class Capture:
         except RegistryUnavailable as exc:  # a lost sample, never a failed request
             log.warning("capture: prompt not stored: %s", exc)
 
-    async def flush(self) -> None:
-        """Wait for the writes under way (before an export, and at shutdown)."""
-        if self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+    async def flush(self, timeout_s: float = FLUSH_S) -> None:
+        """Wait for the writes under way (before an export, and at shutdown), for `timeout_s` at
+        most: the writes still waiting then are cancelled."""
+        if not self._writes:
+            return
+        done, waiting = await asyncio.wait(list(self._writes), timeout=timeout_s)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*done, *waiting, return_exceptions=True)

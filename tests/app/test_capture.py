@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from app.routing.capture import Capture
+from app.routing.capture import MAX_PENDING_WRITES, Capture
 from app.routing.prompts import chat_routing_text
 from app.runtime.config import CaptureConfig
 from models_registry.capture import SQLiteCaptureStore, prompt_id
@@ -115,4 +115,30 @@ async def test_sampling_keeps_each_prompt_with_probability_sample_rate(tmp_path:
         assert sorted(kept) == sorted(expected)
         assert 80 < len(kept) < 160
     finally:
+        await store.close()
+
+
+async def test_a_locked_store_bounds_the_writes_waiting_and_does_not_hold_shutdown(tmp_path: Path):
+    # Another process holding SQLite's write lock makes each write wait out the 5 s busy timeout,
+    # one at a time: every sampled request used to add a waiting task and its prompt, without
+    # limit, and shutdown waited for them all (5 s each).
+    store = SQLiteCaptureStore(tmp_path / "locked.db")
+    await store.start()
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held as a backup or a CLI session would
+        capture = Capture(CaptureConfig(sample_rate=1.0), store)
+        for i in range(MAX_PENDING_WRITES + 500):
+            capture.offer(f"prompt number {i}", 0)
+        assert (len(capture._writes), capture.dropped) == (MAX_PENDING_WRITES, 500)
+        await capture.flush(timeout_s=0.1)
+        assert not capture._writes  # every write waiting was dropped, not waited out
+        holder.execute("ROLLBACK")
+        capture.offer("after the lock", 0)  # the store takes samples again once it is free
+        await capture.flush()
+        kept = [item.prompt async for batch in store.batches() for item in batch]
+        # the one write already running when the lock went (in the store's thread) may have landed
+        assert "after the lock" in kept and set(kept) <= {"after the lock", "prompt number 0"}
+    finally:
+        holder.close()
         await store.close()
