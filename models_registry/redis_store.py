@@ -7,6 +7,7 @@ Layout under a key prefix (default "uniroute:"):
   {p}answers:[m, v]   hash  prompt id -> answer JSON, one per (model, repset version)
   {p}answer-keys:{m}  set   the answer hashes of model m (clear_answers finds every version)
   {p}lock:{key}       string owner, with an expiry
+  {p}epoch            string the id of this registry's data, written by the first replica to find none
   {p}changes          pub/sub channel: "put\\n<record JSON>" or "del\\n<revision>\\n<name>"
 
 A model write is one Lua script (bump revision, store, publish), so the published changes come
@@ -15,8 +16,15 @@ applies a change only if its revision is newer than what it has seen for that na
 that raced the full load can never roll it back, nor resurrect a deleted model.
 
 A supervisor task owns the connection: it subscribes, loads everything, then follows the
-channel and pings every second. When Redis goes away the snapshot keeps its last state, writes
-raise RegistryUnavailable at once, and the supervisor reconnects with backoff, then resyncs.
+channel and reads the epoch every second. When Redis goes away the snapshot keeps its last state,
+writes raise RegistryUnavailable at once, and the supervisor reconnects with backoff, then resyncs.
+
+A Redis that comes back without its data (restarted with no persistence, flushed) has lost its
+epoch: the replica that finds it gone writes back the records it knows (its snapshot: the config
+file's models and those registered through the admin API, profiles included) that nobody has
+written or deleted since, so no replica routes on nothing until it restarts. Only a registry whose
+epoch changed is restored: a replica that was merely cut off finds its epoch and takes the stored
+records as they are, so it never brings back a model deleted meanwhile.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -89,6 +98,28 @@ RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
+# Give a registry without data an epoch and the records a replica knew (ARGV[4...]: name, record
+# JSON, revision), each only where its name has no revision yet: a record written or deleted since
+# the data were lost (by a replica started meanwhile) is newer than the one the replica remembers.
+# ARGV[1] is the epoch the replica last synced with: still there, nothing was lost. Returns the
+# epoch and how many records were written back.
+RESTORE_MODELS = """
+local epoch = redis.call('GET', KEYS[3])
+if epoch == ARGV[1] then return {epoch, 0} end
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[3], epoch)
+end
+local restored = 0
+for i = 4, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('PUBLISH', ARGV[3], 'put\\n' .. ARGV[i + 1])
+    restored = restored + 1
+  end
+end
+return {epoch, restored}
+"""
 
 
 def redact(url: str) -> str:
@@ -140,6 +171,7 @@ class RedisRegistry:
         self._k_models = f"{prefix}models"
         self._k_revisions = f"{prefix}model-revisions"
         self._k_jobs = f"{prefix}jobs"
+        self._k_epoch = f"{prefix}epoch"
         self._channel = f"{prefix}changes"
         self._put_model = self._client.register_script(PUT_MODEL)
         self._delete_model = self._client.register_script(DELETE_MODEL)
@@ -147,8 +179,10 @@ class RedisRegistry:
         self._refresh_lock = self._client.register_script(REFRESH_LOCK)
         self._release_lock = self._client.register_script(RELEASE_LOCK)
         self._put_running_job = self._client.register_script(PUT_RUNNING_JOB)
+        self._restore_models = self._client.register_script(RESTORE_MODELS)
         self._view = ModelView()
         self._seen: dict[str, int] = {}  # newest revision applied per name, deletions included
+        self._epoch = ""  # the epoch of the data last synced with; "" before the first sync
         self._available = False
         self._why_away = "not connected yet"  # the last connection failure, for the messages saying it is away
         self._lost = asyncio.Event()
@@ -211,18 +245,40 @@ class RedisRegistry:
             backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _follow(self, pubsub: PubSub) -> None:
-        """Apply published changes until the connection breaks (raises RedisError)."""
+        """Apply published changes until the connection breaks (raises RedisError), or until the
+        data are found gone (returns: the supervisor resyncs, restoring them)."""
         next_ping = time.monotonic() + self.heartbeat_s
         while not self._lost.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(0.25, self.heartbeat_s))
             if message is not None:
                 self._apply(message["data"])
             if time.monotonic() >= next_ping:
-                await self._client.ping()
+                # The heartbeat reads the epoch rather than a bare PING, for the same round trip: a
+                # flushed Redis keeps its connections, and would otherwise go unnoticed.
+                if await self._client.get(self._k_epoch) != self._epoch:
+                    log.warning("registry at %s lost its data while connected (flushed?)", redact(self.url))
+                    return
                 next_ping = time.monotonic() + self.heartbeat_s
         raise RedisError("a registry command lost the connection")
 
+    async def _restore(self) -> None:
+        """Write back the records this replica knows when Redis no longer holds the epoch it last
+        synced with (see the module's docstring); take the epoch there is."""
+        if await self._client.get(self._k_epoch) == self._epoch:
+            return
+        args = [self._epoch, uuid.uuid4().hex, self._channel]
+        if self._epoch:  # a replica that never synced knows nothing the registry lost
+            for record in self._view.snapshot().values():
+                args += [record.name, orjson.dumps(record.to_dict()).decode(), record.revision]
+        epoch, restored = await self._restore_models(keys=[self._k_models, self._k_revisions, self._k_epoch],
+                                                     args=args)
+        if restored:
+            log.warning("Redis registry at %s came back without its data: wrote back the %d models this replica "
+                        "knew", redact(self.url), restored)
+        self._epoch = epoch
+
     async def _resync(self) -> None:
+        await self._restore()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(self._k_models)
             pipe.hgetall(self._k_revisions)

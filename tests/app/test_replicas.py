@@ -100,3 +100,23 @@ def test_a_redis_out_of_memory_refuses_writes_saying_so_keeps_serving_reads_and_
         server.config_set("maxmemory", 0)
         registered = httpx.post(gw + "/admin/models", json=newcomer, headers=AUTH, timeout=10)
         assert registered.status_code == 202, registered.text
+
+
+def test_a_redis_restarted_empty_gets_the_config_files_models_back_and_routing_goes_on(make_gateway, demo_configs,
+                                                                                        private_redis):
+    # A Redis run without persistence (`--save ""`) came back with no models, and the gateway
+    # answered 503 "no routable model" until it was restarted itself.
+    with make_gateway(models=demo_configs, redis_url=private_redis.url, redis_prefix="emptied:",
+                      admin_key=ADMIN) as gw:
+        chosen = routed_model(gw)
+        private_redis.kill()
+        private_redis.start()
+        configured = {m.name for m in demo_configs}
+
+        def stored_names() -> set[str]:
+            return {m.decode() for m in redis.Redis(port=private_redis.port).hkeys("emptied:models")}
+
+        poll(lambda: stored_names() == configured, 15.0, "the config file's models written back to Redis")
+        assert answered_by(gw) == chosen
+        listed = httpx.get(gw + "/admin/models", headers=AUTH, timeout=10).json()["data"]
+        assert {m["name"] for m in listed} == configured and all(m["state"] == "ready" for m in listed)

@@ -97,17 +97,19 @@ async def test_an_outage_keeps_snapshots_fails_writes_fast_and_resyncs_on_return
         assert time.monotonic() - started < 3.0
         assert a.snapshot() == {"before-outage": before}
 
-        # Back, empty (no persistence); another replica writes before A has reconnected.
+        # Back, empty (no persistence); another replica writes, most often before A has reconnected.
         private_redis.start()
         b = RedisRegistry(private_redis.url, prefix=prefix)
         await b.start()
         try:
             after = make_record("after-outage", seed=3)
             await b.put_model(after)
-            await wait_for(lambda: a.available and set(a.snapshot()) == {"after-outage"}, 5.0,
-                           "A resyncing with the restarted Redis")
-            assert a.snapshot()["after-outage"] == after
-            assert set(heard) == {"before-outage", "after-outage"}  # the one gone and the one added
+            # A writes back what Redis lost, beside what was written since.
+            both = {"before-outage", "after-outage"}
+            await wait_for(lambda: a.available and set(a.snapshot()) == both == set(b.snapshot()), 5.0,
+                           "A resyncing with the restarted Redis, and B hearing what A wrote back")
+            assert a.snapshot()["after-outage"] == after and b.snapshot()["before-outage"] == before
+            assert set(heard) == both
 
             # A is subscribed again: its writes reach B, and B's reach A.
             await a.put_model(make_record("from-a"))
@@ -118,6 +120,56 @@ async def test_an_outage_keeps_snapshots_fails_writes_fast_and_resyncs_on_return
             await b.close()
     finally:
         await a.close()
+
+
+async def test_a_redis_restarted_empty_gets_back_the_models_its_replicas_knew_and_keeps_newer_writes(
+        private_redis):
+    # A Redis run without persistence came back empty, and every replica then routed on nothing,
+    # the config file's models included, until it was restarted itself.
+    prefix = "uniroute-test:emptied:"
+    a, b = RedisRegistry(private_redis.url, prefix=prefix), RedisRegistry(private_redis.url, prefix=prefix)
+    async with started(a, b):
+        config_model, admin_model = make_record("from-config", seed=1), make_record("from-admin", seed=2)
+        await a.put_model(config_model)
+        await b.put_model(admin_model)
+        await a.put_model(make_record("deleted", seed=3))
+        await b.delete_model("deleted")
+        known = {"from-config", "from-admin"}
+        await wait_for(lambda: set(a.snapshot()) == known == set(b.snapshot()), 1.0, "both replicas in step")
+
+        private_redis.kill()
+        await wait_for(lambda: not a.available and not b.available, 5.0, "both replicas noticing the outage")
+        private_redis.start()
+        # A replica started meanwhile changes one of those models: its write is newer than what
+        # the old replicas remember, and stays, whoever writes back first.
+        changed = make_record("from-admin", seed=4)
+        async with started(RedisRegistry(private_redis.url, prefix=prefix)) as (newcomer,):
+            await newcomer.put_model(changed)
+            await wait_for(lambda: a.available and b.available and set(newcomer.snapshot()) == known, 10.0,
+                           "the old replicas writing back what they knew")
+            stored = {r.name: r for r in await newcomer.list_models()}
+            assert set(stored) == known  # the model deleted before the restart stays deleted
+            assert stored["from-config"] == config_model
+            assert stored["from-admin"].profile == changed.profile
+            await wait_for(lambda: all(r.snapshot()["from-admin"].profile == changed.profile for r in (a, b)),
+                           1.0, "the newer write on every replica")
+
+            # Written back with their revisions, so the replicas go on following each other's writes.
+            config_model.enabled, config_model.state = False, "disabled"
+            await b.put_model(config_model)
+            assert config_model.revision > 1
+            await wait_for(lambda: not a.snapshot()["from-config"].enabled, 1.0, "B's later write on A")
+
+
+async def test_a_flushed_redis_gets_back_the_models_its_replicas_knew(private_redis):
+    # A flush keeps the connections: nothing broke to tell the replicas, which went on routing on
+    # their snapshots while every new registry saw none, and ignored the revisions written anew.
+    prefix = "uniroute-test:flushed:"
+    async with started(RedisRegistry(private_redis.url, prefix=prefix, heartbeat_s=0.1)) as (a,):
+        await a.put_model(make_record("kept", seed=1))
+        redis.Redis(port=private_redis.port).flushall()
+        async with started(RedisRegistry(private_redis.url, prefix=prefix)) as (later,):
+            await wait_for(lambda: "kept" in later.snapshot(), 5.0, "A writing back what the flush removed")
 
 
 async def test_a_replica_started_while_redis_is_down_comes_up_empty_then_syncs(private_redis):
