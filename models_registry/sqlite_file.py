@@ -76,8 +76,15 @@ class SQLiteFile:
         self._pool: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        """Open (or create) the file: RegistryUnavailable when it cannot be, after which `start`
+        may be called again."""
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"uniroute-{self.what.split()[0]}")
-        self._conn = await self._run(self._open)
+        try:
+            self._conn = await self._run(self._open)
+        except RegistryUnavailable:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            raise
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)

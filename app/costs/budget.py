@@ -23,7 +23,9 @@ after two windows), shared by every replica. Without, the worker processes of on
 serve` (workers > 1) share them in the registry's SQLite file (a row per scope and window); a
 single process keeps them in memory. When the shared store is away the guard goes on from this
 process's own counts and retries the store after a second; a request waits at most half a second
-on it (a stalled store is away too).
+on it (a stalled store is away too). A store that cannot be opened at start (its file locked past
+the busy timeout) is opened again in the background, every second and then less often, never on
+a request's way.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ _SHARED_RETRY_S = 1.0
 # must not hold answers back (a SQLite file another process holds locked waits out its 5 s busy
 # timeout on every call, and the calls queue one by one behind it).
 _SHARED_WAIT_S = 0.5
+# The longest wait between two tries at opening a shared store that could not be opened.
+_OPEN_RETRY_MAX_S = 30.0
 # What a failing shared store raises.
 _STORE_FAULTS = (RedisError, OSError, RegistryUnavailable, TimeoutError)
 
@@ -242,6 +246,7 @@ class BudgetGuard:
         self._local = MemoryStore(clock)  # this process's own counts, for when the shared store is away
         self._shared = not isinstance(store, MemoryStore)
         self._shared_down_until = 0.0
+        self._opener: asyncio.Task | None = None
         self._metrics = metrics
         self._clock = clock
         if metrics is not None:
@@ -300,13 +305,34 @@ class BudgetGuard:
             self._metrics.child(self._metrics.budget_spent, scope).inc(spend)
 
     async def start(self) -> None:
-        """Open the shared store; while it cannot be opened the guard counts locally."""
+        """Open the shared store; while it cannot be opened the guard counts locally, and opens
+        it in the background."""
         try:
             await self._store.start()
         except _STORE_FAULTS as exc:
             self._shared_away(exc)
+            self._shared_down_until = math.inf  # until opened: the requests' reads would find it closed
+            self._opener = asyncio.create_task(self._open_later(), name="uniroute-budget-open")
+
+    async def _open_later(self) -> None:
+        """Try the shared store again, waiting twice as long after each failure, until it opens."""
+        wait = _SHARED_RETRY_S
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                await self._store.start()
+            except _STORE_FAULTS as exc:
+                log.debug("budget guard: shared counts still cannot be opened: %s", exc)
+                wait = min(2 * wait, _OPEN_RETRY_MAX_S)
+                continue
+            log.info("budget guard: shared counts opened; counting there again")
+            self._shared_down_until = 0.0
+            return
 
     async def close(self) -> None:
+        if self._opener is not None:
+            self._opener.cancel()
+            await asyncio.gather(self._opener, return_exceptions=True)
         await self._store.close()
 
 

@@ -203,6 +203,30 @@ async def test_guard_goes_on_from_local_counts_while_redis_is_away():
     await guard.close()
 
 
+async def test_a_shared_counts_file_that_cannot_be_opened_at_start_is_opened_once_it_can_be(tmp_path):
+    # The workers' counts file, locked by another process when a worker started (its busy timeout
+    # waited out), stayed closed to that worker until it was restarted: it counted on its own,
+    # blind to the other workers' spend, for good.
+    db = tmp_path / "registry.db"
+    clock = Clock()
+    config = BudgetConfig(target=1.0, window_s=WINDOW_S)
+    late, other = (BudgetGuard(config, SQLiteStore(str(db), clock), clock=clock) for _ in range(2))
+    with write_lock_held(db):
+        await late.start()
+    try:
+        await other.start()
+        await other.record(ALL, 0.25, 0.2)
+        deadline = asyncio.get_running_loop().time() + 60
+        while (await late.state(ALL, None)).requests != 1:  # the other worker's request, read from the file
+            assert asyncio.get_running_loop().time() < deadline, "the counts file never opened"
+            await asyncio.sleep(0.05)
+        await late.record(ALL, 0.5, 0.4)
+        assert (await other.state(ALL, None)).spent == 0.75
+    finally:
+        await late.close()
+        await other.close()
+
+
 def test_while_another_process_holds_the_shared_counts_file_locked_requests_are_answered_without_waiting_it_out(
         make_gateway, tmp_path):
     # The workers of one `uniroute serve` share the counts in the registry's file (workers > 1).
