@@ -6,10 +6,16 @@ worker thread, so calls are serialised there and the event loop never blocks on 
 The snapshot is refreshed by this process's own writes (and fully loaded at start), and reloaded
 when another process commits to the file (`PRAGMA data_version`, looked at every `WATCH_S`): the
 workers of one `uniroute serve` share the file. Replicas on several machines use the Redis registry.
+
+`available` follows the operations themselves: a write that fails (the file locked by another
+process past the busy timeout, a full disk) makes it False, and a write that succeeds makes it True
+again. Meanwhile the watcher tries one small write per look, without waiting for the lock, so the
+registry says it is back without anyone writing through it.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -47,6 +53,7 @@ CREATE TABLE IF NOT EXISTS answers (model TEXT NOT NULL, repset_version TEXT NOT
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS memos (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS memos_by_expiry ON memos (expires_at);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
 
 
@@ -66,10 +73,11 @@ class SQLiteRegistry:
         self._pool: ThreadPoolExecutor | None = None
         self._commits = CommitWatch()
         self._watcher: asyncio.Task | None = None
+        self._fault: str | None = None  # what the last failed operation said, until a write succeeds
 
     @property
     def available(self) -> bool:
-        return self._conn is not None
+        return self._conn is not None and self._fault is None
 
     async def start(self) -> None:
         """Open (or create) the file and load every model into the snapshot."""
@@ -85,7 +93,11 @@ class SQLiteRegistry:
                                             name="uniroute-sqlite-watch")
 
     async def _reload(self) -> None:
-        """Take the model records another process committed."""
+        """Take the model records another process committed (and, while writes fail, see whether
+        the file takes one again)."""
+        if self._fault is not None:
+            with contextlib.suppress(RegistryUnavailable):  # said by `available` already
+                await self._in_thread(self._probe)
         records = await self._in_thread(self._models_if_changed)
         if records is not None:
             # The connection's thread runs calls in order and their results resume here in that
@@ -98,6 +110,16 @@ class SQLiteRegistry:
         if not self._commits.changed(conn):
             return None
         return readable_models(conn.execute("SELECT name, data FROM models").fetchall(), str(self.path))
+
+    def _probe(self) -> None:
+        """One small write, failing at once rather than after the busy timeout: the connection's
+        thread serves the reads meanwhile, which a WAL file answers under another's write lock."""
+        conn = self._connection()
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._tx(lambda c: c.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),)))
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout_s * 1000)}")
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,12 +150,16 @@ class SQLiteRegistry:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         except (sqlite3.DatabaseError, OSError) as exc:  # locked past the busy timeout, disk full, not a database
+            self._fault = str(exc)
             raise RegistryUnavailable(f"SQLite registry {self.path}: {exc}") from exc
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn` inside one write transaction (on the connection's thread)."""
+        """`fn` inside one write transaction (on the connection's thread); once committed, the
+        registry takes writes."""
         with write_transaction(self._connection()) as conn:
-            return fn(conn)
+            result = fn(conn)
+        self._fault = None
+        return result
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -21,6 +21,7 @@ from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
 from tests.support.clients import client, wait_for
 from tests.support.fault_upstream import Fault, closed_port
+from tests.support.sqlite_lock import write_lock_held
 
 ADMIN = "admin-secret-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -195,6 +196,27 @@ def test_patch_disable_and_delete_change_routing(make_gateway, fault_upstream, m
         assert admin(gw, "DELETE", "/models/a").status_code == 200
         assert admin(gw, "GET", "/models/a").status_code == 404
         assert route() == "b"
+
+
+def test_readyz_says_the_sqlite_registry_is_unavailable_while_its_writes_fail_and_available_again_after(
+        make_gateway, fault_upstream, model_config, tmp_path):
+    # /readyz said `registry_available: true` for as long as the file was open, while every write
+    # answered 503 (the file locked by another process past its busy timeout, or a full disk).
+    _, url = fault_upstream
+    db = tmp_path / "registry.db"
+    with make_gateway(models=[model_config("a", url)], admin_key=ADMIN, sqlite_path=str(db)) as gw:
+        def registry_available() -> bool:
+            ready = httpx.get(gw + "/readyz", timeout=10)
+            assert ready.status_code == 200  # routing goes on from the snapshot either way
+            return ready.json()["registry_available"]
+
+        assert registry_available()
+        with write_lock_held(db):
+            refused = admin(gw, "PATCH", "/models/a", json={"enabled": False})
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "registry_unavailable"
+            assert not registry_available()
+        assert wait_for(registry_available, 30), "the registry never said it was available again"
+        assert admin(gw, "PATCH", "/models/a", json={"enabled": False}).status_code == 200
 
 
 def test_a_config_model_with_enabled_false_is_never_routed_listed_or_served_even_if_it_was_routable(
