@@ -11,6 +11,7 @@ import uvicorn
 from app.api.main import create_app
 from app.cli import one_line_errors
 from app.runtime.config import ConfigError, Settings, load_settings, worker_count
+from app.runtime.migration import check_startup_state
 from app.runtime.workers import LOG_FORMAT, run_workers
 from models_registry.base import RegistryUnavailable
 from models_registry.factory import check_registry
@@ -37,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(check_registry(settings.redis_url, settings.sqlite_path))
     except (RegistryUnavailable, RegistryValidationError) as exc:
         raise ConfigError(f"cannot use the registry: {exc}") from None
+    # So is a router state that cannot load: each worker would log its traceback, then answer 503.
+    try:
+        asyncio.run(check_startup_state(settings))
+    except RegistryUnavailable as exc:  # its state store, in the registry's file
+        raise ConfigError(f"cannot use the registry: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"cannot load the router state: {exc}") from None
     return serve(settings)
 
 

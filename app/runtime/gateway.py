@@ -21,7 +21,7 @@ from app.routing.capture import Capture
 from app.routing.service import RoutingService
 from app.runtime.config import ModelConfig, Settings
 from app.runtime.metrics import Metrics
-from app.runtime.migration import StateManager, load_router
+from app.runtime.migration import StateManager, load_router, startup_paths
 from app.runtime.state_view import log_coverage
 from app.upstream.faults import UpstreamFault, fault_error, fault_of
 from app.upstream.forwarding import Forwarder, Health
@@ -156,7 +156,7 @@ class Gateway:
             # the first embeds the representative set into the shared cache and registers the
             # configured models; the next ones find both done.
             async with turn(self.registry, "startup", self.jobs.owner, self.settings.lock_ttl_s):
-                state_dir, repset_path = await self.states.startup_paths()
+                state_dir, repset_path = await startup_paths(s, self.state_store)
                 router = await loop.run_in_executor(self.embed_pool, load_router, s, state_dir, repset_path)
                 self.routing.attach(router, self.embed_pool)
                 log_coverage(router, s.coverage_floor)

@@ -55,7 +55,7 @@ from app.routing.service import RoutingService
 from app.runtime.config import Settings
 from models_registry.base import Registry, RegistryUnavailable, hold_lock
 from models_registry.records import Answer, ModelRecord
-from models_registry.states import Slot, StateStore
+from models_registry.states import Slot, StateStore, open_state_store
 from router_core.profiles import Profile
 from router_core.repset import RepItem, RepsetError, load_repset
 from router_core.router import RoutedModel, UniRouter
@@ -77,6 +77,39 @@ def load_router(settings: Settings, state_dir: str, repset_path: str) -> UniRout
                           default_cost_weight=settings.default_cost_weight,
                           default_output_tokens=settings.expected_output_tokens, cost_scale=settings.cost_scale,
                           min_support=settings.min_support)
+
+
+async def startup_paths(settings: Settings, store: StateStore) -> tuple[str, str]:
+    """The state folder and representative set a gateway starts on: the ACTIVE document's, else
+    the config's."""
+    try:
+        active = await store.get("active")
+    except RegistryUnavailable as exc:
+        log.warning("cannot read the active router state (%s): starting on the configured one", exc)
+        active = None
+    if active is None:
+        return settings.state_dir, settings.repset_path
+    return active["state_dir"], active["repset_path"]
+
+
+async def check_startup_state(settings: Settings) -> None:
+    """ValueError, saying why, when the router state or representative set a gateway would start
+    on (`startup_paths`) cannot be read: every worker would fail its start on it. The embedding
+    model is not loaded (seconds, and memory a worker would not share)."""
+    store = open_state_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
+    await store.start()
+    try:
+        state_dir, repset_path = await startup_paths(settings, store)
+    finally:
+        await store.close()
+    try:
+        RouterState.load(state_path(state_dir))
+        load_repset(repset_path)
+    except ValueError as exc:
+        if (state_dir, repset_path) == (settings.state_dir, settings.repset_path):
+            raise
+        raise ValueError(f"the registry's active router state (a state switch's, which overrides state_dir and "
+                         f"repset_path): {exc}") from None
 
 
 def _differs(active: dict, router: UniRouter) -> bool:
@@ -120,17 +153,6 @@ class StateManager:
         self._background: set[asyncio.Task] = set()
 
     # --- start-up and shutdown ----------------------------------------------------------
-
-    async def startup_paths(self) -> tuple[str, str]:
-        """The state folder and representative set to load: the ACTIVE document's, else the config's."""
-        try:
-            active = await self.store.get("active")
-        except RegistryUnavailable as exc:
-            log.warning("cannot read the active router state (%s): starting on the configured one", exc)
-            active = None
-        if active is None:
-            return self.settings.state_dir, self.settings.repset_path
-        return active["state_dir"], active["repset_path"]
 
     async def start(self) -> None:
         """Follow state changes; pick up (and resume) a pending migration. Call once the router is attached."""

@@ -4,6 +4,7 @@ gateway on defaults: a missing file, a file that is not a mapping of settings, a
 setting takes. `uniroute serve` and `uniroute demo` say so and exit 2."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,6 +14,11 @@ import httpx
 import pytest
 
 from app.runtime.config import ConfigError, load_settings
+from models_registry.states import SQLiteStateStore
+from router_core.repset import load_repset
+from router_core.shipped import ROUTERBENCH_REPSET, state_path
+from router_core.state import RouterState
+from tests.support.clients import wait_for
 from tests.support.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +143,72 @@ def test_serve_stops_on_a_registry_file_it_cannot_use_with_one_line_and_starts_n
     assert served.stderr.strip() == f"uniroute serve: error: cannot use the registry: SQLite registry {registry}: {said}"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def switch_recorded(registry: Path, state_dir: Path, repset_path: Path) -> None:
+    """Write into `registry` the ACTIVE state a state switch to `state_dir` (the shipped
+    routerbench-fast state's, wherever it is now) and `repset_path` leaves there."""
+    state, repset = RouterState.load(state_path("routerbench-fast")), load_repset(ROUTERBENCH_REPSET)
+
+    async def write() -> None:
+        store = SQLiteStateStore(registry)
+        await store.start()
+        try:
+            await store.put("active", {
+                "id": "switched", "state_dir": str(state_dir), "repset_path": str(repset_path),
+                "state_version": state.version, "scale_version": state.scale_version,
+                "repset_version": repset.version, "k": state.k, "switched_at": 0.0, "forced": False, "profiles": {}})
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+
+
+@pytest.mark.parametrize(("variables", "said"), [
+    ({"UNIROUTE_STATE_DIR": "fats"}, "no valid router state in fats: no such folder (a `uniroute build-state` folder, "
+                                     "or a shipped state: fast, accurate, routerbench-fast, routerbench-accurate)"),
+    ({"UNIROUTE_REPSET_PATH": "nowhere.jsonl"},
+     "cannot read the representative set nowhere.jsonl: No such file or directory"),
+], ids=["state-dir", "repset"])
+def test_serve_stops_on_a_router_state_it_cannot_load_with_one_line_and_starts_no_worker(tmp_path, variables, said):
+    # each worker logged the traceback of its failed load, then answered 503 not_ready for ever
+    port = free_port()
+    served = cli("serve", "--port", str(port), "--workers", "2", cwd=tmp_path, **variables)
+    assert served.returncode == 2 and "Traceback" not in served.stderr and "worker" not in served.stderr
+    assert served.stderr.strip() == f"uniroute serve: error: cannot load the router state: {said}"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_serve_checks_the_router_state_a_switch_made_active_not_the_one_it_overrides(tmp_path):
+    registry = tmp_path / "registry.db"
+    switch_recorded(registry, tmp_path / "removed-state", ROUTERBENCH_REPSET)
+    served = cli("serve", "--port", str(free_port()), "--workers", "2", cwd=tmp_path,
+                 UNIROUTE_SQLITE_PATH=str(registry), UNIROUTE_STATE_DIR="routerbench-fast")
+    assert served.returncode == 2 and len(served.stderr.strip().splitlines()) == 1
+    assert served.stderr.startswith("uniroute serve: error: cannot load the router state: the registry's active "
+                                    f"router state (a state switch's, which overrides state_dir and repset_path): "
+                                    f"no valid router state in {tmp_path / 'removed-state'}: no such folder")
+
+    # The other way round: a misspelt state_dir the active state overrides starts, on the active state.
+    switch_recorded(registry, state_path("routerbench-fast"), ROUTERBENCH_REPSET)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIROUTE_")}
+    env.update(PYTHONPATH=str(REPO), UNIROUTE_SQLITE_PATH=str(registry), UNIROUTE_STATE_DIR="fats")
+    server = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--port", str(port), "--workers", "1"],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                return False
+
+        assert wait_for(ready, 120), "the gateway never became ready on the active state"
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 @pytest.fixture
