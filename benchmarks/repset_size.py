@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router_core.datasets import RoutingDataset
 from router_core.evaluation import VALIDATION_SELECTIONS, EvalConfig, evaluate
 
 PLOTTED = ("knn", "uniroute_kmeans", "transfer", "transfer_irt")
@@ -35,14 +36,22 @@ def data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="dataset name for the output (default: the data's own)")
 
 
-def load_embedded(args: argparse.Namespace) -> tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(name, prompts, embeddings, scores, costs) of the dataset, subsampled as `uniroute eval --max-prompts`."""
+def load_data(args: argparse.Namespace) -> RoutingDataset:
+    """The priced dataset, subsampled as `uniroute eval --max-prompts`."""
     from router_core.datasets import load_dataset, read_model_costs
-    from router_core.embedding import embed_for_routing, load_embedder
 
     data = load_dataset(args.data, args.format).priced(read_model_costs(args.model_costs) if args.model_costs else None)
     if args.max_prompts and args.max_prompts < len(data.prompts):
         data = data.subset(np.sort(np.random.default_rng(0).choice(len(data.prompts), args.max_prompts, replace=False)))
+    return data
+
+
+def load_embedded(args: argparse.Namespace, data: RoutingDataset | None = None,
+                  ) -> tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(name, prompts, embeddings, scores, costs) of the dataset (`load_data`'s, unless given)."""
+    from router_core.embedding import embed_for_routing, load_embedder
+
+    data = load_data(args) if data is None else data
     prompts = list(data.prompts)
     emb = embed_for_routing(load_embedder(args.embedder, args.cache_dir), prompts)
     return args.name or data.name or Path(args.data).name, prompts, emb, data.scores, data.costs

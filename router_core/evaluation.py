@@ -608,12 +608,21 @@ def cluster_costs(centroids: np.ndarray, s: _Split, fit_costs: np.ndarray, mean_
     return scale[q_lab][:, None] * mean_cost / (top if top > 0 else 1.0)
 
 
+# A study's own routers, fitted after `uniroute eval`'s on the same split and trial rng (so
+# those stay exactly as they are without it): gamma of the test LLMs on the test prompts per
+# router name, and the settings the study chose.
+ExtraRouters = Callable[[TrialSplit, np.random.Generator], tuple[dict[str, np.ndarray], dict[str, int | float | str]]]
+
+
 def run_trial(
-    emb: np.ndarray, scores: np.ndarray, costs: np.ndarray, cfg: EvalConfig, rng: np.random.Generator
+    emb: np.ndarray, scores: np.ndarray, costs: np.ndarray, cfg: EvalConfig, rng: np.random.Generator,
+    extra: ExtraRouters | None = None,
 ) -> TrialResult:
-    """One random split of LLMs and prompts; curves and metrics of every method."""
+    """One random split of LLMs and prompts; curves and metrics of every method (and of
+    `extra`'s routers, which see the mean costs, as the zero router does)."""
     split = draw_split(scores, cfg, rng)
     routers = fit_routers(emb, scores, costs, split, cfg, rng)
+    extra_gammas, extra_settings = extra(split, rng) if extra else ({}, {})
     q_score = scores[np.ix_(split.test_prompts, split.test_models)]
     q_spend = costs[np.ix_(split.test_prompts, split.test_models)]
     c_max = q_spend.mean(axis=0).max() or 1.0
@@ -621,8 +630,10 @@ def run_trial(
     best_single = float(q_score.mean(axis=0).max())
     curves = {name: deferral_curve(gammas[name], routers.cost_for(name), q_score, q_spend, c_max, cfg.n_lambdas)
               for name in METHODS if name in gammas}
+    curves.update({name: deferral_curve(g, routers.route_cost, q_score, q_spend, c_max, cfg.n_lambdas)
+                   for name, g in extra_gammas.items()})
     metrics = {name: curve_metrics(c, best_single) for name, c in curves.items()}
-    return TrialResult(curves, metrics, routers.settings, split.test_models.tolist())
+    return TrialResult(curves, metrics, {**routers.settings, **extra_settings}, split.test_models.tolist())
 
 
 # ---------------------------------------------------------------- many trials
@@ -634,11 +645,14 @@ def evaluate(
     costs: np.ndarray,
     cfg: EvalConfig = EvalConfig(),
     progress: Callable[[int], None] | None = None,
+    extra: ExtraRouters | None = None,
+    extra_pairs: tuple[tuple[str, str], ...] = (),
 ) -> EvalReport:
     """Run `cfg.trials` seeded trials; summarise each method with means and 95% intervals.
 
     emb (n, d) L2-normalised prompt embeddings, scores (n, M) in [0, 1] with NaN = unlabelled,
-    costs (n, M) non-negative realised cost of each model on each prompt.
+    costs (n, M) non-negative realised cost of each model on each prompt. `extra` adds a
+    study's routers on the same splits, `extra_pairs` their paired differences.
     """
     emb = np.asarray(emb, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float64)
@@ -657,15 +671,17 @@ def evaluate(
     rng = np.random.default_rng(cfg.seed)
     trials = []
     for i in range(cfg.trials):
-        trials.append(run_trial(emb, scores, costs, cfg, np.random.default_rng(rng.integers(1 << 63))))
+        trials.append(run_trial(emb, scores, costs, cfg, np.random.default_rng(rng.integers(1 << 63)), extra))
         if progress:
             progress(i + 1)
-    return summarise(trials)
+    return summarise(trials, extra_pairs)
 
 
-def summarise(trials: list[TrialResult]) -> EvalReport:
-    """Means, intervals and paired differences across trials."""
+def summarise(trials: list[TrialResult], extra_pairs: tuple[tuple[str, str], ...] = ()) -> EvalReport:
+    """Means, intervals and paired differences across trials (`PAIRS` and `extra_pairs`); a
+    study's own routers (`run_trial`'s `extra`) are summarised after `METHODS`."""
     methods = [m for m in METHODS if m in trials[0].metrics]
+    methods += [m for m in trials[0].metrics if m not in METHODS]
     areas = {name: np.array([t.metrics[name]["area"] for t in trials]) for name in methods}
     summary = {}
     for name in methods:
@@ -685,7 +701,7 @@ def summarise(trials: list[TrialResult]) -> EvalReport:
         summary[name]["closure"] = closure(areas[name], areas["zero_router"], areas["oracle"])
         summary[name]["closure_ci"] = closure_ci(areas[name], areas["zero_router"], areas["oracle"])
     paired = {}
-    for a, b in (p for p in PAIRS if set(p) <= set(methods)):
+    for a, b in (p for p in PAIRS + tuple(extra_pairs) if set(p) <= set(methods)):
         diff = areas[a] - areas[b]
         mean, lo, hi = mean_ci(diff)
         paired[f"{a} - {b}"] = {"area_diff": mean, "ci": [lo, hi], "wins": int((diff > 0).sum())}
