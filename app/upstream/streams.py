@@ -257,6 +257,12 @@ class StreamWatch:
                     self._finished[index] = self._finished.get(index, False) or bool(choice.get("finish_reason"))
         usage = obj.get("usage")
         if not isinstance(usage, dict):
+            # Groq reports a stream's token counts in a field of its own on its last chunk,
+            # `"x_groq": {"id": ..., "usage": {"prompt_tokens": ..., ...}}`, with no `usage`. It is
+            # not the usage chunk the gateway asked for: it passes on with its chunk.
+            groq = obj.get("x_groq")
+            if isinstance(groq, dict) and isinstance(groq.get("usage"), dict):
+                self.usage = groq["usage"]
             return event
         self.usage = usage
         if not self.strip_usage:

@@ -118,6 +118,30 @@ def test_a_stream_its_upstream_failed_counts_against_its_model_when_the_client_l
                         timeout_s=30)
 
 
+# Groq's chat stream (api.groq.com/openai/v1): its own `x_groq` field names the request on the
+# first chunk, and on the last, the one with the finish_reason, carries the stream's usage (with
+# Groq's timings) in place of OpenAI's `usage`.
+GROQ_USAGE = {"queue_time": 0.02, "prompt_tokens": 21, "prompt_time": 0.003, "completion_tokens": 4,
+              "completion_time": 0.01, "total_tokens": 25, "total_time": 0.013}
+GROQ_ANSWER = [chunk([{**text(None), "delta": {"role": "assistant", "content": ""}}], x_groq={"id": "req_1"}),
+               chunk([text("Seven")]),
+               chunk([text(None, "stop")], x_groq={"id": "req_1", "usage": GROQ_USAGE})]
+
+
+def test_groqs_usage_in_its_own_field_is_counted(raw):
+    """Groq puts a stream's token counts in `x_groq.usage` on its last chunk, not in `usage`: the
+    gateway read none, and Groq's streams went uncounted in the token and cost metrics (and the
+    budget guard took each at its expected cost)."""
+    upstream, make = raw
+    with make() as gw:
+        upstream.set_fault("raw", Fault(raw=(*GROQ_ANSWER, DONE)))
+        stream = client(gw).chat.completions.create(model="raw", messages=MESSAGES, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Seven"
+        assert wait_for(lambda: metric(gw, 'uniroute_tokens_total{kind="prompt",model="raw"}') == 21)
+        assert metric(gw, 'uniroute_tokens_total{kind="completion",model="raw"}') == 4
+        assert metric(gw, 'uniroute_cost_total{model="raw"}') == 1.0  # the model's price: 1 a request
+
+
 def tgi_completion(text: str, finish: str, **fields) -> bytes:
     """A chunk of TGI's /v1/completions stream (its router's `Chunk` and `CompletionFinal`): the
     finish_reason is an empty string until the last chunk, which carries the usage too."""

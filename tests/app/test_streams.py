@@ -88,6 +88,27 @@ def test_the_usage_chunk_the_gateway_asked_for_is_read_and_stripped():
     assert watch.usage == USAGE and watch.complete
 
 
+def groq_chunk(choices: list[dict], groq_usage: dict, usage: dict | None = None) -> bytes:
+    """A chunk as Groq sends it: its own `x_groq` field, here with the stream's usage."""
+    return b"data: " + orjson.dumps({"object": "chat.completion.chunk", "choices": choices, "usage": usage,
+                                     "x_groq": {"id": "req_1", "usage": groq_usage}}) + b"\n\n"
+
+
+GROQ_USAGE = {"queue_time": 0.01, "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9, "total_time": 0.02}
+
+
+def test_groqs_usage_in_its_own_field_is_read_and_passes_on_untouched():
+    """Groq's last chunk carries the stream's usage in `x_groq.usage`, its `usage` absent (or
+    null): it was not read. It is Groq's own field, not the usage chunk the gateway asked for."""
+    last = groq_chunk([choice(finish="stop")], GROQ_USAGE)
+    watch = StreamWatch(strip_usage=True)
+    assert [watch.see(e) for e in (chunk([choice(text="a")]), last)] == [chunk([choice(text="a")]), last]
+    assert watch.usage == GROQ_USAGE and watch.complete
+    watch = StreamWatch()
+    watch.see(groq_chunk([choice(finish="stop")], GROQ_USAGE, usage=USAGE))
+    assert watch.usage == USAGE  # OpenAI's, where the chunk has it
+
+
 def test_an_upstream_error_event_passes_and_is_noted():
     watch = StreamWatch()
     event = b'data: {"error": {"message": "overloaded"}}\n\n'
@@ -175,6 +196,8 @@ TRICKY = [
     # spaces after the colons: parsed, and still right
     [b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}\n\n',
      b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}\n\n', b"data: [DONE]\n\n"],
+    # Groq's: its usage in a field of its own on the last chunk
+    [chunk([choice(text="a")]), groq_chunk([choice(finish="stop")], GROQ_USAGE), b"data: [DONE]\n\n"],
     # a tool call's own index
     [chunk([choice(text="")]),
      b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]},'
