@@ -51,6 +51,7 @@ from app.routing.service import (
 from app.runtime.gateway import Gateway, gateway_of
 from app.upstream.faults import fault_of
 from app.upstream.forwarding import UpstreamReply
+from app.upstream.streams import asks_usage
 from models_registry.base import RegistryUnavailable
 from models_registry.records import ModelRecord
 from router_core.router import ModelTable
@@ -113,11 +114,9 @@ def upstream_body(body: dict, path: str, stream: bool) -> tuple[dict, bool, bool
     out = {k: v for k, v in body.items() if k != "uniroute"}
     if "stream" in out and out["stream"] is None:
         del out["stream"]  # null is the default; not every upstream takes it
-    if not stream or path not in USAGE_PATHS:
+    if not stream or path not in USAGE_PATHS or asks_usage(body):
         return out, False, False
     options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return out, False, False
     out["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return out, True, options is None
 

@@ -42,6 +42,7 @@ from app.upstream.http1 import Reply, UpstreamClient, UpstreamError
 from app.upstream.streams import (
     EventSplitter,
     StreamWatch,
+    asks_usage,
     first_event,
     opening_error,
     opens_event_stream,
@@ -70,8 +71,9 @@ REFUSED = 400
 # again.
 RETRY_AFTER_COOL_MAX_S = 3600.0
 
-# How long the relay waits, after a stream is over, for its body's end (`_drain`): it most often
-# comes within a millisecond; a server holding the response open is not waited for longer.
+# How long the relay waits, after a stream is over (or its answer whole), for `[DONE]` and its
+# body's end (`_drain`): they most often come within a millisecond; a server holding the response
+# open is not waited for longer.
 DRAIN_S = 1.0
 
 # Called with a model and the fault that should take it out of routing.
@@ -213,6 +215,7 @@ class Forwarder:
         last: UpstreamFault | None = None
         attempts = 0
         waited = 0.0
+        usage_asked = stream and asks_usage(body)
         back_at: dict[str, float] = {}  # per model that asked to wait (its last ask): when it is back, monotonic
         try:
             async with asyncio.timeout(self.deadline_s) as deadline:
@@ -225,7 +228,7 @@ class Forwarder:
                         start = time.perf_counter()
                         try:
                             answer = await self._attempt(record, path, url, payload, headers, stream, strip_usage,
-                                                         method)
+                                                         usage_asked, method)
                         except UpstreamFault as fault:
                             waited += time.perf_counter() - start
                             last = fault
@@ -298,7 +301,7 @@ class Forwarder:
 
     async def _attempt(
         self, record: ModelRecord, path: str, url: str, payload: bytes, headers: dict[str, str], stream: bool,
-        strip_usage: bool, method: str,
+        strip_usage: bool, usage_asked: bool, method: str,
     ) -> UpstreamReply:
         start = time.perf_counter()
         try:
@@ -358,7 +361,7 @@ class Forwarder:
         except UpstreamFault:
             response.close()
             raise
-        watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage)
+        watch = StreamWatch(responses_api=path == "/responses", strip_usage=strip_usage, usage_asked=usage_asked)
         return UpstreamReply(record, response.status, elapsed, stream=self._relay(record, first, chunks, response, watch),
                       watch=watch, request_id=request_id)
 
@@ -393,21 +396,27 @@ class Forwarder:
         that arrived together go out together: each piece sent is a write to the client's socket,
         the costliest step of a stream's relay. Reading stops once the stream is over (`[DONE]`,
         or a Responses API stream's last event), as the openai SDK's does: a server or proxy may
-        keep the response open after it, silent until `read_s` runs out, or sending keep-alives."""
+        keep the response open after it, silent until `read_s` runs out, or sending keep-alives.
+        So does reading once the answer is whole (every choice finished, the usage asked for
+        come), but for `[DONE]`, waited for DRAIN_S at most: an upstream silent (or gone) after
+        its answer ends it there, complete."""
         events = EventSplitter()
         cut: str | None = None
         try:
             try:
                 if out := b"".join(map(watch.see, events.feed(first))):
                     yield out
-                if not watch.over:
+                if not watch.at_end:
                     async for chunk in chunks:
                         if out := b"".join(map(watch.see, events.feed(chunk))):
                             yield out
-                        if watch.over:
+                        # After a whole answer, what is left of the stream is read on here if it has
+                        # all arrived (no wait), else drained, DRAIN_S at most.
+                        if watch.at_end and (watch.over or not response.complete):
                             break
-                if not response.complete:
-                    await _drain(chunks)
+                if (not response.complete or not watch.over and watch.at_end) and (
+                        out := await _drain(chunks, events, watch)):
+                    yield out
             except (UpstreamError, TimeoutError) as exc:
                 cut = f"the upstream model {record.name} cut the stream mid-way"
                 log.warning("upstream %s cut its stream: %s", record.name, type(exc).__name__)
@@ -447,17 +456,22 @@ class Forwarder:
             self.health.failure(record.name)
 
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
-    """Read what is left of a stream that is over, for up to DRAIN_S: the body's end most often
-    comes right behind `[DONE]`, as a write of its own (uvicorn's, so vLLM's), and a connection
-    read to its end goes back to the pool, where one left half read is closed and the next
-    request pays a new connection (a TLS handshake, to a remote upstream). It is read before the
-    held-back `[DONE]` goes out: the openai SDK hangs up at `[DONE]`, and the relay with it. Only
-    an upstream holding the response open makes the client wait, DRAIN_S at most."""
+async def _drain(chunks: AsyncIterator[bytes], events: EventSplitter, watch: StreamWatch) -> bytes:
+    """Read what is left of a stream that is over, or whose answer is whole, for up to DRAIN_S;
+    what `watch` passes on of the events before the stream is over (`[DONE]` is held back by it).
+    The body's end most often comes right behind `[DONE]`, as a write of its own (uvicorn's, so
+    vLLM's), and a connection read to its end goes back to the pool, where one left half read is
+    closed and the next request pays a new connection (a TLS handshake, to a remote upstream). It
+    is read before the held-back `[DONE]` goes out: the openai SDK hangs up at `[DONE]`, and the
+    relay with it. Only an upstream holding the response open makes the client wait, DRAIN_S at
+    most; one breaking it then, or sending no `[DONE]`, has given the whole answer all the same."""
+    out: list[bytes] = []
     with contextlib.suppress(UpstreamError, TimeoutError):
         async with asyncio.timeout(DRAIN_S):
-            async for _ in chunks:
-                pass
+            async for chunk in chunks:
+                if not watch.over:
+                    out.extend(map(watch.see, events.feed(chunk)))
+    return b"".join(out)
 
 
 def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = None) -> GatewayError:

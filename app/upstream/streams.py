@@ -117,6 +117,12 @@ def message_error_event(body: dict) -> bytes:
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
+def asks_usage(body: dict | None) -> bool:
+    """Whether a request asks for a stream's usage chunk (`stream_options.include_usage`)."""
+    options = body.get("stream_options") if body is not None else None
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 class EventSplitter:
     """Cuts a byte stream into whole SSE events (each with its terminating blank line)."""
 
@@ -167,14 +173,18 @@ class StreamWatch:
     """Reads a chat/completions (or Responses API) stream event by event.
 
     `strip_usage`: the gateway asked for the usage chunk the client did not ask for, so it is
-    read and not passed on. `over`: the stream has ended by its protocol (`[DONE]`, or a Responses
-    API stream's `response.completed` / `response.incomplete`); later events are not passed on.
+    read and not passed on. `usage_asked`: the request asked for the usage chunk (the gateway or
+    the client). `over`: the stream has ended by its protocol (`[DONE]`, or a Responses API
+    stream's `response.completed` / `response.incomplete`); later events are not passed on.
+    `at_end`: nothing but `[DONE]` is still to come, the stream being over or its answer whole
+    (chat/completions: every choice has its finish_reason, and the usage asked for has come).
     After the stream: `usage` (the upstream's, or None), `complete`, `upstream_error` (the error
     body the upstream sent in its stream, `{"error": ...}`: an error event, or llama.cpp's `error`
     field, passed on as an error event; None if it sent none), `cut`."""
 
     responses_api: bool = False
     strip_usage: bool = False
+    usage_asked: bool = False
     usage: dict | None = None
     response: dict | None = None  # the Responses API's response object, as its last event carried it
     upstream_error: dict | None = None
@@ -182,6 +192,7 @@ class StreamWatch:
     cut: bool = False  # set by the relay: the stream did not deliver a complete answer
     ended: bool = False  # set by the relay once the upstream's stream is read, before its last events go out
     over: bool = False
+    at_end: bool = False
     _finished: dict[int, bool] = field(default_factory=dict)
     _ended: bool = False
 
@@ -206,7 +217,7 @@ class StreamWatch:
             return error_field_event(event)
         if data.strip() == DONE:
             self.done = event
-            self.over = True
+            self.over = self.at_end = True
             return b""
         try:
             obj = orjson.loads(data)
@@ -241,7 +252,7 @@ class StreamWatch:
         if isinstance(response, dict):
             self.response = response
         if obj.get("type") in _RESPONSE_ENDS:
-            self._ended = self.over = True
+            self._ended = self.over = self.at_end = True
             if isinstance(response, dict) and isinstance(response.get("usage"), dict):
                 self.usage = response["usage"]
         return event
@@ -255,6 +266,13 @@ class StreamWatch:
                     # An empty finish_reason is none yet: TGI's /v1/completions chunks carry `""`
                     # until the last (as SGLang's and Ollama's chat chunks once did).
                     self._finished[index] = self._finished.get(index, False) or bool(choice.get("finish_reason"))
+        out = self._see_usage(event, obj, choices)
+        # The usage chunk follows the last finish_reason: the answer is whole only with it, when asked for.
+        self.at_end = self.complete and (self.usage is not None or not self.usage_asked)
+        return out
+
+    def _see_usage(self, event: bytes, obj: dict, choices: object) -> bytes:
+        """The bytes to pass on for a chunk (its `choices` as parsed), once its usage is read."""
         usage = obj.get("usage")
         if not isinstance(usage, dict):
             # Groq reports a stream's token counts in a field of its own on its last chunk,

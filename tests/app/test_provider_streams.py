@@ -80,6 +80,44 @@ def test_a_stream_the_upstream_keeps_open_after_its_end_ends_there(raw, route):
 
 
 
+USAGE_CHUNK = chunk([], usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6})
+
+
+@pytest.mark.parametrize("pace_s,client_usage", [(0.0, False), (1.5, False), (1.5, True)])
+def test_a_stream_its_upstream_leaves_open_after_its_answer_without_done_ends_there(raw, pace_s, client_usage):
+    """An upstream that sends every choice's finish_reason and the usage chunk, then neither
+    `[DONE]` nor the body's end: the gateway waited `read_s` for more, then ended the complete
+    answer with a `stream_cut` error (the SDK raised it) and counted a cut against the model,
+    cooling a working one. The usage chunk comes after the last finish_reason: the stream is not
+    ended before it (here it comes 1.5 s after it, longer than the gateway waits for `[DONE]`),
+    whether the gateway asked for it or the client did."""
+    upstream, make = raw
+    with make(timeouts={"read_s": 4}, cooldown_failures=1) as gw:
+        upstream.set_fault("raw", Fault(raw=(*ANSWER, USAGE_CHUNK), pace_s=pace_s, hold_open_s=60))
+        options = {"stream_options": {"include_usage": True}} if client_usage else {}
+        chunks = list(client(gw).chat.completions.create(model="raw", messages=MESSAGES, stream=True, **options))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Seven"
+        assert [c.usage.completion_tokens for c in chunks if c.usage] == ([1] if client_usage else [])
+        assert metric(gw, 'uniroute_tokens_total{kind="completion",model="raw"}') == 1
+        assert metric(gw, "uniroute_upstream_failures_total") == 0
+        assert metric(gw, 'uniroute_requests_total{model="raw",route="chat",status="200"}') == 1
+        assert metric(gw, "uniroute_model_cooldowns_total") == 0
+
+
+
+def test_a_stream_whose_upstream_drops_the_connection_after_its_answer_without_done_is_complete(raw):
+    """The same answer, then the connection dropped instead of `[DONE]`: the client had all of it,
+    yet got a `stream_cut` error after it, and the model a failure."""
+    upstream, make = raw
+    with make(cooldown_failures=1) as gw:
+        upstream.set_fault("raw", Fault(raw=(*ANSWER, USAGE_CHUNK), cut_after=3))
+        stream = client(gw).chat.completions.create(model="raw", messages=MESSAGES, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Seven"
+        assert metric(gw, "uniroute_upstream_failures_total") == 0
+        assert metric(gw, 'uniroute_requests_total{model="raw",route="chat",status="200"}') == 1
+
+
+
 @pytest.mark.parametrize("route", ["chat", "responses"])
 def test_a_stream_whose_body_ends_just_after_its_end_leaves_its_connection_for_the_next_request(raw, route):
     """The relay stops reading at `[DONE]` (or `response.completed`), but the body's end most

@@ -80,6 +80,18 @@ def test_done_with_a_choice_still_open_is_not_complete():
     assert not watch.complete  # choice 1 never finished
 
 
+@pytest.mark.parametrize("usage_asked", [False, True])
+def test_an_answer_is_whole_once_every_choice_finished_and_the_usage_asked_for_came(usage_asked):
+    """What the relay waits `[DONE]` for only briefly: after it nothing but `[DONE]` is to come."""
+    watch = StreamWatch(usage_asked=usage_asked)
+    seen = []
+    for e in [chunk([choice(0, "a"), choice(1, "b")]), chunk([choice(0, finish="stop")]),
+              chunk([choice(1, finish="length")]), chunk([], USAGE)]:
+        watch.see(e)
+        seen.append(watch.at_end)
+    assert seen == [False, False, not usage_asked, True]
+
+
 def test_the_usage_chunk_the_gateway_asked_for_is_read_and_stripped():
     watch = StreamWatch(strip_usage=True)
     assert watch.see(chunk([], USAGE)) == b""
@@ -206,9 +218,9 @@ TRICKY = [
 
 
 def outcome(stream: list[bytes], strip_usage: bool) -> tuple:
-    watch = StreamWatch(strip_usage=strip_usage)
+    watch = StreamWatch(strip_usage=strip_usage, usage_asked=strip_usage)
     out = [watch.see(e) for e in stream]
-    return out, watch.usage, watch.complete, watch.upstream_error, watch.done
+    return out, watch.usage, watch.complete, watch.at_end, watch.upstream_error, watch.done
 
 
 @pytest.mark.parametrize("stream", [
