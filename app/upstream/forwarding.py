@@ -304,6 +304,7 @@ class Forwarder:
         strip_usage: bool, usage_asked: bool, method: str,
     ) -> UpstreamReply:
         start = time.perf_counter()
+        kind: FaultClass | None = None
         try:
             response = await self.client.request(method, url, payload, headers)
             kind = status_class(response.status, path)
@@ -313,6 +314,11 @@ class Forwarder:
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
             content = await response.read() if kind is not None or not stream else b""
         except (UpstreamError, TimeoutError) as exc:
+            if kind == "server":
+                # The 5xx refused the work before its body broke (the server or a proxy dropping the
+                # connection): it is still the 5xx, retried after its Retry-After, not a transport
+                # fault of a request that may have been worked on.
+                raise status_fault(kind, record, response, path) from exc
             raise UpstreamFault(transport_class(exc), f"{type(exc).__name__} calling {record.name}") from exc
         if kind == "not_found":
             # Read to tell whether the model is unknown or the URL: the operator must fix one or the other.

@@ -45,11 +45,14 @@ def pair(make_gateway, fault_upstream, model_config):
 @pytest.mark.parametrize("spec,reason,calls", [(":status=500", "server", 2), (":status=503", "server", 2),
                                                (":status=429", "rate_limit", 2), (":bad_json", "bad_body", 1),
                                                (":ok_error", "bad_body", 1), (":status=424", "server", 2),
-                                               (":status=408", "request_timeout", 2)])
+                                               (":status=408", "request_timeout", 2),
+                                               (":status=503,cut=1", "server", 2)])
 def test_failing_model_is_retried_when_its_class_allows_then_the_next_best_answers(pair, spec, reason, calls):
     """429, 5xx, TGI's 424 (its generation failed; it was relayed as the client's error) and 408
     (the upstream gave up waiting for the request; it was relayed as the client's error too)
-    refuse the work: retried once. A 200 with a broken body did it: not asked again.
+    refuse the work: retried once, a 5xx whose body broke off mid-way too (it was classed by the
+    broken read, `disconnect`, as if the work might have been done). A 200 with a broken body did
+    it: not asked again.
     Nor one whose body is an error (LM Studio's 200 `{"error": "..."}`), which was relayed to the
     client as a success with no answer in it."""
     upstream, make = pair
@@ -396,6 +399,19 @@ def test_a_body_cut_mid_way_is_a_disconnect_not_a_connect_error(pair):
         assert raw.headers["x-uniroute-model"] == "second"
         assert upstream.calls["first:cut=1"] == 1
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="disconnect"}') == 1
+
+
+def test_a_5xx_whose_body_breaks_mid_read_keeps_its_retry_after(pair):
+    """A 503 asking for 30 s whose error body broke off mid-way (the server or a proxy dropping
+    the connection) was classed by the broken read: its Retry-After went unread, and the model
+    was left in routing for the next requests to meet the same refusal."""
+    upstream, make = pair
+    spec = ":status=503,retry_after=30,cut=1"
+    with make(spec) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert metric(gw, 'uniroute_model_cooldowns_total{model="first"}') == 1
+        assert upstream.calls[f"first{spec}"] == 1
 
 
 # --- auth and not_found: the model leaves routing --------------------------------------------------

@@ -13,7 +13,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     503 by default); later ones are healthy
     cut=N           streamed: send the first N chunks, then drop the TCP connection (no final
                     chunk, no [DONE], no end of the chunked body); cut=0 drops it right after
-                    the headers. Non-streamed: send half the body, then drop the connection
+                    the headers. Non-streamed: send half the body, then drop the connection.
+                    With a failing `status` (not 401 or 424): half its error body, then the drop
     bad_json        HTTP 200 whose body is not JSON (streamed: an SSE event whose data is not
                     JSON, then [DONE])
     interrupt       streamed: the answer's chunks without the one carrying finish_reason, then
@@ -68,8 +69,8 @@ Stored responses: every response created (streamed or not) is kept, unless its r
 `GET /v1/responses/{id}/input_items` (a page of the input's messages: `limit`, `order`, `after`)
 and `POST /v1/responses/{id}/cancel` (400: nothing here runs in the background), each under the
 faults of the model that made the response; an unknown id is OpenAI's 404.
-`delay` applies to every request; a failing status wins over bad_json and cut. A malformed
-directive is answered with HTTP 400 saying what is wrong.
+`delay` applies to every request; a failing status wins over bad_json, and over cut but for its
+own body. A malformed directive is answered with HTTP 400 saying what is wrong.
 
 Or from Python, for a plain model name: `upstream.set_fault("m1", Fault(status=503))`, and
 `set_fault("m1", None)` to make it healthy again mid-test. A fault set so overrides any spec
@@ -425,11 +426,14 @@ class FaultUpstream:
             kind, code, message = _ERRORS.get(
                 status, ("server_error" if status >= 500 else "invalid_request_error", None,
                          f"Injected fault: HTTP {status}."))
-            if fault.retry_after is not None:
-                raise Answered(Response(orjson.dumps(error_body(message.format(model=model), kind, code=code)),
-                                        status, {"retry-after": retry_after_header(fault)},
-                                        media_type="application/json"))
-            raise APIError(status, message.format(model=model), type=kind, code=code)
+            headers = {} if fault.retry_after is None else {"retry-after": retry_after_header(fault)}
+            if fault.retry_after is None and fault.cut_after is None:
+                raise APIError(status, message.format(model=model), type=kind, code=code)
+            body = orjson.dumps(error_body(message.format(model=model), kind, code=code))
+            if fault.cut_after is not None:  # the error body breaks mid-way
+                headers["content-length"] = str(len(body))
+                raise Answered(CutResponse([body[: len(body) // 2]], status, headers, media_type="application/json"))
+            raise Answered(Response(body, status, headers, media_type="application/json"))
         return fault
 
     async def _respond(self, request: CompletionRequest, http: Request) -> Response:

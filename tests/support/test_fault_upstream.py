@@ -220,6 +220,14 @@ def test_cut_non_streamed_body_is_a_connection_error(client: openai.OpenAI) -> N
         client.chat.completions.create(model="m1:cut=1", messages=HI)
 
 
+def test_a_failing_status_with_cut_breaks_its_error_body_mid_way(base_url: str) -> None:
+    with httpx.stream("POST", base_url + "/v1/chat/completions",
+                      json={"model": "m1:status=503,retry_after=7,cut=1", "messages": HI}) as response:
+        assert response.status_code == 503 and response.headers["retry-after"] == "7"
+        with pytest.raises(httpx.RemoteProtocolError):
+            response.read()
+
+
 def test_bad_json_body_cannot_be_parsed(client: openai.OpenAI, base_url: str) -> None:
     response = httpx.post(base_url + "/v1/chat/completions", json={"model": "m1:bad_json", "messages": HI})
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
