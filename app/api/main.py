@@ -72,8 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if gw.ready.is_set():
             return JSONResponse({"status": "ready", "routable_models": len(gw.router.table.models),
                                  "registry_available": gw.registry.available})
-        status = "failed" if gw.load_error else "loading"
-        return JSONResponse({"status": status, "error": gw.load_error}, status_code=503)
+        if gw.load_error:
+            return JSONResponse({"status": "failed", "error": gw.load_error}, status_code=503)
+        return JSONResponse({"status": "loading", "error": None, "waiting_for": gw.waiting}, status_code=503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -38,6 +38,10 @@ from router_core.router import RoutedModel, UniRouter
 log = logging.getLogger("uniroute")
 
 UPSTREAM_KEEPALIVE_S = 2.0
+# How long the start waits before asking an unavailable registry again: twice as long each time, up
+# to the most, so that the gateway is ready within seconds of the registry's return.
+_REGISTRY_WAIT_S = 0.5
+_REGISTRY_WAIT_MAX_S = 5.0
 
 
 def gateway_of(request: Request) -> "Gateway":
@@ -94,6 +98,7 @@ class Gateway:
             settings.judge_model, resilience(settings),
         )
         self.ready = asyncio.Event()
+        self.waiting: str | None = None  # what the start waits for, as /readyz says
         # One thread for the embedding model: torch already uses both cores inside a call.
         self.embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-embed")
         self.state_store = open_state_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
@@ -160,8 +165,7 @@ class Gateway:
                 router = await loop.run_in_executor(self.embed_pool, load_router, s, state_dir, repset_path)
                 self.routing.attach(router, self.embed_pool)
                 log_coverage(router, s.coverage_floor)
-                await self._register_configured(s.models)
-                await self._reprofile_stale()
+                await self._register_at_start(s.models)
             self.refresh()
             self.ready.set()
             self._sweeper = asyncio.create_task(self.jobs.sweep())
@@ -229,6 +233,25 @@ class Gateway:
             await self.registry.put_model(current)
         except RegistryUnavailable:
             pass  # the next good answer tries again
+
+    async def _register_at_start(self, models: list[ModelConfig]) -> None:
+        """Register the config file's models and re-profile those made under another state, once
+        the registry takes writes: one away at start (a Redis restarting with the replicas, say)
+        is waited for, not reported as a failed start that only a restart would mend. Meanwhile
+        /readyz says what the start waits for."""
+        wait = _REGISTRY_WAIT_S
+        while True:
+            try:
+                await self._register_configured(models)
+                await self._reprofile_stale()
+            except RegistryUnavailable as exc:
+                self.waiting = f"the registry, to register the configured models: {exc}"
+                log.warning("waiting for %s", self.waiting)
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, _REGISTRY_WAIT_MAX_S)
+                continue
+            self.waiting = None
+            return
 
     async def _stored_models(self) -> list[ModelRecord]:
         """The registry's models as stored now (another process may have written them since this

@@ -9,7 +9,11 @@ import httpx
 import redis
 from openai import OpenAI
 
+from app.api.main import create_app
+from app.runtime.config import Settings
+from tests.app.conftest import ROUTERBENCH_SETTINGS, wait_ready
 from tests.support.clients import client
+from tests.support.servers import serve
 
 ADMIN = "replica-admin-key"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -120,3 +124,25 @@ def test_a_redis_restarted_empty_gets_the_config_files_models_back_and_routing_g
         assert answered_by(gw) == chosen
         listed = httpx.get(gw + "/admin/models", headers=AUTH, timeout=10).json()["data"]
         assert {m["name"] for m in listed} == configured and all(m["state"] == "ready" for m in listed)
+
+
+def test_a_replica_started_while_redis_is_away_waits_for_it_and_is_ready_once_it_answers(
+        tmp_path, shared_cache, demo_configs, private_redis):
+    # Its start failed for good on registering the config file's models ("RegistryUnavailable":
+    # /readyz `failed`) and only a restart mended it, though Redis came back seconds later.
+    private_redis.kill()
+    settings = Settings(sqlite_path=str(tmp_path / "unused.db"), cache_dir=shared_cache, models=demo_configs,
+                        redis_url=private_redis.url, redis_prefix="away-at-start:", admin_key=ADMIN,
+                        **ROUTERBENCH_SETTINGS)
+    with serve(create_app(settings)) as gw:
+        def waiting() -> bool:
+            body = httpx.get(gw + "/readyz", timeout=5).json()
+            assert body["status"] == "loading", body  # never `failed`
+            return "the registry" in (body.get("waiting_for") or "")
+
+        poll(waiting, 300.0, "/readyz says the start waits for the registry")
+        private_redis.start()
+        wait_ready(gw, timeout_s=60)
+        stored = {m.decode() for m in redis.Redis(port=private_redis.port).hkeys("away-at-start:models")}
+        assert stored == {m.name for m in demo_configs}
+        assert answered_by(gw) in stored
