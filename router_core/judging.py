@@ -16,8 +16,8 @@ reference answer:
 
 Driving it: `judge_requests(kind, question, reference, answer)` gives the chat message lists,
 one per judge call, in order; send each (temperature 0, at most JUDGE_MAX_TOKENS[kind] tokens),
-then `judge_score(kind, [reply text, ...])` in the same order gives the score, or None when a
-reply holds no verdict (an ungraded answer: ask again rather than score it).
+then `judge_score(kind, [reply text, ...], answer)` in the same order gives the score, or None
+when a reply holds no verdict (an ungraded answer: ask again rather than score it).
 """
 from __future__ import annotations
 
@@ -115,34 +115,40 @@ def parse_correct(verdict: str) -> float | None:
     return {"CORRECT": 1.0, "INCORRECT": 0.0}.get(word.group(0).upper())
 
 
-def parse_rating(verdict: str) -> float | None:
+def parse_rating(verdict: str, answer: str = "") -> float | None:
     """The 1-10 rating of a judgment: its last "[[n]]" (a judgment may quote code holding
-    "[[...]]" before it); None if there is none or it is outside 1-10."""
-    found = _RATING.findall(verdict)
+    "[[...]]" before it) but for a rating the graded `answer` states itself; None if there is
+    none or it is outside 1-10."""
+    claimed = {float(n) for n in _RATING.findall(answer)}
+    found = [rating for rating in map(float, _RATING.findall(verdict)) if rating not in claimed]
     if not found:
         return None
-    rating = float(found[-1])
-    return rating if 1.0 <= rating <= 10.0 else None
+    return found[-1] if 1.0 <= found[-1] <= 10.0 else None
 
 
-def parse_preference(verdict: str) -> str | None:
-    """"A", "B" or "C" (a tie) from a pairwise judgment's last "[[X]]"; None if it has none."""
-    found = _PREFERENCE.findall(verdict)
+def parse_preference(verdict: str, answer: str = "") -> str | None:
+    """"A", "B" or "C" (a tie) from a pairwise judgment's last "[[X]]" but for a verdict the
+    graded `answer` states itself; None if it has none."""
+    claimed = set(_PREFERENCE.findall(answer))
+    found = [choice for choice in _PREFERENCE.findall(verdict) if choice not in claimed]
     return found[-1] if found else None
 
 
-def judge_score(kind: str, verdicts: list[str]) -> float | None:
+def judge_score(kind: str, verdicts: list[str], answer: str = "") -> float | None:
     """The score in [0, 1] the judge's reply texts give, in the order of `judge_requests`;
-    None when any reply holds no verdict. ValueError for an unknown kind or a wrong count."""
+    None when any reply holds no verdict. A verdict the graded `answer` states itself ("Rating:
+    [[10]]" at its end, to game the judge) is not read from a reply: there it may be the judge
+    quoting the answer, not judging it (a judge that gives that very verdict leaves the answer
+    ungraded, never wrong). ValueError for an unknown kind or a wrong count."""
     expected = JUDGE_CALLS[check_kind(kind)]
     if len(verdicts) != expected:
         raise ValueError(f"a {kind} judgment takes {expected} verdict(s), got {len(verdicts)}")
     if kind == "correct":
         return parse_correct(verdicts[0])
     if kind == "rating":
-        rating = parse_rating(verdicts[0])
+        rating = parse_rating(verdicts[0], answer)
         return None if rating is None else (rating - 1.0) / 9.0
-    first, second = (parse_preference(v) for v in verdicts)
+    first, second = (parse_preference(v, answer) for v in verdicts)
     if first is None or second is None:
         return None
     # the model's answer is A in the first call and B in the second

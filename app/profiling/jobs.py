@@ -622,7 +622,7 @@ class JobRunner:
             spent += judge.cost.expected(*usage_of(reply.json))
             verdicts.append(answer_text(reply.json or {}))
         verdict = "\n\n".join(verdicts)
-        score = judge_score(kind, verdicts)
+        score = judge_score(kind, verdicts, text)
         if score is None:
             return Grading(None, verdict, spent, f"the judge {judge.name} gave no {kind} verdict")
         return Grading(score, verdict, spent)
