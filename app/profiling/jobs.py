@@ -17,7 +17,8 @@ failure in a row, and left out of the coverage count. An upstream that serves no
 /chat/completions at the model's base_url (`no_endpoint`, app/upstream/faults.py: most often a
 base_url without its `/v1`), refuses the gateway's key (`auth`) or does not know the model's name
 (`not_found`) would refuse every prompt however long the job waited: the job FAILS at once, the
-reason (with the field to PATCH) in its `error` and the model's.
+reason (with the field to PATCH) in its `error` and the model's. So does a `judge_model` that is
+not registered or whose upstream so refuses it: every judged answer, paid for, would stay ungraded.
 
 Routing is the model's, not the job's: a model with a profile keeps routing on it while a new
 job runs (a reprofile), and keeps it when that job fails, is cancelled or hits its spend cap.
@@ -108,6 +109,8 @@ class Grading:
     verdict: str | None = None
     judge_cost: float = 0.0
     error: str | None = None
+    # the judge cannot grade any answer until the operator fixes it (Misregistered)
+    judge_misregistered: bool = False
 
 
 def answer_text(body: dict) -> str:
@@ -141,11 +144,27 @@ def job_items(repset: RepresentativeSet, limit: int | None, seed: int, judge: bo
 
 
 class Misregistered(Exception):
-    """The model's registration is wrong (its base_url, key or upstream name): every prompt would be refused."""
+    """The model's registration is wrong (its base_url, key or upstream name), or the judge's: every
+    prompt would be refused, or left ungraded. `answer`: the one the model gave before the judge
+    failed it, paid for, to store and count."""
+
+    def __init__(self, reason: str, answer: GradedAnswer | None = None) -> None:
+        super().__init__(reason)
+        self.answer = answer
 
 
 # The registration field to fix for each fault that says the registration is wrong.
 _FIX = {"no_endpoint": "base_url", "auth": "api_key_env", "not_found": "upstream_model"}
+
+
+def misregistration(exc: GatewayError, record: ModelRecord) -> str | None:
+    """Why every call to `record` would fail, when the call that failed with `exc` says its
+    registration is wrong (the field to fix named); None for a fault that may pass."""
+    fault = exc.__cause__
+    if isinstance(fault, UpstreamFault) and fault.kind in _FIX:
+        return (f"{fault}; fix it (PATCH /admin/models/{record.name} {{\"{_FIX[fault.kind]}\": ...}}), "
+                "then reprofile the model")
+    return None
 
 
 class Pass:
@@ -550,6 +569,9 @@ class JobRunner:
                     async with gate or contextlib.nullcontext():
                         answer = await self._ask(record, item, options)
                 except Misregistered as exc:
+                    if exc.answer is not None:  # paid for before the judge failed it: stored and counted
+                        await self.registry.record_answer(record.name, version, exc.answer)
+                        await settle(exc.answer)
                     run.misregistered(str(exc))
                     return
                 await self.registry.record_answer(record.name, version, answer)
@@ -576,10 +598,9 @@ class JobRunner:
         try:
             reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)
         except GatewayError as exc:
-            fault = exc.__cause__
-            if isinstance(fault, UpstreamFault) and fault.kind in _FIX:
-                raise Misregistered(f"{fault}; fix it (PATCH /admin/models/{record.name} "
-                                    f"{{\"{_FIX[fault.kind]}\": ...}}), then reprofile the model") from exc
+            reason = misregistration(exc, record)
+            if reason is not None:
+                raise Misregistered(reason) from exc
             return failed(exc.message)
         if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
             return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True)
@@ -588,9 +609,12 @@ class JobRunner:
         cost = record.cost.expected(prompt_tokens, completion_tokens)
         graded = await self._grade(item, text)
         if graded.score is None:
-            return failed(f"grading failed: {graded.error}", cost=cost + graded.judge_cost,
-                          output_tokens=completion_tokens, text=text, verdict=graded.verdict,
-                          judge_cost=graded.judge_cost)
+            answer = failed(f"grading failed: {graded.error}", cost=cost + graded.judge_cost,
+                            output_tokens=completion_tokens, text=text, verdict=graded.verdict,
+                            judge_cost=graded.judge_cost)
+            if graded.judge_misregistered:
+                raise Misregistered(str(graded.error), answer)
+            return answer
         return GradedAnswer(prompt_id=item.id, score=graded.score, cost=cost + graded.judge_cost,
                             output_tokens=completion_tokens, error=None, text=text, grader=item.grader,
                             verdict=graded.verdict, judge_cost=graded.judge_cost, answered_at=time.time())
@@ -603,11 +627,15 @@ class JobRunner:
         return Grading(grade(item.grader, text, item.reference, prompt=item.prompt))
 
     async def _judge(self, item: RepItem, text: str) -> Grading:
-        """One judge call per message list; any failure or an unreadable verdict: ungraded."""
+        """One judge call per message list; any failure or an unreadable verdict: ungraded. A judge
+        that is not registered, or whose registration its upstream refuses, would leave every
+        judged answer ungraded, each one paid for: `judge_misregistered`, which stops the pass."""
         kind = parse_judge_grader(item.grader)
         judge = self.registry.snapshot().get(self.judge_model or "")
         if judge is None:
-            return Grading(None, error="an llm_judge item needs judge_model set to a registered model")
+            return Grading(None, error=f"judge_model {self.judge_model!r} is not a registered model: register it "
+                                       "(or name a registered one in judge_model), then reprofile the model",
+                           judge_misregistered=True)
         verdicts: list[str] = []
         spent = 0.0
         for messages in judge_requests(kind, item.prompt, item.reference, text):
@@ -615,7 +643,9 @@ class JobRunner:
             try:
                 reply = await self.forwarder.send("/chat/completions", body, [judge], {}, stream=False)
             except GatewayError as exc:
-                return Grading(None, "\n\n".join(verdicts) or None, spent, f"the judge {judge.name}: {exc.message}")
+                reason = misregistration(exc, judge)
+                return Grading(None, "\n\n".join(verdicts) or None, spent,
+                               f"the judge {judge.name}: {reason or exc.message}", reason is not None)
             if reply.status >= 400:
                 return Grading(None, "\n\n".join(verdicts) or None, spent,
                                f"the judge {judge.name} answered HTTP {reply.status}")

@@ -143,3 +143,28 @@ def test_a_verdict_the_answer_gives_itself_is_not_read_as_the_judges(make_gatewa
             graded = {a["prompt_id"]: a for a in admin(gw, "GET", "/models/candidate/answers").json()["data"]}
     assert not graded[RATED.id]["graded"] and "gave no rating verdict" in graded[RATED.id]["error"]
     assert graded[quoted.id]["score"] == pytest.approx(2 / 9)
+
+
+@pytest.mark.parametrize("judge_upstream, fix", [
+    (None, "judge_model 'judge' is not a registered model"),
+    ("judge:status=401", 'PATCH /admin/models/judge {"api_key_env": ...}'),
+    ("judge:status=404", 'PATCH /admin/models/judge {"upstream_model": ...}'),
+])
+def test_a_judge_that_cannot_grade_anything_fails_the_job_at_once(make_gateway, fault_upstream, judged_repset,
+                                                                 judge_upstream, fix):
+    """A judge_model not registered, or whose upstream refuses its key or name, would leave every
+    judged answer ungraded: the job fails at once saying what to fix (not asking each prompt
+    again, each answer paid for, to pause on "too little graded"), and what it paid counts."""
+    upstream, url = fault_upstream
+    repset, judge = judged_repset([RATED, PAIRED, CORRECT, CHOICE], url)
+    judge.upstream_model = judge_upstream or "judge"
+    with make_gateway(models=[judge] if judge_upstream else [], admin_key=ADMIN, repset_path=repset,
+                      judge_model="judge", retries=0, profile_backoff_s=0.01, profile_resume_after_s=0) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": url, "cost": {"per_request": 1}})
+        job = wait_job(gw, r.json()["job_id"])
+        model = admin(gw, "GET", "/models/candidate").json()
+    assert job["state"] == "failed" and fix in job["error"], job
+    assert model["state"] == "failed" and model["error"] == job["error"]
+    asked = upstream.calls["candidate"]
+    assert asked <= 4  # each prompt asked once at most
+    assert job["spend"] == model["spend"] == asked  # each answer paid for counts; the judge's calls failed
