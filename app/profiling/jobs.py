@@ -177,6 +177,7 @@ class Pass:
         self.not_before = 0.0
         self.pause_reason: str | None = None
         self.fail_reason: str | None = None  # asking more is pointless (Misregistered)
+        self.last_error: str | None = None  # the last failure's, to say why prompts went ungraded
         self.over_cap = False
         self.overruled = False  # another process paused or cancelled the job
         self._stop = asyncio.Event()
@@ -209,6 +210,7 @@ class Pass:
 
     def failed(self, error: str) -> None:
         self.in_a_row += 1
+        self.last_error = error
         self._probing = False
         p = self.policy
         wait = min(p.backoff_s * 2 ** (self.in_a_row - 1), p.backoff_max_s)
@@ -521,7 +523,8 @@ class JobRunner:
         answers = {pid: a for pid, a in stored.items() if a.error is None}
         short = too_little_graded(clusters, items, stored, self.resilience)
         if short is not None:
-            await self._pause(job, short)
+            # the coverage alone would not say why (the model's upstream, the judge, its verdicts)
+            await self._pause(job, short if run.last_error is None else f"{short}; last failure: {run.last_error}")
             return
         profile = profile_from_answers(clusters, answers)
         assert profile is not None  # coverage met: some answer is graded

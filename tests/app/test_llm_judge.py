@@ -115,7 +115,10 @@ def test_a_failing_judge_leaves_answers_ungraded(make_gateway, fault_upstream, j
         r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": url, "cost": {"per_request": 1}})
         job = wait_job(gw, r.json()["job_id"])
         assert job["state"] == "paused" and job["done"] == 0 and job["errors"] == 3 * 3
-        assert admin(gw, "GET", "/models/candidate").json()["state"] == "profiling"
+        # why nothing was graded, said where the operator looks first: the judge failed
+        assert "; last failure: grading failed: the judge judge: " in job["error"] and "HTTP 500" in job["error"]
+        model = admin(gw, "GET", "/models/candidate").json()
+        assert model["state"] == "profiling" and job["error"] in model["error"]
         answers = admin(gw, "GET", "/models/candidate/answers").json()["data"]
     assert all(not a["graded"] and "HTTP 500" in a["error"] for a in answers) and len(answers) == 3
     assert upstream.calls["judge:status=500"] >= 3
