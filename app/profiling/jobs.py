@@ -8,7 +8,8 @@ works) runs it; a replica that finds a running job nobody holds takes it over.
 Outages (README: Auditing a profile): a failed prompt (upstream fault, judge fault, a verdict
 that cannot be read) is stored ungraded, never counted as answered, and asked again later in
 the run (at most `attempts` times a run); each failure in a row doubles a wait before the next
-request, from `backoff_s` up to `backoff_max_s`. `pause_after` failures in a row, or a pass that
+request, from `backoff_s` up to `backoff_max_s`, and an upstream's Retry-After (the model's or the
+judge's) is waited out, up to `backoff_max_s`. `pause_after` failures in a row, or a pass that
 ends below the coverage floor, PAUSE the job (state `paused`, the reason in `error`): it resumes
 by itself after `resume_after_s` (at most `auto_resumes` times) or when the operator resumes it.
 A prompt the upstream answers with a 4xx that is no fault class (`declined`: "no recorded
@@ -111,6 +112,7 @@ class Grading:
     error: str | None = None
     # the judge cannot grade any answer until the operator fixes it (Misregistered)
     judge_misregistered: bool = False
+    retry_after: float | None = None  # the judge's Retry-After, when it asked to be left alone
 
 
 def answer_text(body: dict) -> str:
@@ -218,6 +220,14 @@ class Pass:
         if self.in_a_row >= p.pause_after and self.pause_reason is None:
             self.pause_reason = f"{self.in_a_row} failures in a row; last: {error}"
             self._stop.set()
+
+    def hold_off(self, retry_after: float | None) -> None:
+        """An upstream (the model's or the judge's) asked to be left alone this long (its
+        Retry-After): no request before then, up to the longest backoff. Asking sooner would only
+        pay the model for answers the judge then refuses to grade, or be refused again."""
+        if retry_after is not None:
+            wait = min(retry_after, self.policy.backoff_max_s)
+            self.not_before = max(self.not_before, time.monotonic() + wait)
 
     def misregistered(self, reason: str) -> None:
         """The upstream will refuse every prompt: stop, failed (the first reason stays)."""
@@ -570,7 +580,7 @@ class JobRunner:
                     return
                 try:
                     async with gate or contextlib.nullcontext():
-                        answer = await self._ask(record, item, options)
+                        answer = await self._ask(record, item, options, run)
                 except Misregistered as exc:
                     if exc.answer is not None:  # paid for before the judge failed it: stored and counted
                         await self.registry.record_answer(record.name, version, exc.answer)
@@ -589,7 +599,9 @@ class JobRunner:
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(options.concurrency, len(todo))))))
 
-    async def _ask(self, record: ModelRecord, item: RepItem, options: JobOptions) -> GradedAnswer:
+    async def _ask(self, record: ModelRecord, item: RepItem, options: JobOptions, run: Pass) -> GradedAnswer:
+        """`record`'s answer to `item`, graded, or an ungraded one saying why; an upstream's
+        Retry-After holds `run` off."""
         body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
                 "max_tokens": options.max_tokens}
 
@@ -604,6 +616,7 @@ class JobRunner:
             reason = misregistration(exc, record)
             if reason is not None:
                 raise Misregistered(reason) from exc
+            run.hold_off(exc.retry_after)
             return failed(exc.message)
         if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
             return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True)
@@ -611,6 +624,7 @@ class JobRunner:
         prompt_tokens, completion_tokens = usage_of(reply.json)
         cost = record.cost.expected(prompt_tokens, completion_tokens)
         graded = await self._grade(item, text)
+        run.hold_off(graded.retry_after)
         if graded.score is None:
             answer = failed(f"grading failed: {graded.error}", cost=cost + graded.judge_cost,
                             output_tokens=completion_tokens, text=text, verdict=graded.verdict,
@@ -648,7 +662,8 @@ class JobRunner:
             except GatewayError as exc:
                 reason = misregistration(exc, judge)
                 return Grading(None, "\n\n".join(verdicts) or None, spent,
-                               f"the judge {judge.name}: {reason or exc.message}", reason is not None)
+                               f"the judge {judge.name}: {reason or exc.message}", reason is not None,
+                               exc.retry_after)
             if reply.status >= 400:
                 return Grading(None, "\n\n".join(verdicts) or None, spent,
                                f"the judge {judge.name} answered HTTP {reply.status}")

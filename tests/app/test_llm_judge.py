@@ -6,6 +6,7 @@ ungraded (asked again), never wrong, and the job does not end `done` on it."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -171,3 +172,27 @@ def test_a_judge_that_cannot_grade_anything_fails_the_job_at_once(make_gateway, 
     asked = upstream.calls["candidate"]
     assert asked <= 4  # each prompt asked once at most
     assert job["spend"] == model["spend"] == asked  # each answer paid for counts; the judge's calls failed
+
+
+@pytest.mark.parametrize("limited", ["judge", "candidate"])
+def test_a_rate_limited_judge_or_model_is_left_alone_for_its_retry_after(make_gateway, fault_upstream, judged_repset,
+                                                                        limited):
+    """A 429 with Retry-After: 30 from the judge (or the model): the job asks nothing more until
+    then (up to profile_backoff_max_s), rather than paying the model again at once for answers the
+    judge would refuse to grade. Before, all three attempts went out within milliseconds."""
+    upstream, url = fault_upstream
+    repset, judge = judged_repset([RATED], url)
+    refusing = f"{limited}:status=429,retry_after=30"
+    judge.upstream_model = refusing if limited == "judge" else "judge"
+    with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge", retries=0,
+                      profile_backoff_s=0.01, profile_backoff_max_s=600, profile_resume_after_s=0) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": url, "cost": {"per_request": 1},
+                                                "upstream_model": refusing if limited == "candidate" else "candidate"})
+        job_id = r.json()["job_id"]
+        job = admin(gw, "GET", f"/jobs/{job_id}").json()
+        while job["errors"] == 0 and job["state"] == "running":
+            time.sleep(0.05)
+            job = admin(gw, "GET", f"/jobs/{job_id}").json()
+        assert (job["state"], job["errors"]) == ("running", 1), job
+        assert upstream.calls[refusing] == 1 and sum(upstream.calls.values()) == (2 if limited == "judge" else 1)
+        assert admin(gw, "POST", f"/jobs/{job_id}/cancel").json()["state"] == "cancelled"
