@@ -664,9 +664,10 @@ class JobRunner:
                 return Grading(None, "\n\n".join(verdicts) or None, spent,
                                f"the judge {judge.name}: {reason or exc.message}", reason is not None,
                                exc.retry_after)
-            if reply.status >= 400:
+            if reply.status >= 400:  # its own reason says what to fix: a prompt too long for it, a parameter
                 return Grading(None, "\n\n".join(verdicts) or None, spent,
-                               f"the judge {judge.name} answered HTTP {reply.status}")
+                               f"the judge {judge.name} answered HTTP {reply.status}: "
+                               f"{error_message(reply.json) or 'no reason given'}")
             spent += judge.cost.expected(*usage_of(reply.json))
             verdicts.append(answer_text(reply.json or {}))
         verdict = "\n\n".join(verdicts)

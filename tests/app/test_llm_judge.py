@@ -196,3 +196,19 @@ def test_a_rate_limited_judge_or_model_is_left_alone_for_its_retry_after(make_ga
         assert (job["state"], job["errors"]) == ("running", 1), job
         assert upstream.calls[refusing] == 1 and sum(upstream.calls.values()) == (2 if limited == "judge" else 1)
         assert admin(gw, "POST", f"/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+
+
+def test_a_judge_refusing_a_request_says_why_in_the_ungraded_answer(make_gateway, fault_upstream, judged_repset):
+    """A judge whose context is too short for the judge prompt (HTTP 400, OpenAI's
+    context_length_exceeded): the answer stays ungraded, its error carrying the judge's own reason,
+    which says what to fix. Before, only "answered HTTP 400"."""
+    upstream, url = fault_upstream
+    repset, judge = judged_repset([RATED], url)
+    judge.upstream_model = "judge:context=50"
+    with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge",
+                      profile_attempts=1, profile_resume_after_s=0) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": url, "cost": {"per_request": 1}})
+        job = wait_job(gw, r.json()["job_id"])
+        [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+    assert job["state"] == "paused" and not answer["graded"]
+    assert "the judge judge answered HTTP 400: This model's maximum context length is 50 tokens" in answer["error"]
