@@ -7,7 +7,8 @@ works) runs it; a replica that finds a running job nobody holds takes it over.
 
 Outages (README: Auditing a profile): a failed prompt (upstream fault, judge fault, a verdict
 that cannot be read) is stored ungraded, never counted as answered, and asked again later in
-the run (at most `attempts` times a run); each failure in a row doubles a wait before the next
+the run (at most `attempts` times a run; an answer the judge failed is judged again, the model
+not paid for it twice); each failure in a row doubles a wait before the next
 request, from `backoff_s` up to `backoff_max_s`, and an upstream's Retry-After (the model's or the
 judge's) is waited out, up to `backoff_max_s`. `pause_after` failures in a row, or a pass that
 ends below the coverage floor, PAUSE the job (state `paused`, the reason in `error`): it resumes
@@ -148,11 +149,12 @@ def job_items(repset: RepresentativeSet, limit: int | None, seed: int, judge: bo
 class Misregistered(Exception):
     """The model's registration is wrong (its base_url, key or upstream name), or the judge's: every
     prompt would be refused, or left ungraded. `answer`: the one the model gave before the judge
-    failed it, paid for, to store and count."""
+    failed it, to store, and `spent` what asking and judging it spent, to count."""
 
-    def __init__(self, reason: str, answer: GradedAnswer | None = None) -> None:
+    def __init__(self, reason: str, answer: GradedAnswer | None = None, spent: float = 0.0) -> None:
         super().__init__(reason)
         self.answer = answer
+        self.spent = spent
 
 
 # The registration field to fix for each fault that says the registration is wrong.
@@ -488,9 +490,9 @@ class JobRunner:
         run = Pass(self.resilience)
         cap = options.spend_cap
 
-        async def settle(answer: GradedAnswer) -> None:
-            job.spend += answer.cost
-            metrics.profiling_spend.labels(record.name).inc(answer.cost)
+        async def settle(answer: GradedAnswer, spent: float) -> None:
+            job.spend += spent
+            metrics.profiling_spend.labels(record.name).inc(spent)
             if answer.error is None:
                 job.done += 1
                 metrics.profiling_done.labels(record.name).set(job.done)
@@ -562,15 +564,18 @@ class JobRunner:
             await self.registry.put_model(record)
 
     async def ask_each(self, record: ModelRecord, items: list[RepItem], options: JobOptions, run: Pass,
-                       version: str, settle: Callable[[GradedAnswer], Awaitable[None]],
+                       version: str, settle: Callable[[GradedAnswer, float], Awaitable[None]],
                        gate: asyncio.Semaphore | None = None) -> None:
         """Ask `record` each of `items` (`options.concurrency` at a time, and under `gate` when
         several models' passes share one bound), store every answer under the set `version`, then
-        hand it to `settle`. A failed item is asked again once the others have had their turn, at
-        most `attempts` times; a declined one is not; failures in a row back off and may stop
+        hand it to `settle` with what it spent. A failed item is asked again once the others have
+        had their turn, at most `attempts` times (an answer the judge failed to grade is judged
+        again, not asked again); a declined one is not; failures in a row back off and may stop
         `run` (module docstring). Also a state migration's, per model (app/runtime/migration.py)."""
         todo = deque(items)
         tries: Counter[str] = Counter()
+        # answers paid for that the judge failed to grade: judged again, the model not asked again
+        unjudged: dict[str, GradedAnswer] = {}
 
         async def worker() -> None:
             while todo and not run.stopping:
@@ -579,15 +584,18 @@ class JobRunner:
                 if run.stopping:
                     return
                 try:
+                    earlier = unjudged.pop(item.id, None)
                     async with gate or contextlib.nullcontext():
-                        answer = await self._ask(record, item, options, run)
+                        answer, spent = await self._ask(record, item, options, run, earlier)
                 except Misregistered as exc:
                     if exc.answer is not None:  # paid for before the judge failed it: stored and counted
                         await self.registry.record_answer(record.name, version, exc.answer)
-                        await settle(exc.answer)
+                        await settle(exc.answer, exc.spent)
                     run.misregistered(str(exc))
                     return
                 await self.registry.record_answer(record.name, version, answer)
+                if answer.error is not None and answer.text is not None:  # the model answered; grading failed
+                    unjudged[item.id] = answer
                 if answer.error is None or answer.declined:  # the upstream is up; a declined item is not asked again
                     run.succeeded()
                 else:
@@ -595,46 +603,54 @@ class JobRunner:
                     tries[item.id] += 1
                     if tries[item.id] < self.resilience.attempts:
                         todo.append(item)
-                await settle(answer)
+                await settle(answer, spent)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(options.concurrency, len(todo))))))
 
-    async def _ask(self, record: ModelRecord, item: RepItem, options: JobOptions, run: Pass) -> GradedAnswer:
-        """`record`'s answer to `item`, graded, or an ungraded one saying why; an upstream's
-        Retry-After holds `run` off."""
-        body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
-                "max_tokens": options.max_tokens}
-
+    async def _ask(self, record: ModelRecord, item: RepItem, options: JobOptions, run: Pass,
+                   earlier: GradedAnswer | None = None) -> tuple[GradedAnswer, float]:
+        """`record`'s answer to `item`, graded, or an ungraded one saying why, with what this call
+        spent; an upstream's Retry-After holds `run` off. `earlier`: the model's answer that the
+        judge failed to grade, graded again rather than paid for again (its `cost` keeps the
+        model's share, which this call does not spend)."""
         def failed(error: str, cost: float = 0.0, output_tokens: int = 0, **audit: Any) -> GradedAnswer:
             """An ungraded answer: stored for audit, asked again."""
             return GradedAnswer(prompt_id=item.id, score=0.0, cost=cost, output_tokens=output_tokens, error=error,
                                 grader=item.grader, answered_at=time.time(), **audit)
 
-        try:
-            reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS, stream=False)
-        except GatewayError as exc:
-            reason = misregistration(exc, record)
-            if reason is not None:
-                raise Misregistered(reason) from exc
-            run.hold_off(exc.retry_after)
-            return failed(exc.message)
-        if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
-            return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True)
-        text = answer_text(reply.json)
-        prompt_tokens, completion_tokens = usage_of(reply.json)
-        cost = record.cost.expected(prompt_tokens, completion_tokens)
+        if earlier is not None:
+            text, completion_tokens, cost = earlier.text or "", earlier.output_tokens, earlier.cost - earlier.judge_cost
+            paid = 0.0
+        else:
+            body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
+                    "max_tokens": options.max_tokens}
+            try:
+                reply = await self.forwarder.send("/chat/completions", body, [record], PROFILING_HEADERS,
+                                                  stream=False)
+            except GatewayError as exc:
+                reason = misregistration(exc, record)
+                if reason is not None:
+                    raise Misregistered(reason) from exc
+                run.hold_off(exc.retry_after)
+                return failed(exc.message), 0.0
+            if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
+                return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True), 0.0
+            text = answer_text(reply.json)
+            prompt_tokens, completion_tokens = usage_of(reply.json)
+            cost = paid = record.cost.expected(prompt_tokens, completion_tokens)
         graded = await self._grade(item, text)
         run.hold_off(graded.retry_after)
+        spent = paid + graded.judge_cost
         if graded.score is None:
             answer = failed(f"grading failed: {graded.error}", cost=cost + graded.judge_cost,
                             output_tokens=completion_tokens, text=text, verdict=graded.verdict,
                             judge_cost=graded.judge_cost)
             if graded.judge_misregistered:
-                raise Misregistered(str(graded.error), answer)
-            return answer
+                raise Misregistered(str(graded.error), answer, spent)
+            return answer, spent
         return GradedAnswer(prompt_id=item.id, score=graded.score, cost=cost + graded.judge_cost,
                             output_tokens=completion_tokens, error=None, text=text, grader=item.grader,
-                            verdict=graded.verdict, judge_cost=graded.judge_cost, answered_at=time.time())
+                            verdict=graded.verdict, judge_cost=graded.judge_cost, answered_at=time.time()), spent
 
     async def _grade(self, item: RepItem, text: str) -> Grading:
         if is_judged(item):

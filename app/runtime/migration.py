@@ -383,15 +383,15 @@ class StateManager:
         passes = {name: Pass(self.jobs.resilience) for name in todo}
         gate = asyncio.Semaphore(self.settings.profile_concurrency)
 
-        def settle_for(name: str) -> Callable[[Answer], Awaitable[None]]:
-            async def settle(answer: Answer) -> None:
+        def settle_for(name: str) -> Callable[[Answer, float], Awaitable[None]]:
+            async def settle(answer: Answer, spent: float) -> None:
                 p = doc["models"][name]
                 p["asked"] += 1
                 p["done"] += answer.error is None
                 p["declined"] += answer.error is not None and answer.declined
                 p["errors"] += answer.error is not None and not answer.declined
-                p["spend"] += answer.cost
-                doc["spend"] += answer.cost
+                p["spend"] += spent
+                doc["spend"] += spent
                 if cap is not None and doc["spend"] >= cap:
                     for run in passes.values():
                         run.cap_reached()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 
 import pytest
 
+from app.api.errors import APIError
 from app.demo.replay_upstream import create_replay_app
 from router_core.grading import humaneval_reference
 from router_core.judging import judge_requests, parse_judge_grader
@@ -212,3 +214,34 @@ def test_a_judge_refusing_a_request_says_why_in_the_ungraded_answer(make_gateway
         [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
     assert job["state"] == "paused" and not answer["graded"]
     assert "the judge judge answered HTTP 400: This model's maximum context length is 50 tokens" in answer["error"]
+
+
+def test_an_answer_the_judge_failed_to_grade_is_judged_again_not_paid_for_again(make_gateway, judged_repset):
+    """The judge fails once (HTTP 503, then healthy): the model's answer is judged again, and the
+    model, already paid for it, is not asked again; the job spends its answer once and the judge's
+    verdict once. Before, the model was asked again and paid twice."""
+    calls: Counter[str] = Counter()
+
+    def candidate(prompt: str) -> str:
+        calls["candidate"] += 1
+        return ANSWERS[prompt]
+
+    def judge(prompt: str) -> str:
+        calls["judge"] += 1
+        if calls["judge"] == 1:
+            raise APIError(503, "The engine is currently overloaded, please try again later.", type="server_error")
+        return "Apt. Rating: [[8]]"
+
+    with serve(create_replay_app({}, latency_scale=0.0, judges={"candidate": candidate, "judge": judge})) as upstream:
+        repset, judge_config = judged_repset([RATED], upstream + "/v1")
+        with make_gateway(models=[judge_config], admin_key=ADMIN, repset_path=repset, judge_model="judge",
+                          retries=0, profile_backoff_s=0.01) as gw:
+            r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
+                                                    "cost": {"per_request": 1}})
+            job = wait_job(gw, r.json()["job_id"])
+            [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+            spend = admin(gw, "GET", "/models/candidate").json()["spend"]
+    assert job["state"] == "done" and job["errors"] == 1 and answer["score"] == pytest.approx(7 / 9)
+    assert calls == {"candidate": 1, "judge": 2}
+    # the answer (1) once, the judge's one verdict (0.5): in the job, the model and the answer's record
+    assert job["spend"] == spend == answer["cost"] == 1.5 and answer["judge_cost"] == 0.5
