@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 import uuid
@@ -45,8 +46,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from app.costs.billing import usage_tokens
 from app.errors import GatewayError
 from app.profiling.profiles import coverage, profile_from_answers
+from app.routing.prompts import chat_prompt_chars
 from app.runtime.metrics import Metrics
 from app.upstream.faults import UpstreamFault, error_message
 from app.upstream.forwarding import PURPOSE_HEADER, Forwarder
@@ -61,6 +64,7 @@ from router_core.judging import (
     judge_score,
     parse_judge_grader,
 )
+from router_core.pricing import estimate_tokens
 from router_core.repset import RepItem, RepresentativeSet, RepsetClusters
 
 log = logging.getLogger("uniroute.profiling")
@@ -124,12 +128,16 @@ def answer_text(body: dict) -> str:
         return ""
 
 
-def usage_of(body: dict) -> tuple[int, int]:
-    """(prompt_tokens, completion_tokens) of a completion body, zeros when absent."""
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+def billed_tokens(body: object, messages: list[dict], text: str) -> tuple[int, int]:
+    """(prompt, completion) tokens a profiling or judge call (`messages` sent, `text` answered)
+    is billed: its usage, or, when it reports no usable counts (none, or a negative one), as
+    estimated from the text sent and answered, as a request is priced before its answer. A
+    token-priced judge reporting no usage cost nothing against the job's spend cap, and a
+    negative count took the spend down."""
+    counts = usage_tokens(body.get("usage") if isinstance(body, dict) else None)
+    if counts is not None:
+        return counts
+    return math.ceil(estimate_tokens(chat_prompt_chars(messages))), math.ceil(estimate_tokens(len(text)))
 
 
 def is_judged(item: RepItem) -> bool:
@@ -636,7 +644,7 @@ class JobRunner:
             if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
                 return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True), 0.0
             text = answer_text(reply.json)
-            prompt_tokens, completion_tokens = usage_of(reply.json)
+            prompt_tokens, completion_tokens = billed_tokens(reply.json, body["messages"], text)
             cost = paid = record.cost.expected(prompt_tokens, completion_tokens)
         graded = await self._grade(item, text)
         run.hold_off(graded.retry_after)
@@ -684,8 +692,8 @@ class JobRunner:
                 return Grading(None, "\n\n".join(verdicts) or None, spent,
                                f"the judge {judge.name} answered HTTP {reply.status}: "
                                f"{error_message(reply.json) or 'no reason given'}")
-            spent += judge.cost.expected(*usage_of(reply.json))
             verdicts.append(answer_text(reply.json or {}))
+            spent += judge.cost.expected(*billed_tokens(reply.json, messages, verdicts[-1]))
         verdict = "\n\n".join(verdicts)
         score = judge_score(kind, verdicts, text)
         if score is None:

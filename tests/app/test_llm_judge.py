@@ -6,6 +6,7 @@ ungraded (asked again), never wrong, and the job does not end `done` on it."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 
@@ -13,6 +14,7 @@ import pytest
 
 from app.api.errors import APIError
 from app.demo.replay_upstream import create_replay_app
+from app.runtime.config import PriceIn
 from router_core.grading import humaneval_reference
 from router_core.judging import judge_requests, parse_judge_grader
 from router_core.repset import RepItem, write_repset
@@ -245,3 +247,28 @@ def test_an_answer_the_judge_failed_to_grade_is_judged_again_not_paid_for_again(
     assert calls == {"candidate": 1, "judge": 2}
     # the answer (1) once, the judge's one verdict (0.5): in the job, the model and the answer's record
     assert job["spend"] == spend == answer["cost"] == 1.5 and answer["judge_cost"] == 0.5
+
+
+def test_a_judge_and_a_model_reporting_no_usable_usage_are_billed_their_estimated_tokens(
+        make_gateway, fault_upstream, judged_repset):
+    """Token-priced, both answering with usage that is no count (-1 prompt tokens, a provider's
+    bookkeeping bug; no usage at all reads the same): each is billed the tokens of what it was
+    sent and answered, estimated as a request is priced before its answer. Before, the counts were
+    taken as given: a negative cost took the job's spend down, and a judge reporting no usage
+    cost nothing against the spend cap."""
+    upstream, url = fault_upstream
+    repset, judge = judged_repset([RATED], url)
+    per_token = PriceIn(input_per_mtok=1e6, output_per_mtok=1e6)  # 1 a token
+    judge = judge.model_copy(update={"upstream_model": "judge:negative_usage", "cost": per_token})
+    with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge",
+                      profile_attempts=1, profile_resume_after_s=0) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": url, "cost": per_token.model_dump(),
+                                                "upstream_model": "candidate:negative_usage"})
+        job = wait_job(gw, r.json()["job_id"])
+        [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+    text, verdict = answer["answer"], answer["verdict"]
+    [judged] = judge_requests("rating", RATED.prompt, RATED.reference, text)
+    tokens = math.ceil(len(RATED.prompt) / 4) + math.ceil(len(text) / 4)
+    judge_tokens = math.ceil(sum(len(m["content"]) for m in judged) / 4) + math.ceil(len(verdict) / 4)
+    assert answer["judge_cost"] == pytest.approx(judge_tokens) and judge_tokens > 100
+    assert answer["cost"] == pytest.approx(tokens + judge_tokens) and job["spend"] == pytest.approx(answer["cost"])
