@@ -19,7 +19,14 @@ fail, and who applies them:
   CAP_DAC_READ_SEARCH (the interpreter may live where only root can read, e.g.
   /root/.pyenv). So it cannot write the machine's files, and RLIMIT_NPROC, which root
   ignores, applies and counts this run's processes alone, not those of runs beside it. The
-  throw-away directory is handed to that user.
+  throw-away directory is handed to that user. That capability reads any file: the files layer
+  below keeps it to the interpreter's.
+- files (child, Landlock, Linux 5.13+): the code may read only the interpreter's modules, the
+  system's libraries (/usr, /lib*) and its own /proc entry, and change files only under its
+  working directory, whatever its user and capabilities: neither the gateway's files (the
+  registry, a config holding keys) nor /tmp and /dev/shm. The kernel's newer Landlock versions
+  also refuse it TCP (6.7+) and signals to processes outside the run (6.12+). Without Landlock
+  (an older kernel) it says so on stderr and the other layers go on.
 - resource limits (child, on itself): CPU seconds (RLIMIT_CPU: SIGXCPU, then SIGKILL a second
   later), address space (RLIMIT_AS: a larger allocation raises MemoryError), processes and
   threads (RLIMIT_NPROC), file size (RLIMIT_FSIZE, which also bounds its stderr), open files,
@@ -43,11 +50,13 @@ Not root: the child tries the namespaces inside a new user namespace (if the ker
 unprivileged ones) and does not change user; without namespaces, the audit hook alone keeps
 it off the network and from forking, and RLIMIT_NPROC then counts every process of the
 calling user (so a low limit may also stop the code's threads). The audit hook is no barrier
-against code written to defeat it; the namespaces, the user change and the limits are. Places
-any user may write (/tmp, /dev/shm) are guarded by the audit hook alone.
+against code written to defeat it; the namespaces, the user change, Landlock and the limits
+are. Without Landlock, places any user may write (/tmp, /dev/shm) are guarded by the audit hook
+alone.
 Measured as root with the audit hook left out on purpose: a fork loop stopped at 29 children
 (RLIMIT_NPROC 32), a connect to 127.0.0.1:6379 failed ("Network is unreachable"), nothing was
-left running afterwards; a file written to /tmp was not stopped (the hook's job).
+left running afterwards; a file written to /tmp or /dev/shm and a root-only file read were
+refused by Landlock (Permission denied).
 """
 from __future__ import annotations
 
@@ -142,8 +151,6 @@ def confine():
         if libc.capset(ctypes.byref(Header(0x20080522, 0)), caps) != 0:  # _LINUX_CAPABILITY_VERSION_3
             os.write(2, b"sandbox: could not keep CAP_DAC_READ_SEARCH; some imports may fail\n")
         libc.prctl(8, 0, 0, 0, 0)
-    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
-        del sys.modules[name]  # importing it again meets the audit hook
     return isolated
 
 isolated = confine()
@@ -169,6 +176,50 @@ if isolated:
         relay(child)
 
 HOME = os.path.realpath(os.getcwd())
+# what the code may read besides its directory: the interpreter's modules, the system's shared
+# libraries (extension modules load them) and a few devices; its own /proc entry
+READABLE = (*sys.path, "/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime", "/dev/zero",
+            "/dev/urandom", "/dev/random", "/proc/self")
+
+def confine_files():
+    # Landlock (Linux 5.13+) binds this process and its children whatever their user and
+    # capabilities (CAP_DAC_READ_SEARCH reads any file): reading only READABLE, changing files
+    # only under HOME; from ABI 4 no TCP either, from ABI 6 no signal to a process outside
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    if abi < 1:
+        os.write(2, b"sandbox: no Landlock (kernel); the code reads what its user may, the audit hook alone guards /tmp\n")
+        return
+    EXECUTE, WRITE, READ, READ_DIR, TRUNCATE, IOCTL_DEV = 1, 2, 4, 8, 1 << 14, 1 << 15
+    handled = (1 << 13) - 1 | (abi >= 2) << 13 | (abi >= 3) * TRUNCATE | (abi >= 5) * IOCTL_DEV
+    attr = (ctypes.c_uint64 * 3)(handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)  # fs, net (TCP), scope
+    ruleset = libc.syscall(444, attr, ctypes.sizeof(attr), 0)
+
+    class Beneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
+
+    rules = [(path, EXECUTE | READ | READ_DIR) for path in READABLE]
+    rules += [("/dev/null", READ | WRITE | TRUNCATE | IOCTL_DEV), (HOME, handled)]
+    for path, allowed in rules:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # not on this system
+        if not os.path.isdir(path):
+            allowed &= EXECUTE | WRITE | READ | TRUNCATE | IOCTL_DEV  # a file's rule takes only these
+        libc.syscall(445, ruleset, 1, ctypes.byref(Beneath(allowed & handled, fd)), 0)  # LANDLOCK_RULE_PATH_BENEATH
+        os.close(fd)
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS, which Landlock asks of a process without CAP_SYS_ADMIN
+    if ruleset < 0 or libc.syscall(446, ruleset, 0) != 0:  # landlock_restrict_self
+        os.write(2, b"sandbox: Landlock refused the rules; the code reads what its user may, the audit hook alone guards /tmp\n")
+    if ruleset >= 0:
+        os.close(ruleset)
+
+confine_files()
+for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+    del sys.modules[name]  # importing it again meets the audit hook
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 REFUSED = {"os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system", "os.kill",
            "os.killpg", "signal.pthread_kill", "subprocess.Popen"}

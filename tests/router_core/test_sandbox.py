@@ -4,6 +4,7 @@ Every harmful program here is bounded even if a layer failed (a fork loop of 200
 that sleep 30 s, a file name no one else uses), and each test checks that nothing remains."""
 from __future__ import annotations
 
+import ctypes
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,11 @@ import pytest
 from router_core.sandbox import STDERR_TAIL_CHARS, Limits, run
 
 LIMITS = Limits(cpu_s=2, wall_s=10.0)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock version (landlock_create_ruleset's version query); 0 without it."""
+    return max(ctypes.CDLL(None).syscall(444, None, 0, 1), 0)
 
 
 def processes_in(directory: Path) -> list[int]:
@@ -104,6 +110,17 @@ def test_writing_outside_the_working_directory_is_refused(sandbox, how):
         assert not target.exists()
     finally:
         target.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.parametrize("mode", [0o644, 0o600], ids=["as-sqlite-makes-it", "owner-only"])
+def test_files_outside_the_working_directory_cannot_be_read(sandbox, tmp_path_factory, mode):
+    secret = tmp_path_factory.mktemp("gateway") / "registry.db"
+    secret.write_text("sk-upstream-key")
+    secret.chmod(mode)
+    result = sandbox(f"print(open({str(secret)!r}).read())\n")
+    assert (result.passed, result.reason) == (False, "error")
+    assert "PermissionError" in result.stderr
 
 
 def test_the_code_may_write_inside_its_own_directory(sandbox):
