@@ -6,8 +6,9 @@ fail, and who applies them:
 
 - process (parent): `python -I -S -B` (isolated: no PYTHON* variables, no user or site
   packages, so only the standard library imports; no bytecode written), a new session and
-  process group, stdin from /dev/null, stdout discarded, a near-empty environment, the
-  throw-away directory as working directory, TMPDIR and HOME.
+  process group, stdin a pipe carrying the run's token (below) and then its end, stdout
+  discarded, a near-empty environment, the throw-away directory as working directory, TMPDIR
+  and HOME.
 - namespaces (child, unshare(2) through ctypes, before any untrusted code): a new network
   namespace, where only a down loopback exists, so no address is reachable (Redis on
   127.0.0.1 included), and a new PID namespace: the code runs as a grandchild of process 1
@@ -35,16 +36,23 @@ fail, and who applies them:
   group again once the child ended and waits until its processes are gone, so that nothing
   the code started outlives the run.
 - audit hook (PEP 578, child, installed just before the untrusted code runs): any socket
-  operation, process creation (fork, exec, spawn, system, subprocess), signal to a process,
-  use of ctypes or import of ctypes/_posixsubprocess, opening for writing (or removing,
-  renaming, linking, chmod...) a path outside the working directory, or opening a directory
-  there (its descriptor would serve as dir_fd), ends the process at once with os._exit
-  (reason 'forbidden'): the code cannot catch the refusal.
+  operation (a socket file's too, which no network namespace covers), process creation (fork,
+  exec, spawn, system, subprocess), signal to a process, use of ctypes or import of
+  ctypes/_posixsubprocess, a trace or profile function, gc's object lookups, a code object
+  made by hand, and without Landlock opening for writing (or removing, renaming, linking,
+  chmod...) a path outside the working directory, or opening a directory there (its
+  descriptor would serve as dir_fd), ends the process at once with os._exit (reason
+  'forbidden'): the code cannot catch the refusal. The hook and what it reads are bound in a
+  closure before the code runs: rebinding the bootstrap's globals, os's functions or the
+  builtins does not change it.
 
 The code runs as module `solution` (not `__main__`: a model's demo block stays off) and
 passes only if it runs to its end: the tests come after the model's code, so an
 AssertionError is 'failed', MemoryError 'memory', another exception or an early exit (even
-sys.exit(0)) 'error', the CPU limit or the deadline 'timeout'.
+sys.exit(0)) 'error', the CPU limit or the deadline 'timeout'. The end is a line the
+bootstrap appends: reached in the program's own frame, it has the hook write the run's
+random token to a file the parent handed it, and only with that token is the run
+'passed': an exit code alone (`os._exit(17)`, the pass's) is 'error'.
 
 Not root: the child tries the namespaces inside a new user namespace (if the kernel allows
 unprivileged ones) and does not change user; without namespaces, the audit hook alone keeps
@@ -118,10 +126,11 @@ class SandboxResult:
 # text because it runs in the bare isolated interpreter, before any untrusted code.
 _BOOTSTRAP = r"""
 import os, resource, sys, traceback
-code_path, uid = sys.argv[1], int(sys.argv[2])
+code_path, uid, verdict_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[5])
 cpu, mem, nproc, fsize, nofile = (int(v) for v in sys.argv[3].split(","))
 PASSED, FAILED, MEMORY, ERROR, FORBIDDEN, SIGNALLED = (int(v) for v in sys.argv[4].split(","))
-source = open(code_path, encoding="utf-8").read()
+# the tests' end, appended as the program's last line: only there is the run's token written
+source = open(code_path, encoding="utf-8").read() + "\n__import__('sys').audit('sandbox.end')\n"
 
 def confine():
     import ctypes
@@ -177,9 +186,10 @@ if isolated:
 
 HOME = os.path.realpath(os.getcwd())
 # what the code may read besides its directory: the interpreter's modules, the system's shared
-# libraries (extension modules load them) and a few devices; its own /proc entry
+# libraries (extension modules load them), a few devices and its network's state (not the rest
+# of /proc/self: its mem holds the run's token)
 READABLE = (*sys.path, "/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime", "/dev/zero",
-            "/dev/urandom", "/dev/random", "/proc/self")
+            "/dev/urandom", "/dev/random", "/proc/self/net")
 
 def confine_files():
     # Landlock (Linux 5.13+) binds this process and its children whatever their user and
@@ -190,7 +200,7 @@ def confine_files():
     abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 1:
         os.write(2, b"sandbox: no Landlock (kernel); the code reads what its user may, the audit hook alone guards /tmp\n")
-        return
+        return False
     EXECUTE, WRITE, READ, READ_DIR, TRUNCATE, IOCTL_DEV = 1, 2, 4, 8, 1 << 14, 1 << 15
     handled = (1 << 13) - 1 | (abi >= 2) << 13 | (abi >= 3) * TRUNCATE | (abi >= 5) * IOCTL_DEV
     attr = (ctypes.c_uint64 * 3)(handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)  # fs, net (TCP), scope
@@ -212,56 +222,94 @@ def confine_files():
         libc.syscall(445, ruleset, 1, ctypes.byref(Beneath(allowed & handled, fd)), 0)  # LANDLOCK_RULE_PATH_BENEATH
         os.close(fd)
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS, which Landlock asks of a process without CAP_SYS_ADMIN
-    if ruleset < 0 or libc.syscall(446, ruleset, 0) != 0:  # landlock_restrict_self
+    confined = ruleset >= 0 and libc.syscall(446, ruleset, 0) == 0  # landlock_restrict_self
+    if not confined:
         os.write(2, b"sandbox: Landlock refused the rules; the code reads what its user may, the audit hook alone guards /tmp\n")
     if ruleset >= 0:
         os.close(ruleset)
+    return confined
 
-confine_files()
+landlocked = confine_files()
 for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
     del sys.modules[name]  # importing it again meets the audit hook
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-REFUSED = {"os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system", "os.kill",
-           "os.killpg", "signal.pthread_kill", "subprocess.Popen"}
-REFUSED_PREFIXES = ("socket.", "ctypes.")
-REFUSED_IMPORTS = {"ctypes", "_ctypes", "_posixsubprocess"}
-# the arguments of these events that are paths the call changes (a symlink's target is not)
-PATH_ARGS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
-             "os.symlink": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,),
-             "shutil.rmtree": (0,), "shutil.move": (0, 1), "shutil.copyfile": (1,)}
+def audit_hook(program, token, check_paths):
+    # Everything the hook uses is bound here, before the code runs: the code can rebind
+    # __main__'s names, os's functions and the builtins, but not this closure, which it cannot
+    # reach (gc's lookups are refused, and nothing of the code runs inside the hook unless
+    # `check_paths`, whose realpath calls os's functions: without Landlock the hook stays a
+    # best effort)
+    write, exit_now, getframe, realpath, fsdecode, isdir = os.write, os._exit, sys._getframe, os.path.realpath, os.fsdecode, os.path.isdir
+    home, sep, str_, bytes_, int_ = HOME, os.sep, str, bytes, int
+    last_line = max(line for _start, _end, line in program.co_lines() if line)
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    refused = frozenset({
+        "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system", "os.kill", "os.killpg",
+        "signal.pthread_kill", "subprocess.Popen",
+        # what reaches this closure, jumps past the tests (a trace function sets f_lineno) or
+        # forges bytecode (which reads any memory)
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile",
+        "sys.monitoring.register_callback", "code.__new__"})
+    refused_prefixes = ("socket.", "ctypes.")
+    refused_imports = frozenset({"ctypes", "_ctypes", "_posixsubprocess"})
+    # the arguments of these events that are paths the call changes (a symlink's target is not)
+    path_args = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
+                 "os.symlink": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,),
+                 "shutil.rmtree": (0,), "shutil.move": (0, 1), "shutil.copyfile": (1,)}
 
-def inside(path):
-    if isinstance(path, int):
-        return True  # an already open descriptor
-    full = os.path.realpath(os.fsdecode(path))
-    return full == HOME or full.startswith(HOME + os.sep)
+    def inside(path):
+        if type(path) is int_:
+            return True  # an already open descriptor
+        full = realpath(fsdecode(path))
+        return full == home or full.startswith(home + sep)
 
-def refuse(what):
-    try:
-        os.write(2, ("\nsandbox: refused " + what + "\n").encode())
-    finally:
-        os._exit(FORBIDDEN)
+    def refuse(what):
+        try:
+            write(2, ("\nsandbox: refused " + what + "\n").encode())
+        finally:
+            exit_now(FORBIDDEN)
 
-def hook(event, args):
-    if event in REFUSED or event.startswith(REFUSED_PREFIXES):
-        refuse(event)
-    elif event == "import" and args[0] in REFUSED_IMPORTS:
-        refuse("import " + args[0])
-    elif event == "open":
-        path, flags = args[0], args[2] if isinstance(args[2], int) else 0
-        # a directory opened outside would let os.open(name, dir_fd=...) write there
-        if path is not None and not inside(path) and (flags & WRITE_FLAGS or os.path.isdir(path)):
-            refuse("opening " + os.fsdecode(path))
-    elif event in PATH_ARGS:
-        if not all(inside(args[i]) for i in PATH_ARGS[event] if isinstance(args[i], (str, bytes, os.PathLike))):
-            refuse(event + " outside the working directory")
+    def hook(event, args):
+        if event == "sandbox.end":
+            # a pass: the program's own frame reached its last line, after every test
+            frame = getframe(1)
+            if frame.f_code is program and frame.f_lineno == last_line:
+                write(verdict_fd, token)
+                exit_now(PASSED)
+        elif event in refused or event.startswith(refused_prefixes):
+            refuse(event)
+        elif event == "import":
+            if type(args[0]) is not str_:
+                refuse("import of a name that is no str")  # a str subclass would run its code in here
+            elif args[0] in refused_imports:
+                refuse("import " + args[0])
+        elif not check_paths:
+            return  # Landlock keeps the files outside the working directory
+        elif event == "open":
+            path, flags = args[0], args[2] if type(args[2]) is int_ else 0
+            # a directory opened outside would let os.open(name, dir_fd=...) write there
+            if path is not None and not inside(path) and (flags & write_flags or isdir(path)):
+                refuse("opening " + fsdecode(path))
+        elif event in path_args:
+            for i in path_args[event]:
+                if type(args[i]) in (str_, bytes_) and not inside(args[i]):
+                    refuse(event + " outside the working directory")
+
+    return hook
+
+def read_token():
+    # the run's token, from the parent on stdin (argv and the environment are the code's to read)
+    chunks = []
+    while chunk := os.read(0, 64):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 try:
     program = compile(source, "solution.py", "exec")
-    sys.addaudithook(hook)
+    sys.addaudithook(audit_hook(program, read_token(), not landlocked))
     # not "__main__": a model's `if __name__ == "__main__":` demo (input(), unittest.main())
     # must not run before the tests, as HumanEval's own harness does not run it either
     exec(program, {"__name__": "solution", "__builtins__": __builtins__})
+    status = ERROR  # the tests' end was never reached: the code turned it off
 except AssertionError:
     traceback.print_exc()
     status = FAILED
@@ -271,8 +319,6 @@ except MemoryError:
 except BaseException:  # SystemExit too: the tests did not run to their end
     traceback.print_exc()
     status = ERROR
-else:
-    status = PASSED
 sys.stderr.flush()
 os._exit(status)
 """
@@ -356,6 +402,18 @@ def _wait(proc: subprocess.Popen, wall_s: float) -> bool:
     return timed_out
 
 
+def _send_token(proc: subprocess.Popen, token: bytes) -> None:
+    """Give the child the run's token on its stdin, which it reads to the end before the code
+    runs (the code can read its argv and environment)."""
+    assert proc.stdin is not None
+    try:
+        os.write(proc.stdin.fileno(), token)
+    except BrokenPipeError:
+        pass  # it ended before reading: it did not pass
+    finally:
+        proc.stdin.close()
+
+
 def _tail(file: IO[bytes]) -> str:
     file.seek(0, os.SEEK_END)
     file.seek(max(0, file.tell() - 4 * STDERR_TAIL_CHARS))
@@ -383,21 +441,28 @@ def run(code: str, limits: Limits = DEFAULT_LIMITS, tmp_root: str | Path | None 
     try:
         (workdir / "solution.py").write_text(code, encoding="utf-8")
         uid = _hand_over(workdir)
-        argv = [sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP, "solution.py", str(uid),
-                f"{limits.cpu_s},{limits.memory_bytes},{limits.processes},{limits.file_bytes},{limits.open_files}",
-                f"{PASSED_EXIT},{FAILED_EXIT},{MEMORY_EXIT},{ERROR_EXIT},{FORBIDDEN_EXIT},{SIGNALLED_EXIT}"]
-        with tempfile.TemporaryFile() as err:
+        token = secrets.token_hex(16).encode()
+        with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as verdict:
+            argv = [sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP, "solution.py", str(uid),
+                    f"{limits.cpu_s},{limits.memory_bytes},{limits.processes},{limits.file_bytes},{limits.open_files}",
+                    f"{PASSED_EXIT},{FAILED_EXIT},{MEMORY_EXIT},{ERROR_EXIT},{FORBIDDEN_EXIT},{SIGNALLED_EXIT}",
+                    str(verdict.fileno())]
             try:
-                proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                         stderr=err, env={"PATH": os.defpath, "LC_ALL": "C.UTF-8",
                                                          # tempfile and ~ land in the working directory
                                                          "TMPDIR": str(workdir), "HOME": str(workdir)},
-                                        start_new_session=True, close_fds=True)
+                                        start_new_session=True, close_fds=True, pass_fds=(verdict.fileno(),))
             except OSError as exc:
                 return SandboxResult(False, "error", f"could not start the sandbox: {exc}")
+            _send_token(proc, token)
             timed_out = _wait(proc, limits.wall_s)
             stderr = _tail(err)
+            verdict.seek(0)
+            vouched = verdict.read(len(token) + 1) == token
     finally:
         _remove_tree(workdir)
     reason: Reason = "timeout" if timed_out else _BY_EXIT.get(proc.returncode, "error")
+    if reason == "passed" and not vouched:
+        reason = "error"  # the code exited with the pass's code itself, before its tests' end
     return SandboxResult(reason == "passed", reason, stderr)
