@@ -159,7 +159,7 @@ async def proxy(request: Request, path: str, body: dict, dest: Destination, stre
         usage = answer.json.get("usage") if isinstance(answer.json, dict) else None
         await bill(gw.budget, table, dest, record, record_usage(metrics, table, dest, record, usage))
         if path == "/responses":
-            await remember_holder(gw.registry, body, answer.json, record.name)
+            await remember_holder(gw.registry, body, answer.json, record.name, dest.scope)
         response = Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
     metrics.overhead_seconds.observe(max(0.0, time.perf_counter() - started - answer.upstream_seconds))
     return response
@@ -183,7 +183,8 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
         # Shielded: a client that hangs up cancels this generator, not its bill.
         await asyncio.shield(bill(gw.budget, table, dest, answer.record, spent))
         if responses_body is not None and not watch.cut:
-            await asyncio.shield(remember_holder(gw.registry, responses_body, watch.response, answer.record.name))
+            await asyncio.shield(remember_holder(gw.registry, responses_body, watch.response, answer.record.name,
+                                                 dest.scope))
 
     try:
         async for chunk in answer.stream:
@@ -197,13 +198,14 @@ async def settled(request: Request, gw: Gateway, table: ModelTable, dest: Destin
 
 async def request_destination(request: Request, body: dict, read: RoutedBody, responses_api: bool) -> Destination:
     """Where a read request goes (`destination`); a routed Responses API follow-up goes to the
-    model holding its conversation (app/routing/conversations.py)."""
+    model holding its conversation (app/routing/conversations.py), and none, routed or not, may
+    continue another client key's."""
     gw = gateway_of(request)
     routed = parse_router_model(read.model, gw.settings) is not None
     model, options = read.model, read.options
-    if routed and responses_api:
-        pin = await holder(gw.registry, body)
-        if pin is not None:
+    if responses_api:
+        pin = await holder(gw.registry, body, client_scope(gw, request))
+        if pin is not None and routed:
             record = gw.registry.snapshot().get(pin.model)
             if record is None or not record.enabled:
                 raise GatewayError("not_found", f"{pin.param} {pin.held} is held by the model `{pin.model}`, which "
@@ -239,12 +241,12 @@ async def responses(request: Request) -> Response:
     return await forward(request, ResponsesBody, "/responses")
 
 
-async def holding_model(gw: Gateway, response_id: str) -> ModelRecord:
-    """The enabled model whose upstream stores the response `response_id`. A 404 in OpenAI's
-    words when the gateway knows no such response or its model is gone; 503 while the registry
-    (which remembers who holds what) is away."""
+async def holding_model(gw: Gateway, response_id: str, owner: str) -> ModelRecord:
+    """The enabled model whose upstream stores the client `owner`'s response `response_id`. A 404
+    in OpenAI's words when the gateway knows no such response of `owner`'s or its model is gone;
+    503 while the registry (which remembers who holds what) is away."""
     try:
-        name = await held_by(gw.registry, response_id)
+        name = await held_by(gw.registry, response_id, owner)
     except RegistryUnavailable as exc:
         raise APIError(503, f"the registry is unavailable, so the gateway cannot tell which model holds the "
                             f"response {response_id}; try again: {exc}", code="registry_unavailable") from None
@@ -272,7 +274,7 @@ async def relay_stored(request: Request, response_id: str, method: str, suffix: 
     client's) and relay its status, body and x-request-id as they are. A deleted response is
     forgotten."""
     gw = gateway_of(request)
-    record = await holding_model(gw, response_id)
+    record = await holding_model(gw, response_id, client_scope(gw, request))
     setattr(request.state, MODEL_STATE, record.name)
     answer = await gw.forwarder.ask(method, stored_path(request, response_id, suffix), record, request.headers)
     if method == "DELETE" and answer.status < 400:

@@ -8,12 +8,17 @@ that model as if the client had named it. A turn of a Conversations API conversa
 its last turn. Without a memo (a response from before, from another gateway, or expired) the
 follow-up is routed as usual. The same memo sends a stored response's
 retrieve, delete, input items and cancel to that model's upstream (app/api/openai.py).
+
+Every client's responses are stored under the one account of the gateway's upstream key, so
+the memo also names its owner, the client key's scope (app/costs/budget.py `key_scope`): a
+response or conversation another key made is, to a client, one the gateway does not know.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+from app.errors import GatewayError
 from models_registry.base import Registry, RegistryUnavailable
 
 log = logging.getLogger("uniroute")
@@ -26,10 +31,39 @@ def _key(response_id: str) -> str:
     return f"response:{response_id}"
 
 
-async def held_by(registry: Registry, response_id: str) -> str | None:
-    """The model that answered the stored response `response_id`, if the gateway remembers it;
-    None otherwise. Raises RegistryUnavailable while the registry is away."""
-    return await registry.recall(_key(response_id))
+# Between a memo's owner and its model: a model's name is printable ASCII, a scope has no tab.
+_OWNER_END = "\t"
+
+
+def _memo(model: str, owner: str) -> str:
+    return f"{owner}{_OWNER_END}{model}"
+
+
+def _holder_for(memo: str | None, owner: str) -> str | None:
+    """The model a memo names, if it is `owner`'s: None when there is none. Raises NotYours for
+    another owner's. A memo written before memos had owners names its model alone."""
+    if memo is None:
+        return None
+    memo_owner, end, model = memo.partition(_OWNER_END)
+    if not end:
+        return memo  # written before memos had owners
+    if memo_owner != owner:
+        raise NotYours()
+    return model
+
+
+class NotYours(Exception):
+    """The response or conversation asked for is another client key's."""
+
+
+async def held_by(registry: Registry, response_id: str, owner: str) -> str | None:
+    """The model that answered the stored response `response_id`, if the gateway remembers it as
+    `owner`'s; None otherwise (another owner's too). Raises RegistryUnavailable while the
+    registry is away."""
+    try:
+        return _holder_for(await registry.recall(_key(response_id)), owner)
+    except NotYours:
+        return None
 
 
 async def forget_holder(registry: Registry, response_id: str) -> None:
@@ -63,10 +97,11 @@ def conversation_id(body: dict) -> str | None:
     return conversation if isinstance(conversation, str) and conversation else None
 
 
-async def holder(registry: Registry, body: dict) -> Pin | None:
-    """What the Responses API request `body` continues, its `previous_response_id` or its
-    `conversation`, and the model holding it, if the gateway remembers one; None otherwise, or
-    while the registry is away."""
+async def holder(registry: Registry, body: dict, owner: str) -> Pin | None:
+    """What the Responses API request `body` of the client `owner` continues, its
+    `previous_response_id` or its `conversation`, and the model holding it, if the gateway
+    remembers one; None otherwise, or while the registry is away. Another owner's is a
+    GatewayError (not found): routed as new, it would still reach the upstream storing it."""
     previous, conversation = body.get("previous_response_id"), conversation_id(body)
     if isinstance(previous, str) and previous:
         param, held, key = "previous_response_id", previous, _key(previous)
@@ -75,17 +110,20 @@ async def holder(registry: Registry, body: dict) -> Pin | None:
     else:
         return None
     try:
-        model = await registry.recall(key)
+        model = _holder_for(await registry.recall(key), owner)
     except RegistryUnavailable:
         log.warning("registry unavailable: %s %s is routed as a new conversation", param, held)
         return None
+    except NotYours:
+        raise GatewayError("not_found", f"the gateway knows no {param} '{held}' of this API key", param=param,
+                           code="response_not_found") from None
     return None if model is None else Pin(param, held, model)
 
 
-async def remember_holder(registry: Registry, body: dict, answer: object, model: str) -> None:
-    """Remember that `model` holds the response `answer` (its JSON object, or None), unless the
-    request asked the upstream not to store it (`store: false`), and the conversation the request
-    added a turn to (each turn renews its memo)."""
+async def remember_holder(registry: Registry, body: dict, answer: object, model: str, owner: str) -> None:
+    """Remember that `model` holds, for the client `owner`, the response `answer` (its JSON
+    object, or None), unless the request asked the upstream not to store it (`store: false`), and
+    the conversation the request added a turn to (each turn renews its memo)."""
     if not isinstance(answer, dict):
         return
     response_id = answer.get("id")
@@ -94,6 +132,6 @@ async def remember_holder(registry: Registry, body: dict, answer: object, model:
         keys.append(_key(response_id))
     try:
         for key in keys:
-            await registry.remember(key, model, PIN_TTL_S)
+            await registry.remember(key, _memo(model, owner), PIN_TTL_S)
     except RegistryUnavailable:
         log.warning("registry unavailable: a follow-up to response %s may go to another model", response_id)

@@ -409,6 +409,33 @@ def test_retrieving_a_stored_response_as_a_stream_is_refused(holders):
     assert stored_requests(upstream_b) == []
 
 
+def test_a_clients_stored_responses_and_conversations_are_out_of_another_clients_reach(
+        make_gateway, fault_upstream, model_config):
+    """Each client key's responses are its own, though one upstream account stores them all."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("b", url)], api_keys=["key-of-alice", "key-of-bob"]) as gw:
+        alice, bob = client(gw, api_key="key-of-alice"), client(gw, api_key="key-of-bob")
+        made = alice.responses.create(model="b", input="My account number is 1234.")
+        alice.responses.create(model="b", input="My PIN is 9876.", conversation="conv_alice")
+        asked = len(upstream.received)
+        for call in [lambda: bob.responses.retrieve(made.id), lambda: bob.responses.input_items.list(made.id),
+                     lambda: bob.responses.cancel(made.id), lambda: bob.responses.delete(made.id),
+                     lambda: bob.responses.create(model="uniroute", input="What did I tell you?",
+                                                  previous_response_id=made.id),
+                     lambda: bob.responses.create(model="b", input="What did I tell you?",  # named, not routed
+                                                  previous_response_id=made.id),
+                     lambda: bob.responses.create(model="uniroute", input="What did I tell you?",
+                                                  conversation="conv_alice")]:
+            with pytest.raises(openai.NotFoundError) as err:
+                call()
+            assert err.value.body["code"] == "response_not_found"
+        assert len(upstream.received) == asked  # none of it reached the upstream
+        # their owner still reaches them
+        assert alice.responses.retrieve(made.id).output_text == "answer from b"
+        follow = alice.responses.with_raw_response.create(model="uniroute", input="Again?", conversation="conv_alice")
+        assert follow.headers["x-uniroute-model"] == "b"
+
+
 def test_with_the_registry_away_a_stored_response_request_is_a_503(make_gateway, fault_upstream, model_config,
                                                                     private_redis):
     _, url = fault_upstream
