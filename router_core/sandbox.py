@@ -11,9 +11,11 @@ fail, and who applies them:
   and HOME.
 - namespaces (child, unshare(2) through ctypes, before any untrusted code): a new network
   namespace, where only a down loopback exists, so no address is reachable (Redis on
-  127.0.0.1 included), and a new PID namespace: the code runs as a grandchild of process 1
+  127.0.0.1 included), a new PID namespace: the code runs as a grandchild of process 1
   there, and when process 1 ends the kernel kills every process left in the namespace, even
-  one that left the process group.
+  one that left the process group; and a new mount namespace, where a tmpfs of
+  `disk_bytes` covers the working directory: what the code writes is bounded as a whole (a
+  loop of files within RLIMIT_FSIZE each would fill the disk) and goes with the run.
 - unprivileged user (child, when the parent is root): after entering the namespaces it
   becomes a user of its own, drawn at random for the run from SANDBOX_UIDS (`nobody` where
   that uid cannot exist, e.g. a container mapping fewer uids), keeping only
@@ -55,7 +57,7 @@ random token to a file the parent handed it, and only with that token is the run
 'passed': an exit code alone (`os._exit(17)`, the pass's) is 'error'.
 
 Not root: the child tries the namespaces inside a new user namespace (if the kernel allows
-unprivileged ones) and does not change user; without namespaces, the audit hook alone keeps
+unprivileged ones), where its user is mapped to itself, and does not change user; without namespaces, the audit hook alone keeps
 it off the network and from forking, and RLIMIT_NPROC then counts every process of the
 calling user (so a low limit may also stop the code's threads). The audit hook is no barrier
 against code written to defeat it; the namespaces, the user change, Landlock and the limits
@@ -107,6 +109,7 @@ class Limits:
     memory_bytes: int = 1 << 30
     processes: int = 32
     file_bytes: int = 16 << 20
+    disk_bytes: int = 64 << 20  # every file the code writes, together
     open_files: int = 64
 
 
@@ -127,17 +130,49 @@ class SandboxResult:
 _BOOTSTRAP = r"""
 import os, resource, sys, traceback
 code_path, uid, verdict_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[5])
-cpu, mem, nproc, fsize, nofile = (int(v) for v in sys.argv[3].split(","))
+cpu, mem, nproc, fsize, disk, nofile = (int(v) for v in sys.argv[3].split(","))
 PASSED, FAILED, MEMORY, ERROR, FORBIDDEN, SIGNALLED = (int(v) for v in sys.argv[4].split(","))
 # the tests' end, appended as the program's last line: only there is the run's token written
 source = open(code_path, encoding="utf-8").read() + "\n__import__('sys').audit('sandbox.end')\n"
 
+def own_user(libc, namespaces):
+    # the namespaces inside a user namespace, for a process that may not make them alone; there
+    # its user is mapped to itself, so that it owns the files it makes on its tmpfs
+    me, group = os.getuid(), os.getgid()
+    if libc.unshare(0x10000000 | namespaces) != 0:  # CLONE_NEWUSER
+        return False
+    try:
+        for name, mapping in (("setgroups", "deny"), ("uid_map", f"{me} {me} 1"), ("gid_map", f"{group} {group} 1")):
+            with open("/proc/self/" + name, "w") as fh:
+                fh.write(mapping)
+    except OSError:  # a kernel or security module refusing it
+        os.write(2, b"sandbox: its user is not mapped in its namespace; the files the code writes are bounded one by one only\n")
+    else:
+        own_disk(libc, me, group)
+    return True
+
+def own_disk(libc, owner, group):
+    # a tmpfs of `disk` bytes over the working directory, in this mount namespace alone: the
+    # files the code writes are bounded as a whole, not only one by one (RLIMIT_FSIZE)
+    MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 0x4000, 0x40000
+    home = os.getcwd().encode()
+    options = f"size={disk},nr_inodes=4096,mode=0700,uid={owner},gid={group}".encode()
+    if (libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0  # nothing mounted here reaches the machine
+            or libc.mount(b"tmpfs", home, b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0):
+        os.write(2, b"sandbox: no tmpfs of its own; the files the code writes are bounded one by one only\n")
+        return
+    os.chdir(home)  # into the tmpfs
+
 def confine():
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER = 0x40000000, 0x20000000, 0x10000000
-    isolated = (libc.unshare(CLONE_NEWNET | CLONE_NEWPID) == 0
-                or libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0)
+    CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWNS = 0x40000000, 0x20000000, 0x00020000
+    namespaces = CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWNS
+    if libc.unshare(namespaces) == 0:
+        isolated = True
+        own_disk(libc, *((uid, uid) if uid >= 0 else (os.getuid(), os.getgid())))
+    else:
+        isolated = own_user(libc, namespaces)
     if not isolated:
         os.write(2, b"sandbox: no namespaces (not permitted); the audit hook still refuses sockets and forks\n")
     if uid >= 0 and os.getuid() == 0:
@@ -444,7 +479,8 @@ def run(code: str, limits: Limits = DEFAULT_LIMITS, tmp_root: str | Path | None 
         token = secrets.token_hex(16).encode()
         with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as verdict:
             argv = [sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP, "solution.py", str(uid),
-                    f"{limits.cpu_s},{limits.memory_bytes},{limits.processes},{limits.file_bytes},{limits.open_files}",
+                    f"{limits.cpu_s},{limits.memory_bytes},{limits.processes},{limits.file_bytes},{limits.disk_bytes},"
+                    f"{limits.open_files}",
                     f"{PASSED_EXIT},{FAILED_EXIT},{MEMORY_EXIT},{ERROR_EXIT},{FORBIDDEN_EXIT},{SIGNALLED_EXIT}",
                     str(verdict.fileno())]
             try:

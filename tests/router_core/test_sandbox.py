@@ -162,6 +162,14 @@ def test_files_outside_the_working_directory_cannot_be_read(sandbox, tmp_path_fa
     assert "PermissionError" in result.stderr
 
 
+def test_the_files_the_code_writes_are_bounded_as_a_whole(sandbox):
+    """Not only each file (RLIMIT_FSIZE): a loop of files must not fill the machine's disk."""
+    code = "for i in range(24):\n    with open(f'part-{i}', 'wb') as fh:\n        fh.write(bytes(1 << 20))\n"
+    result = sandbox(code, Limits(cpu_s=5, wall_s=10.0, file_bytes=1 << 20, disk_bytes=8 << 20))
+    assert (result.passed, result.reason) == (False, "error")
+    assert "No space left on device" in result.stderr
+
+
 def test_the_code_may_write_inside_its_own_directory(sandbox):
     code = ("import os\nos.mkdir('data')\nwith open('data/x.txt', 'w') as fh:\n    fh.write('kept')\n"
             "assert open('data/x.txt').read() == 'kept'\nos.remove('data/x.txt')\n")
