@@ -13,6 +13,7 @@ answers.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import FastAPI
@@ -21,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.auth import require_client_key
-from app.api.counting import count_request
+from app.api.counting import OUTCOME_STATE, count_request
 from app.api.errors import (
     APIError,
     client_closed_response,
@@ -30,6 +31,7 @@ from app.api.errors import (
 )
 from app.api.limits import body_too_large, declared_too_large
 from app.errors import GatewayError
+from app.upstream.forwarding import stream_error_event
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -59,6 +61,11 @@ class GatewayApp(FastAPI):
         try:
             response = await self._answer(endpoint, scope, receive)
             await response(scope, receive, sending)
+        except asyncio.CancelledError:
+            # The server ends the requests still running once its drain (`drain_s`) is over. A
+            # client hanging up is handled below (HangUpWatch): a cancellation reaching here is
+            # the server stopping, and the client is told so rather than cut off silently.
+            await _stopped(scope, receive, sending, started)
         except Exception as exc:
             if started:
                 raise  # mid-stream: the server drops the connection, as for any route
@@ -81,6 +88,23 @@ class GatewayApp(FastAPI):
             return known_error_response(exc)
         except ClientDisconnect:
             return client_closed_response(scope["method"], scope["path"])
+
+
+# What a client still waiting when the gateway stops is told. Not a final answer: another
+# replica (or this one restarted) can take the request, and the openai SDK sends a 503 again.
+STOPPED = "the gateway is shutting down and stopped this request before its answer was complete"
+
+
+async def _stopped(scope: Scope, receive: Receive, send: Send, started: bool) -> None:
+    """End a request the stopping server cancelled: a 503 when nothing was answered yet, else
+    (a stream: the only response sent in parts) an error event closing the stream, as a stream
+    an upstream cut ends."""
+    if not started:
+        await known_error_response(GatewayError("unavailable", STOPPED, code="shutting_down"))(scope, receive, send)
+        return
+    scope.setdefault("state", {})[OUTCOME_STATE] = "cut"
+    await send({"type": "http.response.body", "body": stream_error_event(STOPPED, "service_unavailable"),
+                "more_body": False})
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> bytes:

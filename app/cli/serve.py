@@ -61,7 +61,7 @@ def fast_server() -> dict[str, str]:
 def server_options(settings: Settings) -> dict:
     """uvicorn's options, the same for the one process and for each worker."""
     return {**fast_server(), "log_level": settings.log_level, "access_log": False,
-            "timeout_keep_alive": settings.keep_alive_s}
+            "timeout_keep_alive": settings.keep_alive_s, "timeout_graceful_shutdown": settings.drain_s}
 
 
 def serve(settings: Settings) -> int:

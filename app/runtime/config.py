@@ -192,6 +192,11 @@ class Settings(BaseSettings):
     # so the openai SDK: 5 s): with equal times, a client reusing a connection as the server
     # closes it loses its request (seen as ReadError in the soak benchmark at uvicorn's 5 s).
     keep_alive_s: int = Field(75, ge=1)
+    # How long a stopping gateway (SIGTERM, Ctrl-C) lets the requests in flight finish before it
+    # ends them and stops. An orchestrator kills what outlives its own grace period (Kubernetes:
+    # terminationGracePeriodSeconds, 30 s by default), requests cut silently and the shutdown
+    # (profiling jobs let go, capture written) undone: keep this well under it (README: Workers).
+    drain_s: float = Field(20.0, gt=0, allow_inf_nan=False)
     # Router state (clusters, learned map) built by `uniroute build-state`: a folder, or the name
     # of a shipped state ("fast", "accurate"; see router_core.shipped).
     state_dir: str = DEFAULT_STATE

@@ -7,8 +7,8 @@ its own app and serves it with uvicorn; the kernel hands each new connection to 
 Prometheus metrics go to files in one directory (`PROMETHEUS_MULTIPROC_DIR`) that every worker's
 /metrics sums (app/runtime/metrics.py). A worker that exits is reported and replaced; one that
 keeps dying at start stops the whole server rather than spin. SIGTERM or SIGINT stop every
-worker gracefully (uvicorn finishes the requests in flight); a worker whose supervisor died
-stops by itself.
+worker gracefully (uvicorn finishes the requests in flight for up to `drain_s`); a worker whose
+supervisor died stops by itself.
 """
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # row stop the server (a bad config or an unreadable registry would otherwise restart forever).
 QUICK_EXIT_S = 15.0
 QUICK_EXITS_TO_GIVE_UP = 5
-# How long a stopping worker may take to finish its requests before it is killed.
-STOP_GRACE_S = 30.0
+# How long a stopping worker may take for its own shutdown once its drain (`drain_s`) is over,
+# before it is killed: the app's shutdown lets go of its profiling jobs and writes what it holds
+# (the capture waits up to 5 s for its writes).
+SHUTDOWN_S = 10.0
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
@@ -106,6 +108,7 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, tuple[BaseProcess, float]] = {}  # sentinel -> (process, started at)
         self._stopping = threading.Event()
+        self._stop_wait_s = settings.drain_s + SHUTDOWN_S
 
     def stop(self, *_: object) -> None:
         """Ask the supervisor to stop (a signal handler)."""
@@ -150,11 +153,11 @@ class Supervisor:
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn finishes the requests in flight
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self._stop_wait_s
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                log.warning("worker %d did not stop within %.0f s: killing it", process.pid, STOP_GRACE_S)
+                log.warning("worker %d did not stop within %.0f s: killing it", process.pid, self._stop_wait_s)
                 process.kill()
                 process.join()
         self._workers.clear()

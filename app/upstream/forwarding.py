@@ -541,6 +541,7 @@ def error_instead(record: ModelRecord, error: dict, kind: FaultClass, what: str,
     return UpstreamFault(kind, f"{record.name} {what}" + (f": {message}" if message else ""))
 
 
-def stream_error_event(message: str) -> bytes:
-    """An SSE event carrying an OpenAI-style error; the openai SDK raises it as an APIError."""
-    return b"data: " + orjson.dumps(error_body(message, "upstream_error", code="stream_cut")) + b"\n\n"
+def stream_error_event(message: str, type: str = "upstream_error") -> bytes:
+    """An SSE event carrying an OpenAI-style error, `stream_cut`: the stream ends before its
+    answer is whole. The openai SDK raises it as an APIError."""
+    return b"data: " + orjson.dumps(error_body(message, type, code="stream_cut")) + b"\n\n"
