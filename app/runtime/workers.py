@@ -149,6 +149,10 @@ class Supervisor:
             self._stop_all()
 
     def _stop_all(self) -> None:
+        # The workers close their copies of the socket as they begin to drain; with this one open
+        # the kernel would still queue new connections that nobody accepts (each waits for its
+        # client's timeout) instead of refusing them, which sends the client to another replica.
+        self.sock.close()
         processes = [p for p, _ in self._workers.values()]
         for process in processes:
             if process.is_alive():

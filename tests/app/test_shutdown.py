@@ -5,6 +5,7 @@ it are ended with the gateway's own error (never cut silently), and the process 
 shutdown has run."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -97,3 +99,38 @@ def test_sigterm_lets_requests_in_flight_finish_and_ends_those_outlasting_the_dr
         log = served.log.read_text()
         assert log.count("Application shutdown complete.") == workers, log[-3000:]
         assert "killing it" not in log
+
+
+def refused_while_draining(served: Served, timeout_s: float = 120.0) -> None:
+    """Wait until a new connection is refused; fail if one is taken and then left unanswered (or
+    reset), as a connection the kernel queues on a socket nobody accepts on any more is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert time.monotonic() < deadline, f"new connections were still answered:\n{served.log.read_text()[-3000:]}"
+        try:
+            httpx.get(served.base + "/healthz", timeout=10)  # answered: the server has not begun to stop
+        except httpx.ConnectError:
+            return
+        except httpx.TransportError as exc:
+            raise AssertionError(f"a new connection was taken, then not answered: {exc!r}") from exc
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_draining_server_refuses_new_connections_at_once(workers, tmp_path, shared_cache, fault_upstream,
+                                                                model_config):
+    fault, base_url = fault_upstream
+    env = gateway_env(tmp_path, shared_cache, named_models(model_config, base_url, STUCK), UNIROUTE_DRAIN_S="300")
+    with serve_workers(env, tmp_path / "serve.log", workers) as served:
+        oa = openai.AsyncOpenAI(base_url=served.base + "/v1", api_key="unused", max_retries=0, timeout=900)
+        in_flight = asyncio.create_task(oa.chat.completions.create(model="stuck", messages=PROMPT))
+        await asyncio.to_thread(wait_for, "the request reaching its upstream", lambda: fault.calls[STUCK] == 1, served)
+
+        served.proc.send_signal(signal.SIGTERM)
+        # A client the Service still sends here (its endpoints are not updated yet) is refused at
+        # once and tries another replica, rather than waiting on a server that will not answer.
+        await asyncio.to_thread(refused_while_draining, served)
+        assert not in_flight.done()  # the drain is under way
+        in_flight.cancel()  # the client hangs up: nothing is left to drain
+        await asyncio.gather(in_flight, return_exceptions=True)
+        await oa.close()
+        await asyncio.to_thread(stopped, served)
