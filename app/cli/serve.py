@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import signal
 
 import uvicorn
 
@@ -72,5 +73,9 @@ def serve(settings: Settings) -> int:
         logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
         return run_workers(settings, count, server_options(settings))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn raises the signal that stopped it again once it has shut down, and SIGTERM's default
+    # action would then end a cleanly stopped process by the signal (exit 143). Taken as Ctrl-C
+    # is (KeyboardInterrupt, which uvicorn.run absorbs), it exits 0, as the workers' supervisor does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **server_options(settings))
     return 0

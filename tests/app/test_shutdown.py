@@ -94,7 +94,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_ends_those_outlasting_the_dr
             stuck.result(timeout=300)
         assert refused.value.status_code == 503 and refused.value.code == "shutting_down", refused.value.body
 
-        stopped(served)
+        assert stopped(served) == 0
         # Every worker ran its shutdown (profiling jobs let go, capture written): none was killed.
         log = served.log.read_text()
         assert log.count("Application shutdown complete.") == workers, log[-3000:]
@@ -133,4 +133,15 @@ async def test_a_draining_server_refuses_new_connections_at_once(workers, tmp_pa
         in_flight.cancel()  # the client hangs up: nothing is left to drain
         await asyncio.gather(in_flight, return_exceptions=True)
         await oa.close()
-        await asyncio.to_thread(stopped, served)
+        assert await asyncio.to_thread(stopped, served) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stopped_server_exits_0_without_a_traceback(workers, sig, tmp_path, shared_cache):
+    """Stopping is what SIGTERM (a rolling update, `docker stop`) and Ctrl-C ask: a clean exit,
+    as a supervisor (systemd, tini, a CI job) records it."""
+    with serve_workers(gateway_env(tmp_path, shared_cache, []), tmp_path / "serve.log", workers) as served:
+        served.proc.send_signal(sig)
+        assert stopped(served) == 0, served.log.read_text()[-3000:]
+        assert "Traceback" not in served.log.read_text()
