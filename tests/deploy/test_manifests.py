@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from app.api.main import create_app
 from app.cli.main import build_parser
 from app.runtime.config import Settings
+from app.runtime.workers import SHUTDOWN_S
 from router_core.repset import load_repset
 from router_core.shipped import ROUTERBENCH_REPSET
 from tests.app.conftest import wait_ready
@@ -192,6 +193,20 @@ def test_keys_come_from_the_secret_and_the_repository_holds_no_value():
     assert not {"admin_key", "api_keys"} & set(config)
 
 
+def pod_settings(gateway: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings the gateway container starts with: its environment (stand-ins for the
+    Secret's values), one worker per requested CPU, rounded up, as the downward API gives it
+    (500m: 1), and the ConfigMap's config file."""
+    for var in gateway["env"]:
+        monkeypatch.setenv(var["name"], var.get("value", "from-the-secret"))
+    requested = gateway["resources"]["requests"]["cpu"]
+    monkeypatch.setenv("UNIROUTE_WORKERS", str(math.ceil(int(requested[:-1]) / 1000 if requested.endswith("m")
+                                                          else float(requested))))
+    (tmp_path / "config.yaml").write_text(resource("ConfigMap", "uniroute-config")["data"]["config.yaml"])
+    monkeypatch.setenv("UNIROUTE_CONFIG", str(tmp_path / "config.yaml"))
+    return Settings()
+
+
 def test_configmap_config_and_pod_environment_make_valid_settings(tmp_path, monkeypatch):
     pod = resource("Deployment", "uniroute")["spec"]["template"]["spec"]
     (gateway,) = pod["containers"]
@@ -201,18 +216,11 @@ def test_configmap_config_and_pod_environment_make_valid_settings(tmp_path, monk
     config_volume = next(v["name"] for v in pod["volumes"] if v.get("configMap", {}).get("name") == "uniroute-config")
     for var in gateway["env"]:
         assert names_a_setting(var["name"]) or not var["name"].startswith("UNIROUTE_"), var["name"]
-        monkeypatch.setenv(var["name"], var.get("value", "from-the-secret"))
     env = {e["name"]: e.get("value") for e in gateway["env"]}
-    # One worker per requested CPU, rounded up, as the downward API gives it (500m: 1).
     (workers,) = [e["valueFrom"]["resourceFieldRef"] for e in gateway["env"] if e["name"] == "UNIROUTE_WORKERS"]
     assert workers == {"resource": "requests.cpu", "divisor": "1"}
-    requested = gateway["resources"]["requests"]["cpu"]
-    monkeypatch.setenv("UNIROUTE_WORKERS", str(math.ceil(int(requested[:-1]) / 1000 if requested.endswith("m")
-                                                          else float(requested))))
     assert Path(env["UNIROUTE_CONFIG"]).parent == Path(mounts[config_volume])
-    (tmp_path / "config.yaml").write_text(config)
-    monkeypatch.setenv("UNIROUTE_CONFIG", str(tmp_path / "config.yaml"))
-    settings = Settings()
+    settings = pod_settings(gateway, tmp_path, monkeypatch)
     assert settings.admin_key == "from-the-secret" and settings.api_keys == ["from-the-secret"]
     assert settings.workers == 1
     redis = urlsplit(settings.redis_url)
@@ -221,6 +229,23 @@ def test_configmap_config_and_pod_environment_make_valid_settings(tmp_path, monk
     # What the gateway writes lands on the writable volume (the root filesystem is read-only).
     for path in (settings.cache_dir, settings.sqlite_path):
         assert Path(path).is_relative_to(mounts["data"]), path
+
+
+def test_a_stopping_pod_serves_until_the_service_drops_it_then_drains_within_its_grace_period(tmp_path,
+                                                                                            monkeypatch):
+    """Kubernetes sends SIGTERM as it takes the pod out of the Service's endpoints, and kube-proxy
+    and ingress controllers learn of that seconds later: a gateway stopping at once would refuse
+    the connections still sent to it meanwhile. The preStop hook waits that out; then the gateway
+    drains (`drain_s`) and shuts down (workers' SHUTDOWN_S), all within the pod's grace period,
+    after which the kubelet kills what is left (the shutdown undone, streams cut silently)."""
+    pod = resource("Deployment", "uniroute")["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    command = gateway["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command  # the image's coreutils (python:3.11-slim)
+    pre_stop_s = float(command[1])
+    assert pre_stop_s >= 3, "too short for the endpoints to be updated"
+    settings = pod_settings(gateway, tmp_path, monkeypatch)
+    assert pod["terminationGracePeriodSeconds"] > pre_stop_s + settings.drain_s + SHUTDOWN_S
 
 
 # -- docker compose ------------------------------------------------------------------------
