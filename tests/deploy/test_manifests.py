@@ -316,19 +316,34 @@ def test_compose_runs_redis_two_gateways_a_balancer_prometheus_and_grafana():
             assert source.exists(), f"{name} mounts {source}, which the repository lacks"
 
 
+def compose_settings(gateway: dict, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a compose gateway starts with (the admin key given in the shell)."""
+    env = {var: interpolate(str(value), {"UNIROUTE_ADMIN_KEY": "from-the-shell"})
+           for var, value in gateway["environment"].items()}
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("UNIROUTE_CONFIG", str(bind_mounts(gateway)[env["UNIROUTE_CONFIG"]]))
+    return Settings()
+
+
 def test_compose_gateway_environment_makes_valid_settings(monkeypatch):
     for name, gateway in gateways().items():
-        given = {"UNIROUTE_ADMIN_KEY": "from-the-shell"}
-        env = {var: interpolate(str(value), given) for var, value in gateway["environment"].items()}
-        for var, value in env.items():
+        for var in gateway["environment"]:
             assert names_a_setting(var) or not var.startswith("UNIROUTE_"), var
-            monkeypatch.setenv(var, value)
-        config = bind_mounts(gateway)[env["UNIROUTE_CONFIG"]]
+        config = bind_mounts(gateway)[gateway["environment"]["UNIROUTE_CONFIG"]]
         assert unknown_config_keys(yaml.safe_load(config.read_text())) == []
-        monkeypatch.setenv("UNIROUTE_CONFIG", str(config))
-        settings = Settings()
+        settings = compose_settings(gateway, monkeypatch)
         assert settings.admin_key == "from-the-shell" and settings.api_keys == []
         assert settings.redis_url == "redis://redis:6379/0"
+
+
+def test_compose_gives_a_stopping_gateway_time_to_drain_and_shut_down(monkeypatch):
+    """`docker compose stop` / `down` kill a container 10 s after its SIGTERM unless it says
+    otherwise: the gateway's drain and shutdown would be cut short."""
+    for name, gateway in gateways().items():
+        grace = re.fullmatch(r"(\d+)s", gateway["stop_grace_period"])
+        assert grace is not None, gateway["stop_grace_period"]
+        assert int(grace.group(1)) > compose_settings(gateway, monkeypatch).drain_s + SHUTDOWN_S, name
 
 
 def test_nginx_balances_both_gateways_and_admits_the_gateways_body_limit():
