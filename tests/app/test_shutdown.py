@@ -6,20 +6,17 @@ shutdown has run."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.app.conftest import ROUTERBENCH_SETTINGS
+from tests.app.test_workers import gateway_env
 from tests.support.workers import Served, serve_workers
 
 PROMPT = [{"role": "user", "content": "Which gas do plants take in? A) O2 B) CO2"}]
@@ -27,14 +24,6 @@ PROMPT = [{"role": "user", "content": "Which gas do plants take in? A) O2 B) CO2
 # answer ten minutes away.
 ENDLESS = "endless:pace=600"
 STUCK = "stuck:delay=600"
-
-
-def gateway_env(tmp_path: Path, shared_cache: str, models: list[dict], **extra: str) -> dict[str, str]:
-    """`uniroute serve`'s environment: `models` registered at start, on a registry of its own."""
-    return {**os.environ, "UNIROUTE_SQLITE_PATH": str(tmp_path / "registry.db"), "UNIROUTE_CACHE_DIR": shared_cache,
-            "UNIROUTE_STATE_DIR": ROUTERBENCH_SETTINGS["state_dir"],
-            "UNIROUTE_REPSET_PATH": ROUTERBENCH_SETTINGS["repset_path"], "UNIROUTE_LOG_LEVEL": "info",
-            "UNIROUTE_MODELS": json.dumps(models), **extra}
 
 
 def named_models(model_config: Callable, base_url: str, *upstream_models: str) -> list[dict]:
@@ -69,8 +58,8 @@ def test_sigterm_lets_requests_in_flight_finish_and_ends_those_outlasting_the_dr
         workers, tmp_path, shared_cache, fault_upstream, model_config):
     fault, base_url = fault_upstream
     models = named_models(model_config, base_url, "quick:pace=0.5", ENDLESS, STUCK)
-    env = gateway_env(tmp_path, shared_cache, models, UNIROUTE_DRAIN_S="15")
-    with serve_workers(env, tmp_path / "serve.log", workers) as served, ThreadPoolExecutor(3) as pool:
+    env = gateway_env(tmp_path, shared_cache, *models, UNIROUTE_DRAIN_S="15")
+    with serve_workers(env, tmp_path / "serve.log", workers) as served, ThreadPoolExecutor(1) as pool:
         oa = client(served)
         endless = oa.chat.completions.create(model="endless", messages=PROMPT, stream=True)
         assert next(endless).choices[0].delta.role == "assistant"  # the stream has begun
@@ -119,7 +108,7 @@ def refused_while_draining(served: Served, timeout_s: float = 120.0) -> None:
 async def test_a_draining_server_refuses_new_connections_at_once(workers, tmp_path, shared_cache, fault_upstream,
                                                                 model_config):
     fault, base_url = fault_upstream
-    env = gateway_env(tmp_path, shared_cache, named_models(model_config, base_url, STUCK), UNIROUTE_DRAIN_S="300")
+    env = gateway_env(tmp_path, shared_cache, *named_models(model_config, base_url, STUCK), UNIROUTE_DRAIN_S="300")
     with serve_workers(env, tmp_path / "serve.log", workers) as served:
         oa = openai.AsyncOpenAI(base_url=served.base + "/v1", api_key="unused", max_retries=0, timeout=900)
         in_flight = asyncio.create_task(oa.chat.completions.create(model="stuck", messages=PROMPT))
@@ -141,7 +130,7 @@ async def test_a_draining_server_refuses_new_connections_at_once(workers, tmp_pa
 def test_a_stopped_server_exits_0_without_a_traceback(workers, sig, tmp_path, shared_cache):
     """Stopping is what SIGTERM (a rolling update, `docker stop`) and Ctrl-C ask: a clean exit,
     as a supervisor (systemd, tini, a CI job) records it."""
-    with serve_workers(gateway_env(tmp_path, shared_cache, []), tmp_path / "serve.log", workers) as served:
+    with serve_workers(gateway_env(tmp_path, shared_cache), tmp_path / "serve.log", workers) as served:
         served.proc.send_signal(sig)
         assert stopped(served) == 0, served.log.read_text()[-3000:]
         assert "Traceback" not in served.log.read_text()

@@ -34,11 +34,13 @@ PROMPT = "Which gas do plants take in for photosynthesis? A. oxygen B. carbon di
 CHAT = {"model": "uniroute:0", "messages": [{"role": "user", "content": PROMPT}]}
 
 
-def gateway_env(tmp_path: Path, shared_cache: str, configured: dict, **extra: str) -> dict[str, str]:
+def gateway_env(tmp_path: Path, shared_cache: str, *configured: dict, **extra: str) -> dict[str, str]:
+    """`uniroute serve`'s environment: the `configured` models registered at start, on a registry
+    of its own, with the admin API and the budget guard on."""
     return {**os.environ, "UNIROUTE_SQLITE_PATH": str(tmp_path / "registry.db"), "UNIROUTE_CACHE_DIR": shared_cache,
             "UNIROUTE_STATE_DIR": ROUTERBENCH_SETTINGS["state_dir"],
             "UNIROUTE_REPSET_PATH": ROUTERBENCH_SETTINGS["repset_path"], "UNIROUTE_ADMIN_KEY": ADMIN,
-            "UNIROUTE_MODELS": json.dumps([configured]), "UNIROUTE_BUDGET__TARGET": "1000",
+            "UNIROUTE_MODELS": json.dumps(configured), "UNIROUTE_BUDGET__TARGET": "1000",
             "UNIROUTE_LOG_LEVEL": "info", **extra}
 
 
