@@ -5,8 +5,12 @@ stream the upstream cut. The endpoints mark both on the request's state (`MODEL_
 `OUTCOME_STATE`)."""
 from __future__ import annotations
 
+import asyncio
+
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import stopped_response
 
 MODEL_STATE = "uniroute_model"
 OUTCOME_STATE = "uniroute_outcome"
@@ -49,14 +53,21 @@ class RequestCounter:
             await self.app(scope, receive, send)
             return
         status = 500  # what the server answers when the app raises before starting a response
+        started = False
 
         async def watching(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, watching)
+        except asyncio.CancelledError:
+            # The stopping server ended the request (its drain is over; a client hanging up is
+            # handled below): an OpenAI-style 503 rather than the server's plain-text 500.
+            if started:
+                raise
+            await stopped_response()(scope, receive, watching)
         finally:
             count_request(scope["app"].state, scope, status)

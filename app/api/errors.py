@@ -120,6 +120,17 @@ def client_closed_response(method: str, path: str) -> JSONResponse:
                                    type="invalid_request_error", code="client_closed_request"))
 
 
+# What a client whose request the stopping gateway ended is told (its drain, `drain_s`, is over).
+# Not final: another replica, or this one restarted, can take the request again, and the openai
+# SDK (like nginx's `proxy_next_upstream http_503`) sends a 503 again.
+STOPPED = "the gateway is shutting down and stopped this request before its answer was complete"
+
+
+def stopped_response() -> JSONResponse:
+    """The 503 for a request the stopping server ended before anything was answered."""
+    return known_error_response(GatewayError("unavailable", STOPPED, code="shutting_down"))
+
+
 def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     """The 500 for an error nobody expected, logged with its traceback."""
     log.error("unhandled error on %s %s", method, path, exc_info=exc)

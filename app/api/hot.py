@@ -24,9 +24,11 @@ from starlette.types import Message, Receive, Scope, Send
 from app.api.auth import require_client_key
 from app.api.counting import OUTCOME_STATE, count_request
 from app.api.errors import (
+    STOPPED,
     APIError,
     client_closed_response,
     known_error_response,
+    stopped_response,
     unexpected_error_response,
 )
 from app.api.limits import body_too_large, declared_too_large
@@ -90,17 +92,12 @@ class GatewayApp(FastAPI):
             return client_closed_response(scope["method"], scope["path"])
 
 
-# What a client still waiting when the gateway stops is told. Not a final answer: another
-# replica (or this one restarted) can take the request, and the openai SDK sends a 503 again.
-STOPPED = "the gateway is shutting down and stopped this request before its answer was complete"
-
-
 async def _stopped(scope: Scope, receive: Receive, send: Send, started: bool) -> None:
     """End a request the stopping server cancelled: a 503 when nothing was answered yet, else
     (a stream: the only response sent in parts) an error event closing the stream, as a stream
     an upstream cut ends."""
     if not started:
-        await known_error_response(GatewayError("unavailable", STOPPED, code="shutting_down"))(scope, receive, send)
+        await stopped_response()(scope, receive, send)
         return
     scope.setdefault("state", {})[OUTCOME_STATE] = "cut"
     await send({"type": "http.response.body", "body": stream_error_event(STOPPED, "service_unavailable"),

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.app.test_workers import gateway_env
+from tests.support.fault_upstream import Fault
 from tests.support.workers import Served, serve_workers
 
 PROMPT = [{"role": "user", "content": "Which gas do plants take in? A) O2 B) CO2"}]
@@ -134,3 +135,21 @@ def test_a_stopped_server_exits_0_without_a_traceback(workers, sig, tmp_path, sh
         served.proc.send_signal(sig)
         assert stopped(served) == 0, served.log.read_text()[-3000:]
         assert "Traceback" not in served.log.read_text()
+
+
+def test_a_stored_response_still_awaited_when_the_drain_ends_gets_an_openai_503(tmp_path, shared_cache,
+                                                                               fault_upstream, model_config):
+    fault, base_url = fault_upstream
+    env = gateway_env(tmp_path, shared_cache, *named_models(model_config, base_url, "keeper"), UNIROUTE_DRAIN_S="2")
+    with serve_workers(env, tmp_path / "serve.log", 1) as served, ThreadPoolExecutor(1) as pool:
+        oa = client(served)
+        created = oa.responses.create(model="keeper", input="Which gas do plants take in?")
+        fault.set_fault("keeper", Fault(delay_s=600))  # its upstream is slow to give it back
+        retrieved: Future = pool.submit(oa.responses.retrieve, created.id)
+        wait_for("the retrieve reaching the upstream", lambda: fault.calls["keeper"] == 2, served)
+
+        served.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(openai.APIStatusError) as refused:
+            retrieved.result(timeout=300)
+        assert refused.value.status_code == 503 and refused.value.code == "shutting_down", refused.value.response.text
+        assert stopped(served) == 0
