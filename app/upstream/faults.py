@@ -37,13 +37,16 @@ as the upstream sent it; except a refusal another model may not share, where the
 the model: a prompt longer than the model's context (`context_length`, told by OpenAI's, vLLM's,
 llama.cpp's, TGI's and LM Studio's error bodies, or by such an error opening a stream) or a body
 larger than that upstream takes (413: `too_large`; the gateway itself took it, under its own
-`max_body_bytes`). The next model is tried, the model as healthy as before; when none is left
+`max_body_bytes`), or a feature of the request the model or its server cannot take (`unsupported`:
+images to a text-only model, tools to a server not set up for them, told by OpenAI's, vLLM's,
+llama.cpp's and Ollama's error bodies). The next model is tried, the model as healthy as before; when none is left
 the client gets the last refusal as the upstream sent it, streamed or not. A 5xx whose body says
 the prompt is longer than the context (llama.cpp's server answers some such prompts with HTTP
 500 "Context size has been exceeded.", llama.cpp issue #19774) is `context_length` too, not
 `server`: asking the same model again cannot mend it, and it says nothing of the model's health;
 with no model left its refusal reaches the client as a 400, as one told in place of an answer
-does.
+does. So is llama.cpp's HTTP 500 for images to a model without its projector or for tools to a
+server started without `--jinja` (`unsupported`).
 A 404 about a stored response (`/responses/{id}`, `/responses/{id}/input_items`, ...) says that
 response is gone, not the model: the client gets it as the upstream sent it.
 """
@@ -61,7 +64,7 @@ from app.upstream.http1 import ConnectFailed, Disconnected, UpstreamError, Write
 
 FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "no_endpoint",
                      "rate_limit", "server", "request_timeout", "bad_body", "cut", "context_length", "too_large",
-                     "client_error"]
+                     "unsupported", "client_error"]
 
 # The path every registered model was profiled through: a 404 there means the model is gone (or,
 # naming no model, that the model's base_url is wrong).
@@ -90,15 +93,15 @@ _NEXT = Policy(retry=False, fallback=True, cooldown=True, disable=False)
 # The provider refuses the gateway's key, no longer knows the model or is not where the model
 # says: out of routing.
 _REFUSED = Policy(retry=False, fallback=True, cooldown=False, disable=True)
-# This request does not fit this model (its context, its upstream's body limit): another may
-# take it; the model is as healthy as before.
+# This request does not fit this model (its context, its upstream's body limit, a feature it
+# lacks): another may take it; the model is as healthy as before.
 _ELSEWHERE = Policy(retry=False, fallback=True, cooldown=False, disable=False)
 
 POLICIES: dict[FaultClass, Policy] = {
     **dict.fromkeys(("connect", "write", "rate_limit", "server", "request_timeout"), _RETRY),
     **dict.fromkeys(("timeout", "read", "disconnect", "bad_body", "cut"), _NEXT),
     **dict.fromkeys(("auth", "not_found", "no_endpoint"), _REFUSED),
-    **dict.fromkeys(("context_length", "too_large"), _ELSEWHERE),
+    **dict.fromkeys(("context_length", "too_large", "unsupported"), _ELSEWHERE),
     # the client's own mistake: back to it as the upstream said it
     "client_error": Policy(retry=False, fallback=False, cooldown=False, disable=False),
 }
@@ -107,8 +110,8 @@ POLICIES: dict[FaultClass, Policy] = {
 RELAYED: frozenset[FaultClass] = frozenset({"client_error", "too_large"})
 # The status classes whose body is read: those relayed; a 404's, never relayed but telling an
 # unknown model (`not_found`) from a path the upstream does not serve (`no_endpoint`); and a 5xx's,
-# never relayed either but telling a prompt longer than the context (`context_length`) from the
-# server's own failure.
+# never relayed either but telling a prompt longer than the context (`context_length`) or a
+# feature the server cannot take (`unsupported`) from the server's own failure.
 READ_BODY: frozenset[FaultClass] = RELAYED | {"not_found", "server"}
 # The classes of a 404: on another path than PROFILED_PATH, the endpoint is not served there.
 _NOT_FOUND: frozenset[FaultClass] = frozenset({"not_found", "no_endpoint"})
@@ -131,6 +134,21 @@ _CONTEXT_MESSAGE = re.compile(r"maximum context length|exceeds the available con
                               r"|tokens \+ `max_new_tokens` must be <=|`inputs` must have less than"
                               r"|greater than the context length|context length of only", re.IGNORECASE)
 
+# How servers say the model, or the server as it was started, cannot take a feature the request
+# uses. Images to a text-only model: OpenAI's "Invalid content type. image_url is only supported by
+# certain models." (HTTP 400, `code` null), vLLM's "<model> is not a multimodal model" (400) and
+# llama.cpp's "image input is not supported - hint: if this is unexpected, you may need to provide
+# the mmproj" (HTTP 500). Tools to a server not set up for them: vLLM's "'auto' tool choice
+# requires --enable-auto-tool-choice and --tool-call-parser to be set" (400), llama.cpp's "tools
+# param requires --jinja flag" (500) and Ollama's "<model> does not support tools" (400).
+# Whole phrases only, as for the context: a 5xx is read for them.
+_UNSUPPORTED_MESSAGE = re.compile(r"image_url is only supported by certain models|is not a multimodal model"
+                                  r"|image input is not supported|tool choice requires --enable-auto-tool-choice"
+                                  r"|tools param requires --jinja flag|does not support tools")
+
+# The gateway's words for a refusal of the request for what the model is, which its error body told.
+REFUSALS: dict[FaultClass, str] = {"context_length": "the prompt does not fit the context of {model}",
+                                   "unsupported": "the upstream of {model} cannot take a feature the request uses"}
 
 # How much of an upstream's error message the gateway's own error carries.
 MESSAGE_CHARS = 500
@@ -158,6 +176,21 @@ def exceeds_context(body: Any) -> bool:
     if error.get("code") in _CONTEXT_CODES or error.get("type") in _CONTEXT_CODES:
         return True
     return isinstance(error.get("message"), str) and bool(_CONTEXT_MESSAGE.search(error["message"]))
+
+
+def refuses_feature(body: Any) -> bool:
+    """Whether an upstream's error body says the model or its server cannot take a feature the
+    request uses (images, tools)."""
+    message = error_message(body)
+    return message is not None and bool(_UNSUPPORTED_MESSAGE.search(message))
+
+
+def elsewhere(body: Any) -> FaultClass | None:
+    """The class of an upstream's error body refusing this request for what this model is, which
+    another model may take (`context_length`, `unsupported`); None for any other error."""
+    if exceeds_context(body):
+        return "context_length"
+    return "unsupported" if refuses_feature(body) else None
 
 
 def error_message(body: Any) -> str | None:
@@ -301,8 +334,8 @@ def describe(kind: FaultClass, model: str, status: int | None, path: str, base_u
                 "servers serve it")
         return (f"the upstream of model {model} serves no {path} at the model's base_url{hint} (HTTP 404 for the "
                 f"URL's path, naming no model)")
-    if kind == "context_length":
-        return f"the prompt does not fit the context of {model} (HTTP {status})"
+    if kind in REFUSALS:
+        return f"{REFUSALS[kind].format(model=model)} (HTTP {status})"
     if kind == "too_large":
         return f"the request is larger than the upstream of {model} takes (HTTP {status})"
     return f"HTTP {status} from {model}"

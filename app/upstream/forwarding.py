@@ -6,7 +6,7 @@ retried: a stream cut after that ends with an OpenAI-style error event, never a 
 before any `[DONE]` (app/upstream/streams.py). Until then a stream fails as a whole answer does:
 one opening with an error event instead of an answer goes to the next model, and with none left
 the client gets what that error in a whole answer would give it (a prompt too long for the
-context: the upstream's refusal, as a 400).
+context, or a feature the model cannot take: the upstream's refusal, as a 400).
 """
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from app.errors import GatewayError, error_body
 from app.runtime.metrics import Metrics
 from app.upstream.faults import (
     READ_BODY,
+    REFUSALS,
     FaultClass,
     UpstreamFault,
     describe,
     disables,
+    elsewhere,
     error_answer,
     error_message,
     exceeds_context,
@@ -61,8 +63,9 @@ PURPOSE_HEADER = "x-uniroute-purpose"
 # which name the client's own account, not the one of the gateway's key.
 _PASS_HEADERS = ("user-agent", PURPOSE_HEADER)
 
-# The status the client gets for a prompt too long for the model's context that the upstream
-# told otherwise than by a 4xx (a 200 body, a stream's opening event, a 5xx): OpenAI's for it.
+# The status the client gets for a prompt too long for the model's context (or a feature the
+# model cannot take) that the upstream told otherwise than by a 4xx (a 200 body, a stream's
+# opening event, a 5xx): OpenAI's for it.
 REFUSED = 400
 
 # The longest an upstream's Retry-After keeps its model out of routing. A provider out of its
@@ -198,10 +201,10 @@ class Forwarder:
         when its fault class allows it (after the upstream's Retry-After, when it is short enough
         to wait out; after a longer one the next target is tried at once). A client error (4xx
         other than 401/403/404/408/429) is answered as it is, untried elsewhere, but for a prompt
-        longer than the model's context or a body larger than the upstream takes (413): the next
-        target is tried, and the last one's refusal answered as it is (one told otherwise than by a
-        4xx, in a 5xx, a 200 body or a stream's opening event, as a 400 with that error body),
-        streamed or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
+        longer than the model's context, a feature of the request the model cannot take (images,
+        tools) or a body larger than the upstream takes (413): the next target is tried, and the
+        last one's refusal answered as it is (one told otherwise than by a 4xx, in a 5xx, a 200
+        body or a stream's opening event, as a 400 with that error body), streamed or not. `strip_usage`: streams' usage chunks are read, not passed on (the gateway asked for
         them). `options_added`: the gateway added `stream_options` to ask for them, and a target
         refusing it is asked again without; a refusal of the client's own `stream_options` is
         answered as any client error. `body` None: the request (`method`) has none, and so names
@@ -329,11 +332,12 @@ class Forwarder:
         request_id = response.headers.get("x-request-id")
         if kind == "server":
             # Read, never relayed: llama.cpp's server refuses some prompts longer than its context
-            # with HTTP 500 "Context size has been exceeded." (issue #19774), which asking this model
-            # again cannot mend and which another model, with more room, may not share.
+            # with HTTP 500 "Context size has been exceeded." (issue #19774), and images or tools it
+            # was not started for too, which asking this model again cannot mend and which another
+            # model may not share.
             error = error_json(content)
-            if exceeds_context(error):
-                raise too_long(record, error, f"HTTP {response.status}", elapsed, request_id)
+            if refusal := elsewhere(error):
+                raise refused(refusal, record, error, f"HTTP {response.status}", elapsed, request_id)
             raise status_fault(kind, record, response, path)
         self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
         if kind is not None:
@@ -342,8 +346,8 @@ class Forwarder:
             parsed = error_json(content)
             reply = UpstreamReply(record, response.status, elapsed, body=orjson.dumps(parsed), json=parsed,
                                   request_id=request_id)
-            if kind == "client_error" and exceeds_context(parsed):
-                kind = "context_length"
+            if kind == "client_error":
+                kind = elsewhere(parsed) or kind
             if kind != "client_error":
                 raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
                                     response.status, reply)
@@ -519,24 +523,25 @@ def error_json(content: bytes) -> Any:
         return error_body(content.decode(errors="replace")[:500], "upstream_error")
 
 
-def too_long(record: ModelRecord, error: Any, what: str, elapsed: float, request_id: str | None) -> UpstreamFault:
-    """The `context_length` fault of a refusal of the prompt as longer than the model's context
-    (`error`, its error body) told otherwise than by a 4xx, `what` saying how: when no model is
-    left, the client gets that error body as a 400, OpenAI's status for it, as a 4xx refusal
-    would reach it (not as a 5xx, which clients such as the openai SDK would send again)."""
+def refused(kind: FaultClass, record: ModelRecord, error: Any, what: str, elapsed: float,
+            request_id: str | None) -> UpstreamFault:
+    """The fault of a refusal of the request for what the model is (`kind`: `context_length` for a
+    prompt longer than its context, `unsupported` for a feature it cannot take; `error`, its error
+    body) told otherwise than by a 4xx, `what` saying how: when no model is left, the client gets
+    that error body as a 400, OpenAI's status for it, as a 4xx refusal would reach it (not as a
+    5xx, which clients such as the openai SDK would send again)."""
     reply = UpstreamReply(record, REFUSED, elapsed, body=orjson.dumps(error), json=error, request_id=request_id)
-    return UpstreamFault("context_length", f"the prompt does not fit the context of {record.name} ({what})",
-                         REFUSED, reply)
+    return UpstreamFault(kind, f"{REFUSALS[kind].format(model=record.name)} ({what})", REFUSED, reply)
 
 
 def error_instead(record: ModelRecord, error: dict, kind: FaultClass, what: str, elapsed: float,
                   request_id: str | None) -> UpstreamFault:
     """The fault of an answer that is an error body (`error`) where an answer should be, `what`
-    saying how. A prompt longer than the model's context is `context_length` (`too_long`); any
-    other error is `kind`, its message in the description: the upstream meant it for the client,
-    who sees it in the gateway's 502 when no model is left."""
-    if exceeds_context(error):
-        return too_long(record, error, what, elapsed, request_id)
+    saying how. A prompt longer than the model's context is `context_length`, a feature it cannot
+    take `unsupported` (`refused`); any other error is `kind`, its message in the description: the
+    upstream meant it for the client, who sees it in the gateway's 502 when no model is left."""
+    if refusal := elsewhere(error):
+        return refused(refusal, record, error, what, elapsed, request_id)
     message = error_message(error)
     return UpstreamFault(kind, f"{record.name} {what}" + (f": {message}" if message else ""))
 

@@ -11,7 +11,13 @@ import orjson
 import pytest
 
 from app.runtime.metrics import Metrics
-from app.upstream.faults import MESSAGE_CHARS, exceeds_context, names_model, retry_after
+from app.upstream.faults import (
+    MESSAGE_CHARS,
+    exceeds_context,
+    names_model,
+    refuses_feature,
+    retry_after,
+)
 from app.upstream.forwarding import Health, error_instead
 from tests.models_registry.helpers import make_record
 from tests.support.clients import client, hanging_post, metric, wait_for
@@ -671,6 +677,81 @@ def test_a_prompt_too_long_for_every_model_gets_the_last_refusal_as_the_upstream
         assert err.value.body["code"] == "context_length_exceeded"
         assert "maximum context length is 100 tokens" in err.value.body["message"]
         assert upstream.calls["second"] == 0
+
+
+IMAGE_MESSAGES = [{"role": "user", "content": [
+    {"type": "text", "text": "What is in this picture?"},
+    {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]
+TOOLS = [{"type": "function", "function": {"name": "now", "description": "The time now",
+                                           "parameters": {"type": "object", "properties": {}}}}]
+# The refusals of a feature the model or its server cannot take: the fault spec, and what the
+# request carries that it refuses.
+UNSUPPORTED = [(":no_vision=openai", {"messages": IMAGE_MESSAGES}), (":no_vision=vllm", {"messages": IMAGE_MESSAGES}),
+               (":no_vision=llamacpp", {"messages": IMAGE_MESSAGES}),
+               (":no_tools=vllm", {"messages": MESSAGES, "tools": TOOLS}),
+               (":no_tools=llamacpp", {"messages": MESSAGES, "tools": TOOLS}),
+               (":no_tools=ollama", {"messages": MESSAGES, "tools": TOOLS})]
+
+
+@pytest.mark.parametrize("spec,request_fields", UNSUPPORTED)
+def test_a_model_refusing_a_feature_the_request_uses_sends_it_to_the_next_model(pair, spec, request_fields):
+    """Images to a text-only model, tools to a server not set up for them, as OpenAI, vLLM,
+    llama.cpp (with HTTP 500) and Ollama refuse them. Before, the router's choice answered the
+    client with that refusal (llama.cpp's 500s were asked again and counted toward its cooldown,
+    then a 502), with another model there that takes the request."""
+    upstream, make = pair
+    with make(spec, cooldown_failures=1) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", **request_fields)
+        assert raw.headers["x-uniroute-model"] == "second"
+        assert raw.parse().choices[0].message.content == "answer from second"
+        assert (upstream.calls[f"first{spec}"], upstream.calls["second"]) == (1, 1)  # not asked again
+        assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="unsupported"}') == 1
+        assert metric(gw, "uniroute_models_cooling") == 0
+        # a request without the feature still goes to the better model, which nothing cooled or disabled
+        plain = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
+        assert plain.headers["x-uniroute-model"] == "first"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("spec,status,said", [(":no_vision=vllm", 400, "is not a multimodal model"),
+                                              (":no_vision=llamacpp", 400, "image input is not supported")])
+def test_a_feature_no_candidate_takes_gets_the_last_refusal_as_a_400(make_gateway, fault_upstream, model_config,
+                                                                     stream, spec, status, said):
+    """With no model left the client gets the last upstream's refusal as it is (llama.cpp's
+    HTTP 500 as a 400, so that the openai SDK does not send it again), not the gateway's 502."""
+    upstream, url = fault_upstream
+    models = [model_config("a", url, upstream_model=f"a{spec}", score=0.9),
+              model_config("b", url, upstream_model=f"b{spec}", score=0.6)]
+    with make_gateway(models=models) as gw:
+        with pytest.raises(openai.APIStatusError) as err:
+            answer = client(gw).chat.completions.create(model="uniroute:0", messages=IMAGE_MESSAGES, stream=stream)
+            list(answer) if stream else answer
+        assert err.value.status_code == status and said in err.value.body["message"]
+        assert err.value.response.headers["x-uniroute-model"] == "b"
+        assert (upstream.calls[f"a{spec}"], upstream.calls[f"b{spec}"]) == (1, 1)
+        for model in ("a", "b"):
+            assert metric(gw, f'uniroute_upstream_failures_total{{model="{model}",reason="unsupported"}}') == 1
+        assert metric(gw, "uniroute_cost_total") == 0
+
+
+@pytest.mark.parametrize("body,unsupported", [
+    ({"error": {"message": "Invalid content type. image_url is only supported by certain models.",
+                "type": "invalid_request_error", "param": "messages.[1].content.[1].type", "code": None}}, True),
+    ({"object": "error", "message": "facebook/opt-125m is not a multimodal model None", "type": "BadRequestError",
+      "param": None, "code": 400}, True),  # vLLM
+    ({"error": {"code": 500, "message": "image input is not supported - hint: if this is unexpected, you may need to "
+                                        "provide the mmproj", "type": "server_error"}}, True),  # llama.cpp
+    ({"object": "error", "message": '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to '
+                                    "be set", "type": "BadRequestError", "param": None, "code": 400}, True),  # vLLM
+    ({"error": {"code": 500, "message": "tools param requires --jinja flag", "type": "server_error"}}, True),
+    ({"error": {"message": "registry.ollama.ai/library/gemma3:4b does not support tools", "type": "api_error",
+                "param": None, "code": None}}, True),  # Ollama
+    ({"error": {"message": "Invalid type for 'tools[0].function.name': expected a string, but got an integer instead.",
+                "type": "invalid_request_error", "param": "tools[0].function.name", "code": "invalid_type"}}, False),
+    ({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}, False),
+])
+def test_a_refusal_of_a_feature_is_told_from_other_errors(body, unsupported):
+    assert refuses_feature(body) is unsupported
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -51,6 +51,17 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     or `llamacpp_500` (HTTP 500 `{"error": {"code": 500, "message": "Context size
                     has been exceeded.", "type": "server_error"}}`, streamed or not, as llama.cpp
                     also answers: its issue #19774)
+    no_vision=S     a request carrying an image (chat's `image_url` part, the Responses API's
+                    `input_image`) refused as server S refuses it for a text-only model: `openai`
+                    (HTTP 400 "Invalid content type. image_url is only supported by certain
+                    models.", `code` null), `vllm` (HTTP 400 `{"object": "error", "message": "<model>
+                    is not a multimodal model", ...}`) or `llamacpp` (HTTP 500 "image input is not
+                    supported - hint: ... provide the mmproj", type `server_error`)
+    no_tools=S      a request carrying `tools` refused as server S refuses it when not set up for
+                    them: `vllm` (HTTP 400 '"auto" tool choice requires --enable-auto-tool-choice
+                    and --tool-call-parser to be set'; when `tool_choice` is absent or "auto"),
+                    `llamacpp` (HTTP 500 "tools param requires --jinja flag") or `ollama` (HTTP 400
+                    "registry.ollama.ai/library/<model> does not support tools")
     retry_after=S   a failing status carries `Retry-After: S` (seconds)
     retry_after_date=S  a failing status carries `Retry-After` as the HTTP date S seconds from now
 
@@ -177,6 +188,54 @@ CONTEXT_REFUSALS: dict[str, Callable[[int, int], tuple[int, dict]]] = {"tgi": _t
                                                                       "llamacpp_500": _llamacpp_500_refusal}
 
 
+def _openai_no_vision(model: str) -> tuple[int, dict]:
+    return 400, error_body("Invalid content type. image_url is only supported by certain models.",
+                           "invalid_request_error", param="messages.[0].content.[1].type")
+
+
+def _vllm_error(message: str) -> tuple[int, dict]:
+    """vLLM's 400 in the shape its releases before 0.10 send (the fields at the top level)."""
+    return 400, {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+
+
+def _llamacpp_500(message: str) -> tuple[int, dict]:
+    """llama.cpp's HTTP 500 for what its server was not started for (a std::runtime_error)."""
+    return 500, {"error": {"code": 500, "message": message, "type": "server_error"}}
+
+
+# How servers refuse a request using a feature the model (or the server, as started) cannot
+# take: (status, body) for the requested model's name.
+NO_VISION: dict[str, Callable[[str], tuple[int, dict]]] = {
+    "openai": _openai_no_vision,
+    "vllm": lambda model: _vllm_error(f"{model} is not a multimodal model None"),
+    "llamacpp": lambda _: _llamacpp_500("image input is not supported - hint: if this is unexpected, you may need "
+                                        "to provide the mmproj"),
+}
+NO_TOOLS: dict[str, Callable[[str], tuple[int, dict]]] = {
+    "vllm": lambda _: _vllm_error('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
+                                  "to be set"),
+    "llamacpp": lambda _: _llamacpp_500("tools param requires --jinja flag"),
+    "ollama": lambda model: (400, error_body(f"registry.ollama.ai/library/{model} does not support tools",
+                                             "api_error")),
+}
+_IMAGE_PARTS = ("image_url", "input_image")
+
+
+def carries_image(body: dict) -> bool:
+    """Whether a chat `messages` or Responses API `input` holds an image part."""
+    items = body.get("messages") or body.get("input")
+    return isinstance(items, list) and any(
+        isinstance(item, dict) and isinstance(item.get("content"), list)
+        and any(isinstance(part, dict) and part.get("type") in _IMAGE_PARTS for part in item["content"])
+        for item in items)
+
+
+def refuses_tools(server: str, body: dict) -> bool:
+    """Whether `server`, not set up for tools, refuses `body`: any tools, for vLLM only with
+    `tool_choice` left to "auto" (a named or "none" choice needs no tool parser)."""
+    return bool(body.get("tools")) and (server != "vllm" or body.get("tool_choice", "auto") == "auto")
+
+
 # llama.cpp's server failing mid-stream (its 2025 builds): an `error` field of its own, out of
 # the KV cache it shares among its slots.
 LLAMACPP_STREAM_FAILURE = (b'error: {"code":500,"message":"Context size has been exceeded.","type":"server_error"}'
@@ -228,6 +287,8 @@ class Fault:
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
+    no_vision: str | None = None
+    no_tools: str | None = None
     retry_after: float | None = None
     retry_after_date: bool = False  # Retry-After sent as an HTTP date, not as seconds
     # streamed (chat, completions or Responses API): exactly these bytes, each part its own write
@@ -262,6 +323,8 @@ def parse_fault(spec: str) -> Fault:
                 fields["cut_after" if key == "cut" else key] = int(value)
             elif key == "context_as" and value in CONTEXT_REFUSALS:
                 fields[key] = value
+            elif key == "no_vision" and value in NO_VISION or key == "no_tools" and value in NO_TOOLS:
+                fields[key] = value
             else:
                 raise ValueError("unknown directive")
         except ValueError:
@@ -269,7 +332,8 @@ def parse_fault(spec: str) -> Fault:
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "error_field_after=N, "
                              "crlf, no_stream, html, ok_error, no_stream_options, negative_usage, context=N, "
-                             "context_as=tgi|lmstudio|llamacpp|llamacpp_500, retry_after=S or retry_after_date=S") from None
+                             "context_as=tgi|lmstudio|llamacpp|llamacpp_500, no_vision=openai|vllm|llamacpp, "
+                             "no_tools=vllm|llamacpp|ollama, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
@@ -412,6 +476,12 @@ class FaultUpstream:
             raise APIError(400, f"This model's maximum context length is {fault.context} tokens. However, your "
                                 f"messages resulted in {tokens} tokens. Please reduce the length of the messages.",
                            type="invalid_request_error", param="messages", code="context_length_exceeded")
+        if fault.no_vision is not None and carries_image(body):
+            status, refusal = NO_VISION[fault.no_vision](model)
+            raise Answered(json_response(refusal, status))
+        if fault.no_tools is not None and refuses_tools(fault.no_tools, body):
+            status, refusal = NO_TOOLS[fault.no_tools](model)
+            raise Answered(json_response(refusal, status))
         if fault.no_stream_options and "stream_options" in body:
             raise APIError(400, "Unrecognized request argument supplied: stream_options", type="invalid_request_error")
         status = fault.failing_status(nth)
