@@ -20,6 +20,9 @@ ModelState = Literal["profiling", "ready", "failed", "disabled"]
 JobState = Literal["running", "paused", "done", "failed", "cancelled"]
 
 MAX_NAME_LEN = 128
+# What a model may be declared unable to take (`capabilities`, each true or false; one left out is
+# assumed taken): image inputs, tools (function calling), structured output to a JSON schema.
+CAPABILITIES = ("vision", "tools", "json_schema")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -93,14 +96,16 @@ class ModelRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     revision: int = 0
+    # What the model is declared to take or not (CAPABILITIES); none declared: it takes everything.
+    capabilities: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def new(cls, name: str, base_url: str, upstream_model: str, api_key_env: str | None,
-            cost: Price) -> ModelRecord:
+            cost: Price, capabilities: dict[str, bool] | None = None) -> ModelRecord:
         """A validated record for a model about to be registered (state `profiling`, revision 0)."""
         now = time.time()
         record = cls(name=name, base_url=base_url, upstream_model=upstream_model, api_key_env=api_key_env,
-                     cost=cost, created_at=now, updated_at=now)
+                     cost=cost, created_at=now, updated_at=now, capabilities=capabilities or {})
         record.validate()
         return record
 
@@ -126,11 +131,20 @@ class ModelRecord:
             except InvalidField as exc:  # the registry names its refusals in one type
                 raise RegistryValidationError(exc.field, exc.message) from None
         validate_price("spend", self.spend)
+        if not isinstance(self.capabilities, dict) or any(
+                k not in CAPABILITIES or type(v) is not bool for k, v in self.capabilities.items()):
+            raise RegistryValidationError("capabilities", f"must map some of {', '.join(CAPABILITIES)} to true or "
+                                                          f"false, got {self.capabilities!r}")
+
+    def lacks(self, needs: frozenset[str]) -> list[str]:
+        """The capabilities among `needs` the model is declared without, in CAPABILITIES' order."""
+        return [c for c in CAPABILITIES if c in needs and self.capabilities.get(c) is False]
 
     def copy(self) -> ModelRecord:
         """An independent copy: callers may change it without touching the registry's view."""
         record = _clone(self)
         record.cost = _clone(self.cost)
+        record.capabilities = dict(self.capabilities)
         if self.profile is not None:
             record.profile = _clone(self.profile)
             record.profile.errors = list(self.profile.errors)

@@ -16,7 +16,7 @@ from app.api.auth import require_admin_key
 from app.api.errors import APIError
 from app.costs.budget import key_scope
 from app.profiling.jobs import ACTIVE
-from app.runtime.config import PriceIn
+from app.runtime.config import CapabilitiesIn, PriceIn
 from app.runtime.gateway import Gateway, gateway_of
 from models_registry.base import RegistryUnavailable
 from models_registry.records import JobRecord, JobState, ModelRecord
@@ -46,6 +46,7 @@ class RegisterIn(BaseModel):
     upstream_model: str | None = None
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     cost: PriceIn
+    capabilities: CapabilitiesIn | None = None
     scores: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] | None = None
     job: JobOptionsIn | None = None
 
@@ -60,13 +61,15 @@ class RegisterIn(BaseModel):
 class PatchIn(BaseModel):
     """What may change on a registered model. Where it is reached (`base_url`, `upstream_model`,
     `api_key_env`: a moved server, a renamed model, a rotated key's variable) keeps its profile:
-    the LLM is the same one. `api_key_env: null` drops the key."""
+    the LLM is the same one. `api_key_env: null` drops the key. `capabilities` given are set, the
+    others kept."""
 
     model_config = ConfigDict(extra="forbid")
     base_url: str | None = None
     upstream_model: str | None = None
     api_key_env: str | None = None
     cost: PriceIn | None = None
+    capabilities: CapabilitiesIn | None = None
     enabled: bool | None = None
 
 
@@ -77,6 +80,7 @@ def model_json(record: ModelRecord, detail: bool = False) -> dict:
         "api_key_env": record.api_key_env, "cost": record.cost.to_dict(), "state": record.state,
         "enabled": record.enabled, "error": record.error, "profiled_at": record.profiled_at,
         "spend": record.spend, "created_at": record.created_at, "updated_at": record.updated_at,
+        "capabilities": record.capabilities,
     }
     p = record.profile
     if p is not None:
@@ -131,7 +135,8 @@ async def register_model(body: RegisterIn, request: Request) -> JSONResponse:
     try:
         record = ModelRecord.new(name=body.name, base_url=body.base_url,
                                  upstream_model=body.upstream_model or body.name,
-                                 api_key_env=body.api_key_env, cost=body.cost.to_price())
+                                 api_key_env=body.api_key_env, cost=body.cost.to_price(),
+                                 capabilities=body.capabilities.declared() if body.capabilities else None)
     except InvalidField as exc:
         raise APIError(400, str(exc), param=exc.field, code="invalid_value") from None
     try:
@@ -210,6 +215,8 @@ async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
         raise APIError(400, str(exc), param=exc.field, code="invalid_value") from None
     if body.cost is not None:
         record.cost = body.cost.to_price()
+    if body.capabilities is not None:
+        record.capabilities = {**record.capabilities, **body.capabilities.declared()}
     if body.enabled and any(m.name == name and not m.enabled for m in gw.settings.models):
         # such a model (the judge, say) is only ever called by the gateway, and disabled again at
         # every start: enabled here, it would be served to clients by name until then

@@ -19,10 +19,14 @@ from pydantic import (
 from app.api.errors import APIError, validation_error
 from app.errors import GatewayError
 from app.routing.prompts import (
-    chat_prompt_chars,
+    NO_NEEDS,
+    PromptSize,
+    chat_needs,
+    chat_prompt_size,
     chat_routing_text,
     completion_routing_text,
-    responses_prompt_chars,
+    responses_needs,
+    responses_prompt_size,
     responses_routing_text,
     token_ids_chars,
     tools_chars,
@@ -102,11 +106,17 @@ class RoutedBody(BaseModel):
         raise NotImplementedError
 
     @classmethod
-    def chars_of(cls, fields: dict, text: str) -> int:
-        """Characters of text a valid body's `fields` send the model, which its input tokens are
-        estimated from: its routing text's (`text`, as `text_of` read it) by default, every
-        turn's for a conversation."""
-        return len(text)
+    def prompt_of(cls, fields: dict, text: str) -> PromptSize:
+        """What a valid body's `fields` send the model, whose characters its input tokens are
+        estimated from: its routing text (`text`, as `text_of` read it) by default, every turn
+        for a conversation."""
+        return PromptSize(len(text))
+
+    @classmethod
+    def needs_of(cls, fields: dict, images: bool) -> frozenset[str]:
+        """The capabilities a valid body's `fields` need of the model (`images`: its prompt holds
+        an image, as `prompt_of` found); none by default."""
+        return NO_NEEDS
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
@@ -137,8 +147,14 @@ class ChatBody(RoutedBody):
         return chat_routing_text(fields["messages"])
 
     @classmethod
-    def chars_of(cls, fields: dict, text: str) -> int:
-        return chat_prompt_chars(fields["messages"]) + tools_chars(fields)
+    def prompt_of(cls, fields: dict, text: str) -> PromptSize:
+        size = chat_prompt_size(fields["messages"])
+        size.chars += tools_chars(fields)
+        return size
+
+    @classmethod
+    def needs_of(cls, fields: dict, images: bool) -> frozenset[str]:
+        return chat_needs(fields, images)
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
@@ -172,9 +188,9 @@ class CompletionBody(RoutedBody):
             return ""
 
     @classmethod
-    def chars_of(cls, fields: dict, text: str) -> int:
+    def prompt_of(cls, fields: dict, text: str) -> PromptSize:
         # token ids have no text (`text` is ""), but the model is sent and bills every one
-        return len(text) or token_ids_chars(fields["prompt"])
+        return PromptSize(len(text) or token_ids_chars(fields["prompt"]))
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
@@ -204,8 +220,14 @@ class ResponsesBody(RoutedBody):
         return responses_routing_text(fields.get("input"), fields.get("instructions"))
 
     @classmethod
-    def chars_of(cls, fields: dict, text: str) -> int:
-        return responses_prompt_chars(fields.get("input"), fields.get("instructions")) + tools_chars(fields)
+    def prompt_of(cls, fields: dict, text: str) -> PromptSize:
+        size = responses_prompt_size(fields.get("input"), fields.get("instructions"))
+        size.chars += tools_chars(fields)
+        return size
+
+    @classmethod
+    def needs_of(cls, fields: dict, images: bool) -> frozenset[str]:
+        return responses_needs(fields, images)
 
     @classmethod
     def output_limit_of(cls, fields: dict) -> int | None:
@@ -248,9 +270,10 @@ class RoutedRequest:
     def size(self, text: str) -> RequestSize:
         """What the request's expected cost is priced by: the characters of text it sends the
         model (`text`: its routing text, read once), the most tokens each answer may have and
-        how many answers it asks for."""
-        return RequestSize(self.kind.chars_of(self.fields, text), self.kind.output_limit_of(self.fields),
-                           self.kind.choices_of(self.fields))
+        how many answers it asks for; and what it needs of the model."""
+        prompt = self.kind.prompt_of(self.fields, text)
+        return RequestSize(prompt.chars, self.kind.output_limit_of(self.fields), self.kind.choices_of(self.fields),
+                           self.kind.needs_of(self.fields, prompt.images))
 
 
 def read_routed(kind: type[RoutedBody], body: dict) -> RoutedRequest:

@@ -10,10 +10,14 @@ the user message).
 
 The model is sent, and bills, more than that: every earlier turn, tool call and tool result,
 the tools' definitions, and images. A request's input tokens are estimated from all of it
-(`chat_prompt_chars`, `responses_prompt_chars`, `tools_chars`; an image as the characters of its
+(`chat_prompt_size`, `responses_prompt_size`, `tools_chars`; an image as the characters of its
 tokens), or an agent loop's turn carrying a long tool result would be priced as its short question.
+The same walk notes an image, which only a model taking images can answer; tools and a JSON
+schema output are told by their fields (`chat_needs`, `responses_needs`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import orjson
 
@@ -25,6 +29,8 @@ from router_core.pricing import CHARS_PER_TOKEN
 # Its size is not read before routing, so any other is taken as a 1024x1024 image's 765 tokens.
 _IMAGE_CHARS_LOW = int(85 * CHARS_PER_TOKEN)
 _IMAGE_CHARS = int(765 * CHARS_PER_TOKEN)
+# What a request needs of its model when it uses no image, tools nor structured output: anything.
+NO_NEEDS: frozenset[str] = frozenset()
 
 
 def content_text(content: object) -> str:
@@ -74,37 +80,52 @@ def _image_chars(part: object) -> int:
     return _IMAGE_CHARS_LOW if detail == "low" else _IMAGE_CHARS
 
 
-def item_chars(item: dict) -> int:
-    """Characters of text a chat message or a Responses API input item sends the model: its
-    content (an image as its tokens' characters), a tool's output (`function_call_output`) and
-    tool calls' arguments (a chat assistant's `tool_calls`, a Responses API `function_call`).
-    Audio and files are not counted."""
-    content = item.get("content")
-    if type(content) is str:
-        chars = len(content)
-    else:
-        chars = len(content_text(content))
-        if isinstance(content, list):
-            chars += sum(_image_chars(part) for part in content)
-    # Looked for by key first: few items carry them, and this runs for every message of every
-    # request (a few microseconds a request otherwise).
-    if "output" in item:
-        chars += len(content_text(item["output"]))
-    if "arguments" in item and isinstance(item["arguments"], str):
-        chars += len(item["arguments"])
-    if "tool_calls" in item and isinstance(item["tool_calls"], list):
-        chars += sum(_call_arguments(call) for call in item["tool_calls"])
-    return chars
+@dataclass(slots=True)  # made for every request: slots, not frozen (a frozen one costs more to make)
+class PromptSize:
+    """What a request's messages (or input items) send the model: characters of text (an image as
+    its tokens' characters), and whether an image is among them, which only a model taking images
+    (`vision`) can answer. Found in the one walk that counts the characters."""
+
+    chars: int = 0
+    images: bool = False
+
+    def add(self, item: dict) -> None:
+        """Count a chat message or a Responses API input item: its content (an image as its
+        tokens' characters), a tool's output (`function_call_output`) and tool calls' arguments
+        (a chat assistant's `tool_calls`, a Responses API `function_call`). Audio and files are
+        not counted."""
+        content = item.get("content")
+        if type(content) is str:
+            self.chars += len(content)
+        else:
+            self.chars += len(content_text(content))
+            if isinstance(content, list):
+                images = sum(_image_chars(part) for part in content)
+                self.chars += images
+                self.images = self.images or images > 0
+        # Looked for by key first: few items carry them, and this runs for every message of every
+        # request (a few microseconds a request otherwise).
+        if "output" in item:
+            self.chars += len(content_text(item["output"]))
+        if "arguments" in item and isinstance(item["arguments"], str):
+            self.chars += len(item["arguments"])
+        if "tool_calls" in item and isinstance(item["tool_calls"], list):
+            self.chars += sum(_call_arguments(call) for call in item["tool_calls"])
+
+
+def chat_prompt_size(messages: list) -> PromptSize:
+    """What a chat request's messages (or a Responses API request's input items) send the
+    model, every turn included."""
+    size = PromptSize()
+    for m in messages:  # a loop, not sum() over a generator: this runs for every request
+        if isinstance(m, dict):
+            size.add(m)
+    return size
 
 
 def chat_prompt_chars(messages: list) -> int:
-    """Characters of text a chat request's messages (or a Responses API request's input items)
-    send the model, every turn included."""
-    chars = 0
-    for m in messages:  # a loop, not sum() over a generator: this runs for every request
-        if isinstance(m, dict):
-            chars += item_chars(m)
-    return chars
+    """Characters of text a chat request's messages send the model, every turn included."""
+    return chat_prompt_size(messages).chars
 
 
 def tools_chars(fields: dict) -> int:
@@ -154,11 +175,42 @@ def responses_routing_text(input: object, instructions: str | None) -> str:
     return "\n".join(p for p in (instructions, chat_routing_text(messages)) if p)
 
 
-def responses_prompt_chars(input: object, instructions: str | None) -> int:
-    """Characters of text a Responses API request sends the model: its instructions and every input item."""
-    chars = len(instructions or "")
-    if isinstance(input, str):
-        return chars + len(input)
+def responses_prompt_size(input: object, instructions: str | None) -> PromptSize:
+    """What a Responses API request sends the model: its instructions and every input item."""
     if isinstance(input, list):
-        chars += chat_prompt_chars(input)  # its items are counted as chat messages are
-    return chars
+        size = chat_prompt_size(input)  # its items are counted as chat messages are
+    else:
+        size = PromptSize(len(input) if isinstance(input, str) else 0)
+    size.chars += len(instructions or "")
+    return size
+
+
+def _needs(images: bool, tools: object, output_format: object) -> frozenset[str]:
+    """The capabilities (models_registry's CAPABILITIES) a request needs: `vision` for an image,
+    `tools` for tool definitions, `json_schema` for an output format of that type."""
+    needs = []
+    if images:
+        needs.append("vision")
+    if isinstance(tools, list) and tools:
+        needs.append("tools")
+    if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
+        needs.append("json_schema")
+    return frozenset(needs)
+
+
+def chat_needs(fields: dict, images: bool) -> frozenset[str]:
+    """The capabilities a chat request needs of its model (`images`: an image among its messages):
+    its `tools` (or deprecated `functions`) and its `response_format`. Most requests carry
+    neither: they pay three key lookups."""
+    if not images and "tools" not in fields and "functions" not in fields and "response_format" not in fields:
+        return NO_NEEDS
+    return _needs(images, fields.get("tools") or fields.get("functions"), fields.get("response_format"))
+
+
+def responses_needs(fields: dict, images: bool) -> frozenset[str]:
+    """The capabilities a Responses API request needs of its model (`images`: an image among its
+    input items): its `tools` and its output format (`text.format`)."""
+    if not images and "tools" not in fields and "text" not in fields:
+        return NO_NEEDS
+    text = fields.get("text")
+    return _needs(images, fields.get("tools"), text.get("format") if isinstance(text, dict) else None)

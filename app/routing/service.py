@@ -26,13 +26,15 @@ from app.runtime.config import Settings, TargetFields
 from app.runtime.metrics import Metrics
 from app.upstream.forwarding import Health
 from models_registry.base import Registry
-from models_registry.records import ModelRecord
+from models_registry.records import CAPABILITIES, ModelRecord
 from router_core.pricing import estimate_tokens
 from router_core.router import Decision, UniRouter
 from router_core.targets import KINDS, NotCalibrated, RoutingTarget
 from router_core.text import routing_text
 
 ROUTER_MODEL = "uniroute"
+# How an error names what a request uses that no routable model takes.
+_NEED_WORDS = {"vision": "images (vision)", "tools": "tools", "json_schema": "a JSON schema output (json_schema)"}
 # How long a replaced router's embedding worker stays for requests that started on it.
 RETIRE_AFTER_S = 30.0
 
@@ -41,11 +43,14 @@ RETIRE_AFTER_S = 30.0
 class RequestSize:
     """What a request's expected cost is priced by: the characters of text it sends the model,
     the most tokens each answer may have (`max_tokens` and the like; None: no limit), and how
-    many answers it asks for (`n`: each is billed)."""
+    many answers it asks for (`n`: each is billed); and the capabilities it needs of the model
+    (models_registry's CAPABILITIES: images, tools, a JSON schema output), which routing
+    leaves out the models declared without."""
 
     prompt_chars: int
     max_output_tokens: int | None = None
     choices: int = 1
+    needs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -221,12 +226,17 @@ class RoutingService:
         weights = (await self.weights([text], router))[0]
         self.watch_drift(router, text)
         tokens = estimate_tokens(size.prompt_chars)
-        decision = router.decide(weights, resolution, tokens, allowed, self.health.cooling(), floor,
-                                 size.max_output_tokens, size.choices)
+        # Models declared unable to take what the request uses are never tried (most requests need nothing).
+        unable = self.unable(router, allowed, size.needs) if size.needs else frozenset()
+        cooling = self.health.cooling()
+        decision = router.decide(weights, resolution, tokens, allowed, cooling | unable if unable else cooling,
+                                 floor, size.max_output_tokens, size.choices)
         if decision is None:  # every allowed model is cooling down: better to try them than to refuse
-            decision = router.decide(weights, resolution, tokens, allowed, min_cost_weight=floor,
+            decision = router.decide(weights, resolution, tokens, allowed, unable, min_cost_weight=floor,
                                      max_output_tokens=size.max_output_tokens, choices=size.choices)
         self.metrics.routing_seconds.observe(time.perf_counter() - start)
+        if decision is None and unable:
+            raise unable_error(size.needs, unable)
         if decision is None:
             raise GatewayError("unavailable", "no routable model among the allowed models", code="no_routable_model")
         if self.capture is not None:
@@ -234,6 +244,13 @@ class RoutingService:
         records = self.registry.snapshot()
         fallbacks = decision.ranking[: 1 + self.settings.max_fallbacks]
         return Destination(decision, [records.peek(name) for name in fallbacks if name in records], scope, guard)
+
+    def unable(self, router: UniRouter, allowed: frozenset[str] | None, needs: frozenset[str]) -> frozenset[str]:
+        """The routable models (among `allowed`) declared without a capability in `needs`."""
+        records = self.registry.snapshot()
+        return frozenset(name for name in router.table.names
+                         if (allowed is None or name in allowed) and name in records
+                         and records.peek(name).lacks(needs))
 
     def watch_drift(self, router: UniRouter, text: str) -> None:
         """Count a routed prompt as near or far from the router's clusters."""
@@ -243,6 +260,15 @@ class RoutingService:
         far = bool(router.drift.observe(np.array([distance]))[0])
         self.metrics.child(self.metrics.drift_prompts, "true" if far else "false").inc()
         self.metrics.drift_share.set(router.drift.far_share)
+
+
+def unable_error(needs: frozenset[str], unable: frozenset[str]) -> GatewayError:
+    """The 400 for a request using what no routable model takes: every one that could answer it
+    (`unable`) is declared without a capability it `needs`."""
+    used = [_NEED_WORDS[c] for c in CAPABILITIES if c in needs]
+    return GatewayError("invalid", f"no routable model takes what this request uses: {' and '.join(used)}; the "
+                                   f"models that could answer it are declared without it (capabilities): "
+                                   f"{', '.join(sorted(unable))}", code="unsupported_capability")
 
 
 def expectation(destination: Destination, answered_by: ModelRecord) -> tuple[float, float, int]:

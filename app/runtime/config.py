@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -68,6 +69,20 @@ class PriceIn(_Closed):
         return Price(self.input_per_mtok or 0.0, self.output_per_mtok or 0.0, self.per_request or 0.0)
 
 
+class CapabilitiesIn(_Closed):
+    """What a model takes, as the config file and the admin API declare it (models_registry's
+    CAPABILITIES): false for a feature it cannot take, and routing sends it no request using that
+    feature; one left out is assumed taken."""
+
+    vision: StrictBool | None = None  # image inputs: chat's `image_url` parts, the Responses API's `input_image`
+    tools: StrictBool | None = None  # `tools` (chat's deprecated `functions` too)
+    json_schema: StrictBool | None = None  # `response_format` (Responses API: `text.format`) of type json_schema
+
+    def declared(self) -> dict[str, bool]:
+        """The capabilities declared, true or false."""
+        return self.model_dump(exclude_none=True)
+
+
 class ModelConfig(_Closed):
     """A model declared in the config file; registered at start if the registry lacks it."""
 
@@ -82,6 +97,8 @@ class ModelConfig(_Closed):
     # false: a model the gateway only calls itself, such as the `judge_model`: never routed,
     # listed or served to clients, and not profiled. Applied at every start.
     enabled: bool = True
+    # What the model cannot take (false), so that requests using it are routed elsewhere.
+    capabilities: CapabilitiesIn | None = None
 
 
 class EmbeddingsConfig(_Closed):

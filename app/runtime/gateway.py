@@ -294,7 +294,7 @@ class Gateway:
 
     async def _register_configured(self, models: list[ModelConfig]) -> None:
         """Register the config file's models the registry does not hold yet; those it holds take
-        the file's `base_url`, `upstream_model`, `api_key_env` and `cost` (the file says where its
+        the file's `base_url`, `upstream_model`, `api_key_env`, `cost` and `capabilities` (the file says where its
         models are and what they cost: an edit there must not be ignored because the registry
         remembers the first start), keeping their profiles."""
         existing = {r.name: r for r in await self._stored_models()}
@@ -334,7 +334,7 @@ def _follow_config(record: ModelRecord, m: ModelConfig) -> bool:
     any changed (each change logged: the admin API's edits of them last until a restart)."""
     wanted = _new_record(m)
     changes = []
-    for name in ("base_url", "upstream_model", "api_key_env", "cost"):
+    for name in ("base_url", "upstream_model", "api_key_env", "cost", "capabilities"):
         old, new = getattr(record, name), getattr(wanted, name)
         if old != new:
             setattr(record, name, new)
@@ -351,4 +351,5 @@ def _shown(value: object) -> str:
 def _new_record(m: ModelConfig) -> ModelRecord:
     """The registry record a config model starts as."""
     return ModelRecord.new(name=m.name, base_url=m.base_url, upstream_model=m.upstream_model or m.name,
-                           api_key_env=m.api_key_env, cost=m.cost.to_price())
+                           api_key_env=m.api_key_env, cost=m.cost.to_price(),
+                           capabilities=m.capabilities.declared() if m.capabilities else None)

@@ -60,8 +60,9 @@ def test_a_plain_body_reads_as_its_validation_and_any_other_is_validated(kind, b
                 read.routing_text(routed)
             continue
         assert read.routing_text(routed) == expected
-        assert read.size(expected) == RequestSize(kind.chars_of(fields, expected), kind.output_limit_of(fields),
-                                                kind.choices_of(fields))
+        prompt = kind.prompt_of(fields, expected)
+        assert read.size(expected) == RequestSize(prompt.chars, kind.output_limit_of(fields), kind.choices_of(fields),
+                                                kind.needs_of(fields, prompt.images))
 
 
 def test_the_usual_bodies_are_plain_and_skip_validation():

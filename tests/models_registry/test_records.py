@@ -67,6 +67,25 @@ def test_model_record_survives_a_json_round_trip_exactly():
     assert isinstance(back.cost, Price) and back.profile.errors == record.profile.errors
 
 
+def test_capabilities_round_trip_and_a_record_written_before_them_takes_everything():
+    record = new(capabilities={"vision": False, "tools": True})
+    back = ModelRecord.from_dict(orjson.loads(orjson.dumps(record.to_dict())))
+    assert back.capabilities == {"vision": False, "tools": True}
+    assert back.lacks(frozenset({"vision", "tools", "json_schema"})) == ["vision"]
+    old = {k: v for k, v in make_record().to_dict().items() if k != "capabilities"}
+    assert ModelRecord.from_dict(old).capabilities == {}
+    assert ModelRecord.from_dict(old).lacks(frozenset({"vision"})) == []
+
+
+@pytest.mark.parametrize("capabilities", [{"telepathy": False}, {"vision": "no"}, {"tools": 0}, ["vision"]])
+def test_bad_capabilities_are_refused_naming_the_field(capabilities):
+    record = new()
+    record.capabilities = capabilities
+    with pytest.raises(RegistryValidationError) as err:
+        record.validate()
+    assert err.value.field == "capabilities"
+
+
 def test_from_dict_ignores_fields_it_does_not_know():
     record = make_record()
     assert ModelRecord.from_dict(record.to_dict() | {"added_by_a_newer_version": 1}) == record
@@ -99,5 +118,6 @@ def test_a_copy_shares_nothing_mutable_with_its_original():
     copy.profile.errors[0] = 0.99
     copy.profile.counts.append(1.0)
     copy.cost.per_request = 9.0
+    copy.capabilities["vision"] = False
     copy.state = "disabled"
     assert record.to_dict() == before
