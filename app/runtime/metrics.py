@@ -5,7 +5,8 @@ worker's values in files under PROMETHEUS_MULTIPROC_DIR, and a scrape of any wor
 all: counters and histograms are summed over the workers. Each gauge says how its workers'
 values combine (`multiprocess_mode`, ignored in one process): `livemostrecent` for what every
 worker sees alike (the registry's models, the shared budget counts) or what one worker owns (a
-profiling job's progress; the drift share, of the last worker to route), `livemax` for what
+profiling job's progress; the drift share, of the last worker to route; the registry's
+availability, as the scraped worker sees it), `livemax` for what
 each worker has of its own (its cooldowns); a dead worker's gauges go with it.
 """
 from __future__ import annotations
@@ -141,6 +142,12 @@ class Metrics:
         self.drift_share = Gauge(
             "uniroute_drift_far_share",
             "Share of the recent routed prompts farther from every centroid than the drift threshold.",
+            registry=r, multiprocess_mode="livemostrecent")
+        # Set by each scrape (app/api/main.py), from the scraped process's own view, as /readyz says it.
+        self.registry_available = Gauge(
+            "uniroute_registry_available",
+            "1 while the registry takes writes, 0 while it is away (Redis unreachable, or the SQLite file's "
+            "writes failing); routing goes on from the models already loaded.",
             registry=r, multiprocess_mode="livemostrecent")
         self.drift_prompts = Counter(
             "uniroute_drift_prompts", "Routed prompts by distance to the nearest centroid (far: above the "

@@ -19,6 +19,7 @@ from router_core.datasets import load_routerbench_responses
 from router_core.grading import grade
 from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET, ROUTERBENCH_REPSET
+from tests.app.test_workers import samples
 from tests.support.clients import client, wait_for
 from tests.support.fault_upstream import Fault, closed_port
 from tests.support.sqlite_lock import write_lock_held
@@ -198,10 +199,11 @@ def test_patch_disable_and_delete_change_routing(make_gateway, fault_upstream, m
         assert route() == "b"
 
 
-def test_readyz_says_the_sqlite_registry_is_unavailable_while_its_writes_fail_and_available_again_after(
+def test_readyz_and_metrics_say_the_sqlite_registry_is_unavailable_while_its_writes_fail_and_available_again_after(
         make_gateway, fault_upstream, model_config, tmp_path):
     # /readyz said `registry_available: true` for as long as the file was open, while every write
     # answered 503 (the file locked by another process past its busy timeout, or a full disk).
+    # /metrics did not say it at all, so no dashboard or alert could.
     _, url = fault_upstream
     db = tmp_path / "registry.db"
     with make_gateway(models=[model_config("a", url)], admin_key=ADMIN, sqlite_path=str(db)) as gw:
@@ -210,12 +212,18 @@ def test_readyz_says_the_sqlite_registry_is_unavailable_while_its_writes_fail_an
             assert ready.status_code == 200  # routing goes on from the snapshot either way
             return ready.json()["registry_available"]
 
-        assert registry_available()
+        def scraped_available() -> list[float]:
+            return [s.value for s in samples(httpx.get(gw + "/metrics", timeout=10).text,
+                                             "uniroute_registry_available")]
+
+        assert registry_available() and scraped_available() == [1.0]
         with write_lock_held(db):
             refused = admin(gw, "PATCH", "/models/a", json={"enabled": False})
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "registry_unavailable"
             assert not registry_available()
+            assert scraped_available() == [0.0]
         assert wait_for(registry_available, 30), "the registry never said it was available again"
+        assert wait_for(lambda: scraped_available() == [1.0], 30), "/metrics never said it was available again"
         assert admin(gw, "PATCH", "/models/a", json={"enabled": False}).status_code == 200
 
 
