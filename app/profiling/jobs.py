@@ -500,7 +500,6 @@ class JobRunner:
 
         async def settle(answer: GradedAnswer, spent: float) -> None:
             job.spend += spent
-            metrics.profiling_spend.labels(record.name).inc(spent)
             if answer.error is None:
                 job.done += 1
                 metrics.profiling_done.labels(record.name).set(job.done)
@@ -576,12 +575,20 @@ class JobRunner:
                        gate: asyncio.Semaphore | None = None) -> None:
         """Ask `record` each of `items` (`options.concurrency` at a time, and under `gate` when
         several models' passes share one bound), store every answer under the set `version`, then
-        hand it to `settle` with what it spent. A failed item is asked again once the others have
-        had their turn, at most `attempts` times (an answer the judge failed to grade is judged
-        again, not asked again); a declined one is not; failures in a row back off and may stop
-        `run` (module docstring). Also a state migration's, per model (app/runtime/migration.py)."""
+        count what it spent (`uniroute_profiling_cost_total`) and hand it to `settle` with that. A
+        failed item is asked again once the others have had their turn, at most `attempts` times
+        (an answer the judge failed to grade is judged again, not asked again); a declined one is
+        not; failures in a row back off and may stop `run` (module docstring). Also a state
+        migration's, per model (app/runtime/migration.py)."""
         todo = deque(items)
         tries: Counter[str] = Counter()
+        spend_metric = self.metrics.profiling_spend.labels(record.name)
+
+        async def counted(answer: GradedAnswer, spent: float) -> None:
+            # here, not in `settle`: a migration's calls are paid for as a job's are
+            spend_metric.inc(spent)
+            await settle(answer, spent)
+
         # answers paid for that the judge failed to grade: judged again, the model not asked again
         unjudged: dict[str, GradedAnswer] = {}
 
@@ -598,7 +605,7 @@ class JobRunner:
                 except Misregistered as exc:
                     if exc.answer is not None:  # paid for before the judge failed it: stored and counted
                         await self.registry.record_answer(record.name, version, exc.answer)
-                        await settle(exc.answer, exc.spent)
+                        await counted(exc.answer, exc.spent)
                     run.misregistered(str(exc))
                     return
                 await self.registry.record_answer(record.name, version, answer)
@@ -611,7 +618,7 @@ class JobRunner:
                     tries[item.id] += 1
                     if tries[item.id] < self.resilience.attempts:
                         todo.append(item)
-                await settle(answer, spent)
+                await counted(answer, spent)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(options.concurrency, len(todo))))))
 

@@ -10,6 +10,7 @@ import math
 import time
 from collections import Counter
 
+import httpx
 import pytest
 
 from app.api.errors import APIError
@@ -19,6 +20,7 @@ from router_core.grading import humaneval_reference
 from router_core.judging import judge_requests, parse_judge_grader
 from router_core.repset import RepItem, write_repset
 from tests.app.test_admin import ADMIN, admin, wait_job
+from tests.app.test_workers import samples
 from tests.support.servers import serve
 
 CODE = RepItem("code.add", 'def add(a, b):\n    """Return the sum of a and b."""\n',
@@ -81,6 +83,10 @@ def test_every_grader_kind_is_graded_in_a_job_with_verdicts_and_judge_cost(make_
             assert job["state"] == "done" and job["errors"] == 0, job
             # 5 answers at 1 each, 4 judge calls (rating 1, pairwise 2, correct 1) at 0.5 each
             assert job["spend"] == pytest.approx(5 * 1.0 + 4 * 0.5)
+            # and where a dashboard reads profiling spend: the judge's calls under the profiled model
+            spent = {s.labels["model"]: s.value for s in samples(httpx.get(gw + "/metrics", timeout=10).text,
+                                                                 "uniroute_profiling_cost_total")}
+            assert spent == pytest.approx({"candidate": job["spend"]})
             answers = {a["prompt_id"]: a for a in admin(gw, "GET", "/models/candidate/answers").json()["data"]}
     assert {pid: a["score"] for pid, a in answers.items()} == pytest.approx(EXPECTED)
     assert answers[PAIRED.id]["verdict"] == "A is more specific. [[A]]\n\nAbout the same. [[C]]"

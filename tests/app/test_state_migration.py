@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+import pytest
 
 from app.cli.main import main
 from app.demo.replay_upstream import approx_tokens
@@ -22,6 +23,7 @@ from router_core.repset import load_repset
 from router_core.shipped import DEFAULT_REPSET, state_path
 from router_core.state import RouterState
 from tests.app.conftest import ROUTERBENCH_SETTINGS
+from tests.app.test_workers import samples
 from tests.support.clients import wait_for
 
 ADMIN = "migration-admin"
@@ -100,6 +102,10 @@ def test_the_spend_cap_stops_the_migration_and_a_forced_commit_switches_anyway(m
         pending = wait_pending(gw, "stopped")
         assert "spend cap 1e-09 reached" in pending["error"]
         assert pending["spend"] >= 1e-9 and pending["progress"]["done"] < pending["progress"]["total"]
+        # What the migration paid shows where a dashboard reads profiling spend (it showed none).
+        spent = {s.labels["model"]: s.value for s in samples(httpx.get(gw + "/metrics", timeout=10).text,
+                                                             "uniroute_profiling_cost_total")}
+        assert spent == pytest.approx({name: m["spend"] for name, m in pending["models"].items()})
         refused = call(gw, "POST", "/state/pending/commit", {"force": False})
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "migration_not_ready"
         forced = call(gw, "POST", "/state/pending/commit", {"force": True}).json()
