@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.auth import require_admin_key
 from app.api.errors import APIError
-from app.costs.budget import key_scope
 from app.profiling.jobs import ACTIVE
 from app.runtime.config import CapabilitiesIn, PriceIn
 from app.runtime.gateway import Gateway, gateway_of
@@ -332,11 +331,8 @@ async def budget(request: Request) -> dict:
     guard = gw.budget
     if guard is None:
         return {"enabled": False, "target": None, "window_s": None, "scopes": []}
-    scopes = [key_scope(k) for k in gw.settings.api_keys] or [key_scope(None)]
-    curve = gw.router.calibration() if gw.router is not None else None
-    states = [await guard.state(scope, curve) for scope in scopes]
     return {"enabled": True, "target": guard.target, "window_s": guard.window_s,
-            "scopes": [s.to_dict() for s in states]}
+            "scopes": [s.to_dict() for s in await gw.budget_states()]}
 
 
 @router.get("/drift")

@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gw.health.cooling()  # expire finished cooldowns so the gauge is current
         # Read here rather than on each change: the registry (models_registry) knows no metrics.
         gw.metrics.registry_available.set(gw.registry.available)
+        await gw.show_budget()
         running = None
         if multiprocess_dir() is not None:  # the job runs in one of the workers: ask the registry
             try:

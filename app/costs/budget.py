@@ -30,6 +30,7 @@ a request's way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -256,13 +257,17 @@ class BudgetGuard:
         window = math.floor(now / self.window_s)
         return f"{scope}:{window}", f"{scope}:{window - 1}", window * self.window_s
 
-    async def _read(self, keys: list[str]) -> list[Usage]:
+    async def _read(self, keys: list[str], quiet: bool = False) -> list[Usage]:
+        """The counts of `keys`: the shared store's, or this process's own while it is away.
+        `quiet`: a fault of the shared store is raised, not taken for the store being away."""
         if self._shared and self._clock() >= self._shared_down_until:
             try:
                 # asyncio.timeout, not wait_for: it makes no task for each request's read.
                 async with asyncio.timeout(_SHARED_WAIT_S):
                     return await self._store.read(keys)
             except _STORE_FAULTS as exc:
+                if quiet:
+                    raise
                 self._shared_away(exc)
         return await self._local.read(keys)
 
@@ -272,11 +277,11 @@ class BudgetGuard:
                         str(exc) or f"no answer within {_SHARED_WAIT_S} s")
         self._shared_down_until = self._clock() + _SHARED_RETRY_S
 
-    async def state(self, scope: str, curve: Calibration | None) -> GuardState:
-        """The scope's window now, and the λ floor for its next request."""
+    async def state(self, scope: str, curve: Calibration | None, quiet: bool = False) -> GuardState:
+        """The scope's window now, and the λ floor for its next request (`quiet`: as `_read`)."""
         now = self._clock()
         current, previous, start = self._keys(scope, now)
-        cur, prev = await self._read([current, previous])
+        cur, prev = await self._read([current, previous], quiet)
         elapsed, left = now - start, start + self.window_s - now
         if prev.requests:
             rate = (cur.requests + prev.requests * left / self.window_s) / self.window_s
@@ -289,6 +294,15 @@ class BudgetGuard:
             metrics.child(metrics.budget_cost_weight, scope).set(floor)
         return GuardState(scope, start, self.window_s, self.target, cur.spend, cur.planned, cur.requests,
                           allowed, floor)
+
+    async def show(self, scopes: list[str], curve: Calibration | None) -> None:
+        """Set the gauges to the scopes' windows as they stand now, for a scrape: a request sets
+        them before its answer is billed, and none comes when a window ends. A shared store that
+        does not answer leaves them as they were; it is not taken for away, which would send the
+        requests' counts to this process's own meanwhile."""
+        with contextlib.suppress(*_STORE_FAULTS):
+            for scope in scopes:
+                await self.state(scope, curve, quiet=True)
 
     async def record(self, scope: str, spend: float, planned: float) -> None:
         """Count one answered request's real and planned cost."""

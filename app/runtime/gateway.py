@@ -14,7 +14,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from app.costs.budget import open_guard
+from app.costs.budget import GuardState, key_scope, open_guard
 from app.profiling.jobs import JobOptions, JobRunner, Resilience
 from app.profiling.profiles import profile_from_answers
 from app.routing.capture import Capture
@@ -31,6 +31,7 @@ from models_registry.capture import open_capture_store
 from models_registry.factory import open_registry
 from models_registry.records import ModelRecord
 from models_registry.states import open_state_store
+from router_core.calibration import Calibration
 from router_core.pricing import Price
 from router_core.repset import RepsetClusters
 from router_core.router import RoutedModel, UniRouter
@@ -114,6 +115,24 @@ class Gateway:
     @property
     def load_error(self) -> str | None:
         return self.routing.load_error
+
+    def _budget_view(self) -> tuple[list[str], Calibration | None]:
+        """The budget guard's scopes (each client key's fingerprint, or `all`) and the curve it
+        turns what is left of the target into a λ floor with."""
+        scopes = [key_scope(k) for k in self.settings.api_keys] or [key_scope(None)]
+        return scopes, self.router.calibration() if self.router is not None else None
+
+    async def budget_states(self) -> list[GuardState]:
+        """The budget guard's window now for each scope; none while the guard is off."""
+        if self.budget is None:
+            return []
+        scopes, curve = self._budget_view()
+        return [await self.budget.state(scope, curve) for scope in scopes]
+
+    async def show_budget(self) -> None:
+        """Set the budget guard's gauges to its windows as they stand now (BudgetGuard.show)."""
+        if self.budget is not None:
+            await self.budget.show(*self._budget_view())
 
     def _clusters(self) -> RepsetClusters:
         clusters = self.routing.require_ready().repset

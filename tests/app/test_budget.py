@@ -35,6 +35,7 @@ from app.costs.budget import (
 )
 from app.demo.models import demo_models
 from app.runtime.config import BudgetConfig
+from app.runtime.metrics import Metrics
 from router_core.embedding import CachedEmbedder
 from router_core.pricing import Price, estimate_tokens
 from router_core.repset import load_repset
@@ -42,6 +43,7 @@ from router_core.router import UniRouter
 from router_core.shipped import ROUTERBENCH_REPSET
 from router_core.targets import RoutingTarget
 from tests.support.clients import client, wait_for
+from tests.support.redis_server import PrivateRedis
 from tests.support.sqlite_lock import write_lock_held
 
 WINDOW_S = 3600.0
@@ -201,6 +203,32 @@ async def test_guard_goes_on_from_local_counts_while_redis_is_away():
     state = await guard.state(ALL, None)
     assert (state.spent, state.requests) == (0.25, 1)
     await guard.close()
+
+
+async def test_a_scrape_finding_the_shared_counts_away_sets_no_gauge_and_leaves_the_requests_counting_there(
+        tmp_path):
+    # The gauges are set from the windows at each scrape (BudgetGuard.show). Had a scrape's read
+    # taken a Redis that did not answer for away, as a request's read does, the replica's requests
+    # of the next second would have counted their spend in the process alone, never where the
+    # other replicas read it.
+    clock = Clock()
+    server = PrivateRedis(tmp_path)
+    config = BudgetConfig(target=1.0, window_s=WINDOW_S)
+    metrics = Metrics()
+    scraped, other = (BudgetGuard(config, RedisStore(server.url, "scrape:"), m, clock=clock) for m in (metrics, None))
+    try:
+        await scraped.show([ALL], None)  # Redis not started yet: nothing to show
+        assert metrics.registry.get_sample_value("uniroute_budget_window_spend", {"scope": ALL}) is None
+        server.start()
+        await scraped.record(ALL, 0.25, 0.2)
+        assert (await other.state(ALL, None)).spent == 0.25
+        await other.record(ALL, 0.5, 0.4)
+        await scraped.show([ALL], None)
+        assert metrics.registry.get_sample_value("uniroute_budget_window_spend", {"scope": ALL}) == 0.75
+    finally:
+        await scraped.close()
+        await other.close()
+        server.kill()
 
 
 async def test_a_shared_counts_file_that_cannot_be_opened_at_start_is_opened_once_it_can_be(tmp_path):

@@ -21,6 +21,7 @@ from router_core.repset import load_repset
 from router_core.shipped import ROUTERBENCH_REPSET, state_path
 from router_core.state import RouterState
 from tests.app.conftest import ROUTERBENCH_SETTINGS, wait_ready
+from tests.app.test_workers import samples
 from tests.support.servers import serve
 
 ADMIN = "cost-admin-key"
@@ -244,7 +245,19 @@ def test_budget_guard_counts_what_answers_cost(gw):
     assert after["requests"] == before["requests"] + 1
     assert after["spent"] - before["spent"] == pytest.approx(float(r.headers["x-uniroute-expected-cost"]), rel=1e-5)
     assert after["scope"] == "all" and after["target"] == BIG_TARGET and after["cost_weight"] == 0.0
-    assert "uniroute_budget_window_spend{scope=\"all\"}" in httpx.get(gw + "/metrics", timeout=10).text
+
+
+def test_metrics_show_the_budget_windows_spend_as_it_is_at_the_scrape(gw):
+    # The gauge was set only when a routed request read the window, before its answer was billed:
+    # a scrape showed the spend before the last answer (and a window's spend after it had ended,
+    # or none for a key sending named models only).
+    r = httpx.post(gw + "/v1/chat/completions", timeout=60, json={
+        "model": "uniroute", "messages": [{"role": "user", "content": FAR_PROMPT}]})
+    assert r.status_code == 200
+    scraped = {s.labels["scope"]: s.value for s in samples(httpx.get(gw + "/metrics", timeout=10).text,
+                                                           "uniroute_budget_window_spend")}
+    (scope,) = httpx.get(gw + "/admin/budget", headers=AUTH, timeout=10).json()["scopes"]
+    assert scraped == {"all": pytest.approx(scope["spent"])} and scope["spent"] > 0
 
 
 def test_calibrate_command_prints_the_gateways_curve_and_draws_it(gw, tmp_path, capsys):
