@@ -588,6 +588,21 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exposed_by_the_gateway(e
         assert labels <= known, f"{expr!r} uses labels {labels - known} that its metrics lack"
 
 
+def test_no_percent_stacked_panel_sets_a_unit():
+    """Grafana (8.4 on) formats a panel stacked to 100% only on its axis; its tooltip and legend
+    show the raw values in the panel's unit: requests per second in `percentunit` read 1 req/s as
+    100%. A share is computed in the query instead (see the routing share test below)."""
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
+        if defaults.get("custom", {}).get("stacking", {}).get("mode") == "percent":
+            assert "unit" not in defaults, f"{panel['title']!r} stacks to percent and sets unit {defaults['unit']!r}"
+
+
+def dashboard_panel(title: str) -> dict:
+    (panel,) = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"] == title]
+    return panel
+
+
 def test_dockerfile_warm_up_runs_against_the_code(tmp_path, shared_cache):
     """The image build's warm-up step, run as the build runs it (its own process, the cache
     directory from the environment): it loads the model and fills the gateway's cache."""
@@ -636,6 +651,23 @@ def test_promtool_accepts_the_alert_rules(promtool):
 def test_promtool_finds_no_problem_in_a_live_gateways_metrics(promtool, scraped):
     result = run_promtool(promtool, "check", "metrics", stdin=scraped)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_the_routing_share_panel_queries_each_models_share_of_the_routed_requests(promtool, tmp_path):
+    """Evaluated by Prometheus' own engine (`promtool test rules`) on two models routed 1 and 3
+    times a second: it shows 25% and 75%, not their rates."""
+    panel = dashboard_panel("Routing share over time")
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    (target,) = panel["targets"]
+    series = [{"series": f'uniroute_routing_decisions_total{{model="{m}"}}', "values": f"0+{60 * n}x10"}
+              for m, n in (("a", 1), ("b", 3))]
+    check = {"promql_expr_test": [{"expr": target["expr"].replace("$__rate_interval", "5m"), "eval_time": "10m",
+                                   "exp_samples": [{"labels": '{model="a"}', "value": 0.25},
+                                                   {"labels": '{model="b"}', "value": 0.75}]}],
+             "interval": "1m", "input_series": series}
+    (tmp_path / "share.yml").write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": [check]}))
+    result = run_promtool(promtool, "test", "rules", "share.yml", cwd=tmp_path)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
 def test_promtool_check_metrics_reports_a_misnamed_metric(promtool):
