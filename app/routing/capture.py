@@ -12,6 +12,7 @@ import random
 import time
 
 from app.runtime.config import CaptureConfig
+from app.runtime.metrics import Metrics
 from models_registry.base import RegistryUnavailable
 from models_registry.capture import CapturedPrompt, CaptureStore
 
@@ -30,12 +31,20 @@ FLUSH_S = 5.0
 class Capture:
     """Samples routed texts into a CaptureStore under the configured limits."""
 
-    def __init__(self, config: CaptureConfig, store: CaptureStore, rng: random.Random | None = None) -> None:
+    def __init__(self, config: CaptureConfig, store: CaptureStore, rng: random.Random | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
         self._rng = rng or random.Random()
         self._writes: set[asyncio.Task] = set()
         self.dropped = 0  # samples offered while MAX_PENDING_WRITES were waiting
+        self._metrics = metrics
+
+    def _lose(self, reason: str, count: int = 1) -> None:
+        """Count samples not stored (`uniroute_capture_lost_total`): the log tells of the backlog
+        only once a process."""
+        if self._metrics is not None and count:
+            self._metrics.capture_lost.labels(reason).inc(count)
 
     @property
     def enabled(self) -> bool:
@@ -50,6 +59,7 @@ class Capture:
                 log.warning("capture: %d writes are waiting on the store; samples are dropped until they are done",
                             MAX_PENDING_WRITES)
             self.dropped += 1
+            self._lose("backlog")
             return
         now = time.time()
         item = CapturedPrompt.of(text, cluster, now)
@@ -62,6 +72,7 @@ class Capture:
             await self.store.add(item, self.config.max_prompts, not_before)
         except RegistryUnavailable as exc:  # a lost sample, never a failed request
             log.warning("capture: prompt not stored: %s", exc)
+            self._lose("store")
 
     async def flush(self, timeout_s: float = FLUSH_S) -> None:
         """Wait for the writes under way (before an export, and at shutdown), for `timeout_s` at
@@ -71,4 +82,5 @@ class Capture:
         done, waiting = await asyncio.wait(list(self._writes), timeout=timeout_s)
         for task in waiting:
             task.cancel()
+        self._lose("flush", len(waiting))
         await asyncio.gather(*done, *waiting, return_exceptions=True)

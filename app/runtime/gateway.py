@@ -88,7 +88,7 @@ class Gateway:
                                    settings.retry_after_max_s, disable=self.disable_faulty)
         self.routing = RoutingService(settings, self.metrics, self.registry, self.health, self.budget)
         self.capture_store = open_capture_store(settings.redis_url, settings.sqlite_path, settings.redis_prefix)
-        self.capture = self.routing.capture = Capture(settings.capture, self.capture_store)
+        self.capture = self.routing.capture = Capture(settings.capture, self.capture_store, metrics=self.metrics)
         # Profiling calls go through their own forwarder so that their upstream timings stay
         # out of the client-traffic histogram; health (cooldowns) is shared.
         profiling_forwarder = Forwarder(self.client, self.metrics.for_profiling(), self.health, settings.retries,

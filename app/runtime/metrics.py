@@ -143,6 +143,11 @@ class Metrics:
             "uniroute_drift_far_share",
             "Share of the recent routed prompts farther from every centroid than the drift threshold.",
             registry=r, multiprocess_mode="livemostrecent")
+        self.capture_lost = Counter(
+            "uniroute_capture_lost",
+            "Sampled prompts (capture.sample_rate) that were not stored, by reason: backlog (offered while "
+            "1000 writes waited on the store), store (the store refused the write), flush (still waiting "
+            "when a shutdown or an export stopped waiting).", ["reason"], registry=r)
         # Set by each scrape (app/api/main.py), from the scraped process's own view, as /readyz says it.
         self.registry_available = Gauge(
             "uniroute_registry_available",

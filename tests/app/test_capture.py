@@ -14,7 +14,9 @@ import redis
 from app.routing.capture import MAX_PENDING_WRITES, Capture
 from app.routing.prompts import chat_routing_text
 from app.runtime.config import CaptureConfig
-from models_registry.capture import SQLiteCaptureStore, prompt_id
+from app.runtime.metrics import Metrics
+from models_registry.capture import RedisCaptureStore, SQLiteCaptureStore, prompt_id
+from tests.support.fault_upstream import closed_port
 
 ADMIN = "capture-admin-key"
 CLIENT_KEY = "client-secret-key-4242"
@@ -118,6 +120,21 @@ async def test_sampling_keeps_each_prompt_with_probability_sample_rate(tmp_path:
         await store.close()
 
 
+def lost(metrics: Metrics) -> dict[str, float]:
+    """uniroute_capture_lost_total by reason."""
+    return {s.labels["reason"]: s.value for family in metrics.capture_lost.collect() for s in family.samples
+            if s.name == "uniroute_capture_lost_total"}
+
+
+async def test_a_sample_the_store_refuses_is_counted_lost():
+    metrics = Metrics()
+    capture = Capture(CaptureConfig(sample_rate=1.0), RedisCaptureStore(f"redis://127.0.0.1:{closed_port()}", "x:"),
+                      metrics=metrics)
+    capture.offer("a prompt", 0)
+    await capture.flush()
+    assert lost(metrics) == {"store": 1}
+
+
 async def test_a_locked_store_bounds_the_writes_waiting_and_does_not_hold_shutdown(tmp_path: Path):
     # Another process holding SQLite's write lock makes each write wait out the 5 s busy timeout,
     # one at a time: every sampled request used to add a waiting task and its prompt, without
@@ -127,12 +144,15 @@ async def test_a_locked_store_bounds_the_writes_waiting_and_does_not_hold_shutdo
     holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # the write lock, held as a backup or a CLI session would
-        capture = Capture(CaptureConfig(sample_rate=1.0), store)
+        metrics = Metrics()
+        capture = Capture(CaptureConfig(sample_rate=1.0), store, metrics=metrics)
         for i in range(MAX_PENDING_WRITES + 500):
             capture.offer(f"prompt number {i}", 0)
         assert (len(capture._writes), capture.dropped) == (MAX_PENDING_WRITES, 500)
         await capture.flush(timeout_s=0.1)
         assert not capture._writes  # every write waiting was dropped, not waited out
+        # and /metrics says so (the log said it once, at the first sample dropped)
+        assert lost(metrics) == {"backlog": 500, "flush": MAX_PENDING_WRITES}
         holder.execute("ROLLBACK")
         capture.offer("after the lock", 0)  # the store takes samples again once it is free
         await capture.flush()
