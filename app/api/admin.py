@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.api.auth import require_admin_key
 from app.api.errors import APIError
 from app.profiling.jobs import ACTIVE
-from app.runtime.config import CapabilitiesIn, PriceIn
+from app.runtime.config import CapabilitiesIn, PriceIn, Settings
 from app.runtime.gateway import Gateway, gateway_of
 from models_registry.base import RegistryUnavailable
 from models_registry.records import JobRecord, JobState, ModelRecord
@@ -38,6 +38,19 @@ class JobOptionsIn(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+# The variables that configure the gateway itself (pydantic-settings reads them whatever their
+# case; nested fields add `__...`): its admin and client keys, its Redis URL with a password.
+_OWN_VARIABLES = {f"UNIROUTE_{name}".upper() for name in Settings.model_fields} | {"UNIROUTE_CONFIG"}
+
+
+def _not_the_gateways_own(name: str | None) -> str | None:
+    """Refuse an `api_key_env` naming a variable of the gateway's own configuration: the model's
+    upstream, which the admin chooses, would be sent its value as the key (the client keys, say)."""
+    if name is not None and name.upper().split("__")[0] in _OWN_VARIABLES:
+        raise ValueError(f"{name} configures the gateway itself; name the variable holding the provider's key")
+    return name
+
+
 class RegisterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128)
@@ -48,6 +61,8 @@ class RegisterIn(BaseModel):
     capabilities: CapabilitiesIn | None = None
     scores: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] | None = None
     job: JobOptionsIn | None = None
+
+    _own_variable = field_validator("api_key_env")(_not_the_gateways_own)
 
     @field_validator("scores")
     @classmethod
@@ -70,6 +85,8 @@ class PatchIn(BaseModel):
     cost: PriceIn | None = None
     capabilities: CapabilitiesIn | None = None
     enabled: bool | None = None
+
+    _own_variable = field_validator("api_key_env")(_not_the_gateways_own)
 
 
 def model_json(record: ModelRecord, detail: bool = False) -> dict:

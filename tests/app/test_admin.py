@@ -173,12 +173,27 @@ def test_admin_api_needs_the_admin_key_and_is_off_without_one(make_gateway):
     # sent in the x-uniroute-model header of every answer, which only ASCII can be
     ({"name": "模型", "base_url": "http://h/v1", "cost": {"per_request": 1}}, "name"),
     ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "api_key_env": "not a name"}, "api_key_env"),
+    # the gateway's own configuration: its client keys would be sent to a server the admin names
+    ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "api_key_env": "UNIROUTE_API_KEYS"},
+     "api_key_env"),
+    ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "api_key_env": "uniroute_redis_url"},
+     "api_key_env"),
 ])
 def test_bad_registrations_are_400(make_gateway, body, param):
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         r = admin(gw, "POST", "/models", json=body)
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param
+
+
+def test_a_model_cannot_be_patched_to_send_the_gateways_own_keys_upstream(make_gateway, fault_upstream, model_config):
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("a", url)], admin_key=ADMIN) as gw:
+        r = admin(gw, "PATCH", "/models/a", json={"api_key_env": "UNIROUTE_ADMIN_KEY"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "api_key_env", r.text
+        assert "configures the gateway itself" in r.json()["error"]["message"]
+        assert admin(gw, "GET", "/models/a").json()["api_key_env"] is None
+        assert admin(gw, "PATCH", "/models/a", json={"api_key_env": "UNIROUTE_TEST_UPSTREAM_KEY"}).status_code == 200
 
 
 def test_patch_disable_and_delete_change_routing(make_gateway, fault_upstream, model_config):
