@@ -263,6 +263,13 @@ def declined_ids(answers: dict[str, GradedAnswer]) -> set[str]:
     return {pid for pid, a in answers.items() if a.error is not None and a.declined}
 
 
+def unjudged_answers(answers: dict[str, GradedAnswer]) -> dict[str, GradedAnswer]:
+    """The answers among `answers` that the model gave and grading failed (the judge, most often):
+    a pass graded them again rather than paying the model for them again. Not those whose model
+    call failed (no text) nor those it declined."""
+    return {pid: a for pid, a in answers.items() if a.error is not None and a.text is not None and not a.declined}
+
+
 def too_little_graded(clusters: RepsetClusters, items: list[RepItem], stored: dict[str, GradedAnswer],
                       policy: Resilience) -> str | None:
     """Why a model's `stored` answers to `items` may not route yet (the coverage floors), or None.
@@ -519,7 +526,9 @@ class JobRunner:
                 run.cap_reached()
 
         try:
-            await self.ask_each(record, todo, options, run, repset.version, settle)
+            # an answer paid for in an earlier pass whose grading failed: graded again, not asked again
+            await self.ask_each(record, todo, options, run, repset.version, settle,
+                                unjudged=unjudged_answers(stored))
         finally:  # a job cancelled in this process is stopped right here: what it spent still counts
             # as its stored record says, which the job's own views show (an answer being counted
             # when the run was cancelled may not have reached it)
@@ -572,14 +581,16 @@ class JobRunner:
 
     async def ask_each(self, record: ModelRecord, items: list[RepItem], options: JobOptions, run: Pass,
                        version: str, settle: Callable[[GradedAnswer, float], Awaitable[None]],
-                       gate: asyncio.Semaphore | None = None) -> None:
+                       gate: asyncio.Semaphore | None = None,
+                       unjudged: dict[str, GradedAnswer] | None = None) -> None:
         """Ask `record` each of `items` (`options.concurrency` at a time, and under `gate` when
         several models' passes share one bound), store every answer under the set `version`, then
         count what it spent (`uniroute_profiling_cost_total`) and hand it to `settle` with that. A
         failed item is asked again once the others have had their turn, at most `attempts` times
         (an answer the judge failed to grade is judged again, not asked again); a declined one is
-        not; failures in a row back off and may stop `run` (module docstring). Also a state
-        migration's, per model (app/runtime/migration.py)."""
+        not; failures in a row back off and may stop `run` (module docstring). `unjudged`: the
+        answers an earlier pass paid for whose grading failed (`unjudged_answers`), graded again
+        too. Also a state migration's, per model (app/runtime/migration.py)."""
         todo = deque(items)
         tries: Counter[str] = Counter()
         spend_metric = self.metrics.profiling_spend.labels(record.name)
@@ -590,7 +601,7 @@ class JobRunner:
             await settle(answer, spent)
 
         # answers paid for that the judge failed to grade: judged again, the model not asked again
-        unjudged: dict[str, GradedAnswer] = {}
+        unjudged = dict(unjudged or {})
 
         async def worker() -> None:
             while todo and not run.stopping:

@@ -49,6 +49,7 @@ from app.profiling.jobs import (
     declined_ids,
     job_items,
     too_little_graded,
+    unjudged_answers,
 )
 from app.profiling.profiles import profile_from_answers
 from app.routing.service import RoutingService
@@ -362,7 +363,7 @@ class StateManager:
         new_version = doc["repset_version"]
         old_version = doc["from"]["repset_version"]
         doc["status"] = "profiling"
-        todo: dict[str, tuple[ModelRecord, list[RepItem]]] = {}
+        todo: dict[str, tuple[ModelRecord, list[RepItem], dict[str, Answer]]] = {}
         for record in [r for r in self.registry.snapshot().values() if _profiled(r)]:
             stored = await self.registry.answers(record.name, new_version)
             have = {pid for pid, a in stored.items() if a.error is None}
@@ -375,7 +376,9 @@ class StateManager:
             progress = doc["models"].setdefault(record.name, {"asked": 0, "errors": 0, "spend": 0.0})
             progress.update(state="profiling", total=len(items), reused=len(reused), done=len(known),
                             declined=len([i for i in items if i.id in declined]), error=None)
-            todo[record.name] = (record, [i for i in items if i.id not in known and i.id not in declined])
+            # a resumed migration grades again, not asks again, what the model answered and the judge failed
+            todo[record.name] = (record, [i for i in items if i.id not in known and i.id not in declined],
+                                 unjudged_answers(stored))
         await self._save(doc)
         cap = doc["spend_cap"]
         # each model's own backoff and failures in a row (its upstream's outage is its own), one
@@ -399,8 +402,8 @@ class StateManager:
             return settle
 
         await asyncio.gather(*(self.jobs.ask_each(record, missing, self.jobs.options, passes[name], new_version,
-                                                  settle_for(name), gate)
-                               for name, (record, missing) in todo.items()))
+                                                  settle_for(name), gate, unjudged)
+                               for name, (record, missing, unjudged) in todo.items()))
         over_cap = any(run.over_cap for run in passes.values())
         for name, p in doc["models"].items():
             p.update(self._readiness(router, items, await self.registry.answers(name, new_version)))

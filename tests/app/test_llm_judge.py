@@ -278,3 +278,40 @@ def test_a_judge_and_a_model_reporting_no_usable_usage_are_billed_their_estimate
     judge_tokens = math.ceil(sum(len(m["content"]) for m in judged) / 4) + math.ceil(len(verdict) / 4)
     assert answer["judge_cost"] == pytest.approx(judge_tokens) and judge_tokens > 100
     assert answer["cost"] == pytest.approx(tokens + judge_tokens) and job["spend"] == pytest.approx(answer["cost"])
+
+
+def test_a_resumed_job_judges_again_what_the_judge_failed_before_and_does_not_pay_the_model_again(
+        make_gateway, judged_repset):
+    """The judge fails (HTTP 503) until the job pauses on "too little graded", then heals; the
+    operator resumes the job: the stored answer is judged again, the model not asked again. Before,
+    a resumed pass asked the model again for every answer left ungraded, paying it twice."""
+    calls: Counter[str] = Counter()
+    healed = False
+
+    def candidate(prompt: str) -> str:
+        calls["candidate"] += 1
+        return ANSWERS[prompt]
+
+    def judge(prompt: str) -> str:
+        calls["judge"] += 1
+        if not healed:
+            raise APIError(503, "The engine is currently overloaded, please try again later.", type="server_error")
+        return "Apt. Rating: [[8]]"
+
+    with serve(create_replay_app({}, latency_scale=0.0, judges={"candidate": candidate, "judge": judge})) as upstream:
+        repset, judge_config = judged_repset([RATED], upstream + "/v1")
+        with make_gateway(models=[judge_config], admin_key=ADMIN, repset_path=repset, judge_model="judge",
+                          retries=0, profile_attempts=1, profile_backoff_s=0.01, profile_resume_after_s=0) as gw:
+            r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
+                                                    "cost": {"per_request": 1}})
+            job_id = r.json()["job_id"]
+            paused = wait_job(gw, job_id)
+            assert paused["state"] == "paused" and calls == {"candidate": 1, "judge": 1}, paused
+            healed = True
+            assert admin(gw, "POST", f"/jobs/{job_id}/resume").json()["state"] == "running"
+            job = wait_job(gw, job_id)
+            [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+    assert job["state"] == "done" and answer["score"] == pytest.approx(7 / 9), job
+    assert calls == {"candidate": 1, "judge": 2}
+    # the answer paid for once (1), and the judge's one verdict (0.5)
+    assert job["spend"] == answer["cost"] == 1.5
