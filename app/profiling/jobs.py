@@ -282,6 +282,12 @@ def too_little_graded(clusters: RepsetClusters, items: list[RepItem], stored: di
     return "too little graded to route on: " + cover.describe(policy.min_coverage, policy.min_cluster_coverage)
 
 
+def with_last_failure(reason: str, last_error: str | None) -> str:
+    """`reason` (too little graded) with the pass's last failure, which the coverage alone would
+    not say: the model's upstream, the judge, its verdicts."""
+    return reason if last_error is None else f"{reason}; last failure: {last_error}"
+
+
 @dataclass(eq=False)
 class JobRunner:
     """Runs profiling jobs inside one gateway; see the module docstring. `clusters` gives the
@@ -551,8 +557,7 @@ class JobRunner:
         answers = {pid: a for pid, a in stored.items() if a.error is None}
         short = too_little_graded(clusters, items, stored, self.resilience)
         if short is not None:
-            # the coverage alone would not say why (the model's upstream, the judge, its verdicts)
-            await self._pause(job, short if run.last_error is None else f"{short}; last failure: {run.last_error}")
+            await self._pause(job, with_last_failure(short, run.last_error))
             return
         profile = profile_from_answers(clusters, answers)
         assert profile is not None  # coverage met: some answer is graded

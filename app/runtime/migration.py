@@ -50,6 +50,7 @@ from app.profiling.jobs import (
     job_items,
     too_little_graded,
     unjudged_answers,
+    with_last_failure,
 )
 from app.profiling.profiles import profile_from_answers
 from app.routing.service import RoutingService
@@ -406,7 +407,8 @@ class StateManager:
                                for name, (record, missing, unjudged) in todo.items()))
         over_cap = any(run.over_cap for run in passes.values())
         for name, p in doc["models"].items():
-            p.update(self._readiness(router, items, await self.registry.answers(name, new_version)))
+            last_error = passes[name].last_error if name in passes else None
+            p.update(self._readiness(router, items, await self.registry.answers(name, new_version), last_error))
             if p["state"] == "ready" and over_cap and p["done"] + p["declined"] < p["total"]:
                 p.update(state="incomplete", error=f"spend cap reached after {p['done']} of {p['total']} items")
             elif p["state"] != "ready" and name in passes and passes[name].stop_reason is not None:
@@ -423,9 +425,11 @@ class StateManager:
         if doc["status"] == "ready" and doc["auto_commit"]:
             await self.commit()
 
-    def _readiness(self, router: UniRouter, items: list[RepItem], stored: dict[str, Answer]) -> dict:
+    def _readiness(self, router: UniRouter, items: list[RepItem], stored: dict[str, Answer],
+                   last_error: str | None) -> dict:
         """A model's progress fields once it has been asked: ready under the rule a profiling job
-        routes by (the coverage floors, declined items left out), else why not."""
+        routes by (the coverage floors, declined items left out), else why not (with `last_error`,
+        its pass's last failure, as a job's pause says it)."""
         assert router.repset is not None
         wanted = {item.id for item in items}
         stored = {pid: a for pid, a in stored.items() if pid in wanted}
@@ -438,7 +442,7 @@ class StateManager:
             return {**fields, "state": "failed", "error": why}
         short = too_little_graded(router.repset, items, stored, self.jobs.resilience)
         if short is not None:
-            return {**fields, "state": "incomplete", "error": short}
+            return {**fields, "state": "incomplete", "error": with_last_failure(short, last_error)}
         return {**fields, "state": "ready", "error": None}
 
     async def _save(self, doc: dict, announce: bool = False) -> None:

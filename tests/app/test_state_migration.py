@@ -155,6 +155,8 @@ def test_a_migration_asks_failed_items_again_and_keeps_a_model_it_could_not_grad
         for name in ("flaky", "steady"):
             assert models[name]["state"] == "incomplete", models[name]
             assert models[name]["error"].startswith("too little graded to route on: 10/20 prompts graded")
+            # and why, as a job's pause says it: the judge failed
+            assert "; last failure: grading failed: the judge judge: " in models[name]["error"], models[name]
         assert set(pending["error"].partition("not ready: ")[2].split(";")[0].split(", ")) == {"flaky", "steady"}
         assert call(gw, "GET", "/state").json()["state"]["repset_items"] == 400  # not switched
 
