@@ -318,11 +318,15 @@ def transport_class(exc: UpstreamError | TimeoutError) -> FaultClass:
     return "read"
 
 
-def describe(kind: FaultClass, model: str, status: int | None, path: str, base_url: str) -> str:
-    """What the client and the logs are told of a status fault: the gateway's words only."""
+def describe(kind: FaultClass, model: str, status: int | None, path: str, base_url: str, *,
+             disabling: bool) -> str:
+    """What the client and the logs are told of a status fault: the gateway's words only.
+    `disabling`: whether the forwarder that met it takes models out of routing (client traffic's);
+    the profiling forwarder does not (a profiled model or a judge fails its job instead), so its
+    faults must not say so."""
     if kind == "auth":
-        return (f"the upstream of model {model} refused the gateway's credentials (HTTP {status}); "
-                f"the model is taken out of routing")
+        refused = f"the upstream of model {model} refused the gateway's credentials (HTTP {status})"
+        return f"{refused}; the model is taken out of routing" if disabling else refused
     if kind == "not_found":
         what = "the model" if path == PROFILED_PATH else f"the model or the endpoint {path}"
         return f"the upstream of model {model} does not know {what} (HTTP 404)"

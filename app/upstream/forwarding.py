@@ -313,7 +313,7 @@ class Forwarder:
             kind = status_class(response.status, path)
             if kind is not None and kind not in READ_BODY:
                 response.close()  # its body is the provider's business, never the client's
-                raise status_fault(kind, record, response, path)
+                raise status_fault(kind, record, response, path, self.disable is not None)
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
             content = await response.read() if kind is not None or not stream else b""
         except (UpstreamError, TimeoutError) as exc:
@@ -321,12 +321,13 @@ class Forwarder:
                 # The 5xx refused the work before its body broke (the server or a proxy dropping the
                 # connection): it is still the 5xx, retried after its Retry-After, not a transport
                 # fault of a request that may have been worked on.
-                raise status_fault(kind, record, response, path) from exc
+                raise status_fault(kind, record, response, path, self.disable is not None) from exc
             raise UpstreamFault(transport_class(exc), f"{type(exc).__name__} calling {record.name}") from exc
         if kind == "not_found":
             # Read to tell whether the model is unknown or the URL: the operator must fix one or the other.
             kind = "not_found" if names_model(content) else "no_endpoint"
-            raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
+            raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url,
+                                                    disabling=self.disable is not None),
                                 response.status)
         elapsed = time.perf_counter() - start
         request_id = response.headers.get("x-request-id")
@@ -338,7 +339,7 @@ class Forwarder:
             error = error_json(content)
             if refusal := elsewhere(error):
                 raise refused(refusal, record, error, f"HTTP {response.status}", elapsed, request_id)
-            raise status_fault(kind, record, response, path)
+            raise status_fault(kind, record, response, path, self.disable is not None)
         self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
         if kind is not None:
             # Bad parameters, or a refusal the next model may not share: the client sees it as the
@@ -349,7 +350,8 @@ class Forwarder:
             if kind == "client_error":
                 kind = elsewhere(parsed) or kind
             if kind != "client_error":
-                raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url),
+                raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url,
+                                                        disabling=self.disable is not None),
                                     response.status, reply)
             return reply
         if not stream:
@@ -508,10 +510,12 @@ def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = N
     return GatewayError(kind, detail, code="upstream_failed", final=True)
 
 
-def status_fault(kind: FaultClass, record: ModelRecord, response: Reply, path: str) -> UpstreamFault:
-    """The fault of a status whose answer the client never sees: the gateway's words for it, and
-    how long the upstream asked not to be called (its Retry-After)."""
-    return UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url), response.status,
+def status_fault(kind: FaultClass, record: ModelRecord, response: Reply, path: str, disabling: bool) -> UpstreamFault:
+    """The fault of a status whose answer the client never sees: the gateway's words for it (as
+    `describe` says them, `disabling` its), and how long the upstream asked not to be called (its
+    Retry-After)."""
+    return UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url,
+                                        disabling=disabling), response.status,
                          retry_after=retry_after(response.headers, time.time()))
 
 

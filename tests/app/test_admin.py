@@ -145,6 +145,8 @@ def test_a_refused_key_or_an_unknown_model_name_fails_the_profiling_job_at_once_
         job = wait_job(gw, r.json()["job_id"])
         assert (job["state"], job["done"]) == ("failed", 0)
         assert said in job["error"] and f'{{"{field}": ...}}' in job["error"]
+        # profiling does not disable a model (its job fails): its error does not say it is taken out of routing
+        assert "taken out of routing" not in job["error"]
         assert upstream.calls[f"m:status={status}"] <= 2  # the prompts in flight at the first refusal
         model = admin(gw, "GET", "/models/m").json()
         assert (model["state"], model["error"]) == ("failed", job["error"])

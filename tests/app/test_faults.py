@@ -537,7 +537,9 @@ def test_a_named_model_with_a_revoked_key_never_shows_the_provider_error(faulty)
         assert not isinstance(err.value, openai.AuthenticationError)
         text = orjson.dumps(err.value.body).decode()
         assert "Incorrect API key" not in text and "***" not in text and "api-keys" not in text
-        assert "refused the gateway's credentials" in err.value.body["message"]
+        # client traffic disables the model, and says so
+        assert "refused the gateway's credentials (HTTP 401); the model is taken out of routing" in \
+            err.value.body["message"]
         assert upstream.calls["second"] == 0
 
 

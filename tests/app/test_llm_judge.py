@@ -179,6 +179,8 @@ def test_a_judge_that_cannot_grade_anything_fails_the_job_at_once(make_gateway, 
         model = admin(gw, "GET", "/models/candidate").json()
     assert job["state"] == "failed" and fix in job["error"], job
     assert model["state"] == "failed" and model["error"] == job["error"]
+    # a judge called for a profiling job is not disabled (only client traffic disables models): not said to be
+    assert "taken out of routing" not in job["error"]
     asked = upstream.calls["candidate"]
     assert asked <= 4  # each prompt asked once at most
     assert job["spend"] == model["spend"] == asked  # each answer paid for counts; the judge's calls failed
