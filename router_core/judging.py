@@ -18,6 +18,10 @@ Driving it: `judge_requests(kind, question, reference, answer)` gives the chat m
 one per judge call, in order; send each (temperature 0, at most JUDGE_MAX_TOKENS[kind] tokens),
 then `judge_score(kind, [reply text, ...], answer)` in the same order gives the score, or None
 when a reply holds no verdict (an ungraded answer: ask again rather than score it).
+
+Every kind puts the answer between "[The Start of ...]" and "[The End of ...]" markers; a marker
+the answer writes itself is neutralised (`fenced`), so that it cannot end its block early and
+write instructions for the judge after it.
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ JUDGE_MAX_TOKENS = {"correct": 5, "rating": 2048, "pairwise": 2048}
 
 CORRECT_PROMPT = (
     "You are grading an answer against a reference answer.\n"
-    "Question: {question}\nReference answer: {reference}\nAnswer to grade: {answer}\n"
+    "Question: {question}\nReference answer: {reference}\n"
+    "[The Start of Answer to Grade]\n{answer}\n[The End of Answer to Grade]\n"
     "Reply with exactly one word: CORRECT if the answer agrees with the reference, INCORRECT otherwise."
 )
 
@@ -68,6 +73,9 @@ PAIRWISE_USER = (
     "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]"
 )
 
+# A block marker ("[The Start of ...]", "[The End of ...]") as the graded answer may write it, in any
+# case or spacing, its closing bracket optional (a judge reads a near-miss as the marker too).
+_MARKER = re.compile(r"\[(\s*the\s+(?:start|end)\s+of\b[^\[\]\n]*)\]?", re.IGNORECASE)
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _PREFERENCE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 _WORD = re.compile(r"[A-Za-z]+")
@@ -89,10 +97,20 @@ def check_kind(kind: str) -> str:
     return kind
 
 
+def fenced(answer: str) -> str:
+    """`answer` unable to end its block in a judge prompt early: each block marker in it written
+    in parentheses, not brackets, so that what follows it cannot pass for the judge's own
+    instructions or another block. An answer without one is unchanged (the prompts stay those of
+    arena-bench-v1's recorded judgments)."""
+    return _MARKER.sub(lambda m: f"({m.group(1)})", answer)
+
+
 def judge_requests(kind: str, question: str, reference: str, answer: str) -> list[list[Message]]:
     """The chat messages of each judge call for grading `answer` to `question` against
-    `reference`, in the order `judge_score` expects their replies."""
+    `reference`, in the order `judge_score` expects their replies. The answer, the model's own
+    text, is `fenced`: it cannot close its block and write the judge instructions."""
     check_kind(kind)
+    answer = fenced(answer)
     if kind == "correct":
         return [[{"role": "user", "content": CORRECT_PROMPT.format(question=question, reference=reference,
                                                                     answer=answer)}]]
