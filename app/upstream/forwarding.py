@@ -280,6 +280,17 @@ class Forwarder:
         request, then raise GatewayError."""
         return await self.send(path, None, [record], client_headers, stream=False, method=method)
 
+    def _describe(self, kind: FaultClass, record: ModelRecord, status: int, path: str) -> str:
+        """`describe` for a status fault of `record`, saying the model is taken out of routing only
+        where this forwarder does that (client traffic's; the profiling forwarder disables nothing)."""
+        return describe(kind, record.name, status, path, record.base_url, disabling=self.disable is not None)
+
+    def _status_fault(self, kind: FaultClass, record: ModelRecord, response: Reply, path: str) -> UpstreamFault:
+        """The fault of a status whose answer the client never sees: the gateway's words for it
+        (`_describe`), and how long the upstream asked not to be called (its Retry-After)."""
+        return UpstreamFault(kind, self._describe(kind, record, response.status, path), response.status,
+                             retry_after=retry_after(response.headers, time.time()))
+
     async def _wait_to_retry(self, fault: UpstreamFault, deadline: float | None) -> float | None:
         """Wait out the Retry-After of a fault before its model is asked again; the seconds waited.
         None, at once, when it is longer than `retry_after_max_s` or would end past the request's
@@ -313,7 +324,7 @@ class Forwarder:
             kind = status_class(response.status, path)
             if kind is not None and kind not in READ_BODY:
                 response.close()  # its body is the provider's business, never the client's
-                raise status_fault(kind, record, response, path, self.disable is not None)
+                raise self._status_fault(kind, record, response, path)
             # A whole answer is read here, so that a body cut mid-way is this attempt's fault.
             content = await response.read() if kind is not None or not stream else b""
         except (UpstreamError, TimeoutError) as exc:
@@ -321,14 +332,12 @@ class Forwarder:
                 # The 5xx refused the work before its body broke (the server or a proxy dropping the
                 # connection): it is still the 5xx, retried after its Retry-After, not a transport
                 # fault of a request that may have been worked on.
-                raise status_fault(kind, record, response, path, self.disable is not None) from exc
+                raise self._status_fault(kind, record, response, path) from exc
             raise UpstreamFault(transport_class(exc), f"{type(exc).__name__} calling {record.name}") from exc
         if kind == "not_found":
             # Read to tell whether the model is unknown or the URL: the operator must fix one or the other.
             kind = "not_found" if names_model(content) else "no_endpoint"
-            raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url,
-                                                    disabling=self.disable is not None),
-                                response.status)
+            raise UpstreamFault(kind, self._describe(kind, record, response.status, path), response.status)
         elapsed = time.perf_counter() - start
         request_id = response.headers.get("x-request-id")
         if kind == "server":
@@ -339,7 +348,7 @@ class Forwarder:
             error = error_json(content)
             if refusal := elsewhere(error):
                 raise refused(refusal, record, error, f"HTTP {response.status}", elapsed, request_id)
-            raise status_fault(kind, record, response, path, self.disable is not None)
+            raise self._status_fault(kind, record, response, path)
         self.metrics.child(self.metrics.upstream_seconds, record.name).observe(elapsed)
         if kind is not None:
             # Bad parameters, or a refusal the next model may not share: the client sees it as the
@@ -350,9 +359,8 @@ class Forwarder:
             if kind == "client_error":
                 kind = elsewhere(parsed) or kind
             if kind != "client_error":
-                raise UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url,
-                                                        disabling=self.disable is not None),
-                                    response.status, reply)
+                raise UpstreamFault(kind, self._describe(kind, record, response.status, path), response.status,
+                                    reply)
             return reply
         if not stream:
             try:
@@ -508,15 +516,6 @@ def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = N
                             code="upstream_unavailable", retry_after=wait)
     kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"
     return GatewayError(kind, detail, code="upstream_failed", final=True)
-
-
-def status_fault(kind: FaultClass, record: ModelRecord, response: Reply, path: str, disabling: bool) -> UpstreamFault:
-    """The fault of a status whose answer the client never sees: the gateway's words for it (as
-    `describe` says them, `disabling` its), and how long the upstream asked not to be called (its
-    Retry-After)."""
-    return UpstreamFault(kind, describe(kind, record.name, response.status, path, record.base_url,
-                                        disabling=disabling), response.status,
-                         retry_after=retry_after(response.headers, time.time()))
 
 
 def error_json(content: bytes) -> Any:
