@@ -92,19 +92,20 @@ def test_sigterm_lets_requests_in_flight_finish_and_ends_those_outlasting_the_dr
 
 
 def refused_while_draining(served: Served, timeout_s: float = 120.0) -> None:
-    """Wait until a new connection is refused; fail if one is taken and then left unanswered, as
-    a connection the kernel queues on a socket nobody accepts on any more is. One reset at once
-    counts as refused: it came into a worker's queue just as that worker closed its socket, and
-    sends the client elsewhere as soon."""
+    """Wait until a new connection is refused; fail if one is taken and then left unanswered (a
+    timeout), as a connection the kernel queues on a socket nobody accepts on any more is. One
+    reset or closed at once counts as refused: it came in just as the server closed its socket or
+    began to stop, and sends the client elsewhere as soon (seen in CI: a reset with 2 workers, a
+    close before any answer with 1)."""
     deadline = time.monotonic() + timeout_s
     while True:
         assert time.monotonic() < deadline, f"new connections were still answered:\n{served.log.read_text()[-3000:]}"
         try:
             httpx.get(served.base + "/healthz", timeout=10)  # answered: the server has not begun to stop
-        except (httpx.ConnectError, httpx.ReadError):
-            return
-        except httpx.TransportError as exc:
+        except httpx.TimeoutException as exc:
             raise AssertionError(f"a new connection was taken, then not answered: {exc!r}") from exc
+        except httpx.TransportError:
+            return
 
 
 @pytest.mark.parametrize("workers", [1, 2])
