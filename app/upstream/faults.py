@@ -61,6 +61,7 @@ from datetime import timezone
 from typing import Any, Literal
 
 from app.upstream.http1 import ConnectFailed, Disconnected, UpstreamError, WriteFailed
+from app.upstream.parameters import adaptable, refused_parameter
 
 FaultClass = Literal["connect", "write", "timeout", "read", "disconnect", "auth", "not_found", "no_endpoint",
                      "rate_limit", "server", "request_timeout", "bad_body", "cut", "context_length", "too_large",
@@ -180,9 +181,12 @@ def exceeds_context(body: Any) -> bool:
 
 def refuses_feature(body: Any) -> bool:
     """Whether an upstream's error body says the model or its server cannot take a feature the
-    request uses (images, tools)."""
+    request uses (images, tools, a parameter the answer depends on: app/upstream/parameters.py)."""
     message = error_message(body)
-    return message is not None and bool(_UNSUPPORTED_MESSAGE.search(message))
+    if message is not None and _UNSUPPORTED_MESSAGE.search(message):
+        return True
+    param = refused_parameter(body)
+    return param is not None and not adaptable(param)
 
 
 def elsewhere(body: Any) -> FaultClass | None:

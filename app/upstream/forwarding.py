@@ -41,6 +41,7 @@ from app.upstream.faults import (
     transport_class,
 )
 from app.upstream.http1 import Reply, UpstreamClient, UpstreamError
+from app.upstream.parameters import RENAMED, adaptable, adapted, refused_parameter
 from app.upstream.streams import (
     EventSplitter,
     StreamWatch,
@@ -185,6 +186,9 @@ class Forwarder:
     deadline_s: float
     retry_after_max_s: float
     disable: Disable | None = None
+    # Per model (as registered: a new upstream model learns afresh) and path: the parameters its
+    # upstream refused, renamed or left out of every later request (app/upstream/parameters.py).
+    refused: dict[tuple[str, str, str, str], frozenset[str]] = field(default_factory=dict)
 
     async def send(
         self,
@@ -223,11 +227,13 @@ class Forwarder:
         try:
             async with asyncio.timeout(self.deadline_s) as deadline:
                 for position, record in enumerate(targets):
-                    payload = b"" if body is None else orjson.dumps({**body, "model": record.upstream_model})
                     headers = upstream_headers(record, client_headers)
                     url = upstream_url(record, path)
-                    for attempt in range(1 + self.retries):
+                    attempt = 0
+                    while True:
                         attempts += 1
+                        refused = self.refused.get(_refusal_key(record, path), frozenset())
+                        payload = self._payload(body, record, refused)
                         start = time.perf_counter()
                         try:
                             answer = await self._attempt(record, path, url, payload, headers, stream, strip_usage,
@@ -248,6 +254,11 @@ class Forwarder:
                             if pause is None:
                                 break
                             waited += pause  # spent as the upstream asked: none of the gateway's overhead
+                            attempt += 1
+                            continue
+                        if answer.status >= 400 and body is not None and self._learn_refusal(record, path, answer.json, refused):
+                            # It did no work: asked again at once, without what it refused (not a retry).
+                            waited += time.perf_counter() - start
                             continue
                         answer.upstream_seconds = waited + time.perf_counter() - start
                         answer.attempts = attempts
@@ -279,6 +290,29 @@ class Forwarder:
         model is not: app/upstream/faults.py); transport faults and 5xx are retried as for any
         request, then raise GatewayError."""
         return await self.send(path, None, [record], client_headers, stream=False, method=method)
+
+    @staticmethod
+    def _payload(body: dict | None, record: ModelRecord, refused: frozenset[str]) -> bytes:
+        """The request body `record`'s upstream gets: its model name, and without the parameters it
+        `refused` (app/upstream/parameters.py)."""
+        if body is None:
+            return b""
+        return orjson.dumps({**(adapted(body, refused) if refused else body), "model": record.upstream_model})
+
+    def _learn_refusal(self, record: ModelRecord, path: str, error: Any, sent_without: frozenset[str]) -> bool:
+        """Whether `error` refuses a parameter this forwarder can rename or leave out, which the
+        request sent still had (`sent_without` the others); from now on it is renamed or left out of
+        every request to `record` on `path` (requests in flight meanwhile learn it too)."""
+        param = refused_parameter(error)
+        if param is None or not adaptable(param) or param in sent_without:
+            return False
+        key = _refusal_key(record, path)
+        known = self.refused.get(key, frozenset())
+        if param not in known:
+            self.refused[key] = known | {param}
+            log.warning("the upstream of %s refuses %r on %s: it is %s in every request to it from now on",
+                        record.name, param, path, f"sent as {RENAMED[param]!r}" if param in RENAMED else "left out")
+        return True
 
     def _describe(self, kind: FaultClass, record: ModelRecord, status: int, path: str) -> str:
         """`describe` for a status fault of `record`, saying the model is taken out of routing only
@@ -492,6 +526,10 @@ async def _drain(chunks: AsyncIterator[bytes], events: EventSplitter, watch: Str
                 if not watch.over:
                     out.extend(map(watch.see, events.feed(chunk)))
     return b"".join(out)
+
+
+def _refusal_key(record: ModelRecord, path: str) -> tuple[str, str, str, str]:
+    return record.name, record.base_url, record.upstream_model, path
 
 
 def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = None) -> GatewayError:

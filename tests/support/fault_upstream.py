@@ -35,6 +35,13 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
     html            HTTP 200 with an HTML page (a proxy's), streamed or not
     no_stream_options  a request carrying `stream_options` gets HTTP 400 "Unrecognized request
                     argument supplied: stream_options", as Azure OpenAI's older API versions answer
+    reasoning       refuse parameters as OpenAI's reasoning models (o-series, gpt-5) do, HTTP 400 with
+                    `param` naming the parameter: chat's `max_tokens` ("Unsupported parameter:
+                    'max_tokens' is not supported with this model. Use 'max_completion_tokens'
+                    instead.", code `unsupported_parameter`), a `temperature` other than 1 ("Unsupported
+                    value: 'temperature' does not support 0 with this model. Only the default (1)
+                    value is supported.", code `unsupported_value`), a `top_p` other than 1 and
+                    `logprobs` (code `unsupported_parameter`)
     ok_error        HTTP 200 whose body is an error, `{"error": "<message>"}`, as LM Studio
                     sends some of its failures, streamed or not
     negative_usage  the answer's usage reports -1 prompt tokens (a provider's bookkeeping bug),
@@ -221,6 +228,23 @@ NO_TOOLS: dict[str, Callable[[str], tuple[int, dict]]] = {
 _IMAGE_PARTS = ("image_url", "input_image")
 
 
+def reasoning_refusal(body: dict) -> dict | None:
+    """OpenAI's error body refusing the first parameter of `body` a reasoning model does not take."""
+    def unsupported(param: str, extra: str = "") -> dict:
+        return error_body(f"Unsupported parameter: '{param}' is not supported with this model.{extra}",
+                          "invalid_request_error", param=param, code="unsupported_parameter")
+
+    if "max_tokens" in body:
+        return unsupported("max_tokens", " Use 'max_completion_tokens' instead.")
+    if body.get("temperature", 1) != 1:
+        return error_body(f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. "
+                          "Only the default (1) value is supported.", "invalid_request_error", param="temperature",
+                          code="unsupported_value")
+    if body.get("top_p", 1) != 1:
+        return unsupported("top_p")
+    return unsupported("logprobs") if body.get("logprobs") else None
+
+
 def carries_image(body: dict) -> bool:
     """Whether a chat `messages` or Responses API `input` holds an image part."""
     items = body.get("messages") or body.get("input")
@@ -284,6 +308,7 @@ class Fault:
     html: bool = False
     ok_error: bool = False
     no_stream_options: bool = False
+    reasoning: bool = False
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
@@ -312,7 +337,7 @@ def parse_fault(spec: str) -> Fault:
         key, _, value = directive.partition("=")
         try:
             if key in ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
-                       "no_stream_options", "negative_usage") and not value:
+                       "no_stream_options", "reasoning", "negative_usage") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -331,7 +356,7 @@ def parse_fault(spec: str) -> Fault:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "error_field_after=N, "
-                             "crlf, no_stream, html, ok_error, no_stream_options, negative_usage, context=N, "
+                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, negative_usage, context=N, "
                              "context_as=tgi|lmstudio|llamacpp|llamacpp_500, no_vision=openai|vllm|llamacpp, "
                              "no_tools=vllm|llamacpp|ollama, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
@@ -482,6 +507,8 @@ class FaultUpstream:
         if fault.no_tools is not None and refuses_tools(fault.no_tools, body):
             status, refusal = NO_TOOLS[fault.no_tools](model)
             raise Answered(json_response(refusal, status))
+        if fault.reasoning and (refusal := reasoning_refusal(body)) is not None:
+            raise Answered(json_response(refusal, 400))
         if fault.no_stream_options and "stream_options" in body:
             raise APIError(400, "Unrecognized request argument supplied: stream_options", type="invalid_request_error")
         status = fault.failing_status(nth)

@@ -1,0 +1,58 @@
+"""Request parameters a model's upstream refuses, and the request it takes in their place.
+
+OpenAI's reasoning models (the o-series, gpt-5 and later, on OpenAI and Azure OpenAI alike)
+refuse parameters every other chat model takes, with HTTP 400, `code` `unsupported_parameter`
+or `unsupported_value` and `param` naming it: "Unsupported parameter: 'max_tokens' is not
+supported with this model. Use 'max_completion_tokens' instead.", "Unsupported value:
+'temperature' does not support 0 with this model. Only the default (1) value is supported."
+
+A router must not turn that into the client's error: the client did not choose the model. So a
+parameter with the same meaning under another name is renamed (`RENAMED`), and a sampling setting
+the model has no use for is left out (`DROPPED`: the model samples as it always does, as an
+OpenRouter-style router does with a parameter its chosen model ignores). The request then goes
+to the same model again at once (it did no work), and the forwarder leaves that parameter out of
+every later request to that model on that path, so that only the first pays the round trip.
+Any other parameter refused so is a feature the model cannot take: `unsupported`, tried elsewhere
+(app/upstream/faults.py), as the client's answer depends on it (`logprobs`, `stop`, `n`, ...).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# The codes of OpenAI's refusal of one named parameter for this model.
+_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
+
+# Same meaning, the name the model takes: the chat API's `max_tokens` is deprecated for
+# `max_completion_tokens`, which every OpenAI chat model takes and reasoning models require.
+RENAMED = {"max_tokens": "max_completion_tokens"}
+# Sampling settings only: without them the model answers the same request, sampled its own way.
+DROPPED = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty"})
+
+
+def refused_parameter(error: Any) -> str | None:
+    """The top-level request parameter an upstream's error body says this model does not take
+    (OpenAI's `unsupported_parameter` / `unsupported_value` and its `param`); None otherwise."""
+    inner = error.get("error") if isinstance(error, dict) else None
+    if not isinstance(inner, dict) or inner.get("code") not in _CODES:
+        return None
+    param = inner.get("param")
+    return param if isinstance(param, str) and param else None
+
+
+def adaptable(param: str) -> bool:
+    """Whether a refused parameter is renamed or left out rather than the request tried elsewhere."""
+    return param in RENAMED or param in DROPPED
+
+
+def adapted(body: dict, refused: frozenset[str]) -> dict:
+    """`body` as a model that refused `refused` takes it: each renamed (`RENAMED`; dropped when the
+    new name is already there, as that one wins) or left out. `body` itself is left as it is."""
+    present = refused.intersection(body)
+    if not present:
+        return body
+    out = {key: value for key, value in body.items() if key not in present}
+    for old in present:
+        new = RENAMED.get(old)
+        if new is not None and new not in body:
+            out[new] = body[old]
+    return out

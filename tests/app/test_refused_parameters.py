@@ -1,0 +1,99 @@
+"""A parameter the chosen model refuses (OpenAI's reasoning models: `max_tokens`, `temperature`)
+is renamed or left out and the same model answers; one the answer depends on (`logprobs`) sends
+the request elsewhere. Over a real gateway, the openai SDK and the fault upstream's `reasoning`
+directive, which refuses parameters with OpenAI's own error bodies."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from app.upstream.faults import elsewhere
+from app.upstream.parameters import adapted, refused_parameter
+from router_core.repset import RepItem, write_repset
+from tests.app.test_admin import ADMIN, admin, wait_job
+from tests.support.clients import client
+from tests.support.fault_upstream import reasoning_refusal
+
+MESSAGES = [{"role": "user", "content": "Name a prime number."}]
+
+
+def test_a_refused_max_tokens_is_renamed_and_a_refused_sampling_setting_left_out():
+    body = {"model": "m", "max_tokens": 64, "temperature": 0, "messages": MESSAGES}
+    out = adapted(body, frozenset({"max_tokens", "temperature"}))
+    assert out == {"model": "m", "max_completion_tokens": 64, "messages": MESSAGES}
+    assert body["max_tokens"] == 64 and body["temperature"] == 0  # the client's body is left as it is
+    # max_completion_tokens given too wins, as OpenAI has it: max_tokens is only left out
+    both = adapted({"max_tokens": 64, "max_completion_tokens": 32}, frozenset({"max_tokens"}))
+    assert both == {"max_completion_tokens": 32}
+    assert adapted(body, frozenset({"top_p"})) is body  # nothing refused is in it
+
+
+def test_openai_refusals_of_a_parameter_are_read_and_only_those_of_what_the_answer_needs_go_elsewhere():
+    assert refused_parameter(reasoning_refusal({"max_tokens": 5})) == "max_tokens"
+    assert refused_parameter(reasoning_refusal({"temperature": 0})) == "temperature"
+    assert refused_parameter({"error": {"message": "bad", "param": "messages", "code": None}}) is None
+    assert elsewhere(reasoning_refusal({"max_tokens": 5})) is None  # renamed, the same model asked again
+    assert elsewhere(reasoning_refusal({"temperature": 0.2})) is None  # left out, likewise
+    assert elsewhere(reasoning_refusal({"logprobs": True})) == "unsupported"
+
+
+@pytest.fixture
+def reasoning_first(make_gateway, fault_upstream, model_config):
+    """A gateway preferring `first`, served as a reasoning model refusing parameters, over `second`."""
+    upstream, url = fault_upstream
+    models = [model_config("first", url, upstream_model="first:reasoning", score=0.9),
+              model_config("second", url, score=0.6)]
+    return upstream, make_gateway(models=models)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reasoning_model_chosen_by_the_router_answers_a_request_with_max_tokens_and_temperature(
+        reasoning_first, stream):
+    """Before, the client got OpenAI's 400 "Unsupported parameter: 'max_tokens' ..." for a model it
+    never chose, whenever the router chose a reasoning model."""
+    upstream, gateway = reasoning_first
+    with gateway as gw:
+        for _ in range(2):
+            raw = client(gw).chat.completions.with_raw_response.create(
+                model="uniroute:0", messages=MESSAGES, max_tokens=64, temperature=0, stream=stream)
+            assert raw.headers["x-uniroute-model"] == "first"
+            answer = raw.parse()
+            text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream \
+                else answer.choices[0].message.content
+            assert text == "answer from first:reasoning"
+        sent = [r.body for r in upstream.received if r.model == "first:reasoning"]
+        # the first request learns both refusals, one at a time; the second is sent as the model takes it
+        assert [sorted(set(b) & {"max_tokens", "max_completion_tokens", "temperature"}) for b in sent] == [
+            ["max_tokens", "temperature"], ["max_completion_tokens", "temperature"], ["max_completion_tokens"],
+            ["max_completion_tokens"]]
+        assert sent[-1]["max_completion_tokens"] == 64
+        assert upstream.calls["second"] == 0
+
+
+def test_a_refused_parameter_the_answer_depends_on_sends_the_request_to_the_next_model(reasoning_first):
+    upstream, gateway = reasoning_first
+    with gateway as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES,
+                                                                   logprobs=True)
+        assert raw.headers["x-uniroute-model"] == "second"
+        # a client naming the model chose it: it gets the refusal as OpenAI words it
+        with pytest.raises(openai.BadRequestError) as err:
+            client(gw).chat.completions.create(model="first", messages=MESSAGES, logprobs=True)
+        assert err.value.body["code"] == "unsupported_parameter" and err.value.body["param"] == "logprobs"
+
+
+def test_a_reasoning_model_is_profiled_on_its_answers(make_gateway, fault_upstream, tmp_path):
+    """A profiling job sends `max_tokens` and `temperature: 0` with every prompt. Before, a reasoning
+    model refused each of them, and its job could never profile it."""
+    upstream, url = fault_upstream
+    repset = tmp_path / "repset.jsonl"
+    write_repset([RepItem(f"mc.{i}", f"Question {i}?\nA) yes\nB) no\nAnswer:", "A", "mc_letter", "quiz")
+                  for i in range(3)], repset)
+    with make_gateway(models=[], admin_key=ADMIN, repset_path=str(repset)) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "thinker", "base_url": url, "upstream_model": "thinker:reasoning",
+                                                "cost": {"per_request": 1}})
+        job = wait_job(gw, r.json()["job_id"])
+        answers = admin(gw, "GET", "/models/thinker/answers").json()["data"]
+    assert job["state"] == "done", job
+    assert len(answers) == 3 and all(a["graded"] for a in answers), [a["error"] for a in answers]
+    assert all("max_completion_tokens" in r.body and "temperature" not in r.body for r in upstream.received[-3:])
