@@ -17,7 +17,8 @@ reference answer:
 Driving it: `judge_requests(kind, question, reference, answer)` gives the chat message lists,
 one per judge call, in order; send each (temperature 0, at most JUDGE_MAX_TOKENS[kind] tokens),
 then `judge_score(kind, [reply text, ...], answer)` in the same order gives the score, or None
-when a reply holds no verdict (an ungraded answer: ask again rather than score it).
+when a reply holds no verdict (an ungraded answer: ask again rather than score it). A reply cut at
+its token limit is no verdict for a kind in VERDICT_LAST.
 
 Every kind puts the answer between "[The Start of ...]" and "[The End of ...]" markers; a marker
 the answer writes itself is neutralised (`fenced`), so that it cannot end its block early and
@@ -37,6 +38,9 @@ JUDGE_CALLS = {"correct": 1, "rating": 1, "pairwise": 2}
 # enough for each kind's reply: one word, or an explanation before the verdict (the longest
 # of arena-bench-v1's 3,867 recorded GPT-4 judgments is about 1,500 tokens)
 JUDGE_MAX_TOKENS = {"correct": 5, "rating": 2048, "pairwise": 2048}
+# The kinds whose verdict ends the judge's reply, after its explanation: a reply cut at its token
+# limit holds none, and a "[[n]]" in it is one its explanation quotes ("a [[10]] would need ..").
+VERDICT_LAST = frozenset({"rating", "pairwise"})
 
 CORRECT_PROMPT = (
     "You are grading an answer against a reference answer.\n"

@@ -60,6 +60,7 @@ from router_core.grading import grade
 from router_core.judging import (
     JUDGE_MAX_TOKENS,
     JUDGE_PREFIX,
+    VERDICT_LAST,
     judge_requests,
     judge_score,
     parse_judge_grader,
@@ -126,6 +127,14 @@ def answer_text(body: dict) -> str:
         return body["choices"][0]["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         return ""
+
+
+def cut_off(body: dict) -> bool:
+    """Whether a chat completion's first choice ended at its token limit (finish_reason "length")."""
+    try:
+        return body["choices"][0].get("finish_reason") == "length"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
 
 
 def billed_tokens(body: object, messages: list[dict], text: str) -> tuple[int, int]:
@@ -702,6 +711,7 @@ class JobRunner:
                            judge_misregistered=True)
         verdicts: list[str] = []
         spent = 0.0
+        cut = False
         for messages in judge_requests(kind, item.prompt, item.reference, text):
             body = {"messages": messages, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS[kind]}
             try:
@@ -717,10 +727,14 @@ class JobRunner:
                                f"{error_message(reply.json) or 'no reason given'}")
             verdicts.append(answer_text(reply.json or {}))
             spent += judge.cost.expected(*billed_tokens(reply.json, messages, verdicts[-1]))
+            cut |= cut_off(reply.json or {})
         verdict = "\n\n".join(verdicts)
-        score = judge_score(kind, verdicts, text)
+        score = None if cut and kind in VERDICT_LAST else judge_score(kind, verdicts, text)
         if score is None:
-            return Grading(None, verdict, spent, f"the judge {judge.name} gave no {kind} verdict")
+            why = (f"its reply was cut at its limit of {JUDGE_MAX_TOKENS[kind]} tokens before a verdict (a reasoning "
+                   "model may spend them all reasoning)") if cut else f"gave no {kind} verdict"
+            return Grading(None, verdict, spent, f"the judge {judge.name}: {why}" if cut
+                           else f"the judge {judge.name} {why}")
         return Grading(score, verdict, spent)
 
     async def _pause(self, job: JobRecord, reason: str, automatic: bool = True) -> None:

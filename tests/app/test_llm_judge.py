@@ -117,6 +117,26 @@ def test_a_judge_without_a_verdict_leaves_the_answer_ungraded_and_the_job_paused
     assert [a["prompt_id"] for a in wrong] == [CHOICE.id]
 
 
+def test_a_judge_reply_cut_at_its_token_limit_is_no_verdict_even_quoting_one(make_gateway, judged_repset):
+    """The judge explains past its token limit (finish_reason "length") after quoting a rating.
+    Before, that quoted "[[10]]" was read as the verdict: the answer scored 1.0 on a judgment that
+    ended, uncut, in [[3]]."""
+    replies = {RATED.id: ["A [[10]] would need a seasonal word. " + "The imagery is plain. " * 3000
+                          + "Rating: [[3]]"]}
+    with serve(create_replay_app({"candidate": ANSWERS, "judge": judge_book([RATED], replies)},
+                                 latency_scale=0.0)) as upstream:
+        repset, judge = judged_repset([RATED], upstream + "/v1")
+        with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge",
+                          profile_attempts=1, profile_resume_after_s=0) as gw:
+            r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
+                                                    "cost": {"per_request": 1}})
+            job = wait_job(gw, r.json()["job_id"])
+            [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+    assert job["state"] == "paused" and not answer["graded"] and answer["score"] is None
+    assert "reply was cut at its limit of 2048 tokens before a verdict" in answer["error"]
+    assert answer["verdict"].startswith("A [[10]]") and "[[3]]" not in answer["verdict"]
+
+
 def test_a_failing_judge_leaves_answers_ungraded(make_gateway, fault_upstream, judged_repset):
     upstream, url = fault_upstream
     repset, judge = judged_repset([RATED, PAIRED, CORRECT], url)
