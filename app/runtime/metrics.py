@@ -30,6 +30,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 # Decisions take ~0.1-20 ms, upstream calls up to minutes: separate bucket sets.
 _FAST = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# Why a sampled prompt was not stored (app/routing/capture.py).
+CAPTURE_LOST_REASONS = ("backlog", "store", "flush")
 
 
 @dataclass
@@ -148,6 +150,10 @@ class Metrics:
             "Sampled prompts (capture.sample_rate) that were not stored, by reason: backlog (offered while "
             "1000 writes waited on the store), store (the store refused the write), flush (still waiting "
             "when a shutdown or an export stopped waiting).", ["reason"], registry=r)
+        # Exposed at 0 from the start: Prometheus' increase() reads a series' first sample as its
+        # start, so a series born at 1 would hide a rare loss from the dashboard and the alert.
+        for reason in CAPTURE_LOST_REASONS:
+            self.capture_lost.labels(reason)
         # Set by each scrape (app/api/main.py), from the scraped process's own view, as /readyz says it.
         self.registry_available = Gauge(
             "uniroute_registry_available",

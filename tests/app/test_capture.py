@@ -126,13 +126,19 @@ def lost(metrics: Metrics) -> dict[str, float]:
             if s.name == "uniroute_capture_lost_total"}
 
 
+def test_every_capture_loss_reason_is_exposed_at_zero_before_any_loss():
+    """Prometheus' increase() takes a series' first sample as its start: a series first scraped at
+    1 would hide the first (often the only) loss from the dashboard panel and the alert."""
+    assert lost(Metrics()) == {"backlog": 0, "store": 0, "flush": 0}
+
+
 async def test_a_sample_the_store_refuses_is_counted_lost():
     metrics = Metrics()
     capture = Capture(CaptureConfig(sample_rate=1.0), RedisCaptureStore(f"redis://127.0.0.1:{closed_port()}", "x:"),
                       metrics=metrics)
     capture.offer("a prompt", 0)
     await capture.flush()
-    assert lost(metrics) == {"store": 1}
+    assert lost(metrics) == {"backlog": 0, "store": 1, "flush": 0}
 
 
 async def test_a_locked_store_bounds_the_writes_waiting_and_does_not_hold_shutdown(tmp_path: Path):
@@ -152,7 +158,7 @@ async def test_a_locked_store_bounds_the_writes_waiting_and_does_not_hold_shutdo
         await capture.flush(timeout_s=0.1)
         assert not capture._writes  # every write waiting was dropped, not waited out
         # and /metrics says so (the log said it once, at the first sample dropped)
-        assert lost(metrics) == {"backlog": 500, "flush": MAX_PENDING_WRITES}
+        assert lost(metrics) == {"backlog": 500, "store": 0, "flush": MAX_PENDING_WRITES}
         holder.execute("ROLLBACK")
         capture.offer("after the lock", 0)  # the store takes samples again once it is free
         await capture.flush()
