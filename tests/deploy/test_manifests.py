@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from app.api.main import create_app
 from app.cli.main import build_parser
 from app.runtime.config import Settings
+from app.runtime.metrics import Metrics
 from app.runtime.workers import SHUTDOWN_S
 from router_core.repset import load_repset
 from router_core.shipped import ROUTERBENCH_REPSET
@@ -48,6 +49,7 @@ K8S = DEPLOY / "kubernetes"
 COMPOSE = REPO / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "uniroute.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
 # The oldest and newest Kubernetes versions whose schemas kubernetes-validate bundles.
 K8S_VERSIONS = (str(kubernetes_validate.utils.all_versions()[0]), kubernetes_validate.latest_version())
 ADMIN = "deploy-test-admin-key"
@@ -588,6 +590,32 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exposed_by_the_gateway(e
         assert labels <= known, f"{expr!r} uses labels {labels - known} that its metrics lack"
 
 
+def family_of_sample() -> dict[str, str]:
+    """Each sample name the gateway's metric families expose -> its family (`uniroute_cost_total`,
+    `uniroute_upstream_seconds_bucket` -> `uniroute_cost`, `uniroute_upstream_seconds`)."""
+    return {family.name + suffix: family.name for family in Metrics().registry.collect()
+            for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+
+
+def left_off_on_purpose() -> dict[str, str]:
+    """The metrics docs/deploy.md lists as on no panel and in no alert, with the reason it gives."""
+    text = DEPLOY_DOC.read_text().split("left off on purpose:\n\n", 1)[1].split("\n\n", 1)[0]
+    items = re.findall(r"^- `(\w+)(?:\{[^}]*\})?`: (.+?)(?=^- |\Z)", text, re.M | re.S)
+    return {name: reason.strip() for name, reason in items}
+
+
+def test_every_metric_family_is_on_the_dashboard_or_in_an_alert_or_left_off_with_a_reason():
+    family = family_of_sample()
+    queried = {family[n] for expr in queries() for n in metrics_and_labels(expr)[0] if n in family}
+    off = left_off_on_purpose()
+    assert off and all(off.values()), off
+    assert set(off) <= set(family), f"docs/deploy.md leaves off metrics the gateway lacks: {set(off) - set(family)}"
+    off_families = {family[n] for n in off}
+    assert not off_families & queried, f"left off, yet queried: {off_families & queried}"
+    unseen = set(family.values()) - queried - off_families
+    assert not unseen, f"on no panel, in no alert, and not left off in docs/deploy.md: {sorted(unseen)}"
+
+
 def test_no_percent_stacked_panel_sets_a_unit():
     """Grafana (8.4 on) formats a panel stacked to 100% only on its axis; its tooltip and legend
     show the raw values in the panel's unit: requests per second in `percentunit` read 1 req/s as
@@ -667,6 +695,25 @@ def test_the_routing_share_panel_queries_each_models_share_of_the_routed_request
              "interval": "1m", "input_series": series}
     (tmp_path / "share.yml").write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": [check]}))
     result = run_promtool(promtool, "test", "rules", "share.yml", cwd=tmp_path)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_capture_alert_fires_on_the_first_prompt_lost(promtool, tmp_path):
+    """Evaluated by `promtool test rules` on the alert rules as shipped: a reason's series exposed
+    at 0 (as the gateway does from its start) then 1 fires the alert for that reason alone."""
+    series = [{"series": 'uniroute_capture_lost_total{reason="store"}', "values": "0x4 1x5"},
+              {"series": 'uniroute_capture_lost_total{reason="backlog"}', "values": "0x9"}]
+    (rule,) = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
+               if r["alert"] == "UnirouteCaptureLosingPrompts"]
+    summary = rule["annotations"]["summary"].replace("{{ $value | humanize }}", "1").replace(
+        "{{ $labels.reason }}", "store")
+    check = {"interval": "1m", "input_series": series, "alert_rule_test": [
+        {"eval_time": "4m", "alertname": rule["alert"], "exp_alerts": []},
+        {"eval_time": "9m", "alertname": rule["alert"], "exp_alerts": [
+            {"exp_labels": {"reason": "store", "severity": "warn"}, "exp_annotations": {"summary": summary}}]}]}
+    (tmp_path / "capture.yml").write_text(yaml.safe_dump({"rule_files": [str(ALERTS)], "evaluation_interval": "1m",
+                                                          "tests": [check]}))
+    result = run_promtool(promtool, "test", "rules", "capture.yml", cwd=tmp_path)
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
