@@ -50,6 +50,13 @@ class DriftMonitor:
         self._far_total = 0
         self._lock = Lock()
 
+    # Pickled with its counts, without its lock (a copy gets its own).
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=Lock())
+
     def observe(self, distances: np.ndarray) -> np.ndarray:
         """Record prompts' distances; returns which of them are far."""
         far = np.asarray(distances, dtype=np.float64) > self.threshold

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -57,17 +57,8 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 64,
                  model_id: str | None = None, local_files_only: bool = False) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        try:
-            with _quiet_transformers():
-                self._model = SentenceTransformer(str(name_or_path), device=device,
-                                                  local_files_only=local_files_only)
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"cannot load embedding model {name_or_path!r} (offline: give a local path or a model "
-                f"already in the Hugging Face cache): {exc}"
-            ) from None
+        self._source = (str(name_or_path), device, local_files_only)
+        self._model = self._load()
         self.model_id = model_id or str(name_or_path)
         # renamed in sentence-transformers 6; the project admits 5
         dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
@@ -76,11 +67,34 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self._lock = threading.Lock()
 
+    def _load(self) -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        name_or_path, device, local_files_only = self._source
+        try:
+            with _quiet_transformers():
+                return SentenceTransformer(name_or_path, device=device, local_files_only=local_files_only)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"cannot load embedding model {name_or_path!r} (offline: give a local path or a model "
+                f"already in the Hugging Face cache): {exc}"
+            ) from None
+
+    # Pickled without the model and its lock: the copy loads the model from the same name or path
+    # on its first encode (router_core.router.UniRouter crosses to worker processes so).
+    def __getstate__(self) -> dict:
+        return _without(self.__dict__, "_model", "_lock")
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _model=None, _lock=threading.Lock())
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
+            if self._model is None:
+                self._model = self._load()
             emb = self._model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                                      normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(emb, dtype=np.float32)
@@ -167,24 +181,45 @@ class StaticEmbedder:
     inline = True
 
     def __init__(self, path: str | Path, model_id: str) -> None:
-        from model2vec import StaticModel
-
-        self._model = StaticModel.from_pretrained(str(path))
+        self.path = str(path)
         self.model_id = model_id
-        self.dim = int(self._model.dim)
         self.max_chars = STATIC_MAX_TOKENS * _CHARS_PER_WORD_PIECE
         self._lock = threading.Lock()
+        self._load()
+        self.dim = int(self._model.dim)
+
+    def _load(self) -> None:
+        """Read the model from `path`, with what `encode` derives from it."""
+        from model2vec import StaticModel
+
+        model = StaticModel.from_pretrained(self.path)
         # Rows gathered from a float16 table were cast to float32 inside every sum: a tenth of a
         # routed request's instructions. Cast once here (float16 -> float32 is exact, so the sums
         # are the same); the table's own type still rounds the mean, as model2vec's does.
-        table = self._model.embedding
+        table = model.embedding
         self._table = table.astype(np.float32) if table.dtype == np.float16 else table
-        tokenizer = self._model.tokenizer
+        tokenizer = model.tokenizer
         truncation = tokenizer.truncation
         if truncation is None or truncation["max_length"] != STATIC_MAX_TOKENS:
             # Truncation is the tokenizer's: set once here, not on every call.
             tokenizer.enable_truncation(STATIC_MAX_TOKENS)
         self._words = WordPieceCache(tokenizer, STATIC_MAX_TOKENS) if is_bert_wordpiece(tokenizer.to_str()) else None
+        self._model = model  # last: a model is only seen with its table and words
+
+    # Pickled without the model and what comes of it: the copy reads the model from `path` again
+    # on its first encode (router_core.router.UniRouter crosses to worker processes so).
+    def __getstate__(self) -> dict:
+        return _without(self.__dict__, "_model", "_table", "_words", "_lock")
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _model=None, _lock=threading.Lock())
+
+    def _loaded(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._load()
+        return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised: the mean of the text's token vectors
@@ -192,7 +227,7 @@ class StaticEmbedder:
         its per-call dispatch (about 100 µs, three quarters of one short prompt's cost)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        model = self._model
+        model = self._loaded()
         if self._words is not None:
             token_ids = self._words.ids(texts)
         else:
@@ -217,6 +252,11 @@ class StaticEmbedder:
         if model.normalize:  # model2vec normalises in float32 and stores in the table's type
             emb = (emb / (_norms(emb) + 1e-32)).astype(out.dtype).astype(np.float32)
         return emb / np.maximum(_norms(emb), 1e-12)
+
+
+def _without(attributes: dict, *names: str) -> dict:
+    """A copy of an object's `attributes` less `names` (what a pickle of it leaves out)."""
+    return {k: v for k, v in attributes.items() if k not in names}
 
 
 def _norms(emb: np.ndarray) -> np.ndarray:

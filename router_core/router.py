@@ -159,6 +159,15 @@ class ModelTable:
     # Single-prompt decisions under one-hot weights, by their terms (UniRouter.decide).
     decisions: dict = field(default_factory=dict, compare=False, repr=False)
 
+    # Pickled without its remembered decisions (up to _DECISIONS of them, remade on use) and with
+    # only the whole table's curve, the one it computes when built, off the request path.
+    def __getstate__(self) -> dict:
+        curves = {None: self._curves[None]} if None in self._curves else {}
+        return {**self.__dict__, "_curves": curves, "decisions": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)  # as a frozen dataclass's own unpickling does
+
     @cached_property
     def names(self) -> list[str]:
         return [m.name for m in self.models]
@@ -331,6 +340,15 @@ class UniRouter:
             self.repset = RepsetClusters(repset, state.profile_weights(emb), state.version, state.prior, routed)
         self._models: dict[str, RoutedModel] = {}
         self.table = self._build([])
+
+    # Pickled (to a process pool's workers, say) without its locks and recent prompts' weights,
+    # and with its embedder as the embedder pickles itself (the shipped ones, by where their model
+    # is read from, loaded again on the copy's first embedding): the copy decides as this router.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_changing", "_lru")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=Lock(), _changing=Lock(), _lru=OrderedDict())
 
     @classmethod
     def load(cls, state: str | Path = "fast", repset: str | Path | None = DEFAULT_REPSET, *,

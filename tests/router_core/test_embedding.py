@@ -1,6 +1,7 @@
 """The real MiniLM embedder, its on-disk cache, and the routing embedding rule."""
 from __future__ import annotations
 
+import pickle
 import threading
 
 import numpy as np
@@ -49,6 +50,16 @@ def test_encoding_is_deterministic_and_independent_of_the_batch(embedder):
     together = embedder.encode(TEXTS)
     alone = np.vstack([embedder.encode([t]) for t in TEXTS])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["accurate", "fast"])
+def test_a_pickled_embedder_carries_where_its_model_lies_not_its_weights(embedder, kind):
+    original = embedder if kind == "accurate" else load_embedder("fast")
+    blob = pickle.dumps(original)
+    assert len(blob) < 10_000  # a name and a path, where the weights are megabytes
+    copy = pickle.loads(blob)
+    assert (copy.model_id, copy.dim, copy.max_chars) == (original.model_id, original.dim, original.max_chars)
+    np.testing.assert_array_equal(copy.encode(TEXTS), original.encode(TEXTS))
 
 
 def test_similar_questions_are_nearer_than_unrelated_ones(embedder):

@@ -2,7 +2,10 @@
 profiles, routing one prompt or a batch for a cost weight, a budget or a quality."""
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +39,45 @@ def two_model_router(shipped, **options) -> UniRouter:
     router.add_model("big", Price(10.0, 30.0), scores={i: float(rng.random() < 0.9) for i in router.repset.ids})
     router.add_model("small", Price(0.2, 0.6), scores={i: float(rng.random() < 0.6) for i in router.repset.ids})
     return router
+
+
+# Targets a pickled router must decide as the original: a cost weight, a budget, a quality, a subset.
+ROUND_TRIP_TARGETS = [{"cost_weight": 0.0}, {"cost_weight": 0.3}, {"budget": 0.004}, {"quality": 0.9},
+                      {"cost_weight": 0.3, "models": ["small"]}]
+
+
+def decided(router: UniRouter, prompts: list[str]) -> list[list[dict]]:
+    """Every decision, candidates included, of `prompts` routed for each of ROUND_TRIP_TARGETS."""
+    return [[d.to_dict() for d in router.route(prompts, **target)] for target in ROUND_TRIP_TARGETS]
+
+
+def test_a_pickled_router_decides_as_the_original_without_carrying_its_embedding_model(shipped):
+    router = two_model_router(shipped)
+    prompts = PROMPTS + [f"{p} Explain your answer." for p in PROMPTS]
+    before = decided(router, prompts)  # fills the recent prompts' weights and remembered decisions
+    blob = pickle.dumps(router)
+    # The static model's weights are read again from where they lie, not shipped in the pickle.
+    assert len(blob) < (Path(router.embedder.path) / "model.safetensors").stat().st_size / 4
+    copy = pickle.loads(blob)
+    assert decided(copy, prompts) == before
+    # Its own locks: it takes model changes, which the original never sees.
+    copy.remove_model("big")
+    assert {d.model for d in copy.route(prompts, cost_weight=0.0)} == {"small"}
+    assert {m.name for m in router.models} == {"big", "small"}
+
+
+def decided_in_a_worker(router: UniRouter, prompts: list[str]) -> list[list[dict]]:
+    """`decided`, run in a pool's worker process (a module function, so the worker imports it)."""
+    return decided(router, prompts)
+
+
+def test_a_spawned_process_pool_routes_with_the_router_as_the_parent_does(shipped):
+    router = two_model_router(shipped)
+    chunks = [PROMPTS[:2], PROMPTS[2:]]
+    # spawn: a fresh interpreter, as on macOS and Windows, so the router crosses only by pickle.
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        in_workers = pool.starmap(decided_in_a_worker, [(router, chunk) for chunk in chunks])
+    assert in_workers == [decided(router, chunk) for chunk in chunks]
 
 
 def test_load_gives_the_shipped_state_and_representative_set_with_no_model_yet():
