@@ -32,6 +32,8 @@ _FAST = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25
 _SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 # Why a sampled prompt was not stored (app/routing/capture.py).
 CAPTURE_LOST_REASONS = ("backlog", "store", "flush")
+# The targets the calibration curve may not meet (a cost weight is always met).
+UNMET_KINDS = ("budget", "quality")
 
 
 @dataclass
@@ -150,10 +152,6 @@ class Metrics:
             "Sampled prompts (capture.sample_rate) that were not stored, by reason: backlog (offered while "
             "1000 writes waited on the store), store (the store refused the write), flush (still waiting "
             "when a shutdown or an export stopped waiting).", ["reason"], registry=r)
-        # Exposed at 0 from the start: Prometheus' increase() reads a series' first sample as its
-        # start, so a series born at 1 would hide a rare loss from the dashboard and the alert.
-        for reason in CAPTURE_LOST_REASONS:
-            self.capture_lost.labels(reason)
         # Set by each scrape (app/api/main.py), from the scraped process's own view, as /readyz says it.
         self.registry_available = Gauge(
             "uniroute_registry_available",
@@ -163,6 +161,13 @@ class Metrics:
         self.drift_prompts = Counter(
             "uniroute_drift_prompts", "Routed prompts by distance to the nearest centroid (far: above the "
             "drift threshold).", ["far"], registry=r)
+        # Rare events' series exposed at 0 from the start: Prometheus' increase() reads a series'
+        # first sample as its start, so a series born at 1 would hide the first (often the only)
+        # one from the dashboard and the alerts.
+        for counter, values in ((self.capture_lost, CAPTURE_LOST_REASONS), (self.target_unmet, UNMET_KINDS),
+                                (self.drift_prompts, ("true", "false"))):
+            for value in values:
+                counter.labels(value)
 
     def for_profiling(self) -> Metrics:
         """These metrics for the profiling jobs' forwarder: the same families, except that

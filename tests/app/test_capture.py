@@ -128,8 +128,15 @@ def lost(metrics: Metrics) -> dict[str, float]:
 
 def test_every_capture_loss_reason_is_exposed_at_zero_before_any_loss():
     """Prometheus' increase() takes a series' first sample as its start: a series first scraped at
-    1 would hide the first (often the only) loss from the dashboard panel and the alert."""
-    assert lost(Metrics()) == {"backlog": 0, "store": 0, "flush": 0}
+    1 would hide the first (often the only) loss from the dashboard panel and the alert. So for
+    unmet targets and far prompts."""
+    metrics = Metrics()
+    assert lost(metrics) == {"backlog": 0, "store": 0, "flush": 0}
+    for counter, label in ((metrics.target_unmet, "kind"), (metrics.drift_prompts, "far")):
+        values = {s.labels[label]: s.value for family in counter.collect() for s in family.samples
+                  if s.name.endswith("_total")}
+        assert set(values) == {"kind": {"budget", "quality"}, "far": {"true", "false"}}[label]
+        assert not any(values.values())
 
 
 async def test_a_sample_the_store_refuses_is_counted_lost():
