@@ -194,6 +194,8 @@ class JobRecord:
     # Prompts the model refused (a 4xx that is no fault: too long, the demo's "no recorded
     # answer"): stored, never asked again, out of the coverage count; not `errors`.
     declined: int = 0
+    # Graded answers the model ended at the job's max_tokens (`truncation_warning`).
+    truncated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,6 +228,8 @@ class Answer:
     # the upstream answered and refused this prompt (a 4xx that is no fault of the model's
     # upstream: "no recorded answer", a prompt too long): unanswerable, not asked again
     declined: bool = False
+    # the model's answer ended at the job's max_tokens (finish_reason "length"): graded as cut
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.auth import require_admin_key
 from app.api.errors import APIError
-from app.profiling.jobs import ACTIVE
+from app.profiling.jobs import ACTIVE, truncation_warning
 from app.runtime.config import CapabilitiesIn, PriceIn, Settings
 from app.runtime.gateway import Gateway, gateway_of
 from models_registry.base import RegistryUnavailable
@@ -120,7 +120,7 @@ def job_json(job: JobRecord) -> dict:
             "declined": job.declined, "errors": job.errors, "spend": job.spend, "eta_s": job.eta_s, "error": job.error,
             "started_at": job.started_at, "updated_at": job.updated_at, "resume_at": job.resume_at,
             "resumes": job.resumes, "reprofile": job.since is not None, "options": job.options,
-            "skipped": job.skipped}
+            "skipped": job.skipped, "truncated": job.truncated, "warning": truncation_warning(job)}
 
 
 async def writing(coro):
@@ -201,7 +201,7 @@ async def model_answers(name: str, request: Request, filter: AnswerFilter = "all
         rows.append({"prompt_id": item.id, "task": item.task, "grader": item.grader, "cluster": k,
                      "prompt": item.prompt, "reference": item.reference, "answer": a.text, "graded": graded,
                      "score": a.score if graded else None, "verdict": a.verdict, "error": a.error,
-                     "declined": a.declined, "cost": a.cost, "judge_cost": a.judge_cost, "output_tokens": a.output_tokens,
+                     "declined": a.declined, "truncated": a.truncated, "cost": a.cost, "judge_cost": a.judge_cost, "output_tokens": a.output_tokens,
                      "answered_at": a.answered_at or None})
     return {"model": name, "repset_version": clusters.repset.version, "total": len(rows), "offset": offset,
             "limit": limit, "data": rows[offset:offset + limit]}

@@ -187,6 +187,8 @@ def started_job(args: argparse.Namespace, started: dict) -> int:
               file=sys.stderr)
         return 130
     print(json.dumps(job))
+    if job.get("warning"):
+        print(f"uniroute models: warning: {job['warning']}", file=sys.stderr)
     return 0 if job["state"] == "done" else 1
 
 

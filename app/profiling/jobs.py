@@ -137,6 +137,17 @@ def cut_off(body: dict) -> bool:
         return False
 
 
+def truncation_warning(job: JobRecord) -> str | None:
+    """What a job whose model ended graded answers at its max_tokens should tell the operator: those
+    answers are graded as cut, which an OpenAI reasoning model (its reasoning counts against the
+    limit) may leave empty, so its profile would say it answers badly where it answered nothing."""
+    if not job.truncated:
+        return None
+    return (f"{job.truncated} of the {job.done} graded answers ended at the job's max_tokens and were graded as cut "
+            "(a reasoning model may spend them all reasoning and answer nothing): reprofile with a larger "
+            "max_tokens, unless clients will cap its answers so too")
+
+
 def billed_tokens(body: object, messages: list[dict], text: str) -> tuple[int, int]:
     """(prompt, completion) tokens a profiling or judge call (`messages` sent, `text` answered)
     is billed: its usage, or, when it reports no usable counts (none, or a negative one), as
@@ -512,6 +523,7 @@ class JobRunner:
         declined = declined_ids(stored)
         todo = [item for item in items if item.id not in graded and item.id not in declined]
         job.total, job.done, job.declined = len(items), len(graded), len(declined)
+        job.truncated = sum(stored[pid].truncated for pid in graded)
         metrics = self.metrics
         metrics.profiling_total.labels(record.name).set(job.total)
         metrics.profiling_done.labels(record.name).set(job.done)
@@ -524,6 +536,7 @@ class JobRunner:
             job.spend += spent
             if answer.error is None:
                 job.done += 1
+                job.truncated += answer.truncated
                 metrics.profiling_done.labels(record.name).set(job.done)
             elif answer.declined:
                 job.declined += 1
@@ -585,6 +598,8 @@ class JobRunner:
         await self.registry.put_job(job)
         log.info("profiled %s: accuracy %.3f on %d prompts, spend %.4g", record.name,
                  record.profile.accuracy, record.profile.n_prompts, job.spend)
+        if (warning := truncation_warning(job)) is not None:
+            log.warning("profiling job %s for %s: %s", job.id, job.model, warning)
 
     async def _charge(self, model: str, amount: float) -> None:
         """Add what a run of a job spent to its model's `spend`: every job's, whatever its end."""
@@ -660,7 +675,7 @@ class JobRunner:
 
         if earlier is not None:
             text, completion_tokens, cost = earlier.text or "", earlier.output_tokens, earlier.cost - earlier.judge_cost
-            paid = 0.0
+            paid, truncated = 0.0, earlier.truncated
         else:
             body = {"messages": [{"role": "user", "content": item.prompt}], "temperature": 0,
                     "max_tokens": options.max_tokens}
@@ -675,7 +690,7 @@ class JobRunner:
                 return failed(exc.message), 0.0
             if reply.status >= 400:  # a 4xx the fault classes leave to the caller: this prompt is refused
                 return failed(error_message(reply.json) or f"HTTP {reply.status}", declined=True), 0.0
-            text = answer_text(reply.json)
+            text, truncated = answer_text(reply.json), cut_off(reply.json or {})
             prompt_tokens, completion_tokens = billed_tokens(reply.json, body["messages"], text)
             cost = paid = record.cost.expected(prompt_tokens, completion_tokens)
         graded = await self._grade(item, text)
@@ -684,13 +699,14 @@ class JobRunner:
         if graded.score is None:
             answer = failed(f"grading failed: {graded.error}", cost=cost + graded.judge_cost,
                             output_tokens=completion_tokens, text=text, verdict=graded.verdict,
-                            judge_cost=graded.judge_cost)
+                            judge_cost=graded.judge_cost, truncated=truncated)
             if graded.judge_misregistered:
                 raise Misregistered(str(graded.error), answer, spent)
             return answer, spent
         return GradedAnswer(prompt_id=item.id, score=graded.score, cost=cost + graded.judge_cost,
                             output_tokens=completion_tokens, error=None, text=text, grader=item.grader,
-                            verdict=graded.verdict, judge_cost=graded.judge_cost, answered_at=time.time()), spent
+                            verdict=graded.verdict, judge_cost=graded.judge_cost, answered_at=time.time(),
+                            truncated=truncated), spent
 
     async def _grade(self, item: RepItem, text: str) -> Grading:
         if is_judged(item):

@@ -474,6 +474,27 @@ def test_graded_answers_are_served_for_audit_with_filters_and_pages(make_gateway
         assert admin(gw, "GET", "/models/nobody/answers").status_code == 404
 
 
+def test_answers_cut_at_the_jobs_max_tokens_are_counted_flagged_and_warned_of(make_gateway, fault_upstream,
+                                                                              caplog):
+    """An OpenAI reasoning model spends the job's max_tokens reasoning and answers nothing, graded
+    wrong. Before, the job ended `done` saying nothing of it: a profile that routes the model
+    nowhere, for a setting of the job's. (The fake answer, about 5 tokens, is cut at 2.)"""
+    _, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        r = admin(gw, "POST", "/models", json={"name": "cut", "base_url": url, "cost": {"per_request": 1},
+                                                "job": {"limit": 20, "max_tokens": 2}})
+        job = wait_job(gw, r.json()["job_id"])
+        answers = admin(gw, "GET", "/models/cut/answers", params={"limit": 1000}).json()["data"]
+        roomy = admin(gw, "POST", "/models", json={"name": "roomy", "base_url": url, "cost": {"per_request": 1},
+                                                    "job": {"limit": 20}})
+        roomy_job = wait_job(gw, roomy.json()["job_id"])
+    assert job["state"] == "done" and job["truncated"] == job["done"] == 20
+    assert "20 of the 20 graded answers ended at the job's max_tokens" in job["warning"]
+    assert all(a["truncated"] for a in answers) and answers[0]["answer"] == "answer f"
+    assert any("reprofile with a larger max_tokens" in rec.getMessage() for rec in caplog.records)
+    assert roomy_job["truncated"] == 0 and roomy_job["warning"] is None
+
+
 @pytest.mark.parametrize("server", ["", ",context_as=tgi", ",context_as=lmstudio"])
 def test_declined_prompts_are_audited_apart_from_failed_ones(make_gateway, fault_upstream, server):
     """Before, `ungraded` (failures, asked again) listed the prompts the model refused too. A

@@ -31,6 +31,7 @@ def test_add_follows_the_job_then_list_show_and_rm(make_gateway, fault_upstream,
         job = json.loads(out)
         assert job["state"] == "done" and job["done"] == job["total"] > 0
         assert "profiling echo" in err  # the progress bar went to stderr
+        assert "warning" not in err  # no answer was cut at its max_tokens
 
         code, out, _ = run(capsys, gw, "list")
         assert code == 0 and "echo" in out and "ready" in out
@@ -43,6 +44,15 @@ def test_add_follows_the_job_then_list_show_and_rm(make_gateway, fault_upstream,
         assert code == 0
         assert httpx.get(gw + "/admin/models/echo", headers={"authorization": f"Bearer {ADMIN}"},
                          timeout=5).status_code == 404
+
+
+def test_add_warns_when_the_jobs_answers_were_cut_at_its_max_tokens(make_gateway, fault_upstream, capsys):
+    _, url = fault_upstream
+    with make_gateway(models=[], admin_key=ADMIN) as gw:
+        code, out, err = run(capsys, gw, "add", "short", "--base-url", url, "--per-request", "0.5",
+                             "--limit", "10", "--max-tokens", "2")
+    assert code == 0 and json.loads(out)["truncated"] == 10
+    assert "uniroute models: warning: 10 of the 10 graded answers ended at the job's max_tokens" in err
 
 
 def test_set_changes_where_a_model_is_reached_and_its_price_keeping_its_profile(make_gateway, model_config,
