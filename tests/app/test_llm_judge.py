@@ -57,6 +57,13 @@ def judge_book(items: list[RepItem], replies: dict[str, list[str]]) -> dict[str,
     return book
 
 
+def profile_candidate(gw: str, upstream: str) -> tuple[dict, list[dict]]:
+    """Register `candidate` at `upstream` (its base URL without /v1), profile it: the job, the answers."""
+    r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
+                                            "cost": {"per_request": 1}})
+    return wait_job(gw, r.json()["job_id"]), admin(gw, "GET", "/models/candidate/answers").json()["data"]
+
+
 @pytest.fixture
 def judged_repset(tmp_path, model_config):
     def make(items: list[RepItem], judge_url: str):
@@ -128,10 +135,7 @@ def test_a_judge_reply_cut_at_its_token_limit_is_no_verdict_even_quoting_one(mak
         repset, judge = judged_repset([RATED], upstream + "/v1")
         with make_gateway(models=[judge], admin_key=ADMIN, repset_path=repset, judge_model="judge",
                           profile_attempts=1, profile_resume_after_s=0) as gw:
-            r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
-                                                    "cost": {"per_request": 1}})
-            job = wait_job(gw, r.json()["job_id"])
-            [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+            job, [answer] = profile_candidate(gw, upstream)
     assert job["state"] == "paused" and not answer["graded"] and answer["score"] is None
     assert "reply was cut at its limit of 2048 tokens before a verdict" in answer["error"]
     assert answer["verdict"].startswith("A [[10]]") and "[[3]]" not in answer["verdict"]
@@ -266,10 +270,7 @@ def test_an_answer_the_judge_failed_to_grade_is_judged_again_not_paid_for_again(
         repset, judge_config = judged_repset([RATED], upstream + "/v1")
         with make_gateway(models=[judge_config], admin_key=ADMIN, repset_path=repset, judge_model="judge",
                           retries=0, profile_backoff_s=0.01) as gw:
-            r = admin(gw, "POST", "/models", json={"name": "candidate", "base_url": upstream + "/v1",
-                                                    "cost": {"per_request": 1}})
-            job = wait_job(gw, r.json()["job_id"])
-            [answer] = admin(gw, "GET", "/models/candidate/answers").json()["data"]
+            job, [answer] = profile_candidate(gw, upstream)
             spend = admin(gw, "GET", "/models/candidate").json()["spend"]
     assert job["state"] == "done" and job["errors"] == 1 and answer["score"] == pytest.approx(7 / 9)
     assert calls == {"candidate": 1, "judge": 2}
