@@ -179,22 +179,24 @@ def exceeds_context(body: Any) -> bool:
     return isinstance(error.get("message"), str) and bool(_CONTEXT_MESSAGE.search(error["message"]))
 
 
-def refuses_feature(body: Any) -> bool:
+def refuses_feature(body: Any, path: str | None = None) -> bool:
     """Whether an upstream's error body says the model or its server cannot take a feature the
-    request uses (images, tools, a parameter the answer depends on: app/upstream/parameters.py)."""
+    request uses: images, tools, a request parameter (app/upstream/parameters.py) but for one that
+    the forwarder renames or leaves out on `path` and asks again (None: on no path)."""
     message = error_message(body)
     if message is not None and _UNSUPPORTED_MESSAGE.search(message):
         return True
     param = refused_parameter(body)
-    return param is not None and not adaptable(param)
+    return param is not None and (path is None or not adaptable(param, path))
 
 
-def elsewhere(body: Any) -> FaultClass | None:
+def elsewhere(body: Any, path: str | None = None) -> FaultClass | None:
     """The class of an upstream's error body refusing this request for what this model is, which
-    another model may take (`context_length`, `unsupported`); None for any other error."""
+    another model may take (`context_length`, `unsupported`: `refuses_feature` on `path`); None for
+    any other error."""
     if exceeds_context(body):
         return "context_length"
-    return "unsupported" if refuses_feature(body) else None
+    return "unsupported" if refuses_feature(body, path) else None
 
 
 def error_message(body: Any) -> str | None:

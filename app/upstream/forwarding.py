@@ -304,7 +304,7 @@ class Forwarder:
         request sent still had (`sent_without` the others); from now on it is renamed or left out of
         every request to `record` on `path` (requests in flight meanwhile learn it too)."""
         param = refused_parameter(error)
-        if param is None or not adaptable(param) or param in sent_without:
+        if param is None or not adaptable(param, path) or param in sent_without:
             return False
         key = _refusal_key(record, path)
         known = self.refused.get(key, frozenset())
@@ -391,7 +391,7 @@ class Forwarder:
             reply = UpstreamReply(record, response.status, elapsed, body=orjson.dumps(parsed), json=parsed,
                                   request_id=request_id)
             if kind == "client_error":
-                kind = elsewhere(parsed) or kind
+                kind = elsewhere(parsed, path) or kind
             if kind != "client_error":
                 raise UpstreamFault(kind, self._describe(kind, record, response.status, path), response.status,
                                     reply)

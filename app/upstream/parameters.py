@@ -6,10 +6,15 @@ or `unsupported_value` and `param` naming it: "Unsupported parameter: 'max_token
 supported with this model. Use 'max_completion_tokens' instead.", "Unsupported value:
 'temperature' does not support 0 with this model. Only the default (1) value is supported."
 
+Groq refuses a top-level field it does not know so (HTTP 400, no `code` nor `param`): "property
+'store' is unsupported, did you mean 'stop'?", as OpenAI's own bookkeeping fields a client sends
+(`store`, `metadata`, `service_tier`, ...).
+
 A router must not turn that into the client's error: the client did not choose the model. So a
 parameter with the same meaning under another name is renamed (`RENAMED`), and a sampling setting
-the model has no use for is left out (`DROPPED`: the model samples as it always does, as an
-OpenRouter-style router does with a parameter its chosen model ignores). The request then goes
+the model has no use for, or a field that only asks OpenAI to keep or label the request, is left
+out (`DROPPED`, `BOOKKEEPING`: the model answers the same request, as an OpenRouter-style router
+does with a parameter its chosen model ignores). The request then goes
 to the same model again at once (it did no work), and the forwarder leaves that parameter out of
 every later request to that model on that path, so that only the first pays the round trip.
 Any other parameter refused so is a feature the model cannot take: `unsupported`, tried elsewhere
@@ -17,31 +22,42 @@ Any other parameter refused so is a feature the model cannot take: `unsupported`
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # The codes of OpenAI's refusal of one named parameter for this model.
 _CODES = frozenset({"unsupported_parameter", "unsupported_value"})
+# Groq's refusal of a top-level field (a nested one names its path first: "'messages.0' : ...").
+_GROQ_UNKNOWN = re.compile(r"property '(\w+)' is unsupported")
 
 # Same meaning, the name the model takes: the chat API's `max_tokens` is deprecated for
 # `max_completion_tokens`, which every OpenAI chat model takes and reasoning models require.
 RENAMED = {"max_tokens": "max_completion_tokens"}
 # Sampling settings only: without them the model answers the same request, sampled its own way.
 DROPPED = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty"})
+# Fields asking OpenAI to keep, label or bill the request in some way, which the answer does not
+# depend on. Not so on the Responses API, where `store` keeps what `previous_response_id` names.
+BOOKKEEPING = frozenset({"store", "metadata", "service_tier", "user", "prompt_cache_key", "safety_identifier"})
 
 
 def refused_parameter(error: Any) -> str | None:
     """The top-level request parameter an upstream's error body says this model does not take
     (OpenAI's `unsupported_parameter` / `unsupported_value` and its `param`); None otherwise."""
     inner = error.get("error") if isinstance(error, dict) else None
-    if not isinstance(inner, dict) or inner.get("code") not in _CODES:
+    if not isinstance(inner, dict):
         return None
+    message = inner.get("message")
+    if inner.get("code") not in _CODES:
+        unknown = _GROQ_UNKNOWN.match(message) if isinstance(message, str) else None
+        return unknown.group(1) if unknown else None
     param = inner.get("param")
     return param if isinstance(param, str) and param else None
 
 
-def adaptable(param: str) -> bool:
-    """Whether a refused parameter is renamed or left out rather than the request tried elsewhere."""
-    return param in RENAMED or param in DROPPED
+def adaptable(param: str, path: str) -> bool:
+    """Whether a parameter refused on `path` is renamed or left out rather than the request tried
+    elsewhere."""
+    return param in RENAMED or param in DROPPED or (param in BOOKKEEPING and path != "/responses")
 
 
 def adapted(body: dict, refused: frozenset[str]) -> dict:

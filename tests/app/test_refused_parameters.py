@@ -32,9 +32,21 @@ def test_openai_refusals_of_a_parameter_are_read_and_only_those_of_what_the_answ
     assert refused_parameter(reasoning_refusal({"max_tokens": 5})) == "max_tokens"
     assert refused_parameter(reasoning_refusal({"temperature": 0})) == "temperature"
     assert refused_parameter({"error": {"message": "bad", "param": "messages", "code": None}}) is None
-    assert elsewhere(reasoning_refusal({"max_tokens": 5})) is None  # renamed, the same model asked again
-    assert elsewhere(reasoning_refusal({"temperature": 0.2})) is None  # left out, likewise
-    assert elsewhere(reasoning_refusal({"logprobs": True})) == "unsupported"
+    chat = "/chat/completions"
+    assert elsewhere(reasoning_refusal({"max_tokens": 5}), chat) is None  # renamed, the same model asked again
+    assert elsewhere(reasoning_refusal({"temperature": 0.2}), chat) is None  # left out, likewise
+    assert elsewhere(reasoning_refusal({"logprobs": True}), chat) == "unsupported"
+    # where the forwarder cannot ask again (an error in place of an answer), the next model is tried
+    assert elsewhere(reasoning_refusal({"max_tokens": 5})) == "unsupported"
+    # Groq's refusal of a field it does not know: OpenAI's bookkeeping is left out but on the
+    # Responses API, where `store` keeps what a later request names
+    groq = {"error": {"message": "property 'store' is unsupported, did you mean 'stop'?",
+                      "type": "invalid_request_error"}}
+    assert refused_parameter(groq) == "store"
+    assert elsewhere(groq, chat) is None and elsewhere(groq, "/responses") == "unsupported"
+    nested = {"error": {"message": "'messages.0' : for 'role:user' the following must be satisfied[('messages.0' : "
+                                   "property 'timestamp' is unsupported)]", "type": "invalid_request_error"}}
+    assert refused_parameter(nested) is None
 
 
 @pytest.fixture
@@ -97,3 +109,18 @@ def test_a_reasoning_model_is_profiled_on_its_answers(make_gateway, fault_upstre
     assert job["state"] == "done", job
     assert len(answers) == 3 and all(a["graded"] for a in answers), [a["error"] for a in answers]
     assert all("max_completion_tokens" in r.body and "temperature" not in r.body for r in upstream.received[-3:])
+
+
+def test_a_groq_model_chosen_by_the_router_answers_a_request_asking_openai_to_store_it(make_gateway, fault_upstream,
+                                                                                     model_config):
+    """Before, Groq's 400 "property 'store' is unsupported" reached the client, which had not
+    chosen Groq; now `store` is left out of every request to that model."""
+    upstream, url = fault_upstream
+    models = [model_config("fast", url, upstream_model="fast:groq", score=0.9), model_config("other", url, score=0.6)]
+    with make_gateway(models=models) as gw:
+        for _ in range(2):
+            raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES,
+                                                                       store=True, metadata={"team": "search"})
+            assert raw.headers["x-uniroute-model"] == "fast"
+    sent = [r.body for r in upstream.received if r.model == "fast:groq"]
+    assert ["store" in b for b in sent] == [True, False, False] and all(b["metadata"] for b in sent)

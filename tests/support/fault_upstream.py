@@ -42,6 +42,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     value: 'temperature' does not support 0 with this model. Only the default (1)
                     value is supported.", code `unsupported_value`), a `top_p` other than 1 and
                     `logprobs` (code `unsupported_parameter`)
+    groq            refuse OpenAI's `store` as Groq does: HTTP 400 "property 'store' is unsupported, did you
+                    mean 'stop'?" (no `code` nor `param`)
     ok_error        HTTP 200 whose body is an error, `{"error": "<message>"}`, as LM Studio
                     sends some of its failures, streamed or not
     negative_usage  the answer's usage reports -1 prompt tokens (a provider's bookkeeping bug),
@@ -309,6 +311,7 @@ class Fault:
     ok_error: bool = False
     no_stream_options: bool = False
     reasoning: bool = False
+    groq: bool = False
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
@@ -337,7 +340,7 @@ def parse_fault(spec: str) -> Fault:
         key, _, value = directive.partition("=")
         try:
             if key in ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
-                       "no_stream_options", "reasoning", "negative_usage") and not value:
+                       "no_stream_options", "reasoning", "groq", "negative_usage") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -356,7 +359,8 @@ def parse_fault(spec: str) -> Fault:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "error_field_after=N, "
-                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, negative_usage, context=N, "
+                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, groq, negative_usage, "
+                             "context=N, "
                              "context_as=tgi|lmstudio|llamacpp|llamacpp_500, no_vision=openai|vllm|llamacpp, "
                              "no_tools=vllm|llamacpp|ollama, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
@@ -509,6 +513,8 @@ class FaultUpstream:
             raise Answered(json_response(refusal, status))
         if fault.reasoning and (refusal := reasoning_refusal(body)) is not None:
             raise Answered(json_response(refusal, 400))
+        if fault.groq and "store" in body:
+            raise APIError(400, "property 'store' is unsupported, did you mean 'stop'?", type="invalid_request_error")
         if fault.no_stream_options and "stream_options" in body:
             raise APIError(400, "Unrecognized request argument supplied: stream_options", type="invalid_request_error")
         status = fault.failing_status(nth)
