@@ -41,7 +41,7 @@ from app.upstream.faults import (
     transport_class,
 )
 from app.upstream.http1 import Reply, UpstreamClient, UpstreamError
-from app.upstream.parameters import RENAMED, adaptable, adapted, refused_parameter
+from app.upstream.parameters import RENAMED, adaptable, for_upstream, refused_parameter
 from app.upstream.streams import (
     EventSplitter,
     StreamWatch,
@@ -233,7 +233,7 @@ class Forwarder:
                     while True:
                         attempts += 1
                         refused = self.refused.get(_refusal_key(record, path), frozenset())
-                        payload = self._payload(body, record, refused)
+                        payload = self._payload(body, record, refused, path)
                         start = time.perf_counter()
                         try:
                             answer = await self._attempt(record, path, url, payload, headers, stream, strip_usage,
@@ -292,12 +292,12 @@ class Forwarder:
         return await self.send(path, None, [record], client_headers, stream=False, method=method)
 
     @staticmethod
-    def _payload(body: dict | None, record: ModelRecord, refused: frozenset[str]) -> bytes:
-        """The request body `record`'s upstream gets: its model name, and without the parameters it
-        `refused` (app/upstream/parameters.py)."""
+    def _payload(body: dict | None, record: ModelRecord, refused: frozenset[str], path: str) -> bytes:
+        """The request body `record`'s upstream gets on `path`: its model name, and its parameters
+        as that model takes them, without those it `refused` (app/upstream/parameters.py)."""
         if body is None:
             return b""
-        return orjson.dumps({**(adapted(body, refused) if refused else body), "model": record.upstream_model})
+        return orjson.dumps({**for_upstream(body, refused, path), "model": record.upstream_model})
 
     def _learn_refusal(self, record: ModelRecord, path: str, error: Any, sent_without: frozenset[str]) -> bool:
         """Whether `error` refuses a parameter this forwarder can rename or leave out, which the

@@ -19,6 +19,11 @@ to the same model again at once (it did no work), and the forwarder leaves that 
 every later request to that model on that path, so that only the first pays the round trip.
 Any other parameter refused so is a feature the model cannot take: `unsupported`, tried elsewhere
 (app/upstream/faults.py), as the client's answer depends on it (`logprobs`, `stop`, `n`, ...).
+
+The other way round, servers that do not know chat's `max_completion_tokens` ignore it without a
+word (Ollama, LM Studio, llama-cpp-python): an answer the client bounded runs on to the end of the
+context. So the limit goes upstream as `max_tokens`, which every server reads, but to a model
+that refused that name (`for_upstream`).
 """
 from __future__ import annotations
 
@@ -72,3 +77,13 @@ def adapted(body: dict, refused: frozenset[str]) -> dict:
         if new is not None and new not in body:
             out[new] = body[old]
     return out
+
+
+def for_upstream(body: dict, refused: frozenset[str], path: str) -> dict:
+    """`body` as a model that refused `refused` on `path` gets it: chat's `max_completion_tokens`
+    sent as `max_tokens` (unless the model refused that name, or the client gave both), then
+    `adapted`."""
+    if (path == "/chat/completions" and "max_completion_tokens" in body and "max_tokens" not in body
+            and "max_tokens" not in refused):
+        body = {("max_tokens" if key == "max_completion_tokens" else key): value for key, value in body.items()}
+    return adapted(body, refused)

@@ -124,3 +124,30 @@ def test_a_groq_model_chosen_by_the_router_answers_a_request_asking_openai_to_st
             assert raw.headers["x-uniroute-model"] == "fast"
     sent = [r.body for r in upstream.received if r.model == "fast:groq"]
     assert ["store" in b for b in sent] == [True, False, False] and all(b["metadata"] for b in sent)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_bounding_its_answer_with_max_completion_tokens_is_bounded_on_a_server_ignoring_that_name(
+        make_gateway, fault_upstream, model_config, stream):
+    """Ollama (and LM Studio, llama-cpp-python) ignore chat's `max_completion_tokens`, the name
+    OpenAI's docs now give clients: before, the answer ran on past the client's bound."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("local", url, upstream_model="local:ollama")]) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES,
+                                                                   max_completion_tokens=2, stream=stream)
+        chunks = list(raw.parse()) if stream else None
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] \
+            if stream else [raw.parse().choices[0].finish_reason]
+    assert finish == ["length"]
+    assert upstream.received[-1].body["max_tokens"] == 2 and "max_completion_tokens" not in upstream.received[-1].body
+
+
+def test_a_reasoning_model_gets_the_bound_as_max_completion_tokens_after_refusing_max_tokens(reasoning_first):
+    upstream, gateway = reasoning_first
+    with gateway as gw:
+        for _ in range(2):
+            raw = client(gw).chat.completions.with_raw_response.create(model="first", messages=MESSAGES,
+                                                                       max_completion_tokens=50)
+            assert raw.parse().choices[0].message.content == "answer from first:reasoning"
+    sent = [(b.get("max_tokens"), b.get("max_completion_tokens")) for b in (r.body for r in upstream.received)]
+    assert sent == [(50, None), (None, 50), (None, 50)]  # refused once, then sent as it takes it

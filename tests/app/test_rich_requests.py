@@ -174,7 +174,8 @@ def test_an_answers_token_limit_bounds_its_expected_cost(wordy):
             raw = create(model, **{field: LIMIT})
             assert raw.headers["x-uniroute-model"] == "dear", field
             assert float(raw.headers["x-uniroute-expected-cost"]) == pytest.approx(LIMIT * DEAR_OUTPUT / 1e6), field
-            assert upstream.received[-1].body[field] == LIMIT
+            # chat's limit goes upstream as max_tokens, the name every server reads (app/upstream/parameters.py)
+            assert upstream.received[-1].body[{"max_completion_tokens": "max_tokens"}.get(field, field)] == LIMIT
     # chat's deprecated max_tokens bounds it too, and max_completion_tokens wins over it
     for limits in ({"max_tokens": LIMIT}, {"max_tokens": 4096, "max_completion_tokens": LIMIT}):
         raw = ask["max_completion_tokens"]("uniroute:0.4", extra_body=limits)

@@ -42,6 +42,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     value: 'temperature' does not support 0 with this model. Only the default (1)
                     value is supported.", code `unsupported_value`), a `top_p` other than 1 and
                     `logprobs` (code `unsupported_parameter`)
+    ollama          read the request as Ollama does: chat's `max_completion_tokens` is ignored (only
+                    `max_tokens` cuts the answer), as its releases to 0.32 at least do
     groq            refuse OpenAI's `store` as Groq does: HTTP 400 "property 'store' is unsupported, did you
                     mean 'stop'?" (no `code` nor `param`)
     ok_error        HTTP 200 whose body is an error, `{"error": "<message>"}`, as LM Studio
@@ -312,6 +314,7 @@ class Fault:
     no_stream_options: bool = False
     reasoning: bool = False
     groq: bool = False
+    ollama: bool = False
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
@@ -340,7 +343,7 @@ def parse_fault(spec: str) -> Fault:
         key, _, value = directive.partition("=")
         try:
             if key in ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
-                       "no_stream_options", "reasoning", "groq", "negative_usage") and not value:
+                       "no_stream_options", "reasoning", "groq", "ollama", "negative_usage") and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -359,7 +362,7 @@ def parse_fault(spec: str) -> Fault:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "error_field_after=N, "
-                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, groq, negative_usage, "
+                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, groq, ollama, negative_usage, "
                              "context=N, "
                              "context_as=tgi|lmstudio|llamacpp|llamacpp_500, no_vision=openai|vllm|llamacpp, "
                              "no_tools=vllm|llamacpp|ollama, retry_after=S or retry_after_date=S") from None
@@ -541,6 +544,8 @@ class FaultUpstream:
 
     async def _respond(self, request: CompletionRequest, http: Request) -> Response:
         fault = await self._arrive(request.model, http)
+        if fault.ollama and request.kind == "chat":
+            request = replace(request, max_tokens=orjson.loads(await http.body()).get("max_tokens"))
         answer = CannedAnswer.for_request(request, f"answer from {request.model}")
         if fault.negative_usage:
             answer = replace(answer, prompt_tokens=-1)
