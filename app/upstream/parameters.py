@@ -23,7 +23,10 @@ Any other parameter refused so is a feature the model cannot take: `unsupported`
 The other way round, servers that do not know chat's `max_completion_tokens` ignore it without a
 word (Ollama, LM Studio, llama-cpp-python): an answer the client bounded runs on to the end of the
 context. So the limit goes upstream as `max_tokens`, which every server reads, but to a model
-that refused that name (`for_upstream`).
+that refused that name (`for_upstream`). Likewise a `developer` message (OpenAI's new name for
+the system prompt, which clients such as Codex send) goes as a `system` one: OpenAI's models take
+either alike, while many chat templates refuse the role (vLLM: "Unexpected message role."; o1-mini:
+"'messages[0].role' does not support 'developer'").
 """
 from __future__ import annotations
 
@@ -79,10 +82,18 @@ def adapted(body: dict, refused: frozenset[str]) -> dict:
     return out
 
 
+# Where each endpoint's body holds its messages (chat) or input items (Responses API).
+_ITEMS = {"/chat/completions": "messages", "/responses": "input"}
+
+
 def for_upstream(body: dict, refused: frozenset[str], path: str) -> dict:
-    """`body` as a model that refused `refused` on `path` gets it: chat's `max_completion_tokens`
-    sent as `max_tokens` (unless the model refused that name, or the client gave both), then
-    `adapted`."""
+    """`body` as a model that refused `refused` on `path` gets it: `developer` messages as `system`
+    ones; chat's `max_completion_tokens` sent as `max_tokens` (unless the model refused that name,
+    or the client gave both); then `adapted`."""
+    items = body.get(_ITEMS.get(path, ""))
+    if isinstance(items, list) and any(isinstance(m, dict) and m.get("role") == "developer" for m in items):
+        body = {**body, _ITEMS[path]: [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer"
+                                       else m for m in items]}
     if (path == "/chat/completions" and "max_completion_tokens" in body and "max_tokens" not in body
             and "max_tokens" not in refused):
         body = {("max_tokens" if key == "max_completion_tokens" else key): value for key, value in body.items()}

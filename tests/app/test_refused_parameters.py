@@ -151,3 +151,20 @@ def test_a_reasoning_model_gets_the_bound_as_max_completion_tokens_after_refusin
             assert raw.parse().choices[0].message.content == "answer from first:reasoning"
     sent = [(b.get("max_tokens"), b.get("max_completion_tokens")) for b in (r.body for r in upstream.received)]
     assert sent == [(50, None), (None, 50), (None, 50)]  # refused once, then sent as it takes it
+
+
+def test_a_developer_message_reaches_a_model_whose_template_has_no_such_role_as_a_system_one(
+        make_gateway, fault_upstream, model_config):
+    """Codex and other clients send the system prompt as OpenAI's `developer` role, which vLLM under
+    a Qwen chat template refuses ("Unexpected message role."): before, the client got that 400
+    whenever the router chose such a model."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("qwen", url, upstream_model="qwen:no_developer")]) as gw:
+        messages = [{"role": "developer", "content": "Answer in one word."}, *MESSAGES]
+        chat = client(gw).chat.completions.create(model="uniroute:0", messages=messages)
+        assert chat.choices[0].message.content == "answer from qwen:no_developer"
+        assert [m["role"] for m in upstream.received[-1].body["messages"]] == ["system", "user"]
+        response = client(gw).responses.create(model="qwen", input=[
+            {"role": "developer", "content": "Answer in one word."}, {"role": "user", "content": "Name a prime."}])
+        assert response.output_text == "answer from qwen:no_developer"
+        assert [m["role"] for m in upstream.received[-1].body["input"]] == ["system", "user"]

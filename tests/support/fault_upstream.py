@@ -44,6 +44,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     `logprobs` (code `unsupported_parameter`)
     ollama          read the request as Ollama does: chat's `max_completion_tokens` is ignored (only
                     `max_tokens` cuts the answer), as its releases to 0.32 at least do
+    no_developer    refuse a `developer` message (chat or Responses API) as vLLM does under a chat template
+                    without that role (Qwen's): HTTP 400 "Unexpected message role."
     groq            refuse OpenAI's `store` as Groq does: HTTP 400 "property 'store' is unsupported, did you
                     mean 'stop'?" (no `code` nor `param`)
     ok_error        HTTP 200 whose body is an error, `{"error": "<message>"}`, as LM Studio
@@ -315,6 +317,7 @@ class Fault:
     reasoning: bool = False
     groq: bool = False
     ollama: bool = False
+    no_developer: bool = False
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
@@ -336,14 +339,18 @@ class Fault:
         return self.status
 
 
+# The directives without a value.
+FLAGS = ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
+         "no_stream_options", "reasoning", "groq", "ollama", "no_developer", "negative_usage")
+
+
 def parse_fault(spec: str) -> Fault:
     """The Fault a directive list such as "delay=0.5,status=503" describes; ValueError if malformed."""
     fields: dict[str, object] = {}
     for directive in filter(None, (d.strip() for d in spec.split(","))):
         key, _, value = directive.partition("=")
         try:
-            if key in ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
-                       "no_stream_options", "reasoning", "groq", "ollama", "negative_usage") and not value:
+            if key in FLAGS and not value:
                 fields[key] = True
             elif key in ("delay", "first_token", "pace"):
                 fields[f"{key}_s"] = float(value)
@@ -362,8 +369,8 @@ def parse_fault(spec: str) -> Fault:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "error_field_after=N, "
-                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, groq, ollama, negative_usage, "
-                             "context=N, "
+                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, groq, ollama, "
+                             "no_developer, negative_usage, context=N, "
                              "context_as=tgi|lmstudio|llamacpp|llamacpp_500, no_vision=openai|vllm|llamacpp, "
                              "no_tools=vllm|llamacpp|ollama, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
@@ -516,6 +523,9 @@ class FaultUpstream:
             raise Answered(json_response(refusal, status))
         if fault.reasoning and (refusal := reasoning_refusal(body)) is not None:
             raise Answered(json_response(refusal, 400))
+        if fault.no_developer and any(isinstance(m, dict) and m.get("role") == "developer"
+                                      for m in body.get("messages") or body.get("input") or []):
+            raise APIError(400, "Unexpected message role.", type="BadRequestError")
         if fault.groq and "store" in body:
             raise APIError(400, "property 'store' is unsupported, did you mean 'stop'?", type="invalid_request_error")
         if fault.no_stream_options and "stream_options" in body:
