@@ -194,8 +194,11 @@ class JobRecord:
     # Prompts the model refused (a 4xx that is no fault: too long, the demo's "no recorded
     # answer"): stored, never asked again, out of the coverage count; not `errors`.
     declined: int = 0
-    # Graded answers the model ended at the job's max_tokens (`truncation_warning`).
+    # Graded answers the model ended at the job's max_tokens (app/profiling/jobs.py `job_warning`).
     truncated: int = 0
+    # The model that grades the job's llm_judge items (the gateway's judge_model when it started),
+    # None when it has none to grade.
+    judge: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

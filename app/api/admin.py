@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.auth import require_admin_key
 from app.api.errors import APIError
-from app.profiling.jobs import ACTIVE, truncation_warning
+from app.profiling.jobs import ACTIVE, job_warning
 from app.runtime.config import CapabilitiesIn, PriceIn, Settings
 from app.runtime.gateway import Gateway, gateway_of
 from models_registry.base import RegistryUnavailable
@@ -120,7 +120,8 @@ def job_json(job: JobRecord) -> dict:
             "declined": job.declined, "errors": job.errors, "spend": job.spend, "eta_s": job.eta_s, "error": job.error,
             "started_at": job.started_at, "updated_at": job.updated_at, "resume_at": job.resume_at,
             "resumes": job.resumes, "reprofile": job.since is not None, "options": job.options,
-            "skipped": job.skipped, "truncated": job.truncated, "warning": truncation_warning(job)}
+            "skipped": job.skipped, "truncated": job.truncated, "judge": job.judge,
+            "warning": job_warning(job)}
 
 
 async def writing(coro):

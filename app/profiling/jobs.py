@@ -137,15 +137,20 @@ def cut_off(body: dict) -> bool:
         return False
 
 
-def truncation_warning(job: JobRecord) -> str | None:
-    """What a job whose model ended graded answers at its max_tokens should tell the operator: those
-    answers are graded as cut, which an OpenAI reasoning model (its reasoning counts against the
-    limit) may leave empty, so its profile would say it answers badly where it answered nothing."""
-    if not job.truncated:
-        return None
-    return (f"{job.truncated} of the {job.done} graded answers ended at the job's max_tokens and were graded as cut "
-            "(a reasoning model may spend them all reasoning and answer nothing): reprofile with a larger "
-            "max_tokens, unless clients will cap its answers so too")
+def job_warning(job: JobRecord) -> str | None:
+    """What the operator should know of a job's profile, or None. Answers the model ended at the
+    job's max_tokens are graded as cut, which an OpenAI reasoning model (its reasoning counts against
+    the limit) may leave empty: its profile would say it answers badly where it answered nothing. A
+    model judging its own answers favours them (as LLM judges are known to): its profile flatters it."""
+    warnings = []
+    if job.truncated:
+        warnings.append(f"{job.truncated} of the {job.done} graded answers ended at the job's max_tokens and were "
+                        "graded as cut (a reasoning model may spend them all reasoning and answer nothing): reprofile "
+                        "with a larger max_tokens, unless clients will cap its answers so too")
+    if job.judge is not None and job.judge == job.model:
+        warnings.append("the model graded its own answers to the llm_judge items (it is the judge_model), and LLM "
+                        "judges favour their own answers: set another judge_model and reprofile it")
+    return "; ".join(warnings) or None
 
 
 def billed_tokens(body: object, messages: list[dict], text: str) -> tuple[int, int]:
@@ -514,6 +519,7 @@ class JobRunner:
         repset = clusters.repset
         options = self.options.merged(job.options)
         items, job.skipped = self._items(repset, options)
+        job.judge = self.judge_model if any(map(is_judged, items)) else None
         if job.skipped:
             log.warning("profiling %s without its %d llm_judge items: no judge_model is configured",
                         job.model, job.skipped)
@@ -598,7 +604,7 @@ class JobRunner:
         await self.registry.put_job(job)
         log.info("profiled %s: accuracy %.3f on %d prompts, spend %.4g", record.name,
                  record.profile.accuracy, record.profile.n_prompts, job.spend)
-        if (warning := truncation_warning(job)) is not None:
+        if (warning := job_warning(job)) is not None:
             log.warning("profiling job %s for %s: %s", job.id, job.model, warning)
 
     async def _charge(self, model: str, amount: float) -> None:

@@ -88,6 +88,7 @@ def test_every_grader_kind_is_graded_in_a_job_with_verdicts_and_judge_cost(make_
                                                     "cost": {"per_request": 1}})
             job = wait_job(gw, r.json()["job_id"])
             assert job["state"] == "done" and job["errors"] == 0, job
+            assert job["judge"] == "judge" and job["warning"] is None
             # 5 answers at 1 each, 4 judge calls (rating 1, pairwise 2, correct 1) at 0.5 each
             assert job["spend"] == pytest.approx(5 * 1.0 + 4 * 0.5)
             # and where a dashboard reads profiling spend: the judge's calls under the profiled model
@@ -139,6 +140,19 @@ def test_a_judge_reply_cut_at_its_token_limit_is_no_verdict_even_quoting_one(mak
     assert job["state"] == "paused" and not answer["graded"] and answer["score"] is None
     assert "reply was cut at its limit of 2048 tokens before a verdict" in answer["error"]
     assert answer["verdict"].startswith("A [[10]]") and "[[3]]" not in answer["verdict"]
+
+
+def test_a_model_judging_its_own_answers_is_profiled_with_a_warning(make_gateway, judged_repset):
+    """LLM judges favour their own answers. Before, a judge_model profiled as a model graded itself
+    and nothing said so."""
+    book = {**ANSWERS, **judge_book([RATED], JUDGE_REPLIES)}
+    with serve(create_replay_app({"candidate": book}, latency_scale=0.0)) as upstream:
+        repset, _ = judged_repset([RATED, CHOICE], upstream + "/v1")
+        with make_gateway(models=[], admin_key=ADMIN, repset_path=repset, judge_model="candidate") as gw:
+            job, answers = profile_candidate(gw, upstream)
+    assert job["state"] == "done" and job["judge"] == "candidate"
+    assert "the model graded its own answers" in job["warning"]
+    assert {a["prompt_id"]: a["score"] for a in answers} == pytest.approx({RATED.id: 7 / 9, CHOICE.id: 0.0})
 
 
 def test_a_failing_judge_leaves_answers_ungraded(make_gateway, fault_upstream, judged_repset):
