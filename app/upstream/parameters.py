@@ -8,12 +8,15 @@ supported with this model. Use 'max_completion_tokens' instead.", "Unsupported v
 
 Groq refuses a top-level field it does not know so (HTTP 400, no `code` nor `param`): "property
 'store' is unsupported, did you mean 'stop'?", as OpenAI's own bookkeeping fields a client sends
-(`store`, `metadata`, `service_tier`, ...).
+(`store`, `metadata`, `service_tier`, ...); OpenAI's models without reasoning refuse the reasoning
+hint so: "Unrecognized request argument supplied: reasoning_effort". Only the parameters this
+module can mend are read from such a message: any other stays the client's error, as it was.
 
 A router must not turn that into the client's error: the client did not choose the model. So a
 parameter with the same meaning under another name is renamed (`RENAMED`), and a sampling setting
-the model has no use for, or a field that only asks OpenAI to keep or label the request, is left
-out (`DROPPED`, `BOOKKEEPING`: the model answers the same request, as an OpenRouter-style router
+the model has no use for, a hint to a model that does not reason, or a field that only asks
+OpenAI to keep or label the request, is left out (`DROPPED`, `HINTS`, `BOOKKEEPING`: the model
+answers the same request, as an OpenRouter-style router
 does with a parameter its chosen model ignores). The request then goes
 to the same model again at once (it did no work), and the forwarder leaves that parameter out of
 every later request to that model on that path, so that only the first pays the round trip.
@@ -35,8 +38,9 @@ from typing import Any
 
 # The codes of OpenAI's refusal of one named parameter for this model.
 _CODES = frozenset({"unsupported_parameter", "unsupported_value"})
-# Groq's refusal of a top-level field (a nested one names its path first: "'messages.0' : ...").
-_GROQ_UNKNOWN = re.compile(r"property '(\w+)' is unsupported")
+# Refusals of a top-level field that name it only in their message: Groq's (a nested field's names
+# its path first: "'messages.0' : ...") and OpenAI's for an argument the model does not know.
+_UNKNOWN = re.compile(r"property '(\w+)' is unsupported|Unrecognized request argument supplied: (\w+)")
 
 # Same meaning, the name the model takes: the chat API's `max_tokens` is deprecated for
 # `max_completion_tokens`, which every OpenAI chat model takes and reasoning models require.
@@ -46,6 +50,9 @@ DROPPED = frozenset({"temperature", "top_p", "presence_penalty", "frequency_pena
 # Fields asking OpenAI to keep, label or bill the request in some way, which the answer does not
 # depend on. Not so on the Responses API, where `store` keeps what `previous_response_id` names.
 BOOKKEEPING = frozenset({"store", "metadata", "service_tier", "user", "prompt_cache_key", "safety_identifier"})
+# How much to reason and how long to answer, for a model that has no such settings.
+HINTS = frozenset({"reasoning_effort", "verbosity"})
+_MENDABLE = frozenset(RENAMED) | DROPPED | BOOKKEEPING | HINTS
 
 
 def refused_parameter(error: Any) -> str | None:
@@ -56,8 +63,9 @@ def refused_parameter(error: Any) -> str | None:
         return None
     message = inner.get("message")
     if inner.get("code") not in _CODES:
-        unknown = _GROQ_UNKNOWN.match(message) if isinstance(message, str) else None
-        return unknown.group(1) if unknown else None
+        unknown = _UNKNOWN.match(message) if isinstance(message, str) else None
+        name = unknown and (unknown.group(1) or unknown.group(2))
+        return name if name in _MENDABLE else None
     param = inner.get("param")
     return param if isinstance(param, str) and param else None
 
@@ -65,7 +73,7 @@ def refused_parameter(error: Any) -> str | None:
 def adaptable(param: str, path: str) -> bool:
     """Whether a parameter refused on `path` is renamed or left out rather than the request tried
     elsewhere."""
-    return param in RENAMED or param in DROPPED or (param in BOOKKEEPING and path != "/responses")
+    return param in RENAMED or param in DROPPED or param in HINTS or (param in BOOKKEEPING and path != "/responses")
 
 
 def adapted(body: dict, refused: frozenset[str]) -> dict:

@@ -44,6 +44,14 @@ def test_openai_refusals_of_a_parameter_are_read_and_only_those_of_what_the_answ
                       "type": "invalid_request_error"}}
     assert refused_parameter(groq) == "store"
     assert elsewhere(groq, chat) is None and elsewhere(groq, "/responses") == "unsupported"
+    unknown = {"error": {"message": "Unrecognized request argument supplied: reasoning_effort",
+                         "type": "invalid_request_error", "param": None, "code": None}}
+    assert refused_parameter(unknown) == "reasoning_effort" and elsewhere(unknown, "/responses") is None
+    # a field this cannot mend stays the client's error, as it was (and the gateway's own
+    # stream_options is asked again without, app/upstream/forwarding.py)
+    for name in ("stream_options", "tempreature"):
+        unknown["error"]["message"] = f"Unrecognized request argument supplied: {name}"
+        assert refused_parameter(unknown) is None and elsewhere(unknown, chat) is None
     nested = {"error": {"message": "'messages.0' : for 'role:user' the following must be satisfied[('messages.0' : "
                                    "property 'timestamp' is unsupported)]", "type": "invalid_request_error"}}
     assert refused_parameter(nested) is None
@@ -168,3 +176,15 @@ def test_a_developer_message_reaches_a_model_whose_template_has_no_such_role_as_
             {"role": "developer", "content": "Answer in one word."}, {"role": "user", "content": "Name a prime."}])
         assert response.output_text == "answer from qwen:no_developer"
         assert [m["role"] for m in upstream.received[-1].body["input"]] == ["system", "user"]
+
+
+def test_a_model_without_reasoning_chosen_by_the_router_answers_a_request_with_a_reasoning_effort(
+        make_gateway, fault_upstream, model_config):
+    """Clients such as Codex send `reasoning_effort`, which OpenAI's models without reasoning refuse
+    (gpt-4o-mini, gpt-4.1): before, that 400 reached the client whenever the router chose one."""
+    upstream, url = fault_upstream
+    with make_gateway(models=[model_config("mini", url, upstream_model="mini:no_reasoning")]) as gw:
+        for _ in range(2):
+            chat = client(gw).chat.completions.create(model="uniroute:0", messages=MESSAGES, reasoning_effort="high")
+            assert chat.choices[0].message.content == "answer from mini:no_reasoning"
+    assert ["reasoning_effort" in r.body for r in upstream.received] == [True, False, False]

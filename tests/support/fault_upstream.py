@@ -46,6 +46,8 @@ Choosing a fault — by the requested model name, `<name>:<directive>[,<directiv
                     `max_tokens` cuts the answer), as its releases to 0.32 at least do
     no_developer    refuse a `developer` message (chat or Responses API) as vLLM does under a chat template
                     without that role (Qwen's): HTTP 400 "Unexpected message role."
+    no_reasoning    refuse `reasoning_effort` as OpenAI's models without reasoning do: HTTP 400
+                    "Unrecognized request argument supplied: reasoning_effort" (`code` and `param` null)
     groq            refuse OpenAI's `store` as Groq does: HTTP 400 "property 'store' is unsupported, did you
                     mean 'stop'?" (no `code` nor `param`)
     ok_error        HTTP 200 whose body is an error, `{"error": "<message>"}`, as LM Studio
@@ -318,6 +320,7 @@ class Fault:
     groq: bool = False
     ollama: bool = False
     no_developer: bool = False
+    no_reasoning: bool = False
     negative_usage: bool = False
     context: int | None = None
     context_as: str | None = None
@@ -341,7 +344,7 @@ class Fault:
 
 # The directives without a value.
 FLAGS = ("bad_json", "interrupt", "ping", "stream_error", "crlf", "no_stream", "html", "ok_error",
-         "no_stream_options", "reasoning", "groq", "ollama", "no_developer", "negative_usage")
+         "no_stream_options", "reasoning", "no_reasoning", "groq", "ollama", "no_developer", "negative_usage")
 
 
 def parse_fault(spec: str) -> Fault:
@@ -369,7 +372,7 @@ def parse_fault(spec: str) -> Fault:
             raise ValueError(f"bad fault directive {directive!r}; use delay=S, status=C, "
                              "fail_first=N, cut=N, bad_json, interrupt, first_token=S, pace=S, ping, stream_error, "
                              "error_field_after=N, "
-                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, groq, ollama, "
+                             "crlf, no_stream, html, ok_error, no_stream_options, reasoning, no_reasoning, groq, ollama, "
                              "no_developer, negative_usage, context=N, "
                              "context_as=tgi|lmstudio|llamacpp|llamacpp_500, no_vision=openai|vllm|llamacpp, "
                              "no_tools=vllm|llamacpp|ollama, retry_after=S or retry_after_date=S") from None
@@ -526,6 +529,8 @@ class FaultUpstream:
         if fault.no_developer and any(isinstance(m, dict) and m.get("role") == "developer"
                                       for m in body.get("messages") or body.get("input") or []):
             raise APIError(400, "Unexpected message role.", type="BadRequestError")
+        if fault.no_reasoning and "reasoning_effort" in body:
+            raise APIError(400, "Unrecognized request argument supplied: reasoning_effort", type="invalid_request_error")
         if fault.groq and "store" in body:
             raise APIError(400, "property 'store' is unsupported, did you mean 'stop'?", type="invalid_request_error")
         if fault.no_stream_options and "stream_options" in body:
