@@ -10,7 +10,10 @@ A stream can end without being complete: cut mid-way, or ended with `[DONE]` whi
 arrives), or with the upstream's own error (then no error of the gateway's follows it). Since
 the openai SDK stops reading at `[DONE]`, the relay holds `[DONE]` back until it knows, and
 puts its error event before it. A stream is over at `[DONE]` (a Responses API stream, which has
-none, at its last event): what the upstream sends after it is not read.
+none, at its last event): what the upstream sends after it is not read. That last event (`[DONE]`,
+or a Responses API stream's `response.completed` / `response.incomplete`) is held back until the
+stream has been read and its books are done: a client continuing the conversation as soon as it
+reads `response.completed` must find its response remembered (app/routing/conversations.py).
 """
 from __future__ import annotations
 
@@ -188,7 +191,7 @@ class StreamWatch:
     usage: dict | None = None
     response: dict | None = None  # the Responses API's response object, as its last event carried it
     upstream_error: dict | None = None
-    done: bytes | None = None  # the held-back [DONE] event
+    done: bytes | None = None  # the held-back last event: [DONE], or a Responses API stream's end
     cut: bool = False  # set by the relay: the stream did not deliver a complete answer
     ended: bool = False  # set by the relay once the upstream's stream is read, before its last events go out
     over: bool = False
@@ -255,6 +258,8 @@ class StreamWatch:
             self._ended = self.over = self.at_end = True
             if isinstance(response, dict) and isinstance(response.get("usage"), dict):
                 self.usage = response["usage"]
+            self.done = event
+            return b""
         return event
 
     def _see_chunk(self, event: bytes, obj: dict) -> bytes:

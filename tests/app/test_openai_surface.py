@@ -166,6 +166,21 @@ def test_a_responses_follow_up_goes_to_the_model_that_holds_its_conversation(sur
     assert again.headers["x-uniroute-model"] == "b"
 
 
+def test_a_follow_up_sent_as_soon_as_a_stream_reads_response_completed_goes_to_the_model_that_holds_it(surface):
+    """A client continues the conversation as soon as it reads `response.completed`. An upstream
+    holding its response open after that event (as some servers and proxies do) kept the gateway
+    draining it, and the response was remembered only then: the follow-up sent meanwhile was
+    routed as a new conversation, to a model whose upstream does not store it."""
+    upstream, gw = surface
+    for hold_open_s in (0, 5):  # an upstream ending its body with its last event, then one holding it open
+        upstream.set_fault("b", Fault(hold_open_s=hold_open_s))
+        with client(gw).responses.create(model="b", input="Name a colour.", stream=True) as stream:
+            completed = next(event for event in stream if event.type == "response.completed")
+            follow = client(gw).responses.with_raw_response.create(model="uniroute:0", input="Another?",
+                                                                   previous_response_id=completed.response.id)
+        assert follow.headers["x-uniroute-model"] == "b", hold_open_s
+
+
 def test_a_conversations_turns_go_to_the_model_that_holds_it(surface):
     upstream, gw = surface
     first = client(gw).responses.with_raw_response.create(model="b", input="Name a prime number.",

@@ -178,7 +178,7 @@ def test_a_stream_is_over_at_done_or_at_a_responses_streams_last_event_and_nothi
     assert watch.over and watch.complete and watch.usage is None
     watch = StreamWatch(responses_api=True)
     done = b'data: {"type": "response.completed", "response": {"usage": {"input_tokens": 4}}}\n\n'
-    assert watch.see(done) == done and watch.over
+    assert watch.see(done) == b"" and watch.done == done and watch.over  # held back, as [DONE] is
     assert watch.see(b": keep-alive\n\n") == b""
 
 
