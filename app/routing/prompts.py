@@ -139,18 +139,25 @@ def tools_chars(fields: dict) -> int:
     return chars
 
 
+def _token_ids(prompt: list) -> bool:
+    """Whether a completions prompt is token ids: integers, or arrays of integers (a batch)."""
+    return all(type(t) is int for t in prompt) or all(
+        type(p) is list and all(type(t) is int for t in p) for p in prompt)
+
+
 def completion_routing_text(prompt: object) -> str:
-    """The text of a completions `prompt`; token-id prompts cannot be embedded, so they cannot be routed."""
+    """The text of a completions `prompt`; token-id prompts cannot be embedded, so they cannot be
+    routed. An array holding anything else (a null, an object) is no prompt OpenAI takes: told as
+    such, not as token ids a named model would take."""
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         return "\n".join(prompt)
-    raise GatewayError(
-        "invalid",
-        "routing needs a text prompt; token-id prompts can only go to a named model",
-        param="prompt",
-        code="unroutable_prompt",
-    )
+    if isinstance(prompt, list) and _token_ids(prompt):
+        raise GatewayError("invalid", "routing needs a text prompt; token-id prompts can only go to a named model",
+                           param="prompt", code="unroutable_prompt")
+    raise GatewayError("invalid", "prompt: give a string, an array of strings, or token ids (an array of integers, "
+                                  "or an array of arrays of integers)", param="prompt", code="invalid_value")
 
 
 def token_ids_chars(prompt: object) -> int:

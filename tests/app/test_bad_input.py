@@ -128,6 +128,16 @@ def test_token_id_prompt_cannot_be_routed(demo_gateway):
                         400, "prompt")
 
 
+@pytest.mark.parametrize("prompt", [[None], ["Name a prime.", None], [{"text": "Name a prime."}], [[1, "2"]], [True]])
+def test_a_routed_prompt_array_of_neither_text_nor_token_ids_is_400_saying_what_a_prompt_may_be(demo_gateway,
+                                                                                                 prompt):
+    # It was told it held token ids, and to name a model: one would only pass it on to be refused.
+    err = assert_openai_error(post(demo_gateway, "/v1/completions", json={"model": "uniroute", "prompt": prompt}),
+                              400, "prompt")
+    assert (err["code"], "named model" in err["message"]) == ("invalid_value", False)
+    assert "array of strings" in err["message"]
+
+
 def test_no_routable_model_is_503(make_gateway):
     with make_gateway(models=[]) as gw:
         err = assert_openai_error(post(gw, "/v1/chat/completions", json=GOOD), 503)
