@@ -164,6 +164,20 @@ def is_json_type(content_type: str | None) -> bool:
     return subtype == "json" or subtype.endswith("+json")
 
 
+def unserved_message(method: str, path: str, exc: StarletteHTTPException) -> str:
+    """What a client is told of a request no route serves: that the gateway does not serve it,
+    and for a 405 which methods its path takes. The SDK method of an OpenAI endpoint the gateway
+    lacks (`responses.compact` is a POST on a path shaped like a stored response's) got a bare
+    "Method Not Allowed", as if the SDK had used the wrong method. (These words name no model: a
+    gateway in front of another tells a wrong URL from an unknown model by that, faults.py
+    `names_model`.)"""
+    if exc.status_code not in (404, 405):
+        return str(exc.detail)
+    message = f"{exc.detail}: the gateway does not serve {method} {path}"
+    allowed = (exc.headers or {}).get("Allow")
+    return f"{message} (this path takes {allowed})" if exc.status_code == 405 and allowed else message
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves the gateway in OpenAI's format, including FastAPI's own."""
 
@@ -190,11 +204,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(validation_error(exc.errors()) if exc.errors() else APIError(400, "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # A client's mistake (a wrong method, say) is an invalid request; the headers Starlette
         # chose (a 405's Allow) go with it.
         kind = "invalid_request_error" if 400 <= exc.status_code < 500 else None
-        response = error_response(APIError(exc.status_code, str(exc.detail), type=_TYPES.get(exc.status_code, kind)))
+        message = unserved_message(request.method, request.url.path, exc)
+        response = error_response(APIError(exc.status_code, message, type=_TYPES.get(exc.status_code, kind)))
         response.headers.update(exc.headers or {})
         return response
 
