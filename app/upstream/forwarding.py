@@ -355,6 +355,9 @@ class Forwarder:
         kind: FaultClass | None = None
         try:
             response = await self.client.request(method, url, payload, headers)
+            if 300 <= response.status < 400:
+                response.close()
+                raise redirected(record, response)
             kind = status_class(response.status, path)
             if kind is not None and kind not in READ_BODY:
                 response.close()  # its body is the provider's business, never the client's
@@ -554,6 +557,17 @@ def all_failed(last: UpstreamFault | None, attempts: int, wait: float | None = N
                             code="upstream_unavailable", retry_after=wait)
     kind = "upstream_timeout" if last is not None and last.kind == "timeout" else "upstream"
     return GatewayError(kind, detail, code="upstream_failed", final=True)
+
+
+def redirected(record: ModelRecord, response: Reply) -> UpstreamFault:
+    """The fault of a redirect (an `http://` base_url whose server sends it to `https://`, say).
+    The gateway follows none: a POST's body does not survive every redirect, and the base_url is
+    the operator's to fix. Read as an answer, its empty or HTML body was told as "not JSON", or
+    a stream "closed before any data", which hid the cause."""
+    where = response.headers.get("location")
+    target = f"a redirect to {where}" if where else "a redirect without a Location"
+    return UpstreamFault("bad_body", f"{record.name} answered HTTP {response.status}, {target}, which the gateway does "
+                                     "not follow: give the model the base_url it redirects to")
 
 
 def error_json(content: bytes) -> Any:

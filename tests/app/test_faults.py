@@ -349,6 +349,20 @@ def test_stream_cut_mid_way_ends_with_an_error_event_not_a_hang(pair):
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 1
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_redirecting_upstream_is_told_as_a_redirect_to_where_it_points(pair, stream):
+    """A server serving https only answers an `http://` base_url with a 301 and a Location. Read
+    as an answer, its empty body was told as "not JSON", and a stream as "closed the stream before
+    any data": nothing said to fix the base_url, nor where to."""
+    _, make = pair
+    with make(":status=301") as gw:
+        with pytest.raises(openai.APIStatusError) as err:  # a stream too: nothing was streamed yet
+            client(gw).chat.completions.create(model="first", messages=MESSAGES, stream=stream)
+        assert err.value.status_code == 502
+        assert "answered HTTP 301, a redirect to https://" in err.value.body["message"]
+        assert "/v1/chat/completions, which the gateway does not follow" in err.value.body["message"]
+
+
 def test_every_upstream_failing_gives_an_openai_error(make_gateway, fault_upstream, model_config):
     _, url = fault_upstream
     models = [model_config("a", url, upstream_model="a:status=500"),

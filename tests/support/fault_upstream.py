@@ -8,7 +8,9 @@ upstream does (same wire builders). A healthy answer is the text "answer from <m
 Choosing a fault — by the requested model name, `<name>:<directive>[,<directive>...]`:
 
     delay=S         wait S seconds before the first byte (status line and headers included)
-    status=C        answer HTTP C (e.g. 429, 500, 502, 503) with an OpenAI error body
+    status=C        answer HTTP C (e.g. 429, 500, 502, 503) with an OpenAI error body; a 3xx
+                    redirects to the same path on https:// (what a server serving https only
+                    answers an http:// base_url), with an empty body
     fail_first=N    only the first N requests for this model name fail (HTTP `status`,
                     503 by default); later ones are healthy
     cut=N           streamed: send the first N chunks, then drop the TCP connection (no final
@@ -377,8 +379,8 @@ def parse_fault(spec: str) -> Fault:
                              "context_as=tgi|lmstudio|llamacpp|llamacpp_500, no_vision=openai|vllm|llamacpp, "
                              "no_tools=vllm|llamacpp|ollama, retry_after=S or retry_after_date=S") from None
     fault = Fault(**fields)  # type: ignore[arg-type]
-    if fault.status is not None and not 400 <= fault.status <= 599:
-        raise ValueError(f"fault status must be 400-599, got {fault.status}")
+    if fault.status is not None and not 300 <= fault.status <= 599:
+        raise ValueError(f"fault status must be 300-599, got {fault.status}")
     return fault
 
 
@@ -540,6 +542,8 @@ class FaultUpstream:
             raise APIError(401, f"Incorrect API key provided: {masked_key(http.headers.get('authorization'))}. "
                                 "You can find your API key at https://platform.openai.com/account/api-keys.",
                            type="invalid_request_error", code="invalid_api_key")
+        if status is not None and status < 400:
+            raise Answered(Response(status_code=status, headers={"location": f"https://{http.url.netloc}{http.url.path}"}))
         if status == 424:
             raise Answered(json_response({"error": "Request failed during generation: Server error: CUDA out of "
                                                    "memory (injected fault)", "error_type": "generation"}, 424))
