@@ -156,8 +156,14 @@ class UpstreamReply:
 
 
 def upstream_url(record: ModelRecord, path: str) -> str:
-    """`base_url` is the OpenAI-style base, e.g. `http://host:8000/v1`; `path` is `/chat/completions`."""
-    return record.base_url.rstrip("/") + path
+    """`base_url` is the OpenAI-style base, e.g. `http://host:8000/v1`; `path` is `/chat/completions`,
+    or a stored response's path with its own query. A base_url's query (Azure OpenAI's
+    `?api-version=...`, a proxy's key) stays a query, ahead of the path's own."""
+    base, sep, query = record.base_url.partition("?")
+    if not sep:
+        return base.rstrip("/") + path
+    path, _, own = path.partition("?")
+    return f"{base.rstrip('/')}{path}?{query}" + (f"&{own}" if own else "")
 
 
 def upstream_headers(record: ModelRecord, client_headers: Mapping[str, str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import httpx
 import openai
@@ -18,7 +19,7 @@ from app.upstream.faults import (
     refuses_feature,
     retry_after,
 )
-from app.upstream.forwarding import Health, error_instead
+from app.upstream.forwarding import Health, error_instead, upstream_url
 from tests.models_registry.helpers import make_record
 from tests.support.clients import client, hanging_post, metric, wait_for
 from tests.support.fault_upstream import Fault, closed_port, hangup_server
@@ -347,6 +348,20 @@ def test_stream_cut_mid_way_ends_with_an_error_event_not_a_hang(pair):
             for _ in stream:
                 pass
         assert metric(gw, 'uniroute_upstream_failures_total{model="first",reason="cut"}') == 1
+
+
+def test_a_base_url_query_stays_a_query_after_the_path(make_gateway, fault_upstream, model_config):
+    """Azure OpenAI's `?api-version=...`, a proxy's key in the query: before, the path went after
+    the query ("...?api-version=1/chat/completions"), every request reached the upstream's root,
+    and the model was disabled as a base_url that serves no /chat/completions."""
+    upstream, url = fault_upstream
+    assert upstream_url(replace(make_record(), base_url="https://h/v1/?v=1"), "/responses/r?limit=2") == \
+        "https://h/v1/responses/r?v=1&limit=2"
+    with make_gateway(models=[model_config("q", url + "?api-version=2024-10-21")]) as gw:
+        chat = client(gw).chat.completions.create(model="uniroute:0", messages=[{"role": "user", "content": "Hi"}])
+    assert chat.choices[0].message.content == "answer from q"
+    assert (upstream.received[-1].path, upstream.received[-1].query) == ("/v1/chat/completions",
+                                                                         "api-version=2024-10-21")
 
 
 @pytest.mark.parametrize("stream", [False, True])
