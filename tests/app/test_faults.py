@@ -548,8 +548,8 @@ def test_a_retired_model_name_is_fixed_in_place_and_the_model_routes_again_on_it
                           timeout=5)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "base_url"
         moved = httpx.patch(gw + "/admin/models/first", json={"base_url": f"http://127.0.0.1:{closed_port()}/v1",
-                                                              "api_key_env": "FIRST_KEY"}, headers=ADMIN, timeout=5)
-        assert moved.json()["api_key_env"] == "FIRST_KEY" and moved.json()["state"] == "ready"
+                                                              "api_key_env": "FIRST_API_KEY"}, headers=ADMIN, timeout=5)
+        assert moved.json()["api_key_env"] == "FIRST_API_KEY" and moved.json()["state"] == "ready"
         raw = client(gw).chat.completions.with_raw_response.create(model="uniroute:0", messages=MESSAGES)
         assert raw.headers["x-uniroute-model"] == "second"  # the new address refuses: fallback
         cleared = httpx.patch(gw + "/admin/models/first", json={"api_key_env": None}, headers=ADMIN, timeout=5)
