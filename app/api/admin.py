@@ -25,13 +25,18 @@ from router_core.pricing import InvalidField
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
 
 
+# The job's options are stored with it as JSON, which the registry writes with 64-bit integers:
+# a larger number was a 500 after the model was written, leaving it `profiling` with no job.
+_INT64_MAX = 2**63 - 1
+
+
 class JobOptionsIn(BaseModel):
     """One profiling job's own options; those left out take the gateway's settings."""
 
     model_config = ConfigDict(extra="forbid")
-    limit: int | None = Field(None, ge=1, description="ask only this many prompts, drawn with `seed`")
-    seed: int | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, le=_INT64_MAX, description="ask only this many prompts, drawn with `seed`")
+    seed: int | None = Field(None, ge=-_INT64_MAX - 1, le=_INT64_MAX)
+    max_tokens: int | None = Field(None, ge=1, le=_INT64_MAX)
     concurrency: int | None = Field(None, ge=1, le=256)
     spend_cap: float | None = Field(None, gt=0, allow_inf_nan=False)
 

@@ -180,12 +180,18 @@ def test_admin_api_needs_the_admin_key_and_is_off_without_one(make_gateway):
      "api_key_env"),
     ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "api_key_env": "uniroute_redis_url"},
      "api_key_env"),
+    # stored with the job as JSON, whose integers the registry writes in 64 bits
+    ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "job": {"limit": 2**64}}, "job.limit"),
+    ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "job": {"seed": -2**64}}, "job.seed"),
+    ({"name": "x", "base_url": "http://h/v1", "cost": {"per_request": 1}, "job": {"max_tokens": 10**30}},
+     "job.max_tokens"),
 ])
-def test_bad_registrations_are_400(make_gateway, body, param):
+def test_bad_registrations_are_400_and_register_nothing(make_gateway, body, param):
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         r = admin(gw, "POST", "/models", json=body)
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param
+        assert admin(gw, "GET", "/models").json()["data"] == []
 
 
 def test_a_model_cannot_be_patched_to_send_the_gateways_own_keys_upstream(make_gateway, fault_upstream, model_config):
