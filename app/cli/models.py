@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from urllib.parse import quote
 
 from tqdm import tqdm
 
@@ -131,6 +132,13 @@ def job_body(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def model_path(name: str, action: str = "") -> str:
+    """The admin API path of a model (and one of its actions): a name may hold any printable
+    character, and one holding `?`, `#` or `%` sent as it is named another model, so that
+    `rm 'q?s'` removed the model `q`. Its slashes stay: the API takes them in the path."""
+    return f"/models/{quote(name, safe='/')}{action}"
+
+
 def call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> dict:
     """One admin API call with the command's --url and --admin-key."""
     return admin_call(args.url, args.admin_key, method, path, body)
@@ -205,13 +213,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @run_safely
 def cmd_show(args: argparse.Namespace) -> int:
-    print(json.dumps(call(args, "GET", f"/models/{args.name}"), indent=2))
+    print(json.dumps(call(args, "GET", model_path(args.name)), indent=2))
     return 0
 
 
 @run_safely
 def cmd_rm(args: argparse.Namespace) -> int:
-    return printed(call(args, "DELETE", f"/models/{args.name}"))
+    return printed(call(args, "DELETE", model_path(args.name)))
 
 
 @run_safely
@@ -238,7 +246,7 @@ def printed(answer: dict) -> int:
 
 @run_safely
 def cmd_reprofile(args: argparse.Namespace) -> int:
-    return started_job(args, call(args, "POST", f"/models/{args.name}/reprofile", job_body(args)))
+    return started_job(args, call(args, "POST", model_path(args.name, "/reprofile"), job_body(args)))
 
 
 @one_line_errors("models", UsageError, 2, "error: ")
@@ -253,15 +261,15 @@ def cmd_set(args: argparse.Namespace) -> int:
         raise UsageError("nothing to change: give --base-url, --upstream-model, --api-key-env, --no-api-key or a price")
     if "cost" in body:
         # The API replaces a price whole; one price given here changes that one, not the others to 0.
-        body["cost"] = {**call(args, "GET", f"/models/{args.name}")["cost"], **body["cost"]}
-    model = call(args, "PATCH", f"/models/{args.name}", body)
+        body["cost"] = {**call(args, "GET", model_path(args.name))["cost"], **body["cost"]}
+    model = call(args, "PATCH", model_path(args.name), body)
     print(json.dumps({k: model[k] for k in ("name", "base_url", "upstream_model", "api_key_env", "cost", "state")}))
     return 0
 
 
 @run_safely
 def cmd_enable(args: argparse.Namespace) -> int:
-    model = call(args, "PATCH", f"/models/{args.name}", {"enabled": args.enabled})
+    model = call(args, "PATCH", model_path(args.name), {"enabled": args.enabled})
     print(json.dumps({"name": model["name"], "state": model["state"], "enabled": model["enabled"],
                       "error": model["error"]}))
     return 0
@@ -272,6 +280,6 @@ def cmd_answers(args: argparse.Namespace) -> int:
     params = {"filter": args.filter, "limit": args.limit, "offset": args.offset}
     if args.cluster is not None:
         params["cluster"] = args.cluster
-    print(json.dumps(admin_call(args.url, args.admin_key, "GET", f"/models/{args.name}/answers", params=params),
+    print(json.dumps(admin_call(args.url, args.admin_key, "GET", model_path(args.name, "/answers"), params=params),
                      indent=2))
     return 0

@@ -80,6 +80,23 @@ def test_set_changes_where_a_model_is_reached_and_its_price_keeping_its_profile(
         assert code == 1 and "base_url" in err
 
 
+def test_a_name_holding_url_characters_reaches_that_model_never_another(make_gateway, model_config, fault_upstream,
+                                                                        capsys):
+    _, url = fault_upstream
+    names = ["q", "q?s", "h#s", "p%2F", "a/b"]
+    with make_gateway(models=[model_config(n, url) for n in names], admin_key=ADMIN) as gw:
+        capsys.readouterr()
+        for name in names:
+            code, out, err = run(capsys, gw, "show", name)
+            assert code == 0 and json.loads(out)["name"] == name, err
+        code, out, err = run(capsys, gw, "disable", "h#s")
+        assert code == 0 and json.loads(out) == {"name": "h#s", "state": "disabled", "enabled": False, "error": None}
+        code, _, err = run(capsys, gw, "rm", "q?s")
+        assert code == 0, err
+        listed = httpx.get(gw + "/admin/models", headers={"authorization": f"Bearer {ADMIN}"}, timeout=5).json()
+        assert {m["name"]: m["enabled"] for m in listed["data"]} == {"q": True, "h#s": False, "p%2F": True, "a/b": True}
+
+
 def test_errors_are_one_line_and_exit_1(make_gateway, capsys):
     with make_gateway(models=[], admin_key=ADMIN) as gw:
         capsys.readouterr()  # the gateway's own start-up output
