@@ -39,6 +39,11 @@ class RegistryUnavailable(RuntimeError):
     happen; after a timeout it may have (writes are upserts, safe to repeat)."""
 
 
+class RegistryConflict(RuntimeError):
+    """A conditional model write (`expect_revision`) found the stored record changed or gone
+    since it was read: nothing was written."""
+
+
 @runtime_checkable
 class Registry(Protocol):
     """Registered models, profiling jobs, graded answers, job locks and short-lived memos.
@@ -69,10 +74,12 @@ class Registry(Protocol):
         """One model record from the backend, or None."""
         ...
 
-    async def put_model(self, record: ModelRecord) -> ModelRecord:
+    async def put_model(self, record: ModelRecord, expect_revision: int | None = None) -> ModelRecord:
         """Insert or replace a record. Sets `record.revision` (above any revision stored for that
         name: on Redis the count also goes on across a delete), `record.updated_at` (and
-        `created_at` if unset) on the object passed in, and returns it."""
+        `created_at` if unset) on the object passed in, and returns it. With `expect_revision`,
+        only replaces a stored record still at that revision (RegistryConflict otherwise, a
+        record deleted meanwhile included): a read-modify-write loses no other write."""
         ...
 
     async def delete_model(self, name: str) -> bool:
@@ -234,6 +241,25 @@ class Listeners:
                 callback(name)
             except Exception:  # a listener's bug must not undo a committed write
                 log.exception("%s change callback failed for %r", self.what, name)
+
+
+async def update_model(registry: Registry, name: str, change: Callable[[ModelRecord], None],
+                       attempts: int = 5) -> ModelRecord | None:
+    """Apply `change` to the stored record of `name` and write it back, unless another write
+    (another request, worker or replica) changed or deleted it since it was read: then read it
+    again and apply `change` to that, up to `attempts` times (RegistryConflict after). The
+    record written, or None when there is no such model. What `change` raises propagates, and
+    nothing is written."""
+    for _ in range(attempts):
+        record = await registry.get_model(name)
+        if record is None:
+            return None
+        change(record)
+        try:
+            return await registry.put_model(record, expect_revision=record.revision)
+        except RegistryConflict:
+            continue
+    raise RegistryConflict(f"model {name!r} was changed by other writes {attempts} times while this one was made")
 
 
 # How long a lock held by a process lasts unless refreshed, by default (the gateway's is its

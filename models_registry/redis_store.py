@@ -47,6 +47,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from models_registry.base import (
     ChangeCallback,
     ModelView,
+    RegistryConflict,
     RegistryUnavailable,
     Snapshot,
     readable_models,
@@ -65,7 +66,13 @@ DEFAULT_PREFIX = "uniroute:"
 
 # The record JSON arrives without its revision; the script appends it (orjson writes a
 # non-empty object ending in "}"), so the stored and published documents carry the new one.
+# ARGV[4], when given, is the revision the stored record must still have (0, never a revision:
+# it changed or went).
 PUT_MODEL = """
+if ARGV[4] and (redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+                or tonumber(redis.call('HGET', KEYS[2], ARGV[1])) ~= tonumber(ARGV[4])) then
+  return 0
+end
 local rev = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 local doc = string.sub(ARGV[2], 1, -2) .. ',"revision":' .. rev .. '}'
 redis.call('HSET', KEYS[1], ARGV[1], doc)
@@ -340,15 +347,19 @@ class RedisRegistry:
         doc = await self._call(lambda: self._client.hget(self._k_models, name))
         return None if doc is None else ModelRecord.from_dict(orjson.loads(doc))
 
-    async def put_model(self, record: ModelRecord) -> ModelRecord:
+    async def put_model(self, record: ModelRecord, expect_revision: int | None = None) -> ModelRecord:
         record.validate()
         stored = record.copy()
         stored.updated_at = time.time()
         stored.created_at = stored.created_at or stored.updated_at
         doc = stored.to_dict()
         del doc["revision"]
-        revision = await self._call(lambda: self._put_model(
-            keys=[self._k_models, self._k_revisions], args=[stored.name, orjson.dumps(doc).decode(), self._channel]))
+        args = [stored.name, orjson.dumps(doc).decode(), self._channel]
+        if expect_revision is not None:
+            args.append(expect_revision)
+        revision = await self._call(lambda: self._put_model(keys=[self._k_models, self._k_revisions], args=args))
+        if not revision:
+            raise RegistryConflict(f"model {stored.name!r} is no longer at revision {expect_revision}")
         stored.revision = int(revision)
         record.revision, record.updated_at, record.created_at = stored.revision, stored.updated_at, stored.created_at
         self._apply_put(stored)

@@ -28,6 +28,7 @@ import orjson
 from models_registry.base import (
     ChangeCallback,
     ModelView,
+    RegistryConflict,
     RegistryUnavailable,
     Snapshot,
     readable_models,
@@ -179,7 +180,7 @@ class SQLiteRegistry:
         rows = await self._read("SELECT data FROM models WHERE name = ?", (name,))
         return ModelRecord.from_dict(orjson.loads(rows[0][0])) if rows else None
 
-    async def put_model(self, record: ModelRecord) -> ModelRecord:
+    async def put_model(self, record: ModelRecord, expect_revision: int | None = None) -> ModelRecord:
         record.validate()
         stored = record.copy()
         stored.updated_at = time.time()
@@ -187,6 +188,8 @@ class SQLiteRegistry:
 
         def write(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT revision FROM models WHERE name = ?", (stored.name,)).fetchone()
+            if expect_revision is not None and (row is None or row[0] != expect_revision):
+                raise RegistryConflict(f"model {stored.name!r} is no longer at revision {expect_revision}")
             stored.revision = (row[0] if row else 0) + 1
             conn.execute("INSERT OR REPLACE INTO models (name, revision, data) VALUES (?, ?, ?)",
                          (stored.name, stored.revision, _json(stored)))

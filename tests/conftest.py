@@ -71,6 +71,19 @@ def redis_prefix() -> str:
 
 
 @pytest.fixture
+def shared_redis(redis_url: str, redis_prefix: str):
+    """(url, prefix) on the shared Redis; every key under the prefix is deleted afterwards."""
+    import redis
+
+    yield redis_url, redis_prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{redis_prefix}*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
 def private_redis(tmp_path: Path):
     """A started redis-server of the test's own, which it may kill and restart; killed at the end."""
     from tests.support.redis_server import PrivateRedis

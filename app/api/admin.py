@@ -18,7 +18,7 @@ from app.api.errors import APIError
 from app.profiling.jobs import ACTIVE, job_warning
 from app.runtime.config import CapabilitiesIn, PriceIn, Settings
 from app.runtime.gateway import Gateway, gateway_of
-from models_registry.base import RegistryUnavailable
+from models_registry.base import RegistryConflict, RegistryUnavailable, update_model
 from models_registry.records import JobRecord, JobState, ModelRecord
 from router_core.pricing import InvalidField
 
@@ -239,8 +239,23 @@ async def show_model(name: str, request: Request) -> dict:
 
 @router.patch("/models/{name:path}")
 async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
+    """Change a model as the registry holds it now: read, changed and written back only if no
+    other write (another PATCH, a job's progress, another worker or replica) came between, else
+    read again, so that no write undoes another nor brings back a model deleted meanwhile."""
     gw = gateway_of(request)
-    record = existing(gw, name)
+    existing(gw, name)
+    config_disabled = any(m.name == name and not m.enabled for m in gw.settings.models)
+    try:
+        record = await writing(update_model(gw.registry, name, lambda r: _patch(r, body, config_disabled)))
+    except RegistryConflict as exc:
+        raise APIError(409, f"{exc}; try again", param="name", code="model_busy") from None
+    if record is None:
+        raise APIError(404, f"no registered model {name!r}", param="name", code="model_not_found")
+    return model_json(record, detail=True)
+
+
+def _patch(record: ModelRecord, body: PatchIn, config_disabled: bool) -> None:
+    """Apply a PATCH body to `record`; APIError (nothing to write) for a change it refuses."""
     for field in ("base_url", "upstream_model"):
         if getattr(body, field) is not None:
             setattr(record, field, getattr(body, field))
@@ -255,10 +270,10 @@ async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
         record.cost = body.cost.to_price()
     if body.capabilities is not None:
         record.capabilities = {**record.capabilities, **body.capabilities.declared()}
-    if body.enabled and any(m.name == name and not m.enabled for m in gw.settings.models):
+    if body.enabled and config_disabled:
         # such a model (the judge, say) is only ever called by the gateway, and disabled again at
         # every start: enabled here, it would be served to clients by name until then
-        raise APIError(409, f"`{name}` is disabled in the config file (a model only the gateway calls); "
+        raise APIError(409, f"`{record.name}` is disabled in the config file (a model only the gateway calls); "
                             "change it there", param="enabled", code="disabled_by_config")
     if body.enabled is not None:
         record.enabled = body.enabled
@@ -267,8 +282,6 @@ async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
         elif body.enabled and record.state in ("disabled", "failed") and record.profile is not None:
             # back to routing on the profile it has (a failed reprofile left it in place)
             record.state = "ready"
-    await writing(gw.registry.put_model(record))
-    return model_json(record, detail=True)
 
 
 @router.delete("/models/{name:path}")

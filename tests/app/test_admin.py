@@ -2,6 +2,7 @@
 upstream, and route to it at once; keys guard the API and never leak."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -164,6 +165,39 @@ def test_admin_api_needs_the_admin_key_and_is_off_without_one(make_gateway):
         assert admin(gw, "GET", "/models").status_code == 200
     with make_gateway() as gw:
         assert admin(gw, "GET", "/models").status_code == 404
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def registry_settings(request) -> dict:
+    """A gateway's registry settings for each backend: make_gateway's SQLite file, or the shared
+    Redis under a prefix of the test's own (its keys deleted after)."""
+    if request.param == "sqlite":
+        return {}
+    url, prefix = request.getfixturevalue("shared_redis")
+    return {"redis_url": url, "redis_prefix": prefix}
+
+
+def test_admin_patches_racing_each_other_all_land_and_none_brings_back_a_deleted_model(
+        make_gateway, fault_upstream, model_config, registry_settings):
+    upstream, url = fault_upstream
+    capabilities = ("vision", "tools", "json_schema")
+    with make_gateway(models=[model_config("a", url)], admin_key=ADMIN, **registry_settings) as gw:
+
+        async def race() -> None:
+            async with httpx.AsyncClient(base_url=gw + "/admin", headers=AUTH, timeout=30) as admin_api:
+                for _ in range(5):
+                    answers = await asyncio.gather(*(admin_api.patch("/models/a", json={"capabilities": {c: False}})
+                                                     for c in capabilities))
+                    assert [r.status_code for r in answers] == [200] * len(capabilities)
+                    assert (await admin_api.get("/models/a")).json()["capabilities"] == dict.fromkeys(capabilities,
+                                                                                                        False)
+                    await admin_api.patch("/models/a", json={"capabilities": dict.fromkeys(capabilities, True)})
+                patched, deleted = await asyncio.gather(admin_api.patch("/models/a", json={"enabled": False}),
+                                                        admin_api.delete("/models/a"))
+                assert deleted.status_code == 200 and patched.status_code in (200, 404), patched.text
+                assert (await admin_api.get("/models/a")).status_code == 404
+
+        asyncio.run(race())
 
 
 @pytest.mark.parametrize("body,param", [

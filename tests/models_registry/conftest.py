@@ -4,22 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import redis
 
 from models_registry.redis_store import RedisRegistry
 from models_registry.sqlite import SQLiteRegistry
 from tests.models_registry.helpers import on_backend, started
-
-
-@pytest.fixture
-def shared_redis(redis_url: str, redis_prefix: str):
-    """(url, prefix) on the shared Redis; every key under the prefix is deleted afterwards."""
-    yield redis_url, redis_prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{redis_prefix}*", count=500))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])

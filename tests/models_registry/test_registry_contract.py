@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-from models_registry.base import Registry, RegistryUnavailable, turn
+from models_registry.base import (
+    Registry,
+    RegistryConflict,
+    RegistryUnavailable,
+    turn,
+    update_model,
+)
 from models_registry.records import Answer, JobRecord, RegistryValidationError
 from tests.models_registry.helpers import make_record, reopen
 
@@ -33,6 +39,35 @@ async def test_put_model_stores_every_field_and_bumps_the_revision(registry):
     assert record.revision == 2
     assert (await registry.get_model(record.name)).cost.per_request == 0.5
     assert [r.name for r in await registry.list_models()] == [record.name]
+
+
+async def test_a_write_expecting_a_revision_is_refused_once_another_write_or_a_delete_came_between(registry):
+    await registry.put_model(make_record("a"))
+    mine, theirs = registry.snapshot()["a"], registry.snapshot()["a"]
+    theirs.enabled = False
+    await registry.put_model(theirs, expect_revision=1)
+    mine.cost.per_request = 0.5
+    with pytest.raises(RegistryConflict):
+        await registry.put_model(mine, expect_revision=1)
+    stored = await registry.get_model("a")
+    assert stored.enabled is False and stored.cost.per_request != 0.5 and stored.revision == 2
+    await registry.delete_model("a")
+    with pytest.raises(RegistryConflict):
+        await registry.put_model(stored, expect_revision=2)
+    assert await registry.get_model("a") is None and "a" not in registry.snapshot()
+
+
+async def test_updates_racing_each_other_all_land_and_none_brings_a_deleted_model_back(registry):
+    await registry.put_model(make_record("a"))
+
+    def declare(capability: str):
+        return lambda record: record.capabilities.update({capability: False})
+
+    await asyncio.gather(*(update_model(registry, "a", declare(c)) for c in ("vision", "tools", "json_schema")))
+    assert (await registry.get_model("a")).capabilities == {"vision": False, "tools": False, "json_schema": False}
+    # the delete lands between the update's read and its write
+    await asyncio.gather(update_model(registry, "a", declare("vision")), registry.delete_model("a"))
+    assert await registry.get_model("a") is None
 
 
 async def test_an_invalid_record_is_refused_and_nothing_is_written(registry):
