@@ -244,6 +244,8 @@ async def patch_model(name: str, body: PatchIn, request: Request) -> dict:
     read again, so that no write undoes another nor brings back a model deleted meanwhile."""
     gw = gateway_of(request)
     existing(gw, name)
+    if "api_key_env" in body.model_fields_set:
+        check_key_env(body.api_key_env, gw.settings)
     config_disabled = any(m.name == name and not m.enabled for m in gw.settings.models)
     try:
         record = await writing(update_model(gw.registry, name, lambda r: _patch(r, body, config_disabled)))
@@ -260,7 +262,6 @@ def _patch(record: ModelRecord, body: PatchIn, config_disabled: bool) -> None:
         if getattr(body, field) is not None:
             setattr(record, field, getattr(body, field))
     if "api_key_env" in body.model_fields_set:
-        check_key_env(body.api_key_env, gw.settings)
         record.api_key_env = body.api_key_env
     try:
         record.validate()
