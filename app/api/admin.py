@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.api.auth import require_admin_key
 from app.api.errors import APIError
 from app.profiling.jobs import ACTIVE, job_warning
-from app.runtime.config import CapabilitiesIn, PriceIn, Settings
+from app.runtime.config import CapabilitiesIn, PriceIn, Settings, is_router_name
 from app.runtime.gateway import Gateway, gateway_of
 from models_registry.base import RegistryConflict, RegistryUnavailable, update_model
 from models_registry.records import JobRecord, JobState, ModelRecord
@@ -166,7 +166,7 @@ async def register_model(body: RegisterIn, request: Request) -> JSONResponse:
     if body.name in gw.registry.snapshot():
         raise APIError(409, f"a model named {body.name!r} is registered already", param="name",
                        code="model_exists")
-    if body.name == "uniroute" or body.name.startswith("uniroute:"):
+    if is_router_name(body.name):
         raise APIError(400, "model names starting with 'uniroute' are reserved for routing", param="name")
     check_key_env(body.api_key_env, gw.settings)
     try:

@@ -33,6 +33,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from models_registry.records import validate_base_url, validate_name
 from router_core.pricing import Price
 from router_core.shipped import DEFAULT_REPSET, DEFAULT_STATE, state_path
 from router_core.targets import KINDS, RoutingTarget
@@ -83,13 +84,20 @@ class CapabilitiesIn(_Closed):
         return self.model_dump(exclude_none=True)
 
 
+def is_router_name(name: str) -> bool:
+    """Whether `name` is the router's own (`uniroute`, `uniroute:<target>`), which no model may take."""
+    return name == "uniroute" or name.startswith("uniroute:")
+
+
 class ModelConfig(_Closed):
-    """A model declared in the config file; registered at start if the registry lacks it."""
+    """A model declared in the config file; registered at start if the registry lacks it. Its
+    name, base_url, upstream_model and api_key_env are held to the registry's rules here, so that
+    a file breaking them stops `serve` in one line rather than failing each worker's start."""
 
     name: str
     base_url: str
-    upstream_model: str | None = None
-    api_key_env: str | None = None
+    upstream_model: str | None = Field(None, pattern=r"\S")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     cost: PriceIn = PriceIn(per_request=0.0)
     # {prompt_id: score} of this model on the representative set, as a JSON file: the model is
     # profiled from it without calling the upstream.
@@ -99,6 +107,15 @@ class ModelConfig(_Closed):
     enabled: bool = True
     # What the model cannot take (false), so that requests using it are routed elsewhere.
     capabilities: CapabilitiesIn | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _registrable_name(cls, name: str) -> str:
+        if is_router_name(name):
+            raise ValueError("model names starting with 'uniroute' are reserved for routing")
+        return validate_name(name)
+
+    _base_url = field_validator("base_url")(validate_base_url)
 
 
 class EmbeddingsConfig(_Closed):
@@ -110,6 +127,8 @@ class EmbeddingsConfig(_Closed):
     upstream_model: str | None = None
     api_key_env: str | None = None
     cost: PriceIn = PriceIn(per_request=0.0)
+
+    _base_url = field_validator("base_url")(validate_base_url)
 
 
 class TargetFields(_Closed):
@@ -310,6 +329,16 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _one_model_per_name(cls, value: list[ModelConfig]) -> list[ModelConfig]:
+        # two under one name were both registered, each start's last one winning
+        names = [m.name for m in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"each model name may be declared once: {', '.join(twice)} declared more than once")
+        return value
+
     @field_validator("policies")
     @classmethod
     def _policy_names(cls, value: dict[str, PolicyConfig]) -> dict[str, PolicyConfig]:
@@ -368,6 +397,8 @@ class _ConfigFile(YamlConfigSettingsSource):
             data = super()._read_file(file_path)
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{file_path}: cannot be read as YAML: {' '.join(str(exc).split())}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file_path}: is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file_path}: must be a mapping of settings, not a {type(data).__name__}")
         for key in data:

@@ -24,9 +24,12 @@ from tests.support.redis_server import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write(tmp_path: Path, text: str) -> str:
+def write(tmp_path: Path, text: str | bytes) -> str:
     path = tmp_path / "config.yaml"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     return str(path)
 
 
@@ -51,6 +54,20 @@ def test_a_valid_file_is_read(tmp_path):
     ("default_cost_weight: .nan\n", "default_cost_weight: Input should be a finite number"),
     # the socket layer wrapped it: 99999 listened on 34463
     ("port: 99999\n", "port: Input should be less than or equal to 65535"),
+    (b"log_level: info  # caf\xe9, saved as Latin-1\n", "is not UTF-8 text (byte 22: invalid continuation byte)"),
+    # models the registry refuses: each failed every worker's start with a traceback, then a 503 for ever
+    ("models:\n  - {name: 'my model', base_url: 'http://x/v1'}\n", "models.0.name: Value error, name: must not "
+                                                                  "contain whitespace"),
+    ("models:\n  - {name: uniroute, base_url: 'http://x/v1'}\n", "models.0.name: Value error, model names starting "
+                                                                "with 'uniroute' are reserved for routing"),
+    ("models:\n  - {name: a, base_url: 'ftp://x/v1'}\n", "models.0.base_url: Value error, base_url: must start with "
+                                                        "http:// or https://"),
+    ("models:\n  - {name: a, base_url: 'http://x/v1', api_key_env: 'sk-123'}\n", "models.0.api_key_env: String "
+                                                                                "should match pattern"),
+    ("models:\n  - {name: a, base_url: 'http://x/v1'}\n  - {name: a, base_url: 'http://y/v1'}\n",
+     "models: Value error, each model name may be declared once: a declared more than once"),
+    ("embeddings_model: {name: e, base_url: 'x:8000/v1'}\n", "embeddings_model.base_url: Value error, base_url: "
+                                                             "must start with http:// or https://"),
 ])
 def test_a_file_the_gateway_cannot_use_is_one_clear_error(tmp_path, text, said):
     with pytest.raises(ConfigError) as caught:
