@@ -330,8 +330,16 @@ class Gateway:
                     await self.registry.put_model(known)
                 continue
             record = _new_record(m)
-            scores = json.loads(Path(m.scores_file).read_text()) if m.scores_file else None
-            await self.register(record, scores)
+            try:
+                scores = json.loads(Path(m.scores_file).read_text()) if m.scores_file else None
+                await self.register(record, scores)
+            except (OSError, ValueError) as exc:
+                # One model's unreadable scores must not keep the others from routing: every
+                # worker's start failed on it, and the gateway answered 503 for ever.
+                log.error("config model %s: its scores_file %s cannot be used: %s", m.name, m.scores_file, exc)
+                if known is None:
+                    record.state, record.error = "failed", f"scores_file {m.scores_file} cannot be used: {exc}"
+                    await self.registry.put_model(record)
 
     async def _register_disabled(self, m: ModelConfig, known: ModelRecord | None) -> None:
         """A config model with `enabled: false`: registered (or kept) disabled, with no profile,

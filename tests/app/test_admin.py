@@ -318,6 +318,25 @@ def test_a_config_model_with_enabled_false_is_never_routed_listed_or_served_even
     assert "judge" not in {r.model for r in upstream.received}  # the refused call never left the gateway
 
 
+@pytest.mark.parametrize("scores", [None, "{not json", '{"no-such-prompt": 1.0}'])
+def test_a_config_model_whose_scores_file_cannot_be_used_fails_alone_and_the_others_route(
+        make_gateway, fault_upstream, model_config, tmp_path, scores):
+    """A scores_file path mistyped, not JSON, or naming prompts the set lacks: before, every
+    worker's start failed on it (a traceback each) and the gateway answered 503 for ever."""
+    _, url = fault_upstream
+    broken = model_config("broken", url, score=0.9)
+    path = tmp_path / "broken-scores.json"
+    if scores is not None:
+        path.write_text(scores)
+    broken = broken.model_copy(update={"scores_file": str(path)})
+    with make_gateway(models=[broken, model_config("fine", url, score=0.5)], admin_key=ADMIN) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(
+            model="uniroute", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-uniroute-model"] == "fine"
+        shown = admin(gw, "GET", "/models/broken").json()
+    assert shown["state"] == "failed" and f"scores_file {path} cannot be used" in shown["error"]
+
+
 def test_an_edited_config_file_moves_its_models_at_the_next_start_and_keeps_their_profiles(
         make_gateway, fault_upstream, model_config, tmp_path, caplog):
     """Before, a config model the registry already held kept its first start's address, name,
