@@ -323,9 +323,10 @@ class Gateway:
             if not m.enabled:
                 await self._register_disabled(m, known)
                 continue
-            stale = (known is not None and m.scores_file is not None and known.profile is not None
-                     and known.profile.state_version != version)
-            if known is not None and not stale:
+            # profiled again from the file: under another router state, or failed on it before
+            again = known is not None and m.scores_file is not None and (
+                known.profile.state_version != version if known.profile is not None else known.state == "failed")
+            if known is not None and not again:
                 if _follow_config(known, m):
                     await self.registry.put_model(known)
                 continue

@@ -329,12 +329,17 @@ def test_a_config_model_whose_scores_file_cannot_be_used_fails_alone_and_the_oth
     if scores is not None:
         path.write_text(scores)
     broken = broken.model_copy(update={"scores_file": str(path)})
-    with make_gateway(models=[broken, model_config("fine", url, score=0.5)], admin_key=ADMIN) as gw:
+    db = str(tmp_path / "registry.db")
+    with make_gateway(models=[broken, model_config("fine", url, score=0.5)], admin_key=ADMIN, sqlite_path=db) as gw:
         raw = client(gw).chat.completions.with_raw_response.create(
             model="uniroute", messages=[{"role": "user", "content": "hi"}])
         assert raw.headers["x-uniroute-model"] == "fine"
         shown = admin(gw, "GET", "/models/broken").json()
     assert shown["state"] == "failed" and f"scores_file {path} cannot be used" in shown["error"]
+    # the file mended, the next start profiles the model from it
+    fixed = model_config("broken", url, score=0.9)
+    with make_gateway(models=[fixed, model_config("fine", url, score=0.5)], admin_key=ADMIN, sqlite_path=db) as gw:
+        assert admin(gw, "GET", "/models/broken").json()["state"] == "ready"
 
 
 def test_an_edited_config_file_moves_its_models_at_the_next_start_and_keeps_their_profiles(
