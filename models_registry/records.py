@@ -75,6 +75,9 @@ def validate_base_url(url: object) -> str:
         raise RegistryValidationError("base_url", f"must start with http:// or https://, got {url!r}")
     if not parts.hostname:
         raise RegistryValidationError("base_url", f"has no host: {url!r}")
+    if any(ch.isspace() for ch in url):
+        # urlsplit takes "http://h h/v1" whole; every request then failed to connect
+        raise RegistryValidationError("base_url", f"must not contain whitespace: {url!r}")
     return url
 
 

@@ -34,8 +34,9 @@ def test_bad_names_are_refused_naming_the_field(name):
     assert err.value.field == "name"
 
 
-@pytest.mark.parametrize("url", ["ftp://host/v1", "host:8000/v1", "http://", "http:///v1", "https://h:notaport/v1", ""])
-def test_base_urls_must_be_http_or_https_with_a_host(url):
+@pytest.mark.parametrize("url", ["ftp://host/v1", "host:8000/v1", "http://", "http:///v1", "https://h:notaport/v1", "",
+                                 "http://my host/v1", "http://h/v1 ", "http://h/my v1"])
+def test_base_urls_must_be_http_or_https_with_a_host_and_no_whitespace(url):
     with pytest.raises(RegistryValidationError) as err:
         new(base_url=url)
     assert err.value.field == "base_url"
