@@ -602,10 +602,14 @@ class UniRouter:
                             f"of {sorted({type(t).__name__ for t in texts if not isinstance(t, str)})}")
         _check_encodable(texts)
         allowed = _allowed(models)
-        if not self.table.models or (allowed is not None and not allowed & set(self.table.names)):
-            raise NoRoutableModel("no routable model: add a model first" if not self.table.models
+        # One table throughout: one another thread swapped in while the prompts are embedded
+        # could lack the allowed models checked here (every decision None) or price the target
+        # on other models than those that decide.
+        table = self.table
+        if not table.models or (allowed is not None and not allowed & set(table.names)):
+            raise NoRoutableModel("no routable model: add a model first" if not table.models
                                   else f"none of {sorted(allowed)} is a routable model")
-        resolution = self.resolve(_target(cost_weight, budget, quality), allowed)
+        resolution = resolve(_target(cost_weight, budget, quality) or self.default_target, table.calibration(allowed))
         tokens = estimate_tokens(np.array([len(t) for t in texts], dtype=np.float64))
-        decisions = self.decide_batch(self.weights(texts), resolution, tokens, allowed)
+        decisions = self.decide_batch(self.weights(texts), resolution, tokens, allowed, table=table)
         return decisions[0] if isinstance(prompts, str) else decisions

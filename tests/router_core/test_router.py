@@ -345,6 +345,36 @@ def test_models_added_and_removed_from_several_threads_at_once_are_all_kept(ship
     assert set(router.route(PROMPTS[0]).ranking) == {f"m{j}" for j in range(8)}
 
 
+class RemovingWhileEmbedding:
+    """The router's embedder, but another thread removes `name` from `router` while a prompt is
+    embedded: the moment route() spends waiting on the embedding model."""
+
+    def __init__(self, router: UniRouter, name: str) -> None:
+        self.router, self.name, self.inner = router, name, router.embedder
+
+    def __getattr__(self, attr: str):
+        return getattr(self.inner, attr)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import threading
+
+        remover = threading.Thread(target=self.router.remove_model, args=(self.name,))
+        remover.start()
+        remover.join()
+        return self.inner.encode(texts)
+
+
+@pytest.mark.parametrize("target", [{"cost_weight": 0.3}, {"budget": 0.004}])
+def test_a_model_removed_by_another_thread_during_a_route_to_it_still_gives_a_decision(shipped, target):
+    # route() checked the allowed models on one table and decided on the next: it returned None
+    # (neither a Decision nor NoRoutableModel) when the only allowed model went meanwhile.
+    router = two_model_router(shipped)
+    router.embedder = RemovingWhileEmbedding(router, "small")
+    decision = router.route(PROMPTS[0], models=["small"], **target)
+    assert decision.model == "small" and decision.target.expected_cost is not None
+    assert [m.name for m in router.models] == ["big"]
+
+
 def test_scores_given_as_a_list_are_a_type_error_not_unknown_prompt_ids(shipped):
     # A list of scores was read as prompt ids: "scores name 417 prompts not in the representative set".
     router = two_model_router(shipped)
