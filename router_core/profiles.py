@@ -83,8 +83,12 @@ class Profile:
     state_version: str
 
     def validate(self) -> None:
-        """Raise InvalidField unless Ψ is a well-formed vector in [0, 1]^K and the mean answer
-        length a finite number >= 0."""
+        """Raise InvalidField unless Ψ is a well-formed vector in [0, 1]^K, the mean score
+        (`accuracy`) in [0, 1] and the mean answer length a finite number >= 0."""
+        # A stored profile missing its vectors failed in len() with a TypeError naming no field.
+        for name in ("errors", "counts"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise InvalidField(f"profile.{name}", f"must be a list, got {type(getattr(self, name)).__name__}")
         if len(self.errors) != len(self.counts):
             raise InvalidField("profile.counts", f"has {len(self.counts)} entries for {len(self.errors)} clusters")
         for e in self.errors:
@@ -93,6 +97,11 @@ class Profile:
         for c in self.counts:
             if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
                 raise InvalidField("profile.counts", f"must be finite and >= 0, got {c!r}")
+        # The mean score is each cluster's shrinkage target in the support guard and picks the
+        # "most accurate" model of the cost-saved metric: NaN or 2 passed unnoticed.
+        a = self.accuracy
+        if not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0):
+            raise InvalidField("profile.accuracy", f"must lie in [0, 1], got {a!r}")
         # A model's mean answer length prices its answers: below 0 or NaN, so would its costs.
         t = self.avg_output_tokens
         if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):

@@ -420,18 +420,18 @@ class UniRouter:
         elif not isinstance(profile, Profile):
             raise TypeError(f"profile must be a Profile (Profile.from_dict reads a stored one), "
                             f"not {type(profile).__name__}")
-        elif len(profile.errors) != self.n_clusters:
-            raise ValueError(f"the profile of {name!r} has {len(profile.errors)} clusters; "
-                             f"this router state has {self.n_clusters}")
         else:
+            # An error outside [0, 1] (NaN included) would win or lose every routing in its cluster.
+            profile.validate()
+            if len(profile.errors) != self.n_clusters:
+                raise ValueError(f"the profile of {name!r} has {len(profile.errors)} clusters; "
+                                 f"this router state has {self.n_clusters}")
             # Ψ's clusters are this state's only when it was made under it: another state of as
-            # many clusters numbers other regions alike. And an error outside [0, 1] (NaN
-            # included) would win or lose every routing in its cluster.
+            # many clusters numbers other regions alike.
             if profile.state_version != self.state.version:
                 raise ValueError(f"the profile of {name!r} was made under router state "
                                  f"{profile.state_version}, not this router's {self.state.version}: "
                                  f"profile the model again from its scores")
-            profile.validate()
         model = RoutedModel(name, price, profile)
         with self._changing:
             self._set_models([*(m for m in self._models.values() if m.name != name), model])

@@ -244,14 +244,20 @@ def test_a_profile_made_under_another_state_of_as_many_clusters_is_refused(shipp
     ("errors", float("nan"), r"profile.errors: must lie in \[0, 1\]"),
     ("errors", -1.0, r"profile.errors: must lie in \[0, 1\]"),
     ("counts", -1.0, "profile.counts: must be finite and >= 0"),
+    ("accuracy", float("nan"), r"profile.accuracy: must lie in \[0, 1\]"),
+    ("accuracy", 2.0, r"profile.accuracy: must lie in \[0, 1\]"),
+    ("errors", None, "profile.errors: must be a list, got NoneType"),
+    ("counts", None, "profile.counts: must be a list, got NoneType"),
 ])
 def test_a_stored_profile_out_of_range_is_refused_not_routed(shipped, field, value, message):
-    # An error of -1 in every cluster used to win every routing; NaN was ranked as it fell.
+    # An error of -1 in every cluster used to win every routing; NaN was ranked as it fell. An
+    # accuracy of NaN or 2 was taken as it came, and missing vectors failed in len() naming no field.
     from dataclasses import replace
 
     router = two_model_router(shipped)
     profile = router.models[1].profile
-    bad = replace(profile, **{field: [value] * len(getattr(profile, field))})
+    per_cluster = field in ("errors", "counts") and value is not None  # the value in every cluster
+    bad = replace(profile, **{field: [value] * len(profile.errors) if per_cluster else value})
     with pytest.raises(ValueError, match=message):
         router.add_model("bad", Price(), profile=bad)
     with pytest.raises(TypeError, match="profile must be a Profile"):
