@@ -593,8 +593,11 @@ class UniRouter:
         target: a cost weight λ, a budget (expected cost per request, in the prices' unit) or a
         quality (fraction of the best single model's expected score). NoRoutableModel when no
         model may answer; NotCalibrated for a budget or quality without a representative set."""
-        # None or a number would fail in list() with a message about neither route nor prompts.
-        if not isinstance(prompts, str) and not hasattr(prompts, "__iter__"):
+        # None or a number would fail in list() with a message about neither route nor prompts;
+        # a chat message (a dict) would be routed as its keys, "role" and "content", and a set's
+        # decisions come in an order no caller can match to its prompts.
+        if not isinstance(prompts, str) and (not hasattr(prompts, "__iter__")
+                                             or isinstance(prompts, (Mapping, set, frozenset))):
             raise TypeError(f"route takes a prompt (str) or a list of them, not {type(prompts).__name__}")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not all(isinstance(t, str) for t in texts):  # bytes would iterate as ints

@@ -166,7 +166,10 @@ def test_a_prompt_with_a_lone_surrogate_is_a_value_error_naming_it(shipped):
     assert router.route("Which gas do plants take in? é").model  # other text beyond ASCII routes
 
 
-@pytest.mark.parametrize("prompts", [b"Which gas do plants take in?", ["a prompt", 3], None, 3])
+# A chat message used to be routed as two prompts, its keys "role" and "content".
+@pytest.mark.parametrize("prompts", [b"Which gas do plants take in?", ["a prompt", 3], None, 3,
+                                     {"role": "user", "content": "Which gas do plants take in?"},
+                                     {"Which gas do plants take in?", "def fib(n):"}])
 def test_a_prompt_that_is_not_text_is_a_type_error_that_says_so(shipped, prompts):
     with pytest.raises(TypeError, match="route takes a prompt"):
         two_model_router(shipped).route(prompts)
