@@ -264,10 +264,14 @@ def _allowed(models: object) -> frozenset[str] | None:
         return None
     if isinstance(models, (str, bytes)):
         raise TypeError(f"models must be a list of model names, not a {type(models).__name__} (models=[{models!r}])")
-    allowed = frozenset(models)
-    if not all(isinstance(m, str) for m in allowed):
-        raise TypeError(f"models must be model names (str), got {sorted(map(repr, allowed))}")
-    return allowed
+    # models=5 or [["a"]] failed in frozenset() with "'int' object is not iterable" or
+    # "unhashable type: 'list'", naming no argument.
+    if not hasattr(models, "__iter__"):
+        raise TypeError(f"models must be a list of model names, not a {type(models).__name__}")
+    items = list(models)
+    if not all(isinstance(m, str) for m in items):
+        raise TypeError(f"models must be model names (str), got {sorted(map(repr, items))}")
+    return frozenset(items)
 
 
 def _check_encodable(texts: list[str]) -> None:

@@ -206,6 +206,17 @@ def test_models_given_as_a_str_is_a_type_error_not_a_set_of_letters(shipped):
     assert router.calibration(["big"]).models == ["big"]
 
 
+@pytest.mark.parametrize("models, message", [(5, "models must be a list of model names, not a int"),
+                                             ([["big"]], r"models must be model names \(str\), got \[\"\['big'\]\"\]")])
+def test_models_neither_a_list_nor_of_names_are_a_type_error_naming_the_argument(shipped, models, message):
+    # These failed inside frozenset(): "'int' object is not iterable", "unhashable type: 'list'".
+    router = two_model_router(shipped)
+    with pytest.raises(TypeError, match=message):
+        router.route(PROMPTS[0], models=models)
+    with pytest.raises(TypeError, match=message):
+        router.calibration(models)
+
+
 def test_a_model_added_from_a_stored_profile_routes_like_one_added_from_its_scores(shipped):
     router = two_model_router(shipped)
     stored = {m.name: m for m in router.models}
