@@ -156,6 +156,10 @@ class ModelTable:
     calibration_weights: np.ndarray | None = None
     calibration_tokens: np.ndarray | None = None
     _curves: dict = field(default_factory=dict, compare=False, repr=False)
+    # Held while `_curves` is read for eviction and written: routes from several threads at once
+    # each add their subset's curve, and one's eviction loop met another's insertion
+    # ("dictionary changed size during iteration").
+    _curves_lock: Lock = field(default_factory=Lock, compare=False, repr=False)
     # Single-prompt decisions under one-hot weights, by their terms (UniRouter.decide).
     decisions: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -163,10 +167,11 @@ class ModelTable:
     # only the whole table's curve, the one it computes when built, off the request path.
     def __getstate__(self) -> dict:
         curves = {None: self._curves[None]} if None in self._curves else {}
-        return {**self.__dict__, "_curves": curves, "decisions": {}}
+        return {**{k: v for k, v in self.__dict__.items() if k != "_curves_lock"}, "_curves": curves,
+                "decisions": {}}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)  # as a frozen dataclass's own unpickling does
+        self.__dict__.update(state, _curves_lock=Lock())  # as a frozen dataclass's own unpickling does
 
     @cached_property
     def names(self) -> list[str]:
@@ -218,10 +223,11 @@ class ModelTable:
                                         self.prior)
             curve = calibrate(self.calibration_weights, self.psi[idx], costs, [self.names[i] for i in idx],
                               cost_scale=self.cost_scale, eligible=eligible)
-            subsets = [k for k in self._curves if k is not None]
-            if len(subsets) >= _SUBSET_CURVES:
-                del self._curves[subsets[0]]
-            self._curves[key] = curve
+            with self._curves_lock:
+                subsets = [k for k in self._curves if k is not None]
+                if len(subsets) >= _SUBSET_CURVES:
+                    del self._curves[subsets[0]]
+                self._curves[key] = curve
         return curve
 
 

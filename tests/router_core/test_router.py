@@ -395,6 +395,44 @@ def test_a_model_removed_by_another_thread_during_a_route_to_it_still_gives_a_de
     assert [m.name for m in router.models] == ["big"]
 
 
+def test_curves_of_many_model_subsets_asked_from_several_threads_at_once_all_come(shipped):
+    # Each subset's curve is kept, the oldest evicted past _SUBSET_CURVES: one thread's eviction
+    # loop over the kept curves met another's insertion, "dictionary changed size during iteration".
+    import itertools
+    import sys
+    import threading
+
+    router = two_model_router(shipped)
+    profile = router.models[1].profile
+    for j in range(6):
+        router.add_model(f"m{j}", Price(per_request=0.001 * j), profile=profile)
+    names = [m.name for m in router.models]
+    subsets = [list(c) for size in (2, 3, 4) for c in itertools.combinations(names, size)]  # past _SUBSET_CURVES
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, as on a loaded machine
+    try:
+        start = threading.Barrier(8)
+        failures = []
+
+        def ask(offset):
+            start.wait()
+            for j in range(len(subsets)):
+                subset = subsets[(offset * 7 + j) % len(subsets)]
+                try:
+                    assert router.calibration(subset).models == sorted(subset)
+                except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                    failures.append(repr(exc))
+
+        threads = [threading.Thread(target=ask, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+
+
 def test_scores_given_as_a_list_are_a_type_error_not_unknown_prompt_ids(shipped):
     # A list of scores was read as prompt ids: "scores name 417 prompts not in the representative set".
     router = two_model_router(shipped)
