@@ -46,7 +46,7 @@ from router_core.profiles import Profile
 from router_core.repset import RepresentativeSet, RepsetClusters, load_repset
 from router_core.shipped import DEFAULT_REPSET, state_path
 from router_core.state import RouterState, state_embedder
-from router_core.targets import Resolution, RoutingTarget, resolve
+from router_core.targets import NotCalibrated, Resolution, RoutingTarget, resolve
 from router_core.text import routing_text
 
 # Curves kept for subsets of the models asked with a budget or quality target.
@@ -622,7 +622,12 @@ class UniRouter:
         if not table.models or (allowed is not None and not allowed & set(table.names)):
             raise NoRoutableModel("no routable model: add a model first" if not table.models
                                   else f"none of {sorted(allowed)} is a routable model")
-        resolution = resolve(_target(cost_weight, budget, quality) or self.default_target, table.calibration(allowed))
+        target = _target(cost_weight, budget, quality) or self.default_target
+        if self.repset is None and target.kind != "cost_weight":
+            # resolve() can only say the curve is "not built yet": here it never will be.
+            raise NotCalibrated(f"a {target.kind} target needs the λ curve, measured on a representative set: "
+                                f"this router has none (UniRouter.load(..., repset=...) gives it one)")
+        resolution = resolve(target, table.calibration(allowed))
         tokens = estimate_tokens(np.array([len(t) for t in texts], dtype=np.float64))
         decisions = self.decide_batch(self.weights(texts), resolution, tokens, allowed, table=table)
         return decisions[0] if isinstance(prompts, str) else decisions

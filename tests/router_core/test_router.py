@@ -453,7 +453,9 @@ def test_without_a_representative_set_a_budget_cannot_be_resolved_but_a_cost_wei
     for m in with_set.models:
         router.add_model(m.name, m.price, profile=m.profile)
     assert router.route(PROMPTS[0], cost_weight=0.0).model == "big"
-    with pytest.raises(NotCalibrated):
+    # It said the curve was "not built yet", as if waiting would build it.
+    with pytest.raises(NotCalibrated, match="a budget target needs the λ curve, measured on a representative "
+                                            "set: this router has none"):
         router.route(PROMPTS[0], budget=0.01)
 
 
