@@ -41,9 +41,11 @@ class Price:
     output_per_mtok: float = 0.0
     per_request: float = 0.0
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            setattr(self, f.name, validate_price(f"cost.{f.name}", getattr(self, f.name)))
+    # Checked at every assignment, the constructor's included: a price changed after it was made
+    # (a routed model's, kept by reference) went into the next model table unchecked, and a
+    # negative one won every routing at a negative expected cost.
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, validate_price(f"cost.{name}", value) if name in _FIELDS else value)
 
     def expected(self, input_tokens: float, output_tokens: float) -> float:
         """Cost of one request with these token counts."""
@@ -58,6 +60,9 @@ class Price:
             raise InvalidField("cost", f"expected a JSON object, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_FIELDS = frozenset(f.name for f in fields(Price))
 
 
 def estimate_tokens(text_chars: int | float) -> float:
