@@ -117,7 +117,10 @@ class Decision:
                 for name, e, c, s, a, b in zip(self.ranking, self._errors, self._costs, self._support, lo, hi)]
 
     def expectation(self, model: str) -> tuple[float, float]:
-        """(predicted error, expected cost) of a ranked model (the one that answered, say)."""
+        """(predicted error, expected cost) of a ranked model (the one that answered, say);
+        ValueError naming it for a model this decision did not rank."""
+        if model not in self.ranking:  # tuple.index said only "x not in tuple"
+            raise ValueError(f"{model!r} is not ranked in this decision; ranked: {', '.join(self.ranking)}")
         j = self.ranking.index(model)
         return float(self._errors[j]), float(self._costs[j])
 

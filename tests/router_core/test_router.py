@@ -103,6 +103,14 @@ def test_a_decision_names_the_model_its_cluster_error_interval_cost_and_every_ca
     assert d.to_dict()["candidates"][0]["model"] == "big"
 
 
+def test_a_decisions_expectation_of_a_model_it_did_not_rank_is_a_value_error_naming_it(shipped):
+    # It was tuple.index's "tuple.index(x): x not in tuple", naming neither model nor decision.
+    d = two_model_router(shipped).route(PROMPTS[0], models=["small"])
+    assert d.expectation("small") == (d.predicted_error, d.expected_cost)
+    with pytest.raises(ValueError, match="'big' is not ranked in this decision; ranked: small"):
+        d.expectation("big")
+
+
 def test_a_batch_is_decided_as_each_prompt_would_be_alone(shipped):
     router = two_model_router(shipped)
     batch = router.route(PROMPTS, cost_weight=0.3)
