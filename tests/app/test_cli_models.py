@@ -176,7 +176,10 @@ def test_jobs_reprofile_cancel_disable_and_enable(make_gateway, fault_upstream, 
         assert code == 0 and json.loads(out)["state"] == "ready"
         code, out, _ = run(capsys, gw, "answers", "echo", "--filter", "wrong", "--limit", "3")
         shown = json.loads(out)
-        assert code == 0 and shown["total"] == 20 and len(shown["data"]) == 3
+        # every fake answer is graded wrong: the first job's 20, and any the cancelled reprofile
+        # stored before its cancel (on a loaded machine the CLI's steps above outlast its delay)
+        _, out, _ = run(capsys, gw, "answers", "echo", "--limit", "1000")
+        assert code == 0 and shown["total"] == json.loads(out)["total"] >= 20 and len(shown["data"]) == 3
 
 
 def test_ctrl_c_while_following_says_the_job_goes_on_without_a_traceback(make_gateway, fault_upstream):
