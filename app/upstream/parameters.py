@@ -56,8 +56,10 @@ _MENDABLE = frozenset(RENAMED) | DROPPED | BOOKKEEPING | HINTS
 
 
 def refused_parameter(error: Any) -> str | None:
-    """The top-level request parameter an upstream's error body says this model does not take
-    (OpenAI's `unsupported_parameter` / `unsupported_value` and its `param`); None otherwise."""
+    """The top-level request parameter an upstream's error body says this model does not take:
+    OpenAI's `unsupported_parameter` / `unsupported_value` and its `param`, or one this module can
+    mend named only in the message (Groq's, OpenAI's "Unrecognized request argument"); None
+    otherwise."""
     inner = error.get("error") if isinstance(error, dict) else None
     if not isinstance(inner, dict):
         return None
