@@ -121,20 +121,24 @@ class Grading:
     retry_after: float | None = None  # the judge's Retry-After, when it asked to be left alone
 
 
+def _first_choice(body: dict) -> dict:
+    """A chat completion's first choice ({} when it has none, or the body is no chat completion)."""
+    try:
+        choice = body["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        return {}
+    return choice if isinstance(choice, dict) else {}
+
+
 def answer_text(body: dict) -> str:
     """The text of a chat completion's first choice ('' when it has none)."""
-    try:
-        return body["choices"][0]["message"].get("content") or ""
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return ""
+    message = _first_choice(body).get("message")
+    return (message.get("content") or "") if isinstance(message, dict) else ""
 
 
 def cut_off(body: dict) -> bool:
     """Whether a chat completion's first choice ended at its token limit (finish_reason "length")."""
-    try:
-        return body["choices"][0].get("finish_reason") == "length"
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return False
+    return _first_choice(body).get("finish_reason") == "length"
 
 
 def job_warning(job: JobRecord) -> str | None:
@@ -753,10 +757,9 @@ class JobRunner:
         verdict = "\n\n".join(verdicts)
         score = None if cut and kind in VERDICT_LAST else judge_score(kind, verdicts, text)
         if score is None:
-            why = (f"its reply was cut at its limit of {JUDGE_MAX_TOKENS[kind]} tokens before a verdict (a reasoning "
-                   "model may spend them all reasoning)") if cut else f"gave no {kind} verdict"
-            return Grading(None, verdict, spent, f"the judge {judge.name}: {why}" if cut
-                           else f"the judge {judge.name} {why}")
+            why = (f": its reply was cut at its limit of {JUDGE_MAX_TOKENS[kind]} tokens before a verdict (a reasoning "
+                   "model may spend them all reasoning)") if cut else f" gave no {kind} verdict"
+            return Grading(None, verdict, spent, f"the judge {judge.name}{why}")
         return Grading(score, verdict, spent)
 
     async def _pause(self, job: JobRecord, reason: str, automatic: bool = True) -> None:
